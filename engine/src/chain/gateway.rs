@@ -1,0 +1,416 @@
+//! The RPC gateway: the engine's own JSON-RPC client over several endpoints, with health
+//! tracking (errors, latency, block-height lag), failover, and a timeout on every call.
+//!
+//! Only the [`Transport`] differs between flavours: HTTP in production, the simulated network in
+//! the simulation. Request encoding, error parsing and failover run the same code in both.
+
+use super::types::*;
+use crate::config::{ChainConfig, TimeoutConfig};
+use crate::error::{EngineError, Result};
+use crate::metrics::Metrics;
+use alloy_primitives::{Address, Bytes, B256, U256};
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// A failure below JSON-RPC: the request may or may not have reached the node.
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TransportError {
+    #[error("unreachable: {0}")]
+    Unreachable(String),
+    #[error("http status {0}")]
+    Status(u16),
+    #[error("i/o: {0}")]
+    Io(String),
+}
+
+#[async_trait::async_trait]
+pub trait Transport: Send + Sync + 'static {
+    /// POST one JSON-RPC body to `endpoint`, returning the response body.
+    async fn post(
+        &self,
+        endpoint: &str,
+        body: String,
+    ) -> std::result::Result<String, TransportError>;
+}
+
+#[derive(Debug, Default, Clone)]
+struct Health {
+    consecutive_failures: u32,
+    cooling_until: Option<Instant>,
+    latency_ms: u64,
+    head: u64,
+}
+
+struct Endpoint {
+    url: String,
+    health: Mutex<Health>,
+}
+
+/// A snapshot of one endpoint's health, for `/health` and tests.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct EndpointHealth {
+    pub url: String,
+    pub healthy: bool,
+    pub consecutive_failures: u32,
+    pub latency_ms: u64,
+    pub head: u64,
+}
+
+pub struct Gateway {
+    endpoints: Vec<Endpoint>,
+    transport: Arc<dyn Transport>,
+    timeouts: TimeoutConfig,
+    cooldown: Duration,
+    max_lag: u64,
+    metrics: Arc<Metrics>,
+    next_id: AtomicU64,
+}
+
+impl Gateway {
+    pub fn new(
+        urls: &[String],
+        transport: Arc<dyn Transport>,
+        timeouts: TimeoutConfig,
+        chain: &ChainConfig,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        assert!(!urls.is_empty(), "a gateway needs at least one endpoint");
+        Gateway {
+            endpoints: urls
+                .iter()
+                .map(|u| Endpoint {
+                    url: u.clone(),
+                    health: Mutex::new(Health::default()),
+                })
+                .collect(),
+            transport,
+            timeouts,
+            cooldown: Duration::from_millis(chain.endpoint_cooldown_ms),
+            max_lag: chain.max_lag_blocks,
+            metrics,
+            next_id: AtomicU64::new(1),
+        }
+    }
+
+    fn timeout_for(&self, method: &str) -> Duration {
+        Duration::from_millis(
+            *self
+                .timeouts
+                .rpc_method_ms
+                .get(method)
+                .unwrap_or(&self.timeouts.rpc_ms),
+        )
+    }
+
+    /// Endpoints in the order to try: healthy ones in configured order, then the rest.
+    fn order(&self) -> Vec<usize> {
+        let now = Instant::now();
+        let best = self
+            .endpoints
+            .iter()
+            .map(|e| e.health.lock().expect("health").head)
+            .max()
+            .unwrap_or(0);
+        let (mut good, mut bad) = (Vec::new(), Vec::new());
+        for (i, e) in self.endpoints.iter().enumerate() {
+            let h = e.health.lock().expect("health");
+            let cooling = h.cooling_until.is_some_and(|t| t > now);
+            let lagging = best.saturating_sub(h.head) > self.max_lag;
+            if cooling || lagging {
+                bad.push(i)
+            } else {
+                good.push(i)
+            }
+        }
+        good.extend(bad);
+        good
+    }
+
+    fn mark_ok(&self, i: usize, latency: Duration) {
+        let mut h = self.endpoints[i].health.lock().expect("health");
+        h.consecutive_failures = 0;
+        h.cooling_until = None;
+        h.latency_ms = latency.as_millis() as u64;
+        drop(h);
+        self.metrics.set(
+            "dalp_rpc_endpoint_healthy",
+            &[("endpoint", &self.endpoints[i].url)],
+            1,
+        );
+    }
+
+    fn mark_failed(&self, i: usize) {
+        let mut h = self.endpoints[i].health.lock().expect("health");
+        h.consecutive_failures += 1;
+        h.cooling_until = Some(Instant::now() + self.cooldown);
+        drop(h);
+        self.metrics.set(
+            "dalp_rpc_endpoint_healthy",
+            &[("endpoint", &self.endpoints[i].url)],
+            0,
+        );
+    }
+
+    /// One JSON-RPC call with failover. Node answers (JSON-RPC errors) are returned as they are,
+    /// except rate limiting and internal errors, which fail over like transport failures.
+    pub async fn call(&self, method: &str, params: Value) -> Result<Value> {
+        let order = self.order();
+        let mut last = EngineError::RpcUnavailable("no endpoint tried".into());
+        for (n, i) in order.iter().copied().enumerate() {
+            if n > 0 {
+                self.metrics.inc(
+                    "dalp_rpc_failovers_total",
+                    &[("from", &self.endpoints[order[n - 1]].url)],
+                );
+            }
+            match self.call_one(i, method, params.clone()).await {
+                Ok(v) => return Ok(v),
+                Err(e) if fails_over(&e) => last = e,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last)
+    }
+
+    /// One call to one endpoint, bounded by the method's timeout; updates health.
+    async fn call_one(&self, i: usize, method: &str, params: Value) -> Result<Value> {
+        let ep = &self.endpoints[i];
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let body =
+            json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}).to_string();
+        let bound = self.timeout_for(method);
+        let started = Instant::now();
+        let outcome = tokio::time::timeout(bound, self.transport.post(&ep.url, body)).await;
+        let text = match outcome {
+            Err(_) => {
+                self.mark_failed(i);
+                self.metrics.inc(
+                    "dalp_rpc_requests_total",
+                    &[("endpoint", &ep.url), ("outcome", "timeout")],
+                );
+                return Err(EngineError::RpcTimeout {
+                    method: method.to_string(),
+                    ms: bound.as_millis() as u64,
+                });
+            }
+            Ok(Err(e)) => {
+                self.mark_failed(i);
+                self.metrics.inc(
+                    "dalp_rpc_requests_total",
+                    &[("endpoint", &ep.url), ("outcome", "transport_error")],
+                );
+                return Err(EngineError::RpcUnavailable(format!("{}: {e}", ep.url)));
+            }
+            Ok(Ok(text)) => text,
+        };
+        let resp: Value = match serde_json::from_str(&text) {
+            Ok(v) => v,
+            Err(_) => {
+                self.mark_failed(i);
+                return Err(EngineError::RpcUnavailable(format!(
+                    "{}: malformed JSON-RPC response",
+                    ep.url
+                )));
+            }
+        };
+        if let Some(err) = resp.get("error") {
+            let code = err.get("code").and_then(Value::as_i64).unwrap_or(0);
+            let message = err
+                .get("message")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string();
+            let e = EngineError::from_rpc(code, message, err.get("data"));
+            if fails_over(&e) {
+                self.mark_failed(i);
+            } else {
+                self.mark_ok(i, started.elapsed());
+            }
+            self.metrics.inc(
+                "dalp_rpc_requests_total",
+                &[("endpoint", &ep.url), ("outcome", "rpc_error")],
+            );
+            return Err(e);
+        }
+        self.mark_ok(i, started.elapsed());
+        self.metrics.inc(
+            "dalp_rpc_requests_total",
+            &[("endpoint", &ep.url), ("outcome", "ok")],
+        );
+        Ok(resp.get("result").cloned().unwrap_or(Value::Null))
+    }
+
+    /// Ask every endpoint for its head, recording latency and lag. Called periodically.
+    pub async fn probe(&self) {
+        for i in 0..self.endpoints.len() {
+            if let Ok(v) = self.call_one(i, "eth_blockNumber", json!([])).await {
+                if let Ok(head) = quantity(&v) {
+                    self.endpoints[i].health.lock().expect("health").head = head;
+                }
+            }
+        }
+    }
+
+    pub fn health(&self) -> Vec<EndpointHealth> {
+        let now = Instant::now();
+        let best = self
+            .endpoints
+            .iter()
+            .map(|e| e.health.lock().expect("health").head)
+            .max()
+            .unwrap_or(0);
+        self.endpoints
+            .iter()
+            .map(|e| {
+                let h = e.health.lock().expect("health").clone();
+                EndpointHealth {
+                    url: e.url.clone(),
+                    healthy: h.cooling_until.is_none_or(|t| t <= now)
+                        && best.saturating_sub(h.head) <= self.max_lag,
+                    consecutive_failures: h.consecutive_failures,
+                    latency_ms: h.latency_ms,
+                    head: h.head,
+                }
+            })
+            .collect()
+    }
+
+    // ---- typed methods -------------------------------------------------------------------
+
+    pub async fn chain_id(&self) -> Result<u64> {
+        quantity(&self.call("eth_chainId", json!([])).await?)
+    }
+
+    pub async fn block_number(&self) -> Result<u64> {
+        quantity(&self.call("eth_blockNumber", json!([])).await?)
+    }
+
+    pub async fn transaction_count(&self, who: Address, tag: &str) -> Result<u64> {
+        quantity(
+            &self
+                .call("eth_getTransactionCount", json!([who, tag]))
+                .await?,
+        )
+    }
+
+    pub async fn balance(&self, who: Address) -> Result<U256> {
+        quantity_u256(&self.call("eth_getBalance", json!([who, "latest"])).await?)
+    }
+
+    pub async fn send_raw(&self, raw: &Bytes) -> Result<B256> {
+        let v = self.call("eth_sendRawTransaction", json!([raw])).await?;
+        serde_json::from_value(v)
+            .map_err(|e| EngineError::RpcUnavailable(format!("bad tx hash: {e}")))
+    }
+
+    pub async fn receipt(&self, hash: B256) -> Result<Option<Receipt>> {
+        let v = self
+            .call("eth_getTransactionReceipt", json!([hash]))
+            .await?;
+        if v.is_null() {
+            return Ok(None);
+        }
+        Receipt::from_json(&v).map(Some)
+    }
+
+    /// Whether the node knows the transaction at all (pending or mined).
+    pub async fn transaction_known(&self, hash: B256) -> Result<bool> {
+        Ok(!self
+            .call("eth_getTransactionByHash", json!([hash]))
+            .await?
+            .is_null())
+    }
+
+    pub async fn block(&self, number: u64) -> Result<Option<BlockHeader>> {
+        let v = self
+            .call(
+                "eth_getBlockByNumber",
+                json!([format!("0x{number:x}"), false]),
+            )
+            .await?;
+        if v.is_null() {
+            return Ok(None);
+        }
+        BlockHeader::from_json(&v).map(Some)
+    }
+
+    pub async fn latest_block(&self) -> Result<BlockHeader> {
+        let v = self
+            .call("eth_getBlockByNumber", json!(["latest", false]))
+            .await?;
+        BlockHeader::from_json(&v)
+    }
+
+    /// `eth_call` at the latest block; a revert is [`EngineError::Reverted`].
+    pub async fn eth_call(&self, from: Address, to: Address, data: &Bytes) -> Result<Bytes> {
+        let v = self
+            .call(
+                "eth_call",
+                json!([{"from": from, "to": to, "data": data}, "latest"]),
+            )
+            .await?;
+        serde_json::from_value(v)
+            .map_err(|e| EngineError::RpcUnavailable(format!("bad call result: {e}")))
+    }
+
+    /// Simulate a transaction (deploys included) without sending it.
+    pub async fn simulate(
+        &self,
+        from: Address,
+        to: Option<Address>,
+        data: &Bytes,
+        value: U256,
+        gas: u64,
+    ) -> Result<()> {
+        let mut tx =
+            json!({"from": from, "data": data, "value": value, "gas": format!("0x{gas:x}")});
+        if let Some(to) = to {
+            tx["to"] = json!(to);
+        }
+        self.call("eth_call", json!([tx, "latest"]))
+            .await
+            .map(|_| ())
+    }
+
+    pub async fn code(&self, at: Address) -> Result<Bytes> {
+        let v = self.call("eth_getCode", json!([at, "latest"])).await?;
+        serde_json::from_value(v).map_err(|e| EngineError::RpcUnavailable(format!("bad code: {e}")))
+    }
+
+    pub async fn logs_in_block(&self, block_hash: B256, topic0: B256) -> Result<Vec<Log>> {
+        let v = self
+            .call(
+                "eth_getLogs",
+                json!([{"blockHash": block_hash, "topics": [topic0]}]),
+            )
+            .await?;
+        v.as_array()
+            .ok_or_else(|| EngineError::RpcUnavailable("eth_getLogs: not an array".into()))?
+            .iter()
+            .map(Log::from_json)
+            .collect()
+    }
+
+    /// Fees for a new transaction: twice the next block's base fee plus the priority fee, so a
+    /// transaction survives a few full blocks of base-fee growth.
+    pub async fn suggest_fees(&self, priority_fee: u128) -> Result<crate::store::Fees> {
+        let latest = self.latest_block().await?;
+        let base = latest.base_fee.unwrap_or(1_000_000_000);
+        Ok(crate::store::Fees {
+            max_fee_per_gas: base * 2 + priority_fee,
+            max_priority_fee_per_gas: priority_fee,
+        })
+    }
+}
+
+fn fails_over(e: &EngineError) -> bool {
+    match e {
+        EngineError::RpcTimeout { .. } | EngineError::RpcUnavailable(_) => true,
+        // limit exceeded, internal error: another node may do better
+        EngineError::Rpc { code, .. } => matches!(code, -32005 | -32603),
+        _ => false,
+    }
+}

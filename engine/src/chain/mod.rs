@@ -1,0 +1,9 @@
+//! The chain boundary: JSON-RPC gateway over a pluggable transport, and the wire types.
+
+pub mod gateway;
+#[cfg(not(madsim))]
+pub mod http;
+pub mod types;
+
+pub use gateway::{Gateway, Transport, TransportError};
+pub use types::{BlockHeader, Log, Receipt};

@@ -1,0 +1,358 @@
+//! Engine configuration: a TOML file, then `DALP_*` environment variables on top.
+//!
+//! Secrets (signer keys, API tokens) are wrapped so that `Debug` never prints them.
+
+use crate::error::{EngineError, Result};
+use crate::signer::SignerKey;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::Path;
+use std::time::Duration;
+
+/// A secret string (API token). Compared in constant time, never printed.
+#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    /// Constant-time comparison, so a token cannot be guessed byte by byte from timings.
+    pub fn matches(&self, candidate: &str) -> bool {
+        let (a, b) = (self.0.as_bytes(), candidate.as_bytes());
+        if a.is_empty() || a.len() != b.len() {
+            return false;
+        }
+        a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// This engine process's name; it appears in leases and the journal.
+    pub node_id: String,
+    pub database_url: Secret,
+    pub chain_id: u64,
+    pub rpc_endpoints: Vec<String>,
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    pub api_token: Secret,
+    pub operator_token: Secret,
+    /// Named signer keys; workflows use `default` unless their input names another.
+    #[serde(default)]
+    pub signers: BTreeMap<String, SignerKey>,
+    #[serde(default)]
+    pub worker: WorkerConfig,
+    #[serde(default)]
+    pub chain: ChainConfig,
+    #[serde(default)]
+    pub timeouts: TimeoutConfig,
+    #[serde(default)]
+    pub indexer: IndexerConfig,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkerConfig {
+    pub enabled: bool,
+    /// Workflows executed at once by this process.
+    pub concurrency: usize,
+    pub lease_ms: u64,
+    pub poll_ms: u64,
+    pub max_attempts: u32,
+    pub backoff_base_ms: u64,
+    pub backoff_max_ms: u64,
+    /// Jitter as a fraction of the delay (0.3 = ±30 %).
+    pub jitter: f64,
+    /// A workflow whose next attempt is overdue by this much counts as stalled.
+    pub stalled_after_ms: u64,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            enabled: true,
+            concurrency: 16,
+            lease_ms: 10_000,
+            poll_ms: 200,
+            max_attempts: 8,
+            backoff_base_ms: 200,
+            backoff_max_ms: 10_000,
+            jitter: 0.3,
+            stalled_after_ms: 60_000,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ChainConfig {
+    /// Blocks on top of a transaction's block before a transaction step completes (1 = included).
+    pub confirmations: u64,
+    /// Depth after which a block is final: confirmation steps wait for it, the indexer's watermark.
+    pub finality_depth: u64,
+    pub receipt_poll_ms: u64,
+    /// Bound of one confirmation attempt; after it the step retries (with the same nonce and bytes).
+    pub confirm_timeout_ms: u64,
+    /// A pending transaction older than this, whose fee is below the base fee, is replaced.
+    pub stuck_after_ms: u64,
+    /// Fee bump for a replacement, in percent (nodes require at least 10).
+    pub replacement_bump_percent: u64,
+    /// Priority fee offered, in wei.
+    pub priority_fee_wei: u128,
+    /// Endpoints more than this many blocks behind the best are not used.
+    pub max_lag_blocks: u64,
+    pub health_probe_ms: u64,
+    /// An endpoint that failed is skipped for this long.
+    pub endpoint_cooldown_ms: u64,
+}
+
+impl Default for ChainConfig {
+    fn default() -> Self {
+        ChainConfig {
+            confirmations: 1,
+            finality_depth: 2,
+            receipt_poll_ms: 250,
+            confirm_timeout_ms: 60_000,
+            stuck_after_ms: 15_000,
+            replacement_bump_percent: 25,
+            priority_fee_wei: 1_000_000_000,
+            max_lag_blocks: 5,
+            health_probe_ms: 2_000,
+            endpoint_cooldown_ms: 2_000,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TimeoutConfig {
+    /// Every database call (sqlx has no timeout of its own).
+    pub db_ms: u64,
+    /// Default for RPC calls without their own entry.
+    pub rpc_ms: u64,
+    /// Per-method overrides, for example `eth_sendRawTransaction = 5000`.
+    pub rpc_method_ms: BTreeMap<String, u64>,
+    /// Bound on one step execution.
+    pub step_ms: u64,
+}
+
+impl Default for TimeoutConfig {
+    fn default() -> Self {
+        TimeoutConfig {
+            db_ms: 5_000,
+            rpc_ms: 3_000,
+            rpc_method_ms: BTreeMap::from([
+                ("eth_sendRawTransaction".to_string(), 5_000),
+                ("eth_getLogs".to_string(), 5_000),
+            ]),
+            step_ms: 120_000,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IndexerConfig {
+    pub enabled: bool,
+    pub poll_ms: u64,
+    /// Blocks indexed per loop iteration at most.
+    pub batch: u64,
+}
+
+impl Default for IndexerConfig {
+    fn default() -> Self {
+        IndexerConfig {
+            enabled: true,
+            poll_ms: 500,
+            batch: 50,
+        }
+    }
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:8080".into()
+}
+
+impl Config {
+    /// Parse a TOML document; `origin` names it in errors.
+    pub fn from_toml(text: &str, origin: &str) -> Result<Config> {
+        let cfg: Config =
+            toml::from_str(text).map_err(|e| EngineError::Invalid(format!("{origin}: {e}")))?;
+        cfg.validate(origin)?;
+        Ok(cfg)
+    }
+
+    /// Read the file (if any), apply `DALP_*` variables from `env`, validate.
+    pub fn load(path: Option<&Path>, env: &BTreeMap<String, String>) -> Result<Config> {
+        let (mut doc, origin) = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|e| {
+                    EngineError::Invalid(format!("{}: cannot read: {e}", p.display()))
+                })?;
+                let doc: toml::Table = toml::from_str(&text)
+                    .map_err(|e| EngineError::Invalid(format!("{}: {e}", p.display())))?;
+                (doc, p.display().to_string())
+            }
+            None => (toml::Table::new(), "environment".to_string()),
+        };
+        let set = |doc: &mut toml::Table, key: &str, v: toml::Value| {
+            doc.insert(key.to_string(), v);
+        };
+        for (var, key) in [
+            ("DALP_NODE_ID", "node_id"),
+            ("DALP_DATABASE_URL", "database_url"),
+            ("DALP_LISTEN", "listen"),
+            ("DALP_API_TOKEN", "api_token"),
+            ("DALP_OPERATOR_TOKEN", "operator_token"),
+        ] {
+            if let Some(v) = env.get(var) {
+                set(&mut doc, key, toml::Value::String(v.clone()));
+            }
+        }
+        if let Some(v) = env.get("DALP_CHAIN_ID") {
+            let id: i64 = v
+                .parse()
+                .map_err(|_| EngineError::Invalid(format!("DALP_CHAIN_ID: not a number: {v:?}")))?;
+            set(&mut doc, "chain_id", toml::Value::Integer(id));
+        }
+        if let Some(v) = env.get("DALP_RPC_ENDPOINTS") {
+            let list = v
+                .split(',')
+                .map(|s| toml::Value::String(s.trim().to_string()))
+                .collect();
+            set(&mut doc, "rpc_endpoints", toml::Value::Array(list));
+        }
+        if let Some(v) = env.get("DALP_SIGNER_KEY") {
+            let signers = doc
+                .entry("signers")
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            if let toml::Value::Table(t) = signers {
+                t.insert("default".into(), toml::Value::String(v.clone()));
+            }
+        }
+        let cfg: Config = toml::Value::Table(doc)
+            .try_into()
+            .map_err(|e: toml::de::Error| EngineError::Invalid(format!("{origin}: {e}")))?;
+        cfg.validate(&origin)?;
+        Ok(cfg)
+    }
+
+    fn validate(&self, origin: &str) -> Result<()> {
+        let bad = |field: &str, why: &str| {
+            Err(EngineError::Invalid(format!(
+                "{origin}: field `{field}`: {why}"
+            )))
+        };
+        if self.node_id.trim().is_empty() {
+            return bad("node_id", "must not be empty");
+        }
+        if self.rpc_endpoints.is_empty() {
+            return bad("rpc_endpoints", "at least one endpoint is required");
+        }
+        if self.api_token.expose().len() < 8 || self.operator_token.expose().len() < 8 {
+            return bad(
+                "api_token/operator_token",
+                "tokens must be at least 8 characters",
+            );
+        }
+        if self.api_token == self.operator_token {
+            return bad("operator_token", "must differ from api_token");
+        }
+        if !self.signers.contains_key("default") {
+            return bad(
+                "signers.default",
+                "a default signer key is required (or DALP_SIGNER_KEY)",
+            );
+        }
+        if self.worker.concurrency == 0 || self.worker.max_attempts == 0 {
+            return bad("worker", "concurrency and max_attempts must be positive");
+        }
+        if !(0.0..1.0).contains(&self.worker.jitter) {
+            return bad("worker.jitter", "must be in [0, 1)");
+        }
+        if self.chain.replacement_bump_percent < 10 {
+            return bad(
+                "chain.replacement_bump_percent",
+                "nodes reject replacements below 10 %",
+            );
+        }
+        if self.chain.confirmations == 0 || self.chain.finality_depth < self.chain.confirmations {
+            return bad(
+                "chain.finality_depth",
+                "need 1 <= confirmations <= finality_depth",
+            );
+        }
+        Ok(())
+    }
+
+    pub fn lease(&self) -> Duration {
+        Duration::from_millis(self.worker.lease_ms)
+    }
+    pub fn db_timeout(&self) -> Duration {
+        Duration::from_millis(self.timeouts.db_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80";
+
+    fn env() -> BTreeMap<String, String> {
+        BTreeMap::from([
+            ("DALP_NODE_ID".into(), "n1".into()),
+            (
+                "DALP_DATABASE_URL".into(),
+                "postgres://u:pw@localhost/db".into(),
+            ),
+            ("DALP_CHAIN_ID".into(), "31337".into()),
+            ("DALP_RPC_ENDPOINTS".into(), "http://a, http://b".into()),
+            ("DALP_API_TOKEN".into(), "api-token-123".into()),
+            ("DALP_OPERATOR_TOKEN".into(), "op-token-456".into()),
+            ("DALP_SIGNER_KEY".into(), KEY.into()),
+        ])
+    }
+
+    #[test]
+    fn loads_from_env_and_never_prints_secrets() {
+        let cfg = Config::load(None, &env()).unwrap();
+        assert_eq!(cfg.rpc_endpoints, vec!["http://a", "http://b"]);
+        let printed = format!("{cfg:?}");
+        assert!(!printed.contains(&KEY[2..]), "key leaked: {printed}");
+        assert!(!printed.contains("api-token-123"));
+        assert!(!printed.contains("pw@"));
+    }
+
+    #[test]
+    fn unknown_fields_are_errors_naming_the_field() {
+        let err = Config::from_toml("node_id = 'x'\nbogus = 1\n", "engine.toml").unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("engine.toml") && msg.contains("bogus"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn secrets_compare_exactly() {
+        let s = Secret::new("abcdefgh");
+        assert!(s.matches("abcdefgh"));
+        assert!(!s.matches("abcdefgX"));
+        assert!(!s.matches(""));
+        assert!(!Secret::new("").matches(""));
+    }
+}

@@ -1,0 +1,396 @@
+//! The engine instance: everything one engine process owns, built at its start-up (no global
+//! state, so the simulation can run several in one process), and its background tasks: the
+//! worker, the indexer and the maintenance loop.
+
+use crate::chain::{Gateway, Transport};
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::error::{EngineError, ErrorClass, Result};
+use crate::metrics::Metrics;
+use crate::retry::{Jitter, RetryPolicy};
+use crate::store::{Claim, NewWorkflow, Store, Submitted, WorkflowId, WorkflowRecord};
+use crate::txmgr::TxManager;
+use crate::workflow::{self, StepContext};
+use serde::Serialize;
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{watch, Semaphore};
+use tracing::Instrument;
+
+/// Idempotency window (DESIGN.md §4 reference figures).
+pub const IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(24 * 3600);
+
+pub struct Engine {
+    pub config: Config,
+    pub store: Arc<dyn Store>,
+    pub gateway: Arc<Gateway>,
+    pub metrics: Arc<Metrics>,
+    pub txm: TxManager,
+    pub clock: Arc<dyn Clock>,
+    jitter: Jitter,
+    policy: RetryPolicy,
+}
+
+/// What `submit` tells the caller.
+#[derive(Clone, Debug, Serialize)]
+pub struct Accepted {
+    pub workflow_id: WorkflowId,
+    pub status: String,
+    /// False when the idempotency key named an existing workflow.
+    pub created: bool,
+    pub result: Option<Value>,
+    pub error: Option<Value>,
+}
+
+impl Engine {
+    /// `seed` feeds the retry jitter: the simulation passes its seed, production any per-process value.
+    pub fn new(
+        config: Config,
+        store: Arc<dyn Store>,
+        transport: Arc<dyn Transport>,
+        clock: Arc<dyn Clock>,
+        seed: u64,
+    ) -> Arc<Self> {
+        let metrics = Arc::new(Metrics::new());
+        let gateway = Arc::new(Gateway::new(
+            &config.rpc_endpoints,
+            transport,
+            config.timeouts.clone(),
+            &config.chain,
+            metrics.clone(),
+        ));
+        let txm = TxManager {
+            store: store.clone(),
+            gateway: gateway.clone(),
+            metrics: metrics.clone(),
+            chain: config.chain.clone(),
+            chain_id: config.chain_id,
+            lease: config.lease(),
+        };
+        let policy = RetryPolicy {
+            max_attempts: config.worker.max_attempts,
+            base: Duration::from_millis(config.worker.backoff_base_ms),
+            max: Duration::from_millis(config.worker.backoff_max_ms),
+            jitter: config.worker.jitter,
+        };
+        Arc::new(Engine {
+            config,
+            store,
+            gateway,
+            metrics,
+            txm,
+            clock,
+            jitter: Jitter::new(seed),
+            policy,
+        })
+    }
+
+    /// Accept a request: validated, persisted, and answered at once; execution is asynchronous.
+    pub async fn submit(
+        &self,
+        kind: &str,
+        idempotency_key: &str,
+        input: Value,
+    ) -> Result<Accepted> {
+        if idempotency_key.is_empty() || idempotency_key.len() > 200 {
+            return Err(EngineError::Invalid(
+                "Idempotency-Key must be 1 to 200 characters".into(),
+            ));
+        }
+        let signer_name = workflow::validate(kind, &input)?;
+        let signer = self.config.signers.get(&signer_name).ok_or_else(|| {
+            EngineError::Invalid(format!("no signer named {signer_name:?} is configured"))
+        })?;
+        let canonical = serde_json::to_vec(&json!({"kind": kind, "input": input})).expect("json");
+        let new = NewWorkflow {
+            kind: kind.to_string(),
+            scope: format!("{:#x}:{}:{kind}", signer.address(), self.config.chain_id),
+            idempotency_key: idempotency_key.to_string(),
+            request_hash: format!("{:#x}", alloy_primitives::keccak256(canonical)),
+            input,
+        };
+        let (wf, created) = match self.store.submit(new, IDEMPOTENCY_WINDOW).await? {
+            Submitted::Created(wf) => (wf, true),
+            Submitted::Existing(wf) => (wf, false),
+        };
+        self.metrics.inc(
+            "dalp_requests_total",
+            &[
+                ("kind", kind),
+                ("new", if created { "true" } else { "false" }),
+            ],
+        );
+        Ok(Accepted {
+            workflow_id: wf.id,
+            status: wf.status.as_str().into(),
+            created,
+            result: wf.result,
+            error: wf.error,
+        })
+    }
+
+    /// Requeue a dead-lettered workflow (operator action; audited by the store atomically).
+    pub async fn requeue(
+        &self,
+        id: WorkflowId,
+        actor: &str,
+        reason: &str,
+    ) -> Result<WorkflowRecord> {
+        let out = self.store.requeue(id, actor, reason).await;
+        self.metrics.inc(
+            "dalp_operator_actions_total",
+            &[
+                ("action", "requeue"),
+                ("outcome", if out.is_ok() { "ok" } else { "rejected" }),
+            ],
+        );
+        out
+    }
+
+    /// Start the background tasks; they stop when `shutdown` turns true.
+    pub fn start(
+        self: &Arc<Self>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Vec<tokio::task::JoinHandle<()>> {
+        let mut tasks = vec![tokio::spawn(
+            self.clone().maintenance_loop(shutdown.clone()),
+        )];
+        if self.config.worker.enabled {
+            tasks.push(tokio::spawn(self.clone().worker_loop(shutdown.clone())));
+        }
+        if self.config.indexer.enabled {
+            let indexer = crate::indexer::Indexer::new(self.clone());
+            tasks.push(tokio::spawn(indexer.run(shutdown)));
+        }
+        tasks
+    }
+
+    async fn maintenance_loop(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let every = Duration::from_millis(self.config.chain.health_probe_ms);
+        loop {
+            self.gateway.probe().await;
+            match self
+                .store
+                .stats(Duration::from_millis(self.config.worker.stalled_after_ms))
+                .await
+            {
+                Ok(s) => {
+                    self.metrics.set("dalp_workflows_active", &[], s.active);
+                    self.metrics
+                        .set("dalp_dead_letter_depth", &[], s.dead_letter);
+                    self.metrics.set("dalp_stalled_workflows", &[], s.stalled);
+                }
+                Err(e) => self
+                    .metrics
+                    .inc("dalp_db_errors_total", &[("reason", e.reason_code())]),
+            }
+            if wait_or_shutdown(&mut shutdown, every).await {
+                return;
+            }
+        }
+    }
+
+    async fn worker_loop(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let slots = Arc::new(Semaphore::new(self.config.worker.concurrency));
+        let poll = Duration::from_millis(self.config.worker.poll_ms);
+        loop {
+            let free = slots.available_permits();
+            if free > 0 {
+                match self
+                    .store
+                    .claim(&self.config.node_id, self.config.lease(), free)
+                    .await
+                {
+                    Ok(claims) => {
+                        for claim in claims {
+                            let permit = slots
+                                .clone()
+                                .acquire_owned()
+                                .await
+                                .expect("semaphore never closed");
+                            let engine = self.clone();
+                            tokio::spawn(async move {
+                                engine.run_claim(claim).await;
+                                drop(permit);
+                            });
+                        }
+                    }
+                    Err(e) => {
+                        self.metrics
+                            .inc("dalp_db_errors_total", &[("reason", e.reason_code())]);
+                        tracing::warn!(error = %e, "claim failed");
+                    }
+                }
+            }
+            if wait_or_shutdown(&mut shutdown, poll).await {
+                return;
+            }
+        }
+    }
+
+    /// Run a claimed workflow from its checkpoint until it finishes, fails, or must wait.
+    pub async fn run_claim(&self, claim: Claim) {
+        let Claim {
+            mut workflow,
+            fence,
+        } = claim;
+        let Some(steps) = workflow::steps(&workflow.kind) else {
+            let err = json!({"reason_code": "invalid_input", "message": format!("unknown kind {}", workflow.kind)});
+            let _ = self
+                .store
+                .fail(&fence, workflow.current_step, "unknown", &err, true)
+                .await;
+            return;
+        };
+        while (workflow.current_step as usize) < steps.len() {
+            let idx = workflow.current_step;
+            let name = steps[idx as usize];
+            let attempt = workflow.attempts + 1;
+            let span = tracing::info_span!("step", workflow_id = workflow.id, kind = %workflow.kind, step = name, attempt, node = %fence.node);
+            let outcome = async {
+                let ctx = StepContext {
+                    fence: &fence,
+                    workflow: &workflow,
+                    step: idx,
+                    txm: &self.txm,
+                    signers: &self.config.signers,
+                };
+                let bound = Duration::from_millis(self.config.timeouts.step_ms);
+                match tokio::time::timeout(bound, workflow::execute(&ctx, &workflow.kind, name))
+                    .await
+                {
+                    Ok(r) => r,
+                    Err(_) => Err(EngineError::ConfirmationTimeout {
+                        tx_hash: String::new(),
+                        secs: bound.as_secs(),
+                    }),
+                }
+            }
+            .instrument(span.clone())
+            .await;
+            let _enter = span.enter();
+            match outcome {
+                Ok(output) => {
+                    let last = idx as usize + 1 == steps.len();
+                    let mut state = workflow.state.clone();
+                    state[name] = output.clone();
+                    let result = last.then(|| workflow::result(&workflow.kind, &state));
+                    if let Err(e) = self
+                        .store
+                        .complete_step(&fence, idx, name, output, result.clone())
+                        .await
+                    {
+                        self.on_store_error(&e, name);
+                        return;
+                    }
+                    self.metrics.inc(
+                        "dalp_step_outcomes_total",
+                        &[("step", name), ("outcome", "completed")],
+                    );
+                    tracing::info!("step completed");
+                    workflow.state = state;
+                    workflow.current_step += 1;
+                    workflow.attempts = 0;
+                    if last {
+                        workflow.result = result;
+                    }
+                }
+                Err(e) => {
+                    self.on_step_error(&fence, &workflow, idx, name, attempt, e)
+                        .await;
+                    return;
+                }
+            }
+        }
+    }
+
+    fn on_store_error(&self, e: &EngineError, step: &str) {
+        if matches!(e, EngineError::Fenced { .. }) {
+            self.metrics.inc("dalp_fenced_writes_total", &[]);
+            self.metrics.inc(
+                "dalp_step_outcomes_total",
+                &[("step", step), ("outcome", "fenced")],
+            );
+            tracing::warn!(error = %e, "lease superseded; stopping");
+        } else {
+            // The lease will expire and the workflow is retried from its checkpoint.
+            self.metrics
+                .inc("dalp_db_errors_total", &[("reason", e.reason_code())]);
+            tracing::warn!(error = %e, "could not persist; the workflow resumes after its lease expires");
+        }
+    }
+
+    async fn on_step_error(
+        &self,
+        fence: &crate::store::Fence,
+        wf: &WorkflowRecord,
+        idx: i32,
+        name: &'static str,
+        attempt: i32,
+        e: EngineError,
+    ) {
+        if matches!(e, EngineError::Fenced { .. })
+            || (matches!(e, EngineError::DbUnavailable(_) | EngineError::DbTimeout(_)))
+        {
+            // Nothing more can be written now; the checkpoint stands.
+            self.on_store_error(&e, name);
+            return;
+        }
+        let err = json!({"reason_code": e.reason_code(), "class": e.class(), "message": e.to_string(), "step": name, "attempt": attempt});
+        tracing::warn!(error = %e, class = %e.class(), "step failed");
+        let written = if e.class() == ErrorClass::Transient
+            && self.policy.allows_another(attempt as u32)
+        {
+            let delay = self.policy.delay(attempt as u32, self.jitter.unit());
+            self.metrics
+                .inc("dalp_retries_total", &[("reason", e.reason_code())]);
+            self.metrics.inc(
+                "dalp_step_outcomes_total",
+                &[("step", name), ("outcome", "retry")],
+            );
+            self.store
+                .schedule_retry(fence, idx, name, &err, delay)
+                .await
+        } else if matches!(e, EngineError::ComplianceRejected(_)) {
+            // Fail closed with a typed failure: the operation is blocked, nothing was sent.
+            self.metrics.inc(
+                "dalp_step_outcomes_total",
+                &[("step", name), ("outcome", "failed")],
+            );
+            self.store.fail(fence, idx, name, &err, false).await
+        } else {
+            // Permanent, or retries exhausted: dead-letter with the reason.
+            if workflow::is_tx_step(&wf.kind, name) {
+                if let Err(abandon) = self.txm.abandon_step(fence, idx).await {
+                    tracing::warn!(error = %abandon, "could not settle the step's transaction before dead-lettering; retrying later");
+                    let delay = self.policy.delay(attempt.max(1) as u32, self.jitter.unit());
+                    let _ = self
+                        .store
+                        .schedule_retry(fence, idx, name, &err, delay)
+                        .await;
+                    return;
+                }
+            }
+            self.metrics.inc(
+                "dalp_step_outcomes_total",
+                &[("step", name), ("outcome", "dead_letter")],
+            );
+            self.store.fail(fence, idx, name, &err, true).await
+        };
+        if let Err(store_err) = written {
+            self.on_store_error(&store_err, name);
+        }
+    }
+}
+
+/// Sleep for `d` unless shutdown is signalled first; returns true on shutdown.
+pub async fn wait_or_shutdown(shutdown: &mut watch::Receiver<bool>, d: Duration) -> bool {
+    if *shutdown.borrow() {
+        return true;
+    }
+    tokio::select! {
+        _ = tokio::time::sleep(d) => *shutdown.borrow(),
+        r = shutdown.changed() => r.is_err() || *shutdown.borrow(),
+    }
+}

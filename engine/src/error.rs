@@ -1,0 +1,298 @@
+//! One error type for the engine, with the classification that drives retries.
+//!
+//! Every failure is either *transient* (retry with backoff: the world may change) or *permanent*
+//! (retrying cannot help: dead-letter or fail with a typed reason). The classification lives here,
+//! in one place, because a misclassified error is one of the classic durable-execution bugs.
+
+use std::fmt;
+
+/// Whether retrying can help.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorClass {
+    Transient,
+    Permanent,
+}
+
+/// What went wrong. Variants carry what an operator needs to act; never secrets.
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
+pub enum EngineError {
+    /// A database error with its SQLSTATE (empty when the driver gave none).
+    #[error("database error (SQLSTATE {sqlstate}): {message}")]
+    Db { sqlstate: String, message: String },
+    /// The database connection failed or broke (I/O, pool exhausted, closed).
+    #[error("database unavailable: {0}")]
+    DbUnavailable(String),
+    /// A database call did not finish within its bound.
+    #[error("database call timed out after {0} ms")]
+    DbTimeout(u64),
+    /// Our lease was superseded: another holder has the workflow now. Never retried by this holder.
+    #[error("fenced: workflow {workflow_id} is held with fencing token {current}, ours is {ours}")]
+    Fenced {
+        workflow_id: i64,
+        ours: i64,
+        current: i64,
+    },
+    /// A JSON-RPC error object returned by a node.
+    #[error("rpc error {code}: {message}")]
+    Rpc { code: i64, message: String },
+    /// The RPC transport failed (connect, HTTP 5xx/429, malformed body) on every endpoint tried.
+    #[error("rpc unavailable: {0}")]
+    RpcUnavailable(String),
+    /// An RPC call did not finish within its bound.
+    #[error("rpc call {method} timed out after {ms} ms")]
+    RpcTimeout { method: String, ms: u64 },
+    /// The EVM reverted (in a pre-flight call or on chain).
+    #[error("execution reverted: {0}")]
+    Reverted(String),
+    /// The compliance check ran and said no. The operation is blocked (fail closed).
+    #[error("compliance rejected: {0}")]
+    ComplianceRejected(String),
+    /// The signer cannot pay for gas.
+    #[error("signer {signer} has insufficient funds: {message}")]
+    SignerFunds { signer: String, message: String },
+    /// The request itself is invalid.
+    #[error("invalid input: {0}")]
+    Invalid(String),
+    /// A transaction did not reach its confirmation depth within the bound of one attempt.
+    #[error("transaction {tx_hash} not confirmed within {secs} s")]
+    ConfirmationTimeout { tx_hash: String, secs: u64 },
+    /// Anything else that is a bug or misconfiguration rather than weather.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+pub type Result<T, E = EngineError> = std::result::Result<T, E>;
+
+impl EngineError {
+    /// The retry classification (DESIGN.md §3).
+    pub fn class(&self) -> ErrorClass {
+        use ErrorClass::*;
+        match self {
+            EngineError::Db { sqlstate, .. } => classify_sqlstate(sqlstate),
+            EngineError::DbUnavailable(_) | EngineError::DbTimeout(_) => Transient,
+            // A fenced holder must stop; the new holder carries on. Not retried by us.
+            EngineError::Fenced { .. } => Permanent,
+            EngineError::Rpc { code, message } => classify_rpc(*code, message),
+            EngineError::RpcUnavailable(_) | EngineError::RpcTimeout { .. } => Transient,
+            EngineError::Reverted(_)
+            | EngineError::ComplianceRejected(_)
+            | EngineError::Invalid(_) => Permanent,
+            // Funds can be topped up: wait, and dead-letter only when attempts run out.
+            EngineError::SignerFunds { .. } => Transient,
+            EngineError::ConfirmationTimeout { .. } => Transient,
+            EngineError::Internal(_) => Permanent,
+        }
+    }
+
+    pub fn is_transient(&self) -> bool {
+        self.class() == ErrorClass::Transient
+    }
+
+    /// A short stable name for metrics labels and typed failure reasons.
+    pub fn reason_code(&self) -> &'static str {
+        match self {
+            EngineError::Db { .. } => "db_error",
+            EngineError::DbUnavailable(_) => "db_unavailable",
+            EngineError::DbTimeout(_) => "db_timeout",
+            EngineError::Fenced { .. } => "fenced",
+            EngineError::Rpc { .. } => "rpc_error",
+            EngineError::RpcUnavailable(_) => "rpc_unavailable",
+            EngineError::RpcTimeout { .. } => "rpc_timeout",
+            EngineError::Reverted(_) => "reverted",
+            EngineError::ComplianceRejected(_) => "compliance_rejected",
+            EngineError::SignerFunds { .. } => "signer_funds",
+            EngineError::Invalid(_) => "invalid_input",
+            EngineError::ConfirmationTimeout { .. } => "confirmation_timeout",
+            EngineError::Internal(_) => "internal",
+        }
+    }
+
+    /// Map a node's JSON-RPC error to the most specific variant.
+    pub fn from_rpc(code: i64, message: String, data: Option<&serde_json::Value>) -> Self {
+        let lower = message.to_ascii_lowercase();
+        if code == 3 || lower.contains("execution reverted") || lower.contains("revert") {
+            return EngineError::Reverted(revert_reason(&message, data));
+        }
+        if lower.contains("insufficient funds") {
+            return EngineError::SignerFunds {
+                signer: String::new(),
+                message,
+            };
+        }
+        EngineError::Rpc { code, message }
+    }
+}
+
+/// The RPC error classes that matter to the transaction lifecycle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NodeRejection {
+    NonceTooLow,
+    AlreadyKnown,
+    ReplacementUnderpriced,
+    FeeTooLow,
+    Other,
+}
+
+/// Recognise Anvil's and geth's messages for a rejected `eth_sendRawTransaction` (DESIGN.md §7).
+pub fn node_rejection(message: &str) -> NodeRejection {
+    let m = message.to_ascii_lowercase();
+    if m.contains("nonce too low") || m.contains("nonce has already been used") {
+        NodeRejection::NonceTooLow
+    } else if m.contains("already imported") || m.contains("already known") {
+        NodeRejection::AlreadyKnown
+    } else if m.contains("replacement transaction underpriced")
+        || m.contains("replacement underpriced")
+    {
+        NodeRejection::ReplacementUnderpriced
+    } else if m.contains("max fee per gas less than block base fee")
+        || m.contains("fee cap less than block base fee")
+        || m.contains("underpriced")
+    {
+        NodeRejection::FeeTooLow
+    } else {
+        NodeRejection::Other
+    }
+}
+
+fn classify_sqlstate(code: &str) -> ErrorClass {
+    use ErrorClass::*;
+    match code {
+        // serialization failure, deadlock: retry the transaction
+        "40001" | "40P01" => Transient,
+        // admin shutdown, crash shutdown, cannot connect now: reconnect
+        "57P01" | "57P02" | "57P03" => Transient,
+        // query canceled (statement_timeout): the server was slow, not wrong
+        "57014" => Transient,
+        // read-only transaction: we reached a demoted node; reconnect to the primary
+        "25006" => Transient,
+        // lock not available
+        "55P03" => Transient,
+        c if c.starts_with("08") => Transient, // connection exception
+        c if c.starts_with("53") => Transient, // insufficient resources
+        "" => Transient,                       // no SQLSTATE: an I/O-level failure
+        _ => Permanent,
+    }
+}
+
+fn classify_rpc(code: i64, message: &str) -> ErrorClass {
+    use ErrorClass::*;
+    let m = message.to_ascii_lowercase();
+    if code == 3 || m.contains("revert") {
+        return Permanent;
+    }
+    // -32005 limit exceeded / 429-like, -32000 header not found / node behind, -32603 internal,
+    // and the transaction-pool answers (nonce too low etc.) which the tx manager handles itself.
+    match code {
+        -32602 | -32601 | -32600 | -32700 => Permanent, // invalid params / method / request / parse
+        _ => Transient,
+    }
+}
+
+fn revert_reason(message: &str, data: Option<&serde_json::Value>) -> String {
+    if let Some(hex) = data.and_then(|d| d.as_str()) {
+        if let Some(reason) = decode_error_string(hex) {
+            return reason;
+        }
+    }
+    message
+        .trim_start_matches("execution reverted")
+        .trim_start_matches(':')
+        .trim()
+        .to_string()
+}
+
+/// Decode `Error(string)` revert data (selector 0x08c379a0).
+pub fn decode_error_string(hex: &str) -> Option<String> {
+    let bytes = alloy_primitives::hex::decode(hex.trim_start_matches("0x")).ok()?;
+    if bytes.len() < 4 + 64 || bytes[..4] != [0x08, 0xc3, 0x79, 0xa0] {
+        return None;
+    }
+    use alloy_sol_types::SolValue;
+    String::abi_decode(&bytes[4..]).ok()
+}
+
+impl fmt::Display for ErrorClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ErrorClass::Transient => "transient",
+            ErrorClass::Permanent => "permanent",
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlstates_are_classified() {
+        for transient in [
+            "40001", "40P01", "57P01", "08006", "08001", "25006", "53300", "57014",
+        ] {
+            let e = EngineError::Db {
+                sqlstate: transient.into(),
+                message: String::new(),
+            };
+            assert!(e.is_transient(), "{transient} must be transient");
+        }
+        for permanent in ["23505", "42601", "22P02"] {
+            let e = EngineError::Db {
+                sqlstate: permanent.into(),
+                message: String::new(),
+            };
+            assert!(!e.is_transient(), "{permanent} must be permanent");
+        }
+    }
+
+    #[test]
+    fn rpc_errors_are_classified() {
+        assert!(
+            !EngineError::from_rpc(3, "execution reverted: not owner".into(), None).is_transient()
+        );
+        assert!(EngineError::from_rpc(-32005, "rate limited".into(), None).is_transient());
+        assert!(EngineError::RpcTimeout {
+            method: "eth_call".into(),
+            ms: 10
+        }
+        .is_transient());
+        assert!(!EngineError::from_rpc(-32602, "invalid params".into(), None).is_transient());
+        assert!(matches!(
+            EngineError::from_rpc(
+                -32003,
+                "Insufficient funds for gas * price + value".into(),
+                None
+            ),
+            EngineError::SignerFunds { .. }
+        ));
+    }
+
+    #[test]
+    fn anvil_and_geth_rejections_are_recognised() {
+        assert_eq!(node_rejection("nonce too low"), NodeRejection::NonceTooLow);
+        assert_eq!(
+            node_rejection("transaction already imported"),
+            NodeRejection::AlreadyKnown
+        );
+        assert_eq!(node_rejection("already known"), NodeRejection::AlreadyKnown);
+        assert_eq!(
+            node_rejection("replacement transaction underpriced"),
+            NodeRejection::ReplacementUnderpriced
+        );
+        assert_eq!(node_rejection("something else"), NodeRejection::Other);
+    }
+
+    #[test]
+    fn revert_data_is_decoded() {
+        use alloy_sol_types::SolValue;
+        let mut data = vec![0x08, 0xc3, 0x79, 0xa0];
+        data.extend("identity not verified".to_string().abi_encode());
+        let hex = format!("0x{}", alloy_primitives::hex::encode(data));
+        let e = EngineError::from_rpc(
+            3,
+            "execution reverted".into(),
+            Some(&serde_json::json!(hex)),
+        );
+        assert_eq!(e, EngineError::Reverted("identity not verified".into()));
+    }
+}

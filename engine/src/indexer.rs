@@ -1,0 +1,125 @@
+//! The chain indexer: follows blocks, writes token `Transfer` events into the store, keeps a
+//! finalized-block watermark, and rolls back and replays on a reorg (detected by block hash).
+//!
+//! Each block is stored with its events and the checkpoint in one database transaction, and
+//! events are keyed by (block hash, log index): re-indexing a block after a crash is a no-op.
+
+use crate::contracts::transfer_topic;
+use crate::engine::{wait_or_shutdown, Engine};
+use crate::error::{EngineError, Result};
+use crate::store::TokenEvent;
+use alloy_primitives::{Address, U256};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+pub struct Indexer {
+    engine: Arc<Engine>,
+}
+
+impl Indexer {
+    pub fn new(engine: Arc<Engine>) -> Self {
+        Indexer { engine }
+    }
+
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let poll = Duration::from_millis(self.engine.config.indexer.poll_ms);
+        loop {
+            if let Err(e) = self.step().await {
+                tracing::warn!(error = %e, "indexer iteration failed; retrying");
+            }
+            if wait_or_shutdown(&mut shutdown, poll).await {
+                return;
+            }
+        }
+    }
+
+    /// Index up to `batch` blocks. Returns how many were indexed.
+    pub async fn step(&self) -> Result<u64> {
+        let e = &self.engine;
+        let chain_id = e.config.chain_id;
+        let head = e.gateway.block_number().await?;
+        let finality = e.config.chain.finality_depth;
+        let mut indexed = 0;
+        for _ in 0..e.config.indexer.batch {
+            let cp = e.store.indexer_checkpoint(chain_id).await?;
+            let next = cp.as_ref().map_or(0, |c| c.last_block + 1);
+            if next > head {
+                break;
+            }
+            let block = e.gateway.block(next).await?.ok_or_else(|| {
+                EngineError::RpcUnavailable(format!("block {next} not served yet"))
+            })?;
+            if let Some(cp) = &cp {
+                if block.parent_hash != cp.last_hash {
+                    self.rollback(cp.last_block).await?;
+                    continue;
+                }
+            }
+            let logs = e
+                .gateway
+                .logs_in_block(block.hash, transfer_topic())
+                .await?;
+            let mut events = Vec::with_capacity(logs.len());
+            for log in logs
+                .iter()
+                .filter(|l| !l.removed && l.topics.len() == 3 && l.data.len() == 32)
+            {
+                events.push(TokenEvent {
+                    block_number: block.number,
+                    block_hash: block.hash,
+                    tx_hash: log.tx_hash,
+                    log_index: log.log_index,
+                    contract: log.address,
+                    from: Address::from_word(log.topics[1]),
+                    to: Address::from_word(log.topics[2]),
+                    value: U256::from_be_slice(&log.data),
+                });
+            }
+            let finalized = head.saturating_sub(finality);
+            e.store
+                .index_block(chain_id, block.number, block.hash, &events, finalized)
+                .await?;
+            e.metrics
+                .set("dalp_indexer_last_block", &[], block.number as i64);
+            indexed += 1;
+        }
+        let last = e
+            .store
+            .indexer_checkpoint(chain_id)
+            .await?
+            .map_or(0, |c| c.last_block);
+        e.metrics.set(
+            "dalp_indexer_lag_blocks",
+            &[],
+            head.saturating_sub(last) as i64,
+        );
+        Ok(indexed)
+    }
+
+    /// Walk back from `from` to the newest indexed block still on the canonical chain, and
+    /// forget everything above it.
+    async fn rollback(&self, from: u64) -> Result<()> {
+        let e = &self.engine;
+        let chain_id = e.config.chain_id;
+        let mut keep = from;
+        loop {
+            let ours = e.store.indexed_block_hash(chain_id, keep).await?;
+            let theirs = e.gateway.block(keep).await?.map(|b| b.hash);
+            if ours.is_some() && ours == theirs {
+                break;
+            }
+            if keep == 0 {
+                // A reorg never replaces genesis: the chain itself was swapped under us.
+                return Err(EngineError::Internal(
+                    "genesis block changed: the chain was replaced".into(),
+                ));
+            }
+            keep -= 1;
+        }
+        let removed = e.store.rollback_index(chain_id, keep).await?;
+        e.metrics.inc("dalp_indexer_reorgs_total", &[]);
+        tracing::warn!(keep, removed, "reorg: indexed blocks rolled back");
+        Ok(())
+    }
+}

@@ -1,0 +1,115 @@
+//! `dalp-engine`: worker, indexer and HTTP API in one process, configured from a TOML file
+//! (`--config PATH`) and `DALP_*` environment variables.
+
+#[cfg(madsim)]
+fn main() {
+    // The simulation drives engine instances directly; the binary is production-only.
+}
+
+#[cfg(not(madsim))]
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    match real::run().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("dalp-engine: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(not(madsim))]
+mod real {
+    use dalp_engine::chain::http::HttpTransport;
+    use dalp_engine::clock::SystemClock;
+    use dalp_engine::config::Config;
+    use dalp_engine::store::pg::PgStore;
+    use dalp_engine::Engine;
+    use std::collections::BTreeMap;
+    use std::path::PathBuf;
+    use std::sync::Arc;
+    use std::time::Duration;
+    use tracing_subscriber::EnvFilter;
+
+    pub async fn run() -> Result<(), String> {
+        let mut args = std::env::args().skip(1);
+        let mut config_path: Option<PathBuf> = None;
+        while let Some(a) = args.next() {
+            match a.as_str() {
+                "--config" => {
+                    config_path = Some(args.next().ok_or("--config needs a path")?.into())
+                }
+                "--help" | "-h" => {
+                    println!("usage: dalp-engine [--config engine.toml]   (DALP_* variables override the file)");
+                    return Ok(());
+                }
+                other => return Err(format!("unknown argument {other:?} (try --help)")),
+            }
+        }
+        tracing_subscriber::fmt()
+            .with_env_filter(
+                EnvFilter::try_from_env("DALP_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+            )
+            .with_target(false)
+            .init();
+        let env: BTreeMap<String, String> = std::env::vars()
+            .filter(|(k, _)| k.starts_with("DALP_"))
+            .collect();
+        let config = Config::load(config_path.as_deref(), &env).map_err(|e| e.to_string())?;
+        let store = PgStore::connect(config.database_url.expose(), 16, config.db_timeout())
+            .await
+            .map_err(|e| e.to_string())?;
+        let transport = Arc::new(HttpTransport::new(Duration::from_millis(
+            config.timeouts.rpc_ms,
+        )));
+        // Jitter only needs to differ between processes; it is not a secret.
+        let seed = std::process::id() as u64 ^ (SystemClockSeed::nanos() << 16);
+        let listen = config.listen.clone();
+        let engine = Engine::new(
+            config,
+            Arc::new(store),
+            transport,
+            Arc::new(SystemClock),
+            seed,
+        );
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let tasks = engine.start(stop_rx.clone());
+        let listener = tokio::net::TcpListener::bind(&listen)
+            .await
+            .map_err(|e| format!("listen on {listen}: {e}"))?;
+        tracing::info!(node = %engine.config.node_id, %listen, "dalp-engine started");
+        let mut stop_http = stop_rx.clone();
+        let server = axum::serve(listener, dalp_engine::api::router(engine.clone()))
+            .with_graceful_shutdown(async move {
+                let _ = stop_http.wait_for(|s| *s).await;
+            });
+        let server = tokio::spawn(async move { server.await });
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        let _ = stop_tx.send(true);
+        for t in tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+        Ok(())
+    }
+
+    struct SystemClockSeed;
+    impl SystemClockSeed {
+        fn nanos() -> u64 {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.subsec_nanos() as u64)
+                .unwrap_or(0)
+        }
+    }
+
+    async fn shutdown_signal() {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {},
+            _ = term.recv() => {},
+        }
+    }
+}

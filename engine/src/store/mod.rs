@@ -1,0 +1,389 @@
+//! The store boundary: the engine's transactional operations, and nothing more.
+//!
+//! Production implements it with sqlx + PostgreSQL (`pg`); the simulation implements it with a
+//! client of a simulated database node. Every operation that writes on behalf of a workflow
+//! takes a [`Fence`] and must reject the write with [`EngineError::Fenced`] when the workflow's
+//! fencing token has moved on: that is what makes lease takeover safe.
+
+use crate::error::Result;
+use alloy_primitives::{Address, Bytes, B256, U256};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::time::Duration;
+
+#[cfg(not(madsim))]
+pub mod pg;
+
+pub type WorkflowId = i64;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkflowStatus {
+    Pending,
+    Running,
+    Completed,
+    Failed,
+    DeadLetter,
+    Cancelled,
+}
+
+impl WorkflowStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkflowStatus::Pending => "pending",
+            WorkflowStatus::Running => "running",
+            WorkflowStatus::Completed => "completed",
+            WorkflowStatus::Failed => "failed",
+            WorkflowStatus::DeadLetter => "dead_letter",
+            WorkflowStatus::Cancelled => "cancelled",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "pending" => WorkflowStatus::Pending,
+            "running" => WorkflowStatus::Running,
+            "completed" => WorkflowStatus::Completed,
+            "failed" => WorkflowStatus::Failed,
+            "dead_letter" => WorkflowStatus::DeadLetter,
+            "cancelled" => WorkflowStatus::Cancelled,
+            _ => return None,
+        })
+    }
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            WorkflowStatus::Completed
+                | WorkflowStatus::Failed
+                | WorkflowStatus::DeadLetter
+                | WorkflowStatus::Cancelled
+        )
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct WorkflowRecord {
+    pub id: WorkflowId,
+    pub kind: String,
+    pub idempotency_key: String,
+    pub input: Value,
+    pub status: WorkflowStatus,
+    pub current_step: i32,
+    /// Outputs of completed steps, by step name: the checkpoint a resumed run starts from.
+    pub state: Value,
+    pub result: Option<Value>,
+    pub error: Option<Value>,
+    pub attempts: i32,
+    pub fencing_token: i64,
+    pub lease_owner: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct NewWorkflow {
+    pub kind: String,
+    /// What the key is scoped to: signer, chain and operation.
+    pub scope: String,
+    pub idempotency_key: String,
+    /// A digest of the request, so the same key with a different request is refused.
+    pub request_hash: String,
+    pub input: Value,
+}
+
+#[derive(Clone, Debug)]
+pub enum Submitted {
+    Created(WorkflowRecord),
+    /// The key is live: this is the workflow it already names (in flight or finished).
+    Existing(WorkflowRecord),
+}
+
+/// Proof of holding a workflow's lease: every fenced write presents it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fence {
+    pub workflow_id: WorkflowId,
+    pub token: i64,
+    pub node: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct Claim {
+    pub workflow: WorkflowRecord,
+    pub fence: Fence,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct JournalEntry {
+    pub seq: i64,
+    pub step_index: i32,
+    pub step_name: String,
+    pub event: String,
+    pub detail: Option<Value>,
+    pub fencing_token: i64,
+    pub node: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct DeadLetter {
+    pub workflow_id: WorkflowId,
+    pub kind: String,
+    pub step_index: i32,
+    pub step_name: String,
+    pub reason_code: String,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct AuditEntry {
+    pub actor: String,
+    pub action: String,
+    pub args: Value,
+    pub reason: String,
+    pub outcome: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum TxState {
+    Preparing,
+    Signing,
+    Broadcasting,
+    Confirming,
+    Completed,
+    Failed,
+    DeadLetter,
+    Cancelled,
+}
+
+impl TxState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TxState::Preparing => "PREPARING",
+            TxState::Signing => "SIGNING",
+            TxState::Broadcasting => "BROADCASTING",
+            TxState::Confirming => "CONFIRMING",
+            TxState::Completed => "COMPLETED",
+            TxState::Failed => "FAILED",
+            TxState::DeadLetter => "DEAD_LETTER",
+            TxState::Cancelled => "CANCELLED",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "PREPARING" => TxState::Preparing,
+            "SIGNING" => TxState::Signing,
+            "BROADCASTING" => TxState::Broadcasting,
+            "CONFIRMING" => TxState::Confirming,
+            "COMPLETED" => TxState::Completed,
+            "FAILED" => TxState::Failed,
+            "DEAD_LETTER" => TxState::DeadLetter,
+            "CANCELLED" => TxState::Cancelled,
+            _ => return None,
+        })
+    }
+}
+
+/// What a transaction step wants on chain, before any nonce or fee is chosen.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TxIntent {
+    pub signer: Address,
+    pub chain_id: u64,
+    /// `None` deploys a contract.
+    pub to: Option<Address>,
+    pub input: Bytes,
+    pub value: U256,
+    pub gas_limit: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fees {
+    pub max_fee_per_gas: u128,
+    pub max_priority_fee_per_gas: u128,
+}
+
+/// One signed version of a transaction (the original or a replacement).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Broadcast {
+    pub hash: B256,
+    pub nonce: u64,
+    pub raw: Bytes,
+    pub max_fee_per_gas: u128,
+    pub max_priority_fee_per_gas: u128,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct TxRecord {
+    pub id: i64,
+    pub workflow_id: WorkflowId,
+    pub step_index: i32,
+    pub intent_signer: Address,
+    pub chain_id: u64,
+    pub nonce: u64,
+    pub state: TxState,
+    pub to: Option<Address>,
+    pub input: Bytes,
+    pub value: U256,
+    pub gas_limit: u64,
+    pub fees: FeesView,
+    /// The latest signed bytes (what a re-broadcast sends).
+    pub raw: Option<Bytes>,
+    pub hash: Option<B256>,
+    /// Every signed version, oldest first.
+    pub broadcasts: Vec<Broadcast>,
+    pub receipt: Option<Value>,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+pub struct FeesView {
+    pub max_fee_per_gas: u128,
+    pub max_priority_fee_per_gas: u128,
+}
+
+impl TxRecord {
+    pub fn fees(&self) -> Fees {
+        Fees {
+            max_fee_per_gas: self.fees.max_fee_per_gas,
+            max_priority_fee_per_gas: self.fees.max_priority_fee_per_gas,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IndexerCheckpoint {
+    pub last_block: u64,
+    pub last_hash: B256,
+    pub finalized_block: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenEvent {
+    pub block_number: u64,
+    pub block_hash: B256,
+    pub tx_hash: B256,
+    pub log_index: u64,
+    pub contract: Address,
+    pub from: Address,
+    pub to: Address,
+    pub value: U256,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Stats {
+    pub active: i64,
+    pub dead_letter: i64,
+    pub stalled: i64,
+}
+
+#[async_trait::async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Accept a request, or return the live workflow its idempotency key already names.
+    async fn submit(&self, new: NewWorkflow, window: Duration) -> Result<Submitted>;
+    async fn workflow(&self, id: WorkflowId) -> Result<Option<WorkflowRecord>>;
+    async fn journal(&self, id: WorkflowId) -> Result<Vec<JournalEntry>>;
+
+    /// Take up to `limit` runnable workflows whose lease is free or expired (by the database's
+    /// clock), bumping each one's fencing token.
+    async fn claim(&self, node: &str, lease: Duration, limit: usize) -> Result<Vec<Claim>>;
+    async fn renew_lease(&self, fence: &Fence, lease: Duration) -> Result<()>;
+    /// Give the lease up without changing anything else.
+    async fn release(&self, fence: &Fence) -> Result<()>;
+
+    /// Persist a step's completion and output; `result` set means the workflow is finished.
+    /// Idempotent: completing an already completed step under the same fence is a no-op.
+    async fn complete_step(
+        &self,
+        fence: &Fence,
+        step: i32,
+        name: &str,
+        output: Value,
+        result: Option<Value>,
+    ) -> Result<()>;
+    /// Record a failed attempt and when the next one may run; gives up the lease.
+    async fn schedule_retry(
+        &self,
+        fence: &Fence,
+        step: i32,
+        name: &str,
+        error: &Value,
+        delay: Duration,
+    ) -> Result<()>;
+    /// End the workflow with a typed failure, in the dead-letter queue or not.
+    async fn fail(
+        &self,
+        fence: &Fence,
+        step: i32,
+        name: &str,
+        error: &Value,
+        dead_letter: bool,
+    ) -> Result<()>;
+
+    async fn dead_letters(&self, limit: i64) -> Result<Vec<DeadLetter>>;
+    /// Put a dead-lettered workflow back to pending at its failed step, and audit it, atomically.
+    async fn requeue(&self, id: WorkflowId, actor: &str, reason: &str) -> Result<WorkflowRecord>;
+    async fn audit(&self, entry: &AuditEntry) -> Result<()>;
+    async fn audit_log(&self, limit: i64) -> Result<Vec<AuditEntry>>;
+
+    async fn tx_for_step(&self, workflow: WorkflowId, step: i32) -> Result<Option<TxRecord>>;
+    async fn txs_for_workflow(&self, workflow: WorkflowId) -> Result<Vec<TxRecord>>;
+    /// Allocate a nonce for (signer, chain) — a released hole first, else the next one, seeding
+    /// the counter from `chain_nonce` on first use — and create the step's transaction row, in
+    /// one database transaction.
+    async fn create_tx(
+        &self,
+        fence: &Fence,
+        step: i32,
+        intent: &TxIntent,
+        fees: Fees,
+        chain_nonce: u64,
+    ) -> Result<TxRecord>;
+    /// Store a signed version before it is broadcast; `raw`/`hash` become the current ones.
+    async fn record_signed(
+        &self,
+        fence: &Fence,
+        tx_id: i64,
+        signed: &Broadcast,
+    ) -> Result<TxRecord>;
+    async fn set_tx_state(
+        &self,
+        fence: &Fence,
+        tx_id: i64,
+        state: TxState,
+        detail: Option<&str>,
+        receipt: Option<&Value>,
+    ) -> Result<()>;
+    /// The nonce was consumed outside the engine: move the counter to at least `chain_nonce`
+    /// and give this transaction a fresh nonce (its old signed versions stay on record).
+    async fn reassign_nonce(&self, fence: &Fence, tx_id: i64, chain_nonce: u64)
+        -> Result<TxRecord>;
+    /// The transaction will never be sent again: release its nonce for reuse if `release`.
+    async fn abandon_tx(
+        &self,
+        fence: &Fence,
+        tx_id: i64,
+        state: TxState,
+        release: bool,
+    ) -> Result<()>;
+    /// Raise the counter to at least `chain_nonce` (after `nonce too low`).
+    async fn resync_nonce(&self, signer: Address, chain_id: u64, chain_nonce: u64) -> Result<u64>;
+
+    /// Record an off-chain side effect exactly once per (workflow, kind).
+    async fn notify(&self, fence: &Fence, kind: &str, payload: &Value) -> Result<bool>;
+
+    async fn indexer_checkpoint(&self, chain_id: u64) -> Result<Option<IndexerCheckpoint>>;
+    async fn indexed_block_hash(&self, chain_id: u64, number: u64) -> Result<Option<B256>>;
+    /// Store a block's events and advance the checkpoint, atomically and idempotently.
+    async fn index_block(
+        &self,
+        chain_id: u64,
+        number: u64,
+        hash: B256,
+        events: &[TokenEvent],
+        finalized: u64,
+    ) -> Result<()>;
+    /// Forget blocks above `keep` (a reorg) and their events; returns how many blocks went.
+    async fn rollback_index(&self, chain_id: u64, keep: u64) -> Result<u64>;
+    async fn indexed_balances(
+        &self,
+        chain_id: u64,
+        contract: Address,
+    ) -> Result<Vec<(Address, U256)>>;
+
+    async fn stats(&self, stalled_after: Duration) -> Result<Stats>;
+}

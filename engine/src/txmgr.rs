@@ -1,0 +1,453 @@
+//! The transaction lifecycle of one transaction step, persisted at every transition:
+//! PREPARING (fees, nonce) → SIGNING → BROADCASTING (signed bytes stored first) → CONFIRMING →
+//! COMPLETED, or FAILED / DEAD_LETTER / CANCELLED.
+//!
+//! The rules that make retries safe:
+//! - a step's transaction row is created once, with its nonce, in the same database transaction
+//!   as the nonce allocation; a re-run of the step finds it and never allocates again;
+//! - the signed bytes are stored before any broadcast, so a retry re-sends the same bytes (same
+//!   hash: a node answers "already known", never a second transaction);
+//! - after an ambiguous outcome (timeout) the receipt and the nonce are checked before anything
+//!   is re-sent, and only the stored bytes are re-sent;
+//! - `nonce too low` with no receipt of ours means someone else used the nonce: resynchronise
+//!   from the chain and take a fresh nonce; a stuck transaction is replaced with the same nonce
+//!   and a bumped fee; every signed version stays on record because any of them may be mined.
+
+use crate::chain::{Gateway, Receipt};
+use crate::config::ChainConfig;
+use crate::error::{node_rejection, EngineError, NodeRejection, Result};
+use crate::metrics::Metrics;
+use crate::signer::{SignerKey, UnsignedTx};
+use crate::store::{Broadcast, Fees, Fence, Store, TxIntent, TxRecord, TxState, WorkflowId};
+use alloy_primitives::{Address, B256};
+use serde::Serialize;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// What a completed transaction step records in the journal.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct TxOutcome {
+    pub tx_hash: B256,
+    pub nonce: u64,
+    pub block_number: u64,
+    pub block_hash: B256,
+    pub contract_address: Option<Address>,
+    pub gas_used: u64,
+}
+
+impl TxOutcome {
+    fn from_receipt(r: &Receipt, nonce: u64) -> Self {
+        TxOutcome {
+            tx_hash: r.tx_hash,
+            nonce,
+            block_number: r.block_number,
+            block_hash: r.block_hash,
+            contract_address: r.contract_address,
+            gas_used: r.gas_used,
+        }
+    }
+}
+
+pub struct TxManager {
+    pub store: Arc<dyn Store>,
+    pub gateway: Arc<Gateway>,
+    pub metrics: Arc<Metrics>,
+    pub chain: ChainConfig,
+    pub chain_id: u64,
+    pub lease: Duration,
+}
+
+enum Sent {
+    Accepted,
+    Rejected(NodeRejection, String),
+    /// The outcome is unknown: the node may have the transaction.
+    Ambiguous,
+}
+
+impl TxManager {
+    /// Run a transaction step to `confirmations` blocks, resuming whatever an earlier attempt
+    /// (of this process or another) left on record.
+    pub async fn execute(
+        &self,
+        fence: &Fence,
+        step: i32,
+        key: &SignerKey,
+        intent: TxIntent,
+    ) -> Result<TxOutcome> {
+        assert_eq!(intent.signer, key.address(), "intent signer and key differ");
+        let rec = match self.store.tx_for_step(fence.workflow_id, step).await? {
+            Some(rec) => rec,
+            None => {
+                if let Some(done) = self.adopt_abandoned(fence.workflow_id, step).await? {
+                    return Ok(done);
+                }
+                // Pre-flight: a call that would revert is a permanent failure with no transaction sent.
+                self.gateway
+                    .simulate(
+                        intent.signer,
+                        intent.to,
+                        &intent.input,
+                        intent.value,
+                        intent.gas_limit,
+                    )
+                    .await?;
+                let fees = self
+                    .gateway
+                    .suggest_fees(self.chain.priority_fee_wei)
+                    .await?;
+                let chain_nonce = self
+                    .gateway
+                    .transaction_count(intent.signer, "pending")
+                    .await?;
+                self.store
+                    .create_tx(fence, step, &intent, fees, chain_nonce)
+                    .await?
+            }
+        };
+        self.drive(fence, rec, key, self.chain.confirmations).await
+    }
+
+    /// Wait until the transaction of step `tx_step` is `finality_depth` deep on the canonical
+    /// chain, re-including it (same bytes, same nonce) if a reorg dropped it.
+    pub async fn await_finality(
+        &self,
+        fence: &Fence,
+        tx_step: i32,
+        key: &SignerKey,
+    ) -> Result<TxOutcome> {
+        let rec = self
+            .store
+            .tx_for_step(fence.workflow_id, tx_step)
+            .await?
+            .ok_or_else(|| {
+                EngineError::Internal(format!("no transaction recorded for step {tx_step}"))
+            })?;
+        self.drive(fence, rec, key, self.chain.finality_depth).await
+    }
+
+    /// A step re-run after its transaction was abandoned (dead-letter, then requeue) first checks
+    /// whether one of the abandoned versions was mined after all.
+    async fn adopt_abandoned(&self, workflow: WorkflowId, step: i32) -> Result<Option<TxOutcome>> {
+        for old in self
+            .store
+            .txs_for_workflow(workflow)
+            .await?
+            .iter()
+            .filter(|t| t.step_index == step)
+        {
+            if let Some(r) = self.find_receipt(old).await? {
+                if r.success {
+                    return Ok(Some(TxOutcome::from_receipt(&r, old.nonce)));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Before a workflow is dead-lettered at a transaction step: if the step's transaction never
+    /// used its nonce on chain, release the nonce so no gap blocks later transactions.
+    pub async fn abandon_step(&self, fence: &Fence, step: i32) -> Result<()> {
+        let Some(rec) = self.store.tx_for_step(fence.workflow_id, step).await? else {
+            return Ok(());
+        };
+        if self.find_receipt(&rec).await?.is_some() {
+            self.store
+                .abandon_tx(fence, rec.id, TxState::DeadLetter, false)
+                .await?;
+            return Ok(());
+        }
+        let chain_nonce = self
+            .gateway
+            .transaction_count(rec.intent_signer, "latest")
+            .await?;
+        let release = chain_nonce <= rec.nonce;
+        self.store
+            .abandon_tx(fence, rec.id, TxState::DeadLetter, release)
+            .await
+    }
+
+    async fn find_receipt(&self, rec: &TxRecord) -> Result<Option<Receipt>> {
+        for b in rec.broadcasts.iter().rev() {
+            if let Some(r) = self.gateway.receipt(b.hash).await? {
+                return Ok(Some(r));
+            }
+        }
+        Ok(None)
+    }
+
+    async fn sign_and_store(
+        &self,
+        fence: &Fence,
+        rec: &TxRecord,
+        key: &SignerKey,
+        fees: Fees,
+    ) -> Result<TxRecord> {
+        let unsigned = UnsignedTx {
+            chain_id: rec.chain_id,
+            nonce: rec.nonce,
+            gas_limit: rec.gas_limit,
+            max_fee_per_gas: fees.max_fee_per_gas,
+            max_priority_fee_per_gas: fees.max_priority_fee_per_gas,
+            to: rec.to,
+            value: rec.value,
+            input: rec.input.clone(),
+        };
+        let (raw, hash) = key.sign(&unsigned)?;
+        let b = Broadcast {
+            hash,
+            nonce: rec.nonce,
+            raw,
+            max_fee_per_gas: fees.max_fee_per_gas,
+            max_priority_fee_per_gas: fees.max_priority_fee_per_gas,
+        };
+        self.store.record_signed(fence, rec.id, &b).await
+    }
+
+    async fn send(&self, rec: &TxRecord) -> Result<Sent> {
+        let raw = rec
+            .raw
+            .as_ref()
+            .expect("signed bytes are stored before broadcast");
+        match self.gateway.send_raw(raw).await {
+            Ok(_) => Ok(Sent::Accepted),
+            Err(EngineError::Rpc { message, .. }) => {
+                Ok(Sent::Rejected(node_rejection(&message), message))
+            }
+            Err(EngineError::SignerFunds { message, .. }) => Err(EngineError::SignerFunds {
+                signer: format!("{:#x}", rec.intent_signer),
+                message,
+            }),
+            Err(e) if e.is_transient() => Ok(Sent::Ambiguous),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn bumped(&self, old: Fees, suggested: Fees) -> Fees {
+        let pct = self.chain.replacement_bump_percent as u128;
+        Fees {
+            max_fee_per_gas: (old.max_fee_per_gas * (100 + pct) / 100)
+                .max(suggested.max_fee_per_gas),
+            max_priority_fee_per_gas: (old.max_priority_fee_per_gas * (100 + pct) / 100)
+                .max(suggested.max_priority_fee_per_gas),
+        }
+    }
+
+    async fn replace(&self, fence: &Fence, rec: &TxRecord, key: &SignerKey) -> Result<TxRecord> {
+        let suggested = self
+            .gateway
+            .suggest_fees(self.chain.priority_fee_wei)
+            .await?;
+        let fees = self.bumped(rec.fees(), suggested);
+        self.metrics.inc("dalp_tx_replacements_total", &[]);
+        tracing::info!(
+            tx_id = rec.id,
+            nonce = rec.nonce,
+            max_fee = fees.max_fee_per_gas,
+            "replacing transaction with bumped fee"
+        );
+        self.sign_and_store(fence, rec, key, fees).await
+    }
+
+    async fn resync(&self, fence: &Fence, rec: &TxRecord) -> Result<TxRecord> {
+        let chain_nonce = self
+            .gateway
+            .transaction_count(rec.intent_signer, "pending")
+            .await?;
+        self.metrics.inc(
+            "dalp_nonce_resyncs_total",
+            &[("signer", &format!("{:#x}", rec.intent_signer))],
+        );
+        tracing::warn!(
+            tx_id = rec.id,
+            old_nonce = rec.nonce,
+            chain_nonce,
+            "nonce used outside this transaction; resynchronising"
+        );
+        self.store.reassign_nonce(fence, rec.id, chain_nonce).await
+    }
+
+    /// The state machine. Bounded by `confirm_timeout_ms`; on timeout the step retries later
+    /// and resumes from the stored record.
+    async fn drive(
+        &self,
+        fence: &Fence,
+        mut rec: TxRecord,
+        key: &SignerKey,
+        depth: u64,
+    ) -> Result<TxOutcome> {
+        let deadline = Instant::now() + Duration::from_millis(self.chain.confirm_timeout_ms);
+        let poll = Duration::from_millis(self.chain.receipt_poll_ms);
+        let stuck_after = Duration::from_millis(self.chain.stuck_after_ms);
+        let mut last_sent = Instant::now();
+        let mut nonce_gone_seen = 0u32;
+        loop {
+            self.store.renew_lease(fence, self.lease).await?;
+            match rec.state {
+                TxState::Preparing | TxState::Signing => {
+                    if rec.state == TxState::Preparing {
+                        self.store
+                            .set_tx_state(fence, rec.id, TxState::Signing, None, None)
+                            .await?;
+                    }
+                    rec = self.sign_and_store(fence, &rec, key, rec.fees()).await?;
+                    continue;
+                }
+                TxState::Broadcasting => {
+                    match self.send(&rec).await? {
+                        Sent::Accepted
+                        | Sent::Rejected(NodeRejection::AlreadyKnown, _)
+                        | Sent::Ambiguous => {
+                            // Ambiguous: the confirming state checks the receipt before re-sending.
+                            self.store
+                                .set_tx_state(fence, rec.id, TxState::Confirming, None, None)
+                                .await?;
+                            rec.state = TxState::Confirming;
+                            last_sent = Instant::now();
+                        }
+                        Sent::Rejected(NodeRejection::NonceTooLow, _) => {
+                            if self.find_receipt(&rec).await?.is_some() {
+                                rec.state = TxState::Confirming;
+                            } else {
+                                rec = self.resync(fence, &rec).await?;
+                            }
+                            continue;
+                        }
+                        Sent::Rejected(
+                            NodeRejection::ReplacementUnderpriced | NodeRejection::FeeTooLow,
+                            _,
+                        ) => {
+                            rec = self.replace(fence, &rec, key).await?;
+                            continue;
+                        }
+                        Sent::Rejected(NodeRejection::Other, message) => {
+                            return Err(EngineError::Rpc { code: 0, message });
+                        }
+                    }
+                }
+                TxState::Confirming | TxState::Completed => {
+                    if let Some(outcome) = self
+                        .check_confirmation(
+                            fence,
+                            &mut rec,
+                            key,
+                            depth,
+                            &mut last_sent,
+                            stuck_after,
+                            &mut nonce_gone_seen,
+                        )
+                        .await?
+                    {
+                        return Ok(outcome);
+                    }
+                }
+                TxState::Failed | TxState::DeadLetter | TxState::Cancelled => {
+                    return Err(EngineError::Internal(format!(
+                        "transaction {} is {:?}",
+                        rec.id, rec.state
+                    )));
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(EngineError::ConfirmationTimeout {
+                    tx_hash: rec.hash.map(|h| format!("{h:#x}")).unwrap_or_default(),
+                    secs: self.chain.confirm_timeout_ms / 1000,
+                });
+            }
+            tokio::time::sleep(poll).await;
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn check_confirmation(
+        &self,
+        fence: &Fence,
+        rec: &mut TxRecord,
+        key: &SignerKey,
+        depth: u64,
+        last_sent: &mut Instant,
+        stuck_after: Duration,
+        nonce_gone_seen: &mut u32,
+    ) -> Result<Option<TxOutcome>> {
+        if let Some(receipt) = self.find_receipt(rec).await? {
+            *nonce_gone_seen = 0;
+            let canonical = self
+                .gateway
+                .block(receipt.block_number)
+                .await?
+                .map(|b| b.hash)
+                == Some(receipt.block_hash);
+            if !canonical {
+                // Reorganised away; the node will re-include it or drop it (then we re-broadcast).
+                self.metrics.inc("dalp_tx_reorged_total", &[]);
+                return Ok(None);
+            }
+            if !receipt.success {
+                let detail = format!("reverted on chain in {:#x}", receipt.tx_hash);
+                self.store
+                    .set_tx_state(
+                        fence,
+                        rec.id,
+                        TxState::Failed,
+                        Some(&detail),
+                        Some(&serde_json::to_value(&receipt).expect("receipt json")),
+                    )
+                    .await?;
+                return Err(EngineError::Reverted(detail));
+            }
+            let head = self.gateway.block_number().await?;
+            if head + 1 >= receipt.block_number + depth {
+                if rec.state != TxState::Completed {
+                    let json = serde_json::to_value(&receipt).expect("receipt json");
+                    self.store
+                        .set_tx_state(fence, rec.id, TxState::Completed, None, Some(&json))
+                        .await?;
+                    rec.state = TxState::Completed;
+                }
+                return Ok(Some(TxOutcome::from_receipt(&receipt, rec.nonce)));
+            }
+            return Ok(None);
+        }
+        // No receipt for any of our signed versions.
+        let mined_nonce = self
+            .gateway
+            .transaction_count(rec.intent_signer, "latest")
+            .await?;
+        if mined_nonce > rec.nonce {
+            // Our nonce is used on chain by something that is not ours — unless our receipt is
+            // merely not visible yet on this endpoint: insist on seeing it twice.
+            *nonce_gone_seen += 1;
+            if *nonce_gone_seen >= 2 {
+                *nonce_gone_seen = 0;
+                *rec = self.resync(fence, rec).await?;
+            }
+            return Ok(None);
+        }
+        *nonce_gone_seen = 0;
+        let hash = rec.hash.expect("a confirming transaction has a hash");
+        if !self.gateway.transaction_known(hash).await? {
+            // Dropped from the mempool, or never arrived (ambiguous send): the same bytes again.
+            self.metrics.inc("dalp_tx_rebroadcasts_total", &[]);
+            tracing::info!(tx_id = rec.id, %hash, "transaction unknown to the node; re-broadcasting stored bytes");
+            if let Sent::Rejected(
+                NodeRejection::ReplacementUnderpriced | NodeRejection::FeeTooLow,
+                _,
+            ) = self.send(rec).await?
+            {
+                *rec = self.replace(fence, rec, key).await?;
+                self.send(rec).await?;
+            }
+            *last_sent = Instant::now();
+            return Ok(None);
+        }
+        if last_sent.elapsed() >= stuck_after {
+            let base = self.gateway.latest_block().await?.base_fee.unwrap_or(0);
+            if rec.fees().max_fee_per_gas < base * 2 || last_sent.elapsed() >= stuck_after * 2 {
+                *rec = self.replace(fence, rec, key).await?;
+                self.send(rec).await?;
+                *last_sent = Instant::now();
+            }
+        }
+        Ok(None)
+    }
+}

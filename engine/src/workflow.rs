@@ -1,0 +1,457 @@
+//! Workflow definitions: ordered steps with typed inputs, and what each step does.
+//!
+//! A step's output is persisted (the journal) before the next step starts; a resumed workflow
+//! reads earlier outputs from the checkpoint (`state`), never from memory. Every step is safe to
+//! re-run after a crash between its side effect and its journal write: transaction steps resume
+//! their recorded transaction, off-chain effects are keyed by (workflow, kind).
+
+use crate::contracts::{asset_token_deploy_code, parse_amount, AssetToken};
+use crate::error::{EngineError, Result};
+use crate::signer::SignerKey;
+use crate::store::{Fence, TxIntent, WorkflowRecord};
+use crate::txmgr::TxManager;
+use alloy_primitives::{Address, Bytes, U256};
+use alloy_sol_types::SolCall;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+
+pub const ISSUANCE: &str = "issuance";
+pub const TRANSFER: &str = "transfer";
+pub const MINT: &str = "mint";
+pub const REGISTER_IDENTITY: &str = "register_identity";
+
+pub const KINDS: &[&str] = &[ISSUANCE, TRANSFER, MINT, REGISTER_IDENTITY];
+
+const DEPLOY_GAS: u64 = 2_000_000;
+const CALL_GAS: u64 = 200_000;
+
+/// The ordered step names of a workflow kind.
+pub fn steps(kind: &str) -> Option<&'static [&'static str]> {
+    Some(match kind {
+        ISSUANCE => &[
+            "check_eligibility",
+            "deploy_token",
+            "await_confirmation",
+            "configure_compliance",
+            "mint_initial_supply",
+            "register_identity",
+            "notify",
+        ],
+        TRANSFER => &["compliance_check", "transfer", "await_confirmation"],
+        MINT => &["mint", "await_confirmation"],
+        REGISTER_IDENTITY => &["register_identity", "await_confirmation"],
+        _ => return None,
+    })
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssuanceInput {
+    pub name: String,
+    pub symbol: String,
+    #[serde(default = "default_decimals")]
+    pub decimals: u8,
+    pub initial_supply: String,
+    /// Per-holder cap; absent or "0" means no cap.
+    #[serde(default)]
+    pub max_balance: Option<String>,
+    /// The first investor whose identity is registered.
+    pub investor: Address,
+    #[serde(default)]
+    pub country: u16,
+    #[serde(default)]
+    pub signer: Option<String>,
+}
+
+fn default_decimals() -> u8 {
+    18
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenAmountInput {
+    pub token: Address,
+    pub to: Address,
+    pub amount: String,
+    #[serde(default)]
+    pub signer: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterIdentityInput {
+    pub token: Address,
+    pub account: Address,
+    #[serde(default)]
+    pub country: u16,
+    #[serde(default)]
+    pub signer: Option<String>,
+}
+
+/// Check a request before it is accepted; returns the signer name it uses.
+pub fn validate(kind: &str, input: &Value) -> Result<String> {
+    let invalid = |e: serde_json::Error| EngineError::Invalid(format!("{kind} input: {e}"));
+    let amount = |field: &str, s: &str| {
+        parse_amount(s).ok_or_else(|| {
+            EngineError::Invalid(format!(
+                "{kind} input: field `{field}`: not an amount: {s:?}"
+            ))
+        })
+    };
+    let signer = match kind {
+        ISSUANCE => {
+            let i: IssuanceInput = serde_json::from_value(input.clone()).map_err(invalid)?;
+            amount("initial_supply", &i.initial_supply)?;
+            if let Some(m) = &i.max_balance {
+                amount("max_balance", m)?;
+            }
+            if i.name.trim().is_empty() || i.symbol.trim().is_empty() || i.symbol.len() > 11 {
+                return Err(EngineError::Invalid(format!(
+                    "{kind} input: field `symbol`/`name`: empty, or symbol longer than 11"
+                )));
+            }
+            if i.decimals > 18 {
+                return Err(EngineError::Invalid(format!(
+                    "{kind} input: field `decimals`: at most 18"
+                )));
+            }
+            i.signer
+        }
+        TRANSFER | MINT => {
+            let i: TokenAmountInput = serde_json::from_value(input.clone()).map_err(invalid)?;
+            let a = amount("amount", &i.amount)?;
+            if a.is_zero() {
+                return Err(EngineError::Invalid(format!(
+                    "{kind} input: field `amount`: must be positive"
+                )));
+            }
+            i.signer
+        }
+        REGISTER_IDENTITY => {
+            serde_json::from_value::<RegisterIdentityInput>(input.clone())
+                .map_err(invalid)?
+                .signer
+        }
+        other => {
+            return Err(EngineError::Invalid(format!(
+                "unknown workflow kind {other:?}; known: {}",
+                KINDS.join(", ")
+            )))
+        }
+    };
+    Ok(signer.unwrap_or_else(|| "default".into()))
+}
+
+/// Everything a step needs; borrowed from the engine for one step execution.
+pub struct StepContext<'a> {
+    pub fence: &'a Fence,
+    pub workflow: &'a WorkflowRecord,
+    pub step: i32,
+    pub txm: &'a TxManager,
+    pub signers: &'a BTreeMap<String, SignerKey>,
+}
+
+impl StepContext<'_> {
+    fn signer(&self) -> Result<&SignerKey> {
+        let name = self
+            .workflow
+            .input
+            .get("signer")
+            .and_then(Value::as_str)
+            .unwrap_or("default");
+        self.signers
+            .get(name)
+            .ok_or_else(|| EngineError::Invalid(format!("no signer named {name:?} is configured")))
+    }
+
+    fn input<T: serde::de::DeserializeOwned>(&self) -> Result<T> {
+        serde_json::from_value(self.workflow.input.clone())
+            .map_err(|e| EngineError::Invalid(format!("stored input: {e}")))
+    }
+
+    /// Output of an earlier, completed step (from the persisted checkpoint).
+    fn output(&self, step: &str) -> Result<&Value> {
+        self.workflow.state.get(step).ok_or_else(|| {
+            EngineError::Internal(format!("checkpoint has no output of step {step}"))
+        })
+    }
+
+    fn token_from(&self, step: &str) -> Result<Address> {
+        let v = self.output(step)?;
+        let s = v
+            .get("token")
+            .or_else(|| v.get("contract_address"))
+            .and_then(Value::as_str)
+            .ok_or_else(|| {
+                EngineError::Internal(format!("step {step} recorded no token address"))
+            })?;
+        s.parse()
+            .map_err(|_| EngineError::Internal(format!("bad token address {s}")))
+    }
+
+    async fn tx(&self, to: Option<Address>, input: Bytes, gas_limit: u64) -> Result<Value> {
+        let key = self.signer()?;
+        let intent = TxIntent {
+            signer: key.address(),
+            chain_id: self.txm.chain_id,
+            to,
+            input,
+            value: U256::ZERO,
+            gas_limit,
+        };
+        let outcome = self.txm.execute(self.fence, self.step, key, intent).await?;
+        Ok(serde_json::to_value(outcome).expect("outcome json"))
+    }
+
+    async fn finality(&self, tx_step: i32) -> Result<Value> {
+        let outcome = self
+            .txm
+            .await_finality(self.fence, tx_step, self.signer()?)
+            .await?;
+        Ok(serde_json::to_value(outcome).expect("outcome json"))
+    }
+}
+
+fn amount(s: &str) -> Result<U256> {
+    parse_amount(s).ok_or_else(|| EngineError::Invalid(format!("not an amount: {s:?}")))
+}
+
+/// Execute step `name` of `kind`. Returns the step's output.
+pub async fn execute(ctx: &StepContext<'_>, kind: &str, name: &str) -> Result<Value> {
+    match (kind, name) {
+        (ISSUANCE, "check_eligibility") => {
+            let i: IssuanceInput = ctx.input()?;
+            let key = ctx.signer()?;
+            if i.investor == Address::ZERO {
+                return Err(EngineError::Invalid("investor is the zero address".into()));
+            }
+            let funds = ctx.txm.gateway.balance(key.address()).await?;
+            if funds.is_zero() {
+                return Err(EngineError::SignerFunds {
+                    signer: format!("{:#x}", key.address()),
+                    message: "balance is zero".into(),
+                });
+            }
+            Ok(json!({ "issuer": key.address(), "supply": amount(&i.initial_supply)?.to_string() }))
+        }
+        (ISSUANCE, "deploy_token") => {
+            let i: IssuanceInput = ctx.input()?;
+            ctx.tx(
+                None,
+                asset_token_deploy_code(&i.name, &i.symbol, i.decimals),
+                DEPLOY_GAS,
+            )
+            .await
+        }
+        (ISSUANCE, "await_confirmation") => {
+            let mut out = ctx.finality(ctx.step - 1).await?;
+            let token = ctx.token_from("deploy_token")?;
+            if ctx.txm.gateway.code(token).await?.is_empty() {
+                return Err(EngineError::Internal(format!(
+                    "no code at deployed token {token:#x}"
+                )));
+            }
+            out["token"] = json!(token);
+            Ok(out)
+        }
+        (ISSUANCE, "configure_compliance") => {
+            let i: IssuanceInput = ctx.input()?;
+            let max = i
+                .max_balance
+                .as_deref()
+                .map(amount)
+                .transpose()?
+                .unwrap_or(U256::ZERO);
+            let token = ctx.token_from("await_confirmation")?;
+            ctx.tx(
+                Some(token),
+                AssetToken::setMaxBalanceCall { maxBalance_: max }
+                    .abi_encode()
+                    .into(),
+                CALL_GAS,
+            )
+            .await
+        }
+        (ISSUANCE, "mint_initial_supply") => {
+            let i: IssuanceInput = ctx.input()?;
+            let token = ctx.token_from("await_confirmation")?;
+            let to = ctx.signer()?.address();
+            ctx.tx(
+                Some(token),
+                AssetToken::mintCall {
+                    to,
+                    amount: amount(&i.initial_supply)?,
+                }
+                .abi_encode()
+                .into(),
+                CALL_GAS,
+            )
+            .await
+        }
+        (ISSUANCE, "register_identity") => {
+            let i: IssuanceInput = ctx.input()?;
+            let token = ctx.token_from("await_confirmation")?;
+            ctx.tx(
+                Some(token),
+                AssetToken::registerIdentityCall {
+                    account: i.investor,
+                    country: i.country,
+                }
+                .abi_encode()
+                .into(),
+                CALL_GAS,
+            )
+            .await
+        }
+        (ISSUANCE, "notify") => {
+            let token = ctx.token_from("await_confirmation")?;
+            let payload = json!({ "event": "issuance_completed", "token": token, "workflow_id": ctx.workflow.id });
+            let fresh = ctx
+                .txm
+                .store
+                .notify(ctx.fence, "issuance_completed", &payload)
+                .await?;
+            Ok(json!({ "token": token, "notified": true, "first_delivery": fresh }))
+        }
+        (TRANSFER, "compliance_check") => {
+            let i: TokenAmountInput = ctx.input()?;
+            let from = ctx.signer()?.address();
+            let call = AssetToken::canTransferCall {
+                from,
+                to: i.to,
+                amount: amount(&i.amount)?,
+            };
+            // An error here (node down, timeout) is transient and retried; it never lets the
+            // transfer through: the transfer step only runs after this step's output is persisted.
+            let ret = ctx
+                .txm
+                .gateway
+                .eth_call(from, i.token, &call.abi_encode().into())
+                .await?;
+            let allowed = AssetToken::canTransferCall::abi_decode_returns(&ret).map_err(|e| {
+                EngineError::Internal(format!("canTransfer returned malformed data: {e}"))
+            })?;
+            if !allowed {
+                return Err(EngineError::ComplianceRejected(format!(
+                    "canTransfer({from:#x}, {:#x}, {}) returned false on token {:#x}",
+                    i.to, i.amount, i.token
+                )));
+            }
+            Ok(json!({ "allowed": true }))
+        }
+        (TRANSFER, "transfer") => {
+            let i: TokenAmountInput = ctx.input()?;
+            ctx.tx(
+                Some(i.token),
+                AssetToken::transferCall {
+                    to: i.to,
+                    amount: amount(&i.amount)?,
+                }
+                .abi_encode()
+                .into(),
+                CALL_GAS,
+            )
+            .await
+        }
+        (MINT, "mint") => {
+            let i: TokenAmountInput = ctx.input()?;
+            ctx.tx(
+                Some(i.token),
+                AssetToken::mintCall {
+                    to: i.to,
+                    amount: amount(&i.amount)?,
+                }
+                .abi_encode()
+                .into(),
+                CALL_GAS,
+            )
+            .await
+        }
+        (REGISTER_IDENTITY, "register_identity") => {
+            let i: RegisterIdentityInput = ctx.input()?;
+            ctx.tx(
+                Some(i.token),
+                AssetToken::registerIdentityCall {
+                    account: i.account,
+                    country: i.country,
+                }
+                .abi_encode()
+                .into(),
+                CALL_GAS,
+            )
+            .await
+        }
+        (TRANSFER | MINT | REGISTER_IDENTITY, "await_confirmation") => {
+            ctx.finality(ctx.step - 1).await
+        }
+        _ => Err(EngineError::Internal(format!(
+            "workflow {kind} has no step {name}"
+        ))),
+    }
+}
+
+/// Whether step `name` sends a transaction (so a dead-letter there may release its nonce).
+pub fn is_tx_step(kind: &str, name: &str) -> bool {
+    !matches!(
+        name,
+        "check_eligibility" | "await_confirmation" | "notify" | "compliance_check"
+    ) && steps(kind).is_some()
+}
+
+/// The workflow's result, once its last step completed.
+pub fn result(kind: &str, state: &Value) -> Value {
+    match kind {
+        ISSUANCE => {
+            json!({ "token": state.get("await_confirmation").and_then(|v| v.get("token")) })
+        }
+        _ => {
+            let last_tx = steps(kind)
+                .and_then(|s| s.iter().rev().find(|n| is_tx_step(kind, n)))
+                .copied()
+                .unwrap_or("");
+            json!({ "tx_hash": state.get(last_tx).and_then(|v| v.get("tx_hash")) })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_has_steps_and_validation_names_fields() {
+        for k in KINDS {
+            assert!(!steps(k).unwrap().is_empty());
+        }
+        let e = validate(
+            TRANSFER,
+            &json!({"token": Address::ZERO, "to": Address::ZERO, "amount": "abc"}),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("amount"), "{e}");
+        let e = validate(
+            TRANSFER,
+            &json!({"token": Address::ZERO, "to": Address::ZERO, "amount": "1", "x": 1}),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("unknown field"), "{e}");
+        assert!(validate("nope", &json!({})).is_err());
+        assert_eq!(
+            validate(
+                MINT,
+                &json!({"token": Address::ZERO, "to": Address::ZERO, "amount": "5"})
+            )
+            .unwrap(),
+            "default"
+        );
+    }
+
+    #[test]
+    fn tx_steps_are_known() {
+        assert!(is_tx_step(ISSUANCE, "deploy_token"));
+        assert!(!is_tx_step(ISSUANCE, "await_confirmation"));
+        assert!(!is_tx_step(TRANSFER, "compliance_check"));
+        assert!(is_tx_step(TRANSFER, "transfer"));
+    }
+}
