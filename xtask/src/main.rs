@@ -1,1 +1,125 @@
-fn main() {}
+//! `cargo xtask`: the project's entry point. It installs what a fresh machine lacks, builds the
+//! two flavours (plain, and `--cfg madsim` in `target/sim` so neither invalidates the other), and
+//! runs the main job, the tests and the benchmarks.
+//!
+//! No dependencies, so it builds in seconds before anything else.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+const USAGE: &str = "usage: cargo xtask <command>
+
+commands:
+  run            set up, then run the sample workload on real PostgreSQL + Anvil and print the outcome
+  test           set up, then build both flavours and run every test (unit, property, integration)
+  setup          install what the tests need (PostgreSQL, Node.js/npm, the pinned Anvil and solc)
+  build-sim      build the engine under --cfg madsim into target/sim
+  bench engine   journaled step transitions/s through the real store vs pgbench -N -c 8
+  contracts      rebuild the fixture contract with the pinned solc";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+        ["run"] => setup().and_then(|_| cargo(&["run", "-q", "-p", "dalp-integration", "--bin", "dalp-sample"], &[])),
+        ["test"] => test(),
+        ["setup"] => setup(),
+        ["build-sim"] => build_sim(),
+        ["bench", "engine"] => setup().and_then(|_| {
+            cargo(&["build", "-q", "--release", "-p", "dalp-engine", "--bin", "dalp-engine"], &[])?;
+            cargo(&["run", "-q", "--release", "-p", "dalp-integration", "--bin", "bench-engine"], &[])
+        }),
+        ["contracts"] => run(Command::new("bash").arg(root().join("fixtures/contracts/build.sh"))),
+        _ => {
+            eprintln!("{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask has a parent").to_path_buf()
+}
+
+fn run(cmd: &mut Command) -> Result<(), String> {
+    let shown = format!("{cmd:?}");
+    let status = cmd.status().map_err(|e| format!("{shown}: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{shown} failed with {status}"))
+    }
+}
+
+fn cargo(args: &[&str], env: &[(&str, &str)]) -> Result<(), String> {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.args(args).current_dir(root());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    run(&mut cmd)
+}
+
+fn test() -> Result<(), String> {
+    setup()?;
+    cargo(&["build", "-p", "dalp-engine", "--bin", "dalp-engine"], &[])?;
+    build_sim()?;
+    cargo(&["test", "--workspace", "--no-fail-fast"], &[])
+}
+
+/// The simulation flavour: same engine code, `tokio` resolved to madsim, own target dir.
+fn build_sim() -> Result<(), String> {
+    let target = root().join("target/sim");
+    let target = target.to_str().expect("utf-8 path");
+    cargo(&["build", "-p", "dalp-engine", "--lib", "--target-dir", target], &[("RUSTFLAGS", "--cfg madsim")])
+}
+
+fn have(cmd: &str) -> bool {
+    Command::new("sh").args(["-c", &format!("command -v {cmd} >/dev/null 2>&1")]).status().is_ok_and(|s| s.success())
+}
+
+fn postgres_installed() -> bool {
+    std::fs::read_dir("/usr/lib/postgresql")
+        .map(|d| d.filter_map(Result::ok).any(|e| e.path().join("bin/postgres").exists() && e.path().join("bin/pgbench").exists()))
+        .unwrap_or(false)
+}
+
+fn apt_get() -> Command {
+    let is_root = Command::new("id").arg("-u").output().map(|o| o.stdout == b"0\n").unwrap_or(false);
+    if is_root {
+        Command::new("apt-get")
+    } else {
+        let mut c = Command::new("sudo");
+        c.args(["-n", "apt-get"]);
+        c
+    }
+}
+
+fn apt_install(packages: &[&str]) -> Result<(), String> {
+    eprintln!("xtask: installing {} with apt-get", packages.join(" "));
+    run(apt_get().args(["update", "-qq"]))?;
+    run(apt_get().env("DEBIAN_FRONTEND", "noninteractive").args(["install", "-y", "-qq", "--no-install-recommends"]).args(packages))
+}
+
+/// Install what is missing; idempotent and quick when everything is there.
+fn setup() -> Result<(), String> {
+    if !postgres_installed() {
+        apt_install(&["postgresql", "postgresql-contrib"])?;
+    }
+    if !have("npm") || !have("node") {
+        apt_install(&["nodejs", "npm"])?;
+    }
+    let fixtures = root().join("fixtures");
+    let anvil = std::fs::read_to_string(fixtures.join("ANVIL_PATH.txt")).map_err(|e| format!("fixtures/ANVIL_PATH.txt: {e}"))?;
+    if !fixtures.join(anvil.trim()).exists() {
+        eprintln!("xtask: installing the pinned Anvil and solc (npm ci in fixtures/)");
+        run(Command::new("npm").args(["ci", "--no-audit", "--no-fund"]).current_dir(&fixtures))?;
+    }
+    Ok(())
+}
