@@ -348,6 +348,15 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_example_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("engine.example.toml");
+        let env = BTreeMap::from([("DALP_SIGNER_KEY".to_string(), KEY.to_string())]);
+        let cfg = Config::load(Some(&path), &env).unwrap();
+        assert_eq!(cfg.rpc_endpoints.len(), 2);
+        assert_eq!(cfg.timeouts.rpc_method_ms["eth_sendRawTransaction"], 5000);
+    }
+
+    #[test]
     fn secrets_compare_exactly() {
         let s = Secret::new("abcdefgh");
         assert!(s.matches("abcdefgh"));
