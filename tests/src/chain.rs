@@ -9,7 +9,14 @@ use serde_json::{json, Value};
 
 pub async fn rpc(url: &str, method: &str, params: Value) -> Result<Value> {
     let body = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
-    let resp: Value = reqwest::Client::new().post(url).json(&body).timeout(std::time::Duration::from_secs(10)).send().await?.json().await?;
+    let resp: Value = reqwest::Client::new()
+        .post(url)
+        .json(&body)
+        .timeout(std::time::Duration::from_secs(10))
+        .send()
+        .await?
+        .json()
+        .await?;
     if let Some(e) = resp.get("error") {
         return Err(format!("{method}: {e}").into());
     }
@@ -49,7 +56,12 @@ impl ChainView {
         let head = self.head().await?;
         let mut out = Vec::new();
         for n in 0..=head {
-            let b = rpc(&self.url, "eth_getBlockByNumber", json!([format!("0x{n:x}"), true])).await?;
+            let b = rpc(
+                &self.url,
+                "eth_getBlockByNumber",
+                json!([format!("0x{n:x}"), true]),
+            )
+            .await?;
             for tx in b["transactions"].as_array().cloned().unwrap_or_default() {
                 let sender: Address = serde_json::from_value(tx["from"].clone())?;
                 if sender != from {
@@ -71,20 +83,27 @@ impl ChainView {
     }
 
     pub async fn nonce(&self, who: Address) -> Result<u64> {
-        Ok(q(&rpc(&self.url, "eth_getTransactionCount", json!([who, "latest"])).await?))
+        Ok(q(&rpc(
+            &self.url,
+            "eth_getTransactionCount",
+            json!([who, "latest"]),
+        )
+        .await?))
     }
 
     pub async fn balance_of(&self, token: Address, holder: Address) -> Result<U256> {
         let data = AssetToken::balanceOfCall(holder).abi_encode();
         let v = rpc(&self.url, "eth_call", json!([{"to": token, "data": format!("0x{}", alloy_primitives::hex::encode(data))}, "latest"])).await?;
-        let bytes = alloy_primitives::hex::decode(v.as_str().unwrap_or("0x").trim_start_matches("0x"))?;
+        let bytes =
+            alloy_primitives::hex::decode(v.as_str().unwrap_or("0x").trim_start_matches("0x"))?;
         Ok(U256::from_be_slice(&bytes))
     }
 
     pub async fn total_supply(&self, token: Address) -> Result<U256> {
         let data = AssetToken::totalSupplyCall {}.abi_encode();
         let v = rpc(&self.url, "eth_call", json!([{"to": token, "data": format!("0x{}", alloy_primitives::hex::encode(data))}, "latest"])).await?;
-        let bytes = alloy_primitives::hex::decode(v.as_str().unwrap_or("0x").trim_start_matches("0x"))?;
+        let bytes =
+            alloy_primitives::hex::decode(v.as_str().unwrap_or("0x").trim_start_matches("0x"))?;
         Ok(U256::from_be_slice(&bytes))
     }
 }

@@ -29,20 +29,29 @@ pub type Result<T> = std::result::Result<T, Error>;
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
 }
 
 /// A fresh scratch directory under `target/dalp-it/`.
 pub fn scratch_dir(what: &str) -> PathBuf {
     let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-    let dir = workspace_root().join("target/dalp-it").join(format!("{what}-{}-{n}", std::process::id()));
+    let dir = workspace_root()
+        .join("target/dalp-it")
+        .join(format!("{what}-{}-{n}", std::process::id()));
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir).expect("create scratch dir");
     dir
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port").local_addr().expect("local addr").port()
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind an ephemeral port")
+        .local_addr()
+        .expect("local addr")
+        .port()
 }
 
 fn wait_until(what: &str, bound: Duration, mut ready: impl FnMut() -> bool) -> Result<()> {
@@ -65,7 +74,11 @@ fn is_root() -> bool {
 const NOBODY: u32 = 65534;
 
 fn chown_r(path: &Path, uid: u32) -> Result<()> {
-    let status = Command::new("chown").arg("-R").arg(format!("{uid}:{uid}")).arg(path).status()?;
+    let status = Command::new("chown")
+        .arg("-R")
+        .arg(format!("{uid}:{uid}"))
+        .arg(path)
+        .status()?;
     if !status.success() {
         return Err(format!("chown {} failed", path.display()).into());
     }
@@ -81,12 +94,21 @@ fn as_db_user(cmd: &mut Command) -> &mut Command {
 
 pub fn postgres_bin_dir() -> Result<PathBuf> {
     let mut dirs: Vec<PathBuf> = fs::read_dir("/usr/lib/postgresql")
-        .map_err(|_| "PostgreSQL is not installed (no /usr/lib/postgresql); run `cargo xtask setup`")?
+        .map_err(|_| {
+            "PostgreSQL is not installed (no /usr/lib/postgresql); run `cargo xtask setup`"
+        })?
         .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
         .filter(|p| p.join("postgres").exists())
         .collect();
-    dirs.sort_by_key(|p| p.parent().and_then(|v| v.file_name()).and_then(|v| v.to_str()).and_then(|v| v.parse::<u32>().ok()).unwrap_or(0));
-    dirs.pop().ok_or_else(|| "no PostgreSQL server binaries under /usr/lib/postgresql".into())
+    dirs.sort_by_key(|p| {
+        p.parent()
+            .and_then(|v| v.file_name())
+            .and_then(|v| v.to_str())
+            .and_then(|v| v.parse::<u32>().ok())
+            .unwrap_or(0)
+    });
+    dirs.pop()
+        .ok_or_else(|| "no PostgreSQL server binaries under /usr/lib/postgresql".into())
 }
 
 /// A PostgreSQL server in a scratch directory, fsync on, listening on 127.0.0.1.
@@ -114,19 +136,39 @@ impl Postgres {
             }
             chown_r(&dir, NOBODY)?;
         }
-        let out = as_db_user(Command::new(bin.join("initdb")).args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync", "-D"]).arg(&data))
-            .stdout(Stdio::null())
-            .output()?;
+        let out = as_db_user(
+            Command::new(bin.join("initdb"))
+                .args([
+                    "-U",
+                    "postgres",
+                    "--auth=trust",
+                    "-E",
+                    "UTF8",
+                    "--no-sync",
+                    "-D",
+                ])
+                .arg(&data),
+        )
+        .stdout(Stdio::null())
+        .output()?;
         if !out.status.success() {
             return Err(format!("initdb failed: {}", String::from_utf8_lossy(&out.stderr)).into());
         }
-        let mut pg = Postgres { port: free_port(), dir, bin, child: None };
+        let mut pg = Postgres {
+            port: free_port(),
+            dir,
+            bin,
+            child: None,
+        };
         pg.spawn()?;
         Ok(pg)
     }
 
     fn spawn(&mut self) -> Result<()> {
-        let log = fs::OpenOptions::new().create(true).append(true).open(self.dir.join("postgres.log"))?;
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("postgres.log"))?;
         if is_root() {
             chown_r(&self.dir.join("postgres.log"), NOBODY)?;
         }
@@ -134,20 +176,39 @@ impl Postgres {
             Command::new(self.bin.join("postgres"))
                 .arg("-D")
                 .arg(self.dir.join("data"))
-                .args(["-p", &self.port.to_string(), "-c", "listen_addresses=127.0.0.1", "-k"])
+                .args([
+                    "-p",
+                    &self.port.to_string(),
+                    "-c",
+                    "listen_addresses=127.0.0.1",
+                    "-k",
+                ])
                 .arg(&self.dir)
-                .args(["-c", "fsync=on", "-c", "max_connections=200", "-c", "shared_buffers=128MB"]),
+                .args([
+                    "-c",
+                    "fsync=on",
+                    "-c",
+                    "max_connections=200",
+                    "-c",
+                    "shared_buffers=128MB",
+                ]),
         )
         .stdout(log.try_clone()?)
         .stderr(log)
         .spawn()?;
         self.child = Some(child);
         let port = self.port;
-        wait_until("postgres", Duration::from_secs(30), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok())?;
+        wait_until("postgres", Duration::from_secs(30), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        })?;
         // Accepting TCP precedes accepting queries during start-up: ask pg_isready too.
         let bin = self.bin.clone();
         wait_until("postgres queries", Duration::from_secs(30), || {
-            Command::new(bin.join("pg_isready")).args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres"]).stdout(Stdio::null()).status().is_ok_and(|s| s.success())
+            Command::new(bin.join("pg_isready"))
+                .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres"])
+                .stdout(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
         })
     }
 
@@ -190,9 +251,17 @@ pub fn anvil_path() -> Result<PathBuf> {
     let rel = fs::read_to_string(fixtures.join("ANVIL_PATH.txt"))?;
     let path = fixtures.join(rel.trim());
     if !path.exists() {
-        let status = Command::new("npm").args(["ci", "--no-audit", "--no-fund"]).current_dir(&fixtures).stdout(Stdio::null()).status()?;
+        let status = Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund"])
+            .current_dir(&fixtures)
+            .stdout(Stdio::null())
+            .status()?;
         if !status.success() || !path.exists() {
-            return Err(format!("anvil not found at {} and `npm ci` in fixtures/ failed", path.display()).into());
+            return Err(format!(
+                "anvil not found at {} and `npm ci` in fixtures/ failed",
+                path.display()
+            )
+            .into());
         }
     }
     Ok(path)
@@ -210,13 +279,24 @@ impl Anvil {
         let port = free_port();
         let log = fs::File::create(dir.join("anvil.log"))?;
         let child = Command::new(anvil_path()?)
-            .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--chain-id", "31337", "--block-time", &block_time_secs.to_string()])
+            .args([
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--chain-id",
+                "31337",
+                "--block-time",
+                &block_time_secs.to_string(),
+            ])
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()?;
         let anvil = Anvil { port, child };
         let url = anvil.url();
-        wait_until("anvil", Duration::from_secs(30), || rpc_blocking(&url, "eth_chainId", json!([])).is_ok())?;
+        wait_until("anvil", Duration::from_secs(30), || {
+            rpc_blocking(&url, "eth_chainId", json!([])).is_ok()
+        })?;
         Ok(anvil)
     }
 
@@ -237,7 +317,9 @@ pub fn rpc_blocking(url: &str, method: &str, params: Value) -> Result<Value> {
     // Its own thread and runtime, so it also works when called from async set-up code.
     let (url, method) = (url.to_string(), method.to_string());
     std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
         rt.block_on(async { chain::rpc(&url, &method, params).await })
     })
     .join()
@@ -268,7 +350,11 @@ impl EngineSpec {
     }
 
     fn toml(&self, listen: &str) -> String {
-        let endpoints: Vec<String> = self.rpc_endpoints.iter().map(|e| format!("{e:?}")).collect();
+        let endpoints: Vec<String> = self
+            .rpc_endpoints
+            .iter()
+            .map(|e| format!("{e:?}"))
+            .collect();
         format!(
             r#"node_id = "{node}"
 database_url = "{db}"
@@ -310,11 +396,18 @@ poll_ms = 300
 /// Locate (building if needed) the `dalp-engine` binary of this workspace's debug build.
 pub fn engine_binary() -> Result<PathBuf> {
     let root = workspace_root();
-    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
-    let profile = if cfg!(debug_assertions) { "debug" } else { "release" };
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    let profile = if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    };
     let path = target.join(profile).join("dalp-engine");
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    cmd.args(["build", "-q", "-p", "dalp-engine", "--bin", "dalp-engine"]).current_dir(&root);
+    cmd.args(["build", "-q", "-p", "dalp-engine", "--bin", "dalp-engine"])
+        .current_dir(&root);
     if profile == "release" {
         cmd.arg("--release");
     }
@@ -340,14 +433,23 @@ impl EngineProcess {
         let config = dir.join("engine.toml");
         fs::write(&config, spec.toml(&format!("127.0.0.1:{port}")))?;
         let log = dir.join("engine.log");
-        let mut p = EngineProcess { spec, port, log, child: None, http: reqwest::Client::new() };
+        let mut p = EngineProcess {
+            spec,
+            port,
+            log,
+            child: None,
+            http: reqwest::Client::new(),
+        };
         p.spawn(&config)?;
         p.wait_healthy().await?;
         Ok(p)
     }
 
     fn spawn(&mut self, config: &Path) -> Result<()> {
-        let log = fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
         let child = Command::new(engine_binary()?)
             .arg("--config")
             .arg(config)
@@ -366,14 +468,25 @@ impl EngineProcess {
             if let Some(c) = &self.child {
                 let _ = c;
             }
-            if let Ok(r) = self.http.get(self.url("/health")).timeout(Duration::from_secs(2)).send().await {
+            if let Ok(r) = self
+                .http
+                .get(self.url("/health"))
+                .timeout(Duration::from_secs(2))
+                .send()
+                .await
+            {
                 if r.status().is_success() {
                     return Ok(());
                 }
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        Err(format!("engine {} not healthy; log: {}", self.spec.node_id, fs::read_to_string(&self.log).unwrap_or_default()).into())
+        Err(format!(
+            "engine {} not healthy; log: {}",
+            self.spec.node_id,
+            fs::read_to_string(&self.log).unwrap_or_default()
+        )
+        .into())
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -411,7 +524,13 @@ impl EngineProcess {
     }
 
     pub async fn status(&self, id: i64) -> Result<Value> {
-        let r = self.http.get(self.url(&format!("/v1/workflows/id/{id}"))).bearer_auth(API_TOKEN).timeout(Duration::from_secs(10)).send().await?;
+        let r = self
+            .http
+            .get(self.url(&format!("/v1/workflows/id/{id}")))
+            .bearer_auth(API_TOKEN)
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await?;
         if !r.status().is_success() {
             return Err(format!("status {id}: HTTP {}", r.status()).into());
         }
@@ -419,19 +538,39 @@ impl EngineProcess {
     }
 
     pub async fn get(&self, path: &str, token: &str) -> Result<(u16, Value)> {
-        let r = self.http.get(self.url(path)).bearer_auth(token).timeout(Duration::from_secs(10)).send().await?;
+        let r = self
+            .http
+            .get(self.url(path))
+            .bearer_auth(token)
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await?;
         let code = r.status().as_u16();
         Ok((code, r.json().await.unwrap_or(Value::Null)))
     }
 
     pub async fn post(&self, path: &str, token: &str, body: &Value) -> Result<(u16, Value)> {
-        let r = self.http.post(self.url(path)).bearer_auth(token).json(body).timeout(Duration::from_secs(10)).send().await?;
+        let r = self
+            .http
+            .post(self.url(path))
+            .bearer_auth(token)
+            .json(body)
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await?;
         let code = r.status().as_u16();
         Ok((code, r.json().await.unwrap_or(Value::Null)))
     }
 
     pub async fn metrics(&self) -> Result<String> {
-        Ok(self.http.get(self.url("/metrics")).timeout(Duration::from_secs(10)).send().await?.text().await?)
+        Ok(self
+            .http
+            .get(self.url("/metrics"))
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await?
+            .text()
+            .await?)
     }
 
     pub fn log_text(&self) -> String {

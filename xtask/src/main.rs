@@ -19,14 +19,53 @@ commands:
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let result = match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
-        ["run"] => setup().and_then(|_| cargo(&["run", "-q", "-p", "dalp-integration", "--bin", "dalp-sample"], &[])),
+    let result = match args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
+        ["run"] => setup().and_then(|_| {
+            cargo(
+                &[
+                    "run",
+                    "-q",
+                    "-p",
+                    "dalp-integration",
+                    "--bin",
+                    "dalp-sample",
+                ],
+                &[],
+            )
+        }),
         ["test"] => test(),
         ["setup"] => setup(),
         ["build-sim"] => build_sim(),
         ["bench", "engine"] => setup().and_then(|_| {
-            cargo(&["build", "-q", "--release", "-p", "dalp-engine", "--bin", "dalp-engine"], &[])?;
-            cargo(&["run", "-q", "--release", "-p", "dalp-integration", "--bin", "bench-engine"], &[])
+            cargo(
+                &[
+                    "build",
+                    "-q",
+                    "--release",
+                    "-p",
+                    "dalp-engine",
+                    "--bin",
+                    "dalp-engine",
+                ],
+                &[],
+            )?;
+            cargo(
+                &[
+                    "run",
+                    "-q",
+                    "--release",
+                    "-p",
+                    "dalp-integration",
+                    "--bin",
+                    "bench-engine",
+                ],
+                &[],
+            )
         }),
         ["contracts"] => run(Command::new("bash").arg(root().join("fixtures/contracts/build.sh"))),
         _ => {
@@ -44,7 +83,10 @@ fn main() -> ExitCode {
 }
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask has a parent").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask has a parent")
+        .to_path_buf()
 }
 
 fn run(cmd: &mut Command) -> Result<(), String> {
@@ -77,21 +119,42 @@ fn test() -> Result<(), String> {
 fn build_sim() -> Result<(), String> {
     let target = root().join("target/sim");
     let target = target.to_str().expect("utf-8 path");
-    cargo(&["build", "-p", "dalp-engine", "--lib", "--target-dir", target], &[("RUSTFLAGS", "--cfg madsim")])
+    cargo(
+        &[
+            "build",
+            "-p",
+            "dalp-engine",
+            "--lib",
+            "--target-dir",
+            target,
+        ],
+        &[("RUSTFLAGS", "--cfg madsim")],
+    )
 }
 
 fn have(cmd: &str) -> bool {
-    Command::new("sh").args(["-c", &format!("command -v {cmd} >/dev/null 2>&1")]).status().is_ok_and(|s| s.success())
+    Command::new("sh")
+        .args(["-c", &format!("command -v {cmd} >/dev/null 2>&1")])
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 fn postgres_installed() -> bool {
     std::fs::read_dir("/usr/lib/postgresql")
-        .map(|d| d.filter_map(Result::ok).any(|e| e.path().join("bin/postgres").exists() && e.path().join("bin/pgbench").exists()))
+        .map(|d| {
+            d.filter_map(Result::ok).any(|e| {
+                e.path().join("bin/postgres").exists() && e.path().join("bin/pgbench").exists()
+            })
+        })
         .unwrap_or(false)
 }
 
 fn apt_get() -> Command {
-    let is_root = Command::new("id").arg("-u").output().map(|o| o.stdout == b"0\n").unwrap_or(false);
+    let is_root = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout == b"0\n")
+        .unwrap_or(false);
     if is_root {
         Command::new("apt-get")
     } else {
@@ -104,7 +167,10 @@ fn apt_get() -> Command {
 fn apt_install(packages: &[&str]) -> Result<(), String> {
     eprintln!("xtask: installing {} with apt-get", packages.join(" "));
     run(apt_get().args(["update", "-qq"]))?;
-    run(apt_get().env("DEBIAN_FRONTEND", "noninteractive").args(["install", "-y", "-qq", "--no-install-recommends"]).args(packages))
+    run(apt_get()
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(packages))
 }
 
 /// Install what is missing; idempotent and quick when everything is there.
@@ -116,10 +182,13 @@ fn setup() -> Result<(), String> {
         apt_install(&["nodejs", "npm"])?;
     }
     let fixtures = root().join("fixtures");
-    let anvil = std::fs::read_to_string(fixtures.join("ANVIL_PATH.txt")).map_err(|e| format!("fixtures/ANVIL_PATH.txt: {e}"))?;
+    let anvil = std::fs::read_to_string(fixtures.join("ANVIL_PATH.txt"))
+        .map_err(|e| format!("fixtures/ANVIL_PATH.txt: {e}"))?;
     if !fixtures.join(anvil.trim()).exists() {
         eprintln!("xtask: installing the pinned Anvil and solc (npm ci in fixtures/)");
-        run(Command::new("npm").args(["ci", "--no-audit", "--no-fund"]).current_dir(&fixtures))?;
+        run(Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund"])
+            .current_dir(&fixtures))?;
     }
     Ok(())
 }

@@ -229,14 +229,15 @@ fn row_to_tx(r: &PgRow) -> std::result::Result<TxRecord, DbFail> {
     })
 }
 
-/// Lock the workflow row and check that `fence` still holds it.
-async fn check_fence(tx: &mut Tx<'_>, fence: &Fence) -> std::result::Result<(), DbFail> {
-    let row = sqlx::query("SELECT fencing_token FROM workflows WHERE id = $1 FOR UPDATE")
-        .bind(fence.workflow_id)
-        .fetch_optional(&mut **tx)
-        .await?;
-    let current: i64 = match row {
-        Some(r) => r.try_get(0)?,
+/// Lock the workflow row and check that `fence` still holds it; returns the current step.
+async fn check_fence(tx: &mut Tx<'_>, fence: &Fence) -> std::result::Result<i32, DbFail> {
+    let row =
+        sqlx::query("SELECT fencing_token, current_step FROM workflows WHERE id = $1 FOR UPDATE")
+            .bind(fence.workflow_id)
+            .fetch_optional(&mut **tx)
+            .await?;
+    let (current, step): (i64, i32) = match row {
+        Some(r) => (r.try_get(0)?, r.try_get(1)?),
         None => {
             return Err(EngineError::Internal(format!(
                 "workflow {} does not exist",
@@ -253,7 +254,7 @@ async fn check_fence(tx: &mut Tx<'_>, fence: &Fence) -> std::result::Result<(), 
         }
         .into());
     }
-    Ok(())
+    Ok(step)
 }
 
 async fn journal_append(
@@ -537,12 +538,7 @@ impl Store for PgStore {
     ) -> Result<()> {
         self.bounded(async {
             let mut tx = self.pool.begin().await?;
-            check_fence(&mut tx, fence).await?;
-            let current: i32 = sqlx::query("SELECT current_step FROM workflows WHERE id = $1")
-                .bind(fence.workflow_id)
-                .fetch_one(&mut *tx)
-                .await?
-                .try_get(0)?;
+            let current = check_fence(&mut tx, fence).await?;
             if current > step {
                 // Our earlier commit went through although we did not see it: nothing to do.
                 tx.commit().await?;

@@ -29,7 +29,8 @@ async fn main() -> std::process::ExitCode {
 
 async fn run() -> Result<()> {
     let pg = Postgres::start()?;
-    let store = Arc::new(PgStore::connect(&pg.url(), WORKERS as u32 + 2, Duration::from_secs(10)).await?);
+    let store =
+        Arc::new(PgStore::connect(&pg.url(), WORKERS as u32 + 2, Duration::from_secs(10)).await?);
     // Enough workflows that workers never run dry.
     let n = 40_000;
     println!("preparing {n} workflows ...");
@@ -55,11 +56,23 @@ async fn run() -> Result<()> {
         tasks.push(tokio::spawn(async move {
             let node = format!("bench-{w}");
             while Instant::now() < deadline {
-                let claims = store.claim(&node, Duration::from_secs(30), 1).await.expect("claim");
+                let claims = store
+                    .claim(&node, Duration::from_secs(30), 1)
+                    .await
+                    .expect("claim");
                 for c in claims {
                     for step in 0..STEPS {
                         let result = (step + 1 == STEPS).then(|| json!({"done": true}));
-                        store.complete_step(&c.fence, step, &format!("s{step}"), json!({"n": step}), result).await.expect("complete");
+                        store
+                            .complete_step(
+                                &c.fence,
+                                step,
+                                &format!("s{step}"),
+                                json!({"n": step}),
+                                result,
+                            )
+                            .await
+                            .expect("complete");
                         transitions.fetch_add(1, Ordering::Relaxed);
                     }
                 }
@@ -77,19 +90,42 @@ async fn run() -> Result<()> {
     let port = pg.port.to_string();
     let pgbench = pg.bin("pgbench");
     let base = ["-h", "127.0.0.1", "-p", &port, "-U", "postgres"];
-    let init = Command::new(&pgbench).args(base).args(["-i", "-q", "-s", "8", "postgres"]).output()?;
+    let init = Command::new(&pgbench)
+        .args(base)
+        .args(["-i", "-q", "-s", "8", "postgres"])
+        .output()?;
     if !init.status.success() {
         return Err(format!("pgbench -i: {}", String::from_utf8_lossy(&init.stderr)).into());
     }
-    let out = Command::new(&pgbench).args(base).args(["-N", "-c", "8", "-j", "2", "-T", &SECS.to_string(), "postgres"]).output()?;
+    let out = Command::new(&pgbench)
+        .args(base)
+        .args([
+            "-N",
+            "-c",
+            "8",
+            "-j",
+            "2",
+            "-T",
+            &SECS.to_string(),
+            "postgres",
+        ])
+        .output()?;
     let text = String::from_utf8_lossy(&out.stdout);
     let tps: f64 = text
         .lines()
         .find(|l| l.starts_with("tps ="))
         .and_then(|l| l.split_whitespace().nth(2))
         .and_then(|v| v.parse().ok())
-        .ok_or_else(|| format!("could not read pgbench tps from:\n{text}{}", String::from_utf8_lossy(&out.stderr)))?;
+        .ok_or_else(|| {
+            format!(
+                "could not read pgbench tps from:\n{text}{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })?;
     println!("pgbench -N -c 8: {tps:.0} tps");
-    println!("ratio engine/pgbench: {:.2} (target >= 0.5)", engine_tps / tps);
+    println!(
+        "ratio engine/pgbench: {:.2} (target >= 0.5)",
+        engine_tps / tps
+    );
     Ok(())
 }

@@ -32,25 +32,66 @@ async fn run() -> Result<bool> {
     let mut issuances = Vec::new();
     for (i, sym) in ["AAA", "BBB", "CCC"].iter().enumerate() {
         let engine = if i % 2 == 0 { &a } else { &b };
-        let (_, body) = engine.submit("issuance", &format!("sample-{sym}"), &issuance_input(sym, 1_000_000)).await?;
+        let (_, body) = engine
+            .submit(
+                "issuance",
+                &format!("sample-{sym}"),
+                &issuance_input(sym, 1_000_000),
+            )
+            .await?;
         issuances.push(body["workflow_id"].as_i64().ok_or("no workflow id")?);
     }
     let mut tokens = Vec::new();
     for id in &issuances {
         let s = wait_terminal(&a, *id, bound).await?;
-        println!("issuance  #{id:<3} {:<10} token {}", s["status"].as_str().unwrap_or("?"), s["result"]["token"]);
-        tokens.push(s["result"]["token"].as_str().ok_or("issuance did not complete")?.parse::<Address>()?);
+        println!(
+            "issuance  #{id:<3} {:<10} token {}",
+            s["status"].as_str().unwrap_or("?"),
+            s["result"]["token"]
+        );
+        tokens.push(
+            s["result"]["token"]
+                .as_str()
+                .ok_or("issuance did not complete")?
+                .parse::<Address>()?,
+        );
     }
     // Transfers to the registered investor, one to an unregistered account (fails closed), mints.
     let mut others = Vec::new();
     for (i, token) in tokens.iter().enumerate() {
-        let (_, t) = a.submit("transfer", &format!("t-{i}"), &json!({"token": token, "to": INVESTOR_ADDR, "amount": "2500"})).await?;
-        let (_, m) = b.submit("mint", &format!("m-{i}"), &json!({"token": token, "to": SIGNER_ADDR, "amount": "10"})).await?;
-        others.push(("transfer", t["workflow_id"].as_i64().ok_or("id")?, "completed"));
+        let (_, t) = a
+            .submit(
+                "transfer",
+                &format!("t-{i}"),
+                &json!({"token": token, "to": INVESTOR_ADDR, "amount": "2500"}),
+            )
+            .await?;
+        let (_, m) = b
+            .submit(
+                "mint",
+                &format!("m-{i}"),
+                &json!({"token": token, "to": SIGNER_ADDR, "amount": "10"}),
+            )
+            .await?;
+        others.push((
+            "transfer",
+            t["workflow_id"].as_i64().ok_or("id")?,
+            "completed",
+        ));
         others.push(("mint", m["workflow_id"].as_i64().ok_or("id")?, "completed"));
     }
-    let (_, blocked) = a.submit("transfer", "t-blocked", &json!({"token": tokens[0], "to": OTHER_ADDR, "amount": "1"})).await?;
-    others.push(("transfer", blocked["workflow_id"].as_i64().ok_or("id")?, "failed"));
+    let (_, blocked) = a
+        .submit(
+            "transfer",
+            "t-blocked",
+            &json!({"token": tokens[0], "to": OTHER_ADDR, "amount": "1"}),
+        )
+        .await?;
+    others.push((
+        "transfer",
+        blocked["workflow_id"].as_i64().ok_or("id")?,
+        "failed",
+    ));
 
     let mut ok = true;
     for (kind, id, expect) in &others {
@@ -74,10 +115,15 @@ async fn run() -> Result<bool> {
     let metrics = a.metrics().await? + &b.metrics().await?;
     let steps: u64 = metrics
         .lines()
-        .filter(|l| l.starts_with("dalp_step_outcomes_total") && l.contains("outcome=\"completed\""))
+        .filter(|l| {
+            l.starts_with("dalp_step_outcomes_total") && l.contains("outcome=\"completed\"")
+        })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
         .sum();
-    println!("steps completed across both nodes: {steps}; wall time {:.1} s", started.elapsed().as_secs_f64());
+    println!(
+        "steps completed across both nodes: {steps}; wall time {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
     println!("{}", if ok { "OUTCOME: ok" } else { "OUTCOME: FAILED" });
     Ok(ok)
 }
