@@ -112,7 +112,46 @@ fn test() -> Result<(), String> {
     setup()?;
     cargo(&["build", "-p", "dalp-engine", "--bin", "dalp-engine"], &[])?;
     build_sim()?;
-    cargo(&["test", "--workspace", "--no-fail-fast"], &[])
+    cargo_test_with_summary(&["test", "--workspace", "--no-fail-fast"])
+}
+
+/// Run `cargo test`, echoing its output, and close with one total line over all test binaries
+/// (cargo's own last line is that of whichever binary ran last, often one with no tests).
+fn cargo_test_with_summary(args: &[&str]) -> Result<(), String> {
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(args)
+        .current_dir(root())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cargo test: {e}"))?;
+    let (mut passed, mut failed) = (0u64, 0u64);
+    for line in BufReader::new(child.stdout.take().expect("piped stdout")).lines() {
+        let line = line.map_err(|e| format!("reading cargo test output: {e}"))?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            let count = |word: &str| {
+                rest.split(';').find_map(|part| {
+                    part.trim()
+                        .strip_suffix(word)?
+                        .trim()
+                        .rsplit(' ')
+                        .next()?
+                        .parse::<u64>()
+                        .ok()
+                })
+            };
+            passed += count("passed").unwrap_or(0);
+            failed += count("failed").unwrap_or(0);
+        }
+    }
+    let status = child.wait().map_err(|e| format!("cargo test: {e}"))?;
+    println!("tests: {passed} passed, {failed} failed");
+    if status.success() && failed == 0 {
+        Ok(())
+    } else {
+        Err(format!("cargo test failed ({status})"))
+    }
 }
 
 /// The simulation flavour: same engine code, `tokio` resolved to madsim, own target dir.
