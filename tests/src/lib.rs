@@ -465,9 +465,6 @@ impl EngineProcess {
     async fn wait_healthy(&self) -> Result<()> {
         let start = Instant::now();
         while start.elapsed() < Duration::from_secs(60) {
-            if let Some(c) = &self.child {
-                let _ = c;
-            }
             if let Ok(r) = self
                 .http
                 .get(self.url("/health"))

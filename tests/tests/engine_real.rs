@@ -282,6 +282,16 @@ async fn same_idempotency_key_returns_same_result_and_sends_nothing_new() {
     assert_nonces_dense(&txs);
 }
 
+/// Submit `n` issuances named `{prefix}{i}`, each minting `supply`.
+async fn submit_issuances(engine: &EngineProcess, prefix: &str, n: usize, supply: u64) -> Vec<i64> {
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let input = issuance_input(&format!("{prefix}{i}"), supply);
+        ids.push(submit_ok(engine, "issuance", &format!("{prefix}-{i}"), &input).await);
+    }
+    ids
+}
+
 /// Wait until at least one workflow has completed a step past the first but not all finished.
 async fn wait_mid_flight(engine: &EngineProcess, ids: &[i64]) {
     let start = std::time::Instant::now();
@@ -293,9 +303,13 @@ async fn wait_mid_flight(engine: &EngineProcess, ids: &[i64]) {
                 progressed |= step >= 2 && s["status"] != "completed";
             }
         }
-        if progressed || start.elapsed() > BOUND {
+        if progressed {
             return;
         }
+        assert!(
+            start.elapsed() < BOUND,
+            "no workflow was ever seen mid-flight: the fault would hit nothing"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -347,18 +361,7 @@ async fn kill_9_mid_workflow_then_restart_resumes_with_exactly_one_tx_per_step()
     let mut engine = EngineProcess::start(EngineSpec::new("node-a", &w.pg.url(), &w.anvil.url()))
         .await
         .unwrap();
-    let mut ids = Vec::new();
-    for i in 0..4 {
-        ids.push(
-            submit_ok(
-                &engine,
-                "issuance",
-                &format!("crash-{i}"),
-                &issuance_input(&format!("CR{i}"), 1000),
-            )
-            .await,
-        );
-    }
+    let ids = submit_issuances(&engine, "CR", 4, 1000).await;
     // Two crashes at different points of the run.
     wait_mid_flight(&engine, &ids).await;
     engine.kill9();
@@ -376,18 +379,7 @@ async fn lease_holder_killed_other_node_takes_over_without_duplicates() {
     let mut a = EngineProcess::start(EngineSpec::new("node-a", &w.pg.url(), &w.anvil.url()))
         .await
         .unwrap();
-    let mut ids = Vec::new();
-    for i in 0..3 {
-        ids.push(
-            submit_ok(
-                &a,
-                "issuance",
-                &format!("lease-{i}"),
-                &issuance_input(&format!("LS{i}"), 500),
-            )
-            .await,
-        );
-    }
+    let ids = submit_issuances(&a, "LS", 3, 500).await;
     wait_mid_flight(&a, &ids).await;
     // node-a holds the leases; it dies without releasing them.
     a.kill9();
@@ -431,18 +423,7 @@ async fn postgres_restart_mid_run_loses_nothing() {
     let engine = EngineProcess::start(EngineSpec::new("node-a", &w.pg.url(), &w.anvil.url()))
         .await
         .unwrap();
-    let mut ids = Vec::new();
-    for i in 0..3 {
-        ids.push(
-            submit_ok(
-                &engine,
-                "issuance",
-                &format!("pgr-{i}"),
-                &issuance_input(&format!("PG{i}"), 700),
-            )
-            .await,
-        );
-    }
+    let ids = submit_issuances(&engine, "PG", 3, 700).await;
     wait_mid_flight(&engine, &ids).await;
     w.pg.restart().unwrap();
     assert_issuances_exact(&w, &engine, &ids, 700).await;
