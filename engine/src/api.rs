@@ -36,14 +36,8 @@ impl IntoResponse for ApiError {
 
 impl From<EngineError> for ApiError {
     fn from(e: EngineError) -> Self {
-        let status = match &e {
-            EngineError::Invalid(m) if m.contains("already used for a different request") => {
-                StatusCode::UNPROCESSABLE_ENTITY
-            }
-            EngineError::Invalid(_) => StatusCode::BAD_REQUEST,
-            e if e.is_transient() => StatusCode::SERVICE_UNAVAILABLE,
-            _ => StatusCode::INTERNAL_SERVER_ERROR,
-        };
+        let status =
+            StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         ApiError(
             status,
             json!({"error": e.to_string(), "reason_code": e.reason_code()}),

@@ -89,6 +89,16 @@ impl EngineError {
         self.class() == ErrorClass::Transient
     }
 
+    /// The HTTP status the API answers with (shared with the simulation's API server).
+    pub fn http_status(&self) -> u16 {
+        match self {
+            EngineError::Invalid(m) if m.contains("already used for a different request") => 422,
+            EngineError::Invalid(_) => 400,
+            e if e.is_transient() => 503,
+            _ => 500,
+        }
+    }
+
     /// A short stable name for metrics labels and typed failure reasons.
     pub fn reason_code(&self) -> &'static str {
         match self {

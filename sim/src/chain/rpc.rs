@@ -1,0 +1,805 @@
+//! JSON-RPC over the chain model: request text in, response text out, shaped like Anvil's.
+//!
+//! The engine's own client (`dalp_engine::chain::gateway`) parses these answers, so field names,
+//! quantity encoding, error codes and messages follow what the real Anvil binary returns (checked
+//! against Anvil 1.7.1). Responses are built from ordered maps only, so the same model state gives
+//! the same bytes.
+
+use super::model::{
+    revert_message, Block, ChainModel, Included, LogRec, NodeTx, TxReject, DEFAULT_PRIORITY_FEE,
+};
+use alloy_consensus::transaction::SignerRecoverable;
+use alloy_consensus::{Transaction as _, TxEnvelope};
+use alloy_eips::eip2718::Decodable2718;
+use alloy_primitives::{Address, Bloom, Bytes, B256, U256};
+use revm::context_interface::transaction::{AccessList, AccessListItem};
+use serde_json::{json, Map, Value};
+
+const EMPTY_OMMERS: &str = "0x1dcc4de8dec75d7aab85b567b6ccd41ad312451b948a7413f0a142fd40d49347";
+const EMPTY_ROOT: &str = "0x56e81f171bcc55a6ff8345e692c0f86e5b48e01b996cadc001622fb5e363b421";
+const EMPTY_REQUESTS: &str = "0xe3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+
+/// A JSON-RPC error object.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RpcError {
+    pub code: i64,
+    pub message: String,
+    pub data: Option<Value>,
+}
+
+impl RpcError {
+    fn new(code: i64, message: impl Into<String>) -> Self {
+        RpcError {
+            code,
+            message: message.into(),
+            data: None,
+        }
+    }
+
+    fn params(message: impl Into<String>) -> Self {
+        Self::new(-32602, message)
+    }
+
+    fn to_json(&self) -> Value {
+        let mut m = Map::new();
+        m.insert("code".into(), json!(self.code));
+        m.insert("message".into(), json!(self.message));
+        if let Some(d) = &self.data {
+            m.insert("data".into(), d.clone());
+        }
+        Value::Object(m)
+    }
+}
+
+impl From<TxReject> for RpcError {
+    fn from(r: TxReject) -> Self {
+        let (code, message) = r.rpc();
+        RpcError::new(code, message)
+    }
+}
+
+type RpcResult = Result<Value, RpcError>;
+
+// ---- encoding -------------------------------------------------------------------------------
+
+fn q(v: u64) -> Value {
+    Value::String(format!("{v:#x}"))
+}
+fn q128(v: u128) -> Value {
+    Value::String(format!("{v:#x}"))
+}
+fn q256(v: U256) -> Value {
+    Value::String(format!("{v:#x}"))
+}
+fn addr(a: Address) -> Value {
+    Value::String(format!("{a:#x}"))
+}
+fn opt_addr(a: Option<Address>) -> Value {
+    a.map_or(Value::Null, addr)
+}
+fn h256(h: B256) -> Value {
+    Value::String(format!("{h:#x}"))
+}
+fn bytes(b: &[u8]) -> Value {
+    Value::String(format!("0x{}", alloy_primitives::hex::encode(b)))
+}
+
+// ---- decoding -------------------------------------------------------------------------------
+
+fn param(params: &[Value], i: usize) -> Option<&Value> {
+    params.get(i).filter(|v| !v.is_null())
+}
+
+/// Anvil (serde) complains about a short parameter list in these words.
+fn need(params: &[Value], n: usize, variant: &str) -> Result<(), RpcError> {
+    if params.len() < n {
+        return Err(RpcError::params(format!(
+            "invalid length {}, expected tuple variant EthRequest::{variant} with {n} elements",
+            params.len()
+        )));
+    }
+    Ok(())
+}
+
+fn parse_hex_str(v: &Value) -> Result<&str, RpcError> {
+    v.as_str()
+        .map(|s| s.strip_prefix("0x").unwrap_or(s))
+        .ok_or_else(|| RpcError::params("invalid type: expected a hex string"))
+}
+
+fn p_u256(v: &Value) -> Result<U256, RpcError> {
+    if let Some(n) = v.as_u64() {
+        return Ok(U256::from(n));
+    }
+    let s = parse_hex_str(v)?;
+    U256::from_str_radix(if s.is_empty() { "0" } else { s }, 16)
+        .map_err(|_| RpcError::params("invalid hex quantity"))
+}
+
+fn p_u64(v: &Value) -> Result<u64, RpcError> {
+    u64::try_from(p_u256(v)?).map_err(|_| RpcError::params("quantity out of range"))
+}
+
+fn p_fixed<const N: usize>(v: &Value) -> Result<[u8; N], RpcError> {
+    let s = parse_hex_str(v)?;
+    let raw =
+        alloy_primitives::hex::decode(s).map_err(|_| RpcError::params("invalid string length"))?;
+    raw.try_into()
+        .map_err(|_| RpcError::params("invalid string length"))
+}
+
+fn p_addr(v: &Value) -> Result<Address, RpcError> {
+    Ok(Address::from(p_fixed::<20>(v)?))
+}
+
+fn p_b256(v: &Value) -> Result<B256, RpcError> {
+    Ok(B256::from(p_fixed::<32>(v)?))
+}
+
+fn p_bytes(v: &Value) -> Result<Bytes, RpcError> {
+    let s = parse_hex_str(v)?;
+    alloy_primitives::hex::decode(s)
+        .map(Bytes::from)
+        .map_err(|_| RpcError::params("invalid hex data"))
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Tag {
+    Num(u64),
+    Latest,
+    Pending,
+    Earliest,
+    Finalized,
+    Safe,
+}
+
+impl ChainModel {
+    fn p_tag(&self, v: Option<&Value>) -> Result<Tag, RpcError> {
+        let Some(v) = v else { return Ok(Tag::Latest) };
+        if let Some(obj) = v.as_object() {
+            // EIP-1898
+            if let Some(h) = obj.get("blockHash") {
+                let h = p_b256(h)?;
+                return self
+                    .blocks
+                    .iter()
+                    .find(|b| b.hash == h)
+                    .map(|b| Tag::Num(b.number))
+                    .ok_or_else(|| RpcError::new(-32001, "block not found"));
+            }
+            if let Some(n) = obj.get("blockNumber") {
+                return self.p_tag(Some(n));
+            }
+            return Err(RpcError::params("invalid block id"));
+        }
+        Ok(match v.as_str() {
+            Some("latest") => Tag::Latest,
+            Some("pending") => Tag::Pending,
+            Some("earliest") => Tag::Earliest,
+            Some("finalized") => Tag::Finalized,
+            Some("safe") => Tag::Safe,
+            _ => Tag::Num(p_u64(v)?),
+        })
+    }
+
+    /// The block a tag names as seen from `view` (the possibly lagging head).
+    fn resolve(&self, tag: Tag, view: u64) -> u64 {
+        let depth = self.params.finality_depth;
+        match tag {
+            Tag::Num(n) => n,
+            Tag::Latest | Tag::Pending => view,
+            Tag::Earliest => 0,
+            Tag::Finalized => view.saturating_sub(depth),
+            Tag::Safe => view.saturating_sub(depth / 2),
+        }
+    }
+
+    /// A block number for a state query; past the visible head is Anvil's out-of-range error.
+    fn state_block(&self, tag: Tag, view: u64) -> Result<u64, RpcError> {
+        let n = self.resolve(tag, view);
+        if n > view {
+            return Err(RpcError::params(format!(
+                "BlockOutOfRangeError: block height is {view} but requested was {n}"
+            )));
+        }
+        Ok(n)
+    }
+
+    /// One JSON-RPC request body in (an object, or a batch array), the response body out.
+    /// `lag_blocks` > 0 answers like an endpoint that is that many blocks behind: the head, the
+    /// `latest` state, blocks, receipts and logs are as of `head - lag_blocks`.
+    pub fn handle_rpc(&mut self, body: &str, now_ms: u64, lag_blocks: u64) -> String {
+        let _ = now_ms; // the model has no time-dependent answers yet; kept for the node's contract
+        let invalid =
+            r#"{"jsonrpc":"2.0","id":null,"error":{"code":-32600,"message":"Invalid request"}}"#;
+        let Ok(req) = serde_json::from_str::<Value>(body) else {
+            return invalid.to_string();
+        };
+        match req {
+            Value::Array(items) => {
+                let parts: Vec<String> = items
+                    .iter()
+                    .map(|r| self.handle_one(r, lag_blocks))
+                    .collect();
+                format!("[{}]", parts.join(","))
+            }
+            Value::Object(_) => self.handle_one(&req, lag_blocks),
+            _ => invalid.to_string(),
+        }
+    }
+
+    fn handle_one(&mut self, req: &Value, lag: u64) -> String {
+        let id = req.get("id").cloned().unwrap_or(Value::Null);
+        let id_text = id.to_string();
+        let Some(method) = req.get("method").and_then(Value::as_str) else {
+            return format!(
+                r#"{{"jsonrpc":"2.0","id":{id_text},"error":{{"code":-32600,"message":"Invalid request"}}}}"#
+            );
+        };
+        let params: Vec<Value> = match req.get("params") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Array(a)) => a.clone(),
+            Some(other) => vec![other.clone()],
+        };
+        match self.dispatch(method, &params, lag) {
+            Ok(v) => format!(r#"{{"jsonrpc":"2.0","id":{id_text},"result":{v}}}"#),
+            Err(e) => format!(
+                r#"{{"jsonrpc":"2.0","id":{id_text},"error":{}}}"#,
+                e.to_json()
+            ),
+        }
+    }
+
+    fn dispatch(&mut self, method: &str, p: &[Value], lag: u64) -> RpcResult {
+        let view = self.head().saturating_sub(lag);
+        match method {
+            "eth_chainId" => Ok(q(self.params.chain_id)),
+            "net_version" => Ok(Value::String(self.params.chain_id.to_string())),
+            "web3_clientVersion" => Ok(json!("dalp-sim/chain-model")),
+            "eth_blockNumber" => Ok(q(view)),
+            "eth_gasPrice" => Ok(q128(self.next_base_fee() + DEFAULT_PRIORITY_FEE)),
+            "eth_maxPriorityFeePerGas" => Ok(q128(DEFAULT_PRIORITY_FEE)),
+            "eth_getBalance" => {
+                need(p, 2, "EthGetBalance")?;
+                let who = p_addr(&p[0])?;
+                let n = self.state_block(self.p_tag(param(p, 1))?, view)?;
+                Ok(q256(self.state_at(n).balance(who)))
+            }
+            "eth_getTransactionCount" => {
+                need(p, 2, "EthGetTransactionCount")?;
+                let who = p_addr(&p[0])?;
+                let tag = self.p_tag(param(p, 1))?;
+                if tag == Tag::Pending {
+                    return Ok(q(self.pending_nonce_of(who)));
+                }
+                let n = self.state_block(tag, view)?;
+                Ok(q(self.state_at(n).nonce(who)))
+            }
+            "eth_getCode" => {
+                need(p, 2, "EthGetCodeAt")?;
+                let who = p_addr(&p[0])?;
+                let n = self.state_block(self.p_tag(param(p, 1))?, view)?;
+                Ok(bytes(&self.state_at(n).code(who)))
+            }
+            "eth_sendRawTransaction" => {
+                need(p, 1, "EthSendRawTransaction")?;
+                let raw = p_bytes(&p[0])?;
+                let tx = self.decode_raw(&raw)?;
+                Ok(h256(self.submit(tx)?))
+            }
+            "eth_getTransactionByHash" => {
+                need(p, 1, "EthGetTransactionByHash")?;
+                let h = p_b256(&p[0])?;
+                if let Some((b, inc)) = self.mined(h, view) {
+                    return Ok(tx_json(&inc.tx, Some((b, inc))));
+                }
+                if let Some(tx) = self.pool.get(&h) {
+                    return Ok(tx_json(tx, None));
+                }
+                // Mined above a lagging view: that node still has it pending.
+                if let Some(&(n, i)) = self.tx_index.get(&h) {
+                    return Ok(tx_json(&self.blocks[n as usize].txs[i].tx, None));
+                }
+                Ok(Value::Null)
+            }
+            "eth_getTransactionReceipt" => {
+                need(p, 1, "EthGetTransactionReceipt")?;
+                let h = p_b256(&p[0])?;
+                Ok(self
+                    .mined(h, view)
+                    .map_or(Value::Null, |(b, inc)| receipt_json(b, inc)))
+            }
+            "eth_getBlockByNumber" => {
+                need(p, 2, "EthGetBlockByNumber")?;
+                let n = self.resolve(self.p_tag(param(p, 0))?, view);
+                let full = param(p, 1).and_then(Value::as_bool).unwrap_or(false);
+                Ok(if n > view {
+                    Value::Null
+                } else {
+                    block_json(&self.blocks[n as usize], full)
+                })
+            }
+            "eth_getBlockByHash" => {
+                need(p, 2, "EthGetBlockByHash")?;
+                let h = p_b256(&p[0])?;
+                let full = param(p, 1).and_then(Value::as_bool).unwrap_or(false);
+                Ok(self.blocks[..=view as usize]
+                    .iter()
+                    .find(|b| b.hash == h)
+                    .map_or(Value::Null, |b| block_json(b, full)))
+            }
+            "eth_getLogs" => {
+                need(p, 1, "EthGetLogs")?;
+                self.get_logs(&p[0], view)
+            }
+            "eth_call" => {
+                need(p, 1, "EthCall")?;
+                let n = self.state_block(self.p_tag(param(p, 1))?, view)?;
+                let c = CallArgs::parse(&p[0])?;
+                let o = self.run_call(n, c.from, c.to, c.data, c.value, c.gas)?;
+                if o.success {
+                    Ok(bytes(&o.output))
+                } else {
+                    Err(call_error(&o))
+                }
+            }
+            "eth_estimateGas" => {
+                need(p, 1, "EthEstimateGas")?;
+                let n = self.state_block(self.p_tag(param(p, 1))?, view)?;
+                let c = CallArgs::parse(&p[0])?;
+                self.estimate_gas(n, &c)
+            }
+            "eth_feeHistory" => {
+                need(p, 2, "EthFeeHistory")?;
+                self.fee_history(p, view)
+            }
+            "txpool_status" => {
+                let ready: usize = self
+                    .pool
+                    .values()
+                    .map(|t| t.from)
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .into_iter()
+                    .map(|who| (self.pending_nonce_of(who) - self.nonce_of(who)) as usize)
+                    .sum();
+                Ok(
+                    json!({"pending": q(ready as u64), "queued": q((self.pool.len() - ready) as u64)}),
+                )
+            }
+            _ => Err(RpcError::new(-32601, "Method not found")),
+        }
+    }
+
+    fn mined(&self, h: B256, view: u64) -> Option<(&Block, &Included)> {
+        let &(n, i) = self.tx_index.get(&h)?;
+        if n > view {
+            return None;
+        }
+        let b = &self.blocks[n as usize];
+        Some((b, &b.txs[i]))
+    }
+
+    /// Decode and recover a signed EIP-2718 transaction (legacy, EIP-2930 or EIP-1559).
+    fn decode_raw(&self, raw: &[u8]) -> Result<NodeTx, RpcError> {
+        if raw.is_empty() {
+            return Err(RpcError::params("Empty transaction data"));
+        }
+        let failed = || RpcError::params("Failed to decode transaction");
+        let env = TxEnvelope::decode_2718(&mut &raw[..]).map_err(|_| failed())?;
+        let (tx_type, sig) = match &env {
+            TxEnvelope::Legacy(s) => (0u8, *s.signature()),
+            TxEnvelope::Eip2930(s) => (1, *s.signature()),
+            TxEnvelope::Eip1559(s) => (2, *s.signature()),
+            _ => {
+                return Err(RpcError::params(
+                    "transaction type not supported by the simulated chain",
+                ))
+            }
+        };
+        let from = env.recover_signer().map_err(|_| failed())?;
+        let access_list = AccessList(
+            env.access_list()
+                .map(|l| {
+                    l.iter()
+                        .map(|i| AccessListItem {
+                            address: i.address,
+                            storage_keys: i.storage_keys.clone(),
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+        );
+        Ok(NodeTx {
+            hash: *env.tx_hash(),
+            from,
+            nonce: env.nonce(),
+            tx_type,
+            chain_id: env.chain_id(),
+            gas_limit: env.gas_limit(),
+            max_fee: env.max_fee_per_gas(),
+            priority_fee: if tx_type == 2 {
+                env.max_priority_fee_per_gas()
+            } else {
+                None
+            },
+            to: env.to(),
+            value: env.value(),
+            input: env.input().clone(),
+            access_list,
+            sig: Some((sig.r(), sig.s(), sig.v())),
+            seq: 0,
+        })
+    }
+
+    fn get_logs(&self, filter: &Value, view: u64) -> RpcResult {
+        let f = filter
+            .as_object()
+            .ok_or_else(|| RpcError::params("invalid filter"))?;
+        let (from, to) = if let Some(h) = f.get("blockHash").filter(|v| !v.is_null()) {
+            let h = p_b256(h)?;
+            let b = self.blocks[..=view as usize]
+                .iter()
+                .find(|b| b.hash == h)
+                .ok_or_else(|| RpcError::new(-32000, "unknown block"))?;
+            (b.number, b.number)
+        } else {
+            let from = self.resolve(
+                self.p_tag(f.get("fromBlock").filter(|v| !v.is_null()))?,
+                view,
+            );
+            let to = self
+                .resolve(self.p_tag(f.get("toBlock").filter(|v| !v.is_null()))?, view)
+                .min(view);
+            (from, to)
+        };
+        let addresses: Vec<Address> = match f.get("address") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Array(a)) => a.iter().map(p_addr).collect::<Result<_, _>>()?,
+            Some(v) => vec![p_addr(v)?],
+        };
+        let mut topics: Vec<Option<Vec<B256>>> = Vec::new();
+        if let Some(Value::Array(ts)) = f.get("topics") {
+            for t in ts {
+                topics.push(match t {
+                    Value::Null => None,
+                    Value::Array(alts) => {
+                        let v: Vec<B256> = alts
+                            .iter()
+                            .filter(|a| !a.is_null())
+                            .map(p_b256)
+                            .collect::<Result<_, _>>()?;
+                        if v.is_empty() {
+                            None
+                        } else {
+                            Some(v)
+                        }
+                    }
+                    v => Some(vec![p_b256(v)?]),
+                });
+            }
+        }
+        let matches = |l: &LogRec| {
+            (addresses.is_empty() || addresses.contains(&l.address))
+                && topics.iter().enumerate().all(|(i, want)| match want {
+                    None => true,
+                    Some(alts) => l.topics.get(i).is_some_and(|t| alts.contains(t)),
+                })
+        };
+        let mut out = Vec::new();
+        if from <= to {
+            for b in &self.blocks[from as usize..=to as usize] {
+                for inc in &b.txs {
+                    for l in inc.logs.iter().filter(|l| matches(l)) {
+                        out.push(log_json(b, inc, l));
+                    }
+                }
+            }
+        }
+        Ok(Value::Array(out))
+    }
+
+    /// The smallest gas limit with which the call succeeds (binary search, like Anvil).
+    fn estimate_gas(&self, at: u64, c: &CallArgs) -> RpcResult {
+        let cap = c.gas.unwrap_or(self.params.block_gas_limit);
+        let run = |gas: u64| self.run_call(at, c.from, c.to, c.data.clone(), c.value, Some(gas));
+        let first = run(cap)?;
+        if !first.success {
+            return Err(call_error(&first));
+        }
+        let (mut lo, mut hi) = (first.gas_used.saturating_sub(1), cap);
+        while lo + 1 < hi {
+            let mid = lo + (hi - lo) / 2;
+            match run(mid) {
+                Ok(o) if o.success => hi = mid,
+                _ => lo = mid,
+            }
+        }
+        Ok(q(hi))
+    }
+
+    fn fee_history(&self, p: &[Value], view: u64) -> RpcResult {
+        let count = p_u64(&p[0])?.min(1024);
+        let newest = self.resolve(self.p_tag(param(p, 1))?, view);
+        if newest > view {
+            return Err(RpcError::params(format!(
+                "BlockOutOfRangeError: block height is {view} but requested was {newest}"
+            )));
+        }
+        let percentiles: Vec<f64> = match param(p, 2) {
+            Some(Value::Array(a)) => a.iter().filter_map(Value::as_f64).collect(),
+            _ => Vec::new(),
+        };
+        if count == 0 {
+            return Ok(json!({"baseFeePerGas": [], "gasUsedRatio": [], "oldestBlock": q(0)}));
+        }
+        let oldest = (newest + 1).saturating_sub(count);
+        let blocks = &self.blocks[oldest as usize..=newest as usize];
+        let mut base: Vec<Value> = blocks.iter().map(|b| q128(b.base_fee)).collect();
+        let next = if newest == self.head() {
+            self.next_base_fee()
+        } else {
+            self.blocks[newest as usize + 1].base_fee
+        };
+        base.push(q128(next));
+        let ratio: Vec<Value> = blocks
+            .iter()
+            .map(|b| json!(b.gas_used as f64 / b.gas_limit as f64))
+            .collect();
+        let n = blocks.len();
+        let reward: Vec<Value> = if percentiles.is_empty() {
+            Vec::new()
+        } else {
+            blocks
+                .iter()
+                .map(|b| {
+                    Value::Array(
+                        percentiles
+                            .iter()
+                            .map(|pc| q128(reward_at(b, *pc)))
+                            .collect(),
+                    )
+                })
+                .collect()
+        };
+        Ok(json!({
+            "baseFeePerGas": base,
+            "gasUsedRatio": ratio,
+            "baseFeePerBlobGas": vec![q(1); n + 1],
+            "blobGasUsedRatio": vec![json!(0.0); n],
+            "oldestBlock": q(oldest),
+            "reward": reward,
+        }))
+    }
+}
+
+/// The priority fee paid at percentile `pc` of the block's gas (0 for an empty block).
+fn reward_at(b: &Block, pc: f64) -> u128 {
+    if b.txs.is_empty() || b.gas_used == 0 {
+        return 0;
+    }
+    let mut tips: Vec<(u128, u64)> = b
+        .txs
+        .iter()
+        .map(|i| (i.effective_gas_price.saturating_sub(b.base_fee), i.gas_used))
+        .collect();
+    tips.sort();
+    let threshold = (b.gas_used as f64 * pc / 100.0) as u64;
+    let mut acc = 0u64;
+    for (tip, gas) in &tips {
+        acc += gas;
+        if acc >= threshold {
+            return *tip;
+        }
+    }
+    tips.last().map_or(0, |t| t.0)
+}
+
+/// The fields of an `eth_call` / `eth_estimateGas` request object.
+struct CallArgs {
+    from: Address,
+    to: Option<Address>,
+    data: Bytes,
+    value: U256,
+    gas: Option<u64>,
+}
+
+impl CallArgs {
+    fn parse(v: &Value) -> Result<Self, RpcError> {
+        let o = v
+            .as_object()
+            .ok_or_else(|| RpcError::params("invalid transaction request"))?;
+        let get = |k: &str| o.get(k).filter(|v| !v.is_null());
+        Ok(CallArgs {
+            from: get("from").map(p_addr).transpose()?.unwrap_or_default(),
+            to: get("to").map(p_addr).transpose()?,
+            data: get("input")
+                .or(get("data"))
+                .map(p_bytes)
+                .transpose()?
+                .unwrap_or_default(),
+            value: get("value").map(p_u256).transpose()?.unwrap_or_default(),
+            gas: get("gas").map(p_u64).transpose()?,
+        })
+    }
+}
+
+/// Anvil's error for a failed call: code 3 with the revert data for a revert, -32603 for a halt.
+fn call_error(o: &super::evm::Outcome) -> RpcError {
+    if o.halted.is_some() {
+        return RpcError::new(-32603, revert_message(o));
+    }
+    RpcError {
+        code: 3,
+        message: revert_message(o),
+        data: Some(bytes(&o.output)),
+    }
+}
+
+fn bloom_of<'a>(logs: impl IntoIterator<Item = &'a LogRec>) -> Bloom {
+    let mut bloom = Bloom::default();
+    for l in logs {
+        bloom.accrue_raw_log(l.address, &l.topics);
+    }
+    bloom
+}
+
+fn access_list_json(l: &AccessList) -> Value {
+    Value::Array(
+        l.0.iter()
+            .map(|i| {
+                json!({
+                    "address": addr(i.address),
+                    "storageKeys": i.storage_keys.iter().map(|k| h256(*k)).collect::<Vec<_>>(),
+                })
+            })
+            .collect(),
+    )
+}
+
+fn tx_json(tx: &NodeTx, mined: Option<(&Block, &Included)>) -> Value {
+    let mut m = Map::new();
+    m.insert("type".into(), q(tx.tx_type as u64));
+    if let Some(id) = tx.chain_id {
+        m.insert("chainId".into(), q(id));
+    }
+    m.insert("nonce".into(), q(tx.nonce));
+    m.insert("gas".into(), q(tx.gas_limit));
+    if tx.tx_type == 2 {
+        m.insert("maxFeePerGas".into(), q128(tx.max_fee));
+        m.insert(
+            "maxPriorityFeePerGas".into(),
+            q128(tx.priority_fee.unwrap_or(0)),
+        );
+    }
+    if tx.tx_type >= 1 {
+        m.insert("accessList".into(), access_list_json(&tx.access_list));
+    }
+    m.insert("to".into(), opt_addr(tx.to));
+    m.insert("value".into(), q256(tx.value));
+    m.insert("input".into(), bytes(&tx.input));
+    let (r, s, parity) = tx.sig.unwrap_or((U256::ZERO, U256::ZERO, false));
+    m.insert("r".into(), q256(r));
+    m.insert("s".into(), q256(s));
+    let v = if tx.tx_type == 0 {
+        match tx.chain_id {
+            Some(id) => id * 2 + 35 + parity as u64,
+            None => 27 + parity as u64,
+        }
+    } else {
+        m.insert("yParity".into(), q(parity as u64));
+        parity as u64
+    };
+    m.insert("v".into(), q(v));
+    m.insert("hash".into(), h256(tx.hash));
+    m.insert("from".into(), addr(tx.from));
+    match mined {
+        Some((b, inc)) => {
+            m.insert("blockHash".into(), h256(b.hash));
+            m.insert("blockNumber".into(), q(b.number));
+            m.insert("transactionIndex".into(), q(inc.index));
+            m.insert("gasPrice".into(), q128(inc.effective_gas_price));
+            m.insert("blockTimestamp".into(), q(b.timestamp));
+        }
+        None => {
+            m.insert("blockHash".into(), Value::Null);
+            m.insert("blockNumber".into(), Value::Null);
+            m.insert("transactionIndex".into(), Value::Null);
+            m.insert("gasPrice".into(), q128(tx.max_fee));
+        }
+    }
+    Value::Object(m)
+}
+
+fn log_json(b: &Block, inc: &Included, l: &LogRec) -> Value {
+    json!({
+        "address": addr(l.address),
+        "topics": l.topics.iter().map(|t| h256(*t)).collect::<Vec<_>>(),
+        "data": bytes(&l.data),
+        "blockHash": h256(b.hash),
+        "blockNumber": q(b.number),
+        "blockTimestamp": q(b.timestamp),
+        "transactionHash": h256(inc.tx.hash),
+        "transactionIndex": q(inc.index),
+        "logIndex": q(l.log_index),
+        "removed": false,
+    })
+}
+
+fn receipt_json(b: &Block, inc: &Included) -> Value {
+    json!({
+        "type": q(inc.tx.tx_type as u64),
+        "status": q(inc.success as u64),
+        "cumulativeGasUsed": q(inc.cumulative_gas_used),
+        "logs": inc.logs.iter().map(|l| log_json(b, inc, l)).collect::<Vec<_>>(),
+        "logsBloom": bytes(bloom_of(&inc.logs).as_slice()),
+        "transactionHash": h256(inc.tx.hash),
+        "transactionIndex": q(inc.index),
+        "blockHash": h256(b.hash),
+        "blockNumber": q(b.number),
+        "gasUsed": q(inc.gas_used),
+        "effectiveGasPrice": q128(inc.effective_gas_price),
+        "blobGasPrice": q(1),
+        "from": addr(inc.tx.from),
+        "to": opt_addr(inc.tx.to),
+        "contractAddress": opt_addr(inc.contract_address),
+        "blockTimestamp": b.timestamp,
+    })
+}
+
+fn block_json(b: &Block, full: bool) -> Value {
+    let derived = |what: &[u8]| {
+        let mut buf = b.hash.to_vec();
+        buf.extend(what);
+        h256(alloy_primitives::keccak256(&buf))
+    };
+    let (tx_root, receipts_root) = if b.txs.is_empty() {
+        (json!(EMPTY_ROOT), json!(EMPTY_ROOT))
+    } else {
+        (derived(b"transactions"), derived(b"receipts"))
+    };
+    let txs: Vec<Value> = b
+        .txs
+        .iter()
+        .map(|i| {
+            if full {
+                tx_json(&i.tx, Some((b, i)))
+            } else {
+                h256(i.tx.hash)
+            }
+        })
+        .collect();
+    let size = 615
+        + b.txs
+            .iter()
+            .map(|i| 120 + i.tx.input.len() as u64)
+            .sum::<u64>();
+    json!({
+        "hash": h256(b.hash),
+        "parentHash": h256(b.parent_hash),
+        "sha3Uncles": EMPTY_OMMERS,
+        "miner": addr(Address::ZERO),
+        "stateRoot": derived(b"state"),
+        "transactionsRoot": tx_root,
+        "receiptsRoot": receipts_root,
+        "logsBloom": bytes(bloom_of(b.txs.iter().flat_map(|i| i.logs.iter())).as_slice()),
+        "difficulty": q(0),
+        "number": q(b.number),
+        "gasLimit": q(b.gas_limit),
+        "gasUsed": q(b.gas_used),
+        "timestamp": q(b.timestamp),
+        "extraData": "0x",
+        "mixHash": h256(b.prevrandao),
+        "nonce": "0x0000000000000000",
+        "baseFeePerGas": q128(b.base_fee),
+        "withdrawalsRoot": EMPTY_ROOT,
+        "blobGasUsed": q(0),
+        "excessBlobGas": q(0),
+        "parentBeaconBlockRoot": h256(B256::ZERO),
+        "requestsHash": EMPTY_REQUESTS,
+        "totalDifficulty": q(0),
+        "size": q(size),
+        "uncles": [],
+        "transactions": txs,
+        "withdrawals": [],
+    })
+}

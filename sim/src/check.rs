@@ -1,0 +1,966 @@
+//! Invariant checkers (DESIGN.md §5) over the evidence of one run: the client history, the
+//! engine's records (from the database's primary after the run) and the chain's own state.
+//!
+//! Each checker returns a [`Verdict`] whose violations say what a person needs to act: which
+//! operation, which key, which nonce, when. Checkers read plain data ([`Evidence`]), so each one is
+//! unit-tested on crafted bad histories.
+
+use crate::history::{summarize, Op};
+use alloy_primitives::{Address, B256, U256};
+use dalp_engine::store::{JournalEntry, TxRecord, TxState};
+use serde::Serialize;
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// A workflow as the engine's database holds it after the run.
+#[derive(Clone, Debug, Serialize)]
+pub struct WorkflowView {
+    pub id: i64,
+    pub kind: String,
+    pub key: String,
+    pub status: String,
+    pub current_step: i32,
+    pub input: Value,
+    pub result: Option<Value>,
+    pub error: Option<Value>,
+}
+
+/// A transaction in a canonical block.
+#[derive(Clone, Debug, Serialize)]
+pub struct ChainTx {
+    pub hash: B256,
+    pub from: Address,
+    pub nonce: u64,
+    pub to: Option<Address>,
+    pub success: bool,
+    pub block: u64,
+}
+
+/// A token's `Transfer` event in a canonical block.
+#[derive(Clone, Debug, Serialize)]
+pub struct TransferLog {
+    pub block: u64,
+    pub contract: Address,
+    pub from: Address,
+    pub to: Address,
+    pub value: U256,
+}
+
+/// Everything the checkers read.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Evidence {
+    pub ops: Vec<Op>,
+    /// When every fault was lifted, and the liveness bound after it (simulated ms).
+    pub heal_ms: u64,
+    pub liveness_deadline_ms: u64,
+    pub workflows: Vec<WorkflowView>,
+    pub journals: BTreeMap<i64, Vec<JournalEntry>>,
+    pub txs: Vec<TxRecord>,
+    pub signer: Address,
+    pub chain_txs: Vec<ChainTx>,
+    pub transfers: Vec<TransferLog>,
+    /// Transactions sent on purpose from outside the engine (external nonce use).
+    pub external_txs: Vec<B256>,
+    /// Signer transactions still in the mempool after the run: (nonce, executable now).
+    pub signer_pending: Vec<(u64, bool)>,
+    /// Token addresses by plan index.
+    pub tokens: BTreeMap<u32, Address>,
+    /// `totalSupply()` and `balanceOf(investor)` read from the chain per token.
+    pub supply: BTreeMap<Address, U256>,
+    pub investor_balance: BTreeMap<Address, U256>,
+    pub investor: Address,
+    /// The chain's finalized height, and the indexer's checkpoint at the end.
+    pub finalized: u64,
+    pub indexed_height: u64,
+    /// Balances per (contract, holder) from indexed events at or below `finalized`.
+    pub indexed_balances: BTreeMap<(Address, Address), U256>,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Verdict {
+    pub invariant: String,
+    pub held: bool,
+    /// What was checked (counts), for the report.
+    pub checked: String,
+    /// Violations, each actionable; capped at 20 (the count says how many there were).
+    pub violations: Vec<String>,
+    pub violation_count: usize,
+}
+
+impl Verdict {
+    fn new(invariant: &str, checked: String, mut violations: Vec<String>) -> Self {
+        let violation_count = violations.len();
+        violations.truncate(20);
+        Verdict {
+            invariant: invariant.into(),
+            held: violation_count == 0,
+            checked,
+            violations,
+            violation_count,
+        }
+    }
+}
+
+fn s(ms: u64) -> String {
+    format!("{:.3} s", ms as f64 / 1000.0)
+}
+
+const TERMINAL: &[&str] = &["completed", "failed", "dead_letter", "cancelled"];
+
+/// Run the named checkers.
+pub fn check(names: &[String], ev: &Evidence) -> Vec<Verdict> {
+    names
+        .iter()
+        .filter_map(|n| {
+            Some(match n.as_str() {
+                "durability" => durability(ev),
+                "exactly_once" => exactly_once(ev),
+                "nonce_safety" => nonce_safety(ev),
+                "journal_monotonicity" => journal_monotonicity(ev),
+                "fencing" => fencing(ev),
+                "reconciliation" => reconciliation(ev),
+                "fail_closed" => fail_closed(ev),
+                // Checked outside one run (two processes, or a baseline run).
+                _ => return None,
+            })
+        })
+        .collect()
+}
+
+/// 1. Every accepted request reaches a terminal state within the liveness bound after healing,
+///    and no acknowledged request disappears.
+pub fn durability(ev: &Evidence) -> Verdict {
+    let by_id: BTreeMap<i64, &WorkflowView> = ev.workflows.iter().map(|w| (w.id, w)).collect();
+    let mut v = Vec::new();
+    let mut accepted = 0;
+    for (op, sum) in summarize(&ev.ops) {
+        let Some(at) = sum.accepted_at else { continue };
+        accepted += 1;
+        for id in &sum.workflow_ids {
+            match by_id.get(id) {
+                None => v.push(format!(
+                    "op {op} ({} key {}) was acknowledged at {} as workflow {id}, which is not in the database: an acknowledged request disappeared",
+                    sum.kind, sum.key, s(at)
+                )),
+                Some(w) if !TERMINAL.contains(&w.status.as_str()) => v.push(format!(
+                    "op {op} ({} key {}) accepted at {} as workflow {id} is still `{}` at step {} after the liveness bound ({} after healing at {})",
+                    sum.kind, sum.key, s(at), w.status, w.current_step,
+                    s(ev.liveness_deadline_ms.saturating_sub(ev.heal_ms)), s(ev.heal_ms)
+                )),
+                Some(_) => {}
+            }
+        }
+        match &sum.observed {
+            None => {
+                if sum.workflow_ids.iter().all(|id| {
+                    by_id
+                        .get(id)
+                        .is_some_and(|w| TERMINAL.contains(&w.status.as_str()))
+                }) {
+                    v.push(format!(
+                        "op {op} ({} key {}): the client never saw workflow {:?} finish before the liveness deadline {}",
+                        sum.kind, sum.key, sum.workflow_ids, s(ev.liveness_deadline_ms)
+                    ));
+                }
+            }
+            Some((t, _, _)) if *t > ev.liveness_deadline_ms => v.push(format!(
+                "op {op} ({} key {}) finished at {}, after the liveness deadline {}",
+                sum.kind,
+                sum.key,
+                s(*t),
+                s(ev.liveness_deadline_ms)
+            )),
+            Some(_) => {}
+        }
+    }
+    Verdict::new("durability", format!("{accepted} accepted requests"), v)
+}
+
+/// 2. Per idempotency key one workflow, per transaction step at most one mined transaction with
+///    effect, every signer transaction on chain accounted for, and token state equal to what the
+///    completed operations imply.
+pub fn exactly_once(ev: &Evidence) -> Verdict {
+    let mut v = Vec::new();
+    // One workflow per key.
+    let mut per_key: BTreeMap<String, BTreeSet<i64>> = BTreeMap::new();
+    for w in &ev.workflows {
+        per_key.entry(w.key.clone()).or_default().insert(w.id);
+    }
+    for (op, sum) in summarize(&ev.ops) {
+        for id in &sum.workflow_ids {
+            per_key.entry(sum.key.clone()).or_default().insert(*id);
+        }
+        if sum.workflow_ids.len() > 1 {
+            v.push(format!(
+                "op {op}: idempotency key {} was answered with different workflows {:?}",
+                sum.key, sum.workflow_ids
+            ));
+        }
+    }
+    for (key, ids) in &per_key {
+        if ids.len() > 1 {
+            v.push(format!(
+                "idempotency key {key} names {} workflows {ids:?}",
+                ids.len()
+            ));
+        }
+    }
+    // Map mined transactions to the engine's records.
+    let mined: BTreeMap<B256, &ChainTx> = ev
+        .chain_txs
+        .iter()
+        .filter(|t| t.from == ev.signer)
+        .map(|t| (t.hash, t))
+        .collect();
+    let mut owner: BTreeMap<B256, (i64, i32)> = BTreeMap::new();
+    let mut per_step: BTreeMap<(i64, i32), Vec<&ChainTx>> = BTreeMap::new();
+    for tx in &ev.txs {
+        for b in &tx.broadcasts {
+            owner.insert(b.hash, (tx.workflow_id, tx.step_index));
+            if let Some(m) = mined.get(&b.hash) {
+                per_step
+                    .entry((tx.workflow_id, tx.step_index))
+                    .or_default()
+                    .push(m);
+            }
+        }
+    }
+    for ((wf, step), txs) in &per_step {
+        let effective: Vec<_> = txs.iter().filter(|t| t.success).collect();
+        if effective.len() > 1 {
+            v.push(format!(
+                "workflow {wf} step {step}: {} transactions with effect were mined: {}",
+                effective.len(),
+                effective
+                    .iter()
+                    .map(|t| format!("{:#x} (nonce {}, block {})", t.hash, t.nonce, t.block))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+    }
+    let external: BTreeSet<B256> = ev.external_txs.iter().copied().collect();
+    for t in mined.values() {
+        if !owner.contains_key(&t.hash) && !external.contains(&t.hash) {
+            v.push(format!(
+                "signer transaction {:#x} (nonce {}, block {}) was mined but no engine record names it: a send outside the nonce manager, or a lost record",
+                t.hash, t.nonce, t.block
+            ));
+        }
+    }
+    // Token state implied by the completed operations.
+    let mut expect_supply: BTreeMap<Address, U256> = BTreeMap::new();
+    let mut expect_investor: BTreeMap<Address, U256> = BTreeMap::new();
+    let mut unsettled: BTreeSet<Address> = BTreeSet::new();
+    for w in &ev.workflows {
+        let token = w
+            .input
+            .get("token")
+            .and_then(Value::as_str)
+            .and_then(|t| t.parse::<Address>().ok())
+            .or_else(|| {
+                w.result
+                    .as_ref()
+                    .and_then(|r| r.get("token"))
+                    .and_then(Value::as_str)
+                    .and_then(|t| t.parse().ok())
+            });
+        let Some(token) = token else { continue };
+        let amount = w
+            .input
+            .get(if w.kind == "issuance" {
+                "initial_supply"
+            } else {
+                "amount"
+            })
+            .and_then(Value::as_str)
+            .and_then(|a| U256::from_str_radix(a, 10).ok())
+            .unwrap_or_default();
+        let to_investor = w
+            .input
+            .get("to")
+            .and_then(Value::as_str)
+            .and_then(|a| a.parse::<Address>().ok())
+            == Some(ev.investor);
+        if !TERMINAL.contains(&w.status.as_str()) {
+            unsettled.insert(token);
+            continue;
+        }
+        if w.status != "completed" {
+            continue;
+        }
+        match w.kind.as_str() {
+            "issuance" => *expect_supply.entry(token).or_default() += amount,
+            "mint" => {
+                *expect_supply.entry(token).or_default() += amount;
+                if to_investor {
+                    *expect_investor.entry(token).or_default() += amount;
+                }
+            }
+            "transfer" if to_investor => *expect_investor.entry(token).or_default() += amount,
+            _ => {}
+        }
+    }
+    let mut tokens_checked = 0;
+    for (token, supply) in &ev.supply {
+        if unsettled.contains(token) {
+            continue;
+        }
+        tokens_checked += 1;
+        let want = expect_supply.get(token).copied().unwrap_or_default();
+        if *supply != want {
+            v.push(format!(
+                "token {token:#x}: totalSupply on chain is {supply}, the completed operations imply {want}"
+            ));
+        }
+        let have = ev.investor_balance.get(token).copied().unwrap_or_default();
+        let want = expect_investor.get(token).copied().unwrap_or_default();
+        if have != want {
+            v.push(format!(
+                "token {token:#x}: the investor's balance on chain is {have}, the completed mints and transfers imply {want}"
+            ));
+        }
+    }
+    Verdict::new(
+        "exactly_once",
+        format!(
+            "{} keys, {} signer transactions mined, {tokens_checked} tokens' supply and balances",
+            per_key.len(),
+            mined.len()
+        ),
+        v,
+    )
+}
+
+/// 3. No nonce used by two operations; no gap that blocks later transactions.
+pub fn nonce_safety(ev: &Evidence) -> Verdict {
+    let mut v = Vec::new();
+    let mined: BTreeMap<B256, &ChainTx> = ev
+        .chain_txs
+        .iter()
+        .filter(|t| t.from == ev.signer)
+        .map(|t| (t.hash, t))
+        .collect();
+    let mut nonce_rows: BTreeMap<u64, BTreeSet<(i64, i32)>> = BTreeMap::new();
+    for tx in &ev.txs {
+        for b in &tx.broadcasts {
+            if let Some(m) = mined.get(&b.hash) {
+                nonce_rows
+                    .entry(m.nonce)
+                    .or_default()
+                    .insert((tx.workflow_id, tx.step_index));
+            }
+        }
+        // Two live records must never hold the same nonce.
+    }
+    let mut live: BTreeMap<u64, Vec<(i64, i32)>> = BTreeMap::new();
+    for tx in &ev.txs {
+        if matches!(
+            tx.state,
+            TxState::Completed | TxState::Confirming | TxState::Broadcasting
+        ) {
+            live.entry(tx.nonce)
+                .or_default()
+                .push((tx.workflow_id, tx.step_index));
+        }
+    }
+    for (n, rows) in &live {
+        if rows.len() > 1 {
+            v.push(format!(
+                "nonce {n} is held by {} live transaction records (workflow, step): {rows:?}",
+                rows.len()
+            ));
+        }
+    }
+    for (n, rows) in &nonce_rows {
+        if rows.len() > 1 {
+            v.push(format!(
+                "mined nonce {n} belongs to several operations {rows:?}"
+            ));
+        }
+    }
+    let mut nonces: Vec<u64> = mined.values().map(|t| t.nonce).collect();
+    nonces.sort_unstable();
+    for w in nonces.windows(2) {
+        if w[0] == w[1] {
+            v.push(format!("nonce {} was mined twice for the signer", w[0]));
+        }
+    }
+    let all_terminal = ev
+        .workflows
+        .iter()
+        .all(|w| TERMINAL.contains(&w.status.as_str()));
+    if all_terminal {
+        for (n, executable) in &ev.signer_pending {
+            if !executable {
+                v.push(format!(
+                    "signer transaction with nonce {n} is stuck in the mempool behind a nonce gap after every workflow finished"
+                ));
+            }
+        }
+    }
+    Verdict::new(
+        "nonce_safety",
+        format!(
+            "{} mined signer nonces, {} transaction records",
+            nonces.len(),
+            ev.txs.len()
+        ),
+        v,
+    )
+}
+
+/// 4. A workflow never goes back to a step whose completion was persisted, and no step completes twice.
+pub fn journal_monotonicity(ev: &Evidence) -> Verdict {
+    let mut v = Vec::new();
+    let mut entries = 0;
+    for (wf, journal) in &ev.journals {
+        let mut done: Option<i32> = None;
+        for e in journal {
+            entries += 1;
+            // `workflow_completed` is written with its last step's `completed`, in one transaction.
+            if matches!(
+                e.event.as_str(),
+                "requeued" | "received" | "workflow_completed"
+            ) {
+                continue;
+            }
+            if let Some(d) = done {
+                if e.step_index <= d {
+                    v.push(format!(
+                        "workflow {wf}: journal seq {} records `{}` for step {} ({}) by {} after step {d} was persisted as completed",
+                        e.seq, e.event, e.step_index, e.step_name, e.node
+                    ));
+                }
+            }
+            if e.event == "completed" {
+                done = Some(done.map_or(e.step_index, |d| d.max(e.step_index)));
+            }
+        }
+    }
+    Verdict::new(
+        "journal_monotonicity",
+        format!("{} workflows, {entries} journal entries", ev.journals.len()),
+        v,
+    )
+}
+
+/// 5. No write from a superseded lease holder is accepted: fencing tokens in each journal never go back.
+pub fn fencing(ev: &Evidence) -> Verdict {
+    let mut v = Vec::new();
+    for (wf, journal) in &ev.journals {
+        let mut high: Option<(i64, &str, i64)> = None;
+        for e in journal {
+            if e.event == "received" || e.event == "requeued" {
+                continue;
+            }
+            if let Some((tok, node, seq)) = high {
+                if e.fencing_token < tok {
+                    v.push(format!(
+                        "workflow {wf}: journal seq {} (`{}` step {}) was written by {} with fencing token {} after {node} wrote seq {seq} with token {tok}: a superseded holder's write was accepted",
+                        e.seq, e.event, e.step_index, e.node, e.fencing_token
+                    ));
+                }
+            }
+            if high.is_none_or(|(t, _, _)| e.fencing_token >= t) {
+                high = Some((e.fencing_token, &e.node, e.seq));
+            }
+        }
+    }
+    Verdict::new("fencing", format!("{} journals", ev.journals.len()), v)
+}
+
+/// 6. Indexed state equals chain state at the finalized height.
+pub fn reconciliation(ev: &Evidence) -> Verdict {
+    let mut v = Vec::new();
+    if ev.indexed_height < ev.finalized {
+        v.push(format!(
+            "the indexer's checkpoint is block {}, below the finalized height {} at the end of the run",
+            ev.indexed_height, ev.finalized
+        ));
+    }
+    let mut chain: BTreeMap<(Address, Address), U256> = BTreeMap::new();
+    for t in ev.transfers.iter().filter(|t| t.block <= ev.finalized) {
+        if t.from != Address::ZERO {
+            let e = chain.entry((t.contract, t.from)).or_default();
+            *e = e.wrapping_sub(t.value);
+        }
+        if t.to != Address::ZERO {
+            let e = chain.entry((t.contract, t.to)).or_default();
+            *e = e.wrapping_add(t.value);
+        }
+    }
+    chain.retain(|_, b| !b.is_zero());
+    let mut indexed = ev.indexed_balances.clone();
+    indexed.retain(|_, b| !b.is_zero());
+    for (k, b) in &chain {
+        let got = indexed.get(k).copied().unwrap_or_default();
+        if got != *b {
+            v.push(format!(
+                "token {:#x} holder {:#x}: chain balance at block {} is {b}, indexed {got}",
+                k.0, k.1, ev.finalized
+            ));
+        }
+    }
+    for (k, b) in &indexed {
+        if !chain.contains_key(k) {
+            v.push(format!(
+                "token {:#x} holder {:#x}: indexed balance {b} at block {} has no counterpart on chain",
+                k.0, k.1, ev.finalized
+            ));
+        }
+    }
+    Verdict::new(
+        "reconciliation",
+        format!(
+            "{} balances at finalized block {}",
+            chain.len(),
+            ev.finalized
+        ),
+        v,
+    )
+}
+
+/// 7. No transfer executes whose compliance check did not pass.
+pub fn fail_closed(ev: &Evidence) -> Verdict {
+    let mut v = Vec::new();
+    let blocked: BTreeMap<Address, (u64, String)> = summarize(&ev.ops)
+        .into_iter()
+        .filter(|(_, s)| s.kind == "blocked_transfer")
+        .filter_map(|(op, s)| {
+            ev.workflows
+                .iter()
+                .find(|w| w.key == s.key)
+                .and_then(|w| {
+                    w.input
+                        .get("to")
+                        .and_then(Value::as_str)
+                        .and_then(|a| a.parse().ok())
+                })
+                .map(|to| (to, (op, s.key)))
+        })
+        .collect();
+    for t in &ev.transfers {
+        if let Some((op, key)) = blocked.get(&t.to) {
+            v.push(format!(
+                "op {op} (key {key}): {} tokens of {:#x} reached {:#x} in block {}, an account whose compliance check cannot pass",
+                t.value, t.contract, t.to, t.block
+            ));
+        }
+    }
+    let blocked_keys: BTreeSet<&str> = blocked.values().map(|(_, k)| k.as_str()).collect();
+    let with_tx: BTreeSet<i64> = ev.txs.iter().map(|t| t.workflow_id).collect();
+    for w in ev
+        .workflows
+        .iter()
+        .filter(|w| blocked_keys.contains(w.key.as_str()))
+    {
+        if w.status == "completed" {
+            v.push(format!(
+                "workflow {} (key {}): a blocked transfer completed",
+                w.id, w.key
+            ));
+        }
+        if with_tx.contains(&w.id) {
+            v.push(format!(
+                "workflow {} (key {}): a transaction was created for a transfer whose compliance check did not pass",
+                w.id, w.key
+            ));
+        }
+    }
+    Verdict::new(
+        "fail_closed",
+        format!("{} blocked transfers", blocked.len()),
+        v,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::history::OpType;
+    use alloy_primitives::{address, b256, Bytes};
+    use dalp_engine::store::{Broadcast, FeesView};
+    use serde_json::json;
+
+    const SIGNER: Address = address!("f39Fd6e51aad88F6F4ce6aB8827279cffFb92266");
+    const INVESTOR: Address = address!("70997970C51812dc3A010C7d01b50e0d17dc79C8");
+    const TOKEN: Address = address!("5FbDB2315678afecb367f032d93F642f64180aa3");
+
+    fn op(
+        t: u64,
+        op: u64,
+        kind: &str,
+        key: &str,
+        typ: OpType,
+        wf: Option<i64>,
+        status: Option<&str>,
+    ) -> Op {
+        Op {
+            t_ms: t,
+            client: "client-0".into(),
+            op,
+            kind: kind.into(),
+            key: key.into(),
+            typ,
+            workflow_id: wf,
+            status: status.map(Into::into),
+            detail: Value::Null,
+        }
+    }
+
+    fn wf(id: i64, kind: &str, key: &str, status: &str, input: Value) -> WorkflowView {
+        WorkflowView {
+            id,
+            kind: kind.into(),
+            key: key.into(),
+            status: status.into(),
+            current_step: 0,
+            input,
+            result: None,
+            error: None,
+        }
+    }
+
+    fn tx(wf: i64, step: i32, nonce: u64, state: TxState, hashes: &[B256]) -> TxRecord {
+        TxRecord {
+            id: wf * 10 + step as i64,
+            workflow_id: wf,
+            step_index: step,
+            intent_signer: SIGNER,
+            chain_id: 31337,
+            nonce,
+            state,
+            to: Some(TOKEN),
+            input: Bytes::new(),
+            value: U256::ZERO,
+            gas_limit: 1,
+            fees: FeesView {
+                max_fee_per_gas: 1,
+                max_priority_fee_per_gas: 1,
+            },
+            raw: None,
+            hash: hashes.last().copied(),
+            broadcasts: hashes
+                .iter()
+                .map(|h| Broadcast {
+                    hash: *h,
+                    nonce,
+                    raw: Bytes::new(),
+                    max_fee_per_gas: 1,
+                    max_priority_fee_per_gas: 1,
+                })
+                .collect(),
+            receipt: None,
+        }
+    }
+
+    fn chain_tx(hash: B256, nonce: u64, block: u64) -> ChainTx {
+        ChainTx {
+            hash,
+            from: SIGNER,
+            nonce,
+            to: Some(TOKEN),
+            success: true,
+            block,
+        }
+    }
+
+    const H1: B256 = b256!("1111111111111111111111111111111111111111111111111111111111111111");
+    const H2: B256 = b256!("2222222222222222222222222222222222222222222222222222222222222222");
+
+    fn base() -> Evidence {
+        Evidence {
+            signer: SIGNER,
+            investor: INVESTOR,
+            heal_ms: 10_000,
+            liveness_deadline_ms: 70_000,
+            ..Default::default()
+        }
+    }
+
+    fn mint_input(amount: u64) -> Value {
+        json!({"token": format!("{TOKEN:#x}"), "to": format!("{INVESTOR:#x}"), "amount": amount.to_string()})
+    }
+
+    #[test]
+    fn durability_fails_when_an_accepted_request_never_finishes_or_vanishes() {
+        let mut ev = base();
+        ev.ops = vec![
+            op(1000, 0, "mint", "k0", OpType::Invoke, None, None),
+            op(1010, 0, "mint", "k0", OpType::Ok, Some(1), Some("pending")),
+            op(1000, 1, "mint", "k1", OpType::Ok, Some(2), Some("pending")),
+        ];
+        ev.workflows = vec![wf(1, "mint", "k0", "running", mint_input(5))];
+        let v = durability(&ev);
+        assert!(!v.held);
+        assert!(
+            v.violations
+                .iter()
+                .any(|m| m.contains("op 0") && m.contains("still `running`")),
+            "{v:?}"
+        );
+        assert!(
+            v.violations
+                .iter()
+                .any(|m| m.contains("op 1") && m.contains("disappeared")),
+            "{v:?}"
+        );
+        // Terminal and observed in time: holds.
+        ev.workflows = vec![
+            wf(1, "mint", "k0", "completed", mint_input(5)),
+            wf(2, "mint", "k1", "dead_letter", mint_input(5)),
+        ];
+        ev.ops.push(op(
+            20_000,
+            0,
+            "mint",
+            "k0",
+            OpType::Observe,
+            Some(1),
+            Some("completed"),
+        ));
+        ev.ops.push(op(
+            20_000,
+            1,
+            "mint",
+            "k1",
+            OpType::Observe,
+            Some(2),
+            Some("dead_letter"),
+        ));
+        assert!(durability(&ev).held, "{:?}", durability(&ev));
+    }
+
+    #[test]
+    fn exactly_once_fails_on_a_duplicate_effect_and_on_an_unrecorded_send() {
+        let mut ev = base();
+        ev.workflows = vec![wf(1, "mint", "k0", "completed", mint_input(5))];
+        // The step re-ran after a crash and signed a second transaction with a fresh nonce.
+        ev.txs = vec![
+            tx(1, 0, 0, TxState::Completed, &[H1]),
+            tx(1, 0, 1, TxState::Completed, &[H2]),
+        ];
+        ev.chain_txs = vec![chain_tx(H1, 0, 3), chain_tx(H2, 1, 4)];
+        let v = exactly_once(&ev);
+        assert!(!v.held);
+        assert!(
+            v.violations[0].contains("workflow 1 step 0: 2 transactions with effect"),
+            "{v:?}"
+        );
+        // A mined signer transaction nobody recorded.
+        ev.txs = vec![tx(1, 0, 0, TxState::Completed, &[H1])];
+        let v = exactly_once(&ev);
+        assert!(
+            v.violations
+                .iter()
+                .any(|m| m.contains("no engine record names it") && m.contains("nonce 1")),
+            "{v:?}"
+        );
+        ev.external_txs = vec![H2];
+        assert!(exactly_once(&ev).held);
+    }
+
+    #[test]
+    fn exactly_once_fails_when_chain_supply_disagrees_with_completed_operations() {
+        let mut ev = base();
+        ev.workflows = vec![
+            wf(1, "mint", "k0", "completed", mint_input(5)),
+            wf(2, "mint", "k1", "dead_letter", mint_input(7)),
+        ];
+        ev.supply.insert(TOKEN, U256::from(12));
+        ev.investor_balance.insert(TOKEN, U256::from(12));
+        let v = exactly_once(&ev);
+        assert!(!v.held);
+        assert!(
+            v.violations
+                .iter()
+                .any(|m| m.contains("totalSupply on chain is 12") && m.contains("imply 5")),
+            "{v:?}"
+        );
+        ev.supply.insert(TOKEN, U256::from(5));
+        ev.investor_balance.insert(TOKEN, U256::from(5));
+        assert!(exactly_once(&ev).held);
+    }
+
+    #[test]
+    fn exactly_once_fails_when_one_key_names_two_workflows() {
+        let mut ev = base();
+        ev.workflows = vec![
+            wf(1, "mint", "k0", "completed", Value::Null),
+            wf(2, "mint", "k0", "completed", Value::Null),
+        ];
+        let v = exactly_once(&ev);
+        assert!(
+            v.violations
+                .iter()
+                .any(|m| m.contains("key k0 names 2 workflows")),
+            "{v:?}"
+        );
+    }
+
+    #[test]
+    fn nonce_safety_fails_on_a_reused_nonce_and_on_a_gap() {
+        let mut ev = base();
+        ev.workflows = vec![
+            wf(1, "mint", "a", "completed", Value::Null),
+            wf(2, "mint", "b", "completed", Value::Null),
+        ];
+        ev.txs = vec![
+            tx(1, 0, 4, TxState::Completed, &[H1]),
+            tx(2, 0, 4, TxState::Confirming, &[H2]),
+        ];
+        ev.chain_txs = vec![chain_tx(H1, 4, 9)];
+        let v = nonce_safety(&ev);
+        assert!(
+            v.violations
+                .iter()
+                .any(|m| m.contains("nonce 4 is held by 2 live")),
+            "{v:?}"
+        );
+        ev.txs.pop();
+        assert!(nonce_safety(&ev).held);
+        ev.signer_pending = vec![(7, false)];
+        let v = nonce_safety(&ev);
+        assert!(
+            v.violations
+                .iter()
+                .any(|m| m.contains("nonce 7") && m.contains("gap")),
+            "{v:?}"
+        );
+    }
+
+    fn je(seq: i64, step: i32, event: &str, token: i64, node: &str) -> JournalEntry {
+        JournalEntry {
+            seq,
+            step_index: step,
+            step_name: format!("s{step}"),
+            event: event.into(),
+            detail: None,
+            fencing_token: token,
+            node: node.into(),
+        }
+    }
+
+    #[test]
+    fn journal_monotonicity_fails_when_a_completed_step_runs_again() {
+        let mut ev = base();
+        ev.journals.insert(
+            7,
+            vec![
+                je(1, 0, "received", 0, "api"),
+                je(2, 0, "completed", 1, "engine-0"),
+                je(3, 1, "completed", 1, "engine-0"),
+                je(4, 1, "completed", 2, "engine-1"),
+            ],
+        );
+        let v = journal_monotonicity(&ev);
+        assert!(!v.held);
+        assert!(
+            v.violations[0].contains("workflow 7: journal seq 4")
+                && v.violations[0].contains("engine-1"),
+            "{v:?}"
+        );
+        ev.journals.insert(
+            7,
+            vec![
+                je(1, 0, "received", 0, "api"),
+                je(2, 0, "retry", 1, "engine-0"),
+                je(3, 0, "completed", 2, "engine-0"),
+                je(4, 1, "completed", 2, "engine-0"),
+            ],
+        );
+        assert!(journal_monotonicity(&ev).held);
+    }
+
+    #[test]
+    fn fencing_fails_when_a_superseded_holder_writes_after_the_new_one() {
+        let mut ev = base();
+        ev.journals.insert(
+            3,
+            vec![
+                je(1, 0, "received", 0, "api"),
+                je(2, 0, "completed", 2, "engine-1"),
+                je(3, 1, "retry", 1, "engine-0"),
+            ],
+        );
+        let v = fencing(&ev);
+        assert!(!v.held);
+        assert!(
+            v.violations[0].contains("engine-0 with fencing token 1 after engine-1"),
+            "{v:?}"
+        );
+        ev.journals.insert(
+            3,
+            vec![
+                je(1, 0, "received", 0, "api"),
+                je(2, 0, "completed", 1, "engine-0"),
+                je(3, 1, "completed", 2, "engine-1"),
+            ],
+        );
+        assert!(fencing(&ev).held);
+    }
+
+    #[test]
+    fn reconciliation_fails_when_the_index_double_counts_or_lags() {
+        let mut ev = base();
+        ev.finalized = 10;
+        ev.indexed_height = 10;
+        ev.transfers = vec![TransferLog {
+            block: 5,
+            contract: TOKEN,
+            from: Address::ZERO,
+            to: INVESTOR,
+            value: U256::from(9),
+        }];
+        ev.indexed_balances
+            .insert((TOKEN, INVESTOR), U256::from(18));
+        let v = reconciliation(&ev);
+        assert!(
+            v.violations
+                .iter()
+                .any(|m| m.contains("chain balance at block 10 is 9, indexed 18")),
+            "{v:?}"
+        );
+        ev.indexed_balances.insert((TOKEN, INVESTOR), U256::from(9));
+        assert!(reconciliation(&ev).held);
+        ev.indexed_height = 8;
+        assert!(!reconciliation(&ev).held);
+    }
+
+    #[test]
+    fn fail_closed_fails_when_a_blocked_transfer_moves_tokens() {
+        let mut ev = base();
+        let bad = address!("bb00000000000000000000000000000000000001");
+        ev.ops = vec![op(
+            1,
+            0,
+            "blocked_transfer",
+            "bt",
+            OpType::Ok,
+            Some(1),
+            Some("pending"),
+        )];
+        ev.workflows = vec![wf(
+            1,
+            "transfer",
+            "bt",
+            "completed",
+            json!({"token": format!("{TOKEN:#x}"), "to": format!("{bad:#x}"), "amount": "3"}),
+        )];
+        ev.txs = vec![tx(1, 1, 0, TxState::Completed, &[H1])];
+        ev.transfers = vec![TransferLog {
+            block: 4,
+            contract: TOKEN,
+            from: SIGNER,
+            to: bad,
+            value: U256::from(3),
+        }];
+        let v = fail_closed(&ev);
+        assert_eq!(v.violation_count, 3, "{v:?}");
+        ev.workflows[0].status = "failed".into();
+        ev.txs.clear();
+        ev.transfers.clear();
+        assert!(fail_closed(&ev).held);
+    }
+}

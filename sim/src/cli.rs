@@ -1,0 +1,742 @@
+//! The `dalp-sim` command line: `list`, `run`, `repro`, and the internal `child` that runs one
+//! seed. The parent never runs a simulation itself: every seed runs in its own child process
+//! (madsim keeps statics across runs in one process), several at a time.
+
+use crate::scenario::{scenario_files, Fault, Scenario};
+use crate::trace::write_atomic;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+pub const USAGE: &str = "usage:
+  dalp-sim list                                   scenarios, suites and the catalog ids they cover
+  dalp-sim run <scenario|suite>... [--seeds N | --seeds A..B] [--out DIR] [--jobs J] [--shard I/N]
+                                                  run every scenario with every seed (one process per seed)
+  dalp-sim repro <scenario> --seed S [--out DIR] [--schedule FILE] [--minimize]
+                                                  replay one seed: outcome, trace-hash, trace files
+common: --scenarios DIR (default: ./scenarios)";
+
+/// A suite file (`scenarios/suites/<name>.toml`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Suite {
+    pub description: String,
+    /// Scenario names (files under the scenarios directory, without `.toml`); `*` means all.
+    pub scenarios: Vec<String>,
+    /// Seeds per scenario unless `--seeds` says otherwise.
+    pub seeds: u64,
+}
+
+#[derive(Debug)]
+struct Args {
+    positional: Vec<String>,
+    flags: BTreeMap<String, String>,
+    switches: Vec<String>,
+}
+
+fn parse_args(args: &[String]) -> Result<Args, String> {
+    let mut a = Args {
+        positional: vec![],
+        flags: BTreeMap::new(),
+        switches: vec![],
+    };
+    let mut it = args.iter();
+    while let Some(x) = it.next() {
+        if let Some(name) = x.strip_prefix("--") {
+            if matches!(name, "minimize" | "keep-going") {
+                a.switches.push(name.to_string());
+            } else {
+                let v = it.next().ok_or_else(|| format!("--{name} needs a value"))?;
+                a.flags.insert(name.to_string(), v.clone());
+            }
+        } else {
+            a.positional.push(x.clone());
+        }
+    }
+    Ok(a)
+}
+
+fn scenarios_dir(a: &Args) -> PathBuf {
+    a.flags
+        .get("scenarios")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("DALP_SCENARIOS").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("scenarios"))
+}
+
+/// Resolve a name: a path to a `.toml`, a scenario name, or a suite name.
+fn resolve(dir: &Path, name: &str) -> Result<(Vec<PathBuf>, Option<u64>), String> {
+    let p = Path::new(name);
+    if name.ends_with(".toml") && p.exists() {
+        return Ok((vec![p.to_path_buf()], None));
+    }
+    let scen = dir.join(format!("{name}.toml"));
+    if scen.exists() {
+        return Ok((vec![scen], None));
+    }
+    let suite = dir.join("suites").join(format!("{name}.toml"));
+    if suite.exists() {
+        let text =
+            std::fs::read_to_string(&suite).map_err(|e| format!("{}: {e}", suite.display()))?;
+        let s: Suite =
+            toml::from_str(&text).map_err(|e| format!("{}: {}", suite.display(), e.message()))?;
+        let mut files = Vec::new();
+        for (i, n) in s.scenarios.iter().enumerate() {
+            if n == "*" {
+                files.extend(scenario_files(dir).map_err(|e| format!("{}: {e}", dir.display()))?);
+                continue;
+            }
+            let f = dir.join(format!("{n}.toml"));
+            if !f.exists() {
+                return Err(format!(
+                    "{}: field `scenarios[{i}]`: no scenario file {}",
+                    suite.display(),
+                    f.display()
+                ));
+            }
+            files.push(f);
+        }
+        files.dedup();
+        return Ok((files, Some(s.seeds)));
+    }
+    Err(format!(
+        "no scenario or suite named {name:?} (looked for {} and {})",
+        scen.display(),
+        suite.display()
+    ))
+}
+
+fn parse_seeds(spec: &str) -> Result<Vec<u64>, String> {
+    if let Some((a, b)) = spec.split_once("..") {
+        let a: u64 = a
+            .parse()
+            .map_err(|_| format!("--seeds {spec}: bad start"))?;
+        let b: u64 = b.parse().map_err(|_| format!("--seeds {spec}: bad end"))?;
+        if a >= b {
+            return Err(format!(
+                "--seeds {spec}: empty range (A..B is A inclusive, B exclusive)"
+            ));
+        }
+        Ok((a..b).collect())
+    } else {
+        let n: u64 = spec
+            .parse()
+            .map_err(|_| format!("--seeds {spec}: not a count or A..B"))?;
+        if n == 0 {
+            return Err("--seeds 0: nothing to run".into());
+        }
+        Ok((1..=n).collect())
+    }
+}
+
+pub fn main(args: Vec<String>) -> ExitCode {
+    let Some(cmd) = args.first().cloned() else {
+        eprintln!("{USAGE}");
+        return ExitCode::from(2);
+    };
+    let parsed = match parse_args(&args[1..]) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("dalp-sim: {e}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let out = match cmd.as_str() {
+        "list" => list(&parsed),
+        "run" => run(&parsed),
+        "repro" => repro(&parsed),
+        "child" => child(&parsed),
+        "-h" | "--help" | "help" => {
+            println!("{USAGE}");
+            Ok(true)
+        }
+        other => Err(format!("unknown command {other:?}\n{USAGE}")),
+    };
+    match out {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("dalp-sim: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn list(a: &Args) -> Result<bool, String> {
+    let dir = scenarios_dir(a);
+    let files = scenario_files(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let mut ok = true;
+    println!("{:<32} {:<8} covers", "scenario", "faults");
+    for f in &files {
+        match Scenario::load(f) {
+            Ok(s) => println!(
+                "{:<32} {:<8} {}",
+                s.name,
+                s.faults.len() + usize::from(s.random.is_some()),
+                s.covers.join(", ")
+            ),
+            Err(e) => {
+                ok = false;
+                eprintln!("{e}");
+            }
+        }
+    }
+    let suites = scenario_files(&dir.join("suites")).unwrap_or_default();
+    if !suites.is_empty() {
+        println!("\nsuites:");
+        for f in suites {
+            let name = f
+                .file_stem()
+                .and_then(|x| x.to_str())
+                .unwrap_or("?")
+                .to_string();
+            match resolve(&dir, &name) {
+                Ok((files, seeds)) => println!(
+                    "  {name:<30} {} scenarios x {} seeds",
+                    files.len(),
+                    seeds.unwrap_or(1)
+                ),
+                Err(e) => {
+                    ok = false;
+                    eprintln!("{e}");
+                }
+            }
+        }
+    }
+    Ok(ok)
+}
+
+/// The command that replays one seed, as printed for a failure.
+pub fn repro_command(scenario: &Path, seed: u64) -> String {
+    format!("cargo xtask sim repro {} --seed {seed}", scenario.display())
+}
+
+struct Job {
+    scenario: PathBuf,
+    seed: u64,
+}
+
+struct Running {
+    job: Job,
+    child: Child,
+    out: PathBuf,
+    started: Instant,
+}
+
+fn spawn_child(job: &Job, out_dir: &Path, extra: &[String]) -> Result<(Child, PathBuf), String> {
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find own executable: {e}"))?;
+    let stem = format!(
+        "{}-{}",
+        job.scenario
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("scenario"),
+        job.seed
+    );
+    let tmp = out_dir.join(".runs");
+    std::fs::create_dir_all(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
+    let out = tmp.join(format!("{stem}.json"));
+    let err = std::fs::File::create(tmp.join(format!("{stem}.stderr")))
+        .map_err(|e| format!("{}: {e}", tmp.display()))?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("child")
+        .arg(&job.scenario)
+        .arg("--seed")
+        .arg(job.seed.to_string())
+        .arg("--result")
+        .arg(&out)
+        .arg("--trace-dir")
+        .arg(out_dir.join("traces"))
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(err);
+    let child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot start a child run: {e}"))?;
+    Ok((child, out))
+}
+
+/// Run jobs with at most `jobs` children at once; calls `done` as each finishes.
+fn run_jobs(
+    jobs: Vec<Job>,
+    parallel: usize,
+    out_dir: &Path,
+    extra: &[String],
+    mut done: impl FnMut(&Job, Result<Value, String>, Duration),
+) -> Result<(), String> {
+    let mut queue: std::collections::VecDeque<Job> = jobs.into();
+    let mut running: Vec<Running> = Vec::new();
+    while !queue.is_empty() || !running.is_empty() {
+        while running.len() < parallel {
+            let Some(job) = queue.pop_front() else { break };
+            let (child, out) = spawn_child(&job, out_dir, extra)?;
+            running.push(Running {
+                job,
+                child,
+                out,
+                started: Instant::now(),
+            });
+        }
+        let mut i = 0;
+        let mut progressed = false;
+        while i < running.len() {
+            match running[i].child.try_wait() {
+                Ok(Some(status)) => {
+                    let r = running.swap_remove(i);
+                    let result = std::fs::read_to_string(&r.out)
+                        .map_err(|e| e.to_string())
+                        .and_then(|t| serde_json::from_str::<Value>(&t).map_err(|e| e.to_string()))
+                        .map_err(|e| {
+                            let stderr = std::fs::read_to_string(r.out.with_extension("stderr"))
+                                .unwrap_or_default();
+                            format!(
+                                "child exited with {status} and no result ({e}); stderr:\n{}",
+                                tail(&stderr, 40)
+                            )
+                        });
+                    done(&r.job, result, r.started.elapsed());
+                    progressed = true;
+                }
+                Ok(None) => i += 1,
+                Err(e) => return Err(format!("waiting for a child run: {e}")),
+            }
+        }
+        if !progressed {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    Ok(())
+}
+
+fn tail(s: &str, lines: usize) -> String {
+    let v: Vec<&str> = s.lines().collect();
+    v[v.len().saturating_sub(lines)..].join("\n")
+}
+
+fn default_jobs() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+fn run(a: &Args) -> Result<bool, String> {
+    if a.positional.is_empty() {
+        return Err(format!("run needs at least one scenario or suite\n{USAGE}"));
+    }
+    let dir = scenarios_dir(a);
+    let out_dir = PathBuf::from(
+        a.flags
+            .get("out")
+            .cloned()
+            .unwrap_or_else(|| "reports/latest".into()),
+    );
+    let parallel: usize = match a.flags.get("jobs") {
+        Some(j) => j.parse().map_err(|_| format!("--jobs {j}: not a number"))?,
+        None => default_jobs(),
+    }
+    .max(1);
+    let shard = match a.flags.get("shard") {
+        None => None,
+        Some(s) => {
+            let (i, n) = s
+                .split_once('/')
+                .ok_or(format!("--shard {s}: expected I/N"))?;
+            let (i, n): (usize, usize) = (
+                i.parse().map_err(|_| format!("--shard {s}: bad I"))?,
+                n.parse().map_err(|_| format!("--shard {s}: bad N"))?,
+            );
+            if n == 0 || i >= n {
+                return Err(format!("--shard {s}: need 0 <= I < N"));
+            }
+            Some((i, n))
+        }
+    };
+    let mut jobs = Vec::new();
+    for name in &a.positional {
+        let (files, suite_seeds) = resolve(&dir, name)?;
+        let seeds = match a.flags.get("seeds") {
+            Some(spec) => parse_seeds(spec)?,
+            None => (1..=suite_seeds.unwrap_or(1)).collect(),
+        };
+        for f in files {
+            // Validate before anything runs: a bad scenario stops the run with its error.
+            Scenario::load(&f).map_err(|e| e.to_string())?;
+            for s in &seeds {
+                jobs.push(Job {
+                    scenario: f.clone(),
+                    seed: *s,
+                });
+            }
+        }
+    }
+    if let Some((i, n)) = shard {
+        jobs = jobs
+            .into_iter()
+            .enumerate()
+            .filter(|(k, _)| k % n == i)
+            .map(|(_, j)| j)
+            .collect();
+    }
+    std::fs::create_dir_all(&out_dir).map_err(|e| format!("{}: {e}", out_dir.display()))?;
+    let total = jobs.len();
+    let started = Instant::now();
+    eprintln!(
+        "dalp-sim: {total} runs, {parallel} at a time, results in {}",
+        out_dir.display()
+    );
+    let mut results: Vec<Value> = Vec::new();
+    let mut failures: Vec<String> = Vec::new();
+    let mut n = 0;
+    run_jobs(jobs, parallel, &out_dir, &[], |job, r, took| {
+        n += 1;
+        let name = job
+            .scenario
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("?")
+            .to_string();
+        let line = match r {
+            Ok(v) => {
+                let passed = v["passed"].as_bool().unwrap_or(false);
+                let status = if passed { "ok  " } else { "FAIL" };
+                let failed: Vec<String> = v["verdicts"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|x| x["held"] == false)
+                    .map(|x| x["invariant"].as_str().unwrap_or("?").to_string())
+                    .collect();
+                if !passed {
+                    failures.push(format!(
+                        "{name} seed {}: {} failed\n    reproduce: {}",
+                        job.seed,
+                        failed.join(", "),
+                        repro_command(&job.scenario, job.seed)
+                    ));
+                }
+                let l = format!(
+                    "[{n}/{total}] {status} {name} seed {} ({:.1}s wall, {} sim-s){}",
+                    job.seed,
+                    took.as_secs_f64(),
+                    v["simulated_ms"].as_u64().unwrap_or(0) / 1000,
+                    if failed.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" violated: {}", failed.join(", "))
+                    }
+                );
+                let mut v = v;
+                v["scenario_file"] = json!(job.scenario.display().to_string());
+                v["repro"] = json!(repro_command(&job.scenario, job.seed));
+                results.push(v);
+                l
+            }
+            Err(e) => {
+                failures.push(format!(
+                    "{name} seed {}: the run crashed: {e}\n    reproduce: {}",
+                    job.seed,
+                    repro_command(&job.scenario, job.seed)
+                ));
+                results.push(json!({
+                    "scenario": name, "seed": job.seed, "passed": false, "crashed": e,
+                    "scenario_file": job.scenario.display().to_string(),
+                    "repro": repro_command(&job.scenario, job.seed),
+                }));
+                format!("[{n}/{total}] CRASH {name} seed {}", job.seed)
+            }
+        };
+        eprintln!("{line}");
+    })?;
+    results.sort_by(|a, b| {
+        (a["scenario"].as_str(), a["seed"].as_u64())
+            .cmp(&(b["scenario"].as_str(), b["seed"].as_u64()))
+    });
+    let passed = results.iter().filter(|r| r["passed"] == true).count();
+    let summary = json!({
+        "runs": results.len(), "passed": passed, "failed": results.len() - passed,
+        "wall_s": started.elapsed().as_secs_f64(),
+    });
+    let doc = json!({"schema": "dalp-sim/results/v1", "summary": summary, "results": results});
+    let path = out_dir.join("results.json");
+    write_atomic(
+        &path,
+        serde_json::to_string_pretty(&doc).expect("json").as_bytes(),
+    )
+    .map_err(|e| format!("{}: {e}", path.display()))?;
+    let _ = std::fs::remove_dir_all(out_dir.join(".runs"));
+    eprintln!(
+        "dalp-sim: {passed}/{} runs passed in {:.1}s; results: {}",
+        doc["summary"]["runs"],
+        started.elapsed().as_secs_f64(),
+        path.display()
+    );
+    for f in &failures {
+        eprintln!("FAILED {f}");
+    }
+    Ok(failures.is_empty())
+}
+
+fn one_scenario(a: &Args) -> Result<PathBuf, String> {
+    let dir = scenarios_dir(a);
+    let [name] = a.positional.as_slice() else {
+        return Err("expected exactly one scenario".into());
+    };
+    let (files, _) = resolve(&dir, name)?;
+    match files.as_slice() {
+        [f] => Ok(f.clone()),
+        _ => Err(format!("{name} is a suite; repro takes one scenario")),
+    }
+}
+
+fn seed_flag(a: &Args) -> Result<u64, String> {
+    a.flags
+        .get("seed")
+        .ok_or("--seed S is required")?
+        .parse()
+        .map_err(|_| "--seed: not a number".to_string())
+}
+
+fn read_schedule(path: &str) -> Result<Vec<Fault>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
+    serde_json::from_str(&text).map_err(|e| format!("{path}: not a fault schedule: {e}"))
+}
+
+fn repro(a: &Args) -> Result<bool, String> {
+    let file = one_scenario(a)?;
+    let seed = seed_flag(a)?;
+    Scenario::load(&file).map_err(|e| e.to_string())?;
+    let out_dir = PathBuf::from(
+        a.flags
+            .get("out")
+            .cloned()
+            .unwrap_or_else(|| "reports/repro".into()),
+    );
+    let mut extra = vec!["--always-trace".to_string(), "true".to_string()];
+    if let Some(s) = a.flags.get("schedule") {
+        extra.push("--schedule".into());
+        extra.push(s.clone());
+    }
+    let job = Job {
+        scenario: file.clone(),
+        seed,
+    };
+    let v = run_one(&job, &out_dir, &extra)?;
+    let passed = v["passed"].as_bool().unwrap_or(false);
+    print_outcome(&v);
+    if !passed && a.switches.iter().any(|s| s == "minimize") {
+        minimize(&job, &out_dir, &v)?;
+    }
+    Ok(passed)
+}
+
+fn run_one(job: &Job, out_dir: &Path, extra: &[String]) -> Result<Value, String> {
+    let mut got = None;
+    run_jobs(
+        vec![Job {
+            scenario: job.scenario.clone(),
+            seed: job.seed,
+        }],
+        1,
+        out_dir,
+        extra,
+        |_, r, _| got = Some(r),
+    )?;
+    let _ = std::fs::remove_dir_all(out_dir.join(".runs"));
+    got.expect("one job ran")
+}
+
+fn print_outcome(v: &Value) {
+    let passed = v["passed"].as_bool().unwrap_or(false);
+    println!("scenario: {}", v["scenario"].as_str().unwrap_or("?"));
+    println!("seed: {}", v["seed"]);
+    println!("outcome: {}", if passed { "pass" } else { "FAIL" });
+    for verdict in v["verdicts"].as_array().into_iter().flatten() {
+        println!(
+            "  {} {:<22} {}",
+            if verdict["held"] == true {
+                "held    "
+            } else {
+                "VIOLATED"
+            },
+            verdict["invariant"].as_str().unwrap_or("?"),
+            verdict["checked"].as_str().unwrap_or("")
+        );
+        for m in verdict["violations"].as_array().into_iter().flatten() {
+            println!("      - {}", m.as_str().unwrap_or(""));
+        }
+    }
+    println!("faults: {}", v["schedule"].as_array().map_or(0, Vec::len));
+    if let Some(r) = v["recovery_ms"].as_u64() {
+        println!("recovery: {:.3} s after healing", r as f64 / 1000.0);
+    }
+    println!(
+        "simulated: {:.1} s",
+        v["simulated_ms"].as_u64().unwrap_or(0) as f64 / 1000.0
+    );
+    if let Some(t) = v["trace_files"].as_array() {
+        for f in t {
+            println!("trace: {}", f.as_str().unwrap_or(""));
+        }
+    }
+    println!("trace-hash: {}", v["trace_hash"].as_str().unwrap_or("?"));
+}
+
+/// Remove faults one at a time while the run still fails; print the smallest schedule found.
+fn minimize(job: &Job, out_dir: &Path, first: &Value) -> Result<(), String> {
+    let mut schedule: Vec<Fault> = serde_json::from_value(first["schedule"].clone())
+        .map_err(|e| format!("the run's schedule is unreadable: {e}"))?;
+    let failing: Vec<String> = first["verdicts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|x| x["held"] == false)
+        .filter_map(|x| x["invariant"].as_str().map(str::to_string))
+        .collect();
+    eprintln!(
+        "minimize: {} faults; keeping runs that still violate {}",
+        schedule.len(),
+        failing.join(", ")
+    );
+    let sched_dir = out_dir.join("minimize");
+    std::fs::create_dir_all(&sched_dir).map_err(|e| format!("{}: {e}", sched_dir.display()))?;
+    let path = sched_dir.join(format!(
+        "{}-{}.schedule.json",
+        job.scenario
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("s"),
+        job.seed
+    ));
+    let mut i = 0;
+    while i < schedule.len() {
+        let mut trial = schedule.clone();
+        let removed = trial.remove(i);
+        write_atomic(
+            &path,
+            serde_json::to_string_pretty(&trial)
+                .expect("json")
+                .as_bytes(),
+        )
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+        let v = run_one(
+            job,
+            out_dir,
+            &["--schedule".into(), path.display().to_string()],
+        )?;
+        let still =
+            v["verdicts"].as_array().into_iter().flatten().any(|x| {
+                x["held"] == false && failing.iter().any(|f| x["invariant"] == f.as_str())
+            });
+        eprintln!(
+            "minimize: without {} at {} s: {}",
+            removed.kind(),
+            removed.at_s(),
+            if still {
+                "still fails (dropped)"
+            } else {
+                "passes (kept)"
+            }
+        );
+        if still {
+            schedule = trial;
+        } else {
+            i += 1;
+        }
+    }
+    write_atomic(
+        &path,
+        serde_json::to_string_pretty(&schedule)
+            .expect("json")
+            .as_bytes(),
+    )
+    .map_err(|e| format!("{}: {e}", path.display()))?;
+    println!("minimized schedule ({} faults):", schedule.len());
+    for f in &schedule {
+        println!("  {}", serde_json::to_string(f).expect("json"));
+    }
+    println!(
+        "reproduce: cargo xtask sim repro {} --seed {} --schedule {}",
+        job.scenario.display(),
+        job.seed,
+        path.display()
+    );
+    Ok(())
+}
+
+/// The child: run one seed, write the result JSON, and the trace when asked or on failure.
+fn child(a: &Args) -> Result<bool, String> {
+    let [file] = a.positional.as_slice() else {
+        return Err("child takes one scenario file".into());
+    };
+    let seed = seed_flag(a)?;
+    let scenario = Scenario::load(Path::new(file)).map_err(|e| e.to_string())?;
+    let schedule = match a.flags.get("schedule") {
+        Some(p) => read_schedule(p)?,
+        None => scenario.schedule(seed),
+    };
+    let result_path = a.flags.get("result").ok_or("--result FILE is required")?;
+    let (mut v, trace) = run_child(scenario, seed, schedule)?;
+    let passed = v["passed"].as_bool().unwrap_or(false);
+    let always = a.flags.contains_key("always-trace");
+    if let Some(dir) = a.flags.get("trace-dir") {
+        if always || !passed {
+            let stem = format!("{}-{seed}", v["scenario"].as_str().unwrap_or("run"));
+            let (jl, ch) = trace
+                .write(Path::new(dir), &stem)
+                .map_err(|e| format!("{dir}: {e}"))?;
+            v["trace_files"] = json!([jl, ch]);
+        }
+    }
+    write_atomic(
+        Path::new(result_path),
+        serde_json::to_string(&v).expect("json").as_bytes(),
+    )
+    .map_err(|e| format!("{result_path}: {e}"))?;
+    Ok(true)
+}
+
+#[cfg(madsim)]
+fn run_child(
+    scenario: Scenario,
+    seed: u64,
+    schedule: Vec<Fault>,
+) -> Result<(Value, crate::trace::Trace), String> {
+    let (result, trace) =
+        crate::world::run::run_seed(std::sync::Arc::new(scenario), seed, schedule);
+    Ok((serde_json::to_value(&result).expect("result json"), trace))
+}
+
+#[cfg(not(madsim))]
+fn run_child(_: Scenario, _: u64, _: Vec<Fault>) -> Result<(Value, crate::trace::Trace), String> {
+    Err(
+        "this dalp-sim was built without --cfg madsim and cannot simulate; use `cargo xtask sim …`"
+            .into(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seeds_parse_as_count_or_range() {
+        assert_eq!(parse_seeds("3").unwrap(), vec![1, 2, 3]);
+        assert_eq!(parse_seeds("10..13").unwrap(), vec![10, 11, 12]);
+        assert!(parse_seeds("5..5").is_err());
+        assert!(parse_seeds("0").is_err());
+        assert!(parse_seeds("x").is_err());
+    }
+
+    #[test]
+    fn flags_and_switches_parse() {
+        let a =
+            parse_args(&["s".into(), "--seed".into(), "4".into(), "--minimize".into()]).unwrap();
+        assert_eq!(a.positional, vec!["s"]);
+        assert_eq!(a.flags["seed"], "4");
+        assert_eq!(a.switches, vec!["minimize"]);
+        assert!(parse_args(&["--seed".into()]).is_err());
+    }
+}

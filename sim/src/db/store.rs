@@ -1,0 +1,570 @@
+//! The engine's `Store` over a [`DbCall`] (the simulated network in the simulation, a local
+//! model in tests), and the inverse: replaying a [`DbRequest`] against any `Store` (for
+//! differential tests against the real `PgStore`).
+
+use super::model::{DbModel, DbReply, DbRequest};
+use alloy_primitives::{Address, B256, U256};
+use dalp_engine::error::{EngineError, Result};
+use dalp_engine::store::{
+    AuditEntry, Broadcast, Claim, DeadLetter, Fees, Fence, IndexerCheckpoint, JournalEntry,
+    NewWorkflow, Stats, Store, Submitted, TokenEvent, TxIntent, TxRecord, TxState, WorkflowId,
+    WorkflowRecord,
+};
+use serde_json::Value;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+/// Executes one request against a database, wherever it is.
+#[async_trait::async_trait]
+pub trait DbCall: Send + Sync + 'static {
+    async fn call(&self, req: DbRequest) -> Result<DbReply>;
+}
+
+/// Whole milliseconds, as pg.rs binds durations (`as_millis() as i64`); saturating.
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn wrong(method: &str, reply: &DbReply) -> EngineError {
+    EngineError::Internal(format!(
+        "database reply to {method} has the wrong shape: {}",
+        reply.variant()
+    ))
+}
+
+/// The engine's `Store`, each method one [`DbRequest`] through `C`.
+pub struct StoreOver<C: DbCall>(pub C);
+
+macro_rules! expect {
+    ($self:ident, $method:literal, $req:expr, $pat:pat => $out:expr) => {
+        match $self.0.call($req).await? {
+            $pat => Ok($out),
+            other => Err(wrong($method, &other)),
+        }
+    };
+}
+
+#[async_trait::async_trait]
+impl<C: DbCall> Store for StoreOver<C> {
+    async fn submit(&self, new: NewWorkflow, window: Duration) -> Result<Submitted> {
+        let req = DbRequest::Submit {
+            new,
+            window_ms: ms(window),
+        };
+        expect!(self, "submit", req, DbReply::Submitted(s) => s)
+    }
+
+    async fn workflow(&self, id: WorkflowId) -> Result<Option<WorkflowRecord>> {
+        expect!(self, "workflow", DbRequest::Workflow { id }, DbReply::Workflow(w) => w)
+    }
+
+    async fn journal(&self, id: WorkflowId) -> Result<Vec<JournalEntry>> {
+        expect!(self, "journal", DbRequest::Journal { id }, DbReply::Journal(j) => j)
+    }
+
+    async fn claim(&self, node: &str, lease: Duration, limit: usize) -> Result<Vec<Claim>> {
+        let req = DbRequest::Claim {
+            node: node.to_string(),
+            lease_ms: ms(lease),
+            limit,
+        };
+        expect!(self, "claim", req, DbReply::Claims(c) => c)
+    }
+
+    async fn renew_lease(&self, fence: &Fence, lease: Duration) -> Result<()> {
+        let req = DbRequest::RenewLease {
+            fence: fence.clone(),
+            lease_ms: ms(lease),
+        };
+        expect!(self, "renew_lease", req, DbReply::Unit => ())
+    }
+
+    async fn release(&self, fence: &Fence) -> Result<()> {
+        let req = DbRequest::Release {
+            fence: fence.clone(),
+        };
+        expect!(self, "release", req, DbReply::Unit => ())
+    }
+
+    async fn complete_step(
+        &self,
+        fence: &Fence,
+        step: i32,
+        name: &str,
+        output: Value,
+        result: Option<Value>,
+    ) -> Result<()> {
+        let req = DbRequest::CompleteStep {
+            fence: fence.clone(),
+            step,
+            name: name.to_string(),
+            output,
+            result,
+        };
+        expect!(self, "complete_step", req, DbReply::Unit => ())
+    }
+
+    async fn schedule_retry(
+        &self,
+        fence: &Fence,
+        step: i32,
+        name: &str,
+        error: &Value,
+        delay: Duration,
+    ) -> Result<()> {
+        let req = DbRequest::ScheduleRetry {
+            fence: fence.clone(),
+            step,
+            name: name.to_string(),
+            error: error.clone(),
+            delay_ms: ms(delay),
+        };
+        expect!(self, "schedule_retry", req, DbReply::Unit => ())
+    }
+
+    async fn fail(
+        &self,
+        fence: &Fence,
+        step: i32,
+        name: &str,
+        error: &Value,
+        dead_letter: bool,
+    ) -> Result<()> {
+        let req = DbRequest::Fail {
+            fence: fence.clone(),
+            step,
+            name: name.to_string(),
+            error: error.clone(),
+            dead_letter,
+        };
+        expect!(self, "fail", req, DbReply::Unit => ())
+    }
+
+    async fn dead_letters(&self, limit: i64) -> Result<Vec<DeadLetter>> {
+        let req = DbRequest::DeadLetters { limit };
+        expect!(self, "dead_letters", req, DbReply::DeadLetters(d) => d)
+    }
+
+    async fn requeue(&self, id: WorkflowId, actor: &str, reason: &str) -> Result<WorkflowRecord> {
+        let req = DbRequest::Requeue {
+            id,
+            actor: actor.to_string(),
+            reason: reason.to_string(),
+        };
+        expect!(self, "requeue", req, DbReply::WorkflowRecord(w) => w)
+    }
+
+    async fn audit(&self, entry: &AuditEntry) -> Result<()> {
+        let req = DbRequest::Audit {
+            entry: entry.clone(),
+        };
+        expect!(self, "audit", req, DbReply::Unit => ())
+    }
+
+    async fn audit_log(&self, limit: i64) -> Result<Vec<AuditEntry>> {
+        let req = DbRequest::AuditLog { limit };
+        expect!(self, "audit_log", req, DbReply::AuditLog(a) => a)
+    }
+
+    async fn tx_for_step(&self, workflow: WorkflowId, step: i32) -> Result<Option<TxRecord>> {
+        let req = DbRequest::TxForStep { workflow, step };
+        expect!(self, "tx_for_step", req, DbReply::OptTx(t) => t)
+    }
+
+    async fn txs_for_workflow(&self, workflow: WorkflowId) -> Result<Vec<TxRecord>> {
+        let req = DbRequest::TxsForWorkflow { workflow };
+        expect!(self, "txs_for_workflow", req, DbReply::Txs(t) => t)
+    }
+
+    async fn create_tx(
+        &self,
+        fence: &Fence,
+        step: i32,
+        intent: &TxIntent,
+        fees: Fees,
+        chain_nonce: u64,
+    ) -> Result<TxRecord> {
+        let req = DbRequest::CreateTx {
+            fence: fence.clone(),
+            step,
+            intent: intent.clone(),
+            fees,
+            chain_nonce,
+        };
+        expect!(self, "create_tx", req, DbReply::Tx(t) => t)
+    }
+
+    async fn record_signed(
+        &self,
+        fence: &Fence,
+        tx_id: i64,
+        signed: &Broadcast,
+    ) -> Result<TxRecord> {
+        let req = DbRequest::RecordSigned {
+            fence: fence.clone(),
+            tx_id,
+            signed: signed.clone(),
+        };
+        expect!(self, "record_signed", req, DbReply::Tx(t) => t)
+    }
+
+    async fn set_tx_state(
+        &self,
+        fence: &Fence,
+        tx_id: i64,
+        state: TxState,
+        detail: Option<&str>,
+        receipt: Option<&Value>,
+    ) -> Result<()> {
+        let req = DbRequest::SetTxState {
+            fence: fence.clone(),
+            tx_id,
+            state,
+            detail: detail.map(str::to_string),
+            receipt: receipt.cloned(),
+        };
+        expect!(self, "set_tx_state", req, DbReply::Unit => ())
+    }
+
+    async fn reassign_nonce(
+        &self,
+        fence: &Fence,
+        tx_id: i64,
+        chain_nonce: u64,
+    ) -> Result<TxRecord> {
+        let req = DbRequest::ReassignNonce {
+            fence: fence.clone(),
+            tx_id,
+            chain_nonce,
+        };
+        expect!(self, "reassign_nonce", req, DbReply::Tx(t) => t)
+    }
+
+    async fn abandon_tx(
+        &self,
+        fence: &Fence,
+        tx_id: i64,
+        state: TxState,
+        release: bool,
+    ) -> Result<()> {
+        let req = DbRequest::AbandonTx {
+            fence: fence.clone(),
+            tx_id,
+            state,
+            release,
+        };
+        expect!(self, "abandon_tx", req, DbReply::Unit => ())
+    }
+
+    async fn resync_nonce(&self, signer: Address, chain_id: u64, chain_nonce: u64) -> Result<u64> {
+        let req = DbRequest::ResyncNonce {
+            signer,
+            chain_id,
+            chain_nonce,
+        };
+        expect!(self, "resync_nonce", req, DbReply::U64(n) => n)
+    }
+
+    async fn notify(&self, fence: &Fence, kind: &str, payload: &Value) -> Result<bool> {
+        let req = DbRequest::Notify {
+            fence: fence.clone(),
+            kind: kind.to_string(),
+            payload: payload.clone(),
+        };
+        expect!(self, "notify", req, DbReply::Bool(b) => b)
+    }
+
+    async fn indexer_checkpoint(&self, chain_id: u64) -> Result<Option<IndexerCheckpoint>> {
+        let req = DbRequest::IndexerCheckpoint { chain_id };
+        expect!(self, "indexer_checkpoint", req, DbReply::Checkpoint(c) => c)
+    }
+
+    async fn indexed_block_hash(&self, chain_id: u64, number: u64) -> Result<Option<B256>> {
+        let req = DbRequest::IndexedBlockHash { chain_id, number };
+        expect!(self, "indexed_block_hash", req, DbReply::OptHash(h) => h)
+    }
+
+    async fn index_block(
+        &self,
+        chain_id: u64,
+        number: u64,
+        hash: B256,
+        events: &[TokenEvent],
+        finalized: u64,
+    ) -> Result<()> {
+        // pg.rs asserts this in the engine process, before anything commits.
+        for e in events {
+            assert_eq!(
+                e.block_hash, hash,
+                "events must belong to the block being indexed"
+            );
+        }
+        let req = DbRequest::IndexBlock {
+            chain_id,
+            number,
+            hash,
+            events: events.to_vec(),
+            finalized,
+        };
+        expect!(self, "index_block", req, DbReply::Unit => ())
+    }
+
+    async fn rollback_index(&self, chain_id: u64, keep: u64) -> Result<u64> {
+        let req = DbRequest::RollbackIndex { chain_id, keep };
+        expect!(self, "rollback_index", req, DbReply::U64(n) => n)
+    }
+
+    async fn indexed_balances(
+        &self,
+        chain_id: u64,
+        contract: Address,
+    ) -> Result<Vec<(Address, U256)>> {
+        let req = DbRequest::IndexedBalances { chain_id, contract };
+        expect!(self, "indexed_balances", req, DbReply::Balances(b) => b)
+    }
+
+    async fn stats(&self, stalled_after: Duration) -> Result<Stats> {
+        let req = DbRequest::Stats {
+            stalled_after_ms: ms(stalled_after),
+        };
+        expect!(self, "stats", req, DbReply::Stats(s) => s)
+    }
+}
+
+/// Replay one request against any `Store` (the inverse of [`StoreOver`]): a differential test
+/// feeds the same `Vec<DbRequest>` to a real `PgStore` through this and to [`DbModel::apply`].
+pub async fn call_store<S: Store + ?Sized>(store: &S, req: DbRequest) -> Result<DbReply> {
+    let ms = Duration::from_millis;
+    Ok(match req {
+        DbRequest::Submit { new, window_ms } => {
+            DbReply::Submitted(store.submit(new, ms(window_ms)).await?)
+        }
+        DbRequest::Workflow { id } => DbReply::Workflow(store.workflow(id).await?),
+        DbRequest::Journal { id } => DbReply::Journal(store.journal(id).await?),
+        DbRequest::Claim {
+            node,
+            lease_ms,
+            limit,
+        } => DbReply::Claims(store.claim(&node, ms(lease_ms), limit).await?),
+        DbRequest::RenewLease { fence, lease_ms } => {
+            store.renew_lease(&fence, ms(lease_ms)).await?;
+            DbReply::Unit
+        }
+        DbRequest::Release { fence } => {
+            store.release(&fence).await?;
+            DbReply::Unit
+        }
+        DbRequest::CompleteStep {
+            fence,
+            step,
+            name,
+            output,
+            result,
+        } => {
+            store
+                .complete_step(&fence, step, &name, output, result)
+                .await?;
+            DbReply::Unit
+        }
+        DbRequest::ScheduleRetry {
+            fence,
+            step,
+            name,
+            error,
+            delay_ms,
+        } => {
+            store
+                .schedule_retry(&fence, step, &name, &error, ms(delay_ms))
+                .await?;
+            DbReply::Unit
+        }
+        DbRequest::Fail {
+            fence,
+            step,
+            name,
+            error,
+            dead_letter,
+        } => {
+            store.fail(&fence, step, &name, &error, dead_letter).await?;
+            DbReply::Unit
+        }
+        DbRequest::DeadLetters { limit } => DbReply::DeadLetters(store.dead_letters(limit).await?),
+        DbRequest::Requeue { id, actor, reason } => {
+            DbReply::WorkflowRecord(store.requeue(id, &actor, &reason).await?)
+        }
+        DbRequest::Audit { entry } => {
+            store.audit(&entry).await?;
+            DbReply::Unit
+        }
+        DbRequest::AuditLog { limit } => DbReply::AuditLog(store.audit_log(limit).await?),
+        DbRequest::TxForStep { workflow, step } => {
+            DbReply::OptTx(store.tx_for_step(workflow, step).await?)
+        }
+        DbRequest::TxsForWorkflow { workflow } => {
+            DbReply::Txs(store.txs_for_workflow(workflow).await?)
+        }
+        DbRequest::CreateTx {
+            fence,
+            step,
+            intent,
+            fees,
+            chain_nonce,
+        } => DbReply::Tx(
+            store
+                .create_tx(&fence, step, &intent, fees, chain_nonce)
+                .await?,
+        ),
+        DbRequest::RecordSigned {
+            fence,
+            tx_id,
+            signed,
+        } => DbReply::Tx(store.record_signed(&fence, tx_id, &signed).await?),
+        DbRequest::SetTxState {
+            fence,
+            tx_id,
+            state,
+            detail,
+            receipt,
+        } => {
+            store
+                .set_tx_state(&fence, tx_id, state, detail.as_deref(), receipt.as_ref())
+                .await?;
+            DbReply::Unit
+        }
+        DbRequest::ReassignNonce {
+            fence,
+            tx_id,
+            chain_nonce,
+        } => DbReply::Tx(store.reassign_nonce(&fence, tx_id, chain_nonce).await?),
+        DbRequest::AbandonTx {
+            fence,
+            tx_id,
+            state,
+            release,
+        } => {
+            store.abandon_tx(&fence, tx_id, state, release).await?;
+            DbReply::Unit
+        }
+        DbRequest::ResyncNonce {
+            signer,
+            chain_id,
+            chain_nonce,
+        } => DbReply::U64(store.resync_nonce(signer, chain_id, chain_nonce).await?),
+        DbRequest::Notify {
+            fence,
+            kind,
+            payload,
+        } => DbReply::Bool(store.notify(&fence, &kind, &payload).await?),
+        DbRequest::IndexerCheckpoint { chain_id } => {
+            DbReply::Checkpoint(store.indexer_checkpoint(chain_id).await?)
+        }
+        DbRequest::IndexedBlockHash { chain_id, number } => {
+            DbReply::OptHash(store.indexed_block_hash(chain_id, number).await?)
+        }
+        DbRequest::IndexBlock {
+            chain_id,
+            number,
+            hash,
+            events,
+            finalized,
+        } => {
+            store
+                .index_block(chain_id, number, hash, &events, finalized)
+                .await?;
+            DbReply::Unit
+        }
+        DbRequest::RollbackIndex { chain_id, keep } => {
+            DbReply::U64(store.rollback_index(chain_id, keep).await?)
+        }
+        DbRequest::IndexedBalances { chain_id, contract } => {
+            DbReply::Balances(store.indexed_balances(chain_id, contract).await?)
+        }
+        DbRequest::Stats { stalled_after_ms } => {
+            DbReply::Stats(store.stats(ms(stalled_after_ms)).await?)
+        }
+    })
+}
+
+/// A clock for [`LocalDb`]: database milliseconds.
+pub type Clock = Box<dyn Fn() -> u64 + Send + Sync>;
+
+/// A database in this process: the model behind a mutex, and a clock (by default a manual one,
+/// advanced with [`LocalDb::advance`]).
+pub struct LocalDb {
+    model: Mutex<DbModel>,
+    now_ms: AtomicU64,
+    clock: Option<Clock>,
+}
+
+impl Default for LocalDb {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl LocalDb {
+    /// An empty database at time 0 with a manual clock.
+    pub fn new() -> Self {
+        Self::with_model(DbModel::new())
+    }
+
+    pub fn with_model(model: DbModel) -> Self {
+        LocalDb {
+            model: Mutex::new(model),
+            now_ms: AtomicU64::new(0),
+            clock: None,
+        }
+    }
+
+    /// Read the time from `clock` instead of the manual clock.
+    pub fn with_clock(clock: impl Fn() -> u64 + Send + Sync + 'static) -> Self {
+        LocalDb {
+            clock: Some(Box::new(clock)),
+            ..Self::new()
+        }
+    }
+
+    /// The database time.
+    pub fn now_ms(&self) -> u64 {
+        match &self.clock {
+            Some(c) => c(),
+            None => self.now_ms.load(Ordering::SeqCst),
+        }
+    }
+
+    /// Move the manual clock forward.
+    pub fn advance(&self, ms: u64) {
+        self.now_ms.fetch_add(ms, Ordering::SeqCst);
+    }
+
+    /// Set the manual clock.
+    pub fn set_now(&self, ms: u64) {
+        self.now_ms.store(ms, Ordering::SeqCst);
+    }
+
+    /// The model, locked (for inspection in tests).
+    pub fn model(&self) -> MutexGuard<'_, DbModel> {
+        self.model.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Apply one request now, synchronously.
+    pub fn apply(&self, req: &DbRequest) -> Result<DbReply> {
+        let now = self.now_ms();
+        self.model().apply(req, now)
+    }
+}
+
+#[async_trait::async_trait]
+impl DbCall for LocalDb {
+    async fn call(&self, req: DbRequest) -> Result<DbReply> {
+        self.apply(&req)
+    }
+}
+
+#[async_trait::async_trait]
+impl<T: DbCall> DbCall for std::sync::Arc<T> {
+    async fn call(&self, req: DbRequest) -> Result<DbReply> {
+        (**self).call(req).await
+    }
+}

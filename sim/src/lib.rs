@@ -1,0 +1,20 @@
+//! `dalp-sim`: the deterministic simulation harness for the dalp engine.
+//!
+//! The engine's real code runs on madsim nodes (`--cfg madsim`) against simulated PostgreSQL
+//! (`db`) and chain/RPC nodes (`chain`) on madsim's simulated network; scenarios (`scenario`)
+//! schedule faults; every run records a trace (`trace`) whose hash is a pure function of the seed.
+//! The pure parts (models, scenario parsing, plan, checkers, CLI) compile in both flavours so they
+//! are unit-tested with plain `cargo test`; the simulated world (`world`) is `cfg(madsim)`.
+
+pub mod chain;
+pub mod check;
+pub mod cli;
+pub mod db;
+pub mod history;
+pub mod plan;
+pub mod rng;
+pub mod scenario;
+pub mod trace;
+
+#[cfg(madsim)]
+pub mod world;

@@ -1,0 +1,1061 @@
+//! Scenario files: the failure-mode catalog as data (TOML under `scenarios/`).
+//!
+//! Parsing is strict: an unknown field, fault kind, node or invariant, or an impossible topology,
+//! is an error that names the file, the field and the reason. A parsed [`Scenario`] is fully
+//! validated, so the runner never discovers a bad scenario halfway through a run.
+//!
+//! Time in scenarios is simulated seconds from the start of the run. A run has three phases: the
+//! fault phase `[0, fault_phase_s)` (workload submitted, faults injected), the heal instant
+//! `fault_phase_s` (every fault still active is lifted, every stopped node restarted), and the
+//! liveness phase (at most `liveness_bound_s`) in which every accepted request must finish.
+
+use crate::rng::SimRng;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// The catalog ids of DESIGN.md §4.
+pub const CATALOG: &[&str] = &[
+    "FM-RPC-NODE-DOWN",
+    "FM-RPC-ALL-DOWN",
+    "FM-RPC-TIMEOUT",
+    "FM-REORG",
+    "FM-GAS-SPIKE",
+    "FM-NONCE-CONFLICT",
+    "FM-MEMPOOL-DROP",
+    "FM-ENGINE-CRASH",
+    "FM-STEP-TRANSIENT",
+    "FM-STEP-EXHAUSTED",
+    "FM-DB-CONN-LOST",
+    "FM-DB-FAILOVER",
+    "FM-DB-READ-ONLY",
+    "FM-PARTITION",
+    "FM-CLOCK-SKEW",
+    "FM-INDEXER-CRASH",
+    "FM-FAIL-CLOSED",
+    "FM-SIGNER-FUNDS",
+    "FM-REGION-FAILOVER",
+];
+
+/// The invariant checkers a scenario may ask for (DESIGN.md §5).
+pub const INVARIANTS: &[&str] = &[
+    "durability",
+    "exactly_once",
+    "nonce_safety",
+    "journal_monotonicity",
+    "fencing",
+    "reconciliation",
+    "fail_closed",
+    "isolation",
+    "visibility",
+    "determinism",
+];
+
+/// A scenario error: which file, which field, why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{file}: field `{field}`: {reason}")]
+pub struct ScenarioError {
+    pub file: String,
+    pub field: String,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    pub name: String,
+    pub description: String,
+    /// Catalog ids this scenario exercises (may be empty only for reference scenarios).
+    #[serde(default)]
+    pub covers: Vec<String>,
+    pub topology: Topology,
+    pub workload: Workload,
+    pub durations: Durations,
+    /// Invariants checked after the run; default: all that apply to every run.
+    #[serde(default = "default_invariants")]
+    pub invariants: Vec<String>,
+    #[serde(default)]
+    pub faults: Vec<Fault>,
+    #[serde(default)]
+    pub random: Option<RandomFaults>,
+}
+
+fn default_invariants() -> Vec<String> {
+    [
+        "durability",
+        "exactly_once",
+        "nonce_safety",
+        "journal_monotonicity",
+        "fencing",
+        "reconciliation",
+        "fail_closed",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Replication {
+    /// A commit is acknowledged only once every replica has it.
+    Sync,
+    /// A commit is acknowledged at once and shipped after `replication_lag_ms`.
+    Async,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Topology {
+    pub engines: u32,
+    #[serde(default)]
+    pub db_replicas: u32,
+    #[serde(default = "default_replication")]
+    pub replication: Replication,
+    /// Delay before an async replica receives a commit.
+    #[serde(default = "default_replication_lag")]
+    pub replication_lag_ms: u64,
+    pub rpc_endpoints: u32,
+    #[serde(default = "default_block_time")]
+    pub block_time_ms: u64,
+    /// Blocks below the head before a block is final (the chain's and the engine's).
+    #[serde(default = "default_finality")]
+    pub finality_depth: u64,
+    /// One-way network latency range on every link, in milliseconds.
+    #[serde(default = "default_latency")]
+    pub net_latency_ms: [u64; 2],
+    /// Engine nodes that run the chain indexer (default: the first).
+    #[serde(default = "default_indexers")]
+    pub indexers: Vec<String>,
+}
+
+fn default_replication() -> Replication {
+    Replication::Sync
+}
+fn default_replication_lag() -> u64 {
+    200
+}
+fn default_block_time() -> u64 {
+    2000
+}
+fn default_finality() -> u64 {
+    2
+}
+fn default_latency() -> [u64; 2] {
+    [1, 5]
+}
+fn default_indexers() -> Vec<String> {
+    vec!["engine-0".into()]
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Workload {
+    /// Client nodes submitting requests.
+    #[serde(default = "default_clients")]
+    pub clients: u32,
+    /// Issuances submitted first (each creates a token the other operations use).
+    pub tokens: u32,
+    /// Operations submitted after the issuances, spread over `submit_window_s`.
+    pub operations: u32,
+    /// Submissions are spread over `[0, submit_window_s)`.
+    pub submit_window_s: f64,
+    /// Relative weights of the operation kinds.
+    #[serde(default)]
+    pub mix: Mix,
+    /// How long a client waits for an answer before recording the outcome as unknown and
+    /// retrying with the same idempotency key.
+    #[serde(default = "default_client_timeout")]
+    pub client_timeout_ms: u64,
+}
+
+fn default_clients() -> u32 {
+    2
+}
+fn default_client_timeout() -> u64 {
+    3000
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Mix {
+    #[serde(default)]
+    pub mint: f64,
+    #[serde(default)]
+    pub transfer: f64,
+    #[serde(default)]
+    pub register_identity: f64,
+    /// Transfers to an account without identity: must fail closed.
+    #[serde(default)]
+    pub blocked_transfer: f64,
+}
+
+impl Default for Mix {
+    fn default() -> Self {
+        Mix {
+            mint: 3.0,
+            transfer: 3.0,
+            register_identity: 1.0,
+            blocked_transfer: 1.0,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Durations {
+    /// Faults happen in `[0, fault_phase_s)`; at `fault_phase_s` everything heals.
+    pub fault_phase_s: f64,
+    /// After healing, every accepted request must reach a terminal state within this bound.
+    pub liveness_bound_s: f64,
+}
+
+/// Where a fault hits. Node names: `engine-<i>`, `db-<j>` (`db-0` starts as primary), `rpc-<k>`,
+/// `client-<c>`; groups: `db`, `rpc`, `engines`, `clients`.
+pub type NodeName = String;
+
+/// One scheduled fault. `at_s` is when it starts; `for_s`, where present, how long it lasts
+/// (absent: until the heal instant).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Fault {
+    /// Kill an engine node (like `kill -9`); it restarts after `restart_after_s` (re-running
+    /// start-up like a new process), or at the heal instant.
+    EngineCrash {
+        node: NodeName,
+        at_s: f64,
+        restart_after_s: Option<f64>,
+    },
+    /// Freeze an engine node (GC pause, VM stall): nothing runs, nothing is lost.
+    EnginePause {
+        node: NodeName,
+        at_s: f64,
+        for_s: Option<f64>,
+    },
+    /// Cut `node` from `from` (nodes or groups). `direction`: `both`, `outbound` (node → peers
+    /// lost) or `inbound` (peers → node lost).
+    Partition {
+        node: NodeName,
+        from: Vec<NodeName>,
+        #[serde(default = "default_direction")]
+        direction: Direction,
+        at_s: f64,
+        for_s: Option<f64>,
+    },
+    /// Offset one engine node's wall clock by `skew_ms` (positive = ahead).
+    ClockSkew {
+        node: NodeName,
+        skew_ms: i64,
+        at_s: f64,
+        for_s: Option<f64>,
+    },
+    /// Crash a database node; it restarts with its durable state after `restart_after_s`.
+    DbCrash {
+        node: NodeName,
+        at_s: f64,
+        restart_after_s: Option<f64>,
+    },
+    /// Crash the primary and promote the first live replica after `promote_after_s`; the
+    /// service address is re-pointed to it. The old primary rejoins, demoted to read-only, after
+    /// `rejoin_after_s` (absent: stays down until the heal instant).
+    DbFailover {
+        at_s: f64,
+        #[serde(default = "default_promote_after")]
+        promote_after_s: f64,
+        rejoin_after_s: Option<f64>,
+    },
+    /// Every database connection is reset: in-flight and new requests fail for `for_s`.
+    DbConnReset { at_s: f64, for_s: Option<f64> },
+    /// The primary commits but the acknowledgement is lost (outcome unknown to the client).
+    DbLostAck {
+        at_s: f64,
+        for_s: Option<f64>,
+        #[serde(default = "one")]
+        rate: f64,
+    },
+    /// Extra latency on every database request.
+    DbLatency {
+        at_s: f64,
+        for_s: Option<f64>,
+        extra_ms: u64,
+    },
+    /// An RPC endpoint (or `rpc` for all) is unreachable: connection refused.
+    RpcDown {
+        endpoint: NodeName,
+        at_s: f64,
+        for_s: Option<f64>,
+    },
+    /// An RPC endpoint answers HTTP 503 (optionally only for `method`).
+    RpcError {
+        endpoint: NodeName,
+        at_s: f64,
+        for_s: Option<f64>,
+        method: Option<String>,
+    },
+    /// An RPC endpoint never answers (optionally only for `method`).
+    RpcTimeout {
+        endpoint: NodeName,
+        at_s: f64,
+        for_s: Option<f64>,
+        method: Option<String>,
+    },
+    /// An RPC endpoint accepts `eth_sendRawTransaction` into the mempool, then never answers.
+    RpcAmbiguousSend {
+        endpoint: NodeName,
+        at_s: f64,
+        for_s: Option<f64>,
+    },
+    /// An RPC endpoint serves a head `blocks` behind.
+    RpcLag {
+        endpoint: NodeName,
+        at_s: f64,
+        for_s: Option<f64>,
+        blocks: u64,
+    },
+    /// Reorganise the last `depth` blocks away; their transactions are re-included, or dropped
+    /// when `drop_txs`.
+    Reorg {
+        at_s: f64,
+        depth: u64,
+        #[serde(default)]
+        drop_txs: bool,
+    },
+    /// Drop every pending transaction of the engine's signer from the mempool.
+    MempoolDrop { at_s: f64 },
+    /// Set the next block's base fee (a spike), in gwei.
+    GasSpike { at_s: f64, base_fee_gwei: u64 },
+    /// Someone outside the engine uses the signer's next nonce.
+    ExternalNonce { at_s: f64 },
+    /// Drain the signer's balance; it is topped up again after `for_s`.
+    SignerDrain { at_s: f64, for_s: Option<f64> },
+}
+
+fn default_direction() -> Direction {
+    Direction::Both
+}
+fn default_promote_after() -> f64 {
+    2.0
+}
+fn one() -> f64 {
+    1.0
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    Both,
+    Outbound,
+    Inbound,
+}
+
+impl Fault {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Fault::EngineCrash { .. } => "engine_crash",
+            Fault::EnginePause { .. } => "engine_pause",
+            Fault::Partition { .. } => "partition",
+            Fault::ClockSkew { .. } => "clock_skew",
+            Fault::DbCrash { .. } => "db_crash",
+            Fault::DbFailover { .. } => "db_failover",
+            Fault::DbConnReset { .. } => "db_conn_reset",
+            Fault::DbLostAck { .. } => "db_lost_ack",
+            Fault::DbLatency { .. } => "db_latency",
+            Fault::RpcDown { .. } => "rpc_down",
+            Fault::RpcError { .. } => "rpc_error",
+            Fault::RpcTimeout { .. } => "rpc_timeout",
+            Fault::RpcAmbiguousSend { .. } => "rpc_ambiguous_send",
+            Fault::RpcLag { .. } => "rpc_lag",
+            Fault::Reorg { .. } => "reorg",
+            Fault::MempoolDrop { .. } => "mempool_drop",
+            Fault::GasSpike { .. } => "gas_spike",
+            Fault::ExternalNonce { .. } => "external_nonce",
+            Fault::SignerDrain { .. } => "signer_drain",
+        }
+    }
+
+    pub fn at_s(&self) -> f64 {
+        match self {
+            Fault::EngineCrash { at_s, .. }
+            | Fault::EnginePause { at_s, .. }
+            | Fault::Partition { at_s, .. }
+            | Fault::ClockSkew { at_s, .. }
+            | Fault::DbCrash { at_s, .. }
+            | Fault::DbFailover { at_s, .. }
+            | Fault::DbConnReset { at_s, .. }
+            | Fault::DbLostAck { at_s, .. }
+            | Fault::DbLatency { at_s, .. }
+            | Fault::RpcDown { at_s, .. }
+            | Fault::RpcError { at_s, .. }
+            | Fault::RpcTimeout { at_s, .. }
+            | Fault::RpcAmbiguousSend { at_s, .. }
+            | Fault::RpcLag { at_s, .. }
+            | Fault::Reorg { at_s, .. }
+            | Fault::MempoolDrop { at_s }
+            | Fault::GasSpike { at_s, .. }
+            | Fault::ExternalNonce { at_s }
+            | Fault::SignerDrain { at_s, .. } => *at_s,
+        }
+    }
+
+    /// How long the fault lasts (`None`: until the heal instant; instantaneous faults: zero).
+    pub fn duration_s(&self) -> Option<f64> {
+        match self {
+            Fault::EngineCrash {
+                restart_after_s, ..
+            }
+            | Fault::DbCrash {
+                restart_after_s, ..
+            } => *restart_after_s,
+            Fault::DbFailover { rejoin_after_s, .. } => *rejoin_after_s,
+            Fault::EnginePause { for_s, .. }
+            | Fault::Partition { for_s, .. }
+            | Fault::ClockSkew { for_s, .. }
+            | Fault::DbConnReset { for_s, .. }
+            | Fault::DbLostAck { for_s, .. }
+            | Fault::DbLatency { for_s, .. }
+            | Fault::RpcDown { for_s, .. }
+            | Fault::RpcError { for_s, .. }
+            | Fault::RpcTimeout { for_s, .. }
+            | Fault::RpcAmbiguousSend { for_s, .. }
+            | Fault::RpcLag { for_s, .. }
+            | Fault::SignerDrain { for_s, .. } => *for_s,
+            Fault::Reorg { .. }
+            | Fault::MempoolDrop { .. }
+            | Fault::GasSpike { .. }
+            | Fault::ExternalNonce { .. } => Some(0.0),
+        }
+    }
+}
+
+/// Faults drawn from the seed: a Poisson process per class over a window.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RandomFaults {
+    /// Expected occurrences per simulated minute, by fault kind.
+    pub rate_per_min: BTreeMap<String, f64>,
+    /// Random faults start within `[window_s[0], window_s[1])`.
+    pub window_s: [f64; 2],
+    /// Duration range of windowed faults, in seconds.
+    #[serde(default = "default_random_duration")]
+    pub duration_s: [f64; 2],
+}
+
+fn default_random_duration() -> [f64; 2] {
+    [2.0, 10.0]
+}
+
+/// Fault kinds a `[random]` table may name.
+pub const RANDOM_KINDS: &[&str] = &[
+    "engine_crash",
+    "engine_pause",
+    "partition",
+    "clock_skew",
+    "db_crash",
+    "db_conn_reset",
+    "db_lost_ack",
+    "db_latency",
+    "rpc_down",
+    "rpc_error",
+    "rpc_timeout",
+    "rpc_ambiguous_send",
+    "rpc_lag",
+    "reorg",
+    "mempool_drop",
+    "gas_spike",
+    "external_nonce",
+];
+
+impl Scenario {
+    /// Read and validate a scenario file.
+    pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ScenarioError {
+            file: file.clone(),
+            field: "-".into(),
+            reason: format!("cannot read: {e}"),
+        })?;
+        Scenario::parse(&text, &file)
+    }
+
+    /// Parse and validate TOML text; `file` names it in errors.
+    pub fn parse(text: &str, file: &str) -> Result<Scenario, ScenarioError> {
+        let s: Scenario = toml::from_str(text).map_err(|e| ScenarioError {
+            file: file.into(),
+            field: toml_error_field(text, &e),
+            reason: e.message().to_string(),
+        })?;
+        s.validate(file)?;
+        Ok(s)
+    }
+
+    pub fn engine_names(&self) -> Vec<String> {
+        (0..self.topology.engines)
+            .map(|i| format!("engine-{i}"))
+            .collect()
+    }
+    pub fn db_names(&self) -> Vec<String> {
+        (0..=self.topology.db_replicas)
+            .map(|i| format!("db-{i}"))
+            .collect()
+    }
+    pub fn rpc_names(&self) -> Vec<String> {
+        (0..self.topology.rpc_endpoints)
+            .map(|i| format!("rpc-{i}"))
+            .collect()
+    }
+    pub fn client_names(&self) -> Vec<String> {
+        (0..self.workload.clients)
+            .map(|i| format!("client-{i}"))
+            .collect()
+    }
+
+    /// Expand a node name or group into node names.
+    pub fn expand(&self, name: &str) -> Option<Vec<String>> {
+        let groups: [(&str, Vec<String>); 4] = [
+            ("engines", self.engine_names()),
+            ("db", self.db_names()),
+            ("rpc", self.rpc_names()),
+            ("clients", self.client_names()),
+        ];
+        for (g, members) in &groups {
+            if name == *g {
+                return Some(members.clone());
+            }
+        }
+        groups
+            .iter()
+            .any(|(_, m)| m.iter().any(|n| n == name))
+            .then(|| vec![name.to_string()])
+    }
+
+    fn validate(&self, file: &str) -> Result<(), ScenarioError> {
+        let err = |field: &str, reason: String| ScenarioError {
+            file: file.into(),
+            field: field.into(),
+            reason,
+        };
+        if self.name.trim().is_empty() {
+            return Err(err("name", "must not be empty".into()));
+        }
+        for (i, id) in self.covers.iter().enumerate() {
+            if !CATALOG.contains(&id.as_str()) {
+                return Err(err(
+                    &format!("covers[{i}]"),
+                    format!("unknown catalog id {id:?}; known: {}", CATALOG.join(", ")),
+                ));
+            }
+        }
+        for (i, inv) in self.invariants.iter().enumerate() {
+            if !INVARIANTS.contains(&inv.as_str()) {
+                return Err(err(
+                    &format!("invariants[{i}]"),
+                    format!(
+                        "unknown invariant {inv:?}; known: {}",
+                        INVARIANTS.join(", ")
+                    ),
+                ));
+            }
+        }
+        let t = &self.topology;
+        if !(1..=8).contains(&t.engines) {
+            return Err(err("topology.engines", "must be 1 to 8".into()));
+        }
+        if t.db_replicas > 3 {
+            return Err(err("topology.db_replicas", "must be 0 to 3".into()));
+        }
+        if !(1..=4).contains(&t.rpc_endpoints) {
+            return Err(err("topology.rpc_endpoints", "must be 1 to 4".into()));
+        }
+        if t.block_time_ms < 100 {
+            return Err(err("topology.block_time_ms", "must be at least 100".into()));
+        }
+        if t.finality_depth == 0 || t.finality_depth > 64 {
+            return Err(err("topology.finality_depth", "must be 1 to 64".into()));
+        }
+        if t.net_latency_ms[0] > t.net_latency_ms[1] {
+            return Err(err(
+                "topology.net_latency_ms",
+                "must be [min, max] with min <= max".into(),
+            ));
+        }
+        if t.indexers.is_empty() {
+            return Err(err(
+                "topology.indexers",
+                "at least one engine must run the indexer".into(),
+            ));
+        }
+        let engines = self.engine_names();
+        for (i, n) in t.indexers.iter().enumerate() {
+            if !engines.contains(n) {
+                return Err(err(
+                    &format!("topology.indexers[{i}]"),
+                    format!(
+                        "no engine node named {n:?} (engines: {})",
+                        engines.join(", ")
+                    ),
+                ));
+            }
+        }
+        let w = &self.workload;
+        if w.clients == 0 || w.clients > 16 {
+            return Err(err("workload.clients", "must be 1 to 16".into()));
+        }
+        if w.tokens == 0 {
+            return Err(err(
+                "workload.tokens",
+                "at least one issuance is needed (the other operations use its token)".into(),
+            ));
+        }
+        if !(w.submit_window_s > 0.0) {
+            return Err(err("workload.submit_window_s", "must be positive".into()));
+        }
+        let m = &w.mix;
+        if [m.mint, m.transfer, m.register_identity, m.blocked_transfer]
+            .iter()
+            .any(|x| *x < 0.0 || !x.is_finite())
+            || (w.operations > 0
+                && m.mint + m.transfer + m.register_identity + m.blocked_transfer <= 0.0)
+        {
+            return Err(err(
+                "workload.mix",
+                "weights must be non-negative and not all zero".into(),
+            ));
+        }
+        let d = &self.durations;
+        if !(d.fault_phase_s > 0.0) || !(d.liveness_bound_s > 0.0) {
+            return Err(err(
+                "durations",
+                "fault_phase_s and liveness_bound_s must be positive".into(),
+            ));
+        }
+        if w.submit_window_s > d.fault_phase_s {
+            return Err(err(
+                "workload.submit_window_s",
+                format!(
+                    "submissions end at {} s, after the fault phase ends at {} s",
+                    w.submit_window_s, d.fault_phase_s
+                ),
+            ));
+        }
+        for (i, f) in self.faults.iter().enumerate() {
+            self.validate_fault(f)
+                .map_err(|(field, reason)| err(&format!("faults[{i}].{field}"), reason))?;
+        }
+        if let Some(r) = &self.random {
+            for (k, rate) in &r.rate_per_min {
+                if !RANDOM_KINDS.contains(&k.as_str()) {
+                    return Err(err(
+                        &format!("random.rate_per_min.{k}"),
+                        format!("unknown fault kind; known: {}", RANDOM_KINDS.join(", ")),
+                    ));
+                }
+                if !(*rate >= 0.0 && rate.is_finite()) {
+                    return Err(err(
+                        &format!("random.rate_per_min.{k}"),
+                        "must be a non-negative number".into(),
+                    ));
+                }
+            }
+            if !(r.window_s[0] >= 0.0 && r.window_s[0] < r.window_s[1])
+                || r.window_s[1] > d.fault_phase_s
+            {
+                return Err(err(
+                    "random.window_s",
+                    format!(
+                        "must be [start, end) with 0 <= start < end <= fault_phase_s ({})",
+                        d.fault_phase_s
+                    ),
+                ));
+            }
+            if !(r.duration_s[0] > 0.0 && r.duration_s[0] <= r.duration_s[1]) {
+                return Err(err(
+                    "random.duration_s",
+                    "must be [min, max] with 0 < min <= max".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_fault(&self, f: &Fault) -> Result<(), (String, String)> {
+        let e = |field: &str, reason: String| Err((field.to_string(), reason));
+        let at = f.at_s();
+        if !(at >= 0.0 && at < self.durations.fault_phase_s) {
+            return e(
+                "at_s",
+                format!(
+                    "must be within the fault phase [0, {})",
+                    self.durations.fault_phase_s
+                ),
+            );
+        }
+        if let Some(d) = f.duration_s() {
+            if !(d >= 0.0 && d.is_finite()) {
+                return e("for_s", "durations must be non-negative".into());
+            }
+        }
+        let engine = |n: &str| -> Result<(), (String, String)> {
+            if self.engine_names().iter().any(|x| x == n) {
+                Ok(())
+            } else {
+                e(
+                    "node",
+                    format!(
+                        "no engine node named {n:?} (engines: {})",
+                        self.engine_names().join(", ")
+                    ),
+                )
+            }
+        };
+        let endpoint = |n: &str| -> Result<(), (String, String)> {
+            if n == "rpc" || self.rpc_names().iter().any(|x| x == n) {
+                Ok(())
+            } else {
+                e(
+                    "endpoint",
+                    format!(
+                        "no RPC endpoint named {n:?} (endpoints: {}, or `rpc` for all)",
+                        self.rpc_names().join(", ")
+                    ),
+                )
+            }
+        };
+        match f {
+            Fault::EngineCrash { node, .. }
+            | Fault::EnginePause { node, .. }
+            | Fault::ClockSkew { node, .. } => engine(node),
+            Fault::Partition { node, from, .. } => {
+                if self.expand(node).is_none_or(|v| v.len() != 1) {
+                    return e("node", format!("no node named {node:?}"));
+                }
+                if from.is_empty() {
+                    return e("from", "must name at least one node or group".into());
+                }
+                for (i, p) in from.iter().enumerate() {
+                    match self.expand(p) {
+                        None => {
+                            return e(
+                                &format!("from[{i}]"),
+                                format!(
+                                "no node or group named {p:?} (groups: engines, db, rpc, clients)"
+                            ),
+                            )
+                        }
+                        Some(v) if v.contains(node) => {
+                            return e(
+                                &format!("from[{i}]"),
+                                format!("{p:?} contains {node:?} itself"),
+                            )
+                        }
+                        Some(_) => {}
+                    }
+                }
+                Ok(())
+            }
+            Fault::DbCrash { node, .. } => {
+                if self.db_names().contains(node) {
+                    Ok(())
+                } else {
+                    e(
+                        "node",
+                        format!(
+                            "no database node named {node:?} (nodes: {})",
+                            self.db_names().join(", ")
+                        ),
+                    )
+                }
+            }
+            Fault::DbFailover { .. } => {
+                if self.topology.db_replicas == 0 {
+                    e(
+                        "kind",
+                        "db_failover needs topology.db_replicas >= 1 (nothing to promote)".into(),
+                    )
+                } else {
+                    Ok(())
+                }
+            }
+            Fault::DbLostAck { rate, .. } if !(*rate > 0.0 && *rate <= 1.0) => {
+                e("rate", "must be in (0, 1]".into())
+            }
+            Fault::RpcDown { endpoint: n, .. }
+            | Fault::RpcError { endpoint: n, .. }
+            | Fault::RpcTimeout { endpoint: n, .. }
+            | Fault::RpcAmbiguousSend { endpoint: n, .. }
+            | Fault::RpcLag { endpoint: n, .. } => endpoint(n),
+            Fault::Reorg { depth, .. } if *depth == 0 || *depth > 32 => {
+                e("depth", "must be 1 to 32".into())
+            }
+            Fault::GasSpike { base_fee_gwei, .. } if *base_fee_gwei == 0 => {
+                e("base_fee_gwei", "must be positive".into())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The concrete fault schedule of one seed: the scheduled faults plus the random ones drawn
+    /// from the seed, ordered by start time (stable for equal times).
+    pub fn schedule(&self, seed: u64) -> Vec<Fault> {
+        let mut out = self.faults.clone();
+        if let Some(r) = &self.random {
+            let mut rng = SimRng::new(seed).fork("random-faults");
+            for (kind, rate) in &r.rate_per_min {
+                if *rate <= 0.0 {
+                    continue;
+                }
+                let mut t = r.window_s[0];
+                loop {
+                    t += rng.exp(*rate / 60.0);
+                    if t >= r.window_s[1] {
+                        break;
+                    }
+                    let dur = r.duration_s[0] + rng.unit() * (r.duration_s[1] - r.duration_s[0]);
+                    out.push(self.random_fault(kind, round_ms(t), round_ms(dur), &mut rng));
+                }
+            }
+        }
+        out.sort_by(|a, b| a.at_s().total_cmp(&b.at_s()));
+        out
+    }
+
+    fn random_fault(&self, kind: &str, at_s: f64, dur: f64, rng: &mut SimRng) -> Fault {
+        let pick = |names: Vec<String>, rng: &mut SimRng| -> String {
+            names[rng.range(0, names.len() as u64 - 1) as usize].clone()
+        };
+        let engine = pick(self.engine_names(), rng);
+        let endpoint = pick(self.rpc_names(), rng);
+        let for_s = Some(dur);
+        match kind {
+            "engine_crash" => Fault::EngineCrash {
+                node: engine,
+                at_s,
+                restart_after_s: for_s,
+            },
+            "engine_pause" => Fault::EnginePause {
+                node: engine,
+                at_s,
+                for_s,
+            },
+            "partition" => {
+                let from = ["db", "rpc", "clients"][rng.range(0, 2) as usize].to_string();
+                Fault::Partition {
+                    node: engine,
+                    from: vec![from],
+                    direction: [Direction::Both, Direction::Outbound, Direction::Inbound]
+                        [rng.range(0, 2) as usize],
+                    at_s,
+                    for_s,
+                }
+            }
+            "clock_skew" => Fault::ClockSkew {
+                node: engine,
+                skew_ms: (rng.range(0, 120_000) as i64) - 60_000,
+                at_s,
+                for_s,
+            },
+            "db_crash" => Fault::DbCrash {
+                node: "db-0".into(),
+                at_s,
+                restart_after_s: for_s,
+            },
+            "db_conn_reset" => Fault::DbConnReset { at_s, for_s },
+            "db_lost_ack" => Fault::DbLostAck {
+                at_s,
+                for_s,
+                rate: 0.5,
+            },
+            "db_latency" => Fault::DbLatency {
+                at_s,
+                for_s,
+                extra_ms: rng.range(50, 2000),
+            },
+            "rpc_down" => Fault::RpcDown {
+                endpoint,
+                at_s,
+                for_s,
+            },
+            "rpc_error" => Fault::RpcError {
+                endpoint,
+                at_s,
+                for_s,
+                method: None,
+            },
+            "rpc_timeout" => Fault::RpcTimeout {
+                endpoint,
+                at_s,
+                for_s,
+                method: None,
+            },
+            "rpc_ambiguous_send" => Fault::RpcAmbiguousSend {
+                endpoint,
+                at_s,
+                for_s,
+            },
+            "rpc_lag" => Fault::RpcLag {
+                endpoint,
+                at_s,
+                for_s,
+                blocks: rng.range(2, 20),
+            },
+            "reorg" => Fault::Reorg {
+                at_s,
+                depth: rng.range(1, self.topology.finality_depth),
+                drop_txs: rng.unit() < 0.5,
+            },
+            "mempool_drop" => Fault::MempoolDrop { at_s },
+            "gas_spike" => Fault::GasSpike {
+                at_s,
+                base_fee_gwei: rng.range(20, 500),
+            },
+            "external_nonce" => Fault::ExternalNonce { at_s },
+            other => unreachable!("validated random kind {other}"),
+        }
+    }
+}
+
+/// Millisecond resolution keeps schedules readable and exactly reproducible from JSON.
+fn round_ms(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+/// Best effort at naming the field a TOML error is about: the key on the line it points at.
+fn toml_error_field(text: &str, e: &toml::de::Error) -> String {
+    let msg = e.message();
+    if let Some(rest) = msg.strip_prefix("unknown field `") {
+        if let Some(end) = rest.find('`') {
+            return rest[..end].to_string();
+        }
+    }
+    if let Some(rest) = msg.strip_prefix("missing field `") {
+        if let Some(end) = rest.find('`') {
+            return rest[..end].to_string();
+        }
+    }
+    if let Some(span) = e.span() {
+        let line_start = text[..span.start].rfind('\n').map_or(0, |i| i + 1);
+        let line_end = text[span.start..]
+            .find('\n')
+            .map_or(text.len(), |i| span.start + i);
+        let line = text[line_start..line_end].trim();
+        let key = line.split('=').next().unwrap_or(line).trim();
+        let lineno = text[..span.start].matches('\n').count() + 1;
+        return format!("{key} (line {lineno})");
+    }
+    "-".into()
+}
+
+/// Every `*.toml` scenario under `dir` (not recursive), by file name.
+pub fn scenario_files(dir: &Path) -> std::io::Result<Vec<std::path::PathBuf>> {
+    let mut v: Vec<_> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub const MINIMAL: &str = r#"
+name = "t"
+description = "d"
+covers = ["FM-ENGINE-CRASH"]
+[topology]
+engines = 2
+db_replicas = 1
+rpc_endpoints = 2
+[workload]
+tokens = 1
+operations = 4
+submit_window_s = 10
+[durations]
+fault_phase_s = 20
+liveness_bound_s = 60
+[[faults]]
+kind = "engine_crash"
+node = "engine-1"
+at_s = 5
+restart_after_s = 3
+"#;
+
+    #[test]
+    fn minimal_scenario_parses() {
+        let s = Scenario::parse(MINIMAL, "t.toml").unwrap();
+        assert_eq!(s.faults.len(), 1);
+        assert_eq!(s.faults[0].kind(), "engine_crash");
+        assert_eq!(s.topology.replication, Replication::Sync);
+    }
+
+    fn bad(text: &str) -> ScenarioError {
+        Scenario::parse(text, "bad.toml").expect_err("must be rejected")
+    }
+
+    #[test]
+    fn unknown_field_is_named() {
+        let e = bad(&MINIMAL.replace("engines = 2", "engines = 2\nengnies = 3"));
+        assert_eq!(e.file, "bad.toml");
+        assert_eq!(e.field, "engnies");
+        assert!(e.reason.contains("unknown field"), "{e}");
+    }
+
+    #[test]
+    fn unknown_fault_kind_is_named() {
+        let e = bad(&MINIMAL.replace("\"engine_crash\"", "\"engine_explode\""));
+        assert!(e.reason.contains("engine_explode"), "{e}");
+    }
+
+    #[test]
+    fn unknown_node_is_named() {
+        let e = bad(&MINIMAL.replace("\"engine-1\"", "\"engine-7\""));
+        assert_eq!(e.field, "faults[0].node");
+        assert!(e.reason.contains("engine-7"), "{e}");
+    }
+
+    #[test]
+    fn impossible_topology_is_rejected() {
+        let e = bad(&MINIMAL.replace("engines = 2", "engines = 0"));
+        assert_eq!(e.field, "topology.engines");
+        let e = bad(&MINIMAL.replace(
+            "db_replicas = 1",
+            "db_replicas = 0\n[[faults]]\nkind = \"db_failover\"\nat_s = 1\n",
+        ));
+        assert!(e.to_string().contains("db_failover") || e.to_string().contains("topology"));
+    }
+
+    #[test]
+    fn fault_after_the_fault_phase_is_rejected() {
+        let e = bad(&MINIMAL.replace("at_s = 5", "at_s = 25"));
+        assert_eq!(e.field, "faults[0].at_s");
+    }
+
+    #[test]
+    fn unknown_catalog_id_and_invariant_are_rejected() {
+        let e = bad(&MINIMAL.replace("FM-ENGINE-CRASH", "FM-NOPE"));
+        assert_eq!(e.field, "covers[0]");
+        let e = bad(&MINIMAL.replace("covers = [", "invariants = [\"durabilty\"]\ncovers = ["));
+        assert_eq!(e.field, "invariants[0]");
+    }
+
+    #[test]
+    fn random_schedule_is_a_function_of_the_seed() {
+        let text = format!(
+            "{MINIMAL}\n[random]\nrate_per_min = {{ engine_crash = 6.0, rpc_down = 6.0 }}\nwindow_s = [0, 20]\n"
+        );
+        let s = Scenario::parse(&text, "r.toml").unwrap();
+        assert_eq!(s.schedule(1), s.schedule(1));
+        assert_ne!(s.schedule(1), s.schedule(2));
+        let sched = s.schedule(1);
+        assert!(sched.windows(2).all(|w| w[0].at_s() <= w[1].at_s()));
+        assert!(sched.iter().all(|f| f.at_s() < 20.0));
+    }
+
+    #[test]
+    fn unknown_random_kind_is_rejected() {
+        let text =
+            format!("{MINIMAL}\n[random]\nrate_per_min = {{ meteor = 1.0 }}\nwindow_s = [0, 20]\n");
+        let e = bad(&text);
+        assert_eq!(e.field, "random.rate_per_min.meteor");
+    }
+}

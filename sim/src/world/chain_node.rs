@@ -1,0 +1,192 @@
+//! The simulated chain host (one chain, mining a block every `block_time_ms`) and the RPC
+//! endpoint hosts in front of it, which the fault injector can take down, make erroring, slow,
+//! lagging, or make accept a transaction and then never answer (the ambiguous send).
+
+use super::net::{serve, CallError, Client};
+use super::{epoch_ms, rpc_addr, t_ms};
+use crate::chain::ChainModel;
+use crate::trace::Trace;
+use alloy_primitives::Address;
+use dalp_engine::chain::{Transport, TransportError};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// One active fault on an endpoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RpcMode {
+    /// Connection refused.
+    Down,
+    /// HTTP 503, for every method or one.
+    Error(Option<String>),
+    /// No answer, for every method or one.
+    Timeout(Option<String>),
+    /// `eth_sendRawTransaction` reaches the mempool, the answer never comes back.
+    Ambiguous,
+    /// Serves a head this many blocks behind.
+    Lag(u64),
+}
+
+pub struct ChainWorld {
+    pub model: Mutex<ChainModel>,
+    /// Active faults per endpoint index, with an id each so overlapping faults heal separately.
+    pub modes: Mutex<BTreeMap<usize, Vec<(u64, RpcMode)>>>,
+    pub block_time: Duration,
+    pub signer: Address,
+    pub trace: Trace,
+}
+
+impl ChainWorld {
+    pub fn add_mode(&self, endpoint: usize, id: u64, mode: RpcMode) {
+        self.modes
+            .lock()
+            .expect("modes")
+            .entry(endpoint)
+            .or_default()
+            .push((id, mode));
+    }
+    pub fn remove_mode(&self, endpoint: usize, id: u64) {
+        if let Some(v) = self.modes.lock().expect("modes").get_mut(&endpoint) {
+            v.retain(|(i, _)| *i != id);
+        }
+    }
+    fn modes_of(&self, endpoint: usize) -> Vec<RpcMode> {
+        self.modes
+            .lock()
+            .expect("modes")
+            .get(&endpoint)
+            .map(|v| v.iter().map(|(_, m)| m.clone()).collect())
+            .unwrap_or_default()
+    }
+}
+
+/// The chain host's process: mine forever.
+pub async fn miner(chain: Arc<ChainWorld>) {
+    loop {
+        tokio::time::sleep(chain.block_time).await;
+        let summary = chain.model.lock().expect("chain").mine_block(epoch_ms());
+        chain.trace.record(
+            t_ms(),
+            "chain",
+            "chain",
+            "block",
+            json!({
+                "number": summary.number, "hash": summary.hash, "base_fee": summary.base_fee.to_string(),
+                "gas_used": summary.gas_used, "included": summary.included, "dropped": summary.dropped.len(),
+            }),
+        );
+    }
+}
+
+pub struct RpcRequest(pub String);
+pub struct RpcResponse(pub Result<String, TransportError>);
+
+fn method_of(body: &str) -> String {
+    serde_json::from_str::<Value>(body)
+        .ok()
+        .and_then(|v| v.get("method").and_then(Value::as_str).map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// RPC endpoint `k`'s process.
+pub async fn rpc_process(chain: Arc<ChainWorld>, k: usize) {
+    let name = format!("rpc-{k}");
+    serve(rpc_addr(k), move |req: RpcRequest, _from: SocketAddr| {
+        let chain = chain.clone();
+        let name = name.clone();
+        async move {
+            let body = req.0;
+            let method = method_of(&body);
+            let modes = chain.modes_of(k);
+            let hits = |m: &Option<String>| m.as_deref().is_none_or(|x| x == method);
+            if modes.contains(&RpcMode::Down) {
+                return Some(RpcResponse(Err(TransportError::Unreachable(
+                    "connection refused".into(),
+                ))));
+            }
+            if modes
+                .iter()
+                .any(|m| matches!(m, RpcMode::Timeout(x) if hits(x)))
+            {
+                return None;
+            }
+            if modes
+                .iter()
+                .any(|m| matches!(m, RpcMode::Error(x) if hits(x)))
+            {
+                return Some(RpcResponse(Err(TransportError::Status(503))));
+            }
+            let lag = modes
+                .iter()
+                .filter_map(|m| match m {
+                    RpcMode::Lag(b) => Some(*b),
+                    _ => None,
+                })
+                .max()
+                .unwrap_or(0);
+            let answer = chain
+                .model
+                .lock()
+                .expect("chain")
+                .handle_rpc(&body, epoch_ms(), lag);
+            if method == "eth_sendRawTransaction" {
+                chain.trace.record(
+                    t_ms(),
+                    &name,
+                    "chain",
+                    "send_raw",
+                    json!({"answer": answer}),
+                );
+                if modes.contains(&RpcMode::Ambiguous) {
+                    return None;
+                }
+            }
+            Some(RpcResponse(Ok(answer)))
+        }
+    })
+    .await;
+}
+
+/// The engine's transport in the simulation: JSON-RPC bodies over the simulated network to the
+/// endpoint named in the URL (`http://rpc-<k>:8545`).
+pub struct SimTransport {
+    client: Client,
+    endpoints: BTreeMap<String, SocketAddr>,
+}
+
+impl SimTransport {
+    pub async fn new(endpoints: usize) -> std::io::Result<Self> {
+        Ok(SimTransport {
+            client: Client::bind().await?,
+            endpoints: (0..endpoints)
+                .map(|k| (endpoint_url(k), rpc_addr(k)))
+                .collect(),
+        })
+    }
+}
+
+pub fn endpoint_url(k: usize) -> String {
+    format!("http://rpc-{k}:8545")
+}
+
+#[async_trait::async_trait]
+impl Transport for SimTransport {
+    async fn post(&self, endpoint: &str, body: String) -> Result<String, TransportError> {
+        let addr = *self
+            .endpoints
+            .get(endpoint)
+            .ok_or_else(|| TransportError::Unreachable(format!("unknown host in {endpoint}")))?;
+        // The gateway bounds every call; this outer bound only keeps abandoned calls finite.
+        match self
+            .client
+            .call::<RpcRequest, RpcResponse>(addr, RpcRequest(body), Duration::from_secs(120))
+            .await
+        {
+            Ok(RpcResponse(r)) => r,
+            Err(CallError::Timeout) => Err(TransportError::Io("timed out".into())),
+            Err(CallError::Io(e)) => Err(TransportError::Io(e)),
+        }
+    }
+}

@@ -1,0 +1,155 @@
+//! Engine hosts: each runs the engine's worker, maintenance and (where configured) indexer loops
+//! exactly as the `dalp-engine` binary does, built from a TOML configuration through
+//! `Config::from_toml`, plus an API server that takes the same requests as the HTTP API and calls
+//! the same engine methods. A restart re-runs all of this from scratch, like a new process.
+
+use super::chain_node::{endpoint_url, SimTransport};
+use super::db_node::NetDb;
+use super::net::serve;
+use super::{engine_addr, epoch_ms, t_ms};
+use crate::db::StoreOver;
+use crate::trace::Trace;
+use dalp_engine::clock::Clock;
+use dalp_engine::config::Config;
+use dalp_engine::engine::Accepted;
+use dalp_engine::Engine;
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// The engine's signer: Anvil's well-known account 0 (funded at genesis).
+pub const SIGNER_KEY: &str = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80";
+pub const CHAIN_ID: u64 = 31337;
+
+/// A node's wall clock: the simulated clock plus a skew the injector can change.
+pub struct SimClock {
+    pub skew_ms: Arc<AtomicI64>,
+}
+
+impl Clock for SimClock {
+    fn now_ms(&self) -> u64 {
+        (epoch_ms() as i64)
+            .saturating_add(self.skew_ms.load(Ordering::Relaxed))
+            .max(0) as u64
+    }
+}
+
+/// Per-host state that outlives a process: its clock skew (the host's, not the process's) and
+/// how many times the process started (feeds the retry jitter seed, as a new PID would).
+#[derive(Default)]
+pub struct EngineHost {
+    pub skew_ms: Arc<AtomicI64>,
+    pub starts: AtomicU64,
+}
+
+pub fn engine_config(i: usize, rpc_endpoints: usize, finality_depth: u64, indexer: bool) -> Config {
+    let endpoints: Vec<String> = (0..rpc_endpoints)
+        .map(|k| format!("{:?}", endpoint_url(k)))
+        .collect();
+    let confirmations = finality_depth.clamp(1, 2);
+    let text = format!(
+        r#"
+node_id = "engine-{i}"
+database_url = "postgres://dalp@db.service:5432/dalp"
+chain_id = {CHAIN_ID}
+rpc_endpoints = [{endpoints}]
+api_token = "sim-client-token"
+operator_token = "sim-operator-token"
+[signers]
+default = "{SIGNER_KEY}"
+[chain]
+confirmations = {confirmations}
+finality_depth = {finality_depth}
+[indexer]
+enabled = {indexer}
+"#,
+        endpoints = endpoints.join(", ")
+    );
+    Config::from_toml(&text, &format!("engine-{i} (generated)"))
+        .expect("generated engine config is valid")
+}
+
+pub enum ApiRequest {
+    Submit {
+        kind: String,
+        key: String,
+        input: Value,
+    },
+    Status {
+        id: i64,
+    },
+}
+
+pub enum ApiResponse {
+    Accepted(Accepted),
+    Rejected {
+        status: u16,
+        error: String,
+    },
+    Status {
+        status: String,
+        result: Option<Value>,
+        error: Option<Value>,
+    },
+    NotFound,
+}
+
+/// Engine host `i`'s process.
+pub async fn engine_process(
+    i: usize,
+    config: Config,
+    host: Arc<EngineHost>,
+    seed: u64,
+    trace: Trace,
+) {
+    let start = host.starts.fetch_add(1, Ordering::Relaxed);
+    let name = format!("engine-{i}");
+    let db = NetDb::connect(config.db_timeout())
+        .await
+        .expect("bind db client");
+    let store = Arc::new(StoreOver(db));
+    let transport = Arc::new(
+        SimTransport::new(config.rpc_endpoints.len())
+            .await
+            .expect("bind rpc client"),
+    );
+    let clock = Arc::new(SimClock {
+        skew_ms: host.skew_ms.clone(),
+    });
+    let jitter_seed = seed ^ ((i as u64 + 1) << 32) ^ start.wrapping_mul(0x9E37_79B9);
+    let engine = Engine::new(config, store, transport, clock, jitter_seed);
+    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    let _tasks = engine.start(shutdown_rx);
+    trace.record(t_ms(), &name, "engine", "started", json!({"start": start}));
+    serve(engine_addr(i), move |req: ApiRequest, _from: SocketAddr| {
+        let engine = engine.clone();
+        async move { Some(handle_api(&engine, req).await) }
+    })
+    .await;
+    drop(shutdown_tx);
+}
+
+async fn handle_api(engine: &Engine, req: ApiRequest) -> ApiResponse {
+    match req {
+        ApiRequest::Submit { kind, key, input } => match engine.submit(&kind, &key, input).await {
+            Ok(a) => ApiResponse::Accepted(a),
+            Err(e) => ApiResponse::Rejected {
+                status: e.http_status(),
+                error: e.to_string(),
+            },
+        },
+        ApiRequest::Status { id } => match engine.store.workflow(id).await {
+            Ok(Some(wf)) => ApiResponse::Status {
+                status: wf.status.as_str().to_string(),
+                result: wf.result,
+                error: wf.error,
+            },
+            Ok(None) => ApiResponse::NotFound,
+            Err(e) => ApiResponse::Rejected {
+                status: e.http_status(),
+                error: e.to_string(),
+            },
+        },
+    }
+}

@@ -1,0 +1,470 @@
+//! The fault injector: applies a concrete fault schedule at simulated times, heals each fault when
+//! its duration ends or at the heal instant (whichever comes first), and traces both, so the
+//! timeline shows every fault as a span on the node it hit.
+
+use super::chain_node::{ChainWorld, RpcMode};
+use super::db_node::DbCluster;
+use super::engine_node::EngineHost;
+use super::{epoch_ms, ip, sleep_until_ms, t_ms, DB_SERVICE};
+use crate::scenario::{Direction, Fault, Scenario};
+use crate::trace::{Event, Trace};
+use alloy_primitives::U256;
+use madsim::net::NetSim;
+use madsim::runtime::Handle;
+use madsim::task::NodeId;
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub struct Fleet {
+    pub scenario: Arc<Scenario>,
+    pub nodes: BTreeMap<String, NodeId>,
+    pub db: Arc<DbCluster>,
+    pub chain: Arc<ChainWorld>,
+    pub engine_hosts: Vec<Arc<EngineHost>>,
+    pub trace: Trace,
+    /// Hosts currently killed.
+    pub down: Mutex<BTreeSet<String>>,
+    paused: Mutex<BTreeMap<String, u32>>,
+    clogs: Mutex<BTreeMap<(NodeId, NodeId), u32>>,
+    /// Hashes of transactions sent outside the engine (external nonce use).
+    pub external_txs: Mutex<Vec<alloy_primitives::B256>>,
+    /// Commits lost by failovers: (count, window in ms, operation names).
+    pub data_loss: Mutex<Vec<Value>>,
+}
+
+impl Fleet {
+    pub fn new(
+        scenario: Arc<Scenario>,
+        nodes: BTreeMap<String, NodeId>,
+        db: Arc<DbCluster>,
+        chain: Arc<ChainWorld>,
+        engine_hosts: Vec<Arc<EngineHost>>,
+        trace: Trace,
+    ) -> Arc<Self> {
+        Arc::new(Fleet {
+            scenario,
+            nodes,
+            db,
+            chain,
+            engine_hosts,
+            trace,
+            down: Mutex::default(),
+            paused: Mutex::default(),
+            clogs: Mutex::default(),
+            external_txs: Mutex::default(),
+            data_loss: Mutex::default(),
+        })
+    }
+
+    fn id(&self, name: &str) -> NodeId {
+        *self
+            .nodes
+            .get(name)
+            .unwrap_or_else(|| panic!("validated node {name} exists"))
+    }
+
+    fn kill(&self, name: &str) -> bool {
+        if !self.down.lock().expect("down").insert(name.to_string()) {
+            return false;
+        }
+        Handle::current().kill(self.id(name));
+        true
+    }
+
+    fn restart(&self, name: &str) {
+        if self.down.lock().expect("down").remove(name) {
+            Handle::current().restart(self.id(name));
+        }
+    }
+
+    fn clog(&self, a: NodeId, b: NodeId, on: bool) {
+        let mut clogs = self.clogs.lock().expect("clogs");
+        let n = clogs.entry((a, b)).or_insert(0);
+        let net = NetSim::current();
+        if on {
+            *n += 1;
+            if *n == 1 {
+                net.clog_link(a, b);
+            }
+        } else {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                net.unclog_link(a, b);
+            }
+        }
+    }
+
+    fn partition(&self, node: &str, from: &[String], direction: Direction, on: bool) {
+        let me = self.id(node);
+        let peers: BTreeSet<String> = from
+            .iter()
+            .flat_map(|p| self.scenario.expand(p).unwrap_or_default())
+            .collect();
+        for p in peers {
+            let them = self.id(&p);
+            if matches!(direction, Direction::Both | Direction::Outbound) {
+                self.clog(me, them, on);
+            }
+            if matches!(direction, Direction::Both | Direction::Inbound) {
+                self.clog(them, me, on);
+            }
+        }
+    }
+
+    fn endpoints(&self, name: &str) -> Vec<usize> {
+        self.scenario
+            .expand(name)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|n| n.strip_prefix("rpc-").and_then(|k| k.parse().ok()))
+            .collect()
+    }
+
+    fn engine_index(name: &str) -> usize {
+        name.strip_prefix("engine-")
+            .and_then(|i| i.parse().ok())
+            .expect("engine name")
+    }
+}
+
+/// Run the schedule; returns once every fault has been applied and healed.
+pub async fn inject(fleet: Arc<Fleet>, schedule: Vec<Fault>, heal_ms: u64) {
+    let mut tasks = Vec::new();
+    for (n, fault) in schedule.into_iter().enumerate() {
+        let fleet = fleet.clone();
+        tasks.push(tokio::spawn(async move {
+            one(fleet, n as u64, fault, heal_ms).await
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+}
+
+fn target(f: &Fault) -> String {
+    match f {
+        Fault::EngineCrash { node, .. }
+        | Fault::EnginePause { node, .. }
+        | Fault::Partition { node, .. }
+        | Fault::ClockSkew { node, .. }
+        | Fault::DbCrash { node, .. } => node.clone(),
+        Fault::RpcDown { endpoint, .. }
+        | Fault::RpcError { endpoint, .. }
+        | Fault::RpcTimeout { endpoint, .. }
+        | Fault::RpcAmbiguousSend { endpoint, .. }
+        | Fault::RpcLag { endpoint, .. } => endpoint.clone(),
+        Fault::DbFailover { .. }
+        | Fault::DbConnReset { .. }
+        | Fault::DbLostAck { .. }
+        | Fault::DbLatency { .. } => "db".into(),
+        Fault::Reorg { .. }
+        | Fault::MempoolDrop { .. }
+        | Fault::GasSpike { .. }
+        | Fault::ExternalNonce { .. }
+        | Fault::SignerDrain { .. } => "chain".into(),
+    }
+}
+
+async fn one(fleet: Arc<Fleet>, n: u64, fault: Fault, heal_ms: u64) {
+    let start = (fault.at_s() * 1000.0).round() as u64;
+    sleep_until_ms(start).await;
+    let node = target(&fault);
+    let args = serde_json::to_value(&fault).unwrap_or(Value::Null);
+    let trace = fleet.trace.clone();
+    let applied = apply(&fleet, n, &fault, heal_ms).await;
+    trace.record(
+        t_ms(),
+        &node,
+        "fault",
+        fault.kind(),
+        json!({"fault": args, "applied": applied}),
+    );
+    if applied.get("skipped").is_some() {
+        return;
+    }
+    let end = match fault.duration_s() {
+        Some(d) => (start + (d * 1000.0).round() as u64).min(heal_ms),
+        None => heal_ms,
+    };
+    if end > start {
+        sleep_until_ms(end).await;
+    }
+    let healed = heal(&fleet, n, &fault).await;
+    let now = t_ms();
+    trace.push(Event {
+        t_ms: start,
+        node,
+        cat: "heal".into(),
+        name: fault.kind().into(),
+        args: json!({"healed_at_ms": now, "detail": healed}),
+        dur_ms: Some(now.saturating_sub(start)),
+    });
+}
+
+async fn apply(fleet: &Fleet, n: u64, fault: &Fault, heal_ms: u64) -> Value {
+    match fault {
+        Fault::EngineCrash { node, .. } => {
+            if fleet.kill(node) {
+                json!({})
+            } else {
+                json!({"skipped": "already down"})
+            }
+        }
+        Fault::EnginePause { node, .. } => {
+            let mut p = fleet.paused.lock().expect("paused");
+            let c = p.entry(node.clone()).or_insert(0);
+            *c += 1;
+            if *c == 1 {
+                Handle::current().pause(fleet.id(node));
+            }
+            json!({})
+        }
+        Fault::Partition {
+            node,
+            from,
+            direction,
+            ..
+        } => {
+            fleet.partition(node, from, *direction, true);
+            json!({})
+        }
+        Fault::ClockSkew { node, skew_ms, .. } => {
+            fleet.engine_hosts[Fleet::engine_index(node)]
+                .skew_ms
+                .store(*skew_ms, Ordering::Relaxed);
+            json!({})
+        }
+        Fault::DbCrash { node, .. } => {
+            if fleet.kill(node) {
+                json!({})
+            } else {
+                json!({"skipped": "already down"})
+            }
+        }
+        Fault::DbFailover {
+            promote_after_s, ..
+        } => {
+            let old = fleet.db.primary();
+            let old_name = format!("db-{old}");
+            if !fleet.kill(&old_name) {
+                return json!({"skipped": "primary already down"});
+            }
+            let promote_at = t_ms() + (promote_after_s * 1000.0) as u64;
+            sleep_until_ms(promote_at.min(heal_ms)).await;
+            let down = fleet.down.lock().expect("down").clone();
+            let best = (0..fleet.db.disks.len())
+                .filter(|j| *j != old && !down.contains(&format!("db-{j}")))
+                .max_by_key(|j| {
+                    (
+                        fleet.db.disks[*j].lock().expect("disk").lsn(),
+                        usize::MAX - j,
+                    )
+                });
+            let Some(to) = best else {
+                // Nothing to promote: the old primary comes back at heal.
+                return json!({"promoted": null});
+            };
+            let lost = fleet.db.promote(to, old);
+            let crash_epoch = epoch_ms();
+            for j in 0..fleet.db.disks.len() {
+                if j != to && j != old && !down.contains(&format!("db-{j}")) {
+                    fleet.db.rebuild_from_primary(j);
+                }
+            }
+            NetSim::current().add_dns_record(DB_SERVICE, ip(2, to));
+            let loss = json!({
+                "lost_commits": lost.len(),
+                "window_ms": lost.first().map(|e| crash_epoch.saturating_sub(e.now_ms)).unwrap_or(0),
+                "ops": lost.iter().map(|e| e.req.name()).collect::<Vec<_>>(),
+            });
+            fleet.data_loss.lock().expect("loss").push(loss.clone());
+            json!({"old_primary": old_name, "promoted": format!("db-{to}"), "loss": loss})
+        }
+        Fault::DbConnReset { .. } => {
+            fleet.db.faults.lock().expect("faults").conn_reset += 1;
+            json!({})
+        }
+        Fault::DbLostAck { rate, .. } => {
+            fleet.db.faults.lock().expect("faults").lost_ack.push(*rate);
+            json!({})
+        }
+        Fault::DbLatency { extra_ms, .. } => {
+            fleet
+                .db
+                .faults
+                .lock()
+                .expect("faults")
+                .extra_latency_ms
+                .push(*extra_ms);
+            json!({})
+        }
+        Fault::RpcDown { endpoint, .. } => rpc_mode(fleet, n, endpoint, RpcMode::Down),
+        Fault::RpcError {
+            endpoint, method, ..
+        } => rpc_mode(fleet, n, endpoint, RpcMode::Error(method.clone())),
+        Fault::RpcTimeout {
+            endpoint, method, ..
+        } => rpc_mode(fleet, n, endpoint, RpcMode::Timeout(method.clone())),
+        Fault::RpcAmbiguousSend { endpoint, .. } => {
+            rpc_mode(fleet, n, endpoint, RpcMode::Ambiguous)
+        }
+        Fault::RpcLag {
+            endpoint, blocks, ..
+        } => rpc_mode(fleet, n, endpoint, RpcMode::Lag(*blocks)),
+        Fault::Reorg {
+            depth, drop_txs, ..
+        } => {
+            let mut m = fleet.chain.model.lock().expect("chain");
+            let before = m.head();
+            m.reorg(*depth, *drop_txs, epoch_ms());
+            json!({"head_before": before, "head_after": m.head()})
+        }
+        Fault::MempoolDrop { .. } => {
+            let dropped = fleet
+                .chain
+                .model
+                .lock()
+                .expect("chain")
+                .drop_all_pending_from(fleet.chain.signer);
+            json!({"dropped": dropped})
+        }
+        Fault::GasSpike { base_fee_gwei, .. } => {
+            fleet
+                .chain
+                .model
+                .lock()
+                .expect("chain")
+                .set_next_base_fee(*base_fee_gwei as u128 * 1_000_000_000);
+            json!({})
+        }
+        Fault::ExternalNonce { .. } => {
+            let h = fleet
+                .chain
+                .model
+                .lock()
+                .expect("chain")
+                .external_use_nonce(fleet.chain.signer);
+            fleet.external_txs.lock().expect("ext").push(h);
+            json!({"tx": h})
+        }
+        Fault::SignerDrain { .. } => {
+            let mut m = fleet.chain.model.lock().expect("chain");
+            let before = m.balance_of(fleet.chain.signer);
+            m.set_balance(fleet.chain.signer, U256::ZERO);
+            json!({"balance_before": before.to_string()})
+        }
+    }
+}
+
+fn rpc_mode(fleet: &Fleet, n: u64, endpoint: &str, mode: RpcMode) -> Value {
+    for k in fleet.endpoints(endpoint) {
+        fleet.chain.add_mode(k, n, mode.clone());
+    }
+    json!({})
+}
+
+async fn heal(fleet: &Fleet, n: u64, fault: &Fault) -> Value {
+    match fault {
+        Fault::EngineCrash { node, .. } | Fault::DbCrash { node, .. } => {
+            fleet.restart(node);
+            json!({"restarted": node})
+        }
+        Fault::EnginePause { node, .. } => {
+            let mut p = fleet.paused.lock().expect("paused");
+            let c = p.entry(node.clone()).or_insert(1);
+            *c -= 1;
+            if *c == 0 {
+                Handle::current().resume(fleet.id(node));
+            }
+            json!({})
+        }
+        Fault::Partition {
+            node,
+            from,
+            direction,
+            ..
+        } => {
+            fleet.partition(node, from, *direction, false);
+            json!({})
+        }
+        Fault::ClockSkew { node, .. } => {
+            fleet.engine_hosts[Fleet::engine_index(node)]
+                .skew_ms
+                .store(0, Ordering::Relaxed);
+            json!({})
+        }
+        Fault::DbFailover { .. } => {
+            // The old primary rejoins as a replica rebuilt from the new primary (pg_rewind).
+            let p = fleet.db.primary();
+            let down: Vec<String> = fleet.down.lock().expect("down").iter().cloned().collect();
+            let mut rejoined = Vec::new();
+            for name in down.iter().filter(|d| d.starts_with("db-")) {
+                let j: usize = name[3..].parse().expect("db index");
+                if j != p {
+                    fleet.db.rebuild_from_primary(j);
+                }
+                fleet.restart(name);
+                rejoined.push(name.clone());
+            }
+            json!({"rejoined": rejoined, "primary": format!("db-{p}")})
+        }
+        Fault::DbConnReset { .. } => {
+            fleet.db.faults.lock().expect("faults").conn_reset -= 1;
+            json!({})
+        }
+        Fault::DbLostAck { rate, .. } => {
+            let mut f = fleet.db.faults.lock().expect("faults");
+            if let Some(i) = f.lost_ack.iter().position(|r| r == rate) {
+                f.lost_ack.remove(i);
+            }
+            json!({})
+        }
+        Fault::DbLatency { extra_ms, .. } => {
+            let mut f = fleet.db.faults.lock().expect("faults");
+            if let Some(i) = f.extra_latency_ms.iter().position(|r| r == extra_ms) {
+                f.extra_latency_ms.remove(i);
+            }
+            json!({})
+        }
+        Fault::RpcDown { endpoint, .. }
+        | Fault::RpcError { endpoint, .. }
+        | Fault::RpcTimeout { endpoint, .. }
+        | Fault::RpcAmbiguousSend { endpoint, .. }
+        | Fault::RpcLag { endpoint, .. } => {
+            for k in fleet.endpoints(endpoint) {
+                fleet.chain.remove_mode(k, n);
+            }
+            json!({})
+        }
+        Fault::SignerDrain { .. } => {
+            let topup = U256::from(10_000u64) * U256::from(10u64).pow(U256::from(18u64));
+            fleet
+                .chain
+                .model
+                .lock()
+                .expect("chain")
+                .set_balance(fleet.chain.signer, topup);
+            json!({"topped_up_wei": topup.to_string()})
+        }
+        Fault::Reorg { .. }
+        | Fault::MempoolDrop { .. }
+        | Fault::GasSpike { .. }
+        | Fault::ExternalNonce { .. } => json!({}),
+    }
+}
+
+/// Wait helper for the runner: true once `f` holds, polling every `every`, or false at `deadline_ms`.
+pub async fn wait_for(mut f: impl FnMut() -> bool, every: Duration, deadline_ms: u64) -> bool {
+    loop {
+        if f() {
+            return true;
+        }
+        if t_ms() >= deadline_ms {
+            return false;
+        }
+        tokio::time::sleep(every).await;
+    }
+}

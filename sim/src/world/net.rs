@@ -1,0 +1,92 @@
+//! Request/response over madsim's simulated network.
+//!
+//! Messages are passed as typed payloads (no serialization: the simulated network carries
+//! `Box<dyn Any>`), so a request costs one allocation. Every request carries a reply tag unique
+//! to the caller; a reply that arrives after the caller gave up is simply never read, exactly
+//! like a response on a connection the client already closed.
+
+use madsim::net::Endpoint;
+use std::any::Any;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The tag servers listen on.
+pub const TAG_REQUEST: u64 = 1;
+
+/// Why a call produced no answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallError {
+    /// No answer within the bound (the request may or may not have been processed).
+    Timeout,
+    /// The local network stack refused to send.
+    Io(String),
+}
+
+/// A client endpoint: one per node and purpose.
+pub struct Client {
+    ep: Endpoint,
+    next_tag: AtomicU64,
+}
+
+impl Client {
+    pub async fn bind() -> io::Result<Self> {
+        Ok(Client {
+            ep: Endpoint::bind("0.0.0.0:0").await?,
+            next_tag: AtomicU64::new(1 << 20),
+        })
+    }
+
+    /// Send `req` to `dst` and wait at most `timeout` for a `Resp`.
+    pub async fn call<Req, Resp>(
+        &self,
+        dst: SocketAddr,
+        req: Req,
+        timeout: Duration,
+    ) -> Result<Resp, CallError>
+    where
+        Req: Any + Send + Sync,
+        Resp: Any + Send + Sync,
+    {
+        let tag = self.next_tag.fetch_add(1, Ordering::Relaxed);
+        self.ep
+            .send_to_raw(dst, TAG_REQUEST, Box::new((tag, req)))
+            .await
+            .map_err(|e| CallError::Io(e.to_string()))?;
+        match tokio::time::timeout(timeout, self.ep.recv_from_raw(tag)).await {
+            Err(_) => Err(CallError::Timeout),
+            Ok(Err(e)) => Err(CallError::Io(e.to_string())),
+            Ok(Ok((payload, _))) => Ok(*payload
+                .downcast::<Resp>()
+                .expect("reply of the type the server promises")),
+        }
+    }
+}
+
+/// Serve requests of type `Req` on `addr` forever; `handler` returns `None` to never answer.
+pub async fn serve<Req, Resp, F, Fut>(addr: SocketAddr, handler: F)
+where
+    Req: Any + Send + Sync,
+    Resp: Any + Send + Sync,
+    F: Fn(Req, SocketAddr) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Option<Resp>> + Send + 'static,
+{
+    let ep = Arc::new(Endpoint::bind(addr).await.expect("bind server endpoint"));
+    loop {
+        let Ok((payload, from)) = ep.recv_from_raw(TAG_REQUEST).await else {
+            return;
+        };
+        let (tag, req) = *payload
+            .downcast::<(u64, Req)>()
+            .expect("request of the type this server takes");
+        let fut = handler(req, from);
+        let ep = ep.clone();
+        tokio::spawn(async move {
+            if let Some(resp) = fut.await {
+                let _ = ep.send_to_raw(from, tag, Box::new(resp)).await;
+            }
+        });
+    }
+}
