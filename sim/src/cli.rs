@@ -17,6 +17,9 @@ pub const USAGE: &str = "usage:
                                                   run every scenario with every seed (one process per seed)
   dalp-sim repro <scenario> --seed S [--out DIR] [--schedule FILE] [--minimize]
                                                   replay one seed: outcome, trace-hash, trace files
+  dalp-sim bench [<scenario>] [--seeds N] [--suite NAME] [--jobs J]
+                                                  simulated s per wall s and peak memory per seed
+                                                  process (one at a time), then the suite's seeds/min
 common: --scenarios DIR (default: ./scenarios)";
 
 /// A suite file (`scenarios/suites/<name>.toml`).
@@ -149,6 +152,7 @@ pub fn main(args: Vec<String>) -> ExitCode {
         "run" => run(&parsed),
         "repro" => repro(&parsed),
         "child" => child(&parsed),
+        "bench" => bench(&parsed),
         "-h" | "--help" | "help" => {
             println!("{USAGE}");
             Ok(true)
@@ -666,6 +670,106 @@ fn minimize(job: &Job, out_dir: &Path, first: &Value) -> Result<(), String> {
     Ok(())
 }
 
+/// Throughput and memory: the reference scenario's seeds one at a time (one core), then a whole
+/// suite with `--jobs` children at once.
+fn bench(a: &Args) -> Result<bool, String> {
+    let dir = scenarios_dir(a);
+    let name = a
+        .positional
+        .first()
+        .map(String::as_str)
+        .unwrap_or("steady-state");
+    let (files, _) = resolve(&dir, name)?;
+    let [file] = files.as_slice() else {
+        return Err(format!(
+            "{name} is a suite; bench takes one reference scenario"
+        ));
+    };
+    let seeds = match a.flags.get("seeds") {
+        Some(s) => parse_seeds(s)?,
+        None => (1..=5).collect(),
+    };
+    let out_dir = PathBuf::from(
+        a.flags
+            .get("out")
+            .cloned()
+            .unwrap_or_else(|| "target/bench-sim".into()),
+    );
+    let jobs: Vec<Job> = seeds
+        .iter()
+        .map(|s| Job {
+            scenario: file.clone(),
+            seed: *s,
+        })
+        .collect();
+    let mut rows = Vec::new();
+    let mut failed = false;
+    run_jobs(jobs, 1, &out_dir, &[], |job, r, took| match r {
+        Ok(v) => {
+            let sim = v["simulated_ms"].as_u64().unwrap_or(0) as f64 / 1000.0;
+            let wall = v["wall_ms"].as_u64().unwrap_or(0).max(1) as f64 / 1000.0;
+            let rss = v["peak_rss_kib"].as_u64().unwrap_or(0) as f64 / 1024.0;
+            failed |= v["passed"] != true;
+            println!(
+                "seed {:>4}: {sim:>7.1} sim-s in {wall:>6.3} s run ({:.3} s process) = {:>8.0} sim-s/s, peak RSS {rss:>6.1} MiB{}",
+                job.seed,
+                took.as_secs_f64(),
+                sim / wall,
+                if v["passed"] == true { "" } else { "  (FAILED)" }
+            );
+            rows.push((sim, wall, took.as_secs_f64(), rss));
+        }
+        Err(e) => {
+            failed = true;
+            println!("seed {}: crashed: {e}", job.seed);
+        }
+    })?;
+    if rows.is_empty() {
+        return Err("no seed finished".into());
+    }
+    let sim: f64 = rows.iter().map(|r| r.0).sum();
+    let wall: f64 = rows.iter().map(|r| r.1).sum();
+    let process: f64 = rows.iter().map(|r| r.2).sum();
+    let rss = rows.iter().map(|r| r.3).fold(0.0, f64::max);
+    println!(
+        "{}: {:.0} simulated s per wall s in the run ({:.0} including process start and exit), peak RSS per seed process {rss:.1} MiB (targets: >= 1000, <= 256 MiB)",
+        file.display(),
+        sim / wall,
+        sim / process
+    );
+    let suite = a.flags.get("suite").map(String::as_str).unwrap_or("ci");
+    let parallel: usize = a
+        .flags
+        .get("jobs")
+        .and_then(|j| j.parse().ok())
+        .unwrap_or_else(default_jobs);
+    let (files, suite_seeds) = resolve(&dir, suite)?;
+    let jobs: Vec<Job> = files
+        .iter()
+        .flat_map(|f| {
+            (1..=suite_seeds.unwrap_or(1)).map(move |s| Job {
+                scenario: f.clone(),
+                seed: s,
+            })
+        })
+        .collect();
+    let n = jobs.len();
+    let started = Instant::now();
+    let mut suite_ok = 0;
+    run_jobs(jobs, parallel, &out_dir, &[], |_, r, _| {
+        if r.is_ok_and(|v| v["passed"] == true) {
+            suite_ok += 1;
+        }
+    })?;
+    let took = started.elapsed().as_secs_f64();
+    let _ = std::fs::remove_dir_all(out_dir.join(".runs"));
+    println!(
+        "suite {suite}: {n} seeds ({suite_ok} passed) in {took:.1} s with {parallel} at a time = {:.0} seeds per minute",
+        n as f64 * 60.0 / took
+    );
+    Ok(!failed && suite_ok == n)
+}
+
 /// The child: run one seed, write the result JSON, and the trace when asked or on failure.
 fn child(a: &Args) -> Result<bool, String> {
     let [file] = a.positional.as_slice() else {
@@ -678,7 +782,13 @@ fn child(a: &Args) -> Result<bool, String> {
         None => scenario.schedule(seed),
     };
     let result_path = a.flags.get("result").ok_or("--result FILE is required")?;
+    let started = Instant::now();
     let (mut v, trace) = run_child(scenario, seed, schedule)?;
+    // Measurements of this process, outside the deterministic result (never in the trace).
+    v["wall_ms"] = json!(started.elapsed().as_millis() as u64);
+    if let Some(kib) = peak_rss_kib() {
+        v["peak_rss_kib"] = json!(kib);
+    }
     let passed = v["passed"].as_bool().unwrap_or(false);
     let always = a.flags.contains_key("always-trace");
     if let Some(dir) = a.flags.get("trace-dir") {
@@ -696,6 +806,13 @@ fn child(a: &Args) -> Result<bool, String> {
     )
     .map_err(|e| format!("{result_path}: {e}"))?;
     Ok(true)
+}
+
+/// This process's peak resident set size (Linux `VmHWM`).
+fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 #[cfg(madsim)]

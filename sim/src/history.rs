@@ -79,14 +79,12 @@ pub fn summarize(ops: &[Op]) -> std::collections::BTreeMap<u64, OpSummary> {
                     }
                 }
             }
-            OpType::Observe => {
-                if s.observed.is_none() {
-                    s.observed = Some((
-                        o.t_ms,
-                        o.status.clone().unwrap_or_default(),
-                        o.detail.clone(),
-                    ));
-                }
+            OpType::Observe if s.observed.is_none() => {
+                s.observed = Some((
+                    o.t_ms,
+                    o.status.clone().unwrap_or_default(),
+                    o.detail.clone(),
+                ));
             }
             _ => {}
         }

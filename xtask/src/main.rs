@@ -10,22 +10,25 @@ use std::process::{Command, ExitCode};
 const USAGE: &str = "usage: cargo xtask <command>
 
 commands:
-  run            set up, then run the sample workload on real PostgreSQL + Anvil and print the outcome
-  test           set up, then build both flavours and run every test (unit, property, integration)
+  run            the main job: the simulation's `ci` suite on the embedded default (no external
+                 service); results in reports/latest; exits non-zero if an invariant fails
+  test           set up, then build both flavours and run every test (unit, property, simulation
+                 determinism, integration on real PostgreSQL + Anvil)
+  sim <args>     build the simulation flavour and run `dalp-sim <args>` (list, run, repro, bench)
+  sample         the sample workload on real PostgreSQL + Anvil through two engine processes
   setup          install what the tests need (PostgreSQL, Node.js/npm, the pinned Anvil and solc)
-  build-sim      build the engine under --cfg madsim into target/sim
+  build-sim      build dalp-sim (and the engine) under --cfg madsim into target/sim
   bench engine   journaled step transitions/s through the real store vs pgbench -N -c 8
+  bench sim      simulated s per wall s and peak memory per seed (steady-state), suite seeds/min
   contracts      rebuild the fixture contract with the pinned solc";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let result = match args
-        .iter()
-        .map(String::as_str)
-        .collect::<Vec<_>>()
-        .as_slice()
-    {
-        ["run"] => setup().and_then(|_| {
+    let words: Vec<&str> = args.iter().map(String::as_str).collect();
+    let result = match words.as_slice() {
+        ["run"] => sim(Profile::Debug, &["run", "ci", "--out", "reports/latest"]),
+        ["sim", rest @ ..] => sim(Profile::Debug, rest),
+        ["sample"] => setup().and_then(|_| {
             cargo(
                 &[
                     "run",
@@ -40,7 +43,11 @@ fn main() -> ExitCode {
         }),
         ["test"] => test(),
         ["setup"] => setup(),
-        ["build-sim"] => build_sim(),
+        ["build-sim"] => build_sim(Profile::Debug).map(|_| ()),
+        ["bench", "sim"] => sim(
+            Profile::Release,
+            &["bench", "steady-state", "--seeds", "5", "--suite", "ci"],
+        ),
         ["bench", "engine"] => setup().and_then(|_| {
             cargo(
                 &[
@@ -82,6 +89,18 @@ fn main() -> ExitCode {
     }
 }
 
+#[derive(Clone, Copy)]
+enum Profile {
+    Debug,
+    Release,
+}
+
+/// Build the simulation flavour and run `dalp-sim` with `args` from the repository root.
+fn sim(profile: Profile, args: &[&str]) -> Result<(), String> {
+    let bin = build_sim(profile)?;
+    run(Command::new(bin).args(args).current_dir(root()))
+}
+
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -111,15 +130,18 @@ fn cargo(args: &[&str], env: &[(&str, &str)]) -> Result<(), String> {
 fn test() -> Result<(), String> {
     setup()?;
     cargo(&["build", "-p", "dalp-engine", "--bin", "dalp-engine"], &[])?;
-    build_sim()?;
-    cargo_test_with_summary(&["test", "--workspace", "--no-fail-fast"])
+    let sim = build_sim(Profile::Debug)?;
+    // The simulation's own tests run the madsim build of dalp-sim (one process per seed).
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.env("DALP_SIM_BIN", &sim);
+    cargo_test_with_summary(cmd, &["test", "--workspace", "--no-fail-fast"])
 }
 
 /// Run `cargo test`, echoing its output, and close with one total line over all test binaries
 /// (cargo's own last line is that of whichever binary ran last, often one with no tests).
-fn cargo_test_with_summary(args: &[&str]) -> Result<(), String> {
+fn cargo_test_with_summary(mut cmd: Command, args: &[&str]) -> Result<(), String> {
     use std::io::{BufRead, BufReader};
-    let mut child = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+    let mut child = cmd
         .args(args)
         .current_dir(root())
         .stdout(std::process::Stdio::piped())
@@ -154,21 +176,29 @@ fn cargo_test_with_summary(args: &[&str]) -> Result<(), String> {
     }
 }
 
-/// The simulation flavour: same engine code, `tokio` resolved to madsim, own target dir.
-fn build_sim() -> Result<(), String> {
+/// The simulation flavour: same engine code, `tokio` resolved to madsim, its own target dir so the
+/// plain and simulated builds never invalidate each other. Returns the `dalp-sim` binary.
+fn build_sim(profile: Profile) -> Result<PathBuf, String> {
     let target = root().join("target/sim");
-    let target = target.to_str().expect("utf-8 path");
-    cargo(
-        &[
-            "build",
-            "-p",
-            "dalp-engine",
-            "--lib",
-            "--target-dir",
-            target,
-        ],
-        &[("RUSTFLAGS", "--cfg madsim")],
-    )
+    let mut args = vec![
+        "build",
+        "-q",
+        "-p",
+        "dalp-sim",
+        "--bin",
+        "dalp-sim",
+        "--target-dir",
+        target.to_str().expect("utf-8 path"),
+    ];
+    if let Profile::Release = profile {
+        args.push("--release");
+    }
+    cargo(&args, &[("RUSTFLAGS", "--cfg madsim")])?;
+    let dir = match profile {
+        Profile::Debug => "debug",
+        Profile::Release => "release",
+    };
+    Ok(target.join(dir).join("dalp-sim"))
 }
 
 fn have(cmd: &str) -> bool {

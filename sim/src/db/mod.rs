@@ -13,10 +13,10 @@
 //!   nonce allocation, the transaction rows, the indexer tables and the balances view;
 //! * **deterministic**: `apply` is a function of (state, request, `now_ms`); all tables are
 //!   ordered maps;
-//! * **atomic**: an `Err` changes no table, except where PostgreSQL would keep something too
-//!   (a `bigserial` drawn by a failed insert, and `requeue`'s committed "rejected" audit row). A
-//!   replica that applies every write request the primary applied, in order and with the same
-//!   `now_ms`, ends in exactly the primary's state.
+//! * **atomic**: an `Err` changes no row and no sequence, except `requeue`'s refusal, which
+//!   commits its audit row as pg.rs does (sequences deliberately do *not* burn values on a failed
+//!   insert as PostgreSQL's do: see [`model`]). A replica that applies, in order and with the
+//!   same `now_ms`, the requests [`DbModel::committed`] selects has exactly the primary's data.
 //!
 //! [`StoreOver`] turns any [`DbCall`] into the engine's `Store` (the lead implements `DbCall`
 //! over the simulated network); [`LocalDb`] is a `DbCall` in this process for tests;

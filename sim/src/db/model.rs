@@ -11,22 +11,26 @@
 //! * **Deterministic**: the result and the new state are a function of (state, request,
 //!   `now_ms`) only. Every table is a `BTreeMap`/`BTreeSet`; nothing reads a clock, a random
 //!   source or a hash map's order.
-//! * **Atomic**: every statement's checks run before any table is touched, so an `Err` leaves
-//!   [`DbModel::tables`] unchanged — with the two exceptions PostgreSQL itself has:
-//!   1. *sequences are not transactional*: a failed `INSERT` that already drew its `bigserial`
-//!      (`create_tx` hitting the live-step unique index draws a `transactions.id`; `set_tx_state`
-//!      on a missing transaction draws a `tx_events.seq`) leaves the sequence advanced, as
-//!      PostgreSQL does. The model mimics this so that ids match a real `PgStore` fed the same
-//!      requests (differential tests).
-//!   2. `requeue` of a workflow that is not dead-lettered **commits** its "rejected" audit row and
-//!      then returns `Err(Invalid)` (pg.rs commits before returning the error).
+//! * **Atomic**: every statement's checks run before anything is touched, so an `Err` leaves
+//!   the data ([`DbModel::tables`] and [`DbModel::sequences`]) unchanged — with one exception
+//!   that pg.rs itself makes: `requeue` of a workflow that is not dead-lettered **commits** its
+//!   "rejected" audit row and then returns `Err(Invalid)`. (The inspection counter
+//!   [`DbModel::fenced_writes`] also counts rejected fenced writes.)
 //!
-//!   Plus the inspection counter [`DbModel::fenced_writes`] counts rejected fenced writes.
-//!   Consequence for replication: ship **every write request** ([`DbRequest::is_write`]) the
-//!   primary applied, with its `now_ms`, whatever its result; replaying them in order on a
-//!   replica reproduces the primary's state exactly (sequences and audit rows included). Shipping
-//!   only the `Ok` ones would make a replica's sequences lag the primary's (ids would differ
-//!   after a failover).
+//!   *Sequences*: PostgreSQL does not roll a `bigserial` back with an aborted transaction, so a
+//!   failed insert that already drew its value leaves a gap (`create_tx` hitting the
+//!   `transactions_live_step` unique index burns a `transactions.id`; `set_tx_state` on a missing
+//!   transaction burns a `tx_events.seq`). **The model deliberately does not mimic this**: it
+//!   draws a value only when the insert succeeds, so that a replica which applies only the
+//!   committed requests stays identical to its primary (a burnt id on the primary but not on the
+//!   replica would make the next `create_tx` return different ids on the two). Consequence for a
+//!   differential test against a real `PgStore`: transaction ids can differ after a 23505, and
+//!   nothing else observable does (`tx_events.seq` is never read by the engine).
+//!
+//!   Replication rule: ship exactly the requests for which [`DbModel::committed`] is true (every
+//!   successful write, plus the refused `requeue`), in order, with their `now_ms`; replaying them
+//!   gives each replica the primary's data ([`DbModel::same_data`]), and each replayed request
+//!   returns what it returned on the primary (`Ok`, or that `requeue`'s `Err(Invalid)`).
 //! * **Serial**: the model executes one transaction at a time, so `FOR UPDATE` waits and
 //!   `SKIP LOCKED` skips never happen, and the concurrent-insert branch of `submit` (a live key
 //!   inserted by a concurrent transaction) is unreachable.
@@ -51,6 +55,7 @@
 //!
 //! # Known deviations
 //!
+//! * Sequences do not burn a value on a failed insert (see *Atomic* above).
 //! * Durations are carried as whole milliseconds in `u64` and added with saturation; PostgreSQL
 //!   would fail with "interval out of range" / "timestamp out of range" for durations of
 //!   hundreds of thousands of years.
@@ -737,6 +742,25 @@ impl DbModel {
         Self::default()
     }
 
+    /// Whether applying `req` with this `result` committed something a replica must apply too:
+    /// every successful write (an empty claim changes nothing, so it is left out), and the
+    /// `requeue` refusal, whose audit row commits although the call returns `Err(Invalid)`.
+    /// Every other `Err` changed no data.
+    pub fn committed(req: &DbRequest, result: &Result<DbReply>) -> bool {
+        match result {
+            Ok(DbReply::Claims(c)) => !c.is_empty(),
+            Ok(_) => req.is_write(),
+            Err(EngineError::Invalid(_)) => matches!(req, DbRequest::Requeue { .. }),
+            Err(_) => false,
+        }
+    }
+
+    /// The same rows and sequences (the inspection counters aside): what a replica that applied
+    /// the primary's committed requests has.
+    pub fn same_data(&self, other: &DbModel) -> bool {
+        self.tables == other.tables && self.sequences == other.sequences
+    }
+
     /// Execute one request as one transaction at database time `now_ms`.
     pub fn apply(&mut self, req: &DbRequest, now_ms: u64) -> Result<DbReply> {
         if !req.is_write() {
@@ -1044,10 +1068,10 @@ impl DbModel {
                 if let Some(tx) = self.tables.transactions.get(tx_id) {
                     self.check_live_unique(tx, *state)?;
                 }
-                // tx_events' parameters, then its foreign key (after `nextval`).
+                // tx_events' parameters, then its foreign key (PostgreSQL would have drawn a
+                // `tx_events.seq` by then; the model does not: see "Atomic" in the module docs).
                 detail.as_deref().map(text).unwrap_or(Ok(()))?;
                 if !self.tables.transactions.contains_key(tx_id) {
-                    self.sequences.tx_events += 1;
                     return Err(fk_tx_id("tx_events"));
                 }
                 let tx = self.tx_mut(*tx_id);
@@ -1659,17 +1683,17 @@ impl DbModel {
         self.check_fence(fence)?;
         let chain_id = intent.chain_id as i64;
         let plan = self.plan_nonce(intent.signer, chain_id, chain_nonce as i64)?;
-        // INSERT draws the id, then the unique index refuses a second live row for the step;
-        // the sequence is not rolled back.
+        // The unique index refuses a second live row for the step. (PostgreSQL has drawn the
+        // id by then and keeps the gap; the model does not: see "Atomic" in the module docs.)
         let clash = self
             .tables
             .transactions
             .values()
             .any(|o| o.workflow_id == fence.workflow_id && o.step_index == step && o.is_live());
-        self.sequences.transactions += 1;
         if clash {
             return Err(unique_live_step());
         }
+        self.sequences.transactions += 1;
         let id = self.sequences.transactions;
         let nonce = self.apply_nonce(plan, now);
         self.tables.transactions.insert(

@@ -58,6 +58,8 @@ pub enum DbMsg {
     Replicate(Vec<WalEntry>),
 }
 
+// Sent boxed through the simulated network, so the size difference costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum DbAnswer {
     Query(Result<DbReply>),
     /// The replica's LSN after applying.
@@ -78,6 +80,9 @@ pub struct DbCluster {
     pub lag_ms: u64,
     pub faults: Mutex<DbFaults>,
     pub primary: Mutex<usize>,
+    /// (host, LSN) of every commit whose success reached the client: what "acknowledged" means
+    /// when a failover's loss is judged.
+    pub acknowledged: Mutex<std::collections::BTreeSet<(usize, u64)>>,
     rng: Mutex<SimRng>,
     pub trace: Trace,
 }
@@ -106,6 +111,7 @@ impl DbCluster {
             lag_ms,
             faults: Mutex::new(DbFaults::default()),
             primary: Mutex::new(0),
+            acknowledged: Mutex::default(),
             rng: Mutex::new(SimRng::new(seed).fork("db-faults")),
             trace,
         })
@@ -218,8 +224,26 @@ pub async fn db_process(cluster: Arc<DbCluster>, j: usize) {
                             }
                             let now = epoch_ms();
                             let r = d.model.apply(&req, now);
+                            if let Err(EngineError::Fenced {
+                                workflow_id,
+                                ours,
+                                current,
+                            }) = &r
+                            {
+                                cluster.trace.record(
+                                    t_ms(),
+                                    &name,
+                                    "db",
+                                    "fenced",
+                                    json!({"op": req.name(), "workflow": workflow_id, "ours": ours, "current": current,
+                                           "node": req.fence().map(|f| f.node.clone())}),
+                                );
+                            }
                             let mut lsn = 0;
-                            if r.is_ok() && req.is_write() {
+                            // What PostgreSQL would have committed (an empty claim writes
+                            // nothing; a rejected requeue still commits its audit row).
+                            let wrote = DbModel::committed(&req, &r);
+                            if wrote {
                                 lsn = d.lsn() + 1;
                                 d.wal.push(WalEntry {
                                     lsn,
@@ -246,6 +270,7 @@ pub async fn db_process(cluster: Arc<DbCluster>, j: usize) {
                                     }
                                 }
                             }
+                            cluster.acknowledged.lock().expect("acks").insert((j, lsn));
                             if lost_ack > 0.0 && cluster.roll(lost_ack) {
                                 cluster.trace.record(
                                     t_ms(),
@@ -277,7 +302,7 @@ fn apply_replicated(disk: &Mutex<Disk>, entries: Vec<WalEntry>) -> u64 {
         if e.lsn == d.lsn() + 1 {
             let r = d.model.apply(&e.req, e.now_ms);
             assert!(
-                r.is_ok(),
+                DbModel::committed(&e.req, &r),
                 "replica diverged applying lsn {} ({}): {r:?}",
                 e.lsn,
                 e.req.name()

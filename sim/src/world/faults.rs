@@ -275,8 +275,16 @@ async fn apply(fleet: &Fleet, n: u64, fault: &Fault, heal_ms: u64) -> Value {
                 }
             }
             NetSim::current().add_dns_record(DB_SERVICE, ip(2, to));
+            let acked = fleet.db.acknowledged.lock().expect("acks").clone();
+            let lost_acked: Vec<u64> = lost
+                .iter()
+                .filter(|e| acked.contains(&(old, e.lsn)))
+                .map(|e| e.lsn)
+                .collect();
             let loss = json!({
                 "lost_commits": lost.len(),
+                "lost_acknowledged": lost_acked.len(),
+                "replication": format!("{:?}", fleet.db.replication).to_lowercase(),
                 "window_ms": lost.first().map(|e| crash_epoch.saturating_sub(e.now_ms)).unwrap_or(0),
                 "ops": lost.iter().map(|e| e.req.name()).collect::<Vec<_>>(),
             });

@@ -288,6 +288,28 @@ async fn world(s: Arc<Scenario>, seed: u64, schedule: Vec<Fault>, trace: Trace) 
         "chain_head".to_string(),
         chain.model.lock().expect("chain").head(),
     );
+    let model = db.primary_model();
+    stats.insert("fenced_writes".to_string(), model.fenced_writes);
+    let takeovers = ev
+        .journals
+        .values()
+        .filter(|j| {
+            let nodes: std::collections::BTreeSet<&str> = j
+                .iter()
+                .filter(|e| e.node.starts_with("engine-"))
+                .map(|e| e.node.as_str())
+                .collect();
+            nodes.len() > 1
+        })
+        .count();
+    stats.insert(
+        "workflows_run_by_several_nodes".to_string(),
+        takeovers as u64,
+    );
+    stats.insert(
+        "db_commits".to_string(),
+        model.sequences.journal.max(0) as u64,
+    );
     for st in ["completed", "failed", "dead_letter"] {
         stats.insert(
             st.to_string(),

@@ -1,0 +1,337 @@
+//! The simulation, end to end, through the `dalp-sim` binary built with `--cfg madsim`: replay
+//! by seed (two processes, same trace hash), faults visible in the trace, clear errors for bad
+//! scenarios, and fault-schedule minimisation. `cargo xtask test` passes the binary's path in
+//! `DALP_SIM_BIN`; otherwise the test builds it (it never skips).
+
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn sim_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(p) = std::env::var_os("DALP_SIM_BIN") {
+            return PathBuf::from(p);
+        }
+        let status = Command::new(env!("CARGO"))
+            .args([
+                "build",
+                "-q",
+                "-p",
+                "dalp-sim",
+                "--bin",
+                "dalp-sim",
+                "--target-dir",
+            ])
+            .arg(root().join("target/sim"))
+            .env("RUSTFLAGS", "--cfg madsim")
+            .current_dir(root())
+            .status()
+            .expect("run cargo to build the simulation flavour");
+        assert!(
+            status.success(),
+            "building dalp-sim with --cfg madsim failed"
+        );
+        root().join("target/sim/debug/dalp-sim")
+    })
+}
+
+fn dalp_sim(args: &[&str]) -> Output {
+    Command::new(sim_bin())
+        .args(args)
+        .current_dir(root())
+        .output()
+        .expect("run dalp-sim")
+}
+
+fn tempdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("dalp-sim-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn results(dir: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(dir.join("results.json")).expect("results.json written");
+    let v: Value = serde_json::from_str(&text).expect("results.json is JSON");
+    v["results"].as_array().expect("results array").clone()
+}
+
+fn scenario_names() -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(root().join("scenarios"))
+        .unwrap()
+        .filter_map(|e| {
+            let p = e.ok()?.path();
+            (p.extension()? == "toml").then(|| p.file_stem()?.to_str().map(str::to_string))?
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn every_scenario_replays_bit_for_bit_in_separate_processes_and_seeds_differ() {
+    let names = scenario_names();
+    assert!(names.len() >= 5, "scenarios: {names:?}");
+    let mut runs: Vec<BTreeMap<(String, u64), (String, bool)>> = Vec::new();
+    for pass in ["a", "b"] {
+        let out = tempdir(&format!("det-{pass}"));
+        let mut args: Vec<&str> = vec!["run"];
+        args.extend(names.iter().map(String::as_str));
+        let out_s = out.to_str().unwrap().to_string();
+        args.extend(["--seeds", "1..4", "--out", &out_s]);
+        let o = dalp_sim(&args);
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            o.status.success(),
+            "the scenarios must pass on the current engine:\n{stderr}"
+        );
+        runs.push(
+            results(&out)
+                .iter()
+                .map(|r| {
+                    (
+                        (
+                            r["scenario"].as_str().unwrap().to_string(),
+                            r["seed"].as_u64().unwrap(),
+                        ),
+                        (
+                            r["trace_hash"].as_str().unwrap().to_string(),
+                            r["passed"] == true,
+                        ),
+                    )
+                })
+                .collect(),
+        );
+        std::fs::remove_dir_all(out).unwrap();
+    }
+    assert_eq!(runs[0].len(), names.len() * 3);
+    for (k, (hash, passed)) in &runs[0] {
+        assert!(passed, "{k:?} failed");
+        assert_eq!(
+            &runs[1][k].0, hash,
+            "{k:?}: the same seed gave different trace hashes in two processes"
+        );
+    }
+    for name in &names {
+        let hashes: std::collections::BTreeSet<&String> =
+            (1..4).map(|s| &runs[0][&(name.clone(), s)].0).collect();
+        assert_eq!(
+            hashes.len(),
+            3,
+            "{name}: different seeds must give different traces"
+        );
+    }
+}
+
+fn repro(scenario: &str, seed: u64, out: &Path, extra: &[&str]) -> (bool, String) {
+    let mut args = vec!["repro", scenario, "--seed"];
+    let seed_s = seed.to_string();
+    args.push(&seed_s);
+    let out_s = out.to_str().unwrap().to_string();
+    args.extend(["--out", &out_s]);
+    args.extend(extra);
+    let o = dalp_sim(&args);
+    let stdout = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(
+        o.status.code().is_some_and(|c| c <= 1),
+        "repro crashed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    (o.status.success(), stdout)
+}
+
+fn trace_of(stdout: &str) -> Vec<Value> {
+    let path = stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("trace: "))
+        .find(|p| p.ends_with(".jsonl"))
+        .expect("repro names its JSON-lines trace");
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn kill_partition_and_failover_show_in_the_trace_and_repro_prints_the_hash() {
+    let out = tempdir("faults");
+    // Kill: the fault, its heal, and a second start of the killed engine.
+    let (ok, stdout) = repro("engine-crash", 1, &out, &[]);
+    assert!(ok, "{stdout}");
+    let hash = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("trace-hash: "))
+        .expect("trace-hash line");
+    assert_eq!(hash.len(), 64);
+    let t = trace_of(&stdout);
+    let has = |cat: &str, name: &str| t.iter().any(|e| e["cat"] == cat && e["name"] == name);
+    assert!(has("fault", "engine_crash") && has("heal", "engine_crash"));
+    assert!(
+        t.iter()
+            .any(|e| e["cat"] == "engine" && e["node"] == "engine-0" && e["args"]["start"] == 2),
+        "engine-0 was killed twice and must have started three times"
+    );
+    let chrome = stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("trace: "))
+        .find(|p| p.ends_with(".chrome.json"))
+        .unwrap();
+    let c: Value = serde_json::from_str(&std::fs::read_to_string(chrome).unwrap()).unwrap();
+    assert!(c["traceEvents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["ph"] == "X" && e["name"] == "engine_crash"));
+    // The same seed again: the same hash.
+    let (_, again) = repro("engine-crash", 1, &out, &[]);
+    assert!(again.contains(&format!("trace-hash: {hash}")));
+
+    // Partition of the lease holder from the database.
+    let (ok, stdout) = repro("partition-lease-holder", 1, &out, &[]);
+    assert!(ok, "{stdout}");
+    let t = trace_of(&stdout);
+    let p = t
+        .iter()
+        .find(|e| e["cat"] == "fault" && e["name"] == "partition")
+        .expect("partition traced");
+    assert_eq!(p["args"]["fault"]["node"], "engine-0");
+    assert!(t
+        .iter()
+        .any(|e| e["cat"] == "heal" && e["name"] == "partition" && e["dur_ms"] == 25_000));
+
+    // Failover: the primary crashes, the replica is promoted, nothing acknowledged is lost.
+    let (ok, stdout) = repro("db-failover-sync", 1, &out, &[]);
+    assert!(ok, "{stdout}");
+    let t = trace_of(&stdout);
+    let f = t
+        .iter()
+        .find(|e| e["cat"] == "fault" && e["name"] == "db_failover")
+        .expect("failover traced");
+    assert_eq!(f["args"]["applied"]["promoted"], "db-1");
+    assert_eq!(f["args"]["applied"]["loss"]["lost_acknowledged"], 0);
+    assert!(
+        t.iter().any(|e| e["node"] == "db-1"
+            && e["cat"] == "db"
+            && e["t_ms"].as_u64().unwrap() > 18_000),
+        "the promoted replica takes writes after the failover"
+    );
+    std::fs::remove_dir_all(out).unwrap();
+}
+
+#[test]
+fn a_malformed_scenario_gets_an_error_naming_file_field_and_reason_and_writes_nothing() {
+    let dir = tempdir("bad");
+    let cases = [
+        (
+            "engines = 2",
+            "engines = 2\nspare_engines = 1",
+            "spare_engines",
+            "unknown field",
+        ),
+        (
+            "kind = \"engine_crash\"",
+            "kind = \"engine_meltdown\"",
+            "kind",
+            "engine_meltdown",
+        ),
+        (
+            "node = \"engine-1\"",
+            "node = \"engine-9\"",
+            "faults[0].node",
+            "engine-9",
+        ),
+        (
+            "rpc_endpoints = 2",
+            "rpc_endpoints = 0",
+            "topology.rpc_endpoints",
+            "1 to 4",
+        ),
+    ];
+    let good = "name = \"bad\"\ndescription = \"d\"\n[topology]\nengines = 2\nrpc_endpoints = 2\n[workload]\ntokens = 1\noperations = 2\nsubmit_window_s = 5\n[durations]\nfault_phase_s = 10\nliveness_bound_s = 10\n[[faults]]\nkind = \"engine_crash\"\nnode = \"engine-1\"\nat_s = 1\n";
+    for (from, to, field, reason) in cases {
+        let file = dir.join("bad.toml");
+        std::fs::write(&file, good.replace(from, to)).unwrap();
+        let out = dir.join("out");
+        let o = dalp_sim(&[
+            "run",
+            file.to_str().unwrap(),
+            "--seeds",
+            "1",
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains("bad.toml"), "names the file: {stderr}");
+        assert!(stderr.contains(field), "names the field {field}: {stderr}");
+        assert!(stderr.contains(reason), "says why ({reason}): {stderr}");
+        assert!(!out.join("results.json").exists(), "nothing half-written");
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn minimize_shrinks_a_failing_schedule_to_the_fault_that_matters() {
+    let dir = tempdir("min");
+    // Every RPC endpoint is down until the heal instant and the liveness bound is too short to
+    // finish the queued work: durability fails. The other faults are noise.
+    let text = r#"
+name = "min"
+description = "minimisation fixture"
+covers = ["FM-RPC-ALL-DOWN"]
+invariants = ["durability"]
+[topology]
+engines = 2
+rpc_endpoints = 2
+block_time_ms = 1000
+[workload]
+tokens = 1
+operations = 6
+submit_window_s = 10
+[durations]
+fault_phase_s = 40
+liveness_bound_s = 0.5
+[[faults]]
+kind = "engine_pause"
+node = "engine-1"
+at_s = 2
+for_s = 1
+[[faults]]
+kind = "rpc_down"
+endpoint = "rpc"
+at_s = 1
+[[faults]]
+kind = "clock_skew"
+node = "engine-0"
+skew_ms = 30000
+at_s = 3
+for_s = 5
+"#;
+    let file = dir.join("min.toml");
+    std::fs::write(&file, text).unwrap();
+    let (ok, stdout) = repro(file.to_str().unwrap(), 1, &dir, &["--minimize"]);
+    assert!(!ok, "the fixture must fail:\n{stdout}");
+    assert!(stdout.contains("VIOLATED durability"), "{stdout}");
+    assert!(
+        stdout.contains("minimized schedule (1 faults):"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("\"kind\":\"rpc_down\""), "{stdout}");
+    let cmd = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("reproduce: "))
+        .expect("prints the command");
+    assert!(cmd.contains("--schedule"), "{cmd}");
+    std::fs::remove_dir_all(dir).unwrap();
+}
