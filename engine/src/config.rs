@@ -124,7 +124,7 @@ impl Default for ChainConfig {
         ChainConfig {
             confirmations: 1,
             finality_depth: 2,
-            receipt_poll_ms: 250,
+            receipt_poll_ms: 500,
             confirm_timeout_ms: 60_000,
             stuck_after_ms: 15_000,
             replacement_bump_percent: 25,

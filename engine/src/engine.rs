@@ -11,8 +11,10 @@ use crate::retry::{Jitter, RetryPolicy};
 use crate::store::{Claim, NewWorkflow, Store, Submitted, WorkflowId, WorkflowRecord};
 use crate::txmgr::TxManager;
 use crate::workflow::{self, StepContext};
+use alloy_primitives::Address;
 use serde::Serialize;
 use serde_json::{json, Value};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{watch, Semaphore};
@@ -185,8 +187,33 @@ impl Engine {
                     .metrics
                     .inc("dalp_db_errors_total", &[("reason", e.reason_code())]),
             }
+            if self.config.worker.enabled {
+                self.heal_nonce_gaps().await;
+            }
             if wait_or_shutdown(&mut shutdown, every).await {
                 return;
+            }
+        }
+    }
+
+    /// One pass of the nonce-gap healer over every configured signer (see
+    /// [`TxManager::heal_nonce_gaps`]). Errors are counted and left to the next tick.
+    async fn heal_nonce_gaps(&self) {
+        let signers: BTreeSet<Address> =
+            self.config.signers.values().map(|k| k.address()).collect();
+        for signer in signers {
+            if let Err(e) = self.txm.heal_nonce_gaps(signer).await {
+                // RPC failures are already counted per request by the gateway.
+                if matches!(
+                    e,
+                    EngineError::Db { .. }
+                        | EngineError::DbUnavailable(_)
+                        | EngineError::DbTimeout(_)
+                ) {
+                    self.metrics
+                        .inc("dalp_db_errors_total", &[("reason", e.reason_code())]);
+                }
+                tracing::debug!(error = %e, signer = %signer, "nonce-gap check failed; next tick");
             }
         }
     }
@@ -194,8 +221,13 @@ impl Engine {
     async fn worker_loop(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let slots = Arc::new(Semaphore::new(self.config.worker.concurrency));
         let poll = Duration::from_millis(self.config.worker.poll_ms);
+        // An idle node backs off (doubling up to 5 × poll_ms) instead of querying the database
+        // every poll_ms for nothing; any claim brings it back to poll_ms.
+        let idle_max = poll * 5;
+        let mut idle_wait = poll;
         loop {
             let free = slots.available_permits();
+            let mut wait = poll;
             if free > 0 {
                 match self
                     .store
@@ -203,6 +235,9 @@ impl Engine {
                     .await
                 {
                     Ok(claims) => {
+                        if claims.is_empty() {
+                            wait = (idle_wait * 2).min(idle_max);
+                        }
                         for claim in claims {
                             let permit = slots
                                 .clone()
@@ -223,7 +258,8 @@ impl Engine {
                     }
                 }
             }
-            if wait_or_shutdown(&mut shutdown, poll).await {
+            idle_wait = wait;
+            if wait_or_shutdown(&mut shutdown, wait).await {
                 return;
             }
         }

@@ -68,6 +68,11 @@ pub const HELP: &[(&str, &str, &str)] = &[
         "Nonce resynchronisations from the chain, by signer.",
     ),
     (
+        "dalp_nonce_gap_heals_total",
+        "counter",
+        "Stored signed transactions re-broadcast to fill a nonce gap that blocked later ones, by signer.",
+    ),
+    (
         "dalp_tx_replacements_total",
         "counter",
         "Replace-by-fee transactions sent.",
@@ -207,6 +212,7 @@ const HAS_LABELS: &[&str] = &[
     "dalp_rpc_requests_total",
     "dalp_rpc_failovers_total",
     "dalp_nonce_resyncs_total",
+    "dalp_nonce_gap_heals_total",
     "dalp_db_errors_total",
     "dalp_operator_actions_total",
 ];

@@ -11,7 +11,14 @@
 //!   is re-sent, and only the stored bytes are re-sent;
 //! - `nonce too low` with no receipt of ours means someone else used the nonce: resynchronise
 //!   from the chain and take a fresh nonce; a stuck transaction is replaced with the same nonce
-//!   and a bumped fee; every signed version stays on record because any of them may be mined.
+//!   and a bumped fee; every signed version stays on record because any of them may be mined;
+//! - no nonce gap blocks later transactions: a step completed at `confirmations` blocks can still
+//!   lose its transaction to a reorg that drops it, after its workflow has moved on, and then
+//!   every later nonce of the signer waits behind the hole. The maintenance loop therefore runs
+//!   [`TxManager::heal_nonce_gaps`]: from the chain's mined nonce upwards, a signed transaction of
+//!   ours that has no receipt and that the node does not know is re-broadcast from its stored
+//!   bytes (same nonce, same hash: at most one of them is ever mined). It signs nothing and
+//!   writes nothing, so it needs no lease.
 
 use crate::chain::{Gateway, Receipt};
 use crate::config::ChainConfig;
@@ -57,6 +64,9 @@ pub struct TxManager {
     pub chain_id: u64,
     pub lease: Duration,
 }
+
+/// How many nonces above the chain's mined one [`TxManager::heal_nonce_gaps`] looks at per call.
+pub const HEAL_SCAN: u64 = 16;
 
 enum Sent {
     Accepted,
@@ -165,6 +175,56 @@ impl TxManager {
         self.store
             .abandon_tx(fence, rec.id, TxState::DeadLetter, release)
             .await
+    }
+
+    /// Heal nonce gaps of `signer`: starting at the chain's mined (`latest`) nonce L, for each
+    /// n = L, L+1, … (at most [`HEAL_SCAN`] nonces, stopping at the first n with no signed
+    /// record), re-broadcast the stored bytes of our transaction holding n if the node does not
+    /// know it and none of its signed versions has a receipt — a reorg dropped it (possibly
+    /// after its step completed) or the mempool lost it, and every later nonce waits behind it.
+    /// Never signs anything and never writes to the store (it holds no fence); a workflow
+    /// driving the same transaction sends the same bytes, so racing it is harmless. Returns how
+    /// many transactions were re-broadcast.
+    pub async fn heal_nonce_gaps(&self, signer: Address) -> Result<u32> {
+        let mined = self.gateway.transaction_count(signer, "latest").await?;
+        let mut healed = 0;
+        for nonce in mined..mined.saturating_add(HEAL_SCAN) {
+            let Some(rec) = self.store.tx_by_nonce(signer, self.chain_id, nonce).await? else {
+                break;
+            };
+            let (Some(hash), Some(_)) = (rec.hash, rec.raw.as_ref()) else {
+                continue;
+            };
+            // Known (pending, queued or mined) first: the cheap and common case.
+            if self.gateway.transaction_known(hash).await? {
+                continue;
+            }
+            if self.find_receipt(&rec).await?.is_some() {
+                continue;
+            }
+            let outcome = match self.send(&rec).await? {
+                Sent::Accepted => "accepted",
+                Sent::Rejected(NodeRejection::AlreadyKnown, _) => "already_known",
+                Sent::Rejected(NodeRejection::NonceTooLow, _) => "nonce_too_low",
+                Sent::Rejected(_, _) => "rejected",
+                Sent::Ambiguous => "ambiguous",
+            };
+            healed += 1;
+            self.metrics.inc(
+                "dalp_nonce_gap_heals_total",
+                &[("signer", &format!("{signer:#x}"))],
+            );
+            tracing::warn!(
+                tx_id = rec.id,
+                workflow_id = rec.workflow_id,
+                nonce,
+                %hash,
+                state = rec.state.as_str(),
+                outcome,
+                "nonce gap: our transaction is unknown to the node; re-broadcast its stored bytes"
+            );
+        }
+        Ok(healed)
     }
 
     async fn find_receipt(&self, rec: &TxRecord) -> Result<Option<Receipt>> {
@@ -281,8 +341,16 @@ impl TxManager {
         let stuck_after = Duration::from_millis(self.chain.stuck_after_ms);
         let mut last_sent = Instant::now();
         let mut nonce_gone_seen = 0u32;
+        let mut misses = 0u32;
+        // The lease is renewed when a third of it has passed, not on every poll: a renewal is a
+        // database write, and the fencing check on every other write already catches a lost lease.
+        let renew_every = self.lease / 3;
+        let mut renewed_at: Option<Instant> = None;
         loop {
-            self.store.renew_lease(fence, self.lease).await?;
+            if renewed_at.is_none_or(|t| t.elapsed() >= renew_every) {
+                self.store.renew_lease(fence, self.lease).await?;
+                renewed_at = Some(Instant::now());
+            }
             match rec.state {
                 TxState::Preparing | TxState::Signing => {
                     if rec.state == TxState::Preparing {
@@ -335,6 +403,7 @@ impl TxManager {
                             &mut last_sent,
                             stuck_after,
                             &mut nonce_gone_seen,
+                            &mut misses,
                         )
                         .await?
                     {
@@ -368,9 +437,11 @@ impl TxManager {
         last_sent: &mut Instant,
         stuck_after: Duration,
         nonce_gone_seen: &mut u32,
+        misses: &mut u32,
     ) -> Result<Option<TxOutcome>> {
         if let Some(receipt) = self.find_receipt(rec).await? {
             *nonce_gone_seen = 0;
+            *misses = 0;
             let canonical = self
                 .gateway
                 .block(receipt.block_number)
@@ -408,7 +479,13 @@ impl TxManager {
             }
             return Ok(None);
         }
-        // No receipt for any of our signed versions.
+        // No receipt for any of our signed versions. The deeper checks (nonce, mempool) cost two
+        // more calls; a transaction normally waits a block or more, so they run on every fourth
+        // poll only (and at once after a reorg or a send).
+        *misses += 1;
+        if *misses % 4 != 1 {
+            return Ok(None);
+        }
         let mined_nonce = self
             .gateway
             .transaction_count(rec.intent_signer, "latest")

@@ -322,6 +322,16 @@ pub trait Store: Send + Sync + 'static {
 
     async fn tx_for_step(&self, workflow: WorkflowId, step: i32) -> Result<Option<TxRecord>>;
     async fn txs_for_workflow(&self, workflow: WorkflowId) -> Result<Vec<TxRecord>>;
+    /// The transaction record holding `nonce` for (signer, chain) whose signed bytes may be or
+    /// may have been on chain — state BROADCASTING, CONFIRMING or COMPLETED — with its signed
+    /// versions loaded; the highest id if several. Any workflow's: the nonce-gap healer reads it
+    /// without holding a lease, so it is a plain read.
+    async fn tx_by_nonce(
+        &self,
+        signer: Address,
+        chain_id: u64,
+        nonce: u64,
+    ) -> Result<Option<TxRecord>>;
     /// Allocate a nonce for (signer, chain) — a released hole first, else the next one, seeding
     /// the counter from `chain_nonce` on first use — and create the step's transaction row, in
     /// one database transaction.

@@ -21,6 +21,17 @@ const WF_COLS: &str =
 const TX_COLS: &str = "id, workflow_id, step_index, signer, chain_id, nonce, state, to_address, input, value, gas_limit, max_fee, priority_fee, raw, tx_hash, receipt";
 
 impl PgStore {
+    /// A transaction row (if any) as a record with every signed version loaded.
+    async fn with_broadcasts(
+        &self,
+        row: Option<sqlx::postgres::PgRow>,
+    ) -> std::result::Result<Option<TxRecord>, DbFail> {
+        let Some(r) = row else { return Ok(None) };
+        let mut rec = row_to_tx(&r)?;
+        rec.broadcasts = load_broadcasts(&self.pool, rec.id).await?;
+        Ok(Some(rec))
+    }
+
     /// Connect (bounded by `timeout`) and run the migrations.
     pub async fn connect(url: &str, max_connections: u32, timeout: Duration) -> Result<Self> {
         let opts = PgConnectOptions::from_str(url)
@@ -747,14 +758,7 @@ impl Store for PgStore {
             .bind(step)
             .fetch_optional(&self.pool)
             .await?;
-            match r {
-                None => Ok(None),
-                Some(r) => {
-                    let mut rec = row_to_tx(&r)?;
-                    rec.broadcasts = load_broadcasts(&self.pool, rec.id).await?;
-                    Ok(Some(rec))
-                }
-            }
+            self.with_broadcasts(r).await
         })
         .await
     }
@@ -774,6 +778,29 @@ impl Store for PgStore {
                 out.push(rec);
             }
             Ok(out)
+        })
+        .await
+    }
+
+    async fn tx_by_nonce(
+        &self,
+        signer: Address,
+        chain_id: u64,
+        nonce: u64,
+    ) -> Result<Option<TxRecord>> {
+        self.bounded(async {
+            // Served by the index `transactions_nonce` (signer, chain_id, nonce).
+            let r = sqlx::query(&format!(
+                "SELECT {TX_COLS} FROM transactions WHERE signer = $1 AND chain_id = $2 \
+                 AND nonce = $3 AND state IN ('BROADCASTING', 'CONFIRMING', 'COMPLETED') \
+                 ORDER BY id DESC LIMIT 1"
+            ))
+            .bind(hex_addr(&signer))
+            .bind(chain_id as i64)
+            .bind(nonce as i64)
+            .fetch_optional(&self.pool)
+            .await?;
+            self.with_broadcasts(r).await
         })
         .await
     }

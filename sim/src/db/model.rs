@@ -152,6 +152,11 @@ pub enum DbRequest {
     TxsForWorkflow {
         workflow: WorkflowId,
     },
+    TxByNonce {
+        signer: Address,
+        chain_id: u64,
+        nonce: u64,
+    },
     CreateTx {
         fence: Fence,
         step: i32,
@@ -231,6 +236,7 @@ impl DbRequest {
                 | DbRequest::AuditLog { .. }
                 | DbRequest::TxForStep { .. }
                 | DbRequest::TxsForWorkflow { .. }
+                | DbRequest::TxByNonce { .. }
                 | DbRequest::IndexerCheckpoint { .. }
                 | DbRequest::IndexedBlockHash { .. }
                 | DbRequest::IndexedBalances { .. }
@@ -256,6 +262,7 @@ impl DbRequest {
             DbRequest::AuditLog { .. } => "audit_log",
             DbRequest::TxForStep { .. } => "tx_for_step",
             DbRequest::TxsForWorkflow { .. } => "txs_for_workflow",
+            DbRequest::TxByNonce { .. } => "tx_by_nonce",
             DbRequest::CreateTx { .. } => "create_tx",
             DbRequest::RecordSigned { .. } => "record_signed",
             DbRequest::SetTxState { .. } => "set_tx_state",
@@ -828,6 +835,26 @@ impl DbModel {
                     .filter(|x| x.workflow_id == *workflow)
                     .map(|x| self.load_tx(x))
                     .collect(),
+            ),
+            DbRequest::TxByNonce {
+                signer,
+                chain_id,
+                nonce,
+            } => DbReply::OptTx(
+                // `ORDER BY id DESC LIMIT 1` over the signed states.
+                t.transactions
+                    .values()
+                    .rev()
+                    .find(|x| {
+                        x.signer == *signer
+                            && x.chain_id == *chain_id as i64
+                            && x.nonce == *nonce as i64
+                            && matches!(
+                                x.state,
+                                TxState::Broadcasting | TxState::Confirming | TxState::Completed
+                            )
+                    })
+                    .map(|x| self.load_tx(x)),
             ),
             DbRequest::IndexerCheckpoint { chain_id } => {
                 DbReply::Checkpoint(t.indexer_checkpoint.get(&(*chain_id as i64)).map(|c| {

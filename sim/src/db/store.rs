@@ -177,6 +177,20 @@ impl<C: DbCall> Store for StoreOver<C> {
         expect!(self, "txs_for_workflow", req, DbReply::Txs(t) => t)
     }
 
+    async fn tx_by_nonce(
+        &self,
+        signer: Address,
+        chain_id: u64,
+        nonce: u64,
+    ) -> Result<Option<TxRecord>> {
+        let req = DbRequest::TxByNonce {
+            signer,
+            chain_id,
+            nonce,
+        };
+        expect!(self, "tx_by_nonce", req, DbReply::OptTx(t) => t)
+    }
+
     async fn create_tx(
         &self,
         fence: &Fence,
@@ -404,6 +418,11 @@ pub async fn call_store<S: Store + ?Sized>(store: &S, req: DbRequest) -> Result<
         DbRequest::TxsForWorkflow { workflow } => {
             DbReply::Txs(store.txs_for_workflow(workflow).await?)
         }
+        DbRequest::TxByNonce {
+            signer,
+            chain_id,
+            nonce,
+        } => DbReply::OptTx(store.tx_by_nonce(signer, chain_id, nonce).await?),
         DbRequest::CreateTx {
             fence,
             step,

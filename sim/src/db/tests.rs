@@ -896,6 +896,98 @@ fn a_second_live_tx_for_a_step_is_a_unique_violation() {
 }
 
 #[test]
+fn tx_by_nonce_finds_the_signed_live_record_holding_the_nonce() {
+    let (mut db, f) = claimed(4);
+    let by_nonce =
+        |db: &mut Db, s: u8, chain_id: u64, nonce: u64| match db.ok(DbRequest::TxByNonce {
+            signer: signer(s),
+            chain_id,
+            nonce,
+        }) {
+            DbReply::OptTx(t) => t,
+            other => panic!("{other:?}"),
+        };
+    let t0 = db.create_tx(&f[0], 0, 1, 0);
+    assert_eq!(t0.nonce, 0);
+    // PREPARING: nothing signed yet, so nothing that could be on chain.
+    assert!(by_nonce(&mut db, 1, 1, 0).is_none());
+    db.ok(DbRequest::RecordSigned {
+        fence: f[0].clone(),
+        tx_id: t0.id,
+        signed: broadcast(0xa0, 0, 10),
+    });
+    // BROADCASTING, then CONFIRMING and COMPLETED: found, with its signed versions.
+    for state in [None, Some(TxState::Confirming), Some(TxState::Completed)] {
+        if let Some(state) = state {
+            db.ok(DbRequest::SetTxState {
+                fence: f[0].clone(),
+                tx_id: t0.id,
+                state,
+                detail: None,
+                receipt: None,
+            });
+        }
+        let got = by_nonce(&mut db, 1, 1, 0).expect("signed record");
+        assert_eq!(got.id, t0.id);
+        assert_eq!(got.state, state.unwrap_or(TxState::Broadcasting));
+        assert_eq!(got.raw, Some(Bytes::from(vec![0xa0; 4])));
+        assert_eq!(
+            got.broadcasts.iter().map(|b| b.hash).collect::<Vec<_>>(),
+            vec![B256::repeat_byte(0xa0)]
+        );
+    }
+    // Another signer, another chain, another nonce: not found.
+    assert!(by_nonce(&mut db, 2, 1, 0).is_none());
+    assert!(by_nonce(&mut db, 1, 2, 0).is_none());
+    assert!(by_nonce(&mut db, 1, 1, 1).is_none());
+    // An abandoned record whose nonce was released is not found; the record that reuses the
+    // hole is, once signed; and with two signed records holding the nonce the higher id wins.
+    let t1 = db.create_tx(&f[1], 0, 1, 0);
+    assert_eq!(t1.nonce, 1);
+    db.ok(DbRequest::RecordSigned {
+        fence: f[1].clone(),
+        tx_id: t1.id,
+        signed: broadcast(0xb1, 1, 10),
+    });
+    assert_eq!(by_nonce(&mut db, 1, 1, 1).map(|t| t.id), Some(t1.id));
+    db.ok(DbRequest::AbandonTx {
+        fence: f[1].clone(),
+        tx_id: t1.id,
+        state: TxState::DeadLetter,
+        release: true,
+    });
+    assert!(by_nonce(&mut db, 1, 1, 1).is_none());
+    let t2 = db.create_tx(&f[2], 0, 1, 0);
+    assert_eq!(t2.nonce, 1);
+    assert!(by_nonce(&mut db, 1, 1, 1).is_none());
+    db.ok(DbRequest::RecordSigned {
+        fence: f[2].clone(),
+        tx_id: t2.id,
+        signed: broadcast(0xb2, 1, 10),
+    });
+    assert_eq!(by_nonce(&mut db, 1, 1, 1).map(|t| t.id), Some(t2.id));
+    // A reassigned record loses the nonce (back to PREPARING) even though its old signed
+    // version stays on record.
+    db.ok(DbRequest::ReassignNonce {
+        fence: f[2].clone(),
+        tx_id: t2.id,
+        chain_nonce: 0,
+    });
+    assert!(by_nonce(&mut db, 1, 1, 1).is_none());
+    // A read: nothing changed, and it is not replicated.
+    let before = db.m.clone();
+    by_nonce(&mut db, 1, 1, 0);
+    assert_eq!(db.m, before);
+    let req = DbRequest::TxByNonce {
+        signer: signer(1),
+        chain_id: 1,
+        nonce: 0,
+    };
+    assert!(!req.is_write());
+    assert_eq!(req.name(), "tx_by_nonce");
+}
+
+#[test]
 fn released_holes_are_reused_first_and_stale_holes_dropped() {
     let (mut db, f) = claimed(5);
     let t: Vec<TxRecord> = (0..3).map(|i| db.create_tx(&f[i], 0, 1, 0)).collect();

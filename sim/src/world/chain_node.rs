@@ -36,6 +36,8 @@ pub struct ChainWorld {
     pub block_time: Duration,
     pub signer: Address,
     pub trace: Trace,
+    /// Requests served per JSON-RPC method (for the run's statistics).
+    pub calls: Mutex<BTreeMap<String, u64>>,
 }
 
 impl ChainWorld {
@@ -99,6 +101,12 @@ pub async fn rpc_process(chain: Arc<ChainWorld>, k: usize) {
         async move {
             let body = req.0;
             let method = method_of(&body);
+            *chain
+                .calls
+                .lock()
+                .expect("calls")
+                .entry(method.clone())
+                .or_default() += 1;
             let modes = chain.modes_of(k);
             let hits = |m: &Option<String>| m.as_deref().is_none_or(|x| x == method);
             if modes.contains(&RpcMode::Down) {

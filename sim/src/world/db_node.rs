@@ -83,6 +83,8 @@ pub struct DbCluster {
     /// (host, LSN) of every commit whose success reached the client: what "acknowledged" means
     /// when a failover's loss is judged.
     pub acknowledged: Mutex<std::collections::BTreeSet<(usize, u64)>>,
+    /// Requests served per store operation (for the run's statistics).
+    pub calls: Mutex<BTreeMap<&'static str, u64>>,
     rng: Mutex<SimRng>,
     pub trace: Trace,
 }
@@ -112,6 +114,7 @@ impl DbCluster {
             faults: Mutex::new(DbFaults::default()),
             primary: Mutex::new(0),
             acknowledged: Mutex::default(),
+            calls: Mutex::default(),
             rng: Mutex::new(SimRng::new(seed).fork("db-faults")),
             trace,
         })
@@ -197,6 +200,12 @@ pub async fn db_process(cluster: Arc<DbCluster>, j: usize) {
                         Some(DbAnswer::Ack(apply_replicated(&me, entries)))
                     }
                     DbMsg::Query(req) => {
+                        *cluster
+                            .calls
+                            .lock()
+                            .expect("calls")
+                            .entry(req.name())
+                            .or_default() += 1;
                         let (reset, lost_ack, latency) = {
                             let f = cluster.faults.lock().expect("faults");
                             (

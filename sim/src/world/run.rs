@@ -103,6 +103,7 @@ async fn world(s: Arc<Scenario>, seed: u64, schedule: Vec<Fault>, trace: Trace) 
             epoch_ms(),
         )),
         modes: Mutex::default(),
+        calls: Mutex::default(),
         block_time: Duration::from_millis(topo.block_time_ms),
         signer,
         trace: trace.clone(),
@@ -267,6 +268,37 @@ async fn world(s: Arc<Scenario>, seed: u64, schedule: Vec<Fault>, trace: Trace) 
 
     let mut ev = collect(&db, &chain, &fleet, &history, &tokens, heal_ms, deadline_ms);
     ev.investor = INVESTOR;
+    {
+        let m = chain.model.lock().expect("chain");
+        let mut rows: Vec<(u64, String, i64, i32)> = ev
+            .txs
+            .iter()
+            .map(|t| {
+                (
+                    t.nonce,
+                    t.state.as_str().to_string(),
+                    t.workflow_id,
+                    t.step_index,
+                )
+            })
+            .collect();
+        rows.sort();
+        trace.record(
+            t_ms(),
+            "sim",
+            "phase",
+            "final_state",
+            json!({
+                "signer_nonce_latest": m.nonce_of(signer),
+                "signer_nonce_pending": m.pending_nonce_of(signer),
+                "signer_pool": ev.signer_pending,
+                "tx_records": rows,
+                "head": m.head(),
+                "finalized": m.finalized(),
+                "indexed_height": ev.indexed_height,
+            }),
+        );
+    }
     let verdicts = check(&s.invariants, &ev);
     let passed = verdicts.iter().all(|v| v.held);
     for v in &verdicts {
@@ -310,6 +342,12 @@ async fn world(s: Arc<Scenario>, seed: u64, schedule: Vec<Fault>, trace: Trace) 
         "db_commits".to_string(),
         model.sequences.journal.max(0) as u64,
     );
+    for (m, n) in chain.calls.lock().expect("calls").iter() {
+        stats.insert(format!("rpc.{m}"), *n);
+    }
+    for (m, n) in db.calls.lock().expect("calls").iter() {
+        stats.insert(format!("db.{m}"), *n);
+    }
     for st in ["completed", "failed", "dead_letter"] {
         stats.insert(
             st.to_string(),
@@ -333,7 +371,7 @@ async fn world(s: Arc<Scenario>, seed: u64, schedule: Vec<Fault>, trace: Trace) 
 }
 
 fn indexed_height(db: &DbCluster) -> u64 {
-    checkpoint(&db.primary_model())
+    checkpoint(&db.disks[db.primary()].lock().expect("disk").model)
 }
 
 fn checkpoint(model: &DbModel) -> u64 {
