@@ -284,33 +284,35 @@ fn a_malformed_scenario_gets_an_error_naming_file_field_and_reason_and_writes_no
 #[test]
 fn minimize_shrinks_a_failing_schedule_to_the_fault_that_matters() {
     let dir = tempdir("min");
-    // Every RPC endpoint is down until the heal instant and the liveness bound is too short to
-    // finish the queued work: durability fails. The other faults are noise.
+    // The only engine is killed before it can finish the first issuance and stays down until the
+    // heal instant; the liveness bound is too short for the restarted engine to finish it (its old
+    // lease must expire first): durability fails. The other faults are noise.
     let text = r#"
 name = "min"
 description = "minimisation fixture"
-covers = ["FM-RPC-ALL-DOWN"]
+covers = ["FM-ENGINE-CRASH"]
 invariants = ["durability"]
 [topology]
-engines = 2
+engines = 1
 rpc_endpoints = 2
 block_time_ms = 1000
 [workload]
 tokens = 1
-operations = 6
+operations = 4
 submit_window_s = 10
 [durations]
 fault_phase_s = 40
 liveness_bound_s = 0.5
 [[faults]]
-kind = "engine_pause"
-node = "engine-1"
-at_s = 2
-for_s = 1
+kind = "rpc_lag"
+endpoint = "rpc-1"
+at_s = 0.5
+for_s = 3
+blocks = 2
 [[faults]]
-kind = "rpc_down"
-endpoint = "rpc"
-at_s = 1
+kind = "engine_crash"
+node = "engine-0"
+at_s = 1.5
 [[faults]]
 kind = "clock_skew"
 node = "engine-0"
@@ -327,7 +329,7 @@ for_s = 5
         stdout.contains("minimized schedule (1 faults):"),
         "{stdout}"
     );
-    assert!(stdout.contains("\"kind\":\"rpc_down\""), "{stdout}");
+    assert!(stdout.contains("\"kind\":\"engine_crash\""), "{stdout}");
     let cmd = stdout
         .lines()
         .find_map(|l| l.strip_prefix("reproduce: "))
