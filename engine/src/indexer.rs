@@ -41,8 +41,10 @@ impl Indexer {
         let head = e.gateway.block_number().await?;
         let finality = e.config.chain.finality_depth;
         let mut indexed = 0;
+        let mut last = None;
         for _ in 0..e.config.indexer.batch {
             let cp = e.store.indexer_checkpoint(chain_id).await?;
+            last = Some(cp.as_ref().map_or(0, |c| c.last_block));
             let next = cp.as_ref().map_or(0, |c| c.last_block + 1);
             if next > head {
                 break;
@@ -82,13 +84,10 @@ impl Indexer {
                 .await?;
             e.metrics
                 .set("dalp_indexer_last_block", &[], block.number as i64);
+            last = Some(block.number);
             indexed += 1;
         }
-        let last = e
-            .store
-            .indexer_checkpoint(chain_id)
-            .await?
-            .map_or(0, |c| c.last_block);
+        let last = last.unwrap_or(0);
         e.metrics.set(
             "dalp_indexer_lag_blocks",
             &[],

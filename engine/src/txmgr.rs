@@ -179,7 +179,7 @@ impl TxManager {
 
     /// Heal nonce gaps of `signer`: starting at the chain's mined (`latest`) nonce L, for each
     /// n = L, L+1, … (at most [`HEAL_SCAN`] nonces, stopping at the first n with no signed
-    /// record), re-broadcast the stored bytes of our transaction holding n if the node does not
+    /// record or whose transaction the node knows), re-broadcast the stored bytes of our transaction holding n if the node does not
     /// know it and none of its signed versions has a receipt — a reorg dropped it (possibly
     /// after its step completed) or the mempool lost it, and every later nonce waits behind it.
     /// Never signs anything and never writes to the store (it holds no fence); a workflow
@@ -195,9 +195,10 @@ impl TxManager {
             let (Some(hash), Some(_)) = (rec.hash, rec.raw.as_ref()) else {
                 continue;
             };
-            // Known (pending, queued or mined) first: the cheap and common case.
+            // Known to the node (pending, queued or mined): nothing below it is missing that this
+            // pass could fix, and what is missing above it becomes the lowest on a later pass.
             if self.gateway.transaction_known(hash).await? {
-                continue;
+                break;
             }
             if self.find_receipt(&rec).await?.is_some() {
                 continue;
@@ -442,6 +443,12 @@ impl TxManager {
         if let Some(receipt) = self.find_receipt(rec).await? {
             *nonce_gone_seen = 0;
             *misses = 0;
+            // A successful receipt that is not deep enough yet needs no canonical check now: the
+            // check that matters is the one made when it is (a reorg before that changes nothing).
+            let head = self.gateway.block_number().await?;
+            if receipt.success && head + 1 < receipt.block_number + depth {
+                return Ok(None);
+            }
             let canonical = self
                 .gateway
                 .block(receipt.block_number)
@@ -466,7 +473,6 @@ impl TxManager {
                     .await?;
                 return Err(EngineError::Reverted(detail));
             }
-            let head = self.gateway.block_number().await?;
             if head + 1 >= receipt.block_number + depth {
                 if rec.state != TxState::Completed {
                     let json = serde_json::to_value(&receipt).expect("receipt json");
