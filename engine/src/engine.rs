@@ -8,13 +8,14 @@ use crate::config::Config;
 use crate::error::{EngineError, ErrorClass, Result};
 use crate::metrics::Metrics;
 use crate::retry::{Jitter, RetryPolicy};
+use crate::signer::SignerKey;
 use crate::store::{Claim, NewWorkflow, Store, Submitted, WorkflowId, WorkflowRecord};
 use crate::txmgr::TxManager;
 use crate::workflow::{self, StepContext};
 use alloy_primitives::Address;
 use serde::Serialize;
 use serde_json::{json, Value};
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{watch, Semaphore};
@@ -63,6 +64,7 @@ impl Engine {
             metrics.clone(),
         ));
         let txm = TxManager {
+            gap_seen: Default::default(),
             store: store.clone(),
             gateway: gateway.clone(),
             metrics: metrics.clone(),
@@ -199,10 +201,15 @@ impl Engine {
     /// One pass of the nonce-gap healer over every configured signer (see
     /// [`TxManager::heal_nonce_gaps`]). Errors are counted and left to the next tick.
     async fn heal_nonce_gaps(&self) {
-        let signers: BTreeSet<Address> =
-            self.config.signers.values().map(|k| k.address()).collect();
-        for signer in signers {
-            if let Err(e) = self.txm.heal_nonce_gaps(signer).await {
+        // One pass per distinct signer address, even when several names share a key.
+        let signers: BTreeMap<Address, &SignerKey> = self
+            .config
+            .signers
+            .values()
+            .map(|k| (k.address(), k))
+            .collect();
+        for (signer, key) in signers {
+            if let Err(e) = self.txm.heal_nonce_gaps(key).await {
                 // RPC failures are already counted per request by the gateway.
                 if matches!(
                     e,

@@ -73,6 +73,11 @@ pub const HELP: &[(&str, &str, &str)] = &[
         "Stored signed transactions re-broadcast to fill a nonce gap that blocked later ones, by signer.",
     ),
     (
+        "dalp_nonce_gap_fills_total",
+        "counter",
+        "Zero-value self-transfers sent to fill a nonce used and abandoned outside the engine, by signer.",
+    ),
+    (
         "dalp_tx_replacements_total",
         "counter",
         "Replace-by-fee transactions sent.",
@@ -213,6 +218,7 @@ const HAS_LABELS: &[&str] = &[
     "dalp_rpc_failovers_total",
     "dalp_nonce_resyncs_total",
     "dalp_nonce_gap_heals_total",
+    "dalp_nonce_gap_fills_total",
     "dalp_db_errors_total",
     "dalp_operator_actions_total",
 ];

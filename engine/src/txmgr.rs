@@ -17,8 +17,11 @@
 //!   every later nonce of the signer waits behind the hole. The maintenance loop therefore runs
 //!   [`TxManager::heal_nonce_gaps`]: from the chain's mined nonce upwards, a signed transaction of
 //!   ours that has no receipt and that the node does not know is re-broadcast from its stored
-//!   bytes (same nonce, same hash: at most one of them is ever mined). It signs nothing and
-//!   writes nothing, so it needs no lease.
+//!   bytes (same nonce, same hash: at most one of them is ever mined). It needs no lease: it
+//!   writes no workflow state. When the hole at the mined nonce is not ours (a nonce used outside
+//!   the engine, then dropped by the node), the same pass fills it with a zero-value self-transfer
+//!   once the gap has been seen on two passes; the filler is stored (`record_filler`) before it
+//!   is broadcast, like every signed transaction.
 
 use crate::chain::{Gateway, Receipt};
 use crate::config::ChainConfig;
@@ -57,6 +60,9 @@ impl TxOutcome {
 }
 
 pub struct TxManager {
+    /// Per signer, the foreign nonce gap seen on the previous healing pass (a gap is filled only
+    /// when seen on two passes in a row, so a nonce allocated a moment ago is never mistaken).
+    pub gap_seen: std::sync::Mutex<std::collections::BTreeMap<Address, u64>>,
     pub store: Arc<dyn Store>,
     pub gateway: Arc<Gateway>,
     pub metrics: Arc<Metrics>,
@@ -185,13 +191,20 @@ impl TxManager {
     /// Never signs anything and never writes to the store (it holds no fence); a workflow
     /// driving the same transaction sends the same bytes, so racing it is harmless. Returns how
     /// many transactions were re-broadcast.
-    pub async fn heal_nonce_gaps(&self, signer: Address) -> Result<u32> {
+    pub async fn heal_nonce_gaps(&self, key: &SignerKey) -> Result<u32> {
+        let signer = key.address();
         let mined = self.gateway.transaction_count(signer, "latest").await?;
         let mut healed = 0;
         for nonce in mined..mined.saturating_add(HEAL_SCAN) {
             let Some(rec) = self.store.tx_by_nonce(signer, self.chain_id, nonce).await? else {
+                if nonce == mined {
+                    healed += self.fill_foreign_gap(key, mined).await?;
+                } else {
+                    self.gap_seen.lock().expect("gap lock").remove(&signer);
+                }
                 break;
             };
+            self.gap_seen.lock().expect("gap lock").remove(&signer);
             let (Some(hash), Some(_)) = (rec.hash, rec.raw.as_ref()) else {
                 continue;
             };
@@ -226,6 +239,99 @@ impl TxManager {
             );
         }
         Ok(healed)
+    }
+
+    /// The lowest unmined nonce `nonce` holds no record of ours. If the node has nothing
+    /// executable at it while our transactions wait above it, the nonce was used outside the
+    /// engine and then abandoned (dropped from the mempool): every later transaction is blocked.
+    /// Once the same gap is seen on two passes, fill it with a zero-value self-transfer, stored
+    /// before broadcast, with fees above any earlier filler's. Returns 1 if a filler was sent.
+    async fn fill_foreign_gap(&self, key: &SignerKey, nonce: u64) -> Result<u32> {
+        let signer = key.address();
+        let forget = || {
+            self.gap_seen.lock().expect("gap lock").remove(&signer);
+        };
+        if self.gateway.transaction_count(signer, "pending").await? > nonce {
+            forget();
+            return Ok(0);
+        }
+        let mut ours_waiting = false;
+        for n in nonce + 1..nonce.saturating_add(HEAL_SCAN) {
+            if self
+                .store
+                .tx_by_nonce(signer, self.chain_id, n)
+                .await?
+                .is_some()
+            {
+                ours_waiting = true;
+                break;
+            }
+        }
+        if !ours_waiting {
+            forget();
+            return Ok(0);
+        }
+        let seen_before = self
+            .gap_seen
+            .lock()
+            .expect("gap lock")
+            .insert(signer, nonce)
+            == Some(nonce);
+        if !seen_before {
+            return Ok(0);
+        }
+        let earlier = self
+            .store
+            .nonce_fillers(signer, self.chain_id, nonce)
+            .await?;
+        if let Some(last) = earlier.last() {
+            if self.gateway.transaction_known(last.hash).await? {
+                return Ok(0);
+            }
+        }
+        let suggested = self
+            .gateway
+            .suggest_fees(self.chain.priority_fee_wei)
+            .await?;
+        let fees = match earlier.last() {
+            Some(b) => self.bumped(
+                Fees {
+                    max_fee_per_gas: b.max_fee_per_gas,
+                    max_priority_fee_per_gas: b.max_priority_fee_per_gas,
+                },
+                suggested,
+            ),
+            None => suggested,
+        };
+        let unsigned = UnsignedTx {
+            chain_id: self.chain_id,
+            nonce,
+            gas_limit: 21_000,
+            max_fee_per_gas: fees.max_fee_per_gas,
+            max_priority_fee_per_gas: fees.max_priority_fee_per_gas,
+            to: Some(signer),
+            value: alloy_primitives::U256::ZERO,
+            input: alloy_primitives::Bytes::new(),
+        };
+        let (raw, hash) = key.sign(&unsigned)?;
+        let filler = Broadcast {
+            hash,
+            nonce,
+            raw,
+            max_fee_per_gas: fees.max_fee_per_gas,
+            max_priority_fee_per_gas: fees.max_priority_fee_per_gas,
+        };
+        self.store
+            .record_filler(signer, self.chain_id, &filler)
+            .await?;
+        let answer = self.gateway.send_raw(&filler.raw).await;
+        self.metrics.inc(
+            "dalp_nonce_gap_fills_total",
+            &[("signer", &format!("{signer:#x}"))],
+        );
+        tracing::warn!(nonce, %hash, answer = ?answer.as_ref().map(|_| "accepted"), "nonce gap left by a transaction outside the engine: sent a zero-value filler");
+        forget();
+        Ok(1)
     }
 
     async fn find_receipt(&self, rec: &TxRecord) -> Result<Option<Receipt>> {

@@ -373,6 +373,18 @@ pub trait Store: Send + Sync + 'static {
     /// Raise the counter to at least `chain_nonce` (after `nonce too low`).
     async fn resync_nonce(&self, signer: Address, chain_id: u64, chain_nonce: u64) -> Result<u64>;
 
+    /// Gap fillers already signed for (signer, chain, nonce), oldest first.
+    async fn nonce_fillers(
+        &self,
+        signer: Address,
+        chain_id: u64,
+        nonce: u64,
+    ) -> Result<Vec<Broadcast>>;
+    /// Store a gap filler (a zero-value self-transfer at `signed.nonce`) before it is broadcast.
+    /// Idempotent by hash.
+    async fn record_filler(&self, signer: Address, chain_id: u64, signed: &Broadcast)
+        -> Result<()>;
+
     /// Record an off-chain side effect exactly once per (workflow, kind).
     async fn notify(&self, fence: &Fence, kind: &str, payload: &Value) -> Result<bool>;
 

@@ -198,17 +198,17 @@ where
     .bind(id)
     .fetch_all(ex)
     .await?;
-    rows.iter()
-        .map(|r| {
-            Ok(Broadcast {
-                hash: parse_b256(&r.try_get::<String, _>("tx_hash")?)?,
-                nonce: r.try_get::<i64, _>("nonce")? as u64,
-                raw: Bytes::from(r.try_get::<Vec<u8>, _>("raw")?),
-                max_fee_per_gas: parse_u128(&r.try_get::<String, _>("max_fee")?)?,
-                max_priority_fee_per_gas: parse_u128(&r.try_get::<String, _>("priority_fee")?)?,
-            })
-        })
-        .collect()
+    rows.iter().map(row_to_broadcast).collect()
+}
+
+fn row_to_broadcast(r: &PgRow) -> std::result::Result<Broadcast, DbFail> {
+    Ok(Broadcast {
+        hash: parse_b256(&r.try_get::<String, _>("tx_hash")?)?,
+        nonce: r.try_get::<i64, _>("nonce")? as u64,
+        raw: Bytes::from(r.try_get::<Vec<u8>, _>("raw")?),
+        max_fee_per_gas: parse_u128(&r.try_get::<String, _>("max_fee")?)?,
+        max_priority_fee_per_gas: parse_u128(&r.try_get::<String, _>("priority_fee")?)?,
+    })
 }
 
 fn row_to_tx(r: &PgRow) -> std::result::Result<TxRecord, DbFail> {
@@ -982,6 +982,52 @@ impl Store for PgStore {
             .fetch_one(&self.pool)
             .await?;
             Ok(r.try_get::<i64, _>(0)? as u64)
+        })
+        .await
+    }
+
+    async fn nonce_fillers(
+        &self,
+        signer: Address,
+        chain_id: u64,
+        nonce: u64,
+    ) -> Result<Vec<Broadcast>> {
+        self.bounded(async {
+            let rows = sqlx::query(
+                "SELECT tx_hash, nonce, raw, max_fee, priority_fee FROM nonce_fillers \
+                 WHERE signer = $1 AND chain_id = $2 AND nonce = $3 ORDER BY created_at, tx_hash",
+            )
+            .bind(hex_addr(&signer))
+            .bind(chain_id as i64)
+            .bind(nonce as i64)
+            .fetch_all(&self.pool)
+            .await?;
+            rows.iter().map(row_to_broadcast).collect()
+        })
+        .await
+    }
+
+    async fn record_filler(
+        &self,
+        signer: Address,
+        chain_id: u64,
+        signed: &Broadcast,
+    ) -> Result<()> {
+        self.bounded(async {
+            sqlx::query(
+                "INSERT INTO nonce_fillers (tx_hash, signer, chain_id, nonce, raw, max_fee, priority_fee) \
+                 VALUES ($1,$2,$3,$4,$5,$6,$7) ON CONFLICT DO NOTHING",
+            )
+            .bind(hex_b256(&signed.hash))
+            .bind(hex_addr(&signer))
+            .bind(chain_id as i64)
+            .bind(signed.nonce as i64)
+            .bind(signed.raw.to_vec())
+            .bind(signed.max_fee_per_gas.to_string())
+            .bind(signed.max_priority_fee_per_gas.to_string())
+            .execute(&self.pool)
+            .await?;
+            Ok(())
         })
         .await
     }

@@ -157,6 +157,16 @@ pub enum DbRequest {
         chain_id: u64,
         nonce: u64,
     },
+    NonceFillers {
+        signer: Address,
+        chain_id: u64,
+        nonce: u64,
+    },
+    RecordFiller {
+        signer: Address,
+        chain_id: u64,
+        signed: Broadcast,
+    },
     CreateTx {
         fence: Fence,
         step: i32,
@@ -237,6 +247,7 @@ impl DbRequest {
                 | DbRequest::TxForStep { .. }
                 | DbRequest::TxsForWorkflow { .. }
                 | DbRequest::TxByNonce { .. }
+                | DbRequest::NonceFillers { .. }
                 | DbRequest::IndexerCheckpoint { .. }
                 | DbRequest::IndexedBlockHash { .. }
                 | DbRequest::IndexedBalances { .. }
@@ -263,6 +274,8 @@ impl DbRequest {
             DbRequest::TxForStep { .. } => "tx_for_step",
             DbRequest::TxsForWorkflow { .. } => "txs_for_workflow",
             DbRequest::TxByNonce { .. } => "tx_by_nonce",
+            DbRequest::NonceFillers { .. } => "nonce_fillers",
+            DbRequest::RecordFiller { .. } => "record_filler",
             DbRequest::CreateTx { .. } => "create_tx",
             DbRequest::RecordSigned { .. } => "record_signed",
             DbRequest::SetTxState { .. } => "set_tx_state",
@@ -327,6 +340,8 @@ pub enum DbReply {
     OptHash(Option<B256>),
     Balances(Vec<(Address, U256)>),
     Stats(Stats),
+    /// nonce_fillers.
+    Broadcasts(Vec<Broadcast>),
 }
 
 impl DbReply {
@@ -350,6 +365,7 @@ impl DbReply {
             DbReply::OptHash(_) => "OptHash",
             DbReply::Balances(_) => "Balances",
             DbReply::Stats(_) => "Stats",
+            DbReply::Broadcasts(_) => "Broadcasts",
         }
     }
 }
@@ -569,6 +585,15 @@ impl AuditRow {
     }
 }
 
+/// A row of `nonce_fillers` (a gap filler the engine signed), keyed by hash.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FillerRow {
+    pub signer: Address,
+    pub chain_id: i64,
+    pub signed: Broadcast,
+    pub created_at_ms: u64,
+}
+
 /// A row of `notifications`, keyed by (workflow_id, kind).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NotificationRow {
@@ -617,6 +642,8 @@ pub struct Tables {
     pub audit_log: BTreeMap<i64, AuditRow>,
     /// (workflow_id, kind) → row.
     pub notifications: BTreeMap<(i64, String), NotificationRow>,
+    /// tx_hash → gap filler (`nonce_fillers`).
+    pub nonce_fillers: BTreeMap<B256, FillerRow>,
     pub indexer_checkpoint: BTreeMap<i64, CheckpointRow>,
     /// (chain_id, number) → hash.
     pub indexed_blocks: BTreeMap<(i64, i64), B256>,
@@ -856,6 +883,24 @@ impl DbModel {
                     })
                     .map(|x| self.load_tx(x)),
             ),
+            DbRequest::NonceFillers {
+                signer,
+                chain_id,
+                nonce,
+            } => {
+                // ORDER BY created_at, tx_hash
+                let mut rows: Vec<&FillerRow> = t
+                    .nonce_fillers
+                    .values()
+                    .filter(|f| {
+                        f.signer == *signer
+                            && f.chain_id == *chain_id as i64
+                            && f.signed.nonce == *nonce
+                    })
+                    .collect();
+                rows.sort_by_key(|f| (f.created_at_ms, f.signed.hash));
+                DbReply::Broadcasts(rows.into_iter().map(|f| f.signed.clone()).collect())
+            }
             DbRequest::IndexerCheckpoint { chain_id } => {
                 DbReply::Checkpoint(t.indexer_checkpoint.get(&(*chain_id as i64)).map(|c| {
                     IndexerCheckpoint {
@@ -1167,6 +1212,23 @@ impl DbModel {
                     "abandoned"
                 };
                 self.tx_event(*tx_id, *state, Some(detail.into()), now);
+                Ok(DbReply::Unit)
+            }
+            DbRequest::RecordFiller {
+                signer,
+                chain_id,
+                signed,
+            } => {
+                // INSERT … ON CONFLICT DO NOTHING (keyed by hash).
+                self.tables
+                    .nonce_fillers
+                    .entry(signed.hash)
+                    .or_insert_with(|| FillerRow {
+                        signer: *signer,
+                        chain_id: *chain_id as i64,
+                        signed: signed.clone(),
+                        created_at_ms: now,
+                    });
                 Ok(DbReply::Unit)
             }
             DbRequest::ResyncNonce {

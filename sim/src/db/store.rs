@@ -177,6 +177,34 @@ impl<C: DbCall> Store for StoreOver<C> {
         expect!(self, "txs_for_workflow", req, DbReply::Txs(t) => t)
     }
 
+    async fn nonce_fillers(
+        &self,
+        signer: Address,
+        chain_id: u64,
+        nonce: u64,
+    ) -> Result<Vec<Broadcast>> {
+        let req = DbRequest::NonceFillers {
+            signer,
+            chain_id,
+            nonce,
+        };
+        expect!(self, "nonce_fillers", req, DbReply::Broadcasts(b) => b)
+    }
+
+    async fn record_filler(
+        &self,
+        signer: Address,
+        chain_id: u64,
+        signed: &Broadcast,
+    ) -> Result<()> {
+        let req = DbRequest::RecordFiller {
+            signer,
+            chain_id,
+            signed: signed.clone(),
+        };
+        expect!(self, "record_filler", req, DbReply::Unit => ())
+    }
+
     async fn tx_by_nonce(
         &self,
         signer: Address,
@@ -417,6 +445,19 @@ pub async fn call_store<S: Store + ?Sized>(store: &S, req: DbRequest) -> Result<
         }
         DbRequest::TxsForWorkflow { workflow } => {
             DbReply::Txs(store.txs_for_workflow(workflow).await?)
+        }
+        DbRequest::NonceFillers {
+            signer,
+            chain_id,
+            nonce,
+        } => DbReply::Broadcasts(store.nonce_fillers(signer, chain_id, nonce).await?),
+        DbRequest::RecordFiller {
+            signer,
+            chain_id,
+            signed,
+        } => {
+            store.record_filler(signer, chain_id, &signed).await?;
+            DbReply::Unit
         }
         DbRequest::TxByNonce {
             signer,

@@ -896,6 +896,54 @@ fn a_second_live_tx_for_a_step_is_a_unique_violation() {
 }
 
 #[test]
+fn gap_fillers_are_recorded_once_by_hash_and_read_back_oldest_first() {
+    let mut db = Db::default();
+    let fillers = |db: &mut Db, nonce: u64| match db.ok(DbRequest::NonceFillers {
+        signer: signer(1),
+        chain_id: 31337,
+        nonce,
+    }) {
+        DbReply::Broadcasts(b) => b,
+        other => panic!("{other:?}"),
+    };
+    assert!(fillers(&mut db, 7).is_empty());
+    let record = |db: &mut Db, b: Broadcast| {
+        db.ok(DbRequest::RecordFiller {
+            signer: signer(1),
+            chain_id: 31337,
+            signed: b,
+        })
+    };
+    db.now = 10;
+    record(&mut db, broadcast(0x22, 7, 5));
+    db.now = 20;
+    record(&mut db, broadcast(0x11, 7, 9));
+    // Idempotent by hash: the same filler again changes nothing.
+    let before = db.m.clone();
+    record(&mut db, broadcast(0x11, 7, 9));
+    assert!(db.m.same_data(&before));
+    let got = fillers(&mut db, 7);
+    assert_eq!(
+        got.iter().map(|b| b.max_fee_per_gas).collect::<Vec<_>>(),
+        vec![5, 9],
+        "oldest first"
+    );
+    assert!(fillers(&mut db, 8).is_empty(), "other nonce");
+    assert!(DbRequest::RecordFiller {
+        signer: signer(1),
+        chain_id: 1,
+        signed: broadcast(1, 1, 1)
+    }
+    .is_write());
+    assert!(!DbRequest::NonceFillers {
+        signer: signer(1),
+        chain_id: 1,
+        nonce: 1
+    }
+    .is_write());
+}
+
+#[test]
 fn tx_by_nonce_finds_the_signed_live_record_holding_the_nonce() {
     let (mut db, f) = claimed(4);
     let by_nonce =

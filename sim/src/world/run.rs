@@ -447,6 +447,7 @@ fn collect(
             .push(row.entry());
     }
     ev.txs = model.txs().collect();
+    ev.fillers = model.tables.nonce_fillers.keys().copied().collect();
     ev.indexed_height = checkpoint(&model);
 
     let mut m = chain.model.lock().expect("chain");
