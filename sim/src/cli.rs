@@ -1,12 +1,15 @@
-//! The `dalp-sim` command line: `list`, `run`, `repro`, and the internal `child` that runs one
-//! seed. The parent never runs a simulation itself: every seed runs in its own child process
+//! The `dalp-sim` command line: `list`, `run`, `repro`, `report`, `bench`, and the internal
+//! `child` that runs one seed. The parent never runs a simulation itself: every seed runs in its own child process
 //! (madsim keeps statics across runs in one process), several at a time.
 
+use crate::report;
 use crate::scenario::{scenario_files, Fault, Scenario};
 use crate::trace::write_atomic;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use std::cell::RefCell;
 use std::collections::BTreeMap;
+use std::io::{IsTerminal, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
@@ -14,9 +17,14 @@ use std::time::{Duration, Instant};
 pub const USAGE: &str = "usage:
   dalp-sim list                                   scenarios, suites and the catalog ids they cover
   dalp-sim run <scenario|suite>... [--seeds N | --seeds A..B] [--out DIR] [--jobs J] [--shard I/N]
-                                                  run every scenario with every seed (one process per seed)
+                                                  run every scenario with every seed (one process per seed);
+                                                  writes results.json, junit.xml, report.md, report.html;
+                                                  exit 1 when an invariant fails
   dalp-sim repro <scenario> --seed S [--out DIR] [--schedule FILE] [--minimize]
                                                   replay one seed: outcome, trace-hash, trace files
+  dalp-sim report <results.json>... [--out DIR]   merge results (e.g. of shards; one run per scenario
+                                                  and seed) and write the four files to DIR (default:
+                                                  the first file's folder); exit 1 when a run failed
   dalp-sim bench [<scenario>] [--seeds N] [--suite NAME] [--jobs J]
                                                   simulated s per wall s and peak memory per seed
                                                   process (one at a time), then the suite's seeds/min
@@ -151,6 +159,7 @@ pub fn main(args: Vec<String>) -> ExitCode {
         "list" => list(&parsed),
         "run" => run(&parsed),
         "repro" => repro(&parsed),
+        "report" => report_cmd(&parsed),
         "child" => child(&parsed),
         "bench" => bench(&parsed),
         "-h" | "--help" | "help" => {
@@ -269,8 +278,21 @@ fn run_jobs(
     parallel: usize,
     out_dir: &Path,
     extra: &[String],
-    mut done: impl FnMut(&Job, Result<Value, String>, Duration),
+    done: impl FnMut(&Job, Result<Value, String>, Duration),
 ) -> Result<(), String> {
+    run_jobs_ticking(jobs, parallel, out_dir, extra, done, || {})
+}
+
+/// [`run_jobs`], calling `tick` about twice a second while children run (progress display).
+fn run_jobs_ticking(
+    jobs: Vec<Job>,
+    parallel: usize,
+    out_dir: &Path,
+    extra: &[String],
+    mut done: impl FnMut(&Job, Result<Value, String>, Duration),
+    mut tick: impl FnMut(),
+) -> Result<(), String> {
+    let mut last_tick = Instant::now();
     let mut queue: std::collections::VecDeque<Job> = jobs.into();
     let mut running: Vec<Running> = Vec::new();
     while !queue.is_empty() || !running.is_empty() {
@@ -310,6 +332,10 @@ fn run_jobs(
         }
         if !progressed {
             std::thread::sleep(Duration::from_millis(20));
+        }
+        if last_tick.elapsed() >= Duration::from_millis(500) {
+            last_tick = Instant::now();
+            tick();
         }
     }
     Ok(())
@@ -359,6 +385,8 @@ fn run(a: &Args) -> Result<bool, String> {
         }
     };
     let mut jobs = Vec::new();
+    // The catalog ids each scenario file covers, for the results and the report.
+    let mut covers: BTreeMap<PathBuf, Vec<String>> = BTreeMap::new();
     for name in &a.positional {
         let (files, suite_seeds) = resolve(&dir, name)?;
         let seeds = match a.flags.get("seeds") {
@@ -367,7 +395,8 @@ fn run(a: &Args) -> Result<bool, String> {
         };
         for f in files {
             // Validate before anything runs: a bad scenario stops the run with its error.
-            Scenario::load(&f).map_err(|e| e.to_string())?;
+            let scenario = Scenario::load(&f).map_err(|e| e.to_string())?;
+            covers.insert(f.clone(), scenario.covers.clone());
             for s in &seeds {
                 jobs.push(Job {
                     scenario: f.clone(),
@@ -391,21 +420,46 @@ fn run(a: &Args) -> Result<bool, String> {
         "dalp-sim: {total} runs, {parallel} at a time, results in {}",
         out_dir.display()
     );
+    let progress = RefCell::new(Progress::new(total, std::io::stderr().is_terminal()));
+    progress.borrow_mut().draw();
     let mut results: Vec<Value> = Vec::new();
     let mut failures: Vec<String> = Vec::new();
-    let mut n = 0;
-    run_jobs(jobs, parallel, &out_dir, &[], |job, r, took| {
-        n += 1;
-        let name = job
-            .scenario
-            .file_stem()
-            .and_then(|s| s.to_str())
-            .unwrap_or("?")
-            .to_string();
-        let line = match r {
-            Ok(v) => {
-                let passed = v["passed"].as_bool().unwrap_or(false);
-                let status = if passed { "ok  " } else { "FAIL" };
+    run_jobs_ticking(
+        jobs,
+        parallel,
+        &out_dir,
+        &[],
+        |job, r, took| {
+            let mut p = progress.borrow_mut();
+            let n = p.done + 1;
+            let name = job
+                .scenario
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or("?")
+                .to_string();
+            let repro = repro_command(&job.scenario, job.seed);
+            let mut v = match r {
+                Ok(v) => v,
+                Err(e) => {
+                    json!({"scenario": name, "seed": job.seed, "passed": false, "crashed": e})
+                }
+            };
+            v["scenario_file"] = json!(job.scenario.display().to_string());
+            v["repro"] = json!(repro);
+            report::normalize(&mut v, covers.get(&job.scenario).map(Vec::as_slice));
+            let outcome = report::outcome(&v);
+            let line = if outcome == "crash" {
+                failures.push(format!(
+                    "{name} seed {}: the run crashed: {}\n    reproduce: {repro}",
+                    job.seed,
+                    v["crashed"].as_str().unwrap_or("")
+                ));
+                format!(
+                    "[{n}/{total}] CRASH {name} seed {}; reproduce: {repro}",
+                    job.seed
+                )
+            } else {
                 let failed: Vec<String> = v["verdicts"]
                     .as_array()
                     .into_iter()
@@ -413,74 +467,191 @@ fn run(a: &Args) -> Result<bool, String> {
                     .filter(|x| x["held"] == false)
                     .map(|x| x["invariant"].as_str().unwrap_or("?").to_string())
                     .collect();
-                if !passed {
+                if outcome == "fail" {
                     failures.push(format!(
-                        "{name} seed {}: {} failed\n    reproduce: {}",
+                        "{name} seed {}: {} failed\n    reproduce: {repro}",
                         job.seed,
                         failed.join(", "),
-                        repro_command(&job.scenario, job.seed)
                     ));
                 }
-                let l = format!(
-                    "[{n}/{total}] {status} {name} seed {} ({:.1}s wall, {} sim-s){}",
+                format!(
+                    "[{n}/{total}] {} {name} seed {} ({:.1}s wall, {} sim-s){}",
+                    if outcome == "pass" { "ok  " } else { "FAIL" },
                     job.seed,
                     took.as_secs_f64(),
                     v["simulated_ms"].as_u64().unwrap_or(0) / 1000,
                     if failed.is_empty() {
                         String::new()
                     } else {
-                        format!(" violated: {}", failed.join(", "))
+                        format!(" violated: {}; reproduce: {repro}", failed.join(", "))
                     }
-                );
-                let mut v = v;
-                v["scenario_file"] = json!(job.scenario.display().to_string());
-                v["repro"] = json!(repro_command(&job.scenario, job.seed));
-                results.push(v);
-                l
-            }
-            Err(e) => {
-                failures.push(format!(
-                    "{name} seed {}: the run crashed: {e}\n    reproduce: {}",
-                    job.seed,
-                    repro_command(&job.scenario, job.seed)
-                ));
-                results.push(json!({
-                    "scenario": name, "seed": job.seed, "passed": false, "crashed": e,
-                    "scenario_file": job.scenario.display().to_string(),
-                    "repro": repro_command(&job.scenario, job.seed),
-                }));
-                format!("[{n}/{total}] CRASH {name} seed {}", job.seed)
-            }
-        };
-        eprintln!("{line}");
-    })?;
-    results.sort_by(|a, b| {
-        (a["scenario"].as_str(), a["seed"].as_u64())
-            .cmp(&(b["scenario"].as_str(), b["seed"].as_u64()))
-    });
-    let passed = results.iter().filter(|r| r["passed"] == true).count();
-    let summary = json!({
-        "runs": results.len(), "passed": passed, "failed": results.len() - passed,
-        "wall_s": started.elapsed().as_secs_f64(),
-    });
-    let doc = json!({"schema": "dalp-sim/results/v1", "summary": summary, "results": results});
-    let path = out_dir.join("results.json");
-    write_atomic(
-        &path,
-        serde_json::to_string_pretty(&doc).expect("json").as_bytes(),
-    )
-    .map_err(|e| format!("{}: {e}", path.display()))?;
+                )
+            };
+            p.finished(&line, outcome == "pass");
+            results.push(v);
+        },
+        || progress.borrow_mut().draw(),
+    )?;
+    progress.borrow_mut().clear();
+    let mut extra = json!({"wall_s": started.elapsed().as_secs_f64()});
+    if let Some((i, n)) = shard {
+        extra["shard"] = json!(format!("{i}/{n}"));
+    }
+    let doc = report::document(results, extra);
+    let written = report::write_outputs(&out_dir, &doc)?;
     let _ = std::fs::remove_dir_all(out_dir.join(".runs"));
     eprintln!(
-        "dalp-sim: {passed}/{} runs passed in {:.1}s; results: {}",
+        "dalp-sim: {}/{} runs passed in {:.1}s; wrote {}",
+        doc["summary"]["passed"],
         doc["summary"]["runs"],
         started.elapsed().as_secs_f64(),
-        path.display()
+        written
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     for f in &failures {
         eprintln!("FAILED {f}");
     }
     Ok(failures.is_empty())
+}
+
+/// The progress of `run` on stderr: on a terminal one line redrawn in place (done/total,
+/// passed/failed, elapsed, ETA) with failures printed above it as full lines; otherwise one plain
+/// line per finished run.
+struct Progress {
+    total: usize,
+    done: usize,
+    passed: usize,
+    failed: usize,
+    started: Instant,
+    tty: bool,
+}
+
+impl Progress {
+    fn new(total: usize, tty: bool) -> Self {
+        Progress {
+            total,
+            done: 0,
+            passed: 0,
+            failed: 0,
+            started: Instant::now(),
+            tty,
+        }
+    }
+
+    /// A run finished: `line` describes it.
+    fn finished(&mut self, line: &str, passed: bool) {
+        self.done += 1;
+        if passed {
+            self.passed += 1;
+        } else {
+            self.failed += 1;
+        }
+        if !self.tty {
+            eprintln!("{line}");
+            return;
+        }
+        if !passed {
+            // Clear the status line, print the failure in full, redraw below it.
+            eprint!("\r\x1b[2K{line}\n");
+        }
+        self.draw();
+    }
+
+    fn draw(&self) {
+        if !self.tty {
+            return;
+        }
+        eprint!("\r\x1b[2K{}", self.status(self.started.elapsed()));
+        let _ = std::io::stderr().flush();
+    }
+
+    fn status(&self, elapsed: Duration) -> String {
+        let eta = if self.done == 0 {
+            "?".to_string()
+        } else {
+            let left = elapsed.as_secs_f64() / self.done as f64 * (self.total - self.done) as f64;
+            clock(left)
+        };
+        format!(
+            "[{}/{}] {} passed, {} failed, {} elapsed, ETA {eta}",
+            self.done,
+            self.total,
+            self.passed,
+            self.failed,
+            clock(elapsed.as_secs_f64())
+        )
+    }
+
+    fn clear(&self) {
+        if self.tty {
+            eprint!("\r\x1b[2K");
+            let _ = std::io::stderr().flush();
+        }
+    }
+}
+
+/// Seconds as `1h02m03s`, `2m05s` or `7s`.
+fn clock(secs: f64) -> String {
+    let s = secs.round() as u64;
+    match (s / 3600, s / 60 % 60, s % 60) {
+        (0, 0, s) => format!("{s}s"),
+        (0, m, s) => format!("{m}m{s:02}s"),
+        (h, m, s) => format!("{h}h{m:02}m{s:02}s"),
+    }
+}
+
+/// `dalp-sim report`: merge results files (the shards of one run, or runs of different
+/// scenarios) and write results.json, junit.xml, report.md and report.html.
+fn report_cmd(a: &Args) -> Result<bool, String> {
+    if a.positional.is_empty() {
+        return Err(format!("report needs at least one results.json\n{USAGE}"));
+    }
+    let mut docs = Vec::new();
+    for p in &a.positional {
+        let text = std::fs::read_to_string(p).map_err(|e| format!("{p}: {e}"))?;
+        let mut doc: Value =
+            serde_json::from_str(&text).map_err(|e| format!("{p}: not JSON: {e}"))?;
+        // v1 results carry no catalog ids: read them from the scenario file when it is there.
+        for r in doc["results"].as_array_mut().into_iter().flatten() {
+            if r.get("covers").is_none() {
+                if let Some(s) = r["scenario_file"]
+                    .as_str()
+                    .and_then(|f| Scenario::load(Path::new(f)).ok())
+                {
+                    r["covers"] = json!(s.covers);
+                }
+            }
+        }
+        docs.push((p.clone(), doc));
+    }
+    let doc = report::merge(&docs)?;
+    let out_dir = match a.flags.get("out") {
+        Some(o) => PathBuf::from(o),
+        None => match Path::new(&a.positional[0]).parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        },
+    };
+    let written = report::write_outputs(&out_dir, &doc)?;
+    let s = &doc["summary"];
+    eprintln!(
+        "dalp-sim: merged {} file(s): {} runs, {} passed, {} failed ({} crashed), {} duplicate(s) dropped; wrote {}",
+        docs.len(),
+        s["runs"],
+        s["passed"],
+        s["failed"],
+        s["crashed"],
+        s["duplicates_dropped"],
+        written
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    Ok(s["failed"] == 0)
 }
 
 fn one_scenario(a: &Args) -> Result<PathBuf, String> {
@@ -855,5 +1026,18 @@ mod tests {
         assert_eq!(a.flags["seed"], "4");
         assert_eq!(a.switches, vec!["minimize"]);
         assert!(parse_args(&["--seed".into()]).is_err());
+    }
+
+    #[test]
+    fn progress_status_shows_counts_elapsed_and_eta() {
+        let mut p = Progress::new(10, false);
+        assert!(p.status(Duration::from_secs(3)).ends_with("ETA ?"));
+        p.finished("x", true);
+        p.finished("y", false);
+        assert_eq!(
+            p.status(Duration::from_secs(20)),
+            "[2/10] 1 passed, 1 failed, 20s elapsed, ETA 1m20s"
+        );
+        assert_eq!(clock(3723.0), "1h02m03s");
     }
 }

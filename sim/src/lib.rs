@@ -12,6 +12,7 @@ pub mod cli;
 pub mod db;
 pub mod history;
 pub mod plan;
+pub mod report;
 pub mod rng;
 pub mod scenario;
 pub mod trace;

@@ -337,3 +337,155 @@ for_s = 5
     assert!(cmd.contains("--schedule"), "{cmd}");
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn run_writes_results_junit_and_the_catalog_report() {
+    let out = tempdir("ci-outputs");
+    let out_s = out.to_str().unwrap();
+    let o = dalp_sim(&[
+        "run",
+        "engine-crash",
+        "rpc-node-down",
+        "--seeds",
+        "1..3",
+        "--out",
+        out_s,
+    ]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    // Not a terminal: one plain line per finished run.
+    assert_eq!(
+        stderr.lines().filter(|l| l.starts_with('[')).count(),
+        4,
+        "{stderr}"
+    );
+
+    let doc: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    assert_eq!(doc["schema"], "dalp-sim/results/v2");
+    assert_eq!(doc["summary"]["runs"], 4);
+    assert_eq!(doc["summary"]["passed"], 4);
+    assert_eq!(doc["summary"]["failed"], 0);
+    for r in doc["results"].as_array().unwrap() {
+        assert_eq!(r["outcome"], "pass", "{r}");
+        let expected = if r["scenario"] == "engine-crash" {
+            "FM-ENGINE-CRASH"
+        } else {
+            "FM-RPC-NODE-DOWN"
+        };
+        assert_eq!(r["covers"], serde_json::json!([expected]));
+        assert_eq!(r["data_loss_window_ms"], 0);
+        assert!(r["recovery_ms"].is_u64(), "{r}");
+        assert!(r["repro"]
+            .as_str()
+            .unwrap()
+            .starts_with("cargo xtask sim repro"));
+        assert_eq!(r["trace_hash"].as_str().unwrap().len(), 64);
+    }
+
+    let junit = std::fs::read_to_string(out.join("junit.xml")).unwrap();
+    assert!(junit.starts_with("<?xml"));
+    assert!(
+        junit.contains("<testsuites name=\"dalp-sim\" tests=\"4\" failures=\"0\" errors=\"0\""),
+        "{junit}"
+    );
+    assert_eq!(junit.matches("<testcase ").count(), 4);
+    for s in ["engine-crash", "rpc-node-down"] {
+        for seed in [1, 2] {
+            assert!(junit.contains(&format!("<testcase classname=\"{s}\" name=\"seed {seed}\"")));
+        }
+    }
+    assert!(!junit.contains("<failure"));
+
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    let section = md
+        .split("## FM-ENGINE-CRASH\n")
+        .nth(1)
+        .expect("a section for FM-ENGINE-CRASH")
+        .split("\n## ")
+        .next()
+        .unwrap();
+    assert!(section.contains("| scenario | seeds run |"), "{section}");
+    assert!(
+        section.contains("| `engine-crash` | 2 (1–2) | 2 / 0 |"),
+        "{section}"
+    );
+    assert!(md.contains("**PASS**: 4 runs of 2 scenarios"), "{md}");
+    assert!(
+        md.contains("## FM-STEP-TRANSIENT\n\n**Not covered**"),
+        "{md}"
+    );
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert!(html.contains("<h2>FM-ENGINE-CRASH</h2>"));
+    std::fs::remove_dir_all(out).unwrap();
+}
+
+#[test]
+fn report_merges_the_results_of_shards() {
+    let dir = tempdir("shards");
+    for i in 0..2 {
+        let out = dir.join(format!("shard-{i}"));
+        let shard = format!("{i}/2");
+        let o = dalp_sim(&[
+            "run",
+            "engine-crash",
+            "rpc-node-down",
+            "--seeds",
+            "1..3",
+            "--shard",
+            &shard,
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert_eq!(results(&out).len(), 2);
+    }
+    let merged = dir.join("merged");
+    let a = dir.join("shard-0/results.json");
+    let b = dir.join("shard-1/results.json");
+    let o = dalp_sim(&[
+        "report",
+        a.to_str().unwrap(),
+        b.to_str().unwrap(),
+        // A shard given twice is counted once.
+        a.to_str().unwrap(),
+        "--out",
+        merged.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let doc: Value =
+        serde_json::from_str(&std::fs::read_to_string(merged.join("results.json")).unwrap())
+            .unwrap();
+    assert_eq!(doc["schema"], "dalp-sim/results/v2");
+    assert_eq!(doc["summary"]["runs"], 4);
+    assert_eq!(doc["summary"]["passed"], 4);
+    assert_eq!(doc["summary"]["duplicates_dropped"], 2);
+    let keys: Vec<(String, u64)> = results(&merged)
+        .iter()
+        .map(|r| {
+            (
+                r["scenario"].as_str().unwrap().to_string(),
+                r["seed"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        keys,
+        vec![
+            ("engine-crash".to_string(), 1),
+            ("engine-crash".to_string(), 2),
+            ("rpc-node-down".to_string(), 1),
+            ("rpc-node-down".to_string(), 2),
+        ]
+    );
+    let junit = std::fs::read_to_string(merged.join("junit.xml")).unwrap();
+    assert!(
+        junit.contains("tests=\"4\" failures=\"0\" errors=\"0\""),
+        "{junit}"
+    );
+    let md = std::fs::read_to_string(merged.join("report.md")).unwrap();
+    assert!(md.contains("**PASS**: 4 runs of 2 scenarios"), "{md}");
+    assert!(md.contains("merged from 3 file(s)"), "{md}");
+    assert!(merged.join("report.html").exists());
+    std::fs::remove_dir_all(dir).unwrap();
+}
