@@ -293,6 +293,12 @@ async fn world(s: Arc<Scenario>, seed: u64, schedule: Vec<Fault>, trace: Trace) 
                 "signer_nonce_pending": m.pending_nonce_of(signer),
                 "signer_pool": ev.signer_pending,
                 "tx_records": rows,
+                "dead_letters": ev
+                    .workflows
+                    .iter()
+                    .filter(|w| w.status == "dead_letter")
+                    .map(|w| json!({"id": w.id, "kind": w.kind, "key": w.key, "error": w.error}))
+                    .collect::<Vec<_>>(),
                 "head": m.head(),
                 "finalized": m.finalized(),
                 "indexed_height": ev.indexed_height,
