@@ -63,6 +63,11 @@ pub const HELP: &[(&str, &str, &str)] = &[
         "1 when an endpoint is considered healthy.",
     ),
     (
+        "dalp_rpc_endpoint_lag_blocks",
+        "gauge",
+        "Blocks an endpoint's head is behind the best head seen at the last health probe.",
+    ),
+    (
         "dalp_nonce_resyncs_total",
         "counter",
         "Nonce resynchronisations from the chain, by signer.",

@@ -12,6 +12,8 @@ use serde::Serialize;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 
+pub mod visibility;
+
 /// A workflow as the engine's database holds it after the run.
 #[derive(Clone, Debug, Serialize)]
 pub struct WorkflowView {
@@ -63,6 +65,12 @@ pub struct Evidence {
     pub external_txs: Vec<B256>,
     /// Zero-value gap fillers the engine recorded (no token effect).
     pub fillers: Vec<B256>,
+    /// Writes the database accepted from a superseded lease holder, observed outside the store.
+    pub stale_writes_accepted: Vec<Value>,
+    /// The scenario's promise on dead letters (`[expect] max_dead_letters`).
+    pub max_dead_letters: Option<u64>,
+    /// What database failovers lost, as measured (`replication`, `lost_acknowledged`, …).
+    pub data_loss: Vec<Value>,
     /// Signer transactions still in the mempool after the run: (nonce, executable now).
     pub signer_pending: Vec<(u64, bool)>,
     /// Token addresses by plan index.
@@ -76,6 +84,8 @@ pub struct Evidence {
     pub indexed_height: u64,
     /// Balances per (contract, holder) from indexed events at or below `finalized`.
     pub indexed_balances: BTreeMap<(Address, Address), U256>,
+    /// The faults as injected and the engines' scraped metrics (invariant 9).
+    pub visibility: visibility::VisibilityEvidence,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -122,6 +132,7 @@ pub fn check(names: &[String], ev: &Evidence) -> Vec<Verdict> {
                 "fencing" => fencing(ev),
                 "reconciliation" => reconciliation(ev),
                 "fail_closed" => fail_closed(ev),
+                "visibility" => visibility::visibility(ev),
                 // Checked outside one run (two processes, or a baseline run).
                 _ => return None,
             })
@@ -173,6 +184,33 @@ pub fn durability(ev: &Evidence) -> Verdict {
                 s(ev.liveness_deadline_ms)
             )),
             Some(_) => {}
+        }
+    }
+    for loss in &ev.data_loss {
+        let acked = loss["lost_acknowledged"].as_u64().unwrap_or(0);
+        if loss["replication"] == "sync" && acked > 0 {
+            v.push(format!(
+                "a failover under synchronous replication lost {acked} acknowledged commits ({}): a write was acknowledged before a replica had it",
+                loss["ops"]
+            ));
+        }
+    }
+    if let Some(max) = ev.max_dead_letters {
+        let dead: Vec<&WorkflowView> = ev
+            .workflows
+            .iter()
+            .filter(|w| w.status == "dead_letter")
+            .collect();
+        if dead.len() as u64 > max {
+            for w in dead {
+                v.push(format!(
+                    "workflow {} ({} key {}) was dead-lettered although the scenario's faults are transient (at most {max} expected): {}",
+                    w.id,
+                    w.kind,
+                    w.key,
+                    w.error.as_ref().map(|e| e.to_string()).unwrap_or_default()
+                ));
+            }
         }
     }
     Verdict::new("durability", format!("{accepted} accepted requests"), v)
@@ -471,7 +509,25 @@ pub fn fencing(ev: &Evidence) -> Verdict {
             }
         }
     }
-    Verdict::new("fencing", format!("{} journals", ev.journals.len()), v)
+    for w in &ev.stale_writes_accepted {
+        v.push(format!(
+            "at {} the database accepted `{}` on workflow {} from {} with fencing token {}, superseded by token {}: a lease was taken over without fencing",
+            s(w["t_ms"].as_u64().unwrap_or(0)),
+            w["op"].as_str().unwrap_or("?"),
+            w["workflow"],
+            w["node"].as_str().unwrap_or("?"),
+            w["ours"],
+            w["current"]
+        ));
+    }
+    Verdict::new(
+        "fencing",
+        format!(
+            "{} journals, every fenced write at the database",
+            ev.journals.len()
+        ),
+        v,
+    )
 }
 
 /// 6. Indexed state equals chain state at the finalized height.
@@ -563,6 +619,21 @@ pub fn fail_closed(ev: &Evidence) -> Verdict {
             v.push(format!(
                 "workflow {} (key {}): a blocked transfer completed",
                 w.id, w.key
+            ));
+        } else if TERMINAL.contains(&w.status.as_str())
+            && (w.status != "failed"
+                || w.error
+                    .as_ref()
+                    .and_then(|e| e.get("reason_code"))
+                    .and_then(Value::as_str)
+                    != Some("compliance_rejected"))
+        {
+            v.push(format!(
+                "workflow {} (key {}): a transfer the compliance check rejects must end `failed` with reason compliance_rejected (a typed failure), not `{}` ({})",
+                w.id,
+                w.key,
+                w.status,
+                w.error.as_ref().map(|e| e.to_string()).unwrap_or_default()
             ));
         }
         if with_tx.contains(&w.id) {
@@ -737,6 +808,34 @@ mod tests {
     }
 
     #[test]
+    fn durability_fails_on_acknowledged_loss_under_sync_and_on_unexpected_dead_letters() {
+        let mut ev = base();
+        ev.data_loss = vec![
+            json!({"replication": "sync", "lost_acknowledged": 2, "ops": ["complete_step", "create_tx"]}),
+        ];
+        let v = durability(&ev);
+        assert!(
+            v.violations[0].contains("lost 2 acknowledged commits"),
+            "{v:?}"
+        );
+        ev.data_loss = vec![json!({"replication": "async", "lost_acknowledged": 2, "ops": []})];
+        assert!(
+            durability(&ev).held,
+            "async loss is measured, not a violation by itself"
+        );
+        ev.workflows = vec![wf(4, "mint", "k4", "dead_letter", mint_input(1))];
+        ev.workflows[0].error = Some(json!({"reason_code": "rpc_timeout"}));
+        ev.max_dead_letters = Some(0);
+        let v = durability(&ev);
+        assert!(
+            v.violations[0].contains("workflow 4") && v.violations[0].contains("rpc_timeout"),
+            "{v:?}"
+        );
+        ev.max_dead_letters = Some(1);
+        assert!(durability(&ev).held);
+    }
+
+    #[test]
     fn exactly_once_fails_on_a_duplicate_effect_and_on_an_unrecorded_send() {
         let mut ev = base();
         ev.workflows = vec![wf(1, "mint", "k0", "completed", mint_input(5))];
@@ -907,6 +1006,12 @@ mod tests {
             ],
         );
         assert!(fencing(&ev).held);
+        // A stale write the store accepted without a journal entry (e.g. a transaction state).
+        ev.stale_writes_accepted = vec![
+            json!({"t_ms": 12_500, "op": "set_tx_state", "workflow": 3, "ours": 1, "current": 2, "node": "engine-0"}),
+        ];
+        let v = fencing(&ev);
+        assert!(v.violations[0].contains("accepted `set_tx_state` on workflow 3 from engine-0 with fencing token 1, superseded by token 2"), "{v:?}");
     }
 
     #[test]
@@ -969,6 +1074,12 @@ mod tests {
         ev.workflows[0].status = "failed".into();
         ev.txs.clear();
         ev.transfers.clear();
+        ev.workflows[0].error = Some(json!({"reason_code": "compliance_rejected"}));
         assert!(fail_closed(&ev).held);
+        // Misclassified: retried until exhausted and dead-lettered instead of a typed failure.
+        ev.workflows[0].status = "dead_letter".into();
+        ev.workflows[0].error = Some(json!({"reason_code": "rpc_error"}));
+        let v = fail_closed(&ev);
+        assert!(v.violations[0].contains("must end `failed`"), "{v:?}");
     }
 }

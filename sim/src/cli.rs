@@ -2,6 +2,7 @@
 //! `child` that runs one seed. The parent never runs a simulation itself: every seed runs in its own child process
 //! (madsim keeps statics across runs in one process), several at a time.
 
+use crate::isolation;
 use crate::report;
 use crate::scenario::{scenario_files, Fault, Scenario};
 use crate::trace::write_atomic;
@@ -20,8 +21,10 @@ pub const USAGE: &str = "usage:
                                                   run every scenario with every seed (one process per seed);
                                                   writes results.json, junit.xml, report.md, report.html;
                                                   exit 1 when an invariant fails
-  dalp-sim repro <scenario> --seed S [--out DIR] [--schedule FILE] [--minimize]
+  dalp-sim repro <scenario> --seed S [--out DIR] [--schedule FILE] [--minimize] [--baseline]
                                                   replay one seed: outcome, trace-hash, trace files
+                                                  (--baseline: the seed without faults, the
+                                                  reference of the isolation invariant)
   dalp-sim report <results.json>... [--out DIR]   merge results (e.g. of shards; one run per scenario
                                                   and seed) and write the four files to DIR (default:
                                                   the first file's folder); exit 1 when a run failed
@@ -57,7 +60,7 @@ fn parse_args(args: &[String]) -> Result<Args, String> {
     let mut it = args.iter();
     while let Some(x) = it.next() {
         if let Some(name) = x.strip_prefix("--") {
-            if matches!(name, "minimize" | "keep-going") {
+            if matches!(name, "minimize" | "keep-going" | "baseline") {
                 a.switches.push(name.to_string());
             } else {
                 let v = it.next().ok_or_else(|| format!("--{name} needs a value"))?;
@@ -230,6 +233,47 @@ pub fn repro_command(scenario: &Path, seed: u64) -> String {
 struct Job {
     scenario: PathBuf,
     seed: u64,
+    /// The seed's fault-free baseline (an empty schedule), for the isolation invariant.
+    baseline: bool,
+}
+
+impl Job {
+    fn new(scenario: PathBuf, seed: u64) -> Job {
+        Job {
+            scenario,
+            seed,
+            baseline: false,
+        }
+    }
+}
+
+/// Whether a scenario's runs need a fault-free baseline run (the `isolation` invariant).
+fn needs_baseline(s: &Scenario) -> bool {
+    s.invariants.iter().any(|i| i == "isolation")
+}
+
+/// The command that replays a seed's fault-free baseline.
+fn baseline_repro_command(scenario: &Path, seed: u64) -> String {
+    format!("{} --baseline", repro_command(scenario, seed))
+}
+
+/// Add the baseline and the isolation verdict to a run's result ([`isolation::attach`]); a
+/// crashed run stays crashed.
+fn with_baseline(
+    job: &Job,
+    s: &Scenario,
+    run: Result<Value, String>,
+    baseline: &Result<Value, String>,
+) -> Result<Value, String> {
+    let mut v = run?;
+    isolation::attach(
+        &mut v,
+        baseline.as_ref().map_err(String::as_str),
+        s,
+        &baseline_repro_command(&job.scenario, job.seed),
+    )
+    .map_err(|e| format!("the isolation invariant could not be evaluated: {e}"))?;
+    Ok(v)
 }
 
 struct Running {
@@ -242,12 +286,13 @@ struct Running {
 fn spawn_child(job: &Job, out_dir: &Path, extra: &[String]) -> Result<(Child, PathBuf), String> {
     let exe = std::env::current_exe().map_err(|e| format!("cannot find own executable: {e}"))?;
     let stem = format!(
-        "{}-{}",
+        "{}-{}{}",
         job.scenario
             .file_stem()
             .and_then(|s| s.to_str())
             .unwrap_or("scenario"),
-        job.seed
+        job.seed,
+        if job.baseline { "-baseline" } else { "" }
     );
     let tmp = out_dir.join(".runs");
     std::fs::create_dir_all(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
@@ -264,6 +309,7 @@ fn spawn_child(job: &Job, out_dir: &Path, extra: &[String]) -> Result<(Child, Pa
         .arg("--trace-dir")
         .arg(out_dir.join("traces"))
         .args(extra)
+        .args(job.baseline.then_some("--baseline"))
         .stdout(Stdio::null())
         .stderr(err);
     let child = cmd
@@ -387,6 +433,8 @@ fn run(a: &Args) -> Result<bool, String> {
     let mut jobs = Vec::new();
     // The catalog ids each scenario file covers, for the results and the report.
     let mut covers: BTreeMap<PathBuf, Vec<String>> = BTreeMap::new();
+    // Scenarios whose runs are compared with a fault-free baseline (isolation).
+    let mut isolated: BTreeMap<PathBuf, Scenario> = BTreeMap::new();
     for name in &a.positional {
         let (files, suite_seeds) = resolve(&dir, name)?;
         let seeds = match a.flags.get("seeds") {
@@ -397,11 +445,11 @@ fn run(a: &Args) -> Result<bool, String> {
             // Validate before anything runs: a bad scenario stops the run with its error.
             let scenario = Scenario::load(&f).map_err(|e| e.to_string())?;
             covers.insert(f.clone(), scenario.covers.clone());
+            if needs_baseline(&scenario) {
+                isolated.insert(f.clone(), scenario);
+            }
             for s in &seeds {
-                jobs.push(Job {
-                    scenario: f.clone(),
-                    seed: *s,
-                });
+                jobs.push(Job::new(f.clone(), *s));
             }
         }
     }
@@ -415,21 +463,59 @@ fn run(a: &Args) -> Result<bool, String> {
     }
     std::fs::create_dir_all(&out_dir).map_err(|e| format!("{}: {e}", out_dir.display()))?;
     let total = jobs.len();
+    // Each run of an isolation scenario gets its fault-free baseline right after it (same shard).
+    let jobs: Vec<Job> = jobs
+        .into_iter()
+        .flat_map(|j| {
+            let b = isolated.contains_key(&j.scenario).then(|| Job {
+                baseline: true,
+                ..Job::new(j.scenario.clone(), j.seed)
+            });
+            std::iter::once(j).chain(b)
+        })
+        .collect();
+    let baselines = jobs.len() - total;
     let started = Instant::now();
     eprintln!(
-        "dalp-sim: {total} runs, {parallel} at a time, results in {}",
+        "dalp-sim: {total} runs{}, {parallel} at a time, results in {}",
+        if baselines > 0 {
+            format!(" (+{baselines} fault-free baselines)")
+        } else {
+            String::new()
+        },
         out_dir.display()
     );
     let progress = RefCell::new(Progress::new(total, std::io::stderr().is_terminal()));
     progress.borrow_mut().draw();
     let mut results: Vec<Value> = Vec::new();
     let mut failures: Vec<String> = Vec::new();
+    // A run of an isolation scenario and its baseline, until both have finished.
+    type Half = Option<(Result<Value, String>, Duration)>;
+    let mut pairs: BTreeMap<(PathBuf, u64), (Half, Half)> = BTreeMap::new();
     run_jobs_ticking(
         jobs,
         parallel,
         &out_dir,
         &[],
         |job, r, took| {
+            let (r, took) = match isolated.get(&job.scenario) {
+                None => (r, took),
+                Some(s) => {
+                    let k = (job.scenario.clone(), job.seed);
+                    let pair = pairs.entry(k.clone()).or_default();
+                    if job.baseline {
+                        pair.1 = Some((r, took));
+                    } else {
+                        pair.0 = Some((r, took));
+                    }
+                    let (Some(_), Some(_)) = pair else { return };
+                    let (Some((run, took)), Some((base, _))) = pairs.remove(&k).expect("pair")
+                    else {
+                        unreachable!("both halves present")
+                    };
+                    (with_baseline(job, s, run, &base), took)
+                }
+            };
             let mut p = progress.borrow_mut();
             let n = p.done + 1;
             let name = job
@@ -682,7 +768,8 @@ fn read_schedule(path: &str) -> Result<Vec<Fault>, String> {
 fn repro(a: &Args) -> Result<bool, String> {
     let file = one_scenario(a)?;
     let seed = seed_flag(a)?;
-    Scenario::load(&file).map_err(|e| e.to_string())?;
+    let scenario = Scenario::load(&file).map_err(|e| e.to_string())?;
+    let baseline_only = a.switches.iter().any(|s| s == "baseline");
     let out_dir = PathBuf::from(
         a.flags
             .get("out")
@@ -695,14 +782,36 @@ fn repro(a: &Args) -> Result<bool, String> {
         extra.push(s.clone());
     }
     let job = Job {
-        scenario: file.clone(),
-        seed,
+        baseline: baseline_only,
+        ..Job::new(file.clone(), seed)
     };
-    let v = run_one(&job, &out_dir, &extra)?;
+    // The isolation invariant compares the run with the seed's fault-free baseline (run beside
+    // it, in a process of its own).
+    let baseline = (needs_baseline(&scenario) && !baseline_only).then(|| Job {
+        baseline: true,
+        ..Job::new(file.clone(), seed)
+    });
+    let mut got: BTreeMap<bool, Result<Value, String>> = BTreeMap::new();
+    let jobs: Vec<Job> = std::iter::once(Job {
+        baseline: baseline_only,
+        ..Job::new(file.clone(), seed)
+    })
+    .chain(baseline)
+    .collect();
+    run_jobs(jobs, 2, &out_dir, &extra, |j, r, _| {
+        got.insert(j.baseline, r);
+    })?;
+    let _ = std::fs::remove_dir_all(out_dir.join(".runs"));
+    let run = got.remove(&baseline_only).expect("the run ran");
+    let base = got.remove(&true).filter(|_| !baseline_only);
+    let v = match &base {
+        Some(b) => with_baseline(&job, &scenario, run, b)?,
+        None => run?,
+    };
     let passed = v["passed"].as_bool().unwrap_or(false);
     print_outcome(&v);
     if !passed && a.switches.iter().any(|s| s == "minimize") {
-        minimize(&job, &out_dir, &v)?;
+        minimize(&job, &scenario, &out_dir, &v, base.as_ref())?;
     }
     Ok(passed)
 }
@@ -711,8 +820,8 @@ fn run_one(job: &Job, out_dir: &Path, extra: &[String]) -> Result<Value, String>
     let mut got = None;
     run_jobs(
         vec![Job {
-            scenario: job.scenario.clone(),
-            seed: job.seed,
+            baseline: job.baseline,
+            ..Job::new(job.scenario.clone(), job.seed)
         }],
         1,
         out_dir,
@@ -744,6 +853,13 @@ fn print_outcome(v: &Value) {
         }
     }
     println!("faults: {}", v["schedule"].as_array().map_or(0, Vec::len));
+    if let Some(b) = v.get("baseline") {
+        println!(
+            "baseline (same seed, no faults): {}, trace-hash {}",
+            if b["passed"] == true { "pass" } else { "FAIL" },
+            b["trace_hash"].as_str().unwrap_or("?")
+        );
+    }
     if let Some(r) = v["recovery_ms"].as_u64() {
         println!("recovery: {:.3} s after healing", r as f64 / 1000.0);
     }
@@ -760,7 +876,14 @@ fn print_outcome(v: &Value) {
 }
 
 /// Remove faults one at a time while the run still fails; print the smallest schedule found.
-fn minimize(job: &Job, out_dir: &Path, first: &Value) -> Result<(), String> {
+/// `baseline`: the seed's fault-free run (the same for every schedule), to re-judge isolation.
+fn minimize(
+    job: &Job,
+    scenario: &Scenario,
+    out_dir: &Path,
+    first: &Value,
+    baseline: Option<&Result<Value, String>>,
+) -> Result<(), String> {
     let mut schedule: Vec<Fault> = serde_json::from_value(first["schedule"].clone())
         .map_err(|e| format!("the run's schedule is unreadable: {e}"))?;
     let failing: Vec<String> = first["verdicts"]
@@ -800,7 +923,11 @@ fn minimize(job: &Job, out_dir: &Path, first: &Value) -> Result<(), String> {
             job,
             out_dir,
             &["--schedule".into(), path.display().to_string()],
-        )?;
+        );
+        let v = match baseline {
+            Some(b) => with_baseline(job, scenario, v, b)?,
+            None => v?,
+        };
         let still =
             v["verdicts"].as_array().into_iter().flatten().any(|x| {
                 x["held"] == false && failing.iter().any(|f| x["invariant"] == f.as_str())
@@ -866,13 +993,7 @@ fn bench(a: &Args) -> Result<bool, String> {
             .cloned()
             .unwrap_or_else(|| "target/bench-sim".into()),
     );
-    let jobs: Vec<Job> = seeds
-        .iter()
-        .map(|s| Job {
-            scenario: file.clone(),
-            seed: *s,
-        })
-        .collect();
+    let jobs: Vec<Job> = seeds.iter().map(|s| Job::new(file.clone(), *s)).collect();
     let mut rows = Vec::new();
     let mut failed = false;
     run_jobs(jobs, 1, &out_dir, &[], |job, r, took| match r {
@@ -917,12 +1038,7 @@ fn bench(a: &Args) -> Result<bool, String> {
     let (files, suite_seeds) = resolve(&dir, suite)?;
     let jobs: Vec<Job> = files
         .iter()
-        .flat_map(|f| {
-            (1..=suite_seeds.unwrap_or(1)).map(move |s| Job {
-                scenario: f.clone(),
-                seed: s,
-            })
-        })
+        .flat_map(|f| (1..=suite_seeds.unwrap_or(1)).map(move |s| Job::new(f.clone(), s)))
         .collect();
     let n = jobs.len();
     let started = Instant::now();
@@ -948,7 +1064,10 @@ fn child(a: &Args) -> Result<bool, String> {
     };
     let seed = seed_flag(a)?;
     let scenario = Scenario::load(Path::new(file)).map_err(|e| e.to_string())?;
+    // `--baseline`: the seed without faults (the isolation invariant's reference).
+    let baseline = a.switches.iter().any(|s| s == "baseline");
     let schedule = match a.flags.get("schedule") {
+        _ if baseline => Vec::new(),
         Some(p) => read_schedule(p)?,
         None => scenario.schedule(seed),
     };
@@ -964,7 +1083,11 @@ fn child(a: &Args) -> Result<bool, String> {
     let always = a.flags.contains_key("always-trace");
     if let Some(dir) = a.flags.get("trace-dir") {
         if always || !passed {
-            let stem = format!("{}-{seed}", v["scenario"].as_str().unwrap_or("run"));
+            let stem = format!(
+                "{}-{seed}{}",
+                v["scenario"].as_str().unwrap_or("run"),
+                if baseline { "-baseline" } else { "" }
+            );
             let (jl, ch) = trace
                 .write(Path::new(dir), &stem)
                 .map_err(|e| format!("{dir}: {e}"))?;

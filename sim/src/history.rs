@@ -61,6 +61,8 @@ pub struct OpSummary {
     pub accepted_at: Option<u64>,
     pub workflow_ids: Vec<i64>,
     pub observed: Option<(u64, String, Value)>,
+    /// The client got a definitive refusal (4xx) or gave up before submitting.
+    pub refused: bool,
 }
 
 /// Fold the history per operation index.
@@ -79,6 +81,7 @@ pub fn summarize(ops: &[Op]) -> std::collections::BTreeMap<u64, OpSummary> {
                     }
                 }
             }
+            OpType::Fail => s.refused = true,
             OpType::Observe if s.observed.is_none() => {
                 s.observed = Some((
                     o.t_ms,

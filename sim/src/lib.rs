@@ -11,6 +11,7 @@ pub mod check;
 pub mod cli;
 pub mod db;
 pub mod history;
+pub mod isolation;
 pub mod plan;
 pub mod report;
 pub mod rng;

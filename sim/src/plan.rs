@@ -39,6 +39,13 @@ pub enum OpKind {
         to: Address,
         amount: u64,
     },
+    /// A mint to an account registered only later: dead-lettered (the token reverts), then
+    /// completed once the cause is removed and an operator requeues it.
+    UnverifiedMint {
+        token: u32,
+        to: Address,
+        amount: u64,
+    },
 }
 
 impl OpKind {
@@ -49,12 +56,14 @@ impl OpKind {
             OpKind::Transfer { .. } => "transfer",
             OpKind::RegisterIdentity { .. } => "register_identity",
             OpKind::BlockedTransfer { .. } => "blocked_transfer",
+            OpKind::UnverifiedMint { .. } => "unverified_mint",
         }
     }
     /// The engine's workflow kind.
     pub fn workflow_kind(&self) -> &'static str {
         match self {
             OpKind::BlockedTransfer { .. } => "transfer",
+            OpKind::UnverifiedMint { .. } => "mint",
             k => k.name(),
         }
     }
@@ -64,7 +73,8 @@ impl OpKind {
             | OpKind::Mint { token, .. }
             | OpKind::Transfer { token, .. }
             | OpKind::RegisterIdentity { token, .. }
-            | OpKind::BlockedTransfer { token, .. } => *token,
+            | OpKind::BlockedTransfer { token, .. }
+            | OpKind::UnverifiedMint { token, .. } => *token,
         }
     }
     /// The request body, given the token's address once its issuance finished.
@@ -82,7 +92,8 @@ impl OpKind {
             OpKind::RegisterIdentity { account, .. } => {
                 json!({"token": t, "account": format!("{account:#x}"), "country": 250})
             }
-            OpKind::BlockedTransfer { to, amount, .. } => {
+            OpKind::BlockedTransfer { to, amount, .. }
+            | OpKind::UnverifiedMint { to, amount, .. } => {
                 json!({"token": t, "to": format!("{to:#x}"), "amount": amount.to_string()})
             }
         }
@@ -106,6 +117,14 @@ pub fn registered_account(i: u64) -> Address {
     Address::from(b)
 }
 
+/// Accounts that get an identity only after a mint to them was attempted.
+pub fn late_account(i: u64) -> Address {
+    let mut b = [0u8; 20];
+    b[0] = 0x1e;
+    b[12..].copy_from_slice(&i.to_be_bytes());
+    Address::from(b)
+}
+
 /// Accounts that never get an identity.
 pub fn unregistered_account(i: u64) -> Address {
     let mut b = [0u8; 20];
@@ -124,7 +143,13 @@ pub fn plan(s: &Scenario, seed: u64) -> Vec<PlannedOp> {
         ops.push((rng.range(0, issue_end - 1), OpKind::Issuance { token: t }));
     }
     let m = &w.mix;
-    let weights = [m.mint, m.transfer, m.register_identity, m.blocked_transfer];
+    let weights = [
+        m.mint,
+        m.transfer,
+        m.register_identity,
+        m.blocked_transfer,
+        m.unverified_mint,
+    ];
     for i in 0..w.operations as u64 {
         let at = rng.range(issue_end, window_ms.max(issue_end + 1) - 1);
         let token = rng.range(0, w.tokens as u64 - 1) as u32;
@@ -141,11 +166,22 @@ pub fn plan(s: &Scenario, seed: u64) -> Vec<PlannedOp> {
                 token,
                 account: registered_account(i),
             },
-            _ => OpKind::BlockedTransfer {
+            3 => OpKind::BlockedTransfer {
                 token,
                 to: unregistered_account(i),
                 amount: rng.range(1, 100),
             },
+            _ => {
+                let to = late_account(i);
+                // The cause is removed 5 s later (at the latest at the end of the window).
+                let fix_at = (at + 5000).min(window_ms.max(issue_end + 1) - 1);
+                ops.push((fix_at, OpKind::RegisterIdentity { token, account: to }));
+                OpKind::UnverifiedMint {
+                    token,
+                    to,
+                    amount: rng.range(1, 1000),
+                }
+            }
         };
         ops.push((at, kind));
     }

@@ -57,7 +57,11 @@ impl SimRng {
             }
             x -= w;
         }
-        weights.len() - 1
+        // Only rounding gets here: the last index that can be chosen at all.
+        weights
+            .iter()
+            .rposition(|w| *w > 0.0)
+            .expect("a positive weight")
     }
 
     /// Exponentially distributed gap with the given rate per unit.

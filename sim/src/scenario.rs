@@ -78,6 +78,22 @@ pub struct Scenario {
     pub faults: Vec<Fault>,
     #[serde(default)]
     pub random: Option<RandomFaults>,
+    /// Thresholds of the `isolation` invariant (`[isolation]`; defaults when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub isolation: Option<crate::isolation::IsolationCfg>,
+    /// Promises specific to this scenario, checked with the invariants.
+    #[serde(default)]
+    pub expect: Expect,
+}
+
+/// Scenario-specific promises (checked as part of `durability`).
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Expect {
+    /// At most this many workflows may end in the dead-letter queue. Scenarios whose faults
+    /// are all transient promise 0: "transient failures retry, permanent ones land in the DLQ".
+    #[serde(default)]
+    pub max_dead_letters: Option<u64>,
 }
 
 fn default_invariants() -> Vec<String> {
@@ -127,6 +143,9 @@ pub struct Topology {
     /// Engine nodes that run the chain indexer (default: the first).
     #[serde(default = "default_indexers")]
     pub indexers: Vec<String>,
+    /// Engines of the standby region: not running until a `region_failover` starts them.
+    #[serde(default)]
+    pub standby_engines: Vec<String>,
 }
 
 fn default_replication() -> Replication {
@@ -188,6 +207,10 @@ pub struct Mix {
     /// Transfers to an account without identity: must fail closed.
     #[serde(default)]
     pub blocked_transfer: f64,
+    /// Mints to an account whose identity is registered only later (by a planned
+    /// register_identity 5 s after): dead-lettered at first, completed after an operator requeue.
+    #[serde(default)]
+    pub unverified_mint: f64,
 }
 
 impl Default for Mix {
@@ -197,6 +220,7 @@ impl Default for Mix {
             transfer: 3.0,
             register_identity: 1.0,
             blocked_transfer: 1.0,
+            unverified_mint: 0.0,
         }
     }
 }
@@ -208,6 +232,10 @@ pub struct Durations {
     pub fault_phase_s: f64,
     /// After healing, every accepted request must reach a terminal state within this bound.
     pub liveness_bound_s: f64,
+    /// The `visibility` invariant: each fault must show in the engines' metrics within this
+    /// many seconds of its start (default 15).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub visibility_bound_s: Option<f64>,
 }
 
 /// Where a fault hits. Node names: `engine-<i>`, `db-<j>` (`db-0` starts as primary), `rpc-<k>`,
@@ -328,6 +356,21 @@ pub enum Fault {
     ExternalNonce { at_s: f64 },
     /// Drain the signer's balance; it is topped up again after `for_s`.
     SignerDrain { at_s: f64, for_s: Option<f64> },
+    /// A planned switchover: the primary is demoted in place (it stays up, read-only), the most
+    /// advanced replica is promoted once it has caught up, and `db.service` is re-pointed.
+    /// Engines still connected to the old primary get SQLSTATE 25006 until they reconnect.
+    DbSwitchover { at_s: f64 },
+    /// A hot-warm region drill: every active engine and the database primary are lost (killed);
+    /// the most advanced replica is promoted after `promote_after_s`, and the standby engines
+    /// (`topology.standby_engines`) start; clients find them on their own. The old region comes
+    /// back at the heal instant.
+    RegionFailover {
+        at_s: f64,
+        #[serde(default = "default_promote_after")]
+        promote_after_s: f64,
+    },
+    /// An operator lists the dead-letter queue and requeues every entry (through the API).
+    OperatorRequeue { at_s: f64 },
 }
 
 fn default_direction() -> Direction {
@@ -370,6 +413,9 @@ impl Fault {
             Fault::GasSpike { .. } => "gas_spike",
             Fault::ExternalNonce { .. } => "external_nonce",
             Fault::SignerDrain { .. } => "signer_drain",
+            Fault::DbSwitchover { .. } => "db_switchover",
+            Fault::RegionFailover { .. } => "region_failover",
+            Fault::OperatorRequeue { .. } => "operator_requeue",
         }
     }
 
@@ -393,7 +439,10 @@ impl Fault {
             | Fault::MempoolDrop { at_s }
             | Fault::GasSpike { at_s, .. }
             | Fault::ExternalNonce { at_s }
-            | Fault::SignerDrain { at_s, .. } => *at_s,
+            | Fault::SignerDrain { at_s, .. }
+            | Fault::DbSwitchover { at_s }
+            | Fault::RegionFailover { at_s, .. }
+            | Fault::OperatorRequeue { at_s } => *at_s,
         }
     }
 
@@ -422,7 +471,11 @@ impl Fault {
             Fault::Reorg { .. }
             | Fault::MempoolDrop { .. }
             | Fault::GasSpike { .. }
-            | Fault::ExternalNonce { .. } => Some(0.0),
+            | Fault::ExternalNonce { .. }
+            | Fault::DbSwitchover { .. }
+            | Fault::OperatorRequeue { .. } => Some(0.0),
+            // The lost region stays lost until the heal instant.
+            Fault::RegionFailover { .. } => None,
         }
     }
 }
@@ -596,6 +649,23 @@ impl Scenario {
                 ));
             }
         }
+        for (i, n) in t.standby_engines.iter().enumerate() {
+            if !engines.contains(n) {
+                return Err(err(
+                    &format!("topology.standby_engines[{i}]"),
+                    format!(
+                        "no engine node named {n:?} (engines: {})",
+                        engines.join(", ")
+                    ),
+                ));
+            }
+        }
+        if t.standby_engines.len() >= engines.len() {
+            return Err(err(
+                "topology.standby_engines",
+                "at least one engine must be active from the start".into(),
+            ));
+        }
         let w = &self.workload;
         if w.clients == 0 || w.clients > 16 {
             return Err(err("workload.clients", "must be 1 to 16".into()));
@@ -610,11 +680,22 @@ impl Scenario {
             return Err(err("workload.submit_window_s", "must be positive".into()));
         }
         let m = &w.mix;
-        if [m.mint, m.transfer, m.register_identity, m.blocked_transfer]
-            .iter()
-            .any(|x| *x < 0.0 || !x.is_finite())
+        if [
+            m.mint,
+            m.transfer,
+            m.register_identity,
+            m.blocked_transfer,
+            m.unverified_mint,
+        ]
+        .iter()
+        .any(|x| *x < 0.0 || !x.is_finite())
             || (w.operations > 0
-                && m.mint + m.transfer + m.register_identity + m.blocked_transfer <= 0.0)
+                && m.mint
+                    + m.transfer
+                    + m.register_identity
+                    + m.blocked_transfer
+                    + m.unverified_mint
+                    <= 0.0)
         {
             return Err(err(
                 "workload.mix",
@@ -640,6 +721,16 @@ impl Scenario {
         for (i, f) in self.faults.iter().enumerate() {
             self.validate_fault(f)
                 .map_err(|(field, reason)| err(&format!("faults[{i}].{field}"), reason))?;
+        }
+        if let Some(iso) = &self.isolation {
+            if !self.invariants.iter().any(|i| i == "isolation") {
+                return Err(err(
+                    "isolation",
+                    "thresholds for an invariant the scenario does not check (add \"isolation\" to `invariants`)".into(),
+                ));
+            }
+            iso.validate()
+                .map_err(|(field, reason)| err(&format!("isolation.{field}"), reason))?;
         }
         if let Some(r) = &self.random {
             for (k, rate) in &r.rate_per_min {
@@ -765,11 +856,19 @@ impl Scenario {
                     )
                 }
             }
-            Fault::DbFailover { .. } => {
+            Fault::RegionFailover { .. }
+                if self.topology.standby_engines.is_empty() || self.topology.db_replicas == 0 =>
+            {
+                e(
+                    "kind",
+                    "region_failover needs topology.standby_engines and db_replicas >= 1".into(),
+                )
+            }
+            Fault::DbFailover { .. } | Fault::DbSwitchover { .. } => {
                 if self.topology.db_replicas == 0 {
                     e(
                         "kind",
-                        "db_failover needs topology.db_replicas >= 1 (nothing to promote)".into(),
+                        "db_failover and db_switchover need topology.db_replicas >= 1 (nothing to promote)".into(),
                     )
                 } else {
                     Ok(())

@@ -489,3 +489,54 @@ fn report_merges_the_results_of_shards() {
     assert!(merged.join("report.html").exists());
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn isolation_compares_a_run_with_its_fault_free_baseline() {
+    let out = tempdir("isolation");
+    let o = dalp_sim(&[
+        "run",
+        "rpc-node-down",
+        "--seeds",
+        "1..2",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    assert!(stderr.contains("(+1 fault-free baselines)"), "{stderr}");
+    let rs = results(&out);
+    assert_eq!(
+        rs.len(),
+        1,
+        "the baseline is kept under its run, not as a run"
+    );
+    let r = &rs[0];
+    let iso = r["verdicts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["invariant"] == "isolation")
+        .expect("an isolation verdict");
+    assert_eq!(iso["held"], true, "{iso}");
+    assert!(
+        iso["checked"]
+            .as_str()
+            .unwrap()
+            .contains("rpc_down rpc-0 5.000 s–25.000 s"),
+        "{iso}"
+    );
+    let b = &r["baseline"];
+    assert_eq!(b["passed"], true, "{b}");
+    assert_eq!(b["trace_hash"].as_str().unwrap().len(), 64);
+    assert_ne!(
+        b["trace_hash"], r["trace_hash"],
+        "the baseline has no faults"
+    );
+    // The per-run data the comparison reads.
+    assert_eq!(r["fault_windows"][0]["start_ms"], 5000, "{r}");
+    assert_eq!(r["fault_windows"][0]["end_ms"], 25000, "{r}");
+    assert!(r["ops"].as_array().unwrap().len() >= 30);
+    let w = &r["isolation"]["windows"][0];
+    assert!(w["baseline_finished"].as_u64().unwrap() >= 3, "{w}");
+    std::fs::remove_dir_all(out).unwrap();
+}

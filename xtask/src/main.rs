@@ -20,6 +20,8 @@ commands:
   build-sim      build dalp-sim (and the engine) under --cfg madsim into target/sim
   bench engine   journaled step transitions/s through the real store vs pgbench -N -c 8
   bench sim      simulated s per wall s and peak memory per seed (steady-state), suite seeds/min
+  planted [NAME…] apply each planted bug (fixtures/planted-bugs/*.patch) to a copy of HEAD, build
+                 the simulation and run the `ci` suite: every planted bug must be caught
   contracts      rebuild the fixture contract with the pinned solc";
 
 fn main() -> ExitCode {
@@ -74,6 +76,7 @@ fn main() -> ExitCode {
                 &[],
             )
         }),
+        ["planted", names @ ..] => planted(names),
         ["contracts"] => run(Command::new("bash").arg(root().join("fixtures/contracts/build.sh"))),
         _ => {
             eprintln!("{USAGE}");
@@ -94,6 +97,89 @@ enum Profile {
     Debug,
     /// `sim-bench` (release with fat LTO, one codegen unit): what throughput is measured with.
     Bench,
+}
+
+/// Mutation testing of the harness: a suite that passes on a broken engine is worthless. Each
+/// patch plants one classic durable-execution bug into a copy of HEAD; the `ci` suite must fail.
+fn planted(names: &[&str]) -> Result<(), String> {
+    let root = root();
+    let dir = root.join("fixtures/planted-bugs");
+    let mut patches: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .map_err(|e| format!("{}: {e}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "patch"))
+        .filter(|p| {
+            names.is_empty() || names.iter().any(|n| p.file_stem().is_some_and(|s| s == *n))
+        })
+        .collect();
+    patches.sort();
+    if patches.is_empty() {
+        return Err(format!(
+            "no planted bug matches {names:?} in {}",
+            dir.display()
+        ));
+    }
+    let work = root.join("target/planted/src");
+    let target = root.join("target/sim-planted");
+    let mut missed = Vec::new();
+    for patch in &patches {
+        let name = patch.file_stem().unwrap().to_string_lossy().to_string();
+        eprintln!("xtask: planted bug `{name}`");
+        let _ = std::fs::remove_dir_all(&work);
+        std::fs::create_dir_all(&work).map_err(|e| format!("{}: {e}", work.display()))?;
+        // A copy of HEAD (committed files only), with the patch applied.
+        run(Command::new("sh")
+            .current_dir(&root)
+            .arg("-c")
+            .arg(format!("git archive HEAD | tar -x -C '{}'", work.display())))?;
+        run(Command::new("git")
+            .current_dir(&work)
+            .args(["apply", "--unsafe-paths"])
+            .arg(patch))?;
+        let mut build = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        build
+            .current_dir(&work)
+            .args([
+                "build",
+                "-q",
+                "-p",
+                "dalp-sim",
+                "--bin",
+                "dalp-sim",
+                "--target-dir",
+            ])
+            .arg(&target)
+            .env("RUSTFLAGS", "--cfg madsim");
+        run(&mut build)?;
+        let out = root.join("target/planted").join(&name);
+        let status = Command::new(target.join("debug/dalp-sim"))
+            .current_dir(&work)
+            .args(["run", "ci", "--out"])
+            .arg(&out)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .map_err(|e| format!("dalp-sim: {e}"))?;
+        match status.code() {
+            Some(1) => eprintln!("xtask: `{name}` caught (results in {})", out.display()),
+            other => {
+                eprintln!("xtask: `{name}` NOT caught (dalp-sim exited {other:?})");
+                missed.push(name);
+            }
+        }
+    }
+    if missed.is_empty() {
+        eprintln!(
+            "xtask: all {} planted bugs caught by the ci suite",
+            patches.len()
+        );
+        Ok(())
+    } else {
+        Err(format!(
+            "planted bugs the ci suite did not catch: {}",
+            missed.join(", ")
+        ))
+    }
 }
 
 /// Build the simulation flavour and run `dalp-sim` with `args` from the repository root.

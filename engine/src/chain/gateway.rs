@@ -252,6 +252,19 @@ impl Gateway {
                 }
             }
         }
+        let heads: Vec<u64> = self
+            .endpoints
+            .iter()
+            .map(|e| e.health.lock().expect("health").head)
+            .collect();
+        let best = heads.iter().copied().max().unwrap_or(0);
+        for (e, head) in self.endpoints.iter().zip(heads) {
+            self.metrics.set(
+                "dalp_rpc_endpoint_lag_blocks",
+                &[("endpoint", &e.url)],
+                best.saturating_sub(head) as i64,
+            );
+        }
     }
 
     pub fn health(&self) -> Vec<EndpointHealth> {

@@ -85,6 +85,9 @@ pub struct DbCluster {
     pub acknowledged: Mutex<std::collections::BTreeSet<(usize, u64)>>,
     /// Requests served per store operation (for the run's statistics).
     pub calls: Mutex<BTreeMap<&'static str, u64>>,
+    /// Writes the database accepted from a holder whose fencing token was already superseded
+    /// (observed from outside the store's own check, so a store that forgets to fence shows).
+    pub stale_writes_accepted: Mutex<Vec<serde_json::Value>>,
     rng: Mutex<SimRng>,
     pub trace: Trace,
 }
@@ -115,6 +118,7 @@ impl DbCluster {
             primary: Mutex::new(0),
             acknowledged: Mutex::default(),
             calls: Mutex::default(),
+            stale_writes_accepted: Mutex::default(),
             rng: Mutex::new(SimRng::new(seed).fork("db-faults")),
             trace,
         })
@@ -232,7 +236,35 @@ pub async fn db_process(cluster: Arc<DbCluster>, j: usize) {
                                 })));
                             }
                             let now = epoch_ms();
+                            // The token the workflow holds before this write, to judge the write
+                            // from outside the store (a release with a stale fence is a no-op).
+                            let superseded = req
+                                .fence()
+                                .filter(|_| req.name() != "release")
+                                .and_then(|f| {
+                                    let cur =
+                                        d.model.tables.workflows.get(&f.workflow_id)?.fencing_token;
+                                    (f.token < cur).then(|| (f.clone(), cur))
+                                });
                             let r = d.model.apply(&req, now);
+                            if let (Some((f, cur)), true) =
+                                (&superseded, DbModel::committed(&req, &r))
+                            {
+                                let ev = json!({"t_ms": t_ms(), "op": req.name(), "workflow": f.workflow_id,
+                                                "ours": f.token, "current": cur, "node": f.node});
+                                cluster.trace.record(
+                                    t_ms(),
+                                    &name,
+                                    "db",
+                                    "stale_write_accepted",
+                                    ev.clone(),
+                                );
+                                cluster
+                                    .stale_writes_accepted
+                                    .lock()
+                                    .expect("stale")
+                                    .push(ev);
+                            }
                             if let Err(EngineError::Fenced {
                                 workflow_id,
                                 ours,

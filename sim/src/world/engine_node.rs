@@ -41,6 +41,9 @@ impl Clock for SimClock {
 pub struct EngineHost {
     pub skew_ms: Arc<AtomicI64>,
     pub starts: AtomicU64,
+    /// A standby host (hot-warm region) starts its engine only once this is set.
+    pub standby: std::sync::atomic::AtomicBool,
+    pub activated: tokio::sync::Notify,
 }
 
 pub fn engine_config(i: usize, rpc_endpoints: usize, finality_depth: u64, indexer: bool) -> Config {
@@ -79,6 +82,16 @@ pub enum ApiRequest {
     Status {
         id: i64,
     },
+    /// `GET /metrics`: the instance's Prometheus text, as production serves it.
+    Metrics,
+    /// `GET /v1/dead-letters` (operator).
+    DeadLetters,
+    /// `POST /v1/dead-letters/{id}/requeue` (operator).
+    Requeue {
+        id: i64,
+        actor: String,
+        reason: String,
+    },
 }
 
 pub enum ApiResponse {
@@ -93,6 +106,10 @@ pub enum ApiResponse {
         error: Option<Value>,
     },
     NotFound,
+    /// Prometheus text exposition (answer to [`ApiRequest::Metrics`]).
+    Metrics(String),
+    DeadLetters(Vec<i64>),
+    Requeued,
 }
 
 /// Engine host `i`'s process.
@@ -103,6 +120,14 @@ pub async fn engine_process(
     seed: u64,
     trace: Trace,
 ) {
+    // A standby engine waits (no process, no API) until a region failover activates it.
+    while host.standby.load(Ordering::Relaxed) {
+        let activated = host.activated.notified();
+        if !host.standby.load(Ordering::Relaxed) {
+            break;
+        }
+        activated.await;
+    }
     let start = host.starts.fetch_add(1, Ordering::Relaxed);
     let name = format!("engine-{i}");
     let db = NetDb::connect(config.db_timeout())
@@ -132,6 +157,23 @@ pub async fn engine_process(
 
 async fn handle_api(engine: &Engine, req: ApiRequest) -> ApiResponse {
     match req {
+        ApiRequest::Metrics => ApiResponse::Metrics(engine.metrics.render()),
+        ApiRequest::DeadLetters => match engine.store.dead_letters(1000).await {
+            Ok(d) => ApiResponse::DeadLetters(d.iter().map(|x| x.workflow_id).collect()),
+            Err(e) => ApiResponse::Rejected {
+                status: e.http_status(),
+                error: e.to_string(),
+            },
+        },
+        ApiRequest::Requeue { id, actor, reason } => {
+            match engine.requeue(id, &actor, &reason).await {
+                Ok(_) => ApiResponse::Requeued,
+                Err(e) => ApiResponse::Rejected {
+                    status: e.http_status(),
+                    error: e.to_string(),
+                },
+            }
+        }
         ApiRequest::Submit { kind, key, input } => match engine.submit(&kind, &key, input).await {
             Ok(a) => ApiResponse::Accepted(a),
             Err(e) => ApiResponse::Rejected {

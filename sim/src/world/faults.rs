@@ -25,6 +25,8 @@ pub struct Fleet {
     pub chain: Arc<ChainWorld>,
     pub engine_hosts: Vec<Arc<EngineHost>>,
     pub trace: Trace,
+    /// The host operator actions run on.
+    pub operator: madsim::runtime::NodeHandle,
     /// Hosts currently killed.
     pub down: Mutex<BTreeSet<String>>,
     paused: Mutex<BTreeMap<String, u32>>,
@@ -43,6 +45,7 @@ impl Fleet {
         chain: Arc<ChainWorld>,
         engine_hosts: Vec<Arc<EngineHost>>,
         trace: Trace,
+        operator: madsim::runtime::NodeHandle,
     ) -> Arc<Self> {
         Arc::new(Fleet {
             scenario,
@@ -51,6 +54,7 @@ impl Fleet {
             chain,
             engine_hosts,
             trace,
+            operator,
             down: Mutex::default(),
             paused: Mutex::default(),
             clogs: Mutex::default(),
@@ -99,10 +103,15 @@ impl Fleet {
 
     fn partition(&self, node: &str, from: &[String], direction: Direction, on: bool) {
         let me = self.id(node);
-        let peers: BTreeSet<String> = from
+        let mut peers: BTreeSet<String> = from
             .iter()
             .flat_map(|p| self.scenario.expand(p).unwrap_or_default())
             .collect();
+        // The metrics scraper sits on the clients' side of the network (like Prometheus next to
+        // the load balancer): cut from `clients`, an engine is cut from its scraper too.
+        if from.iter().any(|p| p == "clients") && self.nodes.contains_key(super::scrape::SCRAPER) {
+            peers.insert(super::scrape::SCRAPER.to_string());
+        }
         for p in peers {
             let them = self.id(&p);
             if matches!(direction, Direction::Both | Direction::Outbound) {
@@ -157,6 +166,7 @@ fn target(f: &Fault) -> String {
         | Fault::RpcAmbiguousSend { endpoint, .. }
         | Fault::RpcLag { endpoint, .. } => endpoint.clone(),
         Fault::DbFailover { .. }
+        | Fault::DbSwitchover { .. }
         | Fault::DbConnReset { .. }
         | Fault::DbLostAck { .. }
         | Fault::DbLatency { .. } => "db".into(),
@@ -165,6 +175,8 @@ fn target(f: &Fault) -> String {
         | Fault::GasSpike { .. }
         | Fault::ExternalNonce { .. }
         | Fault::SignerDrain { .. } => "chain".into(),
+        Fault::RegionFailover { .. } => "sim".into(),
+        Fault::OperatorRequeue { .. } => OPERATOR.into(),
     }
 }
 
@@ -291,6 +303,11 @@ async fn apply(fleet: &Fleet, n: u64, fault: &Fault, heal_ms: u64) -> Value {
             fleet.data_loss.lock().expect("loss").push(loss.clone());
             json!({"old_primary": old_name, "promoted": format!("db-{to}"), "loss": loss})
         }
+        Fault::DbSwitchover { .. } => switchover(fleet, heal_ms).await,
+        Fault::RegionFailover {
+            promote_after_s, ..
+        } => region_failover(fleet, *promote_after_s, heal_ms).await,
+        Fault::OperatorRequeue { .. } => operator_requeue(fleet).await,
         Fault::DbConnReset { .. } => {
             fleet.db.faults.lock().expect("faults").conn_reset += 1;
             json!({})
@@ -327,8 +344,25 @@ async fn apply(fleet: &Fleet, n: u64, fault: &Fault, heal_ms: u64) -> Value {
         } => {
             let mut m = fleet.chain.model.lock().expect("chain");
             let before = m.head();
-            m.reorg(*depth, *drop_txs, epoch_ms());
-            json!({"head_before": before, "head_after": m.head()})
+            let signer = fleet.chain.signer;
+            let ours: BTreeSet<_> = m
+                .canonical_txs()
+                .into_iter()
+                .filter(|t| t.from == signer)
+                .map(|t| t.hash)
+                .collect();
+            let r = m.reorg(*depth, *drop_txs, epoch_ms());
+            // What the engine could notice (the visibility checker reads these).
+            let removed_signer_txs = r
+                .reinjected
+                .iter()
+                .chain(&r.dropped)
+                .filter(|h| ours.contains(*h))
+                .count();
+            let dropped_signer_txs = r.dropped.iter().filter(|h| ours.contains(*h)).count();
+            json!({"head_before": before, "head_after": m.head(),
+                "common_ancestor": r.common_ancestor, "removed_signer_txs": removed_signer_txs,
+                "dropped_signer_txs": dropped_signer_txs})
         }
         Fault::MempoolDrop { .. } => {
             let dropped = fleet
@@ -340,13 +374,19 @@ async fn apply(fleet: &Fleet, n: u64, fault: &Fault, heal_ms: u64) -> Value {
             json!({"dropped": dropped})
         }
         Fault::GasSpike { base_fee_gwei, .. } => {
-            fleet
-                .chain
-                .model
-                .lock()
-                .expect("chain")
-                .set_next_base_fee(*base_fee_gwei as u128 * 1_000_000_000);
-            json!({})
+            let fee = *base_fee_gwei as u128 * 1_000_000_000;
+            let mut m = fleet.chain.model.lock().expect("chain");
+            m.set_next_base_fee(fee);
+            // The engine's own pending transactions, and those the spike leaves underpriced.
+            let external = fleet.external_txs.lock().expect("ext").clone();
+            let signer = fleet.chain.signer;
+            let ours: Vec<_> = m
+                .pool
+                .values()
+                .filter(|t| t.from == signer && !external.contains(&t.hash))
+                .collect();
+            let underpriced = ours.iter().filter(|t| t.max_fee < fee).count();
+            json!({"signer_pending": ours.len(), "signer_underpriced": underpriced})
         }
         Fault::ExternalNonce { .. } => {
             let h = fleet
@@ -419,6 +459,25 @@ async fn heal(fleet: &Fleet, n: u64, fault: &Fault) -> Value {
             }
             json!({"rejoined": rejoined, "primary": format!("db-{p}")})
         }
+        Fault::RegionFailover { .. } => {
+            // The lost region comes back: its engines restart, its old primary rejoins as a
+            // replica rebuilt from the new primary.
+            let p = fleet.db.primary();
+            let down: Vec<String> = fleet.down.lock().expect("down").iter().cloned().collect();
+            for name in &down {
+                if let Some(j) = name
+                    .strip_prefix("db-")
+                    .and_then(|j| j.parse::<usize>().ok())
+                {
+                    if j != p {
+                        fleet.db.rebuild_from_primary(j);
+                    }
+                }
+                fleet.restart(name);
+            }
+            json!({"rejoined": down, "primary": format!("db-{p}")})
+        }
+        Fault::DbSwitchover { .. } | Fault::OperatorRequeue { .. } => json!({}),
         Fault::DbConnReset { .. } => {
             fleet.db.faults.lock().expect("faults").conn_reset -= 1;
             json!({})
@@ -462,6 +521,131 @@ async fn heal(fleet: &Fleet, n: u64, fault: &Fault) -> Value {
         | Fault::GasSpike { .. }
         | Fault::ExternalNonce { .. } => json!({}),
     }
+}
+
+/// The operator host's name (it calls the engines' API for operator actions).
+pub const OPERATOR: &str = "operator";
+
+/// Demote the primary in place, promote the most advanced replica once it has caught up, and
+/// re-point `db.service`. Nothing is lost; writes in between get 25006.
+async fn switchover(fleet: &Fleet, heal_ms: u64) -> Value {
+    let old = fleet.db.primary();
+    fleet.db.disks[old].lock().expect("disk").role = super::db_node::Role::Replica;
+    let target_lsn = fleet.db.disks[old].lock().expect("disk").lsn();
+    let down = fleet.down.lock().expect("down").clone();
+    let candidates: Vec<usize> = (0..fleet.db.disks.len())
+        .filter(|j| *j != old && !down.contains(&format!("db-{j}")))
+        .collect();
+    let deadline = (t_ms() + 10_000).min(heal_ms);
+    let lsn = |j: usize| fleet.db.disks[j].lock().expect("disk").lsn();
+    wait_for(
+        || candidates.iter().any(|j| lsn(*j) >= target_lsn),
+        Duration::from_millis(10),
+        deadline,
+    )
+    .await;
+    let Some(to) = candidates
+        .iter()
+        .copied()
+        .max_by_key(|j| (lsn(*j), usize::MAX - j))
+    else {
+        fleet.db.disks[old].lock().expect("disk").role = super::db_node::Role::Primary;
+        return json!({"skipped": "no live replica"});
+    };
+    let lost = fleet.db.promote(to, old);
+    NetSim::current().add_dns_record(DB_SERVICE, ip(2, to));
+    json!({"demoted": format!("db-{old}"), "promoted": format!("db-{to}"), "lost_commits": lost.len()})
+}
+
+/// The hot-warm drill: lose the active region (engines and primary), promote the replica,
+/// start the standby engines.
+async fn region_failover(fleet: &Fleet, promote_after_s: f64, heal_ms: u64) -> Value {
+    let standby = &fleet.scenario.topology.standby_engines;
+    let mut killed = Vec::new();
+    for name in fleet.scenario.engine_names() {
+        if !standby.contains(&name) && fleet.kill(&name) {
+            killed.push(name);
+        }
+    }
+    let old = fleet.db.primary();
+    let old_name = format!("db-{old}");
+    if fleet.kill(&old_name) {
+        killed.push(old_name);
+    }
+    let started = t_ms();
+    sleep_until_ms((started + (promote_after_s * 1000.0) as u64).min(heal_ms)).await;
+    let down = fleet.down.lock().expect("down").clone();
+    let best = (0..fleet.db.disks.len())
+        .filter(|j| *j != old && !down.contains(&format!("db-{j}")))
+        .max_by_key(|j| {
+            (
+                fleet.db.disks[*j].lock().expect("disk").lsn(),
+                usize::MAX - j,
+            )
+        });
+    let mut loss = Value::Null;
+    if let Some(to) = best {
+        let lost = fleet.db.promote(to, old);
+        let acked = fleet.db.acknowledged.lock().expect("acks").clone();
+        let crash_epoch = epoch_ms();
+        loss = json!({
+            "lost_commits": lost.len(),
+            "lost_acknowledged": lost.iter().filter(|e| acked.contains(&(old, e.lsn))).count(),
+            "replication": format!("{:?}", fleet.db.replication).to_lowercase(),
+            "window_ms": lost.first().map(|e| crash_epoch.saturating_sub(e.now_ms)).unwrap_or(0),
+            "ops": lost.iter().map(|e| e.req.name()).collect::<Vec<_>>(),
+        });
+        fleet.data_loss.lock().expect("loss").push(loss.clone());
+        NetSim::current().add_dns_record(DB_SERVICE, ip(2, to));
+    }
+    for name in standby {
+        let host = &fleet.engine_hosts[Fleet::engine_index(name)];
+        host.standby.store(false, Ordering::Relaxed);
+        host.activated.notify_waiters();
+    }
+    json!({"lost_region": killed, "promoted": best.map(|j| format!("db-{j}")), "loss": loss,
+           "standby_started": standby, "switch_ms": t_ms() - started})
+}
+
+/// List the dead-letter queue through an engine's API and requeue every entry, as an operator
+/// would; tries the engines in order until one answers.
+async fn operator_requeue(fleet: &Fleet) -> Value {
+    use super::engine_node::{ApiRequest, ApiResponse};
+    let engines = fleet.scenario.engine_names().len();
+    let task = fleet.operator.spawn(async move {
+        let client = super::net::Client::bind()
+            .await
+            .expect("bind operator client");
+        let timeout = Duration::from_secs(3);
+        for e in 0..engines {
+            let addr = super::engine_addr(e);
+            let Ok(ApiResponse::DeadLetters(ids)) = client
+                .call::<ApiRequest, ApiResponse>(addr, ApiRequest::DeadLetters, timeout)
+                .await
+            else {
+                continue;
+            };
+            let mut requeued = Vec::new();
+            let mut refused = Vec::new();
+            for id in ids {
+                let req = ApiRequest::Requeue {
+                    id,
+                    actor: "sim-operator".into(),
+                    reason: "scenario: the cause was removed".into(),
+                };
+                match client
+                    .call::<ApiRequest, ApiResponse>(addr, req, timeout)
+                    .await
+                {
+                    Ok(ApiResponse::Requeued) => requeued.push(id),
+                    _ => refused.push(id),
+                }
+            }
+            return json!({"engine": e, "requeued": requeued, "refused": refused});
+        }
+        json!({"skipped": "no engine answered"})
+    });
+    task.await.unwrap_or(Value::Null)
 }
 
 /// Wait helper for the runner: true once `f` holds, polling every `every`, or false at `deadline_ms`.

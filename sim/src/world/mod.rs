@@ -11,6 +11,7 @@ pub mod engine_node;
 pub mod faults;
 pub mod net;
 pub mod run;
+pub mod scrape;
 pub mod workload;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};

@@ -5,6 +5,9 @@ use super::chain_node::{miner, rpc_process, ChainWorld};
 use super::db_node::{db_process, DbCluster};
 use super::engine_node::{engine_config, engine_process, EngineHost, CHAIN_ID, SIGNER_KEY};
 use super::faults::{inject, wait_for, Fleet};
+use super::scrape::{
+    evidence as scrape_evidence, scraper_process, ScrapeLog, SCRAPER, SCRAPE_INTERVAL_MS,
+};
 use super::workload::{client_process, ClientCtx, TokenBook};
 use super::{epoch_ms, ip, t_ms, DB_SERVICE};
 use crate::chain::{ChainModel, ChainParams};
@@ -44,6 +47,10 @@ pub struct RunResult {
     pub data_loss: Vec<Value>,
     pub simulated_ms: u64,
     pub stats: BTreeMap<String, u64>,
+    /// Per planned operation: kind, planned, accepted and terminal times (for `isolation`).
+    pub ops: Vec<crate::isolation::OpTiming>,
+    /// The schedule's fault windows as applied (for `isolation`).
+    pub fault_windows: Vec<crate::isolation::FaultWindow>,
 }
 
 /// Run `scenario` with `seed` and the concrete `schedule` in a fresh madsim runtime.
@@ -153,6 +160,10 @@ async fn world(s: Arc<Scenario>, seed: u64, schedule: Vec<Fault>, trace: Trace) 
     let mut hosts = Vec::new();
     for i in 0..topo.engines as usize {
         let host = Arc::new(EngineHost::default());
+        if topo.standby_engines.contains(&format!("engine-{i}")) {
+            host.standby
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         hosts.push(host.clone());
         let name = format!("engine-{i}");
         let config = engine_config(
@@ -203,7 +214,27 @@ async fn world(s: Arc<Scenario>, seed: u64, schedule: Vec<Fault>, trace: Trace) 
         nodes.insert(format!("client-{c}"), n.id());
     }
 
-    // Faults.
+    // The metrics scraper (invariant 9), only when that invariant is checked: its traffic shifts
+    // the run's timing, so scenarios without it keep their trace hashes.
+    let scrape_log = Arc::new(Mutex::new(ScrapeLog::default()));
+    let visibility = s.invariants.iter().any(|i| i == "visibility");
+    if visibility {
+        let (log, tr, engines) = (scrape_log.clone(), trace.clone(), topo.engines as usize);
+        let n = handle
+            .create_node()
+            .name(SCRAPER)
+            .ip(ip(7, 0))
+            .init(move || scraper_process(engines, log.clone(), tr.clone()))
+            .build();
+        nodes.insert(SCRAPER.to_string(), n.id());
+    }
+
+    // Faults, and the host operator actions run on.
+    let operator = handle
+        .create_node()
+        .name(super::faults::OPERATOR)
+        .ip(ip(6, 0))
+        .build();
     let fleet = Fleet::new(
         s.clone(),
         nodes,
@@ -211,6 +242,7 @@ async fn world(s: Arc<Scenario>, seed: u64, schedule: Vec<Fault>, trace: Trace) 
         chain.clone(),
         hosts,
         trace.clone(),
+        operator,
     );
     let injector = tokio::spawn(inject(fleet.clone(), schedule.clone(), heal_ms));
     super::sleep_until_ms(heal_ms).await;
@@ -226,12 +258,10 @@ async fn world(s: Arc<Scenario>, seed: u64, schedule: Vec<Fault>, trace: Trace) 
     };
     let planned_n = planned.len();
     let settled = |h: &History| {
-        // Every planned op was either refused, or accepted and observed finished.
+        // Every planned op was either refused, or accepted and observed finished; an op whose
+        // submissions all went unanswered so far is still in play (the client keeps retrying).
         let sums = summarize(&h.ops());
-        sums.len() == planned_n
-            && sums
-                .values()
-                .all(|o| o.observed.is_some() || (o.accepted_at.is_none() && !o.kind.is_empty()))
+        sums.len() == planned_n && sums.values().all(|o| o.observed.is_some() || o.refused)
     };
     let h = history.clone();
     wait_for(
@@ -267,7 +297,23 @@ async fn world(s: Arc<Scenario>, seed: u64, schedule: Vec<Fault>, trace: Trace) 
     .await;
 
     let mut ev = collect(&db, &chain, &fleet, &history, &tokens, heal_ms, deadline_ms);
+    if visibility {
+        // Give the last fault its full bound before judging it.
+        let bound_ms = (s.durations.visibility_bound_s.unwrap_or(15.0).max(0.0) * 1000.0) as u64;
+        let cfg = engine_config(0, 1, topo.finality_depth, false);
+        let stuck_ms = cfg.chain.stuck_after_ms;
+        let last_start = schedule.iter().map(|f| (f.at_s() * 1000.0) as u64).max();
+        if let Some(t) = last_start {
+            let window = bound_ms.max(stuck_ms + 2 * SCRAPE_INTERVAL_MS);
+            super::sleep_until_ms(t + window + SCRAPE_INTERVAL_MS).await;
+        }
+        let db_timeout_ms = cfg.db_timeout().as_millis() as u64;
+        ev.visibility = scrape_evidence(&scrape_log, &trace, bound_ms, db_timeout_ms, stuck_ms);
+    }
     ev.investor = INVESTOR;
+    ev.max_dead_letters = s.expect.max_dead_letters;
+    ev.stale_writes_accepted = db.stale_writes_accepted.lock().expect("stale").clone();
+    ev.data_loss = fleet.data_loss.lock().expect("loss").clone();
     {
         let m = chain.model.lock().expect("chain");
         let mut rows: Vec<(u64, String, i64, i32)> = ev
@@ -368,6 +414,14 @@ async fn world(s: Arc<Scenario>, seed: u64, schedule: Vec<Fault>, trace: Trace) 
         verdicts,
         trace_hash: trace.hash_hex(),
         trace_events: trace.len(),
+        ops: crate::isolation::op_timings(
+            &planned
+                .iter()
+                .map(|o| (o.index, o.kind.name().to_string(), o.at_ms))
+                .collect::<Vec<_>>(),
+            &history.ops(),
+        ),
+        fault_windows: crate::isolation::fault_windows(&schedule, heal_ms),
         schedule,
         recovery_ms,
         data_loss,
