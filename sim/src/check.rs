@@ -140,6 +140,22 @@ pub fn check(names: &[String], ev: &Evidence) -> Vec<Verdict> {
         .collect()
 }
 
+/// 10. The same seed gives the same trace hash: `runs` are (where it ran, trace hash) pairs of one
+///     scenario and seed, each from its own process.
+pub fn determinism(scenario: &str, seed: u64, runs: &[(String, String)]) -> Verdict {
+    let mut v = Vec::new();
+    if let Some((first_at, first)) = runs.first() {
+        for (at, h) in &runs[1..] {
+            if h != first {
+                v.push(format!(
+                    "{scenario} seed {seed}: trace hash {h} ({at}) differs from {first} ({first_at}); replay both with `cargo xtask sim repro {scenario} --seed {seed}` and diff the JSON-lines traces to find the first diverging event"
+                ));
+            }
+        }
+    }
+    Verdict::new("determinism", format!("{} runs of one seed", runs.len()), v)
+}
+
 /// 1. Every accepted request reaches a terminal state within the liveness bound after healing,
 ///    and no acknowledged request disappears.
 pub fn durability(ev: &Evidence) -> Verdict {
@@ -805,6 +821,27 @@ mod tests {
             Some("dead_letter"),
         ));
         assert!(durability(&ev).held, "{:?}", durability(&ev));
+    }
+
+    #[test]
+    fn determinism_fails_when_one_seed_gives_two_hashes() {
+        let runs = vec![
+            ("process 1".to_string(), "aa".to_string()),
+            ("process 2".to_string(), "aa".to_string()),
+        ];
+        assert!(determinism("engine-crash", 3, &runs).held);
+        let runs = vec![
+            ("process 1".to_string(), "aa".to_string()),
+            ("process 2".to_string(), "bb".to_string()),
+        ];
+        let v = determinism("engine-crash", 3, &runs);
+        assert!(!v.held);
+        assert!(
+            v.violations[0].contains(
+                "engine-crash seed 3: trace hash bb (process 2) differs from aa (process 1)"
+            ),
+            "{v:?}"
+        );
     }
 
     #[test]
