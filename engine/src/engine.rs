@@ -382,8 +382,15 @@ impl Engine {
         }
         let err = json!({"reason_code": e.reason_code(), "class": e.class(), "message": e.to_string(), "step": name, "attempt": attempt});
         tracing::warn!(error = %e, class = %e.class(), "step failed");
+        // An outage of every RPC endpoint says nothing about the request: chain-bound work
+        // waits for the chain durably (FM-RPC-ALL-DOWN) instead of spending its retry budget
+        // and landing in the dead-letter queue. Backoff stays capped, alerts show the outage.
+        let outage = matches!(
+            e,
+            EngineError::RpcUnavailable(_) | EngineError::RpcTimeout { .. }
+        );
         let written = if e.class() == ErrorClass::Transient
-            && self.policy.allows_another(attempt as u32)
+            && (outage || self.policy.allows_another(attempt as u32))
         {
             let delay = self.policy.delay(attempt as u32, self.jitter.unit());
             self.metrics
