@@ -140,6 +140,31 @@ pub fn check(names: &[String], ev: &Evidence) -> Vec<Verdict> {
         .collect()
 }
 
+/// Recovery time: for every fault, from the moment it was lifted until the last request that was
+/// in flight across it (accepted before it ended, not finished before it started) finished; the
+/// maximum over the faults, and at least the time from the heal instant to the last completion.
+/// `None` when some such request never finished.
+pub fn recovery_ms(
+    ops: &[crate::isolation::OpTiming],
+    windows: &[crate::isolation::FaultWindow],
+    heal_ms: u64,
+) -> Option<u64> {
+    let mut worst = 0u64;
+    for w in windows {
+        for o in ops {
+            let Some(acc) = o.accepted_ms else { continue };
+            if acc > w.end_ms || o.done_ms.is_some_and(|d| d < w.start_ms) {
+                continue;
+            }
+            worst = worst.max(o.done_ms?.saturating_sub(w.end_ms));
+        }
+    }
+    for o in ops.iter().filter(|o| o.accepted_ms.is_some()) {
+        worst = worst.max(o.done_ms?.saturating_sub(heal_ms));
+    }
+    Some(worst)
+}
+
 /// 10. The same seed gives the same trace hash: `runs` are (where it ran, trace hash) pairs of one
 ///     scenario and seed, each from its own process.
 pub fn determinism(scenario: &str, seed: u64, runs: &[(String, String)]) -> Verdict {
@@ -821,6 +846,40 @@ mod tests {
             Some("dead_letter"),
         ));
         assert!(durability(&ev).held, "{:?}", durability(&ev));
+    }
+
+    #[test]
+    fn recovery_is_measured_from_each_fault_to_the_last_request_in_flight_across_it() {
+        use crate::isolation::{FaultWindow, OpTiming};
+        let op = |op, acc: Option<u64>, done: Option<u64>| OpTiming {
+            op,
+            kind: "mint".into(),
+            planned_ms: acc.unwrap_or(0),
+            accepted_ms: acc,
+            done_ms: done,
+            status: None,
+        };
+        let window = FaultWindow {
+            fault: 0,
+            kind: "engine_crash".into(),
+            target: "engine-0".into(),
+            start_ms: 10_000,
+            end_ms: 15_000,
+        };
+        // Accepted at 9 s, finished at 21 s: 6 s after the fault was lifted. Another finished
+        // before the fault started and one was accepted after it: neither counts.
+        let ops = vec![
+            op(0, Some(9_000), Some(21_000)),
+            op(1, Some(1_000), Some(5_000)),
+            op(2, Some(30_000), Some(31_000)),
+        ];
+        assert_eq!(recovery_ms(&ops, &[window.clone()], 60_000), Some(6_000));
+        // Something never finished: not recovered.
+        let ops = vec![op(0, Some(9_000), None)];
+        assert_eq!(recovery_ms(&ops, &[window], 60_000), None);
+        // No faults: from the heal instant.
+        let ops = vec![op(0, Some(59_000), Some(62_500))];
+        assert_eq!(recovery_ms(&ops, &[], 60_000), Some(2_500));
     }
 
     #[test]

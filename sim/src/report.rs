@@ -595,9 +595,10 @@ fn blocks(doc: &Value) -> Vec<Block> {
         provenance.push(t(format!("; shard {s}")));
     }
     provenance.push(t(
-        ". Times are simulated: recovery is measured from the heal instant to the last \
-         accepted request's completion (0: all of them finished before it); the data-loss window \
-         is the span of commits lost by a database failover.",
+        ". Times are simulated: recovery is, over every fault, the time from the fault being \
+         lifted to the completion of the last request in flight across it (and at least from the \
+         heal instant to the last completion); the data-loss window is the span of commits lost \
+         by a database failover.",
     ));
     b.push(Block::Para(provenance));
 

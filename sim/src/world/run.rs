@@ -407,6 +407,14 @@ async fn world(s: Arc<Scenario>, seed: u64, schedule: Vec<Fault>, trace: Trace) 
         );
     }
     let data_loss = fleet.data_loss.lock().expect("loss").clone();
+    let ops = crate::isolation::op_timings(
+        &planned
+            .iter()
+            .map(|o| (o.index, o.kind.name().to_string(), o.at_ms))
+            .collect::<Vec<_>>(),
+        &history.ops(),
+    );
+    let fault_windows = crate::isolation::fault_windows(&schedule, heal_ms);
     RunResult {
         scenario: s.name.clone(),
         seed,
@@ -414,16 +422,14 @@ async fn world(s: Arc<Scenario>, seed: u64, schedule: Vec<Fault>, trace: Trace) 
         verdicts,
         trace_hash: trace.hash_hex(),
         trace_events: trace.len(),
-        ops: crate::isolation::op_timings(
-            &planned
-                .iter()
-                .map(|o| (o.index, o.kind.name().to_string(), o.at_ms))
-                .collect::<Vec<_>>(),
-            &history.ops(),
-        ),
-        fault_windows: crate::isolation::fault_windows(&schedule, heal_ms),
+        recovery_ms: if recovery_ms.is_some() {
+            crate::check::recovery_ms(&ops, &fault_windows, heal_ms)
+        } else {
+            None
+        },
+        ops,
+        fault_windows,
         schedule,
-        recovery_ms,
         data_loss,
         simulated_ms: t_ms(),
         stats,
