@@ -12,8 +12,9 @@ const USAGE: &str = "usage: cargo xtask <command>
 commands:
   run            the main job: the simulation's `ci` suite on the embedded default (no external
                  service); results in reports/latest; exits non-zero if an invariant fails
-  test           set up, then build both flavours and run every test (unit, property, simulation
-                 determinism, integration on real PostgreSQL + Anvil)
+  test           set up, then build both flavours and run every test (planted bugs caught by the
+                 ci suite, unit, property, simulation determinism, integration on real
+                 PostgreSQL + Anvil)
   sim <args>     build the simulation flavour and run `dalp-sim <args>` (list, run, repro, bench)
   sample         the sample workload on real PostgreSQL + Anvil through two engine processes
   setup          install what the tests need (PostgreSQL, Node.js/npm, the pinned Anvil and solc)
@@ -218,6 +219,8 @@ fn test() -> Result<(), String> {
     setup()?;
     cargo(&["build", "-p", "dalp-engine", "--bin", "dalp-engine"], &[])?;
     let sim = build_sim(Profile::Debug)?;
+    // The harness's own mutation test: every planted bug must be caught by the `ci` suite.
+    planted(&[])?;
     // The simulation's own tests run the madsim build of dalp-sim (one process per seed).
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     cmd.env("DALP_SIM_BIN", &sim);
