@@ -873,7 +873,10 @@ mod tests {
             op(1, Some(1_000), Some(5_000)),
             op(2, Some(30_000), Some(31_000)),
         ];
-        assert_eq!(recovery_ms(&ops, std::slice::from_ref(&window), 60_000), Some(6_000));
+        assert_eq!(
+            recovery_ms(&ops, std::slice::from_ref(&window), 60_000),
+            Some(6_000)
+        );
         // Something never finished: not recovered.
         let ops = vec![op(0, Some(9_000), None)];
         assert_eq!(recovery_ms(&ops, &[window], 60_000), None);
