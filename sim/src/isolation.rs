@@ -179,19 +179,7 @@ pub fn op_timings(planned: &[(u64, String, u64)], ops: &[Op]) -> Vec<OpTiming> {
 }
 
 fn fault_target(f: &Fault) -> String {
-    match f {
-        Fault::EngineCrash { node, .. }
-        | Fault::EnginePause { node, .. }
-        | Fault::Partition { node, .. }
-        | Fault::ClockSkew { node, .. }
-        | Fault::DbCrash { node, .. } => node.clone(),
-        Fault::RpcDown { endpoint, .. }
-        | Fault::RpcError { endpoint, .. }
-        | Fault::RpcTimeout { endpoint, .. }
-        | Fault::RpcAmbiguousSend { endpoint, .. }
-        | Fault::RpcLag { endpoint, .. } => endpoint.clone(),
-        _ => "-".into(),
-    }
+    f.node().unwrap_or("-").to_string()
 }
 
 fn ms(s: f64) -> u64 {

@@ -446,6 +446,24 @@ impl Fault {
         }
     }
 
+    /// The node or endpoint (or group) a fault is aimed at; `None` for faults of the database
+    /// service, the chain, the whole deployment or the operator.
+    pub fn node(&self) -> Option<&str> {
+        match self {
+            Fault::EngineCrash { node, .. }
+            | Fault::EnginePause { node, .. }
+            | Fault::Partition { node, .. }
+            | Fault::ClockSkew { node, .. }
+            | Fault::DbCrash { node, .. } => Some(node),
+            Fault::RpcDown { endpoint, .. }
+            | Fault::RpcError { endpoint, .. }
+            | Fault::RpcTimeout { endpoint, .. }
+            | Fault::RpcAmbiguousSend { endpoint, .. }
+            | Fault::RpcLag { endpoint, .. } => Some(endpoint),
+            _ => None,
+        }
+    }
+
     /// How long the fault lasts (`None`: until the heal instant; instantaneous faults: zero).
     pub fn duration_s(&self) -> Option<f64> {
         match self {

@@ -132,6 +132,66 @@ impl Fleet {
             .collect()
     }
 
+    /// The live replica with the most of the log (lowest index on a tie): what an operator or
+    /// Patroni promotes.
+    fn best_replica(&self, old: usize) -> Option<usize> {
+        let down = self.down.lock().expect("down").clone();
+        (0..self.db.disks.len())
+            .filter(|j| *j != old && !down.contains(&format!("db-{j}")))
+            .max_by_key(|j| {
+                (
+                    self.db.disks[*j].lock().expect("disk").lsn(),
+                    usize::MAX - j,
+                )
+            })
+    }
+
+    /// Promote the best replica in place of the crashed primary `old`, rebuild the other live
+    /// replicas from it, re-point `db.service`, and measure (and record) what was lost.
+    fn fail_over(&self, old: usize) -> Option<(usize, Value)> {
+        let to = self.best_replica(old)?;
+        let lost = self.db.promote(to, old);
+        let crash_epoch = epoch_ms();
+        let down = self.down.lock().expect("down").clone();
+        for j in 0..self.db.disks.len() {
+            if j != to && j != old && !down.contains(&format!("db-{j}")) {
+                self.db.rebuild_from_primary(j);
+            }
+        }
+        NetSim::current().add_dns_record(DB_SERVICE, ip(2, to));
+        let acked = self.db.acknowledged.lock().expect("acks").clone();
+        let loss = json!({
+            "lost_commits": lost.len(),
+            "lost_acknowledged": lost.iter().filter(|e| acked.contains(&(old, e.lsn))).count(),
+            "replication": format!("{:?}", self.db.replication).to_lowercase(),
+            "window_ms": lost.first().map(|e| crash_epoch.saturating_sub(e.now_ms)).unwrap_or(0),
+            "ops": lost.iter().map(|e| e.req.name()).collect::<Vec<_>>(),
+        });
+        self.data_loss.lock().expect("loss").push(loss.clone());
+        Some((to, loss))
+    }
+
+    /// Bring back every stopped host `which` selects; a database host other than the primary is
+    /// first rebuilt from the primary (pg_rewind).
+    fn rejoin(&self, which: impl Fn(&str) -> bool) -> Value {
+        let p = self.db.primary();
+        let down: Vec<String> = self.down.lock().expect("down").iter().cloned().collect();
+        let mut rejoined = Vec::new();
+        for name in down.iter().filter(|n| which(n)) {
+            if let Some(j) = name
+                .strip_prefix("db-")
+                .and_then(|j| j.parse::<usize>().ok())
+            {
+                if j != p {
+                    self.db.rebuild_from_primary(j);
+                }
+            }
+            self.restart(name);
+            rejoined.push(name.clone());
+        }
+        json!({"rejoined": rejoined, "primary": format!("db-{p}")})
+    }
+
     fn engine_index(name: &str) -> usize {
         name.strip_prefix("engine-")
             .and_then(|i| i.parse().ok())
@@ -153,30 +213,20 @@ pub async fn inject(fleet: Arc<Fleet>, schedule: Vec<Fault>, heal_ms: u64) {
     }
 }
 
+/// The trace track a fault is drawn on: its node, else the service it hits.
 fn target(f: &Fault) -> String {
+    if let Some(node) = f.node() {
+        return node.to_string();
+    }
     match f {
-        Fault::EngineCrash { node, .. }
-        | Fault::EnginePause { node, .. }
-        | Fault::Partition { node, .. }
-        | Fault::ClockSkew { node, .. }
-        | Fault::DbCrash { node, .. } => node.clone(),
-        Fault::RpcDown { endpoint, .. }
-        | Fault::RpcError { endpoint, .. }
-        | Fault::RpcTimeout { endpoint, .. }
-        | Fault::RpcAmbiguousSend { endpoint, .. }
-        | Fault::RpcLag { endpoint, .. } => endpoint.clone(),
         Fault::DbFailover { .. }
         | Fault::DbSwitchover { .. }
         | Fault::DbConnReset { .. }
         | Fault::DbLostAck { .. }
         | Fault::DbLatency { .. } => "db".into(),
-        Fault::Reorg { .. }
-        | Fault::MempoolDrop { .. }
-        | Fault::GasSpike { .. }
-        | Fault::ExternalNonce { .. }
-        | Fault::SignerDrain { .. } => "chain".into(),
         Fault::RegionFailover { .. } => "sim".into(),
         Fault::OperatorRequeue { .. } => OPERATOR.into(),
+        _ => "chain".into(),
     }
 }
 
@@ -266,42 +316,13 @@ async fn apply(fleet: &Fleet, n: u64, fault: &Fault, heal_ms: u64) -> Value {
             }
             let promote_at = t_ms() + (promote_after_s * 1000.0) as u64;
             sleep_until_ms(promote_at.min(heal_ms)).await;
-            let down = fleet.down.lock().expect("down").clone();
-            let best = (0..fleet.db.disks.len())
-                .filter(|j| *j != old && !down.contains(&format!("db-{j}")))
-                .max_by_key(|j| {
-                    (
-                        fleet.db.disks[*j].lock().expect("disk").lsn(),
-                        usize::MAX - j,
-                    )
-                });
-            let Some(to) = best else {
+            match fleet.fail_over(old) {
                 // Nothing to promote: the old primary comes back at heal.
-                return json!({"promoted": null});
-            };
-            let lost = fleet.db.promote(to, old);
-            let crash_epoch = epoch_ms();
-            for j in 0..fleet.db.disks.len() {
-                if j != to && j != old && !down.contains(&format!("db-{j}")) {
-                    fleet.db.rebuild_from_primary(j);
+                None => json!({"promoted": null}),
+                Some((to, loss)) => {
+                    json!({"old_primary": old_name, "promoted": format!("db-{to}"), "loss": loss})
                 }
             }
-            NetSim::current().add_dns_record(DB_SERVICE, ip(2, to));
-            let acked = fleet.db.acknowledged.lock().expect("acks").clone();
-            let lost_acked: Vec<u64> = lost
-                .iter()
-                .filter(|e| acked.contains(&(old, e.lsn)))
-                .map(|e| e.lsn)
-                .collect();
-            let loss = json!({
-                "lost_commits": lost.len(),
-                "lost_acknowledged": lost_acked.len(),
-                "replication": format!("{:?}", fleet.db.replication).to_lowercase(),
-                "window_ms": lost.first().map(|e| crash_epoch.saturating_sub(e.now_ms)).unwrap_or(0),
-                "ops": lost.iter().map(|e| e.req.name()).collect::<Vec<_>>(),
-            });
-            fleet.data_loss.lock().expect("loss").push(loss.clone());
-            json!({"old_primary": old_name, "promoted": format!("db-{to}"), "loss": loss})
         }
         Fault::DbSwitchover { .. } => switchover(fleet, heal_ms).await,
         Fault::RegionFailover {
@@ -444,39 +465,10 @@ async fn heal(fleet: &Fleet, n: u64, fault: &Fault) -> Value {
                 .store(0, Ordering::Relaxed);
             json!({})
         }
-        Fault::DbFailover { .. } => {
-            // The old primary rejoins as a replica rebuilt from the new primary (pg_rewind).
-            let p = fleet.db.primary();
-            let down: Vec<String> = fleet.down.lock().expect("down").iter().cloned().collect();
-            let mut rejoined = Vec::new();
-            for name in down.iter().filter(|d| d.starts_with("db-")) {
-                let j: usize = name[3..].parse().expect("db index");
-                if j != p {
-                    fleet.db.rebuild_from_primary(j);
-                }
-                fleet.restart(name);
-                rejoined.push(name.clone());
-            }
-            json!({"rejoined": rejoined, "primary": format!("db-{p}")})
-        }
-        Fault::RegionFailover { .. } => {
-            // The lost region comes back: its engines restart, its old primary rejoins as a
-            // replica rebuilt from the new primary.
-            let p = fleet.db.primary();
-            let down: Vec<String> = fleet.down.lock().expect("down").iter().cloned().collect();
-            for name in &down {
-                if let Some(j) = name
-                    .strip_prefix("db-")
-                    .and_then(|j| j.parse::<usize>().ok())
-                {
-                    if j != p {
-                        fleet.db.rebuild_from_primary(j);
-                    }
-                }
-                fleet.restart(name);
-            }
-            json!({"rejoined": down, "primary": format!("db-{p}")})
-        }
+        // The old primary rejoins as a replica rebuilt from the new primary (pg_rewind).
+        Fault::DbFailover { .. } => fleet.rejoin(|name| name.starts_with("db-")),
+        // The lost region comes back: its engines restart, its old primary rejoins as a replica.
+        Fault::RegionFailover { .. } => fleet.rejoin(|_| true),
         Fault::DbSwitchover { .. } | Fault::OperatorRequeue { .. } => json!({}),
         Fault::DbConnReset { .. } => {
             fleet.db.faults.lock().expect("faults").conn_reset -= 1;
@@ -544,11 +536,7 @@ async fn switchover(fleet: &Fleet, heal_ms: u64) -> Value {
         deadline,
     )
     .await;
-    let Some(to) = candidates
-        .iter()
-        .copied()
-        .max_by_key(|j| (lsn(*j), usize::MAX - j))
-    else {
+    let Some(to) = fleet.best_replica(old) else {
         fleet.db.disks[old].lock().expect("disk").role = super::db_node::Role::Primary;
         return json!({"skipped": "no live replica"});
     };
@@ -574,30 +562,9 @@ async fn region_failover(fleet: &Fleet, promote_after_s: f64, heal_ms: u64) -> V
     }
     let started = t_ms();
     sleep_until_ms((started + (promote_after_s * 1000.0) as u64).min(heal_ms)).await;
-    let down = fleet.down.lock().expect("down").clone();
-    let best = (0..fleet.db.disks.len())
-        .filter(|j| *j != old && !down.contains(&format!("db-{j}")))
-        .max_by_key(|j| {
-            (
-                fleet.db.disks[*j].lock().expect("disk").lsn(),
-                usize::MAX - j,
-            )
-        });
-    let mut loss = Value::Null;
-    if let Some(to) = best {
-        let lost = fleet.db.promote(to, old);
-        let acked = fleet.db.acknowledged.lock().expect("acks").clone();
-        let crash_epoch = epoch_ms();
-        loss = json!({
-            "lost_commits": lost.len(),
-            "lost_acknowledged": lost.iter().filter(|e| acked.contains(&(old, e.lsn))).count(),
-            "replication": format!("{:?}", fleet.db.replication).to_lowercase(),
-            "window_ms": lost.first().map(|e| crash_epoch.saturating_sub(e.now_ms)).unwrap_or(0),
-            "ops": lost.iter().map(|e| e.req.name()).collect::<Vec<_>>(),
-        });
-        fleet.data_loss.lock().expect("loss").push(loss.clone());
-        NetSim::current().add_dns_record(DB_SERVICE, ip(2, to));
-    }
+    let promoted = fleet.fail_over(old);
+    let best = promoted.as_ref().map(|(to, _)| *to);
+    let loss = promoted.map_or(Value::Null, |(_, loss)| loss);
     for name in standby {
         let host = &fleet.engine_hosts[Fleet::engine_index(name)];
         host.standby.store(false, Ordering::Relaxed);
