@@ -119,7 +119,7 @@ async fn status(
         .collect();
     let steps = crate::workflow::steps(&wf.kind).unwrap_or(&[]);
     Ok(Json(json!({
-        "workflow_id": wf.id, "kind": wf.kind, "status": wf.status, "current_step": wf.current_step,
+        "workflow_id": wf.id, "kind": wf.kind, "idempotency_key": wf.idempotency_key, "status": wf.status, "current_step": wf.current_step,
         "current_step_name": steps.get(wf.current_step as usize), "steps": steps,
         "attempts": wf.attempts, "result": wf.result, "error": wf.error, "transactions": txs,
     })))

@@ -385,9 +385,12 @@ impl Engine {
         // An outage of every RPC endpoint says nothing about the request: chain-bound work
         // waits for the chain durably (FM-RPC-ALL-DOWN) instead of spending its retry budget
         // and landing in the dead-letter queue. Backoff stays capped, alerts show the outage.
+        // Waiting for unaccounted nonces to be mined is the same kind of wait.
         let outage = matches!(
             e,
-            EngineError::RpcUnavailable(_) | EngineError::RpcTimeout { .. }
+            EngineError::RpcUnavailable(_)
+                | EngineError::RpcTimeout { .. }
+                | EngineError::NonceReconciling(_)
         );
         let written = if e.class() == ErrorClass::Transient
             && (outage || self.policy.allows_another(attempt as u32))

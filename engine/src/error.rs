@@ -57,6 +57,10 @@ pub enum EngineError {
     /// A transaction did not reach its confirmation depth within the bound of one attempt.
     #[error("transaction {tx_hash} not confirmed within {secs} s")]
     ConfirmationTimeout { tx_hash: String, secs: u64 },
+    /// A signer's nonces used on chain that no record holds are not mined yet: before the step
+    /// sends anything it must know whether one of them is its own lost transaction.
+    #[error("nonce reconciliation pending: {0}")]
+    NonceReconciling(String),
     /// Anything else that is a bug or misconfiguration rather than weather.
     #[error("internal error: {0}")]
     Internal(String),
@@ -81,6 +85,7 @@ impl EngineError {
             // Funds can be topped up: wait, and dead-letter only when attempts run out.
             EngineError::SignerFunds { .. } => Transient,
             EngineError::ConfirmationTimeout { .. } => Transient,
+            EngineError::NonceReconciling(_) => Transient,
             EngineError::Internal(_) => Permanent,
         }
     }
@@ -114,6 +119,7 @@ impl EngineError {
             EngineError::SignerFunds { .. } => "signer_funds",
             EngineError::Invalid(_) => "invalid_input",
             EngineError::ConfirmationTimeout { .. } => "confirmation_timeout",
+            EngineError::NonceReconciling(_) => "nonce_reconciling",
             EngineError::Internal(_) => "internal",
         }
     }

@@ -83,6 +83,26 @@ pub const HELP: &[(&str, &str, &str)] = &[
         "Zero-value self-transfers sent to fill a nonce used and abandoned outside the engine, by signer.",
     ),
     (
+        "dalp_orphans_found_total",
+        "counter",
+        "Signed transactions of ours found on chain at nonces no record held (records lost), by signer.",
+    ),
+    (
+        "dalp_orphans_adopted_total",
+        "counter",
+        "Steps that adopted their own orphaned transaction instead of sending again, by signer.",
+    ),
+    (
+        "dalp_orphan_nonces_unresolved_total",
+        "counter",
+        "Reconciliations that left a nonce used on chain without a record unexplained, by signer.",
+    ),
+    (
+        "dalp_nonce_reconcile_waits_total",
+        "counter",
+        "Steps that waited for a nonce pending on chain that no record holds, by signer.",
+    ),
+    (
         "dalp_tx_replacements_total",
         "counter",
         "Replace-by-fee transactions sent.",
@@ -224,6 +244,10 @@ const HAS_LABELS: &[&str] = &[
     "dalp_nonce_resyncs_total",
     "dalp_nonce_gap_heals_total",
     "dalp_nonce_gap_fills_total",
+    "dalp_orphans_found_total",
+    "dalp_orphans_adopted_total",
+    "dalp_orphan_nonces_unresolved_total",
+    "dalp_nonce_reconcile_waits_total",
     "dalp_db_errors_total",
     "dalp_operator_actions_total",
 ];

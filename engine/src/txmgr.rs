@@ -23,6 +23,8 @@
 //!   once the gap has been seen on two passes; the filler is stored (`record_filler`) before it
 //!   is broadcast, like every signed transaction.
 
+mod orphans;
+
 use crate::chain::{Gateway, Receipt};
 use crate::config::ChainConfig;
 use crate::error::{node_rejection, EngineError, NodeRejection, Result};
@@ -84,41 +86,56 @@ enum Sent {
 impl TxManager {
     /// Run a transaction step to `confirmations` blocks, resuming whatever an earlier attempt
     /// (of this process or another) left on record.
+    /// `intent.input` ends with the step's `tag` (see [`orphans`]).
     pub async fn execute(
         &self,
         fence: &Fence,
         step: i32,
         key: &SignerKey,
         intent: TxIntent,
+        tag: B256,
     ) -> Result<TxOutcome> {
         assert_eq!(intent.signer, key.address(), "intent signer and key differ");
+        assert!(
+            intent.input.ends_with(tag.as_slice()),
+            "a step's calldata ends with its tag"
+        );
         let rec = match self.store.tx_for_step(fence.workflow_id, step).await? {
             Some(rec) => rec,
             None => {
                 if let Some(done) = self.adopt_abandoned(fence.workflow_id, step).await? {
                     return Ok(done);
                 }
-                // Pre-flight: a call that would revert is a permanent failure with no transaction sent.
-                self.gateway
-                    .simulate(
-                        intent.signer,
-                        intent.to,
-                        &intent.input,
-                        intent.value,
-                        intent.gas_limit,
-                    )
-                    .await?;
-                let fees = self
-                    .gateway
-                    .suggest_fees(self.chain.priority_fee_wei)
-                    .await?;
                 let chain_nonce = self
                     .gateway
                     .transaction_count(intent.signer, "pending")
                     .await?;
-                self.store
-                    .create_tx(fence, step, &intent, fees, chain_nonce)
+                match self
+                    .adopt_orphan(fence, step, key, &intent, tag, chain_nonce)
                     .await?
+                {
+                    Some(adopted) => adopted,
+                    None => {
+                        // Pre-flight: a call that would revert is a permanent failure with no
+                        // transaction sent.
+                        self.gateway
+                            .simulate(
+                                intent.signer,
+                                intent.to,
+                                &intent.input,
+                                intent.value,
+                                intent.gas_limit,
+                            )
+                            .await?;
+                        let fees = self
+                            .gateway
+                            .suggest_fees(self.chain.priority_fee_wei)
+                            .await?;
+                        self.store
+                            .create_tx(fence, step, &intent, fees, chain_nonce)
+                            .await?
+                    }
+                }
             }
         };
         self.drive(fence, rec, key, self.chain.confirmations).await

@@ -10,7 +10,7 @@ use crate::error::{EngineError, Result};
 use crate::signer::SignerKey;
 use crate::store::{Fence, TxIntent, WorkflowRecord};
 use crate::txmgr::TxManager;
-use alloy_primitives::{Address, Bytes, U256};
+use alloy_primitives::{Address, Bytes, B256, U256};
 use alloy_sol_types::SolCall;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -190,17 +190,30 @@ impl StepContext<'_> {
             .map_err(|_| EngineError::Internal(format!("bad token address {s}")))
     }
 
-    async fn tx(&self, to: Option<Address>, input: Bytes, gas_limit: u64) -> Result<Value> {
+    /// Send the step's transaction. Its input ends with the step's tag, which the contract
+    /// ignores (trailing calldata) and which lets a re-run whose records were lost recognise
+    /// the transaction it sent before (see `TxManager::execute`).
+    async fn tx(&self, to: Option<Address>, call: Bytes, gas_limit: u64) -> Result<Value> {
         let key = self.signer()?;
+        let tag = step_tag(
+            &self.workflow.kind,
+            &self.workflow.idempotency_key,
+            self.step,
+        );
+        let mut input = call.to_vec();
+        input.extend_from_slice(tag.as_slice());
         let intent = TxIntent {
             signer: key.address(),
             chain_id: self.txm.chain_id,
             to,
-            input,
+            input: input.into(),
             value: U256::ZERO,
             gas_limit,
         };
-        let outcome = self.txm.execute(self.fence, self.step, key, intent).await?;
+        let outcome = self
+            .txm
+            .execute(self.fence, self.step, key, intent, tag)
+            .await?;
         Ok(serde_json::to_value(outcome).expect("outcome json"))
     }
 
@@ -211,6 +224,13 @@ impl StepContext<'_> {
             .await?;
         Ok(serde_json::to_value(outcome).expect("outcome json"))
     }
+}
+
+/// The 32 bytes a transaction step appends to its calldata: a function of what identifies the
+/// step across a lost database (the request's idempotency key, not the workflow id, which a
+/// promoted replica may hand out again).
+pub fn step_tag(kind: &str, idempotency_key: &str, step: i32) -> B256 {
+    alloy_primitives::keccak256(format!("dalp-step\0{kind}\0{idempotency_key}\0{step}"))
 }
 
 fn amount(s: &str) -> Result<U256> {

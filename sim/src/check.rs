@@ -187,14 +187,33 @@ pub fn durability(ev: &Evidence) -> Verdict {
     let by_id: BTreeMap<i64, &WorkflowView> = ev.workflows.iter().map(|w| (w.id, w)).collect();
     let mut v = Vec::new();
     let mut accepted = 0;
+    // Under asynchronous replication a failover may lose acknowledged commits (measured in
+    // `data_loss`); a client that finds its workflow gone submits it again with the same key.
+    let async_loss = ev
+        .data_loss
+        .iter()
+        .any(|l| l["replication"] == "async" && l["lost_acknowledged"].as_u64().unwrap_or(0) > 0);
     for (op, sum) in summarize(&ev.ops) {
         let Some(at) = sum.accepted_at else { continue };
         accepted += 1;
         for id in &sum.workflow_ids {
+            if sum.lost_ids.contains(id) {
+                if !async_loss {
+                    v.push(format!(
+                        "op {op} ({} key {}) was acknowledged at {} as workflow {id}, which the client later found gone with no asynchronous failover to explain it: an acknowledged request disappeared",
+                        sum.kind, sum.key, s(at)
+                    ));
+                }
+                continue;
+            }
             match by_id.get(id) {
                 None => v.push(format!(
                     "op {op} ({} key {}) was acknowledged at {} as workflow {id}, which is not in the database: an acknowledged request disappeared",
                     sum.kind, sum.key, s(at)
+                )),
+                Some(w) if w.key != sum.key => v.push(format!(
+                    "op {op} ({} key {}) was acknowledged at {} as workflow {id}, which the database now holds for key {}: an acknowledged request disappeared",
+                    sum.kind, sum.key, s(at), w.key
                 )),
                 Some(w) if !TERMINAL.contains(&w.status.as_str()) => v.push(format!(
                     "op {op} ({} key {}) accepted at {} as workflow {id} is still `{}` at step {} after the liveness bound ({} after healing at {})",
@@ -268,13 +287,21 @@ pub fn exactly_once(ev: &Evidence) -> Verdict {
         per_key.entry(w.key.clone()).or_default().insert(w.id);
     }
     for (op, sum) in summarize(&ev.ops) {
-        for id in &sum.workflow_ids {
+        // A workflow the client found gone and submitted again is the durability checker's
+        // business (allowed only after an asynchronous failover lost acknowledged commits).
+        let live: Vec<i64> = sum
+            .workflow_ids
+            .iter()
+            .copied()
+            .filter(|id| !sum.lost_ids.contains(id))
+            .collect();
+        for id in &live {
             per_key.entry(sum.key.clone()).or_default().insert(*id);
         }
-        if sum.workflow_ids.len() > 1 {
+        if live.len() > 1 {
             v.push(format!(
-                "op {op}: idempotency key {} was answered with different workflows {:?}",
-                sum.key, sum.workflow_ids
+                "op {op}: idempotency key {} was answered with different workflows {live:?}",
+                sum.key
             ));
         }
     }
@@ -932,6 +959,49 @@ mod tests {
         );
         ev.max_dead_letters = Some(1);
         assert!(durability(&ev).held);
+    }
+
+    #[test]
+    fn durability_allows_a_resubmitted_lost_workflow_only_after_an_async_loss() {
+        let mut ev = base();
+        let mut lost = op(5_000, 0, "mint", "k0", OpType::Unknown, Some(3), None);
+        lost.detail = json!({"lost": 3, "reason": "now names key other"});
+        ev.ops = vec![
+            op(1_000, 0, "mint", "k0", OpType::Ok, Some(3), Some("pending")),
+            lost,
+            op(6_000, 0, "mint", "k0", OpType::Ok, Some(9), Some("pending")),
+            op(
+                9_000,
+                0,
+                "mint",
+                "k0",
+                OpType::Observe,
+                Some(9),
+                Some("completed"),
+            ),
+        ];
+        // Id 3 now belongs to another request; the re-submission completed as 9.
+        ev.workflows = vec![
+            wf(3, "mint", "other", "completed", Value::Null),
+            wf(9, "mint", "k0", "completed", Value::Null),
+        ];
+        let v = durability(&ev);
+        assert!(
+            !v.held
+                && v.violations[0].contains("op 0 (mint key k0)")
+                && v.violations[0].contains("workflow 3")
+                && v.violations[0].contains("no asynchronous failover"),
+            "{v:?}"
+        );
+        ev.data_loss =
+            vec![json!({"replication": "async", "lost_acknowledged": 1, "ops": ["submit"]})];
+        assert!(durability(&ev).held, "{:?}", durability(&ev));
+        // The lost id is not a second workflow of the key for the exactly-once checker.
+        assert!(exactly_once(&ev).held, "{:?}", exactly_once(&ev));
+        // Without the client's report, an id that now names another key is a loss.
+        ev.ops.remove(1);
+        let v = durability(&ev);
+        assert!(v.violations[0].contains("now holds for key other"), "{v:?}");
     }
 
     #[test]

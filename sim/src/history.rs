@@ -60,6 +60,8 @@ pub struct OpSummary {
     pub key: String,
     pub accepted_at: Option<u64>,
     pub workflow_ids: Vec<i64>,
+    /// Workflow ids the client found gone (unknown, or naming another key) and re-submitted.
+    pub lost_ids: Vec<i64>,
     pub observed: Option<(u64, String, Value)>,
     /// The client got a definitive refusal (4xx) or gave up before submitting.
     pub refused: bool,
@@ -82,6 +84,11 @@ pub fn summarize(ops: &[Op]) -> std::collections::BTreeMap<u64, OpSummary> {
                 }
             }
             OpType::Fail => s.refused = true,
+            OpType::Unknown => {
+                if let Some(id) = o.detail.get("lost").and_then(Value::as_i64) {
+                    s.lost_ids.push(id);
+                }
+            }
             OpType::Observe if s.observed.is_none() => {
                 s.observed = Some((
                     o.t_ms,

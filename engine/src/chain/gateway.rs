@@ -350,6 +350,30 @@ impl Gateway {
         BlockHeader::from_json(&v).map(Some)
     }
 
+    /// Block `number` with its transactions (`None` above the head).
+    pub async fn block_transactions(
+        &self,
+        number: u64,
+    ) -> Result<Option<(BlockHeader, Vec<ChainTx>)>> {
+        let v = self
+            .call(
+                "eth_getBlockByNumber",
+                json!([format!("0x{number:x}"), true]),
+            )
+            .await?;
+        if v.is_null() {
+            return Ok(None);
+        }
+        let header = BlockHeader::from_json(&v)?;
+        let txs = v
+            .get("transactions")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().map(ChainTx::from_json).collect::<Result<Vec<_>>>())
+            .transpose()?
+            .unwrap_or_default();
+        Ok(Some((header, txs)))
+    }
+
     pub async fn latest_block(&self) -> Result<BlockHeader> {
         let v = self
             .call("eth_getBlockByNumber", json!(["latest", false]))

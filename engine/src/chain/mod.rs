@@ -6,4 +6,4 @@ pub mod http;
 pub mod types;
 
 pub use gateway::{Gateway, Transport, TransportError};
-pub use types::{BlockHeader, Log, Receipt};
+pub use types::{BlockHeader, ChainTx, Log, Receipt};

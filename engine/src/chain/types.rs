@@ -118,6 +118,56 @@ impl BlockHeader {
     }
 }
 
+/// A transaction as `eth_getBlockByNumber(n, true)` lists it: what the orphan reconciliation
+/// needs to recognise one of ours and re-create its signed bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChainTx {
+    pub hash: B256,
+    pub from: Address,
+    pub nonce: u64,
+    /// 2 for EIP-1559.
+    pub tx_type: u64,
+    pub chain_id: Option<u64>,
+    pub to: Option<Address>,
+    pub value: U256,
+    pub input: Bytes,
+    pub gas_limit: u64,
+    pub max_fee_per_gas: Option<u128>,
+    pub max_priority_fee_per_gas: Option<u128>,
+}
+
+impl ChainTx {
+    pub fn from_json(v: &Value) -> Result<Self> {
+        let opt_q128 = |name: &str| {
+            v.get(name)
+                .filter(|x| !x.is_null())
+                .map(quantity_u128)
+                .transpose()
+        };
+        Ok(ChainTx {
+            hash: parse(v, "hash")?,
+            from: parse(v, "from")?,
+            nonce: quantity(field(v, "nonce")?)?,
+            tx_type: v.get("type").map(quantity).transpose()?.unwrap_or(0),
+            chain_id: v
+                .get("chainId")
+                .filter(|x| !x.is_null())
+                .map(quantity)
+                .transpose()?,
+            to: v
+                .get("to")
+                .filter(|x| !x.is_null())
+                .map(|_| parse(v, "to"))
+                .transpose()?,
+            value: quantity_u256(field(v, "value")?)?,
+            input: parse(v, "input")?,
+            gas_limit: quantity(field(v, "gas")?)?,
+            max_fee_per_gas: opt_q128("maxFeePerGas")?,
+            max_priority_fee_per_gas: opt_q128("maxPriorityFeePerGas")?,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -137,6 +187,23 @@ mod tests {
         });
         let r = Receipt::from_json(&v).unwrap();
         assert!(r.success && r.block_number == 16 && r.logs.len() == 1 && r.gas_used == 21000);
+    }
+
+    #[test]
+    fn parses_a_block_transaction() {
+        let v = json!({
+            "hash": format!("0x{}", "11".repeat(32)), "from": format!("0x{}", "33".repeat(20)),
+            "nonce": "0x7", "type": "0x2", "chainId": "0x7a69", "to": null, "value": "0x0",
+            "input": "0x6001", "gas": "0x5208", "maxFeePerGas": "0x3b9aca00",
+            "maxPriorityFeePerGas": "0x1"
+        });
+        let t = ChainTx::from_json(&v).unwrap();
+        assert_eq!(
+            (t.nonce, t.tx_type, t.chain_id, t.to),
+            (7, 2, Some(31337), None)
+        );
+        assert_eq!((t.max_fee_per_gas, t.input.len()), (Some(1_000_000_000), 2));
+        assert!(ChainTx::from_json(&json!({"hash": "0x"})).is_err());
     }
 
     #[test]

@@ -208,6 +208,24 @@ pub struct Broadcast {
     pub max_priority_fee_per_gas: u128,
 }
 
+/// A signed transaction of ours found on chain at a nonce that no record holds (its records were
+/// lost, e.g. when an asynchronous replica was promoted without the last commits), keyed by the
+/// step tag its input ends with (`workflow::step_tag`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Orphan {
+    pub tag: B256,
+    pub signed: Broadcast,
+}
+
+/// What a step about to create its transaction must know first.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NonceView {
+    /// The signer's nonce counter (`None` before its first allocation).
+    pub next_nonce: Option<u64>,
+    /// An orphan carrying the step's tag that no record has adopted yet (lowest nonce first).
+    pub orphan: Option<Broadcast>,
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct TxRecord {
     pub id: i64,
@@ -384,6 +402,26 @@ pub trait Store: Send + Sync + 'static {
     /// Idempotent by hash.
     async fn record_filler(&self, signer: Address, chain_id: u64, signed: &Broadcast)
         -> Result<()>;
+
+    /// The signer's nonce counter and an unadopted orphan tagged `tag`, in one read.
+    async fn nonce_view(&self, signer: Address, chain_id: u64, tag: B256) -> Result<NonceView>;
+    /// Store orphans found on chain. Idempotent by hash.
+    async fn record_orphans(
+        &self,
+        signer: Address,
+        chain_id: u64,
+        orphans: &[Orphan],
+    ) -> Result<()>;
+    /// Create the step's transaction row for an orphan — its nonce, its signed bytes, state
+    /// CONFIRMING — mark the orphan adopted, and raise the counter past its nonce, in one
+    /// database transaction.
+    async fn adopt_orphan(
+        &self,
+        fence: &Fence,
+        step: i32,
+        intent: &TxIntent,
+        signed: &Broadcast,
+    ) -> Result<TxRecord>;
 
     /// Record an off-chain side effect exactly once per (workflow, kind).
     async fn notify(&self, fence: &Fence, kind: &str, payload: &Value) -> Result<bool>;

@@ -1032,6 +1032,137 @@ impl Store for PgStore {
         .await
     }
 
+    async fn nonce_view(&self, signer: Address, chain_id: u64, tag: B256) -> Result<NonceView> {
+        self.bounded(async {
+            let next: Option<i64> =
+                sqlx::query("SELECT next_nonce FROM nonces WHERE signer = $1 AND chain_id = $2")
+                    .bind(hex_addr(&signer))
+                    .bind(chain_id as i64)
+                    .fetch_optional(&self.pool)
+                    .await?
+                    .map(|r| r.try_get(0))
+                    .transpose()?;
+            let orphan = sqlx::query(
+                "SELECT tx_hash, nonce, raw, max_fee, priority_fee FROM orphan_txs \
+                 WHERE signer = $1 AND chain_id = $2 AND tag = $3 AND adopted_by IS NULL \
+                 ORDER BY nonce, tx_hash LIMIT 1",
+            )
+            .bind(hex_addr(&signer))
+            .bind(chain_id as i64)
+            .bind(hex_b256(&tag))
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(row_to_broadcast)
+            .transpose()?;
+            Ok(NonceView {
+                next_nonce: next.map(|n| n as u64),
+                orphan,
+            })
+        })
+        .await
+    }
+
+    async fn record_orphans(
+        &self,
+        signer: Address,
+        chain_id: u64,
+        orphans: &[Orphan],
+    ) -> Result<()> {
+        self.bounded(async {
+            let mut tx = self.pool.begin().await?;
+            for o in orphans {
+                sqlx::query(
+                    "INSERT INTO orphan_txs (tx_hash, signer, chain_id, nonce, tag, raw, max_fee, priority_fee) \
+                     VALUES ($1,$2,$3,$4,$5,$6,$7,$8) ON CONFLICT DO NOTHING",
+                )
+                .bind(hex_b256(&o.signed.hash))
+                .bind(hex_addr(&signer))
+                .bind(chain_id as i64)
+                .bind(o.signed.nonce as i64)
+                .bind(hex_b256(&o.tag))
+                .bind(o.signed.raw.to_vec())
+                .bind(o.signed.max_fee_per_gas.to_string())
+                .bind(o.signed.max_priority_fee_per_gas.to_string())
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn adopt_orphan(
+        &self,
+        fence: &Fence,
+        step: i32,
+        intent: &TxIntent,
+        signed: &Broadcast,
+    ) -> Result<TxRecord> {
+        self.bounded(async {
+            let mut tx = self.pool.begin().await?;
+            check_fence(&mut tx, fence).await?;
+            let signer = hex_addr(&intent.signer);
+            let id: i64 = sqlx::query(
+                "INSERT INTO transactions (workflow_id, step_index, signer, chain_id, nonce, state, to_address, input, value, gas_limit, max_fee, priority_fee, raw, tx_hash) \
+                 VALUES ($1,$2,$3,$4,$5,'CONFIRMING',$6,$7,$8,$9,$10,$11,$12,$13) RETURNING id",
+            )
+            .bind(fence.workflow_id)
+            .bind(step)
+            .bind(&signer)
+            .bind(intent.chain_id as i64)
+            .bind(signed.nonce as i64)
+            .bind(intent.to.as_ref().map(hex_addr))
+            .bind(intent.input.to_vec())
+            .bind(intent.value.to_string())
+            .bind(intent.gas_limit as i64)
+            .bind(signed.max_fee_per_gas.to_string())
+            .bind(signed.max_priority_fee_per_gas.to_string())
+            .bind(signed.raw.to_vec())
+            .bind(hex_b256(&signed.hash))
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get(0)?;
+            sqlx::query(
+                "INSERT INTO tx_broadcasts (tx_id, tx_hash, nonce, raw, max_fee, priority_fee) VALUES ($1,$2,$3,$4,$5,$6) ON CONFLICT DO NOTHING",
+            )
+            .bind(id)
+            .bind(hex_b256(&signed.hash))
+            .bind(signed.nonce as i64)
+            .bind(signed.raw.to_vec())
+            .bind(signed.max_fee_per_gas.to_string())
+            .bind(signed.max_priority_fee_per_gas.to_string())
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("UPDATE orphan_txs SET adopted_by = $2 WHERE tx_hash = $1")
+                .bind(hex_b256(&signed.hash))
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(
+                "INSERT INTO nonces (signer, chain_id, next_nonce) VALUES ($1, $2, $3) \
+                 ON CONFLICT (signer, chain_id) DO UPDATE SET next_nonce = GREATEST(nonces.next_nonce, EXCLUDED.next_nonce), updated_at = now()",
+            )
+            .bind(&signer)
+            .bind(intent.chain_id as i64)
+            .bind(signed.nonce as i64 + 1)
+            .execute(&mut *tx)
+            .await?;
+            tx_event(
+                &mut tx,
+                id,
+                TxState::Confirming,
+                Some(&format!("adopted orphan {}", hex_b256(&signed.hash))),
+            )
+            .await?;
+            let rec = load_tx(&mut tx, id).await?;
+            tx.commit().await?;
+            Ok(rec)
+        })
+        .await
+    }
+
     async fn notify(&self, fence: &Fence, kind: &str, payload: &Value) -> Result<bool> {
         self.bounded(async {
             let mut tx = self.pool.begin().await?;

@@ -132,6 +132,8 @@ const TRACKED: &[&str] = &[
     "dalp_nonce_resyncs_total",
     "dalp_nonce_gap_heals_total",
     "dalp_nonce_gap_fills_total",
+    "dalp_orphans_found_total",
+    "dalp_orphans_adopted_total",
     "dalp_tx_replacements_total",
     "dalp_tx_rebroadcasts_total",
     "dalp_fenced_writes_total",

@@ -71,8 +71,8 @@ use alloy_primitives::{Address, Bytes, B256, U256, U512};
 use dalp_engine::error::EngineError;
 use dalp_engine::store::{
     AuditEntry, Broadcast, Claim, DeadLetter, Fees, FeesView, Fence, IndexerCheckpoint,
-    JournalEntry, NewWorkflow, Stats, Submitted, TokenEvent, TxIntent, TxRecord, TxState,
-    WorkflowId, WorkflowRecord, WorkflowStatus,
+    JournalEntry, NewWorkflow, NonceView, Orphan, Stats, Submitted, TokenEvent, TxIntent, TxRecord,
+    TxState, WorkflowId, WorkflowRecord, WorkflowStatus,
 };
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
@@ -167,6 +167,22 @@ pub enum DbRequest {
         chain_id: u64,
         signed: Broadcast,
     },
+    NonceView {
+        signer: Address,
+        chain_id: u64,
+        tag: B256,
+    },
+    RecordOrphans {
+        signer: Address,
+        chain_id: u64,
+        orphans: Vec<Orphan>,
+    },
+    AdoptOrphan {
+        fence: Fence,
+        step: i32,
+        intent: TxIntent,
+        signed: Broadcast,
+    },
     CreateTx {
         fence: Fence,
         step: i32,
@@ -248,6 +264,7 @@ impl DbRequest {
                 | DbRequest::TxsForWorkflow { .. }
                 | DbRequest::TxByNonce { .. }
                 | DbRequest::NonceFillers { .. }
+                | DbRequest::NonceView { .. }
                 | DbRequest::IndexerCheckpoint { .. }
                 | DbRequest::IndexedBlockHash { .. }
                 | DbRequest::IndexedBalances { .. }
@@ -276,6 +293,9 @@ impl DbRequest {
             DbRequest::TxByNonce { .. } => "tx_by_nonce",
             DbRequest::NonceFillers { .. } => "nonce_fillers",
             DbRequest::RecordFiller { .. } => "record_filler",
+            DbRequest::NonceView { .. } => "nonce_view",
+            DbRequest::RecordOrphans { .. } => "record_orphans",
+            DbRequest::AdoptOrphan { .. } => "adopt_orphan",
             DbRequest::CreateTx { .. } => "create_tx",
             DbRequest::RecordSigned { .. } => "record_signed",
             DbRequest::SetTxState { .. } => "set_tx_state",
@@ -305,6 +325,7 @@ impl DbRequest {
             | DbRequest::SetTxState { fence, .. }
             | DbRequest::ReassignNonce { fence, .. }
             | DbRequest::AbandonTx { fence, .. }
+            | DbRequest::AdoptOrphan { fence, .. }
             | DbRequest::Notify { fence, .. } => Some(fence),
             _ => None,
         }
@@ -342,6 +363,8 @@ pub enum DbReply {
     Stats(Stats),
     /// nonce_fillers.
     Broadcasts(Vec<Broadcast>),
+    /// nonce_view.
+    NonceView(NonceView),
 }
 
 impl DbReply {
@@ -366,6 +389,7 @@ impl DbReply {
             DbReply::Balances(_) => "Balances",
             DbReply::Stats(_) => "Stats",
             DbReply::Broadcasts(_) => "Broadcasts",
+            DbReply::NonceView(_) => "NonceView",
         }
     }
 }
@@ -594,6 +618,18 @@ pub struct FillerRow {
     pub created_at_ms: u64,
 }
 
+/// A row of `orphan_txs` (a signed transaction of ours found on chain with no record), keyed by
+/// hash.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OrphanRow {
+    pub signer: Address,
+    pub chain_id: i64,
+    pub tag: B256,
+    pub signed: Broadcast,
+    pub adopted_by: Option<i64>,
+    pub created_at_ms: u64,
+}
+
 /// A row of `notifications`, keyed by (workflow_id, kind).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NotificationRow {
@@ -644,6 +680,8 @@ pub struct Tables {
     pub notifications: BTreeMap<(i64, String), NotificationRow>,
     /// tx_hash → gap filler (`nonce_fillers`).
     pub nonce_fillers: BTreeMap<B256, FillerRow>,
+    /// tx_hash → orphan (`orphan_txs`).
+    pub orphan_txs: BTreeMap<B256, OrphanRow>,
     pub indexer_checkpoint: BTreeMap<i64, CheckpointRow>,
     /// (chain_id, number) → hash.
     pub indexed_blocks: BTreeMap<(i64, i64), B256>,
@@ -883,6 +921,29 @@ impl DbModel {
                     })
                     .map(|x| self.load_tx(x)),
             ),
+            DbRequest::NonceView {
+                signer,
+                chain_id,
+                tag,
+            } => {
+                let next_nonce = t
+                    .nonces
+                    .get(&(*signer, *chain_id as i64))
+                    .map(|r| r.next_nonce as u64);
+                // ORDER BY nonce, tx_hash LIMIT 1 over the unadopted rows with the tag.
+                let orphan = t
+                    .orphan_txs
+                    .values()
+                    .filter(|o| {
+                        o.signer == *signer
+                            && o.chain_id == *chain_id as i64
+                            && o.tag == *tag
+                            && o.adopted_by.is_none()
+                    })
+                    .min_by_key(|o| (o.signed.nonce as i64, o.signed.hash))
+                    .map(|o| o.signed.clone());
+                DbReply::NonceView(NonceView { next_nonce, orphan })
+            }
             DbRequest::NonceFillers {
                 signer,
                 chain_id,
@@ -1214,6 +1275,33 @@ impl DbModel {
                 self.tx_event(*tx_id, *state, Some(detail.into()), now);
                 Ok(DbReply::Unit)
             }
+            DbRequest::RecordOrphans {
+                signer,
+                chain_id,
+                orphans,
+            } => {
+                // INSERT … ON CONFLICT DO NOTHING (keyed by hash), one row per orphan.
+                for o in orphans {
+                    self.tables
+                        .orphan_txs
+                        .entry(o.signed.hash)
+                        .or_insert_with(|| OrphanRow {
+                            signer: *signer,
+                            chain_id: *chain_id as i64,
+                            tag: o.tag,
+                            signed: o.signed.clone(),
+                            adopted_by: None,
+                            created_at_ms: now,
+                        });
+                }
+                Ok(DbReply::Unit)
+            }
+            DbRequest::AdoptOrphan {
+                fence,
+                step,
+                intent,
+                signed,
+            } => self.adopt_orphan(fence, *step, intent, signed, now),
             DbRequest::RecordFiller {
                 signer,
                 chain_id,
@@ -1810,6 +1898,83 @@ impl DbModel {
             },
         );
         self.tx_event(id, TxState::Preparing, Some(format!("nonce {nonce}")), now);
+        Ok(DbReply::Tx(self.load_tx(&self.tables.transactions[&id])))
+    }
+
+    fn adopt_orphan(
+        &mut self,
+        fence: &Fence,
+        step: i32,
+        intent: &TxIntent,
+        signed: &Broadcast,
+        now: u64,
+    ) -> Result<DbReply> {
+        self.check_fence(fence)?;
+        let clash = self
+            .tables
+            .transactions
+            .values()
+            .any(|o| o.workflow_id == fence.workflow_id && o.step_index == step && o.is_live());
+        if clash {
+            return Err(unique_live_step());
+        }
+        let chain_id = intent.chain_id as i64;
+        self.sequences.transactions += 1;
+        let id = self.sequences.transactions;
+        self.tables.transactions.insert(
+            id,
+            TxRow {
+                id,
+                workflow_id: fence.workflow_id,
+                step_index: step,
+                signer: intent.signer,
+                chain_id,
+                nonce: signed.nonce as i64,
+                state: TxState::Confirming,
+                to: intent.to,
+                input: intent.input.clone(),
+                value: intent.value,
+                gas_limit: intent.gas_limit as i64,
+                max_fee: signed.max_fee_per_gas,
+                priority_fee: signed.max_priority_fee_per_gas,
+                raw: Some(signed.raw.clone()),
+                hash: Some(signed.hash),
+                receipt: None,
+                failure: None,
+                created_at_ms: now,
+                updated_at_ms: now,
+            },
+        );
+        self.tables
+            .tx_broadcasts
+            .entry((id, signed.hash))
+            .or_insert_with(|| BroadcastRow {
+                nonce: signed.nonce as i64,
+                raw: signed.raw.clone(),
+                max_fee: signed.max_fee_per_gas,
+                priority_fee: signed.max_priority_fee_per_gas,
+                created_at_ms: now,
+            });
+        if let Some(o) = self.tables.orphan_txs.get_mut(&signed.hash) {
+            o.adopted_by = Some(id);
+        }
+        // INSERT … ON CONFLICT DO UPDATE SET next_nonce = GREATEST(…), updated_at = now().
+        let row = self
+            .tables
+            .nonces
+            .entry((intent.signer, chain_id))
+            .or_insert(NonceRow {
+                next_nonce: signed.nonce as i64 + 1,
+                updated_at_ms: now,
+            });
+        row.next_nonce = row.next_nonce.max(signed.nonce as i64 + 1);
+        row.updated_at_ms = now;
+        self.tx_event(
+            id,
+            TxState::Confirming,
+            Some(format!("adopted orphan {:#x}", signed.hash)),
+            now,
+        );
         Ok(DbReply::Tx(self.load_tx(&self.tables.transactions[&id])))
     }
 

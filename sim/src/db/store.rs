@@ -7,8 +7,8 @@ use alloy_primitives::{Address, B256, U256};
 use dalp_engine::error::{EngineError, Result};
 use dalp_engine::store::{
     AuditEntry, Broadcast, Claim, DeadLetter, Fees, Fence, IndexerCheckpoint, JournalEntry,
-    NewWorkflow, Stats, Store, Submitted, TokenEvent, TxIntent, TxRecord, TxState, WorkflowId,
-    WorkflowRecord,
+    NewWorkflow, NonceView, Orphan, Stats, Store, Submitted, TokenEvent, TxIntent, TxRecord,
+    TxState, WorkflowId, WorkflowRecord,
 };
 use serde_json::Value;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -203,6 +203,45 @@ impl<C: DbCall> Store for StoreOver<C> {
             signed: signed.clone(),
         };
         expect!(self, "record_filler", req, DbReply::Unit => ())
+    }
+
+    async fn nonce_view(&self, signer: Address, chain_id: u64, tag: B256) -> Result<NonceView> {
+        let req = DbRequest::NonceView {
+            signer,
+            chain_id,
+            tag,
+        };
+        expect!(self, "nonce_view", req, DbReply::NonceView(v) => v)
+    }
+
+    async fn record_orphans(
+        &self,
+        signer: Address,
+        chain_id: u64,
+        orphans: &[Orphan],
+    ) -> Result<()> {
+        let req = DbRequest::RecordOrphans {
+            signer,
+            chain_id,
+            orphans: orphans.to_vec(),
+        };
+        expect!(self, "record_orphans", req, DbReply::Unit => ())
+    }
+
+    async fn adopt_orphan(
+        &self,
+        fence: &Fence,
+        step: i32,
+        intent: &TxIntent,
+        signed: &Broadcast,
+    ) -> Result<TxRecord> {
+        let req = DbRequest::AdoptOrphan {
+            fence: fence.clone(),
+            step,
+            intent: intent.clone(),
+            signed: signed.clone(),
+        };
+        expect!(self, "adopt_orphan", req, DbReply::Tx(t) => t)
     }
 
     async fn tx_by_nonce(
@@ -459,6 +498,25 @@ pub async fn call_store<S: Store + ?Sized>(store: &S, req: DbRequest) -> Result<
             store.record_filler(signer, chain_id, &signed).await?;
             DbReply::Unit
         }
+        DbRequest::NonceView {
+            signer,
+            chain_id,
+            tag,
+        } => DbReply::NonceView(store.nonce_view(signer, chain_id, tag).await?),
+        DbRequest::RecordOrphans {
+            signer,
+            chain_id,
+            orphans,
+        } => {
+            store.record_orphans(signer, chain_id, &orphans).await?;
+            DbReply::Unit
+        }
+        DbRequest::AdoptOrphan {
+            fence,
+            step,
+            intent,
+            signed,
+        } => DbReply::Tx(store.adopt_orphan(&fence, step, &intent, &signed).await?),
         DbRequest::TxByNonce {
             signer,
             chain_id,

@@ -2163,3 +2163,95 @@ mod props {
         }
     }
 }
+
+#[test]
+fn orphans_are_recorded_once_found_by_tag_and_adopted_under_the_fence() {
+    use dalp_engine::store::{NonceView, Orphan};
+    let mut db = Db::default();
+    let view = |db: &mut Db, tag: u8| match db.ok(DbRequest::NonceView {
+        signer: signer(1),
+        chain_id: 1,
+        tag: B256::repeat_byte(tag),
+    }) {
+        DbReply::NonceView(v) => v,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(view(&mut db, 0xa1), NonceView::default());
+    let orphan = |tag: u8, b: u8, nonce: u64| Orphan {
+        tag: B256::repeat_byte(tag),
+        signed: broadcast(b, nonce, 5),
+    };
+    let w = db.submit("k");
+    let fence = db.claim1("n1");
+    db.create_tx(&fence, 0, 1, 3); // counter: 4
+    db.ok(DbRequest::RecordOrphans {
+        signer: signer(1),
+        chain_id: 1,
+        orphans: vec![orphan(0xa1, 0x31, 6), orphan(0xa2, 0x32, 5)],
+    });
+    // Idempotent by hash.
+    let before = db.m.clone();
+    db.ok(DbRequest::RecordOrphans {
+        signer: signer(1),
+        chain_id: 1,
+        orphans: vec![orphan(0xa1, 0x31, 6)],
+    });
+    assert!(db.m.same_data(&before));
+    let v = view(&mut db, 0xa1);
+    assert_eq!(v.next_nonce, Some(4));
+    assert_eq!(
+        v.orphan.as_ref().map(|b| b.hash),
+        Some(B256::repeat_byte(0x31))
+    );
+    // A stale fence adopts nothing.
+    let adopt = |db: &mut Db, fence: &Fence, step: i32| {
+        db.ap(DbRequest::AdoptOrphan {
+            fence: fence.clone(),
+            step,
+            intent: intent(1, 1),
+            signed: broadcast(0x31, 6, 5),
+        })
+    };
+    let stale = Fence {
+        token: fence.token - 1,
+        ..fence.clone()
+    };
+    let before = db.m.clone();
+    assert!(is_fenced(
+        &adopt(&mut db, &stale, 1),
+        stale.token,
+        fence.token
+    ));
+    assert!(db.m.same_data(&before));
+    // Step 0 already has a live transaction: the unique index refuses a second.
+    assert!(matches!(
+        adopt(&mut db, &fence, 0),
+        Err(EngineError::Db { ref sqlstate, .. }) if sqlstate == "23505"
+    ));
+    let rec = match adopt(&mut db, &fence, 1).unwrap() {
+        DbReply::Tx(t) => t,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!((rec.workflow_id, rec.step_index, rec.nonce), (w.id, 1, 6));
+    assert_eq!(rec.state, TxState::Confirming);
+    assert_eq!(rec.hash, Some(B256::repeat_byte(0x31)));
+    assert_eq!(rec.broadcasts, vec![broadcast(0x31, 6, 5)]);
+    // Adopted: no longer offered; the counter is past its nonce; the healer finds it by nonce.
+    let v = view(&mut db, 0xa1);
+    assert_eq!((v.next_nonce, v.orphan), (Some(7), None));
+    assert!(matches!(
+        db.ok(DbRequest::TxByNonce { signer: signer(1), chain_id: 1, nonce: 6 }),
+        DbReply::OptTx(Some(ref t)) if t.id == rec.id
+    ));
+    assert_eq!(
+        view(&mut db, 0xa2).orphan.map(|b| b.nonce),
+        Some(5),
+        "other tags stay"
+    );
+    assert!(!DbRequest::NonceView {
+        signer: signer(1),
+        chain_id: 1,
+        tag: B256::ZERO
+    }
+    .is_write());
+}

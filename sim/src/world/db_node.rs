@@ -52,6 +52,8 @@ impl Disk {
     }
 }
 
+// Sent boxed through the simulated network, so the size difference costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum DbMsg {
     Query(DbRequest),
     /// Log entries for a replica, starting anywhere at or below its next LSN.

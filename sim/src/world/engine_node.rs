@@ -101,6 +101,9 @@ pub enum ApiResponse {
         error: String,
     },
     Status {
+        /// The request's idempotency key (a careful client checks it: after an asynchronous
+        /// failover the id it was given may name another request's workflow).
+        key: String,
         status: String,
         result: Option<Value>,
         error: Option<Value>,
@@ -183,6 +186,7 @@ async fn handle_api(engine: &Engine, req: ApiRequest) -> ApiResponse {
         },
         ApiRequest::Status { id } => match engine.store.workflow(id).await {
             Ok(Some(wf)) => ApiResponse::Status {
+                key: wf.idempotency_key,
                 status: wf.status.as_str().to_string(),
                 result: wf.result,
                 error: wf.error,

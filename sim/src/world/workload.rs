@@ -95,19 +95,41 @@ async fn run_op(ctx: &ClientCtx, client: &Client, op: PlannedOp) {
     };
     let input = op.kind.input(token_addr);
     let mut attempt = 0usize;
-    let id = loop {
-        if t_ms() >= ctx.deadline_ms {
+    // Submit, then follow; a workflow the database lost (an asynchronous failover) is submitted
+    // again with the same key, as a careful client does when its id is unknown or names another
+    // request.
+    loop {
+        let Some(id) = submit(ctx, client, &op, &input, &mut attempt).await else {
+            return;
+        };
+        if follow(ctx, client, &op, id).await {
             return;
         }
-        let target = (op.index as usize + attempt) % ctx.engines;
-        attempt += 1;
+    }
+}
+
+/// Submit until accepted (retrying an unknown outcome with the same key); `None` when refused
+/// or out of time.
+async fn submit(
+    ctx: &ClientCtx,
+    client: &Client,
+    op: &PlannedOp,
+    input: &Value,
+    attempt: &mut usize,
+) -> Option<i64> {
+    loop {
+        if t_ms() >= ctx.deadline_ms {
+            return None;
+        }
+        let target = (op.index as usize + *attempt) % ctx.engines;
+        *attempt += 1;
         record(
             ctx,
-            &op,
+            op,
             OpType::Invoke,
             None,
             None,
-            json!({"engine": target, "attempt": attempt}),
+            json!({"engine": target, "attempt": *attempt}),
         );
         let req = ApiRequest::Submit {
             kind: op.kind.workflow_kind().to_string(),
@@ -121,29 +143,29 @@ async fn run_op(ctx: &ClientCtx, client: &Client, op: PlannedOp) {
             Ok(ApiResponse::Accepted(a)) => {
                 record(
                     ctx,
-                    &op,
+                    op,
                     OpType::Ok,
                     Some(a.workflow_id),
                     Some(a.status.clone()),
                     json!({"created": a.created}),
                 );
-                break a.workflow_id;
+                return Some(a.workflow_id);
             }
             Ok(ApiResponse::Rejected { status, error }) if status < 500 => {
                 record(
                     ctx,
-                    &op,
+                    op,
                     OpType::Fail,
                     None,
                     None,
                     json!({"http": status, "error": error}),
                 );
-                return;
+                return None;
             }
             Ok(ApiResponse::Rejected { status, error }) => {
                 record(
                     ctx,
-                    &op,
+                    op,
                     OpType::Unknown,
                     None,
                     None,
@@ -153,7 +175,7 @@ async fn run_op(ctx: &ClientCtx, client: &Client, op: PlannedOp) {
             Ok(_) => {
                 record(
                     ctx,
-                    &op,
+                    op,
                     OpType::Unknown,
                     None,
                     None,
@@ -163,7 +185,7 @@ async fn run_op(ctx: &ClientCtx, client: &Client, op: PlannedOp) {
             Err(CallError::Timeout) => {
                 record(
                     ctx,
-                    &op,
+                    op,
                     OpType::Unknown,
                     None,
                     None,
@@ -171,36 +193,48 @@ async fn run_op(ctx: &ClientCtx, client: &Client, op: PlannedOp) {
                 );
             }
             Err(CallError::Io(e)) => {
-                record(ctx, &op, OpType::Unknown, None, None, json!({"error": e}));
+                record(ctx, op, OpType::Unknown, None, None, json!({"error": e}));
             }
         }
         tokio::time::sleep(Duration::from_millis(1000)).await;
-    };
-    // Follow the workflow to its end.
+    }
+}
+
+/// Follow workflow `id` to its end. `true` when it ended (or time ran out), `false` when the
+/// database no longer has it under this request's key.
+async fn follow(ctx: &ClientCtx, client: &Client, op: &PlannedOp, id: i64) -> bool {
     let mut n = 0usize;
     loop {
         tokio::time::sleep(Duration::from_millis(1000)).await;
         if t_ms() >= ctx.deadline_ms {
-            return;
+            return true;
         }
         n += 1;
         let target = (op.index as usize + n) % ctx.engines;
-        if let Ok(ApiResponse::Status {
-            status,
-            result,
-            error,
-        }) = client
+        let answer = client
             .call::<ApiRequest, ApiResponse>(
                 engine_addr(target),
                 ApiRequest::Status { id },
                 ctx.timeout,
             )
-            .await
-        {
-            if matches!(
-                status.as_str(),
-                "completed" | "failed" | "dead_letter" | "cancelled"
-            ) {
+            .await;
+        let lost = match answer {
+            Ok(ApiResponse::NotFound) => json!({"lost": id, "reason": "not found"}),
+            Ok(ApiResponse::Status { key, .. }) if key != op.key => {
+                json!({"lost": id, "reason": format!("now names key {key}")})
+            }
+            Ok(ApiResponse::Status {
+                status,
+                result,
+                error,
+                ..
+            }) => {
+                if !matches!(
+                    status.as_str(),
+                    "completed" | "failed" | "dead_letter" | "cancelled"
+                ) {
+                    continue;
+                }
                 if let (OpKind::Issuance { token }, Some(r)) = (&op.kind, &result) {
                     if let Some(a) = r
                         .get("token")
@@ -211,9 +245,12 @@ async fn run_op(ctx: &ClientCtx, client: &Client, op: PlannedOp) {
                     }
                 }
                 let detail = json!({"result": result, "error": error});
-                record(ctx, &op, OpType::Observe, Some(id), Some(status), detail);
-                return;
+                record(ctx, op, OpType::Observe, Some(id), Some(status), detail);
+                return true;
             }
-        }
+            _ => continue,
+        };
+        record(ctx, op, OpType::Unknown, Some(id), None, lost);
+        return false;
     }
 }

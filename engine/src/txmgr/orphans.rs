@@ -1,0 +1,271 @@
+//! Orphans: signed transactions of ours on chain at nonces that no record holds.
+//!
+//! How they arise: the engine stores a transaction's record (nonce, signed bytes) and then
+//! broadcasts it; when an *asynchronous* replica is promoted without the last commits, the
+//! transaction is on chain but its record, and often the step's progress, are gone. The step then
+//! runs again — and without this module it would allocate a fresh nonce and send its effect a
+//! second time (DESIGN.md FM-DB-FAILOVER: "lost engine records never cause a duplicate on-chain
+//! effect").
+//!
+//! How they are found: every transaction step appends a tag, a function of its idempotency key
+//! and step index (`workflow::step_tag`), to its calldata. Before a step creates its transaction
+//! it compares the signer's nonce counter with the chain's pending count; nonces used on chain
+//! above the counter that no record or filler holds are looked up in recent blocks, re-created by
+//! signing the same fields again (RFC 6979 signatures are deterministic, so the hash matches
+//! exactly when the transaction is ours), and stored in `orphan_txs` with their tags. A step whose
+//! tag is among them adopts the orphan (`Store::adopt_orphan`) and confirms it instead of sending.
+//! While such a nonce is still pending, the step waits ([`EngineError::NonceReconciling`]): its
+//! own lost transaction may be the one pending.
+
+use super::TxManager;
+use crate::chain::ChainTx;
+use crate::error::{EngineError, Result};
+use crate::signer::{SignerKey, UnsignedTx};
+use crate::store::{Broadcast, Fence, Orphan, TxIntent, TxRecord};
+use alloy_primitives::B256;
+use std::collections::BTreeSet;
+
+/// How many nonces below the chain's pending count one reconciliation looks at.
+pub const ORPHAN_SCAN_NONCES: u64 = 64;
+/// How many blocks back from the head one reconciliation searches.
+pub const ORPHAN_SCAN_BLOCKS: u64 = 256;
+
+impl TxManager {
+    /// Before step `step` creates its transaction: adopt the step's orphan if there is one
+    /// (returns its new record), after reconciling any nonces the chain has used above the
+    /// signer's counter. `pending` is the chain's pending transaction count of the signer.
+    pub(super) async fn adopt_orphan(
+        &self,
+        fence: &Fence,
+        step: i32,
+        key: &SignerKey,
+        intent: &TxIntent,
+        tag: B256,
+        pending: u64,
+    ) -> Result<Option<TxRecord>> {
+        let signer = key.address();
+        let view = self.store.nonce_view(signer, self.chain_id, tag).await?;
+        let orphan = match view.orphan {
+            Some(o) => Some(o),
+            None => {
+                let counter = view.next_nonce.unwrap_or(0);
+                if pending <= counter {
+                    return Ok(None);
+                }
+                self.find_orphans(key, counter, pending)
+                    .await?
+                    .into_iter()
+                    .filter(|o| o.tag == tag)
+                    .map(|o| o.signed)
+                    .min_by_key(|b| b.nonce)
+            }
+        };
+        let Some(signed) = orphan else {
+            return Ok(None);
+        };
+        let rec = self
+            .store
+            .adopt_orphan(fence, step, intent, &signed)
+            .await?;
+        self.metrics.inc(
+            "dalp_orphans_adopted_total",
+            &[("signer", &format!("{signer:#x}"))],
+        );
+        tracing::warn!(
+            workflow_id = fence.workflow_id,
+            step,
+            nonce = signed.nonce,
+            hash = %signed.hash,
+            "the step's transaction is already on chain with no record (records lost): adopted it instead of sending again"
+        );
+        Ok(Some(rec))
+    }
+
+    /// Nonces in `[counter, pending)` (at most [`ORPHAN_SCAN_NONCES`]) that no record or filler
+    /// holds are looked up in the last [`ORPHAN_SCAN_BLOCKS`] blocks; those that are ours are
+    /// stored as orphans and returned.
+    async fn find_orphans(
+        &self,
+        key: &SignerKey,
+        counter: u64,
+        pending: u64,
+    ) -> Result<Vec<Orphan>> {
+        let signer = key.address();
+        let from = counter.max(pending.saturating_sub(ORPHAN_SCAN_NONCES));
+        let mut unaccounted = BTreeSet::new();
+        for n in from..pending {
+            if self
+                .store
+                .tx_by_nonce(signer, self.chain_id, n)
+                .await?
+                .is_some()
+                || !self
+                    .store
+                    .nonce_fillers(signer, self.chain_id, n)
+                    .await?
+                    .is_empty()
+            {
+                continue;
+            }
+            unaccounted.insert(n);
+        }
+        let Some(&lowest) = unaccounted.first() else {
+            return Ok(Vec::new());
+        };
+        let mined = self.gateway.transaction_count(signer, "latest").await?;
+        if let Some(&n) = unaccounted.iter().find(|&&n| n >= mined) {
+            self.metrics.inc(
+                "dalp_nonce_reconcile_waits_total",
+                &[("signer", &format!("{signer:#x}"))],
+            );
+            return Err(EngineError::NonceReconciling(format!(
+                "nonce {n} of {signer:#x} is pending on chain and no record holds it; the step waits until it is mined to know whether it is its own"
+            )));
+        }
+        let head = self.gateway.block_number().await?;
+        let mut found = Vec::new();
+        for number in (head.saturating_sub(ORPHAN_SCAN_BLOCKS)..=head).rev() {
+            let Some((_, txs)) = self.gateway.block_transactions(number).await? else {
+                continue;
+            };
+            let mut older = false;
+            for t in txs.iter().filter(|t| t.from == signer) {
+                if unaccounted.remove(&t.nonce) {
+                    found.extend(recreate(key, t));
+                }
+                older |= t.nonce < lowest;
+            }
+            if unaccounted.is_empty() || older {
+                break;
+            }
+        }
+        if !unaccounted.is_empty() {
+            self.metrics.inc(
+                "dalp_orphan_nonces_unresolved_total",
+                &[("signer", &format!("{signer:#x}"))],
+            );
+            tracing::warn!(nonces = ?unaccounted, "nonces used on chain with no record were not found in the recent blocks");
+        }
+        if !found.is_empty() {
+            self.store
+                .record_orphans(signer, self.chain_id, &found)
+                .await?;
+            self.metrics.add(
+                "dalp_orphans_found_total",
+                &[("signer", &format!("{signer:#x}"))],
+                found.len() as u64,
+            );
+        }
+        Ok(found)
+    }
+}
+
+/// The orphan a chain transaction is, if `key` signed exactly these fields (a tagged EIP-1559
+/// transaction of ours): signing them again gives the same bytes and hash.
+fn recreate(key: &SignerKey, t: &ChainTx) -> Option<Orphan> {
+    if t.tx_type != 2 || t.input.len() < 32 {
+        return None;
+    }
+    let unsigned = UnsignedTx {
+        chain_id: t.chain_id?,
+        nonce: t.nonce,
+        gas_limit: t.gas_limit,
+        max_fee_per_gas: t.max_fee_per_gas?,
+        max_priority_fee_per_gas: t.max_priority_fee_per_gas?,
+        to: t.to,
+        value: t.value,
+        input: t.input.clone(),
+    };
+    let (raw, hash) = key.sign(&unsigned).ok()?;
+    if hash != t.hash {
+        return None;
+    }
+    Some(Orphan {
+        tag: B256::from_slice(&t.input[t.input.len() - 32..]),
+        signed: Broadcast {
+            hash,
+            nonce: t.nonce,
+            raw,
+            max_fee_per_gas: unsigned.max_fee_per_gas,
+            max_priority_fee_per_gas: unsigned.max_priority_fee_per_gas,
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloy_primitives::{Address, Bytes, U256};
+
+    const KEY: &str = "ac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80";
+    const OTHER: &str = "59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d";
+
+    fn mined(key: &SignerKey, input: Vec<u8>) -> ChainTx {
+        let unsigned = UnsignedTx {
+            chain_id: 31337,
+            nonce: 9,
+            gas_limit: 120_000,
+            max_fee_per_gas: 3_000_000_000,
+            max_priority_fee_per_gas: 1_000_000_000,
+            to: Some(Address::repeat_byte(7)),
+            value: U256::ZERO,
+            input: Bytes::from(input.clone()),
+        };
+        let (_, hash) = key.sign(&unsigned).unwrap();
+        ChainTx {
+            hash,
+            from: key.address(),
+            nonce: 9,
+            tx_type: 2,
+            chain_id: Some(31337),
+            to: unsigned.to,
+            value: U256::ZERO,
+            input: input.into(),
+            gas_limit: 120_000,
+            max_fee_per_gas: Some(3_000_000_000),
+            max_priority_fee_per_gas: Some(1_000_000_000),
+        }
+    }
+
+    #[test]
+    fn a_tagged_transaction_of_ours_is_recreated_byte_for_byte() {
+        let key = SignerKey::from_hex(KEY).unwrap();
+        let tag = crate::workflow::step_tag("mint", "key-1", 0);
+        let mut input = vec![0xab; 68];
+        input.extend_from_slice(tag.as_slice());
+        let t = mined(&key, input);
+        let o = recreate(&key, &t).expect("ours");
+        assert_eq!((o.tag, o.signed.hash, o.signed.nonce), (tag, t.hash, 9));
+        assert_eq!(alloy_primitives::keccak256(&o.signed.raw), t.hash);
+    }
+
+    #[test]
+    fn someone_elses_or_untagged_or_altered_transactions_are_not_orphans() {
+        let key = SignerKey::from_hex(KEY).unwrap();
+        let other = SignerKey::from_hex(OTHER).unwrap();
+        let input = vec![0xcd; 100];
+        // Signed by another key (the fields alone do not make it ours).
+        assert!(recreate(&key, &mined(&other, input.clone())).is_none());
+        // Too short to carry a tag.
+        assert!(recreate(&key, &mined(&key, vec![1, 2, 3])).is_none());
+        // Any field that differs from what was signed changes the hash.
+        let mut t = mined(&key, input);
+        t.gas_limit += 1;
+        assert!(recreate(&key, &t).is_none());
+        // Legacy transactions are never ours.
+        let mut t = mined(&key, vec![0; 40]);
+        t.tx_type = 0;
+        assert!(recreate(&key, &t).is_none());
+    }
+
+    #[test]
+    fn step_tags_differ_by_key_kind_and_step() {
+        use crate::workflow::step_tag;
+        let a = step_tag("mint", "k", 1);
+        assert_ne!(a, step_tag("mint", "k", 2));
+        assert_ne!(a, step_tag("mint", "k2", 1));
+        assert_ne!(a, step_tag("transfer", "k", 1));
+        // The separator keeps ("ab", "c") and ("a", "bc") apart.
+        assert_ne!(step_tag("ab", "c", 1), step_tag("a", "bc", 1));
+    }
+}
