@@ -22,6 +22,8 @@
 //!   the engine, then dropped by the node), the same pass fills it with a zero-value self-transfer
 //!   once the gap has been seen on two passes; the filler is stored (`record_filler`) before it
 //!   is broadcast, like every signed transaction.
+//! - a step whose records were lost (an asynchronous replica promoted without them) finds its
+//!   own transaction on chain by the tag at the end of its calldata and adopts it (`txmgr/orphans.rs`).
 
 mod orphans;
 
@@ -86,7 +88,7 @@ enum Sent {
 impl TxManager {
     /// Run a transaction step to `confirmations` blocks, resuming whatever an earlier attempt
     /// (of this process or another) left on record.
-    /// `intent.input` ends with the step's `tag` (see [`orphans`]).
+    /// `intent.input` ends with the step's `tag` (see `txmgr/orphans.rs`).
     pub async fn execute(
         &self,
         fence: &Fence,
