@@ -133,10 +133,25 @@ fn planted(names: &[&str]) -> Result<(), String> {
             .current_dir(&root)
             .arg("-c")
             .arg(format!("git archive HEAD | tar -x -C '{}'", work.display())))?;
-        run(Command::new("git")
+        // `work` lies inside this repository's (ignored) target dir: without the ceiling, git
+        // would resolve `diff --git` paths against the repository root and silently skip them.
+        let applied = Command::new("git")
             .current_dir(&work)
-            .args(["apply", "--unsafe-paths"])
-            .arg(patch))?;
+            .env(
+                "GIT_CEILING_DIRECTORIES",
+                work.parent().expect("work has a parent"),
+            )
+            .args(["apply", "--verbose"])
+            .arg(patch)
+            .output()
+            .map_err(|e| format!("git apply: {e}"))?;
+        let said = String::from_utf8_lossy(&applied.stderr).to_string();
+        if !applied.status.success() || said.contains("Skipped") || !said.contains("Applied") {
+            return Err(format!(
+                "planted bug {name}: {} did not apply to HEAD: {said}",
+                patch.display()
+            ));
+        }
         let mut build = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
         build
             .current_dir(&work)

@@ -8,11 +8,12 @@ use super::faults::{inject, wait_for, Fleet};
 use super::scrape::{
     evidence as scrape_evidence, scraper_process, ScrapeLog, SCRAPER, SCRAPE_INTERVAL_MS,
 };
-use super::workload::{client_process, ClientCtx, TokenBook};
+use super::workload::{client_process, SimApi};
 use super::{epoch_ms, ip, t_ms, DB_SERVICE};
 use crate::chain::{ChainModel, ChainParams};
 use crate::check::WorkflowView;
 use crate::check::{check, ChainTx, Evidence, TransferLog, Verdict};
+use crate::client::{ClientCtx, TokenBook};
 use crate::db::DbModel;
 use crate::history::{summarize, History};
 use crate::plan::{plan, INVESTOR};
@@ -197,19 +198,31 @@ async fn world(s: Arc<Scenario>, seed: u64, schedule: Vec<Fault>, trace: Trace) 
             .filter(|o| o.client as usize == c)
             .cloned()
             .collect();
-        let ctx = Arc::new(ClientCtx {
-            name: format!("client-{c}"),
-            engines: topo.engines as usize,
-            timeout: Duration::from_millis(s.workload.client_timeout_ms),
-            deadline_ms,
-            history: history.clone(),
-            tokens: tokens.clone(),
-        });
+        let (name, engines, timeout) = (
+            format!("client-{c}"),
+            topo.engines as usize,
+            Duration::from_millis(s.workload.client_timeout_ms),
+        );
+        let (history, tokens) = (history.clone(), tokens.clone());
         let n = handle
             .create_node()
             .name(format!("client-{c}"))
             .ip(ip(5, c))
-            .init(move || client_process(ctx.clone(), ops.clone()))
+            .init(move || {
+                let (name, history, tokens, ops) =
+                    (name.clone(), history.clone(), tokens.clone(), ops.clone());
+                async move {
+                    let ctx = Arc::new(ClientCtx {
+                        name,
+                        engines,
+                        deadline_ms,
+                        history,
+                        tokens,
+                        api: SimApi::bind(timeout).await,
+                    });
+                    client_process(ctx, ops).await
+                }
+            })
             .build();
         nodes.insert(format!("client-{c}"), n.id());
     }
