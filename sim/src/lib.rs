@@ -9,6 +9,7 @@
 pub mod chain;
 pub mod check;
 pub mod cli;
+pub mod client;
 pub mod db;
 pub mod history;
 pub mod isolation;
