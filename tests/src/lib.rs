@@ -267,7 +267,7 @@ pub fn anvil_path() -> Result<PathBuf> {
     Ok(path)
 }
 
-/// An Anvil node on 127.0.0.1 with interval mining (so confirmations advance).
+/// An Anvil node on 127.0.0.1: interval mining (so confirmations advance) or on demand.
 pub struct Anvil {
     pub port: u16,
     child: Child,
@@ -275,6 +275,16 @@ pub struct Anvil {
 
 impl Anvil {
     pub fn start(block_time_secs: u64) -> Result<Self> {
+        Self::start_with(&["--block-time", &block_time_secs.to_string()])
+    }
+
+    /// An Anvil that mines only when told (`evm_mine` / `anvil_mine`): `--no-mining`.
+    pub fn start_manual() -> Result<Self> {
+        Self::start_with(&["--no-mining"])
+    }
+
+    /// An Anvil on 127.0.0.1, chain id 31337, with the given extra arguments.
+    pub fn start_with(extra: &[&str]) -> Result<Self> {
         let dir = scratch_dir("anvil");
         let port = free_port();
         let log = fs::File::create(dir.join("anvil.log"))?;
@@ -286,9 +296,8 @@ impl Anvil {
                 &port.to_string(),
                 "--chain-id",
                 "31337",
-                "--block-time",
-                &block_time_secs.to_string(),
             ])
+            .args(extra)
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()?;

@@ -11,7 +11,8 @@ use revm::context_interface::transaction::AccessList;
 use std::collections::{BTreeMap, VecDeque};
 
 pub const GWEI: u128 = 1_000_000_000;
-/// Anvil's suggested priority fee (`eth_maxPriorityFeePerGas`), also added by `eth_gasPrice`.
+/// Anvil's smallest suggested priority fee (`eth_maxPriorityFeePerGas` on an empty head block;
+/// otherwise the head block's lowest tip, if higher).
 pub const DEFAULT_PRIORITY_FEE: u128 = GWEI;
 /// The smallest gas limit a transaction may carry (Anvil's pool check).
 pub const MIN_TRANSACTION_GAS: u64 = 21_000;
@@ -22,8 +23,8 @@ pub const SNAPSHOTS_KEPT: u64 = 256;
 /// against Anvil; Geth's rules are there for scenarios that want a stricter pool.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum PoolPolicy {
-    /// A replacement needs a strictly higher max fee (any amount) when the original is ready, an
-    /// equal or higher one when it is queued; at mining, a transaction that became invalid (max fee
+    /// A replacement needs a strictly higher max fee (any amount), whether the original is ready
+    /// or queued; at mining, a transaction that became invalid (max fee
     /// below the base fee, funds too low) is dropped from the pool with its ready successors.
     #[default]
     Anvil,
@@ -340,6 +341,17 @@ impl ChainModel {
             .unwrap_or_else(|| next_base_fee(self.blocks.last().expect("genesis")))
     }
 
+    /// The base fee set for the next block (`anvil_setNextBlockBaseFeePerGas`, or carried over a
+    /// rollback), if any.
+    pub fn base_fee_override(&self) -> Option<u128> {
+        self.next_base_fee_override
+    }
+
+    /// The EIP-1559 base fee of a child of canonical block `number` (no override applied).
+    pub fn base_fee_after(&self, number: u64) -> Option<u128> {
+        self.blocks.get(number as usize).map(next_base_fee)
+    }
+
     /// Every transaction in canonical blocks, in chain order.
     pub fn canonical_txs(&self) -> Vec<MinedTx> {
         self.blocks
@@ -543,14 +555,15 @@ impl ChainModel {
                 });
             }
         }
+        // Anvil 1.7.1 checks the nonce before the gas limit.
+        if tx.nonce < state.nonce(tx.from) {
+            return Err(TxReject::NonceTooLow);
+        }
         if tx.gas_limit < MIN_TRANSACTION_GAS {
             return Err(TxReject::GasTooLow);
         }
         if tx.gas_limit > self.params.block_gas_limit {
             return Err(TxReject::GasTooHigh);
-        }
-        if tx.nonce < state.nonce(tx.from) {
-            return Err(TxReject::NonceTooLow);
         }
         if tx.max_fee < base_fee {
             return Err(TxReject::FeeCapTooLow);
@@ -570,6 +583,8 @@ impl ChainModel {
         if self.pool.contains_key(&tx.hash) {
             return Err(TxReject::AlreadyImported);
         }
+        let (from, nonce) = (tx.from, tx.nonce);
+        let was_pending = self.pending_nonce_of(from);
         let existing = self
             .by_sender
             .get(&tx.from)
@@ -578,13 +593,8 @@ impl ChainModel {
             .cloned();
         if let Some(old) = existing {
             let ok = match self.params.pool_policy {
-                PoolPolicy::Anvil => {
-                    if self.is_ready(&old) {
-                        tx.max_fee > old.max_fee
-                    } else {
-                        tx.max_fee >= old.max_fee
-                    }
-                }
+                // Ready or queued alike (Anvil 1.7.1 refuses an equal fee for a queued one too).
+                PoolPolicy::Anvil => tx.max_fee > old.max_fee,
                 PoolPolicy::Geth => {
                     let bumped = |new: u128, old: u128| new * 100 >= old * 110;
                     bumped(tx.max_fee, old.max_fee)
@@ -602,6 +612,13 @@ impl ChainModel {
         tx.seq = self.take_seq();
         let hash = tx.hash;
         self.pool_insert(tx);
+        // Anvil numbers a transaction when it becomes ready (the tie-break between equal fees):
+        // queued ones this one unlocks are numbered now, right after it, in nonce order.
+        for n in (nonce + 1).max(was_pending)..self.pending_nonce_of(from) {
+            let h = self.by_sender[&from][&n];
+            let seq = self.take_seq();
+            self.pool.get_mut(&h).expect("pool tx").seq = seq;
+        }
         Ok(hash)
     }
 
@@ -756,24 +773,16 @@ impl ChainModel {
 
     /// Remove the last `depth` blocks (never genesis; at most what snapshots allow), restore the
     /// state of the new head, put their transactions back in the pool (or drop them), then mine
-    /// `depth + 1` replacement blocks: the canonical chain gets longer and differs in hash.
+    /// `depth + 1` replacement blocks: the canonical chain gets longer and differs in hash. In
+    /// Anvil's terms: `anvil_rollback(depth)`, the removed transactions sent again in chain order
+    /// (unless dropped), `depth + 1` blocks mined — what the conformance tests compare it with.
     pub fn reorg(&mut self, depth: u64, drop_txs: bool, now_ms: u64) -> ReorgSummary {
         let old_head = self.head();
-        let oldest_kept = *self.snapshots.keys().next().expect("snapshot");
-        let depth = depth.min(old_head - oldest_kept);
-        let ancestor = old_head - depth;
-        let removed = self.blocks.split_off(ancestor as usize + 1);
-        self.state = self.snapshots[&ancestor].clone();
-        self.snapshots = {
-            let mut s = std::mem::take(&mut self.snapshots);
-            s.split_off(&(ancestor + 1));
-            s
-        };
-        self.salt += 1;
+        let (ancestor, removed) = self.unwind(depth);
+        let depth = old_head - ancestor;
         let mut reinjected = Vec::new();
         let mut dropped = Vec::new();
         for inc in removed.iter().flat_map(|b| b.txs.iter()) {
-            self.tx_index.remove(&inc.tx.hash);
             let slot_taken = self
                 .by_sender
                 .get(&inc.tx.from)
@@ -782,7 +791,10 @@ impl ChainModel {
                 dropped.push(inc.tx.hash);
             } else {
                 reinjected.push(inc.tx.hash);
-                self.pool_insert(inc.tx.clone());
+                // Back in the pool as if sent again now (Anvil's order among equal fees).
+                let mut tx = inc.tx.clone();
+                tx.seq = self.take_seq();
+                self.pool_insert(tx);
             }
         }
         let mined = (0..=depth).map(|_| self.mine_block(now_ms)).collect();
@@ -796,14 +808,79 @@ impl ChainModel {
         }
     }
 
-    /// Drop a pool transaction like `anvil_dropTransaction` (its ready successors go with it).
+    /// Remove the last `depth` blocks (never genesis; at most what snapshots allow) and restore
+    /// the state of the new head; their transactions leave the index. Returns the new head and
+    /// the removed blocks.
+    fn unwind(&mut self, depth: u64) -> (u64, Vec<Block>) {
+        let old_head = self.head();
+        let oldest_kept = *self.snapshots.keys().next().expect("snapshot");
+        let depth = depth.min(old_head - oldest_kept);
+        let ancestor = old_head - depth;
+        let removed = self.blocks.split_off(ancestor as usize + 1);
+        self.state = self.snapshots[&ancestor].clone();
+        self.snapshots = {
+            let mut s = std::mem::take(&mut self.snapshots);
+            s.split_off(&(ancestor + 1));
+            s
+        };
+        self.salt += 1;
+        for inc in removed.iter().flat_map(|b| b.txs.iter()) {
+            self.tx_index.remove(&inc.tx.hash);
+        }
+        (ancestor, removed)
+    }
+
+    /// `anvil_rollback`: remove the last `depth` blocks; their transactions are forgotten (not
+    /// put back in the pool), and — like Anvil, whose fee manager is not rolled back — the next
+    /// block keeps the base fee it would have had before the rollback. Returns the hashes of the
+    /// forgotten transactions; `Err` is Anvil's message when `depth` exceeds the chain height.
+    pub fn rollback(&mut self, depth: u64) -> Result<Vec<B256>, String> {
+        let head = self.head();
+        if depth > head {
+            return Err(format!(
+                "Rollback depth must not exceed current chain height: current height {head}, depth {depth}"
+            ));
+        }
+        let carry = self.next_base_fee();
+        let (_, removed) = self.unwind(depth);
+        self.next_base_fee_override = Some(carry);
+        Ok(removed
+            .iter()
+            .flat_map(|b| b.txs.iter().map(|i| i.tx.hash))
+            .collect())
+    }
+
+    /// The chain as it would be with the pool mined into a block now: Anvil's `pending` block,
+    /// which state queries at the `pending` tag read.
+    pub(crate) fn with_pending_block(&self, now_ms: u64) -> ChainModel {
+        let mut m = ChainModel {
+            params: self.params.clone(),
+            blocks: self.blocks.clone(),
+            state: self.state.clone(),
+            snapshots: BTreeMap::from([(self.head(), self.state.clone())]),
+            pool: self.pool.clone(),
+            by_sender: self.by_sender.clone(),
+            tx_index: self.tx_index.clone(),
+            next_seq: self.next_seq,
+            salt: self.salt,
+            next_base_fee_override: self.next_base_fee_override,
+        };
+        m.mine_block(now_ms);
+        m
+    }
+
+    /// Drop a ready pool transaction like `anvil_dropTransaction` (its ready successors go with
+    /// it). Like Anvil, a queued one (behind a nonce gap) cannot be dropped this way.
     pub fn drop_pending(&mut self, hash: B256) -> bool {
         !self.drop_pending_detailed(hash).is_empty()
     }
 
     /// [`Self::drop_pending`], returning every hash removed.
     pub fn drop_pending_detailed(&mut self, hash: B256) -> Vec<B256> {
-        self.pool_remove_cascade(hash)
+        match self.pool.get(&hash) {
+            Some(tx) if self.is_ready(tx) => self.pool_remove_cascade(hash),
+            _ => Vec::new(),
+        }
     }
 
     /// Drop every pool transaction of `sender`; returns how many.
@@ -817,6 +894,14 @@ impl ChainModel {
             self.pool_remove(*h);
         }
         hashes.len()
+    }
+
+    /// Empty the pool, like `anvil_dropAllTransactions`; returns how many were dropped.
+    pub fn drop_all_pending(&mut self) -> usize {
+        let n = self.pool.len();
+        self.pool.clear();
+        self.by_sender.clear();
+        n
     }
 
     /// The next block's base fee, like `anvil_setNextBlockBaseFeePerGas` (a gas spike).

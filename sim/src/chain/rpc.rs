@@ -2,8 +2,11 @@
 //!
 //! The engine's own client (`dalp_engine::chain::gateway`) parses these answers, so field names,
 //! quantity encoding, error codes and messages follow what the real Anvil binary returns (checked
-//! against Anvil 1.7.1). Responses are built from ordered maps only, so the same model state gives
-//! the same bytes.
+//! against Anvil 1.7.1, continuously by `tests/tests/chain_conformance.rs`). Responses are built
+//! from ordered maps only, so the same model state gives the same bytes. Anvil's test methods
+//! (`evm_mine`, `anvil_mine`, `anvil_dropTransaction`, `anvil_setBalance`,
+//! `anvil_setNextBlockBaseFeePerGas`, `anvil_rollback`, …) are answered too, so the conformance
+//! tests drive both the same way; the simulation itself injects faults through the model's methods.
 
 use super::model::{
     revert_message, Block, ChainModel, Included, LogRec, NodeTx, TxReject, DEFAULT_PRIORITY_FEE,
@@ -95,6 +98,17 @@ fn need(params: &[Value], n: usize, variant: &str) -> Result<(), RpcError> {
     if params.len() < n {
         return Err(RpcError::params(format!(
             "invalid length {}, expected tuple variant EthRequest::{variant} with {n} elements",
+            params.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Anvil's words for a short parameter list of its `anvil_*` methods.
+fn need_seq(params: &[Value], n: usize) -> Result<(), RpcError> {
+    if params.len() < n {
+        return Err(RpcError::params(format!(
+            "expected params sequence with length {n} but got {}",
             params.len()
         )));
     }
@@ -207,9 +221,9 @@ impl ChainModel {
 
     /// One JSON-RPC request body in (an object, or a batch array), the response body out.
     /// `lag_blocks` > 0 answers like an endpoint that is that many blocks behind: the head, the
-    /// `latest` state, blocks, receipts and logs are as of `head - lag_blocks`.
+    /// `latest` state, blocks, receipts and logs are as of `head - lag_blocks`. `now_ms` is the
+    /// time a block mined by `evm_mine` / `anvil_mine` gets.
     pub fn handle_rpc(&mut self, body: &str, now_ms: u64, lag_blocks: u64) -> String {
-        let _ = now_ms; // the model has no time-dependent answers yet; kept for the node's contract
         let invalid =
             r#"{"jsonrpc":"2.0","id":null,"error":{"code":-32600,"message":"Invalid request"}}"#;
         let Ok(req) = serde_json::from_str::<Value>(body) else {
@@ -219,16 +233,16 @@ impl ChainModel {
             Value::Array(items) => {
                 let parts: Vec<String> = items
                     .iter()
-                    .map(|r| self.handle_one(r, lag_blocks))
+                    .map(|r| self.handle_one(r, now_ms, lag_blocks))
                     .collect();
                 format!("[{}]", parts.join(","))
             }
-            Value::Object(_) => self.handle_one(&req, lag_blocks),
+            Value::Object(_) => self.handle_one(&req, now_ms, lag_blocks),
             _ => invalid.to_string(),
         }
     }
 
-    fn handle_one(&mut self, req: &Value, lag: u64) -> String {
+    fn handle_one(&mut self, req: &Value, now_ms: u64, lag: u64) -> String {
         let id = req.get("id").cloned().unwrap_or(Value::Null);
         let id_text = id.to_string();
         let Some(method) = req.get("method").and_then(Value::as_str) else {
@@ -241,7 +255,7 @@ impl ChainModel {
             Some(Value::Array(a)) => a.clone(),
             Some(other) => vec![other.clone()],
         };
-        match self.dispatch(method, &params, lag) {
+        match self.dispatch(method, &params, now_ms, lag) {
             Ok(v) => format!(r#"{{"jsonrpc":"2.0","id":{id_text},"result":{v}}}"#),
             Err(e) => format!(
                 r#"{{"jsonrpc":"2.0","id":{id_text},"error":{}}}"#,
@@ -250,15 +264,33 @@ impl ChainModel {
         }
     }
 
-    fn dispatch(&mut self, method: &str, p: &[Value], lag: u64) -> RpcResult {
+    fn dispatch(&mut self, method: &str, p: &[Value], now_ms: u64, lag: u64) -> RpcResult {
         let view = self.head().saturating_sub(lag);
+        let state_query = matches!(
+            method,
+            "eth_getBalance" | "eth_getCode" | "eth_call" | "eth_estimateGas"
+        );
+        // Anvil's `eth_estimateGas` defaults to the pending block.
+        let pending = match param(p, 1) {
+            Some(tag) => tag == "pending",
+            None => method == "eth_estimateGas",
+        };
+        if state_query && pending && lag == 0 && !self.pool.is_empty() {
+            // Anvil answers `pending` state queries from a block of the pool mined now.
+            let mut latest = p.to_vec();
+            latest.resize(latest.len().max(2), Value::Null);
+            latest[1] = json!("latest");
+            return self
+                .with_pending_block(now_ms)
+                .dispatch(method, &latest, now_ms, 0);
+        }
         match method {
             "eth_chainId" => Ok(q(self.params.chain_id)),
             "net_version" => Ok(Value::String(self.params.chain_id.to_string())),
             "web3_clientVersion" => Ok(json!("dalp-sim/chain-model")),
             "eth_blockNumber" => Ok(q(view)),
-            "eth_gasPrice" => Ok(q128(self.next_base_fee() + DEFAULT_PRIORITY_FEE)),
-            "eth_maxPriorityFeePerGas" => Ok(q128(DEFAULT_PRIORITY_FEE)),
+            "eth_gasPrice" => Ok(q128(self.next_base_fee() + self.suggested_tip(view))),
+            "eth_maxPriorityFeePerGas" => Ok(q128(self.suggested_tip(view))),
             "eth_getBalance" => {
                 need(p, 2, "EthGetBalance")?;
                 let who = p_addr(&p[0])?;
@@ -291,14 +323,15 @@ impl ChainModel {
                 need(p, 1, "EthGetTransactionByHash")?;
                 let h = p_b256(&p[0])?;
                 if let Some((b, inc)) = self.mined(h, view) {
-                    return Ok(tx_json(&inc.tx, Some((b, inc))));
+                    return Ok(tx_json(&inc.tx, Some((b, inc)), b.base_fee));
                 }
                 if let Some(tx) = self.pool.get(&h) {
-                    return Ok(tx_json(tx, None));
+                    return Ok(tx_json(tx, None, self.next_base_fee()));
                 }
                 // Mined above a lagging view: that node still has it pending.
                 if let Some(&(n, i)) = self.tx_index.get(&h) {
-                    return Ok(tx_json(&self.blocks[n as usize].txs[i].tx, None));
+                    let base_fee = self.blocks[view as usize + 1].base_fee;
+                    return Ok(tx_json(&self.blocks[n as usize].txs[i].tx, None, base_fee));
                 }
                 Ok(Value::Null)
             }
@@ -366,8 +399,70 @@ impl ChainModel {
                     json!({"pending": q(ready as u64), "queued": q((self.pool.len() - ready) as u64)}),
                 )
             }
+            // Anvil's test methods (the simulation drives its faults through the model's methods;
+            // these answer like Anvil so the conformance tests can drive both the same way).
+            "evm_mine" => {
+                self.mine_block(now_ms);
+                Ok(json!("0x0"))
+            }
+            "anvil_mine" => {
+                let n = param(p, 0).map(p_u64).transpose()?.unwrap_or(1);
+                for _ in 0..n {
+                    self.mine_block(now_ms);
+                }
+                Ok(Value::Null)
+            }
+            "anvil_dropTransaction" => {
+                need_seq(p, 1)?;
+                let h = p_b256(&p[0])?;
+                Ok(if self.drop_pending(h) {
+                    h256(h)
+                } else {
+                    Value::Null
+                })
+            }
+            "anvil_dropAllTransactions" => {
+                self.drop_all_pending();
+                Ok(Value::Null)
+            }
+            "anvil_setBalance" => {
+                need_seq(p, 2)?;
+                self.set_balance(p_addr(&p[0])?, p_u256(&p[1])?);
+                Ok(Value::Null)
+            }
+            "anvil_setNextBlockBaseFeePerGas" => {
+                need_seq(p, 1)?;
+                let fee = u128::try_from(p_u256(&p[0])?)
+                    .map_err(|_| RpcError::params("quantity out of range"))?;
+                self.set_next_base_fee(fee);
+                Ok(Value::Null)
+            }
+            "anvil_rollback" => {
+                need_seq(p, 1)?;
+                let depth = p_u64(&p[0])?;
+                if depth == 0 {
+                    // What Anvil 1.7.1 answers for a rollback by 0.
+                    return Err(RpcError::new(-32603, "Required data unavailable"));
+                }
+                self.rollback(depth).map_err(RpcError::params)?;
+                Ok(Value::Null)
+            }
             _ => Err(RpcError::new(-32601, "Method not found")),
         }
+    }
+
+    /// Anvil's tip suggestion (`eth_maxPriorityFeePerGas`, added to the base fee by
+    /// `eth_gasPrice`): the lowest tip paid in the head block, at least [`DEFAULT_PRIORITY_FEE`].
+    fn suggested_tip(&self, view: u64) -> u128 {
+        let b = &self.blocks[view as usize];
+        b.txs
+            .iter()
+            .map(|i| {
+                let above_base = i.tx.max_fee.saturating_sub(b.base_fee);
+                i.tx.priority_fee.map_or(above_base, |p| p.min(above_base))
+            })
+            .min()
+            .map_or(DEFAULT_PRIORITY_FEE, |t| t.max(DEFAULT_PRIORITY_FEE))
     }
 
     fn mined(&self, h: B256, view: u64) -> Option<(&Block, &Included)> {
@@ -656,7 +751,9 @@ fn access_list_json(l: &AccessList) -> Value {
     )
 }
 
-fn tx_json(tx: &NodeTx, mined: Option<(&Block, &Included)>) -> Value {
+/// A transaction object; a pending one reports the price it would pay at `base_fee` (the next
+/// block's), as Anvil does.
+fn tx_json(tx: &NodeTx, mined: Option<(&Block, &Included)>, base_fee: u128) -> Value {
     let mut m = Map::new();
     m.insert("type".into(), q(tx.tx_type as u64));
     if let Some(id) = tx.chain_id {
@@ -704,7 +801,7 @@ fn tx_json(tx: &NodeTx, mined: Option<(&Block, &Included)>) -> Value {
             m.insert("blockHash".into(), Value::Null);
             m.insert("blockNumber".into(), Value::Null);
             m.insert("transactionIndex".into(), Value::Null);
-            m.insert("gasPrice".into(), q128(tx.max_fee));
+            m.insert("gasPrice".into(), q128(tx.effective_gas_price(base_fee)));
         }
     }
     Value::Object(m)
@@ -762,7 +859,7 @@ fn block_json(b: &Block, full: bool) -> Value {
         .iter()
         .map(|i| {
             if full {
-                tx_json(&i.tx, Some((b, i)))
+                tx_json(&i.tx, Some((b, i)), b.base_fee)
             } else {
                 h256(i.tx.hash)
             }

@@ -742,6 +742,84 @@ fn finality_and_lagging_views() {
     assert_eq!(h.receipt(hash)["blockNumber"], "0x6");
 }
 
+/// Behaviours the conformance tests against Anvil found (`tests/tests/chain_conformance.rs`).
+#[test]
+fn anvil_pool_details() {
+    let mut h = H::new();
+    // A pending tx reports the price it would pay in the next block.
+    let (r0, h0) = h.transfer_eth(0, 0, FEES);
+    h.send_ok(&r0);
+    let t = h.ok("eth_getTransactionByHash", json!([h0]));
+    assert_eq!(t["gasPrice"], "0x77359400", "1 gwei base fee + 1 gwei tip");
+    // A queued tx needs a strictly higher fee to be replaced, and cannot be dropped.
+    let (q, hq) = h.transfer_eth(0, 2, FEES);
+    h.send_ok(&q);
+    let (same, _) = h.sign(0, 2, Some(A2), Bytes::new(), U256::from(7), 21_000, FEES);
+    assert_eq!(
+        h.err("eth_sendRawTransaction", json!([same])).1,
+        "replacement transaction underpriced"
+    );
+    assert_eq!(h.ok("anvil_dropTransaction", json!([hq])), Value::Null);
+    assert!(h.m.is_pending(hq));
+    // The nonce is checked before the gas limit.
+    h.mine();
+    let (low, _) = h.sign(0, 0, Some(A2), Bytes::new(), U256::ZERO, 20_000, FEES);
+    assert_eq!(
+        h.err("eth_sendRawTransaction", json!([low])).1,
+        "nonce too low"
+    );
+}
+
+#[test]
+fn anvil_fee_suggestion_and_pending_state() {
+    let mut h = H::new();
+    assert_eq!(h.ok("eth_maxPriorityFeePerGas", json!([])), "0x3b9aca00");
+    let tip3 = Fees {
+        max: 10 * GWEI,
+        prio: 3 * GWEI,
+    };
+    let (raw, _) = h.transfer_eth(0, 0, tip3);
+    h.send_ok(&raw);
+    // `pending` state includes the pool; `latest` does not.
+    let latest = h.ok("eth_getBalance", json!([A2, "latest"]));
+    let pending = h.ok("eth_getBalance", json!([A2, "pending"]));
+    assert_eq!(latest, "0x0");
+    assert_eq!(pending, "0x1");
+    h.mine();
+    // The head block's lowest tip (3 gwei) is the suggestion now.
+    assert_eq!(h.ok("eth_maxPriorityFeePerGas", json!([])), "0xb2d05e00");
+    h.mine();
+    assert_eq!(h.ok("eth_maxPriorityFeePerGas", json!([])), "0x3b9aca00");
+}
+
+#[test]
+fn anvil_rollback_forgets_blocks_and_keeps_the_running_base_fee() {
+    let mut h = H::new();
+    let (raw, hash) = h.transfer_eth(0, 0, FEES);
+    h.send_ok(&raw);
+    assert_eq!(h.ok("evm_mine", json!([])), "0x0");
+    let next = h.m.next_base_fee();
+    assert_eq!(
+        h.err("anvil_rollback", json!([5])).1,
+        "Rollback depth must not exceed current chain height: current height 1, depth 5"
+    );
+    assert_eq!(h.ok("anvil_rollback", json!([1])), Value::Null);
+    assert_eq!(h.m.head(), 0);
+    assert_eq!(h.receipt(hash), Value::Null);
+    assert!(
+        !h.m.is_pending(hash),
+        "a rolled-back tx is not put back in the pool"
+    );
+    assert_eq!(h.m.nonce_of(A0), 0);
+    assert_eq!(
+        h.m.next_base_fee(),
+        next,
+        "Anvil's fee manager is not rolled back"
+    );
+    assert_eq!(h.ok("anvil_mine", json!([2])), Value::Null);
+    assert_eq!(h.m.head(), 2);
+}
+
 #[test]
 fn same_inputs_same_bytes() {
     let run = || {
