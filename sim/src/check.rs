@@ -189,10 +189,12 @@ pub fn durability(ev: &Evidence) -> Verdict {
     let mut accepted = 0;
     // Under asynchronous replication a failover may lose acknowledged commits (measured in
     // `data_loss`); a client that finds its workflow gone submits it again with the same key.
-    let async_loss = ev
-        .data_loss
-        .iter()
-        .any(|l| l["replication"] == "async" && l["lost_acknowledged"].as_u64().unwrap_or(0) > 0);
+    // (The real backend measures the WAL bytes the promoted replica lacked, not commits.)
+    let async_loss = ev.data_loss.iter().any(|l| {
+        l["replication"] == "async"
+            && (l["lost_acknowledged"].as_u64().unwrap_or(0) > 0
+                || l["lost_wal_bytes"].as_u64().unwrap_or(0) > 0)
+    });
     for (op, sum) in summarize(&ev.ops) {
         let Some(at) = sum.accepted_at else { continue };
         accepted += 1;

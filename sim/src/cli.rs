@@ -18,10 +18,16 @@ use std::time::{Duration, Instant};
 pub const USAGE: &str = "usage:
   dalp-sim list                                   scenarios, suites and the catalog ids they cover
   dalp-sim run <scenario|suite>... [--seeds N | --seeds A..B] [--out DIR] [--jobs J] [--shard I/N]
+               [--backend sim|real] [--provider auto|docker|local]
                                                   run every scenario with every seed (one process per seed);
                                                   writes results.json, junit.xml, report.md, report.html;
-                                                  exit 1 when an invariant fails
+                                                  exit 1 when an invariant fails. --backend real runs the
+                                                  same scenarios against real PostgreSQL, Anvil and
+                                                  dalp-engine processes (the plain build; one seed at a
+                                                  time unless --jobs), in containers when Docker is
+                                                  reachable (--provider auto), else as local processes
   dalp-sim repro <scenario> --seed S [--out DIR] [--schedule FILE] [--minimize] [--baseline]
+               [--backend sim|real] [--provider auto|docker|local]
                                                   replay one seed: outcome, trace-hash, trace files
                                                   (--baseline: the seed without faults, the
                                                   reference of the isolation invariant)
@@ -230,6 +236,70 @@ pub fn repro_command(scenario: &Path, seed: u64) -> String {
     format!("cargo xtask sim repro {} --seed {seed}", scenario.display())
 }
 
+/// Where the services of a run come from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Backend {
+    Sim,
+    /// Real services, from this provider (`auto`, `docker`, `local`).
+    Real(String),
+}
+
+impl Backend {
+    fn from_args(a: &Args) -> Result<Backend, String> {
+        let provider = a.flags.get("provider").cloned();
+        match a.flags.get("backend").map(String::as_str).unwrap_or("sim") {
+            "sim" if provider.is_none() => Ok(Backend::Sim),
+            "sim" => Err("--provider applies to --backend real only".into()),
+            "real" => {
+                let p = provider.unwrap_or_else(|| "auto".into());
+                if !matches!(p.as_str(), "auto" | "docker" | "local") {
+                    return Err(format!(
+                        "--provider: unknown provider `{p}` (auto, docker or local)"
+                    ));
+                }
+                Ok(Backend::Real(p))
+            }
+            other => Err(format!(
+                "--backend: unknown backend `{other}` (sim or real)"
+            )),
+        }
+    }
+
+    /// Whether this build can run it: the simulation needs `--cfg madsim`, real services the
+    /// plain build.
+    fn supported(&self) -> Result<(), String> {
+        match (self, cfg!(madsim)) {
+            (Backend::Sim, true) | (Backend::Real(_), false) => Ok(()),
+            (Backend::Sim, false) => Err(
+                "this dalp-sim was built without --cfg madsim and cannot simulate; use `cargo xtask sim …`".into(),
+            ),
+            (Backend::Real(_), true) => Err(
+                "this dalp-sim is the simulation build (--cfg madsim); the real backend is in the plain build: `cargo xtask sim run … --backend real` picks it".into(),
+            ),
+        }
+    }
+
+    /// Arguments the children get.
+    fn child_args(&self) -> Vec<String> {
+        match self {
+            Backend::Sim => Vec::new(),
+            Backend::Real(p) => vec![
+                "--backend".into(),
+                "real".into(),
+                "--provider".into(),
+                p.clone(),
+            ],
+        }
+    }
+
+    fn repro_suffix(&self) -> &'static str {
+        match self {
+            Backend::Sim => "",
+            Backend::Real(_) => " --backend real",
+        }
+    }
+}
+
 struct Job {
     scenario: PathBuf,
     seed: u64,
@@ -403,6 +473,8 @@ fn run(a: &Args) -> Result<bool, String> {
         return Err(format!("run needs at least one scenario or suite\n{USAGE}"));
     }
     let dir = scenarios_dir(a);
+    let backend = Backend::from_args(a)?;
+    backend.supported()?;
     let out_dir = PathBuf::from(
         a.flags
             .get("out")
@@ -411,6 +483,8 @@ fn run(a: &Args) -> Result<bool, String> {
     );
     let parallel: usize = match a.flags.get("jobs") {
         Some(j) => j.parse().map_err(|_| format!("--jobs {j}: not a number"))?,
+        // Real services are heavy and share the machine's ports and cores: one seed at a time.
+        None if backend != Backend::Sim => 1,
         None => default_jobs(),
     }
     .max(1);
@@ -445,7 +519,7 @@ fn run(a: &Args) -> Result<bool, String> {
             // Validate before anything runs: a bad scenario stops the run with its error.
             let scenario = Scenario::load(&f).map_err(|e| e.to_string())?;
             covers.insert(f.clone(), scenario.covers.clone());
-            if needs_baseline(&scenario) {
+            if needs_baseline(&scenario) && backend == Backend::Sim {
                 isolated.insert(f.clone(), scenario);
             }
             for s in &seeds {
@@ -492,11 +566,12 @@ fn run(a: &Args) -> Result<bool, String> {
     // A run of an isolation scenario and its baseline, until both have finished.
     type Half = Option<(Result<Value, String>, Duration)>;
     let mut pairs: BTreeMap<(PathBuf, u64), (Half, Half)> = BTreeMap::new();
+    let child_args = backend.child_args();
     run_jobs_ticking(
         jobs,
         parallel,
         &out_dir,
-        &[],
+        &child_args,
         |job, r, took| {
             let (r, took) = match isolated.get(&job.scenario) {
                 None => (r, took),
@@ -524,7 +599,11 @@ fn run(a: &Args) -> Result<bool, String> {
                 .and_then(|s| s.to_str())
                 .unwrap_or("?")
                 .to_string();
-            let repro = repro_command(&job.scenario, job.seed);
+            let repro = format!(
+                "{}{}",
+                repro_command(&job.scenario, job.seed),
+                backend.repro_suffix()
+            );
             let mut v = match r {
                 Ok(v) => v,
                 Err(e) => {
@@ -769,6 +848,8 @@ fn repro(a: &Args) -> Result<bool, String> {
     let file = one_scenario(a)?;
     let seed = seed_flag(a)?;
     let scenario = Scenario::load(&file).map_err(|e| e.to_string())?;
+    let backend = Backend::from_args(a)?;
+    backend.supported()?;
     let baseline_only = a.switches.iter().any(|s| s == "baseline");
     let out_dir = PathBuf::from(
         a.flags
@@ -777,6 +858,7 @@ fn repro(a: &Args) -> Result<bool, String> {
             .unwrap_or_else(|| "reports/repro".into()),
     );
     let mut extra = vec!["--always-trace".to_string(), "true".to_string()];
+    extra.extend(backend.child_args());
     if let Some(s) = a.flags.get("schedule") {
         extra.push("--schedule".into());
         extra.push(s.clone());
@@ -787,10 +869,11 @@ fn repro(a: &Args) -> Result<bool, String> {
     };
     // The isolation invariant compares the run with the seed's fault-free baseline (run beside
     // it, in a process of its own).
-    let baseline = (needs_baseline(&scenario) && !baseline_only).then(|| Job {
-        baseline: true,
-        ..Job::new(file.clone(), seed)
-    });
+    let baseline =
+        (needs_baseline(&scenario) && !baseline_only && backend == Backend::Sim).then(|| Job {
+            baseline: true,
+            ..Job::new(file.clone(), seed)
+        });
     let mut got: BTreeMap<bool, Result<Value, String>> = BTreeMap::new();
     let jobs: Vec<Job> = std::iter::once(Job {
         baseline: baseline_only,
@@ -1073,7 +1156,10 @@ fn child(a: &Args) -> Result<bool, String> {
     };
     let result_path = a.flags.get("result").ok_or("--result FILE is required")?;
     let started = Instant::now();
-    let (mut v, trace) = run_child(scenario, seed, schedule)?;
+    let (mut v, trace) = match Backend::from_args(a)? {
+        Backend::Sim => run_child(scenario, seed, schedule)?,
+        Backend::Real(p) => run_child_real(scenario, seed, schedule, &p)?,
+    };
     // Measurements of this process, outside the deterministic result (never in the trace).
     v["wall_ms"] = json!(started.elapsed().as_millis() as u64);
     if let Some(kib) = peak_rss_kib() {
@@ -1118,6 +1204,29 @@ fn run_child(
     let (result, trace) =
         crate::world::run::run_seed(std::sync::Arc::new(scenario), seed, schedule);
     Ok((serde_json::to_value(&result).expect("result json"), trace))
+}
+
+#[cfg(not(madsim))]
+fn run_child_real(
+    scenario: Scenario,
+    seed: u64,
+    schedule: Vec<Fault>,
+    provider: &str,
+) -> Result<(Value, crate::trace::Trace), String> {
+    use crate::real::run::{run_seed_real, ProviderChoice};
+    let choice = ProviderChoice::parse(provider)?;
+    let (result, trace) = run_seed_real(std::sync::Arc::new(scenario), seed, schedule, choice)?;
+    Ok((serde_json::to_value(&result).expect("result json"), trace))
+}
+
+#[cfg(madsim)]
+fn run_child_real(
+    _: Scenario,
+    _: u64,
+    _: Vec<Fault>,
+    _: &str,
+) -> Result<(Value, crate::trace::Trace), String> {
+    Err(Backend::Real(String::new()).supported().unwrap_err())
 }
 
 #[cfg(not(madsim))]

@@ -11,8 +11,10 @@ pub mod check;
 pub mod cli;
 pub mod client;
 pub mod db;
+pub mod engine_conf;
 pub mod history;
 pub mod isolation;
+pub mod outcome;
 pub mod plan;
 pub mod report;
 pub mod rng;
@@ -21,3 +23,8 @@ pub mod trace;
 
 #[cfg(madsim)]
 pub mod world;
+
+/// The real backend (`--backend real`): the same scenarios against real PostgreSQL, Anvil and
+/// `dalp-engine` processes. Production flavour only.
+#[cfg(not(madsim))]
+pub mod real;

@@ -23,7 +23,10 @@ commands:
   bench sim      simulated s per wall s and peak memory per seed (steady-state), suite seeds/min
   planted [NAME…] apply each planted bug (fixtures/planted-bugs/*.patch) to a copy of HEAD, build
                  the simulation and run the `ci` suite: every planted bug must be caught
-  contracts      rebuild the fixture contract with the pinned solc";
+  contracts      rebuild the fixture contract with the pinned solc
+  images         build the Docker images of `--provider docker` offline from this machine's
+                 PostgreSQL and Anvil (dalp/postgres:15-local, dalp/anvil:local; names from
+                 DALP_PG_IMAGE / DALP_ANVIL_IMAGE); skipped when unchanged";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -79,6 +82,7 @@ fn main() -> ExitCode {
         }),
         ["planted", names @ ..] => planted(names),
         ["contracts"] => run(Command::new("bash").arg(root().join("fixtures/contracts/build.sh"))),
+        ["images"] => images(),
         _ => {
             eprintln!("{USAGE}");
             return ExitCode::from(2);
@@ -345,6 +349,14 @@ fn apt_install(packages: &[&str]) -> Result<(), String> {
         .env("DEBIAN_FRONTEND", "noninteractive")
         .args(["install", "-y", "-qq", "--no-install-recommends"])
         .args(packages))
+}
+
+/// The images of the Docker provider, assembled from the host's binaries by
+/// `fixtures/images/build.sh` (the one recipe: `ensure_images` in sim/src/real/docker.rs runs it
+/// too).
+fn images() -> Result<(), String> {
+    setup()?;
+    run(Command::new("bash").arg(root().join("fixtures/images/build.sh")))
 }
 
 /// Install what is missing; idempotent and quick when everything is there.

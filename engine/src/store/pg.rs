@@ -34,6 +34,14 @@ impl PgStore {
 
     /// Connect (bounded by `timeout`) and run the migrations.
     pub async fn connect(url: &str, max_connections: u32, timeout: Duration) -> Result<Self> {
+        let store = Self::open(url, max_connections, timeout)?;
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// A store over an existing, migrated database that never changes the schema: for readers
+    /// such as audits and the harness, which may face a read-only server.
+    pub fn open(url: &str, max_connections: u32, timeout: Duration) -> Result<Self> {
         let opts = PgConnectOptions::from_str(url)
             .map_err(|e| {
                 EngineError::Invalid(format!(
@@ -47,9 +55,7 @@ impl PgStore {
             .max_connections(max_connections)
             .acquire_timeout(timeout)
             .connect_lazy_with(opts);
-        let store = PgStore { pool, timeout };
-        store.migrate().await?;
-        Ok(store)
+        Ok(PgStore { pool, timeout })
     }
 
     pub fn pool(&self) -> &PgPool {

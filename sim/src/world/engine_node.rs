@@ -18,9 +18,8 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 
-/// The engine's signer: Anvil's well-known account 0 (funded at genesis).
-pub const SIGNER_KEY: &str = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80";
-pub const CHAIN_ID: u64 = 31337;
+use crate::engine_conf::{engine_toml, EngineConf};
+pub use crate::engine_conf::{CHAIN_ID, SIGNER_KEY};
 
 /// A node's wall clock: the simulated clock plus a skew the injector can change.
 pub struct SimClock {
@@ -47,28 +46,15 @@ pub struct EngineHost {
 }
 
 pub fn engine_config(i: usize, rpc_endpoints: usize, finality_depth: u64, indexer: bool) -> Config {
-    let endpoints: Vec<String> = (0..rpc_endpoints)
-        .map(|k| format!("{:?}", endpoint_url(k)))
-        .collect();
-    let confirmations = finality_depth.clamp(1, 2);
-    let text = format!(
-        r#"
-node_id = "engine-{i}"
-database_url = "postgres://dalp@db.service:5432/dalp"
-chain_id = {CHAIN_ID}
-rpc_endpoints = [{endpoints}]
-api_token = "sim-client-token"
-operator_token = "sim-operator-token"
-[signers]
-default = "{SIGNER_KEY}"
-[chain]
-confirmations = {confirmations}
-finality_depth = {finality_depth}
-[indexer]
-enabled = {indexer}
-"#,
-        endpoints = endpoints.join(", ")
-    );
+    let endpoints: Vec<String> = (0..rpc_endpoints).map(endpoint_url).collect();
+    let text = engine_toml(&EngineConf {
+        index: i,
+        database_url: "postgres://dalp@db.service:5432/dalp",
+        rpc_endpoints: &endpoints,
+        finality_depth,
+        indexer,
+        listen: None,
+    });
     Config::from_toml(&text, &format!("engine-{i} (generated)"))
         .expect("generated engine config is valid")
 }

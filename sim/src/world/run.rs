@@ -12,7 +12,7 @@ use super::workload::{client_process, SimApi};
 use super::{epoch_ms, ip, t_ms, DB_SERVICE};
 use crate::chain::{ChainModel, ChainParams};
 use crate::check::WorkflowView;
-use crate::check::{check, ChainTx, Evidence, TransferLog, Verdict};
+use crate::check::{check, ChainTx, Evidence, TransferLog};
 use crate::client::{ClientCtx, TokenBook};
 use crate::db::DbModel;
 use crate::history::{summarize, History};
@@ -25,34 +25,12 @@ use dalp_engine::contracts::AssetToken;
 use dalp_engine::signer::SignerKey;
 use madsim::net::NetSim;
 use madsim::runtime::{Handle, Runtime};
-use serde::Serialize;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// What one seed produced.
-#[derive(Clone, Debug, Serialize)]
-pub struct RunResult {
-    pub scenario: String,
-    pub seed: u64,
-    pub passed: bool,
-    pub verdicts: Vec<Verdict>,
-    pub trace_hash: String,
-    pub trace_events: usize,
-    pub schedule: Vec<Fault>,
-    /// Simulated ms from the heal instant until the last accepted request finished (`None`: not
-    /// every request finished).
-    pub recovery_ms: Option<u64>,
-    /// Commits lost by database failovers (async replication), as measured.
-    pub data_loss: Vec<Value>,
-    pub simulated_ms: u64,
-    pub stats: BTreeMap<String, u64>,
-    /// Per planned operation: kind, planned, accepted and terminal times (for `isolation`).
-    pub ops: Vec<crate::isolation::OpTiming>,
-    /// The schedule's fault windows as applied (for `isolation`).
-    pub fault_windows: Vec<crate::isolation::FaultWindow>,
-}
+pub use crate::outcome::RunResult;
 
 /// Run `scenario` with `seed` and the concrete `schedule` in a fresh madsim runtime.
 /// Call once per process (madsim keeps statics across runtimes).
@@ -442,6 +420,9 @@ async fn world(s: Arc<Scenario>, seed: u64, schedule: Vec<Fault>, trace: Trace) 
         data_loss,
         simulated_ms: t_ms(),
         stats,
+        backend: None,
+        provider: None,
+        not_applicable: Vec::new(),
     }
 }
 

@@ -1,0 +1,635 @@
+//! The real run's services and the fault schedule applied to them.
+//!
+//! Every engine reaches the database, each RPC endpoint, and is reached by the clients, through
+//! a proxy of its own, so a fault can hit one engine or all. The mapping (issue 5):
+//! engine crash = SIGKILL then a new process; pause = SIGSTOP/SIGCONT; partition = black-holing
+//! that engine's proxies (both directions: a proxy cannot lose one direction only); database
+//! crash = SIGKILL / `docker kill`, restart on the same data; failover = kill the primary, then
+//! `pg_promote()` the replica and re-point every engine's database proxy; switchover = the
+//! primary made read-only in place (`default_transaction_read_only`), the replica promoted once
+//! caught up, proxies re-pointed; connection loss = proxy reset and refusal; latency = proxy
+//! delay; RPC down / 503 / timeout / ambiguous send = the RPC proxies; reorg = `anvil_reorg`
+//! (re-including the transactions unless they are to be dropped); mempool drop =
+//! `anvil_dropTransaction`; gas spike = `anvil_setNextBlockBaseFeePerGas`; external nonce use =
+//! a send from the signer's key outside the engine; signer funds = `anvil_setBalance`; region
+//! failover = kill the active engines and the primary, promote, start the standby engines;
+//! operator requeue = the operator API. A fault with no real counterpart is recorded as not
+//! applicable, never silently skipped.
+
+use super::engines::{operator_requeue, EngineProcess};
+use super::evidence::Rpc;
+use super::provision::{PgServer, Provider, Result};
+use super::proxy::{HttpFaultProxy, HttpMode, TcpFaultProxy, TcpMode};
+use crate::engine_conf::{CHAIN_ID, SIGNER_KEY};
+use crate::scenario::Fault;
+use crate::trace::{Event, Trace};
+use alloy_primitives::{Address, Bytes, B256, U256};
+use dalp_engine::signer::{SignerKey, UnsignedTx};
+use serde_json::{json, Value};
+use sqlx::Row;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The proxies of one engine.
+pub struct EngineLinks {
+    pub db: Arc<TcpFaultProxy>,
+    pub rpc: Vec<Arc<HttpFaultProxy>>,
+    pub api: Arc<HttpFaultProxy>,
+}
+
+pub struct Fleet {
+    pub start: Instant,
+    pub trace: Trace,
+    pub http: reqwest::Client,
+    pub rpc: Rpc,
+    pub signer: Address,
+    pub links: Vec<EngineLinks>,
+    pub engines: rtokio::sync::Mutex<Vec<EngineProcess>>,
+    pub standby: Vec<bool>,
+    /// Database servers, index = `db-<j>`; `None` once removed.
+    pub dbs: rtokio::sync::Mutex<Vec<Box<dyn PgServer>>>,
+    pub primary: Mutex<usize>,
+    /// Where rejoining servers come from (a fresh replica of the current primary).
+    pub provider: Box<dyn Provider>,
+    pub rejoins: Mutex<u32>,
+    /// Former primaries that crashed in a failover, waiting to rejoin.
+    pub failed_over: Mutex<Vec<usize>>,
+    pub sync_replication: bool,
+    pub external_txs: Mutex<Vec<B256>>,
+    pub data_loss: Mutex<Vec<Value>>,
+    /// Faults with no real counterpart, with the reason.
+    pub not_applicable: Mutex<Vec<Value>>,
+}
+
+fn ms(s: f64) -> u64 {
+    (s * 1000.0).round() as u64
+}
+
+fn engine_index(node: &str) -> Option<usize> {
+    node.strip_prefix("engine-")?.parse().ok()
+}
+
+fn db_index(node: &str) -> Option<usize> {
+    node.strip_prefix("db-")?.parse().ok()
+}
+
+impl Fleet {
+    pub fn t_ms(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+
+    async fn sleep_until_ms(&self, t: u64) {
+        let now = self.t_ms();
+        if t > now {
+            rtokio::time::sleep(Duration::from_millis(t - now)).await;
+        }
+    }
+
+    pub fn primary_url(&self, dbs: &[Box<dyn PgServer>]) -> String {
+        let p = *self.primary.lock().expect("primary");
+        format!("postgres://postgres@{}/dalp", dbs[p].addr())
+    }
+
+    async fn sql(&self, db: &dyn PgServer, statements: &[&str]) -> Result<Vec<Value>> {
+        let url = format!("postgres://postgres@{}/dalp", db.addr());
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect(&url)
+            .await
+            .map_err(|e| format!("{}: {e}", db.name()))?;
+        let mut out = Vec::new();
+        for s in statements {
+            let rows =
+                rtokio::time::timeout(Duration::from_secs(30), sqlx::query(s).fetch_all(&pool))
+                    .await
+                    .map_err(|_| format!("{}: `{s}` timed out", db.name()))?
+                    .map_err(|e| format!("{}: `{s}`: {e}", db.name()))?;
+            out.push(
+                rows.first()
+                    .and_then(|r| r.try_get::<String, _>(0).ok())
+                    .map(Value::String)
+                    .unwrap_or(Value::Null),
+            );
+        }
+        pool.close().await;
+        Ok(out)
+    }
+
+    fn engine_targets(&self, node: &str) -> Vec<usize> {
+        if node == "engines" {
+            return (0..self.links.len()).collect();
+        }
+        engine_index(node).into_iter().collect()
+    }
+
+    fn rpc_targets(&self, endpoint: &str) -> Vec<Arc<HttpFaultProxy>> {
+        let k: Option<usize> = endpoint.strip_prefix("rpc-").and_then(|k| k.parse().ok());
+        self.links
+            .iter()
+            .flat_map(|l| {
+                l.rpc
+                    .iter()
+                    .enumerate()
+                    .filter(move |(i, _)| k.is_none_or(|k| k == *i))
+                    .map(|(_, p)| p.clone())
+            })
+            .collect()
+    }
+
+    /// Kill the primary (if up), promote the most advanced live replica, re-point every
+    /// engine's database proxy. Returns the promoted index and the measured loss.
+    async fn fail_over(&self, kill_old: bool, promote_after_ms: u64) -> Result<Value> {
+        let mut dbs = self.dbs.lock().await;
+        let old = *self.primary.lock().expect("primary");
+        // Where each server's WAL stands just before the crash: what the replica lacks is lost.
+        let before = self
+            .sql(dbs[old].as_ref(), &["SELECT pg_current_wal_lsn()::text"])
+            .await
+            .ok()
+            .and_then(|v| v.first().cloned());
+        if kill_old {
+            dbs[old].kill().await?;
+        }
+        let crashed_at = self.t_ms();
+        drop(dbs);
+        self.sleep_until_ms(crashed_at + promote_after_ms).await;
+        let dbs = self.dbs.lock().await;
+        let mut to = None;
+        for j in (0..dbs.len()).filter(|j| *j != old) {
+            let standby = self
+                .sql(dbs[j].as_ref(), &["SELECT pg_is_in_recovery()::text"])
+                .await
+                .ok()
+                .and_then(|v| v.first().cloned());
+            if standby == Some(json!("true")) {
+                to = Some(j);
+                break;
+            }
+        }
+        let Some(to) = to else {
+            return Ok(json!({"promoted": null, "why": "no live replica"}));
+        };
+        let replayed = self
+            .sql(dbs[to].as_ref(), &["SELECT pg_last_wal_replay_lsn()::text"])
+            .await?;
+        let lost_bytes = match (&before, replayed.first()) {
+            (Some(Value::String(b)), Some(Value::String(r))) => self
+                .sql(
+                    dbs[to].as_ref(),
+                    &[&format!(
+                        "SELECT greatest(pg_wal_lsn_diff('{b}', '{r}'), 0)::bigint::text"
+                    )],
+                )
+                .await?
+                .first()
+                .and_then(|v| v.as_str().and_then(|s| s.parse::<u64>().ok()))
+                .unwrap_or(0),
+            _ => 0,
+        };
+        // The promoted server inherited the old primary's synchronous setting: with no standby
+        // of its own, every commit would wait for ever.
+        self.sql(
+            dbs[to].as_ref(),
+            &[
+                "SELECT pg_promote(true, 60)::text",
+                "ALTER SYSTEM RESET synchronous_standby_names",
+                "SELECT pg_reload_conf()::text",
+            ],
+        )
+        .await?;
+        *self.primary.lock().expect("primary") = to;
+        if kill_old {
+            self.failed_over.lock().expect("failed over").push(old);
+        }
+        for l in &self.links {
+            l.db.set_upstream(dbs[to].addr());
+        }
+        let window_ms = self.t_ms().saturating_sub(crashed_at);
+        let loss = json!({
+            "replication": if self.sync_replication { "sync" } else { "async" },
+            "lost_wal_bytes": lost_bytes,
+            "window_ms": window_ms,
+            "measured": "WAL the promoted replica had not replayed when the primary crashed",
+        });
+        self.data_loss.lock().expect("loss").push(loss.clone());
+        Ok(
+            json!({"old_primary": format!("db-{old}"), "promoted": format!("db-{to}"), "loss": loss}),
+        )
+    }
+
+    /// A demoted or crashed former primary comes back as a replica of the current primary: a
+    /// new base backup (its old WAL may have diverged; PostgreSQL would need `pg_rewind`).
+    async fn rejoin(&self, j: usize) -> Result<Value> {
+        let mut dbs = self.dbs.lock().await;
+        let p = *self.primary.lock().expect("primary");
+        if j == p {
+            return Ok(json!({"rejoined": null, "why": "it is the primary"}));
+        }
+        dbs[j].kill().await?;
+        let n = {
+            let mut r = self.rejoins.lock().expect("rejoins");
+            *r += 1;
+            *r
+        };
+        let name = format!("db-{j}-rejoin{n}");
+        let fresh = self
+            .provider
+            .postgres_replica(&name, dbs[p].as_ref())
+            .await?;
+        dbs[j] = fresh;
+        Ok(json!({"rejoined": format!("db-{j}"), "as": "replica", "of": format!("db-{p}")}))
+    }
+
+    async fn start_engine(&self, i: usize) -> Result<()> {
+        let mut engines = self.engines.lock().await;
+        if !engines[i].running() {
+            engines[i].start(&self.http).await?;
+        }
+        Ok(())
+    }
+
+    /// Apply `fault`; a JSON detail for the trace (`not_applicable` when it has no counterpart).
+    pub async fn apply(&self, fault: &Fault, heal_ms: u64) -> Result<Value> {
+        let na = |why: &str| Ok(json!({"not_applicable": why}));
+        match fault {
+            Fault::EngineCrash { node, .. } => {
+                let mut engines = self.engines.lock().await;
+                let Some(i) = engine_index(node) else {
+                    return na("only engine nodes crash on this backend");
+                };
+                engines[i].kill9();
+                Ok(json!({"signal": "SIGKILL"}))
+            }
+            Fault::EnginePause { node, .. } => {
+                let engines = self.engines.lock().await;
+                for i in self.engine_targets(node) {
+                    engines[i].signal_pause(true);
+                }
+                Ok(json!({"signal": "SIGSTOP"}))
+            }
+            Fault::Partition { node, from, .. } => {
+                let Some(i) = engine_index(node) else {
+                    return na("only an engine's links go through proxies on this backend");
+                };
+                let l = &self.links[i];
+                let mut cut = Vec::new();
+                for peer in from {
+                    if peer == "db" || peer.starts_with("db-") {
+                        l.db.set_mode(TcpMode::Blackhole);
+                        cut.push("db");
+                    } else if peer == "rpc" || peer.starts_with("rpc-") {
+                        for (k, p) in l.rpc.iter().enumerate() {
+                            if peer == "rpc" || *peer == format!("rpc-{k}") {
+                                p.set_mode(HttpMode::Blackhole);
+                            }
+                        }
+                        cut.push("rpc");
+                    } else if peer == "clients" || peer.starts_with("client-") {
+                        l.api.set_mode(HttpMode::Blackhole);
+                        cut.push("clients");
+                    }
+                }
+                if cut.is_empty() {
+                    return na("engines do not talk to each other: nothing to cut");
+                }
+                Ok(json!({"blackholed": cut, "direction": "both (a proxy cannot lose one direction only)"}))
+            }
+            Fault::ClockSkew { .. } => na(
+                "a real process reads the host's clock; skewing it needs a time namespace or libfaketime",
+            ),
+            Fault::DbCrash { node, .. } => {
+                let Some(j) = db_index(node) else {
+                    return na("unknown database node");
+                };
+                let mut dbs = self.dbs.lock().await;
+                if j >= dbs.len() {
+                    return na("no such database node");
+                }
+                dbs[j].kill().await?;
+                Ok(json!({"signal": "SIGKILL"}))
+            }
+            Fault::DbFailover {
+                promote_after_s, ..
+            } => {
+                let promote = ms(*promote_after_s).min(heal_ms.saturating_sub(self.t_ms()));
+                self.fail_over(true, promote).await
+            }
+            Fault::DbSwitchover { .. } => {
+                let old = *self.primary.lock().expect("primary");
+                {
+                    let dbs = self.dbs.lock().await;
+                    self.sql(
+                        dbs[old].as_ref(),
+                        &[
+                            "ALTER SYSTEM SET default_transaction_read_only = on",
+                            "SELECT pg_reload_conf()::text",
+                        ],
+                    )
+                    .await?;
+                    // Let the replica catch up before it takes over (a planned switchover).
+                    let target = self
+                        .sql(dbs[old].as_ref(), &["SELECT pg_current_wal_lsn()::text"])
+                        .await?;
+                    if let (Some(Value::String(lsn)), Some(to)) =
+                        (target.first(), (0..dbs.len()).find(|j| *j != old))
+                    {
+                        let q = format!(
+                            "SELECT (pg_last_wal_replay_lsn() >= '{lsn}'::pg_lsn)::text"
+                        );
+                        for _ in 0..100 {
+                            let v = self.sql(dbs[to].as_ref(), &[&q]).await?;
+                            if v.first() == Some(&json!("true")) {
+                                break;
+                            }
+                            rtokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                    }
+                }
+                let detail = self.fail_over(false, 0).await?;
+                let rejoin = self.rejoin(old).await?;
+                Ok(json!({"demoted_in_place": format!("db-{old}"), "failover": detail, "rejoin": rejoin}))
+            }
+            Fault::DbConnReset { .. } => {
+                for l in &self.links {
+                    l.db.reset_connections();
+                    l.db.set_mode(TcpMode::Down);
+                }
+                Ok(json!({"proxies": "reset, refusing"}))
+            }
+            Fault::DbLostAck { .. } => na(
+                "losing a commit's acknowledgement needs a proxy that understands the PostgreSQL protocol",
+            ),
+            Fault::DbLatency { extra_ms, .. } => {
+                for l in &self.links {
+                    l.db.set_mode(TcpMode::Latency(Duration::from_millis(*extra_ms)));
+                }
+                Ok(json!({}))
+            }
+            Fault::RpcDown { endpoint, .. } => {
+                for p in self.rpc_targets(endpoint) {
+                    p.set_mode(HttpMode::Down);
+                }
+                Ok(json!({}))
+            }
+            Fault::RpcError {
+                endpoint, method, ..
+            }
+            | Fault::RpcTimeout {
+                endpoint, method, ..
+            } => {
+                if method.is_some() {
+                    return na("the RPC proxy fails whole endpoints, not single methods");
+                }
+                let mode = if matches!(fault, Fault::RpcError { .. }) {
+                    HttpMode::Status503
+                } else {
+                    HttpMode::Blackhole
+                };
+                for p in self.rpc_targets(endpoint) {
+                    p.set_mode(mode);
+                }
+                Ok(json!({}))
+            }
+            Fault::RpcAmbiguousSend { endpoint, .. } => {
+                for p in self.rpc_targets(endpoint) {
+                    p.set_mode(HttpMode::AmbiguousSend);
+                }
+                Ok(json!({}))
+            }
+            Fault::RpcLag { .. } => {
+                na("a lagging endpoint needs a second node following the chain late")
+            }
+            Fault::Reorg {
+                depth, drop_txs, ..
+            } => self.reorg(*depth, *drop_txs).await,
+            Fault::MempoolDrop { .. } => {
+                let pool = self.rpc.call("txpool_content", json!([])).await?;
+                let mut dropped = Vec::new();
+                for part in ["pending", "queued"] {
+                    for (sender, txs) in pool[part].as_object().into_iter().flatten() {
+                        if sender.parse::<Address>().ok() != Some(self.signer) {
+                            continue;
+                        }
+                        for tx in txs.as_object().into_iter().flat_map(|m| m.values()) {
+                            self.rpc
+                                .call("anvil_dropTransaction", json!([tx["hash"]]))
+                                .await?;
+                            dropped.push(tx["hash"].clone());
+                        }
+                    }
+                }
+                Ok(json!({"dropped": dropped}))
+            }
+            Fault::GasSpike { base_fee_gwei, .. } => {
+                let wei = U256::from(*base_fee_gwei) * U256::from(1_000_000_000u64);
+                self.rpc
+                    .call("anvil_setNextBlockBaseFeePerGas", json!([wei]))
+                    .await?;
+                Ok(json!({}))
+            }
+            Fault::ExternalNonce { .. } => {
+                let key = SignerKey::from_hex(SIGNER_KEY)?;
+                let nonce = self.rpc.nonce(self.signer, "pending").await?;
+                let fee = self.rpc.quantity("eth_gasPrice", json!([])).await? as u128;
+                let (raw, hash) = key.sign(&UnsignedTx {
+                    chain_id: CHAIN_ID,
+                    nonce,
+                    gas_limit: 21_000,
+                    max_fee_per_gas: fee * 2,
+                    max_priority_fee_per_gas: fee.min(1_000_000_000),
+                    to: Some(Address::repeat_byte(0x99)),
+                    value: U256::from(1u64),
+                    input: Bytes::new(),
+                })?;
+                self.external_txs.lock().expect("ext").push(hash);
+                self.rpc.call("eth_sendRawTransaction", json!([raw])).await?;
+                Ok(json!({"nonce": nonce, "hash": hash}))
+            }
+            Fault::SignerDrain { .. } => {
+                self.rpc
+                    .call("anvil_setBalance", json!([self.signer, "0x0"]))
+                    .await?;
+                Ok(json!({}))
+            }
+            Fault::RegionFailover {
+                promote_after_s, ..
+            } => {
+                {
+                    let mut engines = self.engines.lock().await;
+                    for (i, e) in engines.iter_mut().enumerate() {
+                        if !self.standby[i] {
+                            e.kill9();
+                        }
+                    }
+                }
+                let promote = ms(*promote_after_s).min(heal_ms.saturating_sub(self.t_ms()));
+                let detail = self.fail_over(true, promote).await?;
+                for i in (0..self.standby.len()).filter(|i| self.standby[*i]) {
+                    self.start_engine(i).await?;
+                }
+                Ok(json!({"failover": detail, "standby_started": true}))
+            }
+            Fault::OperatorRequeue { .. } => {
+                let port = {
+                    let engines = self.engines.lock().await;
+                    engines
+                        .iter()
+                        .find(|e| e.running())
+                        .map(|e| e.port)
+                        .ok_or("no engine is running")?
+                };
+                let ids = operator_requeue(&self.http, port).await?;
+                Ok(json!({"requeued": ids}))
+            }
+        }
+    }
+
+    /// Undo `fault` at its end (or at the heal instant).
+    pub async fn heal(&self, fault: &Fault) -> Result<Value> {
+        match fault {
+            Fault::EngineCrash { node, .. } => {
+                if let Some(i) = engine_index(node) {
+                    self.start_engine(i).await?;
+                }
+            }
+            Fault::EnginePause { node, .. } => {
+                let engines = self.engines.lock().await;
+                for i in self.engine_targets(node) {
+                    engines[i].signal_pause(false);
+                }
+            }
+            Fault::Partition { node, .. } => {
+                if let Some(i) = engine_index(node) {
+                    let l = &self.links[i];
+                    l.db.set_mode(TcpMode::Pass);
+                    l.api.set_mode(HttpMode::Pass);
+                    for p in &l.rpc {
+                        p.set_mode(HttpMode::Pass);
+                    }
+                }
+            }
+            Fault::DbCrash { node, .. } => {
+                if let Some(j) = db_index(node) {
+                    let mut dbs = self.dbs.lock().await;
+                    if j < dbs.len() {
+                        dbs[j].start().await?;
+                    }
+                }
+            }
+            Fault::DbConnReset { .. } | Fault::DbLatency { .. } => {
+                for l in &self.links {
+                    l.db.set_mode(TcpMode::Pass);
+                }
+            }
+            Fault::RpcDown { endpoint, .. }
+            | Fault::RpcError { endpoint, .. }
+            | Fault::RpcTimeout { endpoint, .. }
+            | Fault::RpcAmbiguousSend { endpoint, .. } => {
+                for p in self.rpc_targets(endpoint) {
+                    p.set_mode(HttpMode::Pass);
+                }
+            }
+            Fault::SignerDrain { .. } => {
+                let eth = U256::from(10u64).pow(U256::from(18u64));
+                self.rpc
+                    .call(
+                        "anvil_setBalance",
+                        json!([self.signer, U256::from(10_000u64) * eth]),
+                    )
+                    .await?;
+            }
+            Fault::RegionFailover { .. } => {
+                for i in (0..self.standby.len()).filter(|i| !self.standby[*i]) {
+                    self.start_engine(i).await?;
+                }
+            }
+            // The old primary comes back as a replica (at `rejoin_after_s` or the heal instant).
+            Fault::DbFailover { .. } => {
+                let old = self.failed_over.lock().expect("failed over").pop();
+                if let Some(old) = old {
+                    return self.rejoin(old).await;
+                }
+            }
+            _ => {}
+        }
+        Ok(json!({}))
+    }
+
+    async fn reorg(&self, depth: u64, drop_txs: bool) -> Result<Value> {
+        let head = self.rpc.head().await?;
+        let depth = depth.min(head);
+        let mut pairs = Vec::new();
+        if !drop_txs {
+            for (offset, n) in (head + 1 - depth..=head).enumerate() {
+                let block = self
+                    .rpc
+                    .call("eth_getBlockByNumber", json!([format!("0x{n:x}"), false]))
+                    .await?;
+                for h in block["transactions"].as_array().into_iter().flatten() {
+                    let raw = self
+                        .rpc
+                        .call("eth_getRawTransactionByHash", json!([h]))
+                        .await?;
+                    pairs.push(json!([raw, offset]));
+                }
+            }
+        }
+        let n = pairs.len();
+        self.rpc.call("anvil_reorg", json!([depth, pairs])).await?;
+        Ok(json!({"depth": depth, "reincluded": n}))
+    }
+
+    /// Record a fault span in the trace, as the simulation does.
+    pub fn record(&self, start_ms: u64, fault: &Fault, applied: &Value, healed: Option<&Value>) {
+        let node = fault.node().unwrap_or("sim").to_string();
+        let args = serde_json::to_value(fault).unwrap_or(Value::Null);
+        match healed {
+            None => self.trace.record(
+                start_ms,
+                &node,
+                "fault",
+                fault.kind(),
+                json!({"fault": args, "applied": applied}),
+            ),
+            Some(h) => {
+                let now = self.t_ms();
+                self.trace.push(Event {
+                    t_ms: start_ms,
+                    node,
+                    cat: "heal".into(),
+                    name: fault.kind().into(),
+                    args: json!({"healed_at_ms": now, "detail": h}),
+                    dur_ms: Some(now.saturating_sub(start_ms)),
+                });
+            }
+        }
+    }
+
+    /// Run one fault: wait for its start, apply, wait for its end, heal.
+    pub async fn one(self: Arc<Self>, fault: Fault, heal_ms: u64) {
+        let start = ms(fault.at_s());
+        self.sleep_until_ms(start).await;
+        let applied = match self.apply(&fault, heal_ms).await {
+            Ok(v) => v,
+            Err(e) => json!({"error": e.to_string()}),
+        };
+        self.record(start, &fault, &applied, None);
+        if applied.get("not_applicable").is_some() {
+            self.not_applicable.lock().expect("na").push(json!({
+                "kind": fault.kind(), "at_s": fault.at_s(), "reason": applied["not_applicable"],
+            }));
+            return;
+        }
+        let end = match fault.duration_s() {
+            Some(d) => (start + ms(d)).min(heal_ms),
+            None => heal_ms,
+        };
+        self.sleep_until_ms(end).await;
+        let healed = match self.heal(&fault).await {
+            Ok(v) => v,
+            Err(e) => json!({"error": e.to_string()}),
+        };
+        self.record(start, &fault, &applied, Some(&healed));
+    }
+}

@@ -1,0 +1,448 @@
+//! Where the real services come from. A [`Provider`] starts PostgreSQL servers (a primary, and
+//! streaming replicas of it) and Anvil nodes; the runner reaches them at [`PgServer::addr`] /
+//! [`AnvilNode::addr`] through its fault proxies and never cares how they run.
+//!
+//! Two providers: [`LocalProvider`] runs the host's binaries as child processes (PostgreSQL as the
+//! unprivileged user `nobody` when we are root, since it refuses to run as root; Anvil from the
+//! pinned npm package under `fixtures/`), and the Docker provider (`docker.rs`) runs the same
+//! binaries in locally built images through testcontainers. Everything a provider starts is
+//! registered with [`cleanup`], so it is removed when its handle drops, when the run fails, and
+//! when the process is interrupted.
+
+use super::cleanup::{self, Resource};
+use std::net::{SocketAddr, TcpListener};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+pub type Error = Box<dyn std::error::Error + Send + Sync>;
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// A PostgreSQL server of the run (primary or replica). Superuser `postgres`, trust
+/// authentication, `fsync` on.
+#[async_trait::async_trait]
+pub trait PgServer: Send + Sync {
+    /// Where the harness and the proxies reach it.
+    fn addr(&self) -> SocketAddr;
+    /// Host and port where other servers of the same provider reach it (replication).
+    fn peer(&self) -> (String, u16);
+    /// Crash it (SIGKILL, `docker kill`): no shutdown, the data directory stays.
+    async fn kill(&mut self) -> Result<()>;
+    /// Start it again on its data directory (crash recovery from its WAL).
+    async fn start(&mut self) -> Result<()>;
+    fn name(&self) -> &str;
+}
+
+/// An Anvil node of the run.
+pub trait AnvilNode: Send + Sync {
+    fn addr(&self) -> SocketAddr;
+}
+
+#[async_trait::async_trait]
+pub trait Provider: Send + Sync {
+    /// `local` or `docker`, for reports.
+    fn name(&self) -> &'static str;
+    /// A fresh, empty primary ready for queries. With `sync_standby`, a commit waits for one
+    /// standby (`synchronous_standby_names = 'ANY 1 (*)'`).
+    async fn postgres_primary(&self, name: &str, sync_standby: bool) -> Result<Box<dyn PgServer>>;
+    /// A streaming replica of `primary` (`pg_basebackup -R`), started and streaming.
+    async fn postgres_replica(
+        &self,
+        name: &str,
+        primary: &dyn PgServer,
+    ) -> Result<Box<dyn PgServer>>;
+    /// An Anvil node with `args` (chain id, block time, …).
+    async fn anvil(&self, name: &str, args: &[String]) -> Result<Box<dyn AnvilNode>>;
+}
+
+/// Settings every primary gets: replication on, enough connections for several engines.
+pub fn primary_settings(sync_standby: bool) -> Vec<String> {
+    let mut s: Vec<String> = [
+        "fsync=on",
+        "max_connections=200",
+        "shared_buffers=64MB",
+        "wal_level=replica",
+        "max_wal_senders=10",
+        "wal_keep_size=256MB",
+        "hot_standby=on",
+    ]
+    .iter()
+    .map(|x| x.to_string())
+    .collect();
+    if sync_standby {
+        s.push("synchronous_standby_names=ANY 1 (*)".into());
+        s.push("synchronous_commit=on".into());
+    }
+    s
+}
+
+// ---- local processes ---------------------------------------------------------------------------
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("sim/ has a parent")
+        .to_path_buf()
+}
+
+/// A fresh scratch directory under `target/dalp-real/`.
+pub fn scratch_dir(what: &str) -> Result<PathBuf> {
+    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+    let dir = workspace_root()
+        .join("target/dalp-real")
+        .join(format!("{what}-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    Ok(dir)
+}
+
+pub fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+pub async fn wait_until<F, Fut>(what: &str, bound: Duration, mut ready: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while start.elapsed() < bound {
+        if ready().await {
+            return Ok(());
+        }
+        rtokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(format!("{what} not ready after {bound:?}").into())
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// The unprivileged user PostgreSQL runs as when we are root: `nobody`.
+const NOBODY: u32 = 65534;
+
+fn as_db_user(cmd: &mut Command) -> &mut Command {
+    if is_root() {
+        cmd.uid(NOBODY).gid(NOBODY);
+    }
+    cmd
+}
+
+fn run_ok(cmd: &mut Command, what: &str) -> Result<()> {
+    let out = cmd
+        .stdout(Stdio::null())
+        .output()
+        .map_err(|e| format!("{what}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("{what} failed: {}", String::from_utf8_lossy(&out.stderr)).into());
+    }
+    Ok(())
+}
+
+/// Make `dir` (and the path to it) usable by `nobody` when we are root.
+fn hand_to_db_user(dir: &Path) -> Result<()> {
+    if !is_root() {
+        return Ok(());
+    }
+    let mut p = dir.to_path_buf();
+    while let Some(parent) = p.parent() {
+        let _ = Command::new("chmod").arg("o+x").arg(parent).status();
+        p = parent.to_path_buf();
+        if p == Path::new("/") {
+            break;
+        }
+    }
+    run_ok(
+        Command::new("chown")
+            .arg("-R")
+            .arg(format!("{NOBODY}:{NOBODY}"))
+            .arg(dir),
+        "chown",
+    )
+}
+
+pub fn postgres_bin_dir() -> Result<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map_err(|_| {
+            "PostgreSQL is not installed (no /usr/lib/postgresql); run `cargo xtask setup`"
+        })?
+        .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+        .filter(|p| p.join("postgres").exists())
+        .collect();
+    dirs.sort_by_key(|p| {
+        p.parent()
+            .and_then(|v| v.file_name())
+            .and_then(|v| v.to_str())
+            .and_then(|v| v.parse::<u32>().ok())
+            .unwrap_or(0)
+    });
+    dirs.pop()
+        .ok_or_else(|| "no PostgreSQL server binaries under /usr/lib/postgresql".into())
+}
+
+/// Path of the anvil binary shipped by the pinned npm package (installed by `cargo xtask setup`).
+pub fn anvil_path() -> Result<PathBuf> {
+    let fixtures = workspace_root().join("fixtures");
+    let rel = std::fs::read_to_string(fixtures.join("ANVIL_PATH.txt"))
+        .map_err(|e| format!("fixtures/ANVIL_PATH.txt: {e}"))?;
+    let path = fixtures.join(rel.trim());
+    if !path.exists() {
+        let status = Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund"])
+            .current_dir(&fixtures)
+            .stdout(Stdio::null())
+            .status()?;
+        if !status.success() || !path.exists() {
+            return Err(format!(
+                "anvil not found at {} and `npm ci` in fixtures/ failed",
+                path.display()
+            )
+            .into());
+        }
+    }
+    Ok(path)
+}
+
+/// The host's binaries as child processes.
+pub struct LocalProvider;
+
+/// A local PostgreSQL process on its own data directory.
+pub struct LocalPg {
+    name: String,
+    port: u16,
+    dir: PathBuf,
+    bin: PathBuf,
+    child: Option<Child>,
+    guard: Option<cleanup::Guard>,
+}
+
+impl LocalPg {
+    fn data(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    async fn spawn(&mut self) -> Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("postgres.log"))?;
+        let child = as_db_user(
+            Command::new(self.bin.join("postgres"))
+                .arg("-D")
+                .arg(self.data())
+                .args(["-p", &self.port.to_string()])
+                .args(["-c", "listen_addresses=127.0.0.1", "-k"])
+                .arg(&self.dir),
+        )
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .map_err(|e| format!("start postgres {}: {e}", self.name))?;
+        self.guard = Some(cleanup::register(Resource::Process(child.id())));
+        self.child = Some(child);
+        let (bin, port) = (self.bin.clone(), self.port);
+        wait_until(
+            &format!("postgres {}", self.name),
+            Duration::from_secs(60),
+            || {
+                let ready = Command::new(bin.join("pg_isready"))
+                    .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres"])
+                    .stdout(Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success());
+                async move { ready }
+            },
+        )
+        .await
+        .map_err(|e| {
+            format!(
+                "{e}; log: {}",
+                std::fs::read_to_string(self.dir.join("postgres.log")).unwrap_or_default()
+            )
+            .into()
+        })
+    }
+
+    fn settings_file(&self, settings: &[String]) -> Result<()> {
+        let conf = self.data().join("postgresql.auto.conf");
+        let mut text = std::fs::read_to_string(&conf).unwrap_or_default();
+        for s in settings {
+            let (k, v) = s.split_once('=').expect("setting is key=value");
+            text.push_str(&format!("{k} = '{v}'\n"));
+        }
+        std::fs::write(&conf, text)?;
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl PgServer for LocalPg {
+    fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+    fn peer(&self) -> (String, u16) {
+        ("127.0.0.1".into(), self.port)
+    }
+    async fn kill(&mut self) -> Result<()> {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.guard = None;
+        Ok(())
+    }
+    async fn start(&mut self) -> Result<()> {
+        self.kill().await?;
+        // A killed postmaster leaves its pid file; PostgreSQL removes a stale one itself.
+        self.spawn().await
+    }
+    fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl Drop for LocalPg {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A local Anvil process.
+pub struct LocalAnvil {
+    port: u16,
+    child: Child,
+    _guard: cleanup::Guard,
+}
+
+impl AnvilNode for LocalAnvil {
+    fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+}
+
+impl Drop for LocalAnvil {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[async_trait::async_trait]
+impl Provider for LocalProvider {
+    fn name(&self) -> &'static str {
+        "local"
+    }
+
+    async fn postgres_primary(&self, name: &str, sync_standby: bool) -> Result<Box<dyn PgServer>> {
+        let bin = postgres_bin_dir()?;
+        let dir = scratch_dir(name)?;
+        hand_to_db_user(&dir)?;
+        run_ok(
+            as_db_user(
+                Command::new(bin.join("initdb"))
+                    .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"])
+                    .arg("-D")
+                    .arg(dir.join("data")),
+            ),
+            "initdb",
+        )?;
+        let mut pg = LocalPg {
+            name: name.into(),
+            port: free_port()?,
+            dir,
+            bin,
+            child: None,
+            guard: None,
+        };
+        pg.settings_file(&primary_settings(sync_standby))?;
+        // Replication connections from the host.
+        let hba = pg.data().join("pg_hba.conf");
+        let mut text = std::fs::read_to_string(&hba)?;
+        text.push_str("host replication all 127.0.0.1/32 trust\n");
+        std::fs::write(&hba, text)?;
+        pg.spawn().await?;
+        Ok(Box::new(pg))
+    }
+
+    async fn postgres_replica(
+        &self,
+        name: &str,
+        primary: &dyn PgServer,
+    ) -> Result<Box<dyn PgServer>> {
+        let bin = postgres_bin_dir()?;
+        let dir = scratch_dir(name)?;
+        hand_to_db_user(&dir)?;
+        let (host, port) = primary.peer();
+        run_ok(
+            as_db_user(
+                Command::new(bin.join("pg_basebackup"))
+                    .args(["-h", &host, "-p", &port.to_string(), "-U", "postgres"])
+                    .args(["-X", "stream", "-R", "--no-sync", "-D"])
+                    .arg(dir.join("data")),
+            ),
+            "pg_basebackup",
+        )?;
+        let mut pg = LocalPg {
+            name: name.into(),
+            port: free_port()?,
+            dir,
+            bin,
+            child: None,
+            guard: None,
+        };
+        // The replica names itself, so the primary's `ANY 1 (*)` counts it; the primary's
+        // synchronous setting (copied by the base backup) would make it, once promoted, wait for
+        // a standby it does not have.
+        pg.settings_file(&[
+            format!(
+                "primary_conninfo=host={host} port={port} user=postgres application_name={name}"
+            ),
+            "synchronous_standby_names=".into(),
+        ])?;
+        pg.spawn().await?;
+        Ok(Box::new(pg))
+    }
+
+    async fn anvil(&self, name: &str, args: &[String]) -> Result<Box<dyn AnvilNode>> {
+        let dir = scratch_dir(name)?;
+        let port = free_port()?;
+        let log = std::fs::File::create(dir.join("anvil.log"))?;
+        let child = Command::new(anvil_path()?)
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(args)
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("start anvil: {e}"))?;
+        let guard = cleanup::register(Resource::Process(child.id()));
+        let node = LocalAnvil {
+            port,
+            child,
+            _guard: guard,
+        };
+        let url = format!("http://{}", node.addr());
+        let http = reqwest::Client::new();
+        wait_until("anvil", Duration::from_secs(30), || {
+            let (http, url) = (http.clone(), url.clone());
+            async move {
+                http.post(&url)
+                    .json(&serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "eth_chainId", "params": []}))
+                    .timeout(Duration::from_secs(2))
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success())
+            }
+        })
+        .await?;
+        Ok(Box::new(node))
+    }
+}
