@@ -567,6 +567,7 @@ fn run(a: &Args) -> Result<bool, String> {
     type Half = Option<(Result<Value, String>, Duration)>;
     let mut pairs: BTreeMap<(PathBuf, u64), (Half, Half)> = BTreeMap::new();
     let child_args = backend.child_args();
+    prepare(&backend)?;
     run_jobs_ticking(
         jobs,
         parallel,
@@ -859,6 +860,7 @@ fn repro(a: &Args) -> Result<bool, String> {
     );
     let mut extra = vec!["--always-trace".to_string(), "true".to_string()];
     extra.extend(backend.child_args());
+    prepare(&backend)?;
     if let Some(s) = a.flags.get("schedule") {
         extra.push("--schedule".into());
         extra.push(s.clone());
@@ -1204,6 +1206,22 @@ fn run_child(
     let (result, trace) =
         crate::world::run::run_seed(std::sync::Arc::new(scenario), seed, schedule);
     Ok((serde_json::to_value(&result).expect("result json"), trace))
+}
+
+/// Before the children start: the real backend's engine binary, built once (children find it
+/// in `DALP_ENGINE_BIN`).
+#[cfg(not(madsim))]
+fn prepare(backend: &Backend) -> Result<(), String> {
+    if matches!(backend, Backend::Real(_)) && std::env::var_os("DALP_ENGINE_BIN").is_none() {
+        let bin = crate::real::engines::engine_binary().map_err(|e| e.to_string())?;
+        std::env::set_var("DALP_ENGINE_BIN", bin);
+    }
+    Ok(())
+}
+
+#[cfg(madsim)]
+fn prepare(_: &Backend) -> Result<(), String> {
+    Ok(())
 }
 
 #[cfg(not(madsim))]

@@ -15,7 +15,10 @@ commands:
   test           set up, then build both flavours and run every test (planted bugs caught by the
                  ci suite, unit, property, simulation determinism, integration on real
                  PostgreSQL + Anvil)
-  sim <args>     build the simulation flavour and run `dalp-sim <args>` (list, run, repro, bench)
+  sim <args>     build the simulation flavour and run `dalp-sim <args>` (list, run, repro, bench);
+                 with `--backend real`, the plain build against real services instead
+  docker         start a Docker daemon if none runs (installing docker.io when missing) and
+                 build the images; says whether Docker can be used
   sample         the sample workload on real PostgreSQL + Anvil through two engine processes
   setup          install what the tests need (PostgreSQL, Node.js/npm, the pinned Anvil and solc)
   build-sim      build dalp-sim (and the engine) under --cfg madsim into target/sim
@@ -33,7 +36,18 @@ fn main() -> ExitCode {
     let words: Vec<&str> = args.iter().map(String::as_str).collect();
     let result = match words.as_slice() {
         ["run"] => sim(Profile::Debug, &["run", "ci", "--out", "reports/latest"]),
+        ["sim", rest @ ..] if real_backend(rest) => sim_real(rest),
         ["sim", rest @ ..] => sim(Profile::Debug, rest),
+        ["docker"] => docker().map(|ok| {
+            eprintln!(
+                "xtask: Docker {}",
+                if ok {
+                    "is usable"
+                } else {
+                    "is not usable here: the real backend uses local processes"
+                }
+            )
+        }),
         ["sample"] => setup().and_then(|_| {
             cargo(
                 &[
@@ -202,6 +216,81 @@ fn planted(names: &[&str]) -> Result<(), String> {
     }
 }
 
+/// Whether `dalp-sim` arguments ask for the real backend.
+fn real_backend(args: &[&str]) -> bool {
+    args.windows(2).any(|w| w == ["--backend", "real"]) || args.contains(&"--backend=real")
+}
+
+/// The real backend runs in the plain build (real tokio, sqlx, processes, containers).
+fn sim_real(args: &[&str]) -> Result<(), String> {
+    setup()?;
+    let _ = docker()?;
+    cargo(
+        &["build", "-q", "-p", "dalp-engine", "--bin", "dalp-engine"],
+        &[],
+    )?;
+    cargo(&["build", "-q", "-p", "dalp-sim", "--bin", "dalp-sim"], &[])?;
+    run(Command::new(root().join("target/debug/dalp-sim"))
+        .args(args)
+        .current_dir(root()))
+}
+
+/// Make Docker usable if this machine can: install Debian's docker.io when no `dockerd` exists,
+/// start the daemon when none answers (as root), then build the images. `Ok(false)` when no
+/// daemon can run here (the real backend then uses local processes); never an error for that.
+fn docker() -> Result<bool, String> {
+    let answers = || {
+        Command::new("docker")
+            .args(["info", "--format", "{{.ServerVersion}}"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !answers() {
+        if !have("dockerd") && apt_install(&["docker.io"]).is_err() {
+            eprintln!("xtask: docker.io could not be installed");
+            return Ok(false);
+        }
+        let is_root = Command::new("id")
+            .arg("-u")
+            .output()
+            .map(|o| o.stdout == b"0\n")
+            .unwrap_or(false);
+        if !is_root {
+            eprintln!("xtask: no Docker daemon answers and starting one needs root");
+            return Ok(false);
+        }
+        eprintln!("xtask: starting dockerd (log: target/dockerd.log)");
+        let _ = std::fs::create_dir_all(root().join("target"));
+        let log = std::fs::File::create(root().join("target/dockerd.log"))
+            .map_err(|e| format!("target/dockerd.log: {e}"))?;
+        let spawned = Command::new("dockerd")
+            .stdout(log.try_clone().map_err(|e| e.to_string())?)
+            .stderr(log)
+            .spawn();
+        if let Err(e) = spawned {
+            eprintln!("xtask: dockerd did not start: {e}");
+            return Ok(false);
+        }
+        let start = std::time::Instant::now();
+        while !answers() {
+            if start.elapsed() > std::time::Duration::from_secs(60) {
+                eprintln!("xtask: dockerd started but does not answer (see target/dockerd.log)");
+                return Ok(false);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(500));
+        }
+    }
+    match images() {
+        Ok(()) => Ok(true),
+        Err(e) => {
+            eprintln!("xtask: the Docker images could not be built: {e}");
+            Ok(false)
+        }
+    }
+}
+
 /// Build the simulation flavour and run `dalp-sim` with `args` from the repository root.
 fn sim(profile: Profile, args: &[&str]) -> Result<(), String> {
     let bin = build_sim(profile)?;
@@ -236,6 +325,12 @@ fn cargo(args: &[&str], env: &[(&str, &str)]) -> Result<(), String> {
 
 fn test() -> Result<(), String> {
     setup()?;
+    // The real backend's tests use Docker where a daemon can run here, local processes otherwise.
+    let docker = docker()?;
+    eprintln!(
+        "xtask: real-backend provider for this run: {}",
+        if docker { "docker" } else { "local processes" }
+    );
     cargo(&["build", "-p", "dalp-engine", "--bin", "dalp-engine"], &[])?;
     let sim = build_sim(Profile::Debug)?;
     // The harness's own mutation test: every planted bug must be caught by the `ci` suite.
@@ -243,6 +338,9 @@ fn test() -> Result<(), String> {
     // The simulation's own tests run the madsim build of dalp-sim (one process per seed).
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     cmd.env("DALP_SIM_BIN", &sim);
+    if docker {
+        cmd.env("DALP_DOCKER_TESTS", "1");
+    }
     cargo_test_with_summary(cmd, &["test", "--workspace", "--no-fail-fast"])
 }
 

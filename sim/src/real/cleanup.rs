@@ -80,6 +80,90 @@ pub fn kill_all() {
     }
 }
 
+/// Remove what earlier runs left behind when they were killed outright (SIGKILL leaves no chance
+/// to clean up): containers and networks labelled or named for a run whose process is gone, and
+/// local service processes working in a scratch directory of a process that is gone. Run ids and
+/// scratch directories carry the owning process id for this.
+pub fn sweep_orphans() {
+    let alive = |pid: &str| std::path::Path::new(&format!("/proc/{pid}")).exists();
+    let docker = |args: &[&str]| -> Vec<String> {
+        Command::new("docker")
+            .args(args)
+            .stderr(Stdio::null())
+            .output()
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    for line in docker(&[
+        "ps",
+        "-a",
+        "--filter",
+        "label=dalp.run",
+        "--format",
+        "{{.ID}} {{.Label \"dalp.run\"}}",
+    ]) {
+        let mut parts = line.split_whitespace();
+        let (Some(id), Some(run)) = (parts.next(), parts.next()) else {
+            continue;
+        };
+        let owner = run.split('-').next().unwrap_or("");
+        if !owner.is_empty() && !alive(owner) {
+            docker(&["rm", "-f", "-v", id]);
+        }
+    }
+    for name in docker(&["network", "ls", "--format", "{{.Name}}"]) {
+        let Some(run) = name.strip_prefix("dalp-") else {
+            continue;
+        };
+        let owner = run.split('-').next().unwrap_or("");
+        if owner.chars().all(|c| c.is_ascii_digit()) && !owner.is_empty() && !alive(owner) {
+            docker(&["network", "rm", &name]);
+        }
+    }
+    // Local processes: their command line names target/dalp-real/<what>-<pid>-<n>.
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for p in procs.flatten() {
+        let pid = p.file_name().to_string_lossy().to_string();
+        if !pid.chars().all(|c| c.is_ascii_digit()) {
+            continue;
+        }
+        let Ok(cmd) = std::fs::read(p.path().join("cmdline")) else {
+            continue;
+        };
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        let Some(at) = cmd.find("target/dalp-real/") else {
+            continue;
+        };
+        let dir = cmd[at + "target/dalp-real/".len()..]
+            .split(['/', ' '])
+            .next()
+            .unwrap_or("");
+        let owner = dir.rsplit('-').nth(1).unwrap_or("");
+        if owner.chars().all(|c| c.is_ascii_digit()) && !owner.is_empty() && !alive(owner) {
+            // SAFETY: signalling a leftover process of a dead run.
+            unsafe {
+                libc::kill(pid.parse::<i32>().unwrap_or(0).max(1), libc::SIGKILL);
+            }
+        }
+    }
+}
+
+/// Make the calling process receive `sig` when its parent dies (Linux `PR_SET_PDEATHSIG`): a
+/// run's child process and the services it starts must not outlive the runner.
+pub fn die_with_parent(sig: i32) {
+    // SAFETY: prctl with PR_SET_PDEATHSIG and a signal number has no memory effects.
+    unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, sig as libc::c_ulong, 0, 0, 0);
+    }
+}
+
 /// On SIGINT or SIGTERM: remove everything, then exit with 130. Call once, from inside the
 /// runtime that drives the run.
 pub fn on_interrupt() {

@@ -84,6 +84,10 @@ pub fn run_seed_real(
         .map_err(|e| format!("runtime: {e}"))?;
     let trace = Trace::new();
     let t = trace.clone();
+    // This process runs one seed for a runner: if the runner dies, so does the run (SIGTERM,
+    // which the interrupt handler turns into a clean-up); and what killed runs left is removed.
+    cleanup::die_with_parent(libc::SIGTERM);
+    cleanup::sweep_orphans();
     let out = rt.block_on(async move {
         cleanup::on_interrupt();
         world(scenario, seed, schedule, choice, t).await
@@ -100,19 +104,13 @@ async fn world(
     choice: ProviderChoice,
     trace: Trace,
 ) -> Result<RunResult> {
-    let start = Instant::now();
-    let t_ms = move || start.elapsed().as_millis() as u64;
+    // Provisioning takes seconds (containers, base backups); the run's clock starts once the
+    // engines are up, so the schedule's times mean what they mean in the simulation.
+    let provisioning = Instant::now();
     let topo = &s.topology;
     let heal_ms = (s.durations.fault_phase_s * 1000.0).round() as u64;
     let deadline_ms = heal_ms + (s.durations.liveness_bound_s * 1000.0).round() as u64;
     let provider = provider(choice).await?;
-    trace.record(
-        0,
-        "sim",
-        "phase",
-        "start",
-        json!({"scenario": s.name, "seed": seed, "faults": schedule.len(), "backend": "real", "provider": provider.name()}),
-    );
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(8)
         .build()?;
@@ -127,13 +125,6 @@ async fn world(
         dbs.push(r);
     }
     create_database(&dbs[0].addr().to_string(), topo.db_replicas > 0).await?;
-    trace.record(
-        t_ms(),
-        "sim",
-        "phase",
-        "database_ready",
-        json!({"servers": dbs.len(), "sync": sync}),
-    );
 
     // The chain: one Anvil node; each RPC endpoint is a proxy of it per engine.
     let block_s = (topo.block_time_ms as f64 / 1000.0).max(1.0).round() as u64;
@@ -194,9 +185,20 @@ async fn world(
     for (i, e) in engines.iter_mut().enumerate() {
         if !standby[i] {
             e.start(&http).await?;
-            trace.record(t_ms(), &e.name, "engine", "started", json!({"start": 0}));
         }
     }
+    let provisioning_ms = provisioning.elapsed().as_millis() as u64;
+    let start = Instant::now();
+    let t_ms = move || start.elapsed().as_millis() as u64;
+    trace.record(
+        0,
+        "sim",
+        "phase",
+        "start",
+        json!({"scenario": s.name, "seed": seed, "faults": schedule.len(), "backend": "real",
+               "provider": provider.name(), "databases": dbs.len(), "sync": sync,
+               "provisioning_ms": provisioning_ms}),
+    );
     let signer = SignerKey::from_hex(SIGNER_KEY)?.address();
     let fleet = Arc::new(Fleet {
         start,
@@ -347,6 +349,7 @@ async fn world(
         ev.chain_txs.iter().filter(|t| t.from == signer).count() as u64,
     );
     stats.insert("chain_head".to_string(), head);
+    stats.insert("provisioning_ms".to_string(), provisioning_ms);
     for st in ["completed", "failed", "dead_letter"] {
         stats.insert(
             st.to_string(),
