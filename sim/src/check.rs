@@ -88,6 +88,80 @@ pub struct Evidence {
     pub visibility: visibility::VisibilityEvidence,
 }
 
+impl Evidence {
+    /// Counters of the run that both backends report: workflows by outcome, mined signer
+    /// transactions, and workflows run by more than one engine (takeovers).
+    pub fn stats(&self) -> BTreeMap<String, u64> {
+        let mut stats = BTreeMap::new();
+        stats.insert("workflows".to_string(), self.workflows.len() as u64);
+        stats.insert(
+            "signer_txs_mined".to_string(),
+            self.chain_txs
+                .iter()
+                .filter(|t| t.from == self.signer)
+                .count() as u64,
+        );
+        for st in ["completed", "failed", "dead_letter"] {
+            stats.insert(
+                st.to_string(),
+                self.workflows.iter().filter(|w| w.status == st).count() as u64,
+            );
+        }
+        let takeovers = self
+            .journals
+            .values()
+            .filter(|j| {
+                let nodes: BTreeSet<&str> = j
+                    .iter()
+                    .filter(|e| e.node.starts_with("engine-"))
+                    .map(|e| e.node.as_str())
+                    .collect();
+                nodes.len() > 1
+            })
+            .count();
+        stats.insert(
+            "workflows_run_by_several_nodes".to_string(),
+            takeovers as u64,
+        );
+        stats
+    }
+
+    /// The state the run ended in, for the trace's `final_state` event (`extra` adds the
+    /// backend's own fields).
+    pub fn final_state(&self, head: u64, extra: Value) -> Value {
+        let mut rows: Vec<(u64, String, i64, i32)> = self
+            .txs
+            .iter()
+            .map(|t| {
+                (
+                    t.nonce,
+                    t.state.as_str().to_string(),
+                    t.workflow_id,
+                    t.step_index,
+                )
+            })
+            .collect();
+        rows.sort();
+        let mut v = serde_json::json!({
+            "signer_pool": self.signer_pending,
+            "tx_records": rows,
+            "dead_letters": self
+                .workflows
+                .iter()
+                .filter(|w| w.status == "dead_letter")
+                .map(|w| serde_json::json!({"id": w.id, "kind": w.kind, "key": w.key, "error": w.error}))
+                .collect::<Vec<_>>(),
+            "head": head,
+            "finalized": self.finalized,
+            "indexed_height": self.indexed_height,
+        });
+        if let (Some(m), Value::Object(e)) = (v.as_object_mut(), extra) {
+            m.extend(e);
+        }
+        v
+    }
+}
+
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct Verdict {
     pub invariant: String,

@@ -312,6 +312,26 @@ async fn tx_event(
     Ok(())
 }
 
+/// Keep a signed version of transaction `tx_id` (idempotent by hash).
+async fn insert_broadcast(
+    tx: &mut Tx<'_>,
+    tx_id: i64,
+    signed: &Broadcast,
+) -> std::result::Result<(), DbFail> {
+    sqlx::query(
+        "INSERT INTO tx_broadcasts (tx_id, tx_hash, nonce, raw, max_fee, priority_fee) VALUES ($1,$2,$3,$4,$5,$6) ON CONFLICT DO NOTHING",
+    )
+    .bind(tx_id)
+    .bind(hex_b256(&signed.hash))
+    .bind(signed.nonce as i64)
+    .bind(signed.raw.to_vec())
+    .bind(signed.max_fee_per_gas.to_string())
+    .bind(signed.max_priority_fee_per_gas.to_string())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
 /// Take the lowest released nonce at or above `chain_nonce`, else the counter's next one.
 async fn allocate_nonce(
     tx: &mut Tx<'_>,
@@ -859,17 +879,7 @@ impl Store for PgStore {
         self.bounded(async {
             let mut tx = self.pool.begin().await?;
             check_fence(&mut tx, fence).await?;
-            sqlx::query(
-                "INSERT INTO tx_broadcasts (tx_id, tx_hash, nonce, raw, max_fee, priority_fee) VALUES ($1,$2,$3,$4,$5,$6) ON CONFLICT DO NOTHING",
-            )
-            .bind(tx_id)
-            .bind(hex_b256(&signed.hash))
-            .bind(signed.nonce as i64)
-            .bind(signed.raw.to_vec())
-            .bind(signed.max_fee_per_gas.to_string())
-            .bind(signed.max_priority_fee_per_gas.to_string())
-            .execute(&mut *tx)
-            .await?;
+            insert_broadcast(&mut tx, tx_id, signed).await?;
             sqlx::query(
                 "UPDATE transactions SET raw = $2, tx_hash = $3, max_fee = $4, priority_fee = $5, state = 'BROADCASTING', updated_at = now() WHERE id = $1",
             )
@@ -1130,17 +1140,7 @@ impl Store for PgStore {
             .fetch_one(&mut *tx)
             .await?
             .try_get(0)?;
-            sqlx::query(
-                "INSERT INTO tx_broadcasts (tx_id, tx_hash, nonce, raw, max_fee, priority_fee) VALUES ($1,$2,$3,$4,$5,$6) ON CONFLICT DO NOTHING",
-            )
-            .bind(id)
-            .bind(hex_b256(&signed.hash))
-            .bind(signed.nonce as i64)
-            .bind(signed.raw.to_vec())
-            .bind(signed.max_fee_per_gas.to_string())
-            .bind(signed.max_priority_fee_per_gas.to_string())
-            .execute(&mut *tx)
-            .await?;
+            insert_broadcast(&mut tx, id, signed).await?;
             sqlx::query("UPDATE orphan_txs SET adopted_by = $2 WHERE tx_hash = $1")
                 .bind(hex_b256(&signed.hash))
                 .bind(id)

@@ -590,20 +590,7 @@ impl Provider for DockerProvider {
             port: s.host_port,
             _handle: s.handle,
         };
-        let url = format!("http://{}", node.addr());
-        let http = reqwest::Client::new();
-        wait_until("anvil", Duration::from_secs(30), || {
-            let (http, url) = (http.clone(), url.clone());
-            async move {
-                http.post(&url)
-                    .json(&serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "eth_chainId", "params": []}))
-                    .timeout(Duration::from_secs(2))
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status().is_success())
-            }
-        })
-        .await?;
+        super::provision::wait_for_anvil(node.addr()).await?;
         Ok(Box::new(node))
     }
 }

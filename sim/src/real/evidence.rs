@@ -247,30 +247,3 @@ pub async fn indexed_height(url: &str) -> u64 {
     pool.close().await;
     h.max(0) as u64
 }
-
-/// For the trace: the state the run ended in.
-pub fn final_state(ev: &Evidence, head: u64) -> Value {
-    let mut rows: Vec<(u64, String, i64, i32)> = ev
-        .txs
-        .iter()
-        .map(|t| {
-            (
-                t.nonce,
-                t.state.as_str().to_string(),
-                t.workflow_id,
-                t.step_index,
-            )
-        })
-        .collect();
-    rows.sort();
-    json!({
-        "signer_pool": ev.signer_pending,
-        "tx_records": rows,
-        "dead_letters": ev.workflows.iter().filter(|w| w.status == "dead_letter")
-            .map(|w| json!({"id": w.id, "kind": w.kind, "key": w.key, "error": w.error}))
-            .collect::<Vec<_>>(),
-        "head": head,
-        "finalized": ev.finalized,
-        "indexed_height": ev.indexed_height,
-    })
-}

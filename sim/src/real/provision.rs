@@ -119,6 +119,24 @@ where
     Err(format!("{what} not ready after {bound:?}").into())
 }
 
+/// Wait until the Anvil node at `addr` answers JSON-RPC.
+pub async fn wait_for_anvil(addr: SocketAddr) -> Result<()> {
+    let url = format!("http://{addr}");
+    let http = reqwest::Client::new();
+    wait_until("anvil", Duration::from_secs(30), || {
+        let (http, url) = (http.clone(), url.clone());
+        async move {
+            http.post(&url)
+                .json(&serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "eth_chainId", "params": []}))
+                .timeout(Duration::from_secs(2))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+        }
+    })
+    .await
+}
+
 fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
@@ -429,20 +447,7 @@ impl Provider for LocalProvider {
             child,
             _guard: guard,
         };
-        let url = format!("http://{}", node.addr());
-        let http = reqwest::Client::new();
-        wait_until("anvil", Duration::from_secs(30), || {
-            let (http, url) = (http.clone(), url.clone());
-            async move {
-                http.post(&url)
-                    .json(&serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "eth_chainId", "params": []}))
-                    .timeout(Duration::from_secs(2))
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status().is_success())
-            }
-        })
-        .await?;
+        wait_for_anvil(node.addr()).await?;
         Ok(Box::new(node))
     }
 }

@@ -321,7 +321,7 @@ async fn world(
         "sim",
         "phase",
         "final_state",
-        evidence::final_state(&ev, head),
+        ev.final_state(head, json!({})),
     );
 
     // Visibility needs the metrics scraper and isolation a fault-free baseline: simulation only.
@@ -342,20 +342,9 @@ async fn world(
             json!({"held": v.held, "violations": v.violation_count}),
         );
     }
-    let mut stats = BTreeMap::new();
-    stats.insert("workflows".to_string(), ev.workflows.len() as u64);
-    stats.insert(
-        "signer_txs_mined".to_string(),
-        ev.chain_txs.iter().filter(|t| t.from == signer).count() as u64,
-    );
+    let mut stats = ev.stats();
     stats.insert("chain_head".to_string(), head);
     stats.insert("provisioning_ms".to_string(), provisioning_ms);
-    for st in ["completed", "failed", "dead_letter"] {
-        stats.insert(
-            st.to_string(),
-            ev.workflows.iter().filter(|w| w.status == st).count() as u64,
-        );
-    }
     {
         let engines = fleet.engines.lock().await;
         let starts: u32 = engines.iter().map(|e| e.starts).sum();

@@ -302,39 +302,16 @@ async fn world(s: Arc<Scenario>, seed: u64, schedule: Vec<Fault>, trace: Trace) 
     ev.data_loss = fleet.data_loss.lock().expect("loss").clone();
     {
         let m = chain.model.lock().expect("chain");
-        let mut rows: Vec<(u64, String, i64, i32)> = ev
-            .txs
-            .iter()
-            .map(|t| {
-                (
-                    t.nonce,
-                    t.state.as_str().to_string(),
-                    t.workflow_id,
-                    t.step_index,
-                )
-            })
-            .collect();
-        rows.sort();
+        let extra = json!({
+            "signer_nonce_latest": m.nonce_of(signer),
+            "signer_nonce_pending": m.pending_nonce_of(signer),
+        });
         trace.record(
             t_ms(),
             "sim",
             "phase",
             "final_state",
-            json!({
-                "signer_nonce_latest": m.nonce_of(signer),
-                "signer_nonce_pending": m.pending_nonce_of(signer),
-                "signer_pool": ev.signer_pending,
-                "tx_records": rows,
-                "dead_letters": ev
-                    .workflows
-                    .iter()
-                    .filter(|w| w.status == "dead_letter")
-                    .map(|w| json!({"id": w.id, "kind": w.kind, "key": w.key, "error": w.error}))
-                    .collect::<Vec<_>>(),
-                "head": m.head(),
-                "finalized": m.finalized(),
-                "indexed_height": ev.indexed_height,
-            }),
+            ev.final_state(m.head(), extra),
         );
     }
     let verdicts = check(&s.invariants, &ev);
@@ -348,12 +325,7 @@ async fn world(s: Arc<Scenario>, seed: u64, schedule: Vec<Fault>, trace: Trace) 
             json!({"held": v.held, "violations": v.violation_count}),
         );
     }
-    let mut stats = BTreeMap::new();
-    stats.insert("workflows".to_string(), ev.workflows.len() as u64);
-    stats.insert(
-        "signer_txs_mined".to_string(),
-        ev.chain_txs.iter().filter(|t| t.from == signer).count() as u64,
-    );
+    let mut stats = ev.stats();
     stats.insert(
         "chain_head".to_string(),
         chain.model.lock().expect("chain").head(),
@@ -364,34 +336,12 @@ async fn world(s: Arc<Scenario>, seed: u64, schedule: Vec<Fault>, trace: Trace) 
         (disk.model.fenced_writes, disk.model.sequences.journal)
     };
     stats.insert("fenced_writes".to_string(), fenced_writes);
-    let takeovers = ev
-        .journals
-        .values()
-        .filter(|j| {
-            let nodes: std::collections::BTreeSet<&str> = j
-                .iter()
-                .filter(|e| e.node.starts_with("engine-"))
-                .map(|e| e.node.as_str())
-                .collect();
-            nodes.len() > 1
-        })
-        .count();
-    stats.insert(
-        "workflows_run_by_several_nodes".to_string(),
-        takeovers as u64,
-    );
     stats.insert("db_commits".to_string(), journal_seq.max(0) as u64);
     for (m, n) in chain.calls.lock().expect("calls").iter() {
         stats.insert(format!("rpc.{m}"), *n);
     }
     for (m, n) in db.calls.lock().expect("calls").iter() {
         stats.insert(format!("db.{m}"), *n);
-    }
-    for st in ["completed", "failed", "dead_letter"] {
-        stats.insert(
-            st.to_string(),
-            ev.workflows.iter().filter(|w| w.status == st).count() as u64,
-        );
     }
     let data_loss = fleet.data_loss.lock().expect("loss").clone();
     let ops = crate::isolation::op_timings(
