@@ -289,6 +289,28 @@ pub struct Stats {
     pub stalled: i64,
 }
 
+/// The refusal of a step write (`complete_step`, `fail`) to a workflow that has already ended: a
+/// late write of its last holder must not revive or re-end it (a completed step stays a no-op).
+pub fn workflow_ended(
+    id: WorkflowId,
+    status: WorkflowStatus,
+    what: &str,
+) -> crate::error::EngineError {
+    crate::error::EngineError::Internal(format!(
+        "workflow {id} is already {}: {what} refused",
+        status.as_str()
+    ))
+}
+
+/// The refusal of a transaction write presented under another workflow's fence: a fence proves
+/// the lease of its own workflow only.
+pub fn foreign_tx(tx_id: i64, owner: WorkflowId, fence: &Fence) -> crate::error::EngineError {
+    crate::error::EngineError::Internal(format!(
+        "transaction {tx_id} belongs to workflow {owner}, not to workflow {} whose fence was presented",
+        fence.workflow_id
+    ))
+}
+
 #[async_trait::async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Accept a request, or return the live workflow its idempotency key already names.

@@ -248,13 +248,22 @@ fn row_to_tx(r: &PgRow) -> std::result::Result<TxRecord, DbFail> {
 
 /// Lock the workflow row and check that `fence` still holds it; returns the current step.
 async fn check_fence(tx: &mut Tx<'_>, fence: &Fence) -> std::result::Result<i32, DbFail> {
-    let row =
-        sqlx::query("SELECT fencing_token, current_step FROM workflows WHERE id = $1 FOR UPDATE")
-            .bind(fence.workflow_id)
-            .fetch_optional(&mut **tx)
-            .await?;
-    let (current, step): (i64, i32) = match row {
-        Some(r) => (r.try_get(0)?, r.try_get(1)?),
+    Ok(check_fence_status(tx, fence).await?.0)
+}
+
+/// [`check_fence`], also returning the workflow's status.
+async fn check_fence_status(
+    tx: &mut Tx<'_>,
+    fence: &Fence,
+) -> std::result::Result<(i32, WorkflowStatus), DbFail> {
+    let row = sqlx::query(
+        "SELECT fencing_token, current_step, status FROM workflows WHERE id = $1 FOR UPDATE",
+    )
+    .bind(fence.workflow_id)
+    .fetch_optional(&mut **tx)
+    .await?;
+    let (current, step, status): (i64, i32, String) = match row {
+        Some(r) => (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?),
         None => {
             return Err(EngineError::Internal(format!(
                 "workflow {} does not exist",
@@ -271,7 +280,9 @@ async fn check_fence(tx: &mut Tx<'_>, fence: &Fence) -> std::result::Result<i32,
         }
         .into());
     }
-    Ok(step)
+    let status = WorkflowStatus::parse(&status)
+        .ok_or_else(|| DbFail::Engine(EngineError::Internal(format!("bad status {status}"))))?;
+    Ok((step, status))
 }
 
 async fn journal_append(
@@ -310,6 +321,25 @@ async fn tx_event(
         .execute(&mut **tx)
         .await?;
     Ok(())
+}
+
+/// Refuse a write to a transaction of another workflow than the fence's (a missing transaction
+/// is left to the statement's own error).
+async fn check_tx_owner(
+    tx: &mut Tx<'_>,
+    fence: &Fence,
+    tx_id: i64,
+) -> std::result::Result<(), DbFail> {
+    let owner: Option<i64> = sqlx::query("SELECT workflow_id FROM transactions WHERE id = $1")
+        .bind(tx_id)
+        .fetch_optional(&mut **tx)
+        .await?
+        .map(|r| r.try_get(0))
+        .transpose()?;
+    match owner {
+        Some(w) if w != fence.workflow_id => Err(foreign_tx(tx_id, w, fence).into()),
+        _ => Ok(()),
+    }
 }
 
 /// Keep a signed version of transaction `tx_id` (idempotent by hash).
@@ -575,11 +605,14 @@ impl Store for PgStore {
     ) -> Result<()> {
         self.bounded(async {
             let mut tx = self.pool.begin().await?;
-            let current = check_fence(&mut tx, fence).await?;
+            let (current, status) = check_fence_status(&mut tx, fence).await?;
             if current > step {
                 // Our earlier commit went through although we did not see it: nothing to do.
                 tx.commit().await?;
                 return Ok(());
+            }
+            if status.is_terminal() {
+                return Err(workflow_ended(fence.workflow_id, status, "complete_step").into());
             }
             if current != step {
                 return Err(EngineError::Internal(format!(
@@ -624,7 +657,7 @@ impl Store for PgStore {
         self.bounded(async {
             let mut tx = self.pool.begin().await?;
             check_fence(&mut tx, fence).await?;
-            sqlx::query(
+            let updated = sqlx::query(
                 "UPDATE workflows SET attempts = attempts + 1, error = $2, next_attempt_at = now() + $3 * interval '1 millisecond', \
                  lease_owner = NULL, lease_expires_at = NULL, updated_at = now() WHERE id = $1 AND current_step = $4",
             )
@@ -633,8 +666,12 @@ impl Store for PgStore {
             .bind(delay.as_millis() as i64)
             .bind(step)
             .execute(&mut *tx)
-            .await?;
-            journal_append(&mut tx, fence, step, name, "retry", Some(error)).await?;
+            .await?
+            .rows_affected();
+            // A retry of another step than the current one did not happen: no entry.
+            if updated == 1 {
+                journal_append(&mut tx, fence, step, name, "retry", Some(error)).await?;
+            }
             tx.commit().await?;
             Ok(())
         })
@@ -651,7 +688,10 @@ impl Store for PgStore {
     ) -> Result<()> {
         self.bounded(async {
             let mut tx = self.pool.begin().await?;
-            check_fence(&mut tx, fence).await?;
+            let (_, now) = check_fence_status(&mut tx, fence).await?;
+            if now.is_terminal() {
+                return Err(workflow_ended(fence.workflow_id, now, "fail").into());
+            }
             let status = if dead_letter { "dead_letter" } else { "failed" };
             sqlx::query(
                 "UPDATE workflows SET status = $2, error = $3, attempts = attempts + 1, lease_owner = NULL, lease_expires_at = NULL, updated_at = now() WHERE id = $1",
@@ -879,6 +919,7 @@ impl Store for PgStore {
         self.bounded(async {
             let mut tx = self.pool.begin().await?;
             check_fence(&mut tx, fence).await?;
+            check_tx_owner(&mut tx, fence, tx_id).await?;
             insert_broadcast(&mut tx, tx_id, signed).await?;
             sqlx::query(
                 "UPDATE transactions SET raw = $2, tx_hash = $3, max_fee = $4, priority_fee = $5, state = 'BROADCASTING', updated_at = now() WHERE id = $1",
@@ -909,6 +950,7 @@ impl Store for PgStore {
         self.bounded(async {
             let mut tx = self.pool.begin().await?;
             check_fence(&mut tx, fence).await?;
+            check_tx_owner(&mut tx, fence, tx_id).await?;
             sqlx::query(
                 "UPDATE transactions SET state = $2, failure = COALESCE($3, failure), receipt = COALESCE($4, receipt), updated_at = now() WHERE id = $1",
             )
@@ -934,6 +976,7 @@ impl Store for PgStore {
         self.bounded(async {
             let mut tx = self.pool.begin().await?;
             check_fence(&mut tx, fence).await?;
+            check_tx_owner(&mut tx, fence, tx_id).await?;
             let r = sqlx::query("SELECT signer, chain_id FROM transactions WHERE id = $1")
                 .bind(tx_id)
                 .fetch_one(&mut *tx)
@@ -965,6 +1008,7 @@ impl Store for PgStore {
         self.bounded(async {
             let mut tx = self.pool.begin().await?;
             check_fence(&mut tx, fence).await?;
+            check_tx_owner(&mut tx, fence, tx_id).await?;
             let r = sqlx::query("UPDATE transactions SET state = $2, updated_at = now() WHERE id = $1 RETURNING signer, chain_id, nonce")
                 .bind(tx_id)
                 .bind(state.as_str())

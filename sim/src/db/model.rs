@@ -18,14 +18,16 @@
 //!   [`DbModel::fenced_writes`] also counts rejected fenced writes.)
 //!
 //!   *Sequences*: PostgreSQL does not roll a `bigserial` back with an aborted transaction, so a
-//!   failed insert that already drew its value leaves a gap (`create_tx` hitting the
-//!   `transactions_live_step` unique index burns a `transactions.id`; `set_tx_state` on a missing
-//!   transaction burns a `tx_events.seq`). **The model deliberately does not mimic this**: it
-//!   draws a value only when the insert succeeds, so that a replica which applies only the
-//!   committed requests stays identical to its primary (a burnt id on the primary but not on the
-//!   replica would make the next `create_tx` return different ids on the two). Consequence for a
-//!   differential test against a real `PgStore`: transaction ids can differ after a 23505, and
-//!   nothing else observable does (`tx_events.seq` is never read by the engine).
+//!   failed insert that already drew its value leaves a gap (`create_tx` or `adopt_orphan`
+//!   hitting the `transactions_live_step` unique index burns a `transactions.id`; `set_tx_state`
+//!   on a missing transaction burns a `tx_events.seq`). **The model deliberately does not mimic
+//!   this**: it draws a value only when the insert succeeds, so that a replica which applies only
+//!   the committed requests stays identical to its primary (a burnt id on the primary but not on
+//!   the replica would make the next `create_tx` return different ids on the two). Consequence
+//!   for a differential test against a real `PgStore`: transaction ids can differ after a 23505,
+//!   and nothing else observable does (`tx_events.seq` is never read by the engine); the test
+//!   (`tests/tests/store_conformance.rs`) checks that PostgreSQL's ids are the model's plus the
+//!   number burnt.
 //!
 //!   Replication rule: ship exactly the requests for which [`DbModel::committed`] is true (every
 //!   successful write, plus the refused `requeue`), in order, with their `now_ms`; replaying them
@@ -70,9 +72,9 @@
 use alloy_primitives::{Address, Bytes, B256, U256, U512};
 use dalp_engine::error::EngineError;
 use dalp_engine::store::{
-    AuditEntry, Broadcast, Claim, DeadLetter, Fees, FeesView, Fence, IndexerCheckpoint,
-    JournalEntry, NewWorkflow, NonceView, Orphan, Stats, Submitted, TokenEvent, TxIntent, TxRecord,
-    TxState, WorkflowId, WorkflowRecord, WorkflowStatus,
+    foreign_tx, workflow_ended, AuditEntry, Broadcast, Claim, DeadLetter, Fees, FeesView, Fence,
+    IndexerCheckpoint, JournalEntry, NewWorkflow, NonceView, Orphan, Stats, Submitted, TokenEvent,
+    TxIntent, TxRecord, TxState, WorkflowId, WorkflowRecord, WorkflowStatus,
 };
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
@@ -1061,8 +1063,8 @@ impl DbModel {
                 } else {
                     w.attempts
                 };
-                text(name)?;
                 if bump {
+                    text(name)?;
                     let w = self.wf_mut(fence.workflow_id);
                     w.attempts = attempts;
                     w.error = Some(error.clone());
@@ -1070,9 +1072,9 @@ impl DbModel {
                     w.lease_owner = None;
                     w.lease_expires_at_ms = None;
                     w.updated_at_ms = now;
+                    // A retry of another step than the current one did not happen: no entry.
+                    self.journal_append(fence, *step, name, "retry", Some(error.clone()), now);
                 }
-                // pg.rs journals the retry even when `current_step = $4` matched no row.
-                self.journal_append(fence, *step, name, "retry", Some(error.clone()), now);
                 Ok(DbReply::Unit)
             }
             DbRequest::Fail {
@@ -1083,6 +1085,10 @@ impl DbModel {
                 dead_letter,
             } => {
                 self.check_fence(fence)?;
+                let now_status = self.tables.workflows[&fence.workflow_id].status;
+                if now_status.is_terminal() {
+                    return Err(workflow_ended(fence.workflow_id, now_status, "fail"));
+                }
                 jsonb(error)?;
                 let attempts = self.tables.workflows[&fence.workflow_id]
                     .attempts
@@ -1155,6 +1161,7 @@ impl DbModel {
                 signed,
             } => {
                 self.check_fence(fence)?;
+                self.check_tx_owner(fence, *tx_id)?;
                 let Some(tx) = self.tables.transactions.get(tx_id) else {
                     return Err(fk_tx_id("tx_broadcasts"));
                 };
@@ -1192,6 +1199,7 @@ impl DbModel {
                 receipt,
             } => {
                 self.check_fence(fence)?;
+                self.check_tx_owner(fence, *tx_id)?;
                 let terminal = !is_live_state(*state);
                 // UPDATE's parameters: the failure detail (terminal states only), the receipt.
                 if terminal {
@@ -1227,6 +1235,7 @@ impl DbModel {
                 chain_nonce,
             } => {
                 self.check_fence(fence)?;
+                self.check_tx_owner(fence, *tx_id)?;
                 let Some(tx) = self.tables.transactions.get(tx_id) else {
                     return Err(row_not_found());
                 };
@@ -1256,6 +1265,7 @@ impl DbModel {
                 release,
             } => {
                 self.check_fence(fence)?;
+                self.check_tx_owner(fence, *tx_id)?;
                 let Some(tx) = self.tables.transactions.get(tx_id) else {
                     return Err(row_not_found());
                 };
@@ -1466,6 +1476,17 @@ impl DbModel {
 
     /// Moving `tx` to `state` must not put a second live row for its step into
     /// `transactions_live_step` (a row already live may change between live states).
+    /// A fence proves the lease of its own workflow only: a transaction of another workflow is
+    /// refused (a missing one is left to the statement's own error).
+    fn check_tx_owner(&self, fence: &Fence, tx_id: i64) -> Result<()> {
+        match self.tables.transactions.get(&tx_id) {
+            Some(tx) if tx.workflow_id != fence.workflow_id => {
+                Err(foreign_tx(tx_id, tx.workflow_id, fence))
+            }
+            _ => Ok(()),
+        }
+    }
+
     fn check_live_unique(&self, tx: &TxRow, state: TxState) -> Result<()> {
         if !is_live_state(state) || tx.is_live() {
             return Ok(());
@@ -1753,6 +1774,10 @@ impl DbModel {
         if current > step {
             // Our earlier commit went through although we did not see it: nothing to do.
             return Ok(DbReply::Unit);
+        }
+        let status = self.tables.workflows[&fence.workflow_id].status;
+        if status.is_terminal() {
+            return Err(workflow_ended(fence.workflow_id, status, "complete_step"));
         }
         if current != step {
             return Err(EngineError::Internal(format!(

@@ -514,6 +514,12 @@ impl Fleet {
                     let mut dbs = self.dbs.lock().await;
                     if j < dbs.len() {
                         dbs[j].start().await?;
+                        // A restarted container may listen on another host port.
+                        if j == *self.primary.lock().expect("primary") {
+                            for l in &self.links {
+                                l.db.set_upstream(dbs[j].addr());
+                            }
+                        }
                     }
                 }
             }
