@@ -282,13 +282,23 @@ fn docker() -> Result<bool, String> {
             std::thread::sleep(std::time::Duration::from_millis(500));
         }
     }
-    match images() {
-        Ok(()) => Ok(true),
-        Err(e) => {
-            eprintln!("xtask: the Docker images could not be built: {e}");
-            Ok(false)
-        }
+    if let Err(e) = images() {
+        eprintln!("xtask: the Docker images could not be built: {e}");
+        return Ok(false);
     }
+    // A daemon that builds images may still be unable to run containers (no overlay, no
+    // cgroups): try one before the tests rely on it.
+    let image = std::env::var("DALP_ANVIL_IMAGE").unwrap_or_else(|_| "dalp/anvil:local".into());
+    let runs = Command::new("timeout")
+        .args(["120", "docker", "run", "--rm", &image, "--version"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !runs {
+        eprintln!("xtask: the Docker daemon cannot run a container here");
+    }
+    Ok(runs)
 }
 
 /// Build the simulation flavour and run `dalp-sim` with `args` from the repository root.
