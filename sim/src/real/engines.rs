@@ -5,7 +5,7 @@
 //! restart = a new process re-running start-up on the same configuration.
 
 use super::cleanup::{self, Resource};
-use super::provision::{free_port, scratch_dir, wait_until, workspace_root, Result};
+use super::provision::{free_port, scratch_dir, workspace_root, Result};
 use crate::client::{Answer, CallFailure, EngineApi};
 use crate::engine_conf::{API_TOKEN, OPERATOR_TOKEN};
 use serde_json::Value;
@@ -89,18 +89,37 @@ impl EngineProcess {
         self.child = Some((child, guard));
         self.starts += 1;
         let url = self.url("/health");
-        wait_until(&self.name, Duration::from_secs(60), || {
-            let (http, url) = (http.clone(), url.clone());
-            async move {
-                http.get(&url)
-                    .timeout(Duration::from_secs(2))
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status().is_success())
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(60) {
+            let healthy = http
+                .get(&url)
+                .timeout(Duration::from_secs(2))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            if healthy {
+                return Ok(());
             }
-        })
-        .await
-        .map_err(|e| format!("{e}; log: {}", self.log_tail()).into())
+            // A process that exited will never answer: say why at once.
+            if let Some((c, _)) = self.child.as_mut() {
+                if let Ok(Some(status)) = c.try_wait() {
+                    self.child = None;
+                    return Err(format!(
+                        "{} exited at start-up ({status}); log: {}",
+                        self.name,
+                        self.log_tail()
+                    )
+                    .into());
+                }
+            }
+            rtokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(format!(
+            "{} not ready after 60 s; log: {}",
+            self.name,
+            self.log_tail()
+        )
+        .into())
     }
 
     /// SIGKILL: no shutdown hook runs, exactly like a crashed host.

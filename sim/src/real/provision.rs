@@ -100,8 +100,25 @@ pub fn scratch_dir(what: &str) -> Result<PathBuf> {
     Ok(dir)
 }
 
+/// Ports a run reserves for a listener it starts later (and restarts on the same port) come from
+/// below Linux's ephemeral range (32768–60999): an ephemeral port that was free a moment ago may
+/// by then be the local port of some outgoing connection, or a container's published port.
+const RESERVED_PORTS: std::ops::Range<u32> = 20_000..32_000;
+
+/// A port below the ephemeral range that is free now (spread by process id, so parallel runs
+/// rarely try the same ones).
 pub fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let span = RESERVED_PORTS.end - RESERVED_PORTS.start;
+    let base = std::process::id().wrapping_mul(7_919);
+    for _ in 0..span {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = RESERVED_PORTS.start + base.wrapping_add(n.wrapping_mul(104_729)) % span;
+        if TcpListener::bind(("127.0.0.1", port as u16)).is_ok() {
+            return Ok(port as u16);
+        }
+    }
+    Err(format!("no free port in {RESERVED_PORTS:?}").into())
 }
 
 pub async fn wait_until<F, Fut>(what: &str, bound: Duration, mut ready: F) -> Result<()>

@@ -211,7 +211,10 @@ fn bind_std(addr: SocketAddr) -> io::Result<StdListener> {
 
 impl<M: Mode> Core<M> {
     async fn start(name: &str, upstream: SocketAddr, serve: Serve<M>) -> io::Result<Arc<Self>> {
-        let std = bind_std(SocketAddr::from(([127, 0, 0, 1], 0)))?;
+        // Below the ephemeral range: after `Down` the same port is bound again, and an
+        // ephemeral port may meanwhile be some outgoing connection's local port.
+        let port = super::provision::free_port().map_err(|e| io::Error::other(e.to_string()))?;
+        let std = bind_std(SocketAddr::from(([127, 0, 0, 1], port)))?;
         let core = Arc::new(Core {
             name: name.to_string(),
             addr: std.local_addr()?,
@@ -474,7 +477,8 @@ pub struct TcpFaultProxy {
 common_api!(TcpFaultProxy, TcpMode);
 
 impl TcpFaultProxy {
-    /// Starts a proxy on `127.0.0.1:0` forwarding to `upstream`, in [`TcpMode::Pass`].
+    /// Starts a proxy on a free port of 127.0.0.1 (below the ephemeral range) forwarding to
+    /// `upstream`, in [`TcpMode::Pass`].
     pub async fn start(name: &str, upstream: SocketAddr) -> io::Result<Arc<TcpFaultProxy>> {
         let core = Core::start(name, upstream, |core, s| Box::pin(tcp_conn(core, s))).await?;
         Ok(Arc::new(TcpFaultProxy { core }))
@@ -603,7 +607,8 @@ pub struct HttpFaultProxy {
 common_api!(HttpFaultProxy, HttpMode);
 
 impl HttpFaultProxy {
-    /// Starts a proxy on `127.0.0.1:0` forwarding to `upstream`, in [`HttpMode::Pass`].
+    /// Starts a proxy on a free port of 127.0.0.1 (below the ephemeral range) forwarding to
+    /// `upstream`, in [`HttpMode::Pass`].
     pub async fn start(name: &str, upstream: SocketAddr) -> io::Result<Arc<HttpFaultProxy>> {
         let core = Core::start(name, upstream, |core, s| Box::pin(http_conn(core, s))).await?;
         Ok(Arc::new(HttpFaultProxy { core }))
