@@ -8,7 +8,8 @@
 //! `pg_promote()` the replica and re-point every engine's database proxy; switchover = the
 //! primary made read-only in place (`default_transaction_read_only`), the replica promoted once
 //! caught up, proxies re-pointed; connection loss = proxy reset and refusal; latency = proxy
-//! delay; RPC down / 503 / timeout / ambiguous send = the RPC proxies; reorg = `anvil_reorg`
+//! delay; RPC down / 503 / timeout (also of one method) / ambiguous send = the RPC proxies;
+//! reorg = `anvil_reorg`
 //! (re-including the transactions unless they are to be dropped); mempool drop =
 //! `anvil_dropTransaction`; gas spike = `anvil_setNextBlockBaseFeePerGas`; external nonce use =
 //! a send from the signer's key outside the engine; signer funds = `anvil_setBalance`; region
@@ -378,18 +379,16 @@ impl Fleet {
             | Fault::RpcTimeout {
                 endpoint, method, ..
             } => {
-                if method.is_some() {
-                    return na("the RPC proxy fails whole endpoints, not single methods");
-                }
                 let mode = if matches!(fault, Fault::RpcError { .. }) {
                     HttpMode::Status503
                 } else {
                     HttpMode::Blackhole
                 };
                 for p in self.rpc_targets(endpoint) {
+                    p.set_scope(method.as_deref());
                     p.set_mode(mode);
                 }
-                Ok(json!({}))
+                Ok(json!({"method": method}))
             }
             Fault::RpcAmbiguousSend { endpoint, .. } => {
                 for p in self.rpc_targets(endpoint) {
@@ -534,6 +533,7 @@ impl Fleet {
             | Fault::RpcAmbiguousSend { endpoint, .. } => {
                 for p in self.rpc_targets(endpoint) {
                     p.set_mode(HttpMode::Pass);
+                    p.set_scope(None);
                 }
             }
             Fault::SignerDrain { .. } => {

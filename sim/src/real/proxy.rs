@@ -195,6 +195,8 @@ struct Core<M: Mode> {
     faulted: AtomicU64,
     swallowed: AtomicU64,
     upstream_errors: AtomicU64,
+    /// HTTP only: the JSON-RPC method the mode applies to (`None`: every request).
+    scope: Mutex<Option<String>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -231,6 +233,7 @@ impl<M: Mode> Core<M> {
             faulted: AtomicU64::new(0),
             swallowed: AtomicU64::new(0),
             upstream_errors: AtomicU64::new(0),
+            scope: Mutex::new(None),
         });
         let mut l = lock(&core.listen);
         core.install(&mut l, std)?;
@@ -614,6 +617,12 @@ impl HttpFaultProxy {
         Ok(Arc::new(HttpFaultProxy { core }))
     }
 
+    /// Make the mode apply only to requests calling JSON-RPC `method` (alone or in a batch);
+    /// other requests pass. `None`: every request (the default).
+    pub fn set_scope(&self, method: Option<&str>) {
+        *lock(&self.core.scope) = method.map(str::to_string);
+    }
+
     /// The counters (diagnostics and tests).
     pub fn stats(&self) -> HttpStats {
         let c = &self.core;
@@ -637,7 +646,11 @@ async fn http_conn(core: Arc<Core<HttpMode>>, client: TcpStream) {
         let Ok(Some(req)) = read_request(&mut c).await else {
             return;
         };
-        let mode = *mode_rx.borrow_and_update();
+        let mut mode = *mode_rx.borrow_and_update();
+        let in_scope = in_scope(&core, req.json());
+        if !in_scope && !matches!(mode, HttpMode::Down) {
+            mode = HttpMode::Pass;
+        }
         match mode {
             HttpMode::Down => return,
             HttpMode::Blackhole => {
@@ -676,7 +689,7 @@ async fn http_conn(core: Arc<Core<HttpMode>>, client: TcpStream) {
         };
         // Partitioned while the request was at the upstream: the answer is lost too.
         let now = *mode_rx.borrow_and_update();
-        if now.is_blackhole() {
+        if now.is_blackhole() && in_scope {
             core.faulted.fetch_add(1, Relaxed);
             return discard_until_healed(&mut c.s, &mut mode_rx).await;
         }
@@ -750,12 +763,25 @@ async fn forward(
     Err(Broken)
 }
 
+/// Whether the proxy's fault applies to a request with this body (its scope, if any).
+fn in_scope(core: &Core<HttpMode>, body: &[u8]) -> bool {
+    match lock(&core.scope).as_deref() {
+        None => true,
+        Some(m) => calls_any(body, &[m]),
+    }
+}
+
 fn calls_send_raw(body: &[u8]) -> bool {
+    calls_any(body, SEND_METHODS)
+}
+
+/// Whether a JSON-RPC body (a call or a batch) calls one of `methods`.
+fn calls_any(body: &[u8], methods: &[&str]) -> bool {
     use serde_json::Value;
     let is_send = |v: &Value| {
         v.get("method")
             .and_then(Value::as_str)
-            .is_some_and(|m| SEND_METHODS.contains(&m))
+            .is_some_and(|m| methods.contains(&m))
     };
     match serde_json::from_slice::<Value>(body) {
         Ok(Value::Array(calls)) => calls.iter().any(is_send),
@@ -1368,6 +1394,30 @@ mod tests {
         assert_eq!((st.accepted, st.failed_by_fault, st.forwarded), (1, 2, 0));
         p.set_mode(HttpMode::Pass);
         assert_eq!(rpc(&c, &p, call("eth_blockNumber")).await.unwrap().0, 200);
+    }
+
+    #[rtokio::test(crate = "rtokio")]
+    async fn http_scoped_faults_hit_only_their_method() {
+        let (up, seen) = rpc_server("0x1", false).await;
+        let p = HttpFaultProxy::start("rpc", up).await.unwrap();
+        p.set_scope(Some("eth_call"));
+        p.set_mode(HttpMode::Status503);
+        let c = client(Duration::from_secs(2));
+        assert_eq!(rpc(&c, &p, call("eth_call")).await.unwrap().0, 503);
+        assert_eq!(rpc(&c, &p, call("eth_blockNumber")).await.unwrap().0, 200);
+        assert_eq!(
+            lock(&seen).len(),
+            1,
+            "only the other method reached the node"
+        );
+        // A scoped black hole: the method times out, other requests still pass.
+        p.set_mode(HttpMode::Blackhole);
+        let e = rpc(&client(SHORT), &p, call("eth_call")).await.unwrap_err();
+        assert!(e.is_timeout(), "{e:?}");
+        assert_eq!(rpc(&c, &p, call("eth_blockNumber")).await.unwrap().0, 200);
+        p.set_mode(HttpMode::Pass);
+        p.set_scope(None);
+        assert_eq!(rpc(&c, &p, call("eth_call")).await.unwrap().0, 200);
     }
 
     #[rtokio::test(crate = "rtokio")]
