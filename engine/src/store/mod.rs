@@ -304,9 +304,11 @@ pub fn workflow_ended(
 
 /// The refusal of a transaction write presented under another workflow's fence: a fence proves
 /// the lease of its own workflow only.
-pub fn foreign_tx(tx_id: i64, owner: WorkflowId, fence: &Fence) -> crate::error::EngineError {
+pub fn foreign_tx(owner: WorkflowId, fence: &Fence) -> crate::error::EngineError {
+    // (No transaction id in the text: PostgreSQL burns ids on failed inserts, the model does not,
+    // so the same transaction may have different ids on the two; workflow ids agree.)
     crate::error::EngineError::Internal(format!(
-        "transaction {tx_id} belongs to workflow {owner}, not to workflow {} whose fence was presented",
+        "the transaction belongs to workflow {owner}, not to workflow {} whose fence was presented",
         fence.workflow_id
     ))
 }

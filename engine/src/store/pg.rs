@@ -337,7 +337,7 @@ async fn check_tx_owner(
         .map(|r| r.try_get(0))
         .transpose()?;
     match owner {
-        Some(w) if w != fence.workflow_id => Err(foreign_tx(tx_id, w, fence).into()),
+        Some(w) if w != fence.workflow_id => Err(foreign_tx(w, fence).into()),
         _ => Ok(()),
     }
 }

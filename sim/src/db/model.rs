@@ -1481,7 +1481,7 @@ impl DbModel {
     fn check_tx_owner(&self, fence: &Fence, tx_id: i64) -> Result<()> {
         match self.tables.transactions.get(&tx_id) {
             Some(tx) if tx.workflow_id != fence.workflow_id => {
-                Err(foreign_tx(tx_id, tx.workflow_id, fence))
+                Err(foreign_tx(tx.workflow_id, fence))
             }
             _ => Ok(()),
         }
