@@ -15,6 +15,10 @@ use std::time::{Duration, Instant};
 
 pub mod chain;
 
+/// Where PostgreSQL's server binaries and the pinned Anvil are: one definition, shared with the
+/// real backend's provisioning.
+pub use dalp_sim::real::provision::{anvil_path, postgres_bin_dir};
+
 /// Anvil's first two default accounts: well-known test keys, never real funds.
 pub const SIGNER_KEY: &str = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80";
 pub const SIGNER_ADDR: &str = "0xf39fd6e51aad88f6f4ce6ab8827279cfffb92266";
@@ -90,25 +94,6 @@ fn as_db_user(cmd: &mut Command) -> &mut Command {
         cmd.uid(NOBODY).gid(NOBODY);
     }
     cmd
-}
-
-pub fn postgres_bin_dir() -> Result<PathBuf> {
-    let mut dirs: Vec<PathBuf> = fs::read_dir("/usr/lib/postgresql")
-        .map_err(|_| {
-            "PostgreSQL is not installed (no /usr/lib/postgresql); run `cargo xtask setup`"
-        })?
-        .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
-        .filter(|p| p.join("postgres").exists())
-        .collect();
-    dirs.sort_by_key(|p| {
-        p.parent()
-            .and_then(|v| v.file_name())
-            .and_then(|v| v.to_str())
-            .and_then(|v| v.parse::<u32>().ok())
-            .unwrap_or(0)
-    });
-    dirs.pop()
-        .ok_or_else(|| "no PostgreSQL server binaries under /usr/lib/postgresql".into())
 }
 
 /// A PostgreSQL server in a scratch directory, fsync on, listening on 127.0.0.1.
@@ -243,28 +228,6 @@ impl Drop for Postgres {
             let _ = c.wait();
         }
     }
-}
-
-/// Path of the anvil binary shipped by the pinned npm package (installed by `cargo xtask setup`).
-pub fn anvil_path() -> Result<PathBuf> {
-    let fixtures = workspace_root().join("fixtures");
-    let rel = fs::read_to_string(fixtures.join("ANVIL_PATH.txt"))?;
-    let path = fixtures.join(rel.trim());
-    if !path.exists() {
-        let status = Command::new("npm")
-            .args(["ci", "--no-audit", "--no-fund"])
-            .current_dir(&fixtures)
-            .stdout(Stdio::null())
-            .status()?;
-        if !status.success() || !path.exists() {
-            return Err(format!(
-                "anvil not found at {} and `npm ci` in fixtures/ failed",
-                path.display()
-            )
-            .into());
-        }
-    }
-    Ok(path)
 }
 
 /// An Anvil node on 127.0.0.1: interval mining (so confirmations advance) or on demand.
