@@ -6,7 +6,6 @@
 
 use serde_json::{json, Value};
 use std::fs;
-use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -50,12 +49,10 @@ pub fn scratch_dir(what: &str) -> PathBuf {
     dir
 }
 
+/// A port reserved for this process (shared with the real backend, so parallel tests and runs
+/// never pick the same one).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind an ephemeral port")
-        .local_addr()
-        .expect("local addr")
-        .port()
+    dalp_sim::real::provision::free_port().expect("reserve a port")
 }
 
 fn wait_until(what: &str, bound: Duration, mut ready: impl FnMut() -> bool) -> Result<()> {

@@ -16,6 +16,18 @@ pub mod pg;
 
 pub type WorkflowId = i64;
 
+/// How long the database server lets one of the engine's sessions sit idle inside a transaction
+/// before it ends the session (`idle_in_transaction_session_timeout`, set on every connection).
+///
+/// A session left inside a transaction by a client that went away mid-transaction (a bug of
+/// ours or of the driver, a process frozen between statements) keeps its row locks, and claims
+/// skip locked rows: without this bound that workflow would never run again. Each transaction of
+/// ours is bounded by `db_timeout` on the client side, so twice that is well past any live one.
+/// The simulated PostgreSQL honours the same setting (fault `db_stale_session`).
+pub fn idle_in_transaction_bound(db_timeout: Duration) -> Option<Duration> {
+    Some((db_timeout * 2).max(Duration::from_secs(1)))
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum WorkflowStatus {

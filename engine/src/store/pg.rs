@@ -51,6 +51,15 @@ impl PgStore {
             })?
             .options([("statement_timeout", format!("{}", timeout.as_millis()))])
             .application_name("dalp-engine");
+        // The server's own bound on a session left inside a transaction by a client that went
+        // away mid-transaction (see `idle_in_transaction_bound`).
+        let opts = match idle_in_transaction_bound(timeout) {
+            Some(b) => opts.options([(
+                "idle_in_transaction_session_timeout",
+                format!("{}", b.as_millis()),
+            )]),
+            None => opts,
+        };
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(timeout)
@@ -105,6 +114,46 @@ impl From<EngineError> for DbFail {
 }
 
 type Tx<'a> = Transaction<'a, Postgres>;
+
+/// A pooled connection for one transaction, safe to cancel at every await.
+///
+/// sqlx 0.8's `Pool::begin` is not: a future dropped while `BEGIN`'s round trip is in flight (our
+/// own timeout, a step timeout) leaves the session inside a transaction nothing rolls back, and
+/// the pool hands that connection to the next borrower, whose statements then run in it and hold
+/// their row locks indefinitely (transact-rs/sqlx#4393). Here a claim held that way made `SKIP
+/// LOCKED` skip one workflow for good after a latency spike. A `TxConn` whose `BEGIN` did not
+/// complete is closed instead of returned: the server ends the session and its transaction.
+/// Once `BEGIN` has completed, sqlx's own guard queues the rollback of a dropped transaction.
+struct TxConn {
+    conn: sqlx::pool::PoolConnection<Postgres>,
+    beginning: bool,
+}
+
+impl TxConn {
+    async fn acquire(pool: &PgPool) -> std::result::Result<Self, sqlx::Error> {
+        Ok(TxConn {
+            conn: pool.acquire().await?,
+            beginning: false,
+        })
+    }
+
+    async fn begin(&mut self) -> std::result::Result<Tx<'_>, sqlx::Error> {
+        let TxConn { conn, beginning } = self;
+        *beginning = true;
+        let tx = sqlx::Connection::begin(&mut **conn).await?;
+        *beginning = false;
+        Ok(tx)
+    }
+}
+
+impl Drop for TxConn {
+    fn drop(&mut self) {
+        if self.beginning {
+            // Dropped (cancelled or failed) during BEGIN: never reuse this session.
+            self.conn.close_on_drop();
+        }
+    }
+}
 
 fn map_err(e: sqlx::Error) -> EngineError {
     match e {
@@ -418,7 +467,8 @@ async fn allocate_nonce(
 impl Store for PgStore {
     async fn submit(&self, new: NewWorkflow, window: Duration) -> Result<Submitted> {
         self.bounded(async {
-            let mut tx = self.pool.begin().await?;
+            let mut conn = TxConn::acquire(&self.pool).await?;
+            let mut tx = conn.begin().await?;
             let live = sqlx::query(&format!(
                 "SELECT w.request_hash, {cols} FROM idempotency_keys k JOIN workflows w ON w.id = k.workflow_id \
                  WHERE k.scope = $1 AND k.idempotency_key = $2 AND k.expires_at > now() FOR UPDATE OF k",
@@ -604,7 +654,8 @@ impl Store for PgStore {
         result: Option<Value>,
     ) -> Result<()> {
         self.bounded(async {
-            let mut tx = self.pool.begin().await?;
+            let mut conn = TxConn::acquire(&self.pool).await?;
+            let mut tx = conn.begin().await?;
             let (current, status) = check_fence_status(&mut tx, fence).await?;
             if current > step {
                 // Our earlier commit went through although we did not see it: nothing to do.
@@ -655,7 +706,8 @@ impl Store for PgStore {
         delay: Duration,
     ) -> Result<()> {
         self.bounded(async {
-            let mut tx = self.pool.begin().await?;
+            let mut conn = TxConn::acquire(&self.pool).await?;
+            let mut tx = conn.begin().await?;
             check_fence(&mut tx, fence).await?;
             let updated = sqlx::query(
                 "UPDATE workflows SET attempts = attempts + 1, error = $2, next_attempt_at = now() + $3 * interval '1 millisecond', \
@@ -687,7 +739,8 @@ impl Store for PgStore {
         dead_letter: bool,
     ) -> Result<()> {
         self.bounded(async {
-            let mut tx = self.pool.begin().await?;
+            let mut conn = TxConn::acquire(&self.pool).await?;
+            let mut tx = conn.begin().await?;
             let (_, now) = check_fence_status(&mut tx, fence).await?;
             if now.is_terminal() {
                 return Err(workflow_ended(fence.workflow_id, now, "fail").into());
@@ -750,7 +803,8 @@ impl Store for PgStore {
 
     async fn requeue(&self, id: WorkflowId, actor: &str, reason: &str) -> Result<WorkflowRecord> {
         self.bounded(async {
-            let mut tx = self.pool.begin().await?;
+            let mut conn = TxConn::acquire(&self.pool).await?;
+            let mut tx = conn.begin().await?;
             let status: Option<String> = sqlx::query("SELECT status FROM workflows WHERE id = $1 FOR UPDATE")
                 .bind(id)
                 .fetch_optional(&mut *tx)
@@ -785,7 +839,8 @@ impl Store for PgStore {
 
     async fn audit(&self, e: &AuditEntry) -> Result<()> {
         self.bounded(async {
-            let mut tx = self.pool.begin().await?;
+            let mut conn = TxConn::acquire(&self.pool).await?;
+            let mut tx = conn.begin().await?;
             insert_audit(&mut tx, &e.actor, &e.action, &e.args, &e.reason, &e.outcome).await?;
             tx.commit().await?;
             Ok(())
@@ -880,7 +935,8 @@ impl Store for PgStore {
         chain_nonce: u64,
     ) -> Result<TxRecord> {
         self.bounded(async {
-            let mut tx = self.pool.begin().await?;
+            let mut conn = TxConn::acquire(&self.pool).await?;
+            let mut tx = conn.begin().await?;
             check_fence(&mut tx, fence).await?;
             let signer = hex_addr(&intent.signer);
             let nonce = allocate_nonce(&mut tx, &signer, intent.chain_id as i64, chain_nonce as i64).await?;
@@ -917,7 +973,8 @@ impl Store for PgStore {
         signed: &Broadcast,
     ) -> Result<TxRecord> {
         self.bounded(async {
-            let mut tx = self.pool.begin().await?;
+            let mut conn = TxConn::acquire(&self.pool).await?;
+            let mut tx = conn.begin().await?;
             check_fence(&mut tx, fence).await?;
             check_tx_owner(&mut tx, fence, tx_id).await?;
             insert_broadcast(&mut tx, tx_id, signed).await?;
@@ -948,7 +1005,8 @@ impl Store for PgStore {
         receipt: Option<&Value>,
     ) -> Result<()> {
         self.bounded(async {
-            let mut tx = self.pool.begin().await?;
+            let mut conn = TxConn::acquire(&self.pool).await?;
+            let mut tx = conn.begin().await?;
             check_fence(&mut tx, fence).await?;
             check_tx_owner(&mut tx, fence, tx_id).await?;
             sqlx::query(
@@ -974,7 +1032,8 @@ impl Store for PgStore {
         chain_nonce: u64,
     ) -> Result<TxRecord> {
         self.bounded(async {
-            let mut tx = self.pool.begin().await?;
+            let mut conn = TxConn::acquire(&self.pool).await?;
+            let mut tx = conn.begin().await?;
             check_fence(&mut tx, fence).await?;
             check_tx_owner(&mut tx, fence, tx_id).await?;
             let r = sqlx::query("SELECT signer, chain_id FROM transactions WHERE id = $1")
@@ -1006,7 +1065,8 @@ impl Store for PgStore {
         release: bool,
     ) -> Result<()> {
         self.bounded(async {
-            let mut tx = self.pool.begin().await?;
+            let mut conn = TxConn::acquire(&self.pool).await?;
+            let mut tx = conn.begin().await?;
             check_fence(&mut tx, fence).await?;
             check_tx_owner(&mut tx, fence, tx_id).await?;
             let r = sqlx::query("UPDATE transactions SET state = $2, updated_at = now() WHERE id = $1 RETURNING signer, chain_id, nonce")
@@ -1130,7 +1190,8 @@ impl Store for PgStore {
         orphans: &[Orphan],
     ) -> Result<()> {
         self.bounded(async {
-            let mut tx = self.pool.begin().await?;
+            let mut conn = TxConn::acquire(&self.pool).await?;
+            let mut tx = conn.begin().await?;
             for o in orphans {
                 sqlx::query(
                     "INSERT INTO orphan_txs (tx_hash, signer, chain_id, nonce, tag, raw, max_fee, priority_fee) \
@@ -1161,7 +1222,8 @@ impl Store for PgStore {
         signed: &Broadcast,
     ) -> Result<TxRecord> {
         self.bounded(async {
-            let mut tx = self.pool.begin().await?;
+            let mut conn = TxConn::acquire(&self.pool).await?;
+            let mut tx = conn.begin().await?;
             check_fence(&mut tx, fence).await?;
             let signer = hex_addr(&intent.signer);
             let id: i64 = sqlx::query(
@@ -1215,7 +1277,8 @@ impl Store for PgStore {
 
     async fn notify(&self, fence: &Fence, kind: &str, payload: &Value) -> Result<bool> {
         self.bounded(async {
-            let mut tx = self.pool.begin().await?;
+            let mut conn = TxConn::acquire(&self.pool).await?;
+            let mut tx = conn.begin().await?;
             check_fence(&mut tx, fence).await?;
             let n = sqlx::query("INSERT INTO notifications (workflow_id, kind, payload) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
                 .bind(fence.workflow_id)
@@ -1271,7 +1334,8 @@ impl Store for PgStore {
         finalized: u64,
     ) -> Result<()> {
         self.bounded(async {
-            let mut tx = self.pool.begin().await?;
+            let mut conn = TxConn::acquire(&self.pool).await?;
+            let mut tx = conn.begin().await?;
             sqlx::query("INSERT INTO indexed_blocks (chain_id, number, hash) VALUES ($1, $2, $3) ON CONFLICT (chain_id, number) DO UPDATE SET hash = EXCLUDED.hash")
                 .bind(chain_id as i64)
                 .bind(number as i64)
@@ -1314,7 +1378,8 @@ impl Store for PgStore {
 
     async fn rollback_index(&self, chain_id: u64, keep: u64) -> Result<u64> {
         self.bounded(async {
-            let mut tx = self.pool.begin().await?;
+            let mut conn = TxConn::acquire(&self.pool).await?;
+            let mut tx = conn.begin().await?;
             sqlx::query("DELETE FROM token_events WHERE chain_id = $1 AND block_number > $2")
                 .bind(chain_id as i64)
                 .bind(keep as i64)

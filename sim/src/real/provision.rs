@@ -105,18 +105,50 @@ pub fn scratch_dir(what: &str) -> Result<PathBuf> {
 /// by then be the local port of some outgoing connection, or a container's published port.
 const RESERVED_PORTS: std::ops::Range<u32> = 20_000..32_000;
 
-/// A port below the ephemeral range that is free now (spread by process id, so parallel runs
-/// rarely try the same ones).
+/// A port below the ephemeral range, reserved for this process until it exits.
+///
+/// Probing with a bind and letting go is not a reservation: a parallel run probing the same port
+/// before our listener starts gets it too (seen: `listen on 127.0.0.1:27602: Address already in
+/// use`). So every dalp process takes an exclusive `flock` on `$TMPDIR/dalp-ports/<port>` before
+/// probing, and holds it for its lifetime (the kernel drops it when the process dies, even by
+/// SIGKILL); a port is handed out only when the lock was won and the port binds. Ports are never
+/// handed out twice within a process either. What is reserved here is free of every other run's
+/// choice; other software binding fixed ports in 20000–31999 is outside what this can prevent.
 pub fn free_port() -> Result<u16> {
+    use std::collections::BTreeMap;
+    use std::fs::File;
+    use std::os::fd::AsRawFd;
+    use std::sync::Mutex;
+    static HELD: Mutex<BTreeMap<u16, File>> = Mutex::new(BTreeMap::new());
     static NEXT: AtomicU32 = AtomicU32::new(0);
+    let dir = std::env::temp_dir().join("dalp-ports");
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let mut held = HELD.lock().unwrap_or_else(|p| p.into_inner());
     let span = RESERVED_PORTS.end - RESERVED_PORTS.start;
     let base = std::process::id().wrapping_mul(7_919);
     for _ in 0..span {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let port = RESERVED_PORTS.start + base.wrapping_add(n.wrapping_mul(104_729)) % span;
-        if TcpListener::bind(("127.0.0.1", port as u16)).is_ok() {
-            return Ok(port as u16);
+        let port =
+            (RESERVED_PORTS.start + base.wrapping_add(n.wrapping_mul(104_729)) % span) as u16;
+        if held.contains_key(&port) {
+            continue;
         }
+        let path = dir.join(port.to_string());
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        // SAFETY: flock on a descriptor we own; no memory is shared with the call.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            continue; // another live dalp process holds it
+        }
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            held.insert(port, file);
+            return Ok(port);
+        }
+        // Bound by someone else: dropping the file releases our lock.
     }
     Err(format!("no free port in {RESERVED_PORTS:?}").into())
 }
