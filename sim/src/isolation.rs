@@ -314,6 +314,10 @@ pub fn dependence(s: &Scenario, schedule: &[Fault], i: usize) -> Dependence {
         "db_failover" | "db_switchover" | "db_conn_reset" | "db_lost_ack" | "db_latency" => {
             Exempt("the database primary: every workflow needs it".into())
         }
+        "db_stale_session" => Exempt(
+            "one workflow's row lock: that workflow alone waits, the rest are not in its window"
+                .into(),
+        ),
         "region_failover" => {
             Exempt("every active engine and the database primary: every workflow needs them".into())
         }

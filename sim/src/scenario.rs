@@ -301,6 +301,13 @@ pub enum Fault {
         #[serde(default = "one")]
         rate: f64,
     },
+    /// A session of the engine's pool is left inside a transaction holding the row lock of one
+    /// running workflow (the lowest id), as a client that went away mid-transaction leaves it
+    /// (a cancelled `BEGIN` under sqlx 0.8, a process frozen between statements). Fenced writes
+    /// to that workflow wait on the lock until their statement timeout; claims skip it. Only the
+    /// server ends such a session: after the `idle_in_transaction_session_timeout` the engine's
+    /// connections set (`dalp_engine::store::idle_in_transaction_bound`), or never.
+    DbStaleSession { at_s: f64 },
     /// Extra latency on every database request.
     DbLatency {
         at_s: f64,
@@ -403,6 +410,7 @@ impl Fault {
             Fault::DbConnReset { .. } => "db_conn_reset",
             Fault::DbLostAck { .. } => "db_lost_ack",
             Fault::DbLatency { .. } => "db_latency",
+            Fault::DbStaleSession { .. } => "db_stale_session",
             Fault::RpcDown { .. } => "rpc_down",
             Fault::RpcError { .. } => "rpc_error",
             Fault::RpcTimeout { .. } => "rpc_timeout",
@@ -430,6 +438,7 @@ impl Fault {
             | Fault::DbConnReset { at_s, .. }
             | Fault::DbLostAck { at_s, .. }
             | Fault::DbLatency { at_s, .. }
+            | Fault::DbStaleSession { at_s }
             | Fault::RpcDown { at_s, .. }
             | Fault::RpcError { at_s, .. }
             | Fault::RpcTimeout { at_s, .. }
@@ -492,6 +501,8 @@ impl Fault {
             | Fault::ExternalNonce { .. }
             | Fault::DbSwitchover { .. }
             | Fault::OperatorRequeue { .. } => Some(0.0),
+            // Lasts as long as the server lets the session live (the engine's setting).
+            Fault::DbStaleSession { .. } => Some(0.0),
             // The lost region stays lost until the heal instant.
             Fault::RegionFailover { .. } => None,
         }
@@ -525,6 +536,7 @@ pub const RANDOM_KINDS: &[&str] = &[
     "db_conn_reset",
     "db_lost_ack",
     "db_latency",
+    "db_stale_session",
     "rpc_down",
     "rpc_error",
     "rpc_timeout",
@@ -986,6 +998,7 @@ impl Scenario {
                 for_s,
                 extra_ms: rng.range(50, 2000),
             },
+            "db_stale_session" => Fault::DbStaleSession { at_s },
             "rpc_down" => Fault::RpcDown {
                 endpoint,
                 at_s,

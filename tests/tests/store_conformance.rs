@@ -590,6 +590,7 @@ impl Pair {
                 node: NODES[usize::from(node)].into(),
                 lease_ms: if long_lease { HOUR_MS } else { 0 },
                 limit,
+                skip_locked: Vec::new(),
             },
             Op::Renew { fence, long_lease } => DbRequest::RenewLease {
                 fence: self.fence(fence),
@@ -1410,6 +1411,7 @@ fn lease_expiry_and_renewal_in_real_time() {
             node: node.into(),
             lease_ms: LEASE,
             limit: 1,
+            skip_locked: Vec::new(),
         };
         let sleep = |p: &mut Pair, ms: u64| {
             p.now += ms;

@@ -345,6 +345,17 @@ fn judge(
         "db_crash" | "db_failover" | "db_conn_reset" | "db_lost_ack" | "db_switchover" => {
             engine_wide("an increase of dalp_db_errors_total on some engine", any_db_error(&cx))
         }
+        "db_stale_session" => {
+            if field(&f.applied, "workflow").is_none_or(Value::is_null) {
+                Judgement::NotObservable("no workflow was in flight to lock".into())
+            } else if any_db_error(&cx) {
+                Judgement::Seen
+            } else {
+                Judgement::NotObservable(
+                    "a lock on one workflow's row shows only when that workflow writes while it is held (a statement timeout); the engine exports no lock-wait metric".into(),
+                )
+            }
+        }
         "db_latency" => {
             let extra = field(&f.fault, "extra_ms").and_then(Value::as_u64).unwrap_or(0);
             if extra < ev.db_timeout_ms {

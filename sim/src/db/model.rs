@@ -104,6 +104,10 @@ pub enum DbRequest {
         node: String,
         lease_ms: u64,
         limit: usize,
+        /// Rows another session holds locked, which `FOR UPDATE SKIP LOCKED` passes over. The
+        /// server executing the claim fills it in before applying and logging, so replicas
+        /// replay the outcome the primary chose; clients send it empty.
+        skip_locked: Vec<WorkflowId>,
     },
     RenewLease {
         fence: Fence,
@@ -1015,7 +1019,8 @@ impl DbModel {
                 node,
                 lease_ms,
                 limit,
-            } => self.claim(node, *lease_ms, *limit, now),
+                skip_locked,
+            } => self.claim(node, *lease_ms, *limit, skip_locked, now),
             DbRequest::RenewLease { fence, lease_ms } => {
                 let Some(w) = self.tables.workflows.get_mut(&fence.workflow_id) else {
                     return Err(row_not_found());
@@ -1717,7 +1722,14 @@ impl DbModel {
         Ok(DbReply::Submitted(Submitted::Created(rec)))
     }
 
-    fn claim(&mut self, node: &str, lease_ms: u64, limit: usize, now: u64) -> Result<DbReply> {
+    fn claim(
+        &mut self,
+        node: &str,
+        lease_ms: u64,
+        limit: usize,
+        skip_locked: &[WorkflowId],
+        now: u64,
+    ) -> Result<DbReply> {
         text(node)?;
         let limit = check_limit(limit as i64)?;
         let mut eligible: Vec<(u64, i64)> = self
@@ -1725,6 +1737,7 @@ impl DbModel {
             .workflows
             .values()
             .filter(|w| w.runnable_status() && w.next_attempt_at_ms <= now && w.lease_free(now))
+            .filter(|w| !skip_locked.contains(&w.id))
             .map(|w| (w.next_attempt_at_ms, w.id))
             .collect();
         eligible.sort_unstable();

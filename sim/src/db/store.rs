@@ -68,6 +68,7 @@ impl<C: DbCall> Store for StoreOver<C> {
             node: node.to_string(),
             lease_ms: ms(lease),
             limit,
+            skip_locked: Vec::new(),
         };
         expect!(self, "claim", req, DbReply::Claims(c) => c)
     }
@@ -427,7 +428,13 @@ pub async fn call_store<S: Store + ?Sized>(store: &S, req: DbRequest) -> Result<
             node,
             lease_ms,
             limit,
-        } => DbReply::Claims(store.claim(&node, ms(lease_ms), limit).await?),
+            skip_locked,
+        } => {
+            // Locks of other sessions exist only in the simulated server; a replayed client
+            // request never carries them.
+            assert!(skip_locked.is_empty(), "a replayed claim names locked rows");
+            DbReply::Claims(store.claim(&node, ms(lease_ms), limit).await?)
+        }
         DbRequest::RenewLease { fence, lease_ms } => {
             store.renew_lease(&fence, ms(lease_ms)).await?;
             DbReply::Unit

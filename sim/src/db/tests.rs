@@ -84,6 +84,7 @@ impl Db {
             node: node.into(),
             lease_ms: LEASE,
             limit,
+            skip_locked: Vec::new(),
         }) {
             DbReply::Claims(c) => c,
             other => panic!("{other:?}"),
@@ -274,6 +275,7 @@ fn claim_takes_runnable_work_in_order_and_bumps_the_token() {
         node: "n".into(),
         lease_ms: 1,
         limit: usize::MAX,
+        skip_locked: Vec::new(),
     });
     assert!(matches!(r, Err(EngineError::Db { ref sqlstate, .. }) if sqlstate == "2201W"));
 }
@@ -1532,6 +1534,7 @@ fn committed_says_what_to_replicate() {
         node: "n".into(),
         lease_ms: LEASE,
         limit: 1,
+        skip_locked: Vec::new(),
     };
     let r = db.ap(claim.clone());
     assert!(DbModel::committed(&claim, &r));
@@ -1908,6 +1911,7 @@ mod props {
                 node: format!("n{node}"),
                 lease_ms: LEASE,
                 limit,
+                skip_locked: Vec::new(),
             },
             Op::Renew { wf, stale } => DbRequest::RenewLease {
                 fence: fence(m, wf, stale),
@@ -2254,4 +2258,32 @@ fn orphans_are_recorded_once_found_by_tag_and_adopted_under_the_fence() {
         tag: B256::ZERO
     }
     .is_write());
+}
+
+#[test]
+fn a_claim_skips_rows_another_session_holds_and_replays_the_same_choice() {
+    let mut db = Db::default();
+    db.submit("a");
+    db.submit("b");
+    let claim = DbRequest::Claim {
+        node: "n".into(),
+        lease_ms: LEASE,
+        limit: 2,
+        skip_locked: vec![1],
+    };
+    let replica_before = db.m.clone();
+    let r = db.ap(claim.clone());
+    let Ok(DbReply::Claims(c)) = &r else {
+        panic!("claim: {r:?}")
+    };
+    assert_eq!(
+        c.iter().map(|c| c.fence.workflow_id).collect::<Vec<_>>(),
+        vec![2],
+        "the locked row is skipped"
+    );
+    // A replica replaying the logged request makes the same choice.
+    let mut replica = replica_before;
+    let now = db.now;
+    let again = replica.apply(&claim, now);
+    assert_eq!(format!("{again:?}"), format!("{r:?}"));
 }

@@ -60,6 +60,9 @@ pub struct Fleet {
     pub data_loss: Mutex<Vec<Value>>,
     /// Faults with no real counterpart, with the reason.
     pub not_applicable: Mutex<Vec<Value>>,
+    /// Sessions left inside a transaction (`db_stale_session`): held until the run ends, unless
+    /// the server ends them first under the engine's idle-in-transaction bound.
+    pub stale_sessions: Mutex<Vec<sqlx::PgConnection>>,
 }
 
 fn ms(s: f64) -> u64 {
@@ -115,6 +118,55 @@ impl Fleet {
         }
         pool.close().await;
         Ok(out)
+    }
+
+    /// A session on the primary, with the engine's session settings, that locks the lowest
+    /// running workflow's row inside a transaction and is then left idle (`db_stale_session`).
+    async fn stale_session(&self) -> Result<Value> {
+        use sqlx::Connection;
+        let j = *self.primary.lock().expect("primary");
+        let addr = self.dbs.lock().await[j].addr();
+        let bound = dalp_engine::store::idle_in_transaction_bound(Duration::from_millis(
+            dalp_engine::config::TimeoutConfig::default().db_ms,
+        ));
+        let step = Duration::from_secs(10);
+        let url = format!("postgres://postgres@{addr}/dalp");
+        let mut conn = rtokio::time::timeout(step, sqlx::PgConnection::connect(&url))
+            .await
+            .map_err(|_| format!("db-{j}: connect timed out"))??;
+        let statements = [
+            // 0: no bound, as PostgreSQL reads it.
+            format!(
+                "SET idle_in_transaction_session_timeout = {}",
+                bound.map_or(0, |b| b.as_millis())
+            ),
+            "BEGIN".to_string(),
+        ];
+        for q in &statements {
+            rtokio::time::timeout(step, sqlx::query(q).execute(&mut conn))
+                .await
+                .map_err(|_| format!("db-{j}: `{q}` timed out"))??;
+        }
+        let row: Option<(i64,)> = rtokio::time::timeout(
+            step,
+            sqlx::query_as(
+                "SELECT id FROM workflows WHERE status = 'running' AND lease_owner IS NOT NULL \
+                 ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED",
+            )
+            .fetch_optional(&mut conn),
+        )
+        .await
+        .map_err(|_| format!("db-{j}: locking a running workflow timed out"))??;
+        let Some((wf,)) = row else {
+            return Ok(json!({"workflow": null, "reason": "no workflow in flight"}));
+        };
+        let now = self.start.elapsed().as_millis() as u64;
+        self.stale_sessions
+            .lock()
+            .expect("stale sessions")
+            .push(conn);
+        Ok(json!({"workflow": wf, "host": format!("db-{j}"),
+                  "ends_at_ms": bound.map(|b| now + b.as_millis() as u64)}))
     }
 
     fn engine_targets(&self, node: &str) -> Vec<usize> {
@@ -367,6 +419,7 @@ impl Fleet {
                 }
                 Ok(json!({}))
             }
+            Fault::DbStaleSession { .. } => self.stale_session().await,
             Fault::RpcDown { endpoint, .. } => {
                 for p in self.rpc_targets(endpoint) {
                     p.set_mode(HttpMode::Down);

@@ -218,6 +218,7 @@ async fn world(
         external_txs: Mutex::default(),
         data_loss: Mutex::default(),
         not_applicable: Mutex::default(),
+        stale_sessions: Mutex::default(),
     });
 
     // Clients: the seed's plan, against the engines' API proxies.

@@ -68,6 +68,15 @@ pub enum DbAnswer {
     Ack(u64),
 }
 
+/// A session left inside a transaction holding one workflow's row lock (fault
+/// `db_stale_session`): it lives in host `host`'s server process until `until_ms` (run time), or
+/// for ever when the engine's connections set no idle-in-transaction bound.
+#[derive(Clone, Copy, Debug)]
+pub struct StaleSession {
+    pub host: usize,
+    pub until_ms: Option<u64>,
+}
+
 /// Faults that act inside the database process (the injector sets them).
 #[derive(Default)]
 pub struct DbFaults {
@@ -87,6 +96,13 @@ pub struct DbCluster {
     pub acknowledged: Mutex<std::collections::BTreeSet<(usize, u64)>>,
     /// Requests served per store operation (for the run's statistics).
     pub calls: Mutex<BTreeMap<&'static str, u64>>,
+    /// Row locks of sessions left inside a transaction, by workflow (fault `db_stale_session`).
+    pub stale_sessions: Mutex<BTreeMap<i64, StaleSession>>,
+    /// What the engine's connections set as `idle_in_transaction_session_timeout`
+    /// (`dalp_engine::store::idle_in_transaction_bound`), which this server honours as
+    /// PostgreSQL does; `statement_timeout` likewise bounds a wait on a lock.
+    pub idle_in_transaction_ms: Option<u64>,
+    pub statement_timeout_ms: u64,
     /// Writes the database accepted from a holder whose fencing token was already superseded
     /// (observed from outside the store's own check, so a store that forgets to fence shows).
     pub stale_writes_accepted: Mutex<Vec<serde_json::Value>>,
@@ -95,14 +111,18 @@ pub struct DbCluster {
 }
 
 impl DbCluster {
+    /// `db_timeout_ms`: the engine's database timeout, which its connections also set as
+    /// `statement_timeout` and from which they derive their idle-in-transaction bound.
     pub fn new(
         hosts: usize,
         replication: Replication,
         lag_ms: u64,
         seed: u64,
+        db_timeout_ms: u64,
         trace: Trace,
     ) -> Arc<Self> {
         assert!(hosts >= 1);
+        assert!(db_timeout_ms > 0, "the engine bounds every database call");
         let disks = (0..hosts)
             .map(|j| {
                 Arc::new(Mutex::new(Disk {
@@ -121,6 +141,12 @@ impl DbCluster {
             acknowledged: Mutex::default(),
             calls: Mutex::default(),
             stale_writes_accepted: Mutex::default(),
+            stale_sessions: Mutex::default(),
+            idle_in_transaction_ms: dalp_engine::store::idle_in_transaction_bound(
+                Duration::from_millis(db_timeout_ms),
+            )
+            .map(|d| d.as_millis() as u64),
+            statement_timeout_ms: db_timeout_ms,
             rng: Mutex::new(SimRng::new(seed).fork("db-faults")),
             trace,
         })
@@ -161,6 +187,53 @@ impl DbCluster {
         *self.disks[j].lock().expect("disk") = copy;
     }
 
+    /// Leave a session of host `host` inside a transaction holding `workflow`'s row lock, from
+    /// now until the server's idle-in-transaction bound ends it. Returns when it ends (run ms).
+    pub fn leave_stale_session(&self, host: usize, workflow: i64) -> Option<u64> {
+        let until_ms = self.idle_in_transaction_ms.map(|b| t_ms() + b);
+        self.stale_sessions
+            .lock()
+            .expect("stale sessions")
+            .insert(workflow, StaleSession { host, until_ms });
+        until_ms
+    }
+
+    /// Workflows whose row lock a live stale session of host `host` holds now.
+    fn stale_locked(&self, host: usize) -> Vec<i64> {
+        let now = t_ms();
+        let mut s = self.stale_sessions.lock().expect("stale sessions");
+        s.retain(|_, l| l.until_ms.is_none_or(|u| u > now));
+        s.iter()
+            .filter(|(_, l)| l.host == host)
+            .map(|(w, _)| *w)
+            .collect()
+    }
+
+    /// A fenced write on a row a stale session holds waits for the lock, as PostgreSQL's
+    /// `SELECT … FOR UPDATE` does, until the session ends or `statement_timeout` cancels it.
+    async fn wait_for_row_lock(&self, host: usize, workflow: i64) -> Result<()> {
+        let deadline = t_ms() + self.statement_timeout_ms;
+        loop {
+            let held = self
+                .stale_sessions
+                .lock()
+                .expect("stale sessions")
+                .get(&workflow)
+                .copied()
+                .filter(|l| l.host == host && l.until_ms.is_none_or(|u| u > t_ms()));
+            let Some(lock) = held else { return Ok(()) };
+            let now = t_ms();
+            if now >= deadline {
+                return Err(EngineError::Db {
+                    sqlstate: "57014".into(),
+                    message: "canceling statement due to statement timeout".into(),
+                });
+            }
+            let wake = lock.until_ms.map_or(deadline, |u| u.min(deadline));
+            tokio::time::sleep(Duration::from_millis(wake.saturating_sub(now).max(1))).await;
+        }
+    }
+
     fn roll(&self, rate: f64) -> bool {
         self.rng.lock().expect("rng").unit() < rate
     }
@@ -175,6 +248,12 @@ pub async fn db_process(cluster: Arc<DbCluster>, j: usize) {
     let wake = Arc::new(Notify::new());
     let acked: Arc<Mutex<BTreeMap<usize, u64>>> = Arc::default();
     let name = format!("db-{j}");
+    // A (re)started server has no sessions: the old process's ended with it.
+    cluster
+        .stale_sessions
+        .lock()
+        .expect("stale sessions")
+        .retain(|_, l| l.host != j);
     cluster.trace.record(
         t_ms(),
         &name,
@@ -205,7 +284,7 @@ pub async fn db_process(cluster: Arc<DbCluster>, j: usize) {
                     DbMsg::Replicate(entries) => {
                         Some(DbAnswer::Ack(apply_replicated(&me, entries)))
                     }
-                    DbMsg::Query(req) => {
+                    DbMsg::Query(mut req) => {
                         *cluster
                             .calls
                             .lock()
@@ -227,6 +306,15 @@ pub async fn db_process(cluster: Arc<DbCluster>, j: usize) {
                             return Some(DbAnswer::Query(Err(EngineError::DbUnavailable(
                                 "connection reset by peer".into(),
                             ))));
+                        }
+                        // Row locks of stale sessions: claims skip them, fenced writes wait.
+                        if let DbRequest::Claim { skip_locked, .. } = &mut req {
+                            *skip_locked = cluster.stale_locked(j);
+                        } else if let Some(f) = req.fence().filter(|_| req.is_write()) {
+                            let wf = f.workflow_id;
+                            if let Err(e) = cluster.wait_for_row_lock(j, wf).await {
+                                return Some(DbAnswer::Query(Err(e)));
+                            }
                         }
                         let (result, lsn) = {
                             let mut d = me.lock().expect("disk");

@@ -9,6 +9,7 @@ use super::{epoch_ms, ip, sleep_until_ms, t_ms, DB_SERVICE};
 use crate::scenario::{Direction, Fault, Scenario};
 use crate::trace::{Event, Trace};
 use alloy_primitives::U256;
+use dalp_engine::store::WorkflowStatus;
 use madsim::net::NetSim;
 use madsim::runtime::Handle;
 use madsim::task::NodeId;
@@ -223,7 +224,8 @@ fn target(f: &Fault) -> String {
         | Fault::DbSwitchover { .. }
         | Fault::DbConnReset { .. }
         | Fault::DbLostAck { .. }
-        | Fault::DbLatency { .. } => "db".into(),
+        | Fault::DbLatency { .. }
+        | Fault::DbStaleSession { .. } => "db".into(),
         Fault::RegionFailover { .. } => "sim".into(),
         Fault::OperatorRequeue { .. } => OPERATOR.into(),
         _ => "chain".into(),
@@ -337,6 +339,7 @@ async fn apply(fleet: &Fleet, n: u64, fault: &Fault, heal_ms: u64) -> Value {
             fleet.db.faults.lock().expect("faults").lost_ack.push(*rate);
             json!({})
         }
+        Fault::DbStaleSession { .. } => stale_session(fleet),
         Fault::DbLatency { extra_ms, .. } => {
             fleet
                 .db
@@ -428,6 +431,27 @@ async fn apply(fleet: &Fleet, n: u64, fault: &Fault, heal_ms: u64) -> Value {
     }
 }
 
+/// A stale session on the primary holding the lowest running workflow's row lock.
+fn stale_session(fleet: &Fleet) -> Value {
+    let p = fleet.db.primary();
+    let running = fleet.db.disks[p]
+        .lock()
+        .expect("disk")
+        .model
+        .tables
+        .workflows
+        .values()
+        .find(|w| w.status == WorkflowStatus::Running && w.lease_owner.is_some())
+        .map(|w| w.id);
+    match running {
+        None => json!({"workflow": null, "reason": "no workflow in flight"}),
+        Some(wf) => {
+            let until = fleet.db.leave_stale_session(p, wf);
+            json!({"workflow": wf, "host": format!("db-{p}"), "ends_at_ms": until})
+        }
+    }
+}
+
 fn rpc_mode(fleet: &Fleet, n: u64, endpoint: &str, mode: RpcMode) -> Value {
     for k in fleet.endpoints(endpoint) {
         fleet.chain.add_mode(k, n, mode.clone());
@@ -469,7 +493,10 @@ async fn heal(fleet: &Fleet, n: u64, fault: &Fault) -> Value {
         Fault::DbFailover { .. } => fleet.rejoin(|name| name.starts_with("db-")),
         // The lost region comes back: its engines restart, its old primary rejoins as a replica.
         Fault::RegionFailover { .. } => fleet.rejoin(|_| true),
-        Fault::DbSwitchover { .. } | Fault::OperatorRequeue { .. } => json!({}),
+        // The session ends when the server's bound says, not at heal.
+        Fault::DbSwitchover { .. }
+        | Fault::OperatorRequeue { .. }
+        | Fault::DbStaleSession { .. } => json!({}),
         Fault::DbConnReset { .. } => {
             fleet.db.faults.lock().expect("faults").conn_reset -= 1;
             json!({})

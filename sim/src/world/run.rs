@@ -121,6 +121,8 @@ async fn world(s: Arc<Scenario>, seed: u64, schedule: Vec<Fault>, trace: Trace) 
         topo.replication,
         topo.replication_lag_ms,
         seed,
+        // The engines run with the default database timeout (`engine_conf` sets none).
+        dalp_engine::config::TimeoutConfig::default().db_ms,
         trace.clone(),
     );
     NetSim::current().add_dns_record(DB_SERVICE, ip(2, 0));
