@@ -434,10 +434,17 @@ fn run_jobs_ticking(
                         .map_err(|e| {
                             let stderr = std::fs::read_to_string(r.out.with_extension("stderr"))
                                 .unwrap_or_default();
-                            format!(
-                                "child exited with {status} and no result ({e}); stderr:\n{}",
-                                tail(&stderr, 40)
-                            )
+                            match panic_message(&stderr) {
+                                // A model inconsistency or a harness bug: say so first.
+                                Some(p) => format!(
+                                    "the simulator crashed ({status}): {p}\nstderr:\n{}",
+                                    tail(&stderr, 40)
+                                ),
+                                None => format!(
+                                    "child exited with {status} and no result ({e}); stderr:\n{}",
+                                    tail(&stderr, 40)
+                                ),
+                            }
                         });
                     done(&r.job, result, r.started.elapsed());
                     progressed = true;
@@ -455,6 +462,21 @@ fn run_jobs_ticking(
         }
     }
     Ok(())
+}
+
+/// The panic of a crashed child: "panicked at <place>: <message>" from its stderr.
+fn panic_message(stderr: &str) -> Option<String> {
+    let mut lines = stderr.lines();
+    let at = lines.find_map(|l| {
+        let i = l.find("panicked at ")?;
+        Some(l[i..].trim_end_matches(':').to_string())
+    })?;
+    let msg = lines.next().unwrap_or("").trim();
+    Some(if msg.is_empty() {
+        at
+    } else {
+        format!("{at}: {msg}")
+    })
 }
 
 fn tail(s: &str, lines: usize) -> String {
@@ -1289,5 +1311,18 @@ mod tests {
             "[2/10] 1 passed, 1 failed, 20s elapsed, ETA 1m20s"
         );
         assert_eq!(clock(3723.0), "1h02m03s");
+    }
+}
+
+#[cfg(test)]
+mod crash_tests {
+    #[test]
+    fn a_childs_panic_is_named_with_its_place_and_message() {
+        let stderr = "some log\nthread 'sim-seed-11' (3197) panicked at sim/src/world/db_node.rs:435:13:\nreplica diverged applying lsn 152 (renew_lease): Err(..)\nnote: run with `RUST_BACKTRACE=1`\n";
+        assert_eq!(
+            super::panic_message(stderr).as_deref(),
+            Some("panicked at sim/src/world/db_node.rs:435:13: replica diverged applying lsn 152 (renew_lease): Err(..)")
+        );
+        assert_eq!(super::panic_message("exited: killed\n"), None);
     }
 }

@@ -755,6 +755,31 @@ mod tests {
     }
 
     #[test]
+    fn a_stale_session_is_not_judged_when_nothing_could_show_it() {
+        // One lock on one workflow's row shows only if that workflow writes while it is held;
+        // with no database error in the window it is "not observable", never a violation.
+        let mut ev = base();
+        ev.faults = vec![
+            fault(
+                "db_stale_session",
+                "db",
+                8_000,
+                json!({}),
+                json!({"workflow": null, "reason": "no workflow in flight"}),
+            ),
+            fault(
+                "db_stale_session",
+                "db",
+                20_000,
+                json!({}),
+                json!({"workflow": 7, "host": "db-0", "ends_at_ms": 30_000}),
+            ),
+        ];
+        let v = run(&ev);
+        assert!(v.held, "{v:?}");
+    }
+
+    #[test]
     fn holds_when_each_fault_shows_within_the_bound() {
         let mut ev = base();
         ev.faults = vec![

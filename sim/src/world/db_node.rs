@@ -96,6 +96,10 @@ pub struct DbCluster {
     pub acknowledged: Mutex<std::collections::BTreeSet<(usize, u64)>>,
     /// Requests served per store operation (for the run's statistics).
     pub calls: Mutex<BTreeMap<&'static str, u64>>,
+    /// A primary demoted by a planned switchover that still ships its log's tail to the
+    /// replicas (PostgreSQL's walsenders send everything up to the shutdown checkpoint before a
+    /// clean stop); cleared once a replica is promoted.
+    pub draining: Mutex<Option<usize>>,
     /// Row locks of sessions left inside a transaction, by workflow (fault `db_stale_session`).
     pub stale_sessions: Mutex<BTreeMap<i64, StaleSession>>,
     /// What the engine's connections set as `idle_in_transaction_session_timeout`
@@ -142,6 +146,7 @@ impl DbCluster {
             calls: Mutex::default(),
             stale_writes_accepted: Mutex::default(),
             stale_sessions: Mutex::default(),
+            draining: Mutex::new(None),
             idle_in_transaction_ms: dalp_engine::store::idle_in_transaction_bound(
                 Duration::from_millis(db_timeout_ms),
             )
@@ -480,8 +485,9 @@ async fn ship(
                     .cloned()
                     .collect(),
             };
+            let draining = *cluster.draining.lock().expect("draining") == Some(me);
             (
-                d.role == Role::Primary,
+                d.role == Role::Primary || draining,
                 (known.is_none() || !batch.is_empty()).then_some(batch),
             )
         };

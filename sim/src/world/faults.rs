@@ -550,6 +550,8 @@ pub const OPERATOR: &str = "operator";
 async fn switchover(fleet: &Fleet, heal_ms: u64) -> Value {
     let old = fleet.db.primary();
     fleet.db.disks[old].lock().expect("disk").role = super::db_node::Role::Replica;
+    // Read-only now, so its log is final; it keeps shipping that log until a replica takes over.
+    *fleet.db.draining.lock().expect("draining") = Some(old);
     let target_lsn = fleet.db.disks[old].lock().expect("disk").lsn();
     let down = fleet.down.lock().expect("down").clone();
     let candidates: Vec<usize> = (0..fleet.db.disks.len())
@@ -563,13 +565,21 @@ async fn switchover(fleet: &Fleet, heal_ms: u64) -> Value {
         deadline,
     )
     .await;
+    *fleet.db.draining.lock().expect("draining") = None;
     let Some(to) = fleet.best_replica(old) else {
         fleet.db.disks[old].lock().expect("disk").role = super::db_node::Role::Primary;
         return json!({"skipped": "no live replica"});
     };
     let lost = fleet.db.promote(to, old);
     NetSim::current().add_dns_record(DB_SERVICE, ip(2, to));
-    json!({"demoted": format!("db-{old}"), "promoted": format!("db-{to}"), "lost_commits": lost.len()})
+    if !lost.is_empty() {
+        // The replica took over without the old primary's tail (it did not catch up in time):
+        // the old primary's log has forked from the new timeline, so it is rewound and rebuilt
+        // from the new primary (pg_rewind) instead of replaying the new log on a diverged state.
+        fleet.db.rebuild_from_primary(old);
+    }
+    json!({"demoted": format!("db-{old}"), "promoted": format!("db-{to}"), "lost_commits": lost.len(),
+           "rewound": !lost.is_empty()})
 }
 
 /// The hot-warm drill: lose the active region (engines and primary), promote the replica,
