@@ -964,7 +964,7 @@ mod tests {
         };
         let window = FaultWindow {
             fault: 0,
-            kind: "engine_crash".into(),
+            kind: crate::scenario::FaultKind::EngineCrash,
             target: "engine-0".into(),
             start_ms: 10_000,
             end_ms: 15_000,

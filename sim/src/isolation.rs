@@ -54,7 +54,7 @@
 
 use crate::check::Verdict;
 use crate::history::{summarize, Op};
-use crate::scenario::{Fault, Replication, Scenario};
+use crate::scenario::{Fault, FaultKind, Replication, Scenario};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -150,7 +150,7 @@ pub struct OpTiming {
 pub struct FaultWindow {
     /// Index into the run's `schedule`.
     pub fault: usize,
-    pub kind: String,
+    pub kind: FaultKind,
     /// The node, endpoint or group it hit (`-` for the chain or the database service).
     pub target: String,
     pub start_ms: u64,
@@ -200,7 +200,7 @@ pub fn fault_windows(schedule: &[Fault], heal_ms: u64) -> Vec<FaultWindow> {
             };
             FaultWindow {
                 fault: i,
-                kind: f.kind().to_string(),
+                kind: f.kind(),
                 target: fault_target(f),
                 start_ms: start,
                 end_ms: end.max(start),
@@ -288,17 +288,17 @@ pub fn dependence(s: &Scenario, schedule: &[Fault], i: usize) -> Dependence {
             )),
         }
     };
-    // By kind name, so that a fault kind added later is exempt until classified here.
+    // Exhaustive: a fault kind added later does not compile until it is classified here.
     let target = fault_target(&schedule[i]);
     let node = target.as_str();
     match schedule[i].kind() {
-        "engine_crash" | "engine_pause" => engine(node),
-        "clock_skew" => Redundant {
+        FaultKind::EngineCrash | FaultKind::EnginePause => engine(node),
+        FaultKind::ClockSkew => Redundant {
             class: "clock",
             member: target.clone(),
             class_size: None,
         },
-        "partition" => match node.split('-').next().unwrap_or("") {
+        FaultKind::Partition => match node.split('-').next().unwrap_or("") {
             "engine" => engine(node),
             "rpc" => rpc(node),
             "db" => db_node(node),
@@ -309,28 +309,34 @@ pub fn dependence(s: &Scenario, schedule: &[Fault], i: usize) -> Dependence {
             },
             _ => Exempt(format!("{node} is the only client")),
         },
-        "db_crash" => db_node(node),
-        "rpc_down" | "rpc_error" | "rpc_timeout" | "rpc_ambiguous_send" | "rpc_lag" => rpc(node),
-        "db_failover" | "db_switchover" | "db_conn_reset" | "db_lost_ack" | "db_latency" => {
-            Exempt("the database primary: every workflow needs it".into())
-        }
-        "db_stale_session" => Exempt(
+        FaultKind::DbCrash => db_node(node),
+        FaultKind::RpcDown
+        | FaultKind::RpcError
+        | FaultKind::RpcTimeout
+        | FaultKind::RpcAmbiguousSend
+        | FaultKind::RpcLag => rpc(node),
+        FaultKind::DbFailover
+        | FaultKind::DbSwitchover
+        | FaultKind::DbConnReset
+        | FaultKind::DbLostAck
+        | FaultKind::DbLatency => Exempt("the database primary: every workflow needs it".into()),
+        FaultKind::DbStaleSession => Exempt(
             "one workflow's row lock: that workflow alone waits, the rest are not in its window"
                 .into(),
         ),
-        "region_failover" => {
+        FaultKind::RegionFailover => {
             Exempt("every active engine and the database primary: every workflow needs them".into())
         }
-        "reorg" | "mempool_drop" | "gas_spike" | "external_nonce" => {
-            Exempt("the chain: every workflow needs it".into())
-        }
-        "signer_drain" => {
+        FaultKind::Reorg
+        | FaultKind::MempoolDrop
+        | FaultKind::GasSpike
+        | FaultKind::ExternalNonce => Exempt("the chain: every workflow needs it".into()),
+        FaultKind::SignerDrain => {
             Exempt("the signer's funds: every workflow's transactions need them".into())
         }
-        "operator_requeue" => Dependence::NoFailure("an operator action, not a failure".into()),
-        other => Exempt(format!(
-            "{other} is not classified for isolation (isolation.rs `dependence`)"
-        )),
+        FaultKind::OperatorRequeue => {
+            Dependence::NoFailure("an operator action, not a failure".into())
+        }
     }
 }
 
@@ -356,7 +362,7 @@ fn median(mut xs: Vec<Option<u64>>) -> Option<u64> {
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct WindowReport {
     pub fault: usize,
-    pub kind: String,
+    pub kind: FaultKind,
     pub target: String,
     pub start_ms: u64,
     pub end_ms: u64,
@@ -414,7 +420,7 @@ pub fn evaluate(
         };
         let mut r = WindowReport {
             fault: w.fault,
-            kind: w.kind.clone(),
+            kind: w.kind,
             target: w.target.clone(),
             start_ms: w.start_ms,
             end_ms: w.end_ms,

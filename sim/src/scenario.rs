@@ -380,6 +380,116 @@ pub enum Fault {
     OperatorRequeue { at_s: f64 },
 }
 
+/// Declares [`FaultKind`]: one variant per [`Fault`] variant, with its name in scenario files.
+macro_rules! fault_kinds {
+    ($($variant:ident => $name:literal),* $(,)?) => {
+        /// The kind of a fault without its parameters. Every place that handles faults (the
+        /// injectors, the real mapping, the checkers, the random draw) matches on it with no
+        /// catch-all arm, so a new kind does not compile until each place says what it does.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        pub enum FaultKind {
+            $($variant),*
+        }
+
+        impl FaultKind {
+            pub const ALL: &'static [FaultKind] = &[$(FaultKind::$variant),*];
+
+            /// The name scenario files, traces and results use.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(FaultKind::$variant => $name),*
+                }
+            }
+        }
+    };
+}
+
+fault_kinds! {
+    EngineCrash => "engine_crash",
+    EnginePause => "engine_pause",
+    Partition => "partition",
+    ClockSkew => "clock_skew",
+    DbCrash => "db_crash",
+    DbFailover => "db_failover",
+    DbConnReset => "db_conn_reset",
+    DbLostAck => "db_lost_ack",
+    DbLatency => "db_latency",
+    DbStaleSession => "db_stale_session",
+    RpcDown => "rpc_down",
+    RpcError => "rpc_error",
+    RpcTimeout => "rpc_timeout",
+    RpcAmbiguousSend => "rpc_ambiguous_send",
+    RpcLag => "rpc_lag",
+    Reorg => "reorg",
+    MempoolDrop => "mempool_drop",
+    GasSpike => "gas_spike",
+    ExternalNonce => "external_nonce",
+    SignerDrain => "signer_drain",
+    DbSwitchover => "db_switchover",
+    RegionFailover => "region_failover",
+    OperatorRequeue => "operator_requeue"
+}
+
+impl std::fmt::Display for FaultKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for FaultKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        FaultKind::ALL
+            .iter()
+            .copied()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| format!("unknown fault kind {s:?}"))
+    }
+}
+
+impl FaultKind {
+    /// Whether a `[random]` table may draw it: the kinds that need no scenario-specific setup
+    /// (a failover target, standby engines, a dead-letter queue to requeue, a funded signer to
+    /// drain and refill) and whose random parameters are meaningful.
+    pub fn drawable(self) -> bool {
+        match self {
+            FaultKind::EngineCrash
+            | FaultKind::EnginePause
+            | FaultKind::Partition
+            | FaultKind::ClockSkew
+            | FaultKind::DbCrash
+            | FaultKind::DbConnReset
+            | FaultKind::DbLostAck
+            | FaultKind::DbLatency
+            | FaultKind::DbStaleSession
+            | FaultKind::RpcDown
+            | FaultKind::RpcError
+            | FaultKind::RpcTimeout
+            | FaultKind::RpcAmbiguousSend
+            | FaultKind::RpcLag
+            | FaultKind::Reorg
+            | FaultKind::MempoolDrop
+            | FaultKind::GasSpike
+            | FaultKind::ExternalNonce => true,
+            FaultKind::DbFailover
+            | FaultKind::SignerDrain
+            | FaultKind::DbSwitchover
+            | FaultKind::RegionFailover
+            | FaultKind::OperatorRequeue => false,
+        }
+    }
+
+    /// The kinds a `[random]` table may name, in declaration order.
+    pub fn drawable_kinds() -> Vec<FaultKind> {
+        FaultKind::ALL
+            .iter()
+            .copied()
+            .filter(|k| k.drawable())
+            .collect()
+    }
+}
+
 fn default_direction() -> Direction {
     Direction::Both
 }
@@ -399,31 +509,31 @@ pub enum Direction {
 }
 
 impl Fault {
-    pub fn kind(&self) -> &'static str {
+    pub fn kind(&self) -> FaultKind {
         match self {
-            Fault::EngineCrash { .. } => "engine_crash",
-            Fault::EnginePause { .. } => "engine_pause",
-            Fault::Partition { .. } => "partition",
-            Fault::ClockSkew { .. } => "clock_skew",
-            Fault::DbCrash { .. } => "db_crash",
-            Fault::DbFailover { .. } => "db_failover",
-            Fault::DbConnReset { .. } => "db_conn_reset",
-            Fault::DbLostAck { .. } => "db_lost_ack",
-            Fault::DbLatency { .. } => "db_latency",
-            Fault::DbStaleSession { .. } => "db_stale_session",
-            Fault::RpcDown { .. } => "rpc_down",
-            Fault::RpcError { .. } => "rpc_error",
-            Fault::RpcTimeout { .. } => "rpc_timeout",
-            Fault::RpcAmbiguousSend { .. } => "rpc_ambiguous_send",
-            Fault::RpcLag { .. } => "rpc_lag",
-            Fault::Reorg { .. } => "reorg",
-            Fault::MempoolDrop { .. } => "mempool_drop",
-            Fault::GasSpike { .. } => "gas_spike",
-            Fault::ExternalNonce { .. } => "external_nonce",
-            Fault::SignerDrain { .. } => "signer_drain",
-            Fault::DbSwitchover { .. } => "db_switchover",
-            Fault::RegionFailover { .. } => "region_failover",
-            Fault::OperatorRequeue { .. } => "operator_requeue",
+            Fault::EngineCrash { .. } => FaultKind::EngineCrash,
+            Fault::EnginePause { .. } => FaultKind::EnginePause,
+            Fault::Partition { .. } => FaultKind::Partition,
+            Fault::ClockSkew { .. } => FaultKind::ClockSkew,
+            Fault::DbCrash { .. } => FaultKind::DbCrash,
+            Fault::DbFailover { .. } => FaultKind::DbFailover,
+            Fault::DbConnReset { .. } => FaultKind::DbConnReset,
+            Fault::DbLostAck { .. } => FaultKind::DbLostAck,
+            Fault::DbLatency { .. } => FaultKind::DbLatency,
+            Fault::DbStaleSession { .. } => FaultKind::DbStaleSession,
+            Fault::RpcDown { .. } => FaultKind::RpcDown,
+            Fault::RpcError { .. } => FaultKind::RpcError,
+            Fault::RpcTimeout { .. } => FaultKind::RpcTimeout,
+            Fault::RpcAmbiguousSend { .. } => FaultKind::RpcAmbiguousSend,
+            Fault::RpcLag { .. } => FaultKind::RpcLag,
+            Fault::Reorg { .. } => FaultKind::Reorg,
+            Fault::MempoolDrop { .. } => FaultKind::MempoolDrop,
+            Fault::GasSpike { .. } => FaultKind::GasSpike,
+            Fault::ExternalNonce { .. } => FaultKind::ExternalNonce,
+            Fault::SignerDrain { .. } => FaultKind::SignerDrain,
+            Fault::DbSwitchover { .. } => FaultKind::DbSwitchover,
+            Fault::RegionFailover { .. } => FaultKind::RegionFailover,
+            Fault::OperatorRequeue { .. } => FaultKind::OperatorRequeue,
         }
     }
 
@@ -469,7 +579,19 @@ impl Fault {
             | Fault::RpcTimeout { endpoint, .. }
             | Fault::RpcAmbiguousSend { endpoint, .. }
             | Fault::RpcLag { endpoint, .. } => Some(endpoint),
-            _ => None,
+            Fault::DbFailover { .. }
+            | Fault::DbConnReset { .. }
+            | Fault::DbLostAck { .. }
+            | Fault::DbLatency { .. }
+            | Fault::DbStaleSession { .. }
+            | Fault::Reorg { .. }
+            | Fault::MempoolDrop { .. }
+            | Fault::GasSpike { .. }
+            | Fault::ExternalNonce { .. }
+            | Fault::SignerDrain { .. }
+            | Fault::DbSwitchover { .. }
+            | Fault::RegionFailover { .. }
+            | Fault::OperatorRequeue { .. } => None,
         }
     }
 
@@ -525,28 +647,6 @@ pub struct RandomFaults {
 fn default_random_duration() -> [f64; 2] {
     [2.0, 10.0]
 }
-
-/// Fault kinds a `[random]` table may name.
-pub const RANDOM_KINDS: &[&str] = &[
-    "engine_crash",
-    "engine_pause",
-    "partition",
-    "clock_skew",
-    "db_crash",
-    "db_conn_reset",
-    "db_lost_ack",
-    "db_latency",
-    "db_stale_session",
-    "rpc_down",
-    "rpc_error",
-    "rpc_timeout",
-    "rpc_ambiguous_send",
-    "rpc_lag",
-    "reorg",
-    "mempool_drop",
-    "gas_spike",
-    "external_nonce",
-];
 
 impl Scenario {
     /// Read and validate a scenario file.
@@ -764,10 +864,14 @@ impl Scenario {
         }
         if let Some(r) = &self.random {
             for (k, rate) in &r.rate_per_min {
-                if !RANDOM_KINDS.contains(&k.as_str()) {
+                if !k.parse::<FaultKind>().is_ok_and(FaultKind::drawable) {
+                    let known: Vec<&str> = FaultKind::drawable_kinds()
+                        .into_iter()
+                        .map(FaultKind::as_str)
+                        .collect();
                     return Err(err(
                         &format!("random.rate_per_min.{k}"),
-                        format!("unknown fault kind; known: {}", RANDOM_KINDS.join(", ")),
+                        format!("unknown fault kind; known: {}", known.join(", ")),
                     ));
                 }
                 if !(*rate >= 0.0 && rate.is_finite()) {
@@ -939,6 +1043,7 @@ impl Scenario {
                         break;
                     }
                     let dur = r.duration_s[0] + rng.unit() * (r.duration_s[1] - r.duration_s[0]);
+                    let kind = kind.parse::<FaultKind>().expect("validated random kind");
                     out.push(self.random_fault(kind, round_ms(t), round_ms(dur), &mut rng));
                 }
             }
@@ -947,7 +1052,7 @@ impl Scenario {
         out
     }
 
-    fn random_fault(&self, kind: &str, at_s: f64, dur: f64, rng: &mut SimRng) -> Fault {
+    fn random_fault(&self, kind: FaultKind, at_s: f64, dur: f64, rng: &mut SimRng) -> Fault {
         let pick = |names: Vec<String>, rng: &mut SimRng| -> String {
             names[rng.range(0, names.len() as u64 - 1) as usize].clone()
         };
@@ -955,17 +1060,17 @@ impl Scenario {
         let endpoint = pick(self.rpc_names(), rng);
         let for_s = Some(dur);
         match kind {
-            "engine_crash" => Fault::EngineCrash {
+            FaultKind::EngineCrash => Fault::EngineCrash {
                 node: engine,
                 at_s,
                 restart_after_s: for_s,
             },
-            "engine_pause" => Fault::EnginePause {
+            FaultKind::EnginePause => Fault::EnginePause {
                 node: engine,
                 at_s,
                 for_s,
             },
-            "partition" => {
+            FaultKind::Partition => {
                 let from = ["db", "rpc", "clients"][rng.range(0, 2) as usize].to_string();
                 Fault::Partition {
                     node: engine,
@@ -976,69 +1081,75 @@ impl Scenario {
                     for_s,
                 }
             }
-            "clock_skew" => Fault::ClockSkew {
+            FaultKind::ClockSkew => Fault::ClockSkew {
                 node: engine,
                 skew_ms: (rng.range(0, 120_000) as i64) - 60_000,
                 at_s,
                 for_s,
             },
-            "db_crash" => Fault::DbCrash {
+            FaultKind::DbCrash => Fault::DbCrash {
                 node: "db-0".into(),
                 at_s,
                 restart_after_s: for_s,
             },
-            "db_conn_reset" => Fault::DbConnReset { at_s, for_s },
-            "db_lost_ack" => Fault::DbLostAck {
+            FaultKind::DbConnReset => Fault::DbConnReset { at_s, for_s },
+            FaultKind::DbLostAck => Fault::DbLostAck {
                 at_s,
                 for_s,
                 rate: 0.5,
             },
-            "db_latency" => Fault::DbLatency {
+            FaultKind::DbLatency => Fault::DbLatency {
                 at_s,
                 for_s,
                 extra_ms: rng.range(50, 2000),
             },
-            "db_stale_session" => Fault::DbStaleSession { at_s },
-            "rpc_down" => Fault::RpcDown {
+            FaultKind::DbStaleSession => Fault::DbStaleSession { at_s },
+            FaultKind::RpcDown => Fault::RpcDown {
                 endpoint,
                 at_s,
                 for_s,
             },
-            "rpc_error" => Fault::RpcError {
-                endpoint,
-                at_s,
-                for_s,
-                method: None,
-            },
-            "rpc_timeout" => Fault::RpcTimeout {
+            FaultKind::RpcError => Fault::RpcError {
                 endpoint,
                 at_s,
                 for_s,
                 method: None,
             },
-            "rpc_ambiguous_send" => Fault::RpcAmbiguousSend {
+            FaultKind::RpcTimeout => Fault::RpcTimeout {
+                endpoint,
+                at_s,
+                for_s,
+                method: None,
+            },
+            FaultKind::RpcAmbiguousSend => Fault::RpcAmbiguousSend {
                 endpoint,
                 at_s,
                 for_s,
             },
-            "rpc_lag" => Fault::RpcLag {
+            FaultKind::RpcLag => Fault::RpcLag {
                 endpoint,
                 at_s,
                 for_s,
                 blocks: rng.range(2, 20),
             },
-            "reorg" => Fault::Reorg {
+            FaultKind::Reorg => Fault::Reorg {
                 at_s,
                 depth: rng.range(1, self.topology.finality_depth),
                 drop_txs: rng.unit() < 0.5,
             },
-            "mempool_drop" => Fault::MempoolDrop { at_s },
-            "gas_spike" => Fault::GasSpike {
+            FaultKind::MempoolDrop => Fault::MempoolDrop { at_s },
+            FaultKind::GasSpike => Fault::GasSpike {
                 at_s,
                 base_fee_gwei: rng.range(20, 500),
             },
-            "external_nonce" => Fault::ExternalNonce { at_s },
-            other => unreachable!("validated random kind {other}"),
+            FaultKind::ExternalNonce => Fault::ExternalNonce { at_s },
+            FaultKind::DbFailover
+            | FaultKind::SignerDrain
+            | FaultKind::DbSwitchover
+            | FaultKind::RegionFailover
+            | FaultKind::OperatorRequeue => {
+                unreachable!("{kind} is not drawable (validated when the scenario was loaded)")
+            }
         }
     }
 }
@@ -1119,7 +1230,7 @@ restart_after_s = 3
     fn minimal_scenario_parses() {
         let s = Scenario::parse(MINIMAL, "t.toml").unwrap();
         assert_eq!(s.faults.len(), 1);
-        assert_eq!(s.faults[0].kind(), "engine_crash");
+        assert_eq!(s.faults[0].kind(), FaultKind::EngineCrash);
         assert_eq!(s.topology.replication, Replication::Sync);
     }
 

@@ -16,6 +16,7 @@
 //! reason, instead of passing or failing.
 
 use super::{s, Evidence, Verdict};
+use crate::scenario::FaultKind;
 use serde::Serialize;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
@@ -24,9 +25,9 @@ use std::collections::{BTreeMap, BTreeSet};
 pub const DEFAULT_BOUND_MS: u64 = 15_000;
 
 /// One injected fault as the injector applied it (from the trace's `fault`/`heal` events).
-#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct FaultView {
-    pub kind: String,
+    pub kind: FaultKind,
     /// The node the fault hit (`engine-1`, `rpc-0`, `rpc`, `db`, `chain`, …).
     pub node: String,
     pub start_ms: u64,
@@ -273,7 +274,7 @@ fn judge(
         return Judgement::NotObservable(format!("skipped by the injector ({why})"));
     }
     let mut from = f.start_ms;
-    if f.kind == "db_lost_ack" {
+    if f.kind == FaultKind::DbLostAck {
         let end = f.end_ms.unwrap_or(u64::MAX);
         match ev
             .acks_lost_ms
@@ -288,7 +289,7 @@ fn judge(
             }
         }
     }
-    if f.kind == "gas_spike" {
+    if f.kind == FaultKind::GasSpike {
         // The engine replaces a transaction once it has waited `stuck_after_ms`; nothing shows a
         // stuck transaction earlier (no metric for it), so the spike gets that long plus a
         // receipt poll and a scrape.
@@ -301,7 +302,7 @@ fn judge(
             );
         }
     }
-    let window = if f.kind == "gas_spike" {
+    let window = if f.kind == FaultKind::GasSpike {
         bound.max(ev.stuck_after_ms + 2_000)
     } else {
         bound
@@ -326,8 +327,9 @@ fn judge(
             missing(expected, String::new())
         }
     };
-    match f.kind.as_str() {
-        "engine_crash" | "engine_pause" => {
+    // Exhaustive: a new fault kind does not compile until its observability is stated here.
+    match f.kind {
+        FaultKind::EngineCrash | FaultKind::EnginePause => {
             if cx.scrape_failed(node) {
                 Judgement::Seen
             } else {
@@ -338,14 +340,14 @@ fn judge(
                 )
             }
         }
-        "partition" => judge_partition(f, &cx),
-        "clock_skew" => Judgement::NotObservable(
+        FaultKind::Partition => judge_partition(f, &cx),
+        FaultKind::ClockSkew => Judgement::NotObservable(
             "by design: leases use the database's clock, so a skewed wall clock changes nothing the engine measures".into(),
         ),
-        "db_crash" | "db_failover" | "db_conn_reset" | "db_lost_ack" | "db_switchover" => {
+        FaultKind::DbCrash | FaultKind::DbFailover | FaultKind::DbConnReset | FaultKind::DbLostAck | FaultKind::DbSwitchover => {
             engine_wide("an increase of dalp_db_errors_total on some engine", any_db_error(&cx))
         }
-        "db_stale_session" => {
+        FaultKind::DbStaleSession => {
             if field(&f.applied, "workflow").is_none_or(Value::is_null) {
                 Judgement::NotObservable("no workflow was in flight to lock".into())
             } else if any_db_error(&cx) {
@@ -356,7 +358,7 @@ fn judge(
                 )
             }
         }
-        "db_latency" => {
+        FaultKind::DbLatency => {
             let extra = field(&f.fault, "extra_ms").and_then(Value::as_u64).unwrap_or(0);
             if extra < ev.db_timeout_ms {
                 Judgement::NotObservable(format!(
@@ -370,11 +372,11 @@ fn judge(
                 )
             }
         }
-        "rpc_down" | "rpc_error" | "rpc_timeout" | "rpc_ambiguous_send" => {
+        FaultKind::RpcDown | FaultKind::RpcError | FaultKind::RpcTimeout | FaultKind::RpcAmbiguousSend => {
             let ep = node;
             // Only sends are affected, and the endpoint records each one it receives (it fails
             // the others before they reach the chain, so only this mode can be checked for it).
-            let sends_only = f.kind == "rpc_ambiguous_send";
+            let sends_only = f.kind == FaultKind::RpcAmbiguousSend;
             let end = f.end_ms.unwrap_or(from + bound);
             let sent = ev
                 .sends
@@ -402,7 +404,7 @@ fn judge(
                 seen,
             )
         }
-        "rpc_lag" => {
+        FaultKind::RpcLag => {
             let blocks = field(&f.fault, "blocks").and_then(Value::as_u64).unwrap_or(0);
             if blocks < 2 {
                 return Judgement::NotObservable(format!(
@@ -419,7 +421,7 @@ fn judge(
                 seen,
             )
         }
-        "reorg" => {
+        FaultKind::Reorg => {
             let ancestor = field(&f.applied, "common_ancestor").and_then(Value::as_u64);
             // Re-included transactions are checked only once deep enough (a reorg before that
             // changes nothing for the engine); dropped ones must be re-broadcast.
@@ -451,7 +453,7 @@ fn judge(
                 seen,
             )
         }
-        "mempool_drop" => {
+        FaultKind::MempoolDrop => {
             if field(&f.applied, "dropped").and_then(Value::as_u64) == Some(0) {
                 return Judgement::NotObservable("no signer transaction was pending".into());
             }
@@ -463,7 +465,7 @@ fn judge(
                 ),
             )
         }
-        "gas_spike" => {
+        FaultKind::GasSpike => {
             engine_wide(
                 "an increase of dalp_tx_replacements_total or dalp_retries_total",
                 cx.increased(
@@ -472,7 +474,7 @@ fn judge(
                 ),
             )
         }
-        "external_nonce" => {
+        FaultKind::ExternalNonce => {
             let seen = cx.increased(
                 None,
                 named(&[
@@ -492,7 +494,7 @@ fn judge(
                 seen,
             )
         }
-        "signer_drain" => engine_wide(
+        FaultKind::SignerDrain => engine_wide(
             "dalp_retries_total{reason=\"signer_funds\"} or a dead-letter step outcome",
             cx.increased(None, |s| {
                 (metric_name(s) == "dalp_retries_total" && label(s, "reason") == Some("signer_funds"))
@@ -500,7 +502,7 @@ fn judge(
                         && label(s, "outcome") == Some("dead_letter"))
             }),
         ),
-        "region_failover" => {
+        FaultKind::RegionFailover => {
             let seen = ev.scrapes.keys().any(|e| cx.scrape_failed(e));
             if seen {
                 Judgement::Seen
@@ -508,7 +510,7 @@ fn judge(
                 missing("a failed scrape of some engine (up == 0)", String::new())
             }
         }
-        "operator_requeue" => {
+        FaultKind::OperatorRequeue => {
             if field(&f.applied, "requeued")
                 .and_then(Value::as_array)
                 .is_some_and(|a| a.is_empty())
@@ -522,7 +524,6 @@ fn judge(
                 cx.increased(None, named(&["dalp_operator_actions_total"])),
             )
         }
-        other => Judgement::NotObservable(format!("no metric mapping for fault kind {other}")),
     }
 }
 
@@ -648,7 +649,7 @@ mod tests {
 
     fn fault(kind: &str, node: &str, start_ms: u64, fault: Value, applied: Value) -> FaultView {
         FaultView {
-            kind: kind.into(),
+            kind: kind.parse().expect("a fault kind"),
             node: node.into(),
             start_ms,
             end_ms: Some(start_ms + 5_000),

@@ -610,7 +610,18 @@ impl Fleet {
                     return self.rejoin(old).await;
                 }
             }
-            _ => {}
+            // Nothing to undo: no real counterpart (recorded as not applicable, never healed),
+            // instantaneous, or ended by the server itself (a stale session).
+            Fault::ClockSkew { .. }
+            | Fault::DbLostAck { .. }
+            | Fault::RpcLag { .. }
+            | Fault::DbStaleSession { .. }
+            | Fault::Reorg { .. }
+            | Fault::MempoolDrop { .. }
+            | Fault::GasSpike { .. }
+            | Fault::ExternalNonce { .. }
+            | Fault::DbSwitchover { .. }
+            | Fault::OperatorRequeue { .. } => {}
         }
         Ok(json!({}))
     }
@@ -648,7 +659,7 @@ impl Fleet {
                 start_ms,
                 &node,
                 "fault",
-                fault.kind(),
+                fault.kind().as_str(),
                 json!({"fault": args, "applied": applied}),
             ),
             Some(h) => {
@@ -657,7 +668,7 @@ impl Fleet {
                     t_ms: start_ms,
                     node,
                     cat: "heal".into(),
-                    name: fault.kind().into(),
+                    name: fault.kind().as_str().into(),
                     args: json!({"healed_at_ms": now, "detail": h}),
                     dur_ms: Some(now.saturating_sub(start_ms)),
                 });

@@ -6,7 +6,7 @@ use super::chain_node::{ChainWorld, RpcMode};
 use super::db_node::DbCluster;
 use super::engine_node::EngineHost;
 use super::{epoch_ms, ip, sleep_until_ms, t_ms, DB_SERVICE};
-use crate::scenario::{Direction, Fault, Scenario};
+use crate::scenario::{Direction, Fault, FaultKind, Scenario};
 use crate::trace::{Event, Trace};
 use alloy_primitives::U256;
 use dalp_engine::store::WorkflowStatus;
@@ -219,16 +219,31 @@ fn target(f: &Fault) -> String {
     if let Some(node) = f.node() {
         return node.to_string();
     }
-    match f {
-        Fault::DbFailover { .. }
-        | Fault::DbSwitchover { .. }
-        | Fault::DbConnReset { .. }
-        | Fault::DbLostAck { .. }
-        | Fault::DbLatency { .. }
-        | Fault::DbStaleSession { .. } => "db".into(),
-        Fault::RegionFailover { .. } => "sim".into(),
-        Fault::OperatorRequeue { .. } => OPERATOR.into(),
-        _ => "chain".into(),
+    match f.kind() {
+        FaultKind::DbFailover
+        | FaultKind::DbSwitchover
+        | FaultKind::DbConnReset
+        | FaultKind::DbLostAck
+        | FaultKind::DbLatency
+        | FaultKind::DbStaleSession => "db".into(),
+        FaultKind::RegionFailover => "sim".into(),
+        FaultKind::OperatorRequeue => OPERATOR.into(),
+        FaultKind::Reorg
+        | FaultKind::MempoolDrop
+        | FaultKind::GasSpike
+        | FaultKind::ExternalNonce
+        | FaultKind::SignerDrain => "chain".into(),
+        // Aimed at a node: answered by `Fault::node` above.
+        FaultKind::EngineCrash
+        | FaultKind::EnginePause
+        | FaultKind::Partition
+        | FaultKind::ClockSkew
+        | FaultKind::DbCrash
+        | FaultKind::RpcDown
+        | FaultKind::RpcError
+        | FaultKind::RpcTimeout
+        | FaultKind::RpcAmbiguousSend
+        | FaultKind::RpcLag => unreachable!("{} names its node", f.kind()),
     }
 }
 
@@ -243,7 +258,7 @@ async fn one(fleet: Arc<Fleet>, n: u64, fault: Fault, heal_ms: u64) {
         t_ms(),
         &node,
         "fault",
-        fault.kind(),
+        fault.kind().as_str(),
         json!({"fault": args, "applied": applied}),
     );
     if applied.get("skipped").is_some() {
@@ -262,7 +277,7 @@ async fn one(fleet: Arc<Fleet>, n: u64, fault: Fault, heal_ms: u64) {
         t_ms: start,
         node,
         cat: "heal".into(),
-        name: fault.kind().into(),
+        name: fault.kind().as_str().into(),
         args: json!({"healed_at_ms": now, "detail": healed}),
         dur_ms: Some(now.saturating_sub(start)),
     });

@@ -159,7 +159,7 @@ pub fn evidence(
             .find(|h| h.t_ms == start_ms && h.node == e.node && h.name == e.name)
             .and_then(|h| h.args.get("healed_at_ms").and_then(Value::as_u64));
         faults.push(FaultView {
-            kind: e.name.clone(),
+            kind: fault.kind(),
             node: e.node.clone(),
             start_ms,
             end_ms,
