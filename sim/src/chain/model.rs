@@ -761,12 +761,60 @@ impl ChainModel {
             dropped,
         };
         self.blocks.push(block);
+        self.assert_head_consistent();
         self.snapshots.insert(number, self.state.clone());
         if number > SNAPSHOTS_KEPT {
             let cut = number - SNAPSHOTS_KEPT;
             self.snapshots = self.snapshots.split_off(&cut);
         }
         summary
+    }
+
+    /// The chain model's own invariants, checked on every block it produces (TigerBeetle's state
+    /// checker): the head extends its parent (number and parent hash), and each sender's
+    /// transactions in it carry the nonces that follow the parent state's, densely, ending at the
+    /// head state's. A violation is a bug of the model, not of the engine: it stops the run
+    /// naming the block, never a verdict.
+    pub(crate) fn assert_head_consistent(&self) {
+        let n = self.blocks.len();
+        assert!(
+            n >= 2,
+            "chain model invariant violated: no parent for the head"
+        );
+        let (parent, head) = (&self.blocks[n - 2], &self.blocks[n - 1]);
+        assert!(
+            head.number == parent.number + 1 && head.parent_hash == parent.hash,
+            "chain model invariant violated: block {} ({}) does not extend block {} ({}): parent hash {}",
+            head.number,
+            head.hash,
+            parent.number,
+            parent.hash,
+            head.parent_hash
+        );
+        let before = self.snapshots.get(&parent.number);
+        let mut next: BTreeMap<Address, u64> = BTreeMap::new();
+        for inc in &head.txs {
+            let from = inc.tx.from;
+            let expected = *next
+                .entry(from)
+                .or_insert_with(|| before.map_or(inc.tx.nonce, |st| st.nonce(from)));
+            assert_eq!(
+                inc.tx.nonce, expected,
+                "chain model invariant violated: block {} includes {} from {from} with nonce {}, expected {expected} (canonical nonces per sender must be dense)",
+                head.number, inc.tx.hash, inc.tx.nonce
+            );
+            next.insert(from, expected + 1);
+        }
+        for (from, after) in next {
+            assert_eq!(
+                self.state.nonce(from),
+                after,
+                "chain model invariant violated: after block {} the state's nonce of {from} is {}, its transactions end at {}",
+                head.number,
+                self.state.nonce(from),
+                after - 1
+            );
+        }
     }
 
     // ---- faults ------------------------------------------------------------------------------

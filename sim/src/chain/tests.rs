@@ -922,3 +922,28 @@ mod prop {
         }
     }
 }
+
+#[test]
+#[should_panic(expected = "does not extend block")]
+fn the_model_stops_on_a_head_that_does_not_extend_its_parent() {
+    let mut h = H::new();
+    h.mine();
+    // A model bug that forked the parent hash: the next block's check names it.
+    let n = h.m.blocks.len();
+    h.m.blocks[n - 1].hash = B256::repeat_byte(0xee);
+    h.m.blocks[n - 1].parent_hash = B256::repeat_byte(0xdd);
+    h.m.assert_head_consistent();
+}
+
+#[test]
+#[should_panic(expected = "canonical nonces per sender must be dense")]
+fn the_model_stops_on_a_block_whose_sender_nonces_skip() {
+    let mut h = H::new();
+    let (r0, _) = h.transfer_eth(0, 0, FEES);
+    h.send_ok(&r0);
+    h.mine();
+    // A model bug that included nonce 1 as if it were the sender's first.
+    let n = h.m.blocks.len();
+    h.m.blocks[n - 1].txs[0].tx.nonce = 1;
+    h.m.assert_head_consistent();
+}

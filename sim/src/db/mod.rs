@@ -23,6 +23,7 @@
 //! [`call_store`] replays a request against any `Store`, so a differential test can run the same
 //! `Vec<DbRequest>` against the model and a real `PgStore`.
 
+pub mod audit;
 pub mod model;
 pub mod store;
 

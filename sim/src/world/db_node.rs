@@ -12,6 +12,7 @@
 
 use super::net::{serve, CallError, Client};
 use super::{db_addr, epoch_ms, t_ms, DB_PORT, DB_SERVICE};
+use crate::db::audit::Watermarks;
 use crate::db::{DbCall, DbModel, DbReply, DbRequest};
 use crate::rng::SimRng;
 use crate::scenario::Replication;
@@ -41,6 +42,8 @@ pub enum Role {
 #[derive(Clone)]
 pub struct Disk {
     pub model: DbModel,
+    /// What this disk's model has shown so far, for its invariants (`db::audit`).
+    pub watermarks: Watermarks,
     /// Every committed write, in order; `lsn = index + 1`.
     pub wal: Vec<WalEntry>,
     pub role: Role,
@@ -131,6 +134,7 @@ impl DbCluster {
             .map(|j| {
                 Arc::new(Mutex::new(Disk {
                     model: DbModel::new(),
+                    watermarks: Watermarks::default(),
                     wal: Vec::new(),
                     role: if j == 0 { Role::Primary } else { Role::Replica },
                 }))
@@ -380,6 +384,12 @@ pub async fn db_process(cluster: Arc<DbCluster>, j: usize) {
                             // nothing; a rejected requeue still commits its audit row).
                             let wrote = DbModel::committed(&req, &r);
                             if wrote {
+                                let Disk {
+                                    model, watermarks, ..
+                                } = &mut *d;
+                                if let Err(e) = watermarks.advance(model, &req) {
+                                    panic!("database model invariant violated on {name}: {e}");
+                                }
                                 lsn = d.lsn() + 1;
                                 d.wal.push(WalEntry {
                                     lsn,
@@ -443,6 +453,15 @@ fn apply_replicated(disk: &Mutex<Disk>, entries: Vec<WalEntry>) -> u64 {
                 e.lsn,
                 e.req.name()
             );
+            let Disk {
+                model, watermarks, ..
+            } = &mut *d;
+            if let Err(err) = watermarks.advance(model, &e.req) {
+                panic!(
+                    "database model invariant violated on a replica applying lsn {}: {err}",
+                    e.lsn
+                );
+            }
             d.wal.push(e);
         }
     }
