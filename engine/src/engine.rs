@@ -8,6 +8,7 @@ use crate::config::Config;
 use crate::error::{EngineError, ErrorClass, Result};
 use crate::metrics::Metrics;
 use crate::retry::{Jitter, RetryPolicy};
+use crate::shutdown::wait_or_shutdown;
 use crate::signer::SignerKey;
 use crate::store::{Claim, NewWorkflow, Store, Submitted, WorkflowId, WorkflowRecord};
 use crate::txmgr::TxManager;
@@ -164,7 +165,12 @@ impl Engine {
             tasks.push(tokio::spawn(self.clone().worker_loop(shutdown.clone())));
         }
         if self.config.indexer.enabled {
-            let indexer = crate::indexer::Indexer::new(self.clone());
+            let indexer = crate::indexer::Indexer::new(
+                self.config.clone(),
+                self.store.clone(),
+                self.gateway.clone(),
+                self.metrics.clone(),
+            );
             tasks.push(tokio::spawn(indexer.run(shutdown)));
         }
         tasks
@@ -434,16 +440,5 @@ impl Engine {
         if let Err(store_err) = written {
             self.on_store_error(&store_err, name);
         }
-    }
-}
-
-/// Sleep for `d` unless shutdown is signalled first; returns true on shutdown.
-pub async fn wait_or_shutdown(shutdown: &mut watch::Receiver<bool>, d: Duration) -> bool {
-    if *shutdown.borrow() {
-        return true;
-    }
-    tokio::select! {
-        _ = tokio::time::sleep(d) => *shutdown.borrow(),
-        r = shutdown.changed() => r.is_err() || *shutdown.borrow(),
     }
 }

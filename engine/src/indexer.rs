@@ -4,26 +4,45 @@
 //! Each block is stored with its events and the checkpoint in one database transaction, and
 //! events are keyed by (block hash, log index): re-indexing a block after a crash is a no-op.
 
+use crate::chain::gateway::Gateway;
+use crate::config::Config;
 use crate::contracts::transfer_topic;
-use crate::engine::{wait_or_shutdown, Engine};
 use crate::error::{EngineError, Result};
+use crate::metrics::Metrics;
+use crate::shutdown::wait_or_shutdown;
+use crate::store::Store;
 use crate::store::TokenEvent;
 use alloy_primitives::{Address, U256};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
+/// The indexer needs the engine's configuration, store, chain gateway and metrics, not the
+/// engine itself (it neither runs workflows nor sends transactions).
 pub struct Indexer {
-    engine: Arc<Engine>,
+    config: Config,
+    store: Arc<dyn Store>,
+    gateway: Arc<Gateway>,
+    metrics: Arc<Metrics>,
 }
 
 impl Indexer {
-    pub fn new(engine: Arc<Engine>) -> Self {
-        Indexer { engine }
+    pub fn new(
+        config: Config,
+        store: Arc<dyn Store>,
+        gateway: Arc<Gateway>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Indexer {
+            config,
+            store,
+            gateway,
+            metrics,
+        }
     }
 
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
-        let poll = Duration::from_millis(self.engine.config.indexer.poll_ms);
+        let poll = Duration::from_millis(self.config.indexer.poll_ms);
         loop {
             if let Err(e) = self.step().await {
                 tracing::warn!(error = %e, "indexer iteration failed; retrying");
@@ -36,7 +55,7 @@ impl Indexer {
 
     /// Index up to `batch` blocks. Returns how many were indexed.
     pub async fn step(&self) -> Result<u64> {
-        let e = &self.engine;
+        let e = self;
         let chain_id = e.config.chain_id;
         let head = e.gateway.block_number().await?;
         let finality = e.config.chain.finality_depth;
@@ -99,7 +118,7 @@ impl Indexer {
     /// Walk back from `from` to the newest indexed block still on the canonical chain, and
     /// forget everything above it.
     async fn rollback(&self, from: u64) -> Result<()> {
-        let e = &self.engine;
+        let e = self;
         let chain_id = e.config.chain_id;
         let mut keep = from;
         loop {

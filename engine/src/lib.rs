@@ -14,6 +14,7 @@ pub mod error;
 pub mod indexer;
 pub mod metrics;
 pub mod retry;
+pub mod shutdown;
 pub mod signer;
 pub mod store;
 pub mod txmgr;

@@ -14,6 +14,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 pub mod visibility;
 
+pub use crate::verdict::Verdict;
+
 /// A workflow as the engine's database holds it after the run.
 #[derive(Clone, Debug, Serialize)]
 pub struct WorkflowView {
@@ -162,31 +164,6 @@ impl Evidence {
     }
 }
 
-#[derive(Clone, Debug, Serialize, PartialEq)]
-pub struct Verdict {
-    pub invariant: String,
-    pub held: bool,
-    /// What was checked (counts), for the report.
-    pub checked: String,
-    /// Violations, each actionable; capped at 20 (the count says how many there were).
-    pub violations: Vec<String>,
-    pub violation_count: usize,
-}
-
-impl Verdict {
-    fn new(invariant: &str, checked: String, mut violations: Vec<String>) -> Self {
-        let violation_count = violations.len();
-        violations.truncate(20);
-        Verdict {
-            invariant: invariant.into(),
-            held: violation_count == 0,
-            checked,
-            violations,
-            violation_count,
-        }
-    }
-}
-
 fn s(ms: u64) -> String {
     format!("{:.3} s", ms as f64 / 1000.0)
 }
@@ -219,8 +196,8 @@ pub fn check(names: &[String], ev: &Evidence) -> Vec<Verdict> {
 /// maximum over the faults, and at least the time from the heal instant to the last completion.
 /// `None` when some such request never finished.
 pub fn recovery_ms(
-    ops: &[crate::isolation::OpTiming],
-    windows: &[crate::isolation::FaultWindow],
+    ops: &[crate::timing::OpTiming],
+    windows: &[crate::timing::FaultWindow],
     heal_ms: u64,
 ) -> Option<u64> {
     let mut worst = 0u64;
@@ -953,7 +930,7 @@ mod tests {
 
     #[test]
     fn recovery_is_measured_from_each_fault_to_the_last_request_in_flight_across_it() {
-        use crate::isolation::{FaultWindow, OpTiming};
+        use crate::timing::{FaultWindow, OpTiming};
         let op = |op, acc: Option<u64>, done: Option<u64>| OpTiming {
             op,
             kind: "mint".into(),

@@ -52,162 +52,12 @@
 //! `min_ops = 3`. Each is configurable per scenario
 //! with an `[isolation]` table (scenarios/README.md).
 
-use crate::check::Verdict;
-use crate::history::{summarize, Op};
+pub use crate::scenario::IsolationCfg;
 use crate::scenario::{Fault, FaultKind, Replication, Scenario};
-use serde::{Deserialize, Serialize};
+use crate::timing::{fault_target, ms, FaultWindow, OpTiming};
+use crate::verdict::Verdict;
+use serde::Serialize;
 use serde_json::{json, Value};
-
-/// Thresholds of the isolation invariant (the scenario's optional `[isolation]` table).
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct IsolationCfg {
-    /// Completions inside a fault window must be at least this fraction of the baseline's.
-    #[serde(default = "default_min_ratio")]
-    pub min_ratio: f64,
-    /// The median latency may be at most this factor of the baseline's, plus `slack_s`.
-    #[serde(default = "default_max_slowdown")]
-    pub max_slowdown: f64,
-    /// Additive latency allowance in seconds (default: the engine's lease, 10 s).
-    #[serde(default = "default_slack_s")]
-    pub slack_s: f64,
-    /// Completions are counted from this many seconds after a window's start (the takeover of
-    /// the work the failed component held; default: the engine's lease, 10 s).
-    #[serde(default = "default_slack_s")]
-    pub settle_s: f64,
-    /// The throughput check needs at least this many baseline completions in the window.
-    #[serde(default = "default_min_ops")]
-    pub min_ops: u32,
-}
-
-fn default_min_ratio() -> f64 {
-    0.5
-}
-fn default_max_slowdown() -> f64 {
-    3.0
-}
-fn default_slack_s() -> f64 {
-    10.0
-}
-fn default_min_ops() -> u32 {
-    3
-}
-
-impl Default for IsolationCfg {
-    fn default() -> Self {
-        IsolationCfg {
-            min_ratio: default_min_ratio(),
-            max_slowdown: default_max_slowdown(),
-            slack_s: default_slack_s(),
-            settle_s: default_slack_s(),
-            min_ops: default_min_ops(),
-        }
-    }
-}
-
-impl IsolationCfg {
-    /// `Err((field, reason))` for a nonsensical threshold.
-    pub fn validate(&self) -> Result<(), (String, String)> {
-        let e = |f: &str, r: &str| Err((f.to_string(), r.to_string()));
-        if !(self.min_ratio > 0.0 && self.min_ratio <= 1.0) {
-            return e("min_ratio", "must be in (0, 1]");
-        }
-        if !(self.max_slowdown >= 1.0 && self.max_slowdown.is_finite()) {
-            return e("max_slowdown", "must be a finite number >= 1");
-        }
-        if !(self.slack_s >= 0.0 && self.slack_s.is_finite()) {
-            return e("slack_s", "must be a finite number >= 0");
-        }
-        if !(self.settle_s >= 0.0 && self.settle_s.is_finite()) {
-            return e("settle_s", "must be a finite number >= 0");
-        }
-        if self.min_ops == 0 {
-            return e("min_ops", "must be at least 1");
-        }
-        Ok(())
-    }
-}
-
-/// One planned operation's times in a run (simulated ms); in `results.json` as `ops`.
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
-pub struct OpTiming {
-    pub op: u64,
-    pub kind: String,
-    /// When the plan submits it (the same in every run of the seed).
-    pub planned_ms: u64,
-    /// The first acceptance by an engine.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub accepted_ms: Option<u64>,
-    /// When the client saw it reach a terminal state, and which.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub done_ms: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub status: Option<String>,
-}
-
-/// The window of one scheduled fault; in `results.json` as `fault_windows`.
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
-pub struct FaultWindow {
-    /// Index into the run's `schedule`.
-    pub fault: usize,
-    pub kind: FaultKind,
-    /// The node, endpoint or group it hit (`-` for the chain or the database service).
-    pub target: String,
-    pub start_ms: u64,
-    /// When it was lifted: its duration's end or the heal instant, whichever comes first
-    /// (`start_ms` for instantaneous faults).
-    pub end_ms: u64,
-}
-
-/// The per-operation times of a run from its plan (`(index, kind, planned ms)`) and history.
-pub fn op_timings(planned: &[(u64, String, u64)], ops: &[Op]) -> Vec<OpTiming> {
-    let sums = summarize(ops);
-    planned
-        .iter()
-        .map(|(op, kind, at)| {
-            let s = sums.get(op);
-            OpTiming {
-                op: *op,
-                kind: kind.clone(),
-                planned_ms: *at,
-                accepted_ms: s.and_then(|s| s.accepted_at),
-                done_ms: s.and_then(|s| s.observed.as_ref().map(|o| o.0)),
-                status: s.and_then(|s| s.observed.as_ref().map(|o| o.1.clone())),
-            }
-        })
-        .collect()
-}
-
-fn fault_target(f: &Fault) -> String {
-    f.node().unwrap_or("-").to_string()
-}
-
-fn ms(s: f64) -> u64 {
-    (s * 1000.0).round().max(0.0) as u64
-}
-
-/// The windows of a schedule, as the injector applies them: each fault from `at_s` until its
-/// duration ends or the heal instant `heal_ms`, whichever comes first.
-pub fn fault_windows(schedule: &[Fault], heal_ms: u64) -> Vec<FaultWindow> {
-    schedule
-        .iter()
-        .enumerate()
-        .map(|(i, f)| {
-            let start = ms(f.at_s()).min(heal_ms);
-            let end = match f.duration_s() {
-                Some(d) => ms(f.at_s() + d).min(heal_ms),
-                None => heal_ms,
-            };
-            FaultWindow {
-                fault: i,
-                kind: f.kind(),
-                target: fault_target(f),
-                start_ms: start,
-                end_ms: end.max(start),
-            }
-        })
-        .collect()
-}
 
 /// Whether workflows depend on what a fault hit.
 #[derive(Clone, Debug, PartialEq)]
@@ -719,6 +569,7 @@ pub fn attach(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::timing::fault_windows;
 
     fn scenario(extra: &str) -> Scenario {
         Scenario::parse(

@@ -19,7 +19,9 @@ pub mod plan;
 pub mod report;
 pub mod rng;
 pub mod scenario;
+pub mod timing;
 pub mod trace;
+pub mod verdict;
 
 #[cfg(madsim)]
 pub mod world;

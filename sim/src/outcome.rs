@@ -1,8 +1,8 @@
 //! What one seed produced, on either backend: the document each child process writes and the
 //! runner merges into `results.json`.
 
-use crate::check::Verdict;
 use crate::scenario::Fault;
+use crate::verdict::Verdict;
 use serde::Serialize;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -25,9 +25,9 @@ pub struct RunResult {
     pub simulated_ms: u64,
     pub stats: BTreeMap<String, u64>,
     /// Per planned operation: kind, planned, accepted and terminal times (for `isolation`).
-    pub ops: Vec<crate::isolation::OpTiming>,
+    pub ops: Vec<crate::timing::OpTiming>,
     /// The schedule's fault windows as applied (for `isolation`).
-    pub fault_windows: Vec<crate::isolation::FaultWindow>,
+    pub fault_windows: Vec<crate::timing::FaultWindow>,
     /// `real` for the real backend (absent: the simulation).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub backend: Option<String>,

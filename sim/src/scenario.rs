@@ -80,7 +80,7 @@ pub struct Scenario {
     pub random: Option<RandomFaults>,
     /// Thresholds of the `isolation` invariant (`[isolation]`; defaults when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub isolation: Option<crate::isolation::IsolationCfg>,
+    pub isolation: Option<IsolationCfg>,
     /// Promises specific to this scenario, checked with the invariants.
     #[serde(default)]
     pub expect: Expect,
@@ -487,6 +487,76 @@ impl FaultKind {
             .copied()
             .filter(|k| k.drawable())
             .collect()
+    }
+}
+
+/// Thresholds of the isolation invariant (the scenario's optional `[isolation]` table).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct IsolationCfg {
+    /// Completions inside a fault window must be at least this fraction of the baseline's.
+    #[serde(default = "default_min_ratio")]
+    pub min_ratio: f64,
+    /// The median latency may be at most this factor of the baseline's, plus `slack_s`.
+    #[serde(default = "default_max_slowdown")]
+    pub max_slowdown: f64,
+    /// Additive latency allowance in seconds (default: the engine's lease, 10 s).
+    #[serde(default = "default_slack_s")]
+    pub slack_s: f64,
+    /// Completions are counted from this many seconds after a window's start (the takeover of
+    /// the work the failed component held; default: the engine's lease, 10 s).
+    #[serde(default = "default_slack_s")]
+    pub settle_s: f64,
+    /// The throughput check needs at least this many baseline completions in the window.
+    #[serde(default = "default_min_ops")]
+    pub min_ops: u32,
+}
+
+fn default_min_ratio() -> f64 {
+    0.5
+}
+fn default_max_slowdown() -> f64 {
+    3.0
+}
+fn default_slack_s() -> f64 {
+    10.0
+}
+fn default_min_ops() -> u32 {
+    3
+}
+
+impl Default for IsolationCfg {
+    fn default() -> Self {
+        IsolationCfg {
+            min_ratio: default_min_ratio(),
+            max_slowdown: default_max_slowdown(),
+            slack_s: default_slack_s(),
+            settle_s: default_slack_s(),
+            min_ops: default_min_ops(),
+        }
+    }
+}
+
+impl IsolationCfg {
+    /// `Err((field, reason))` for a nonsensical threshold.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        let e = |f: &str, r: &str| Err((f.to_string(), r.to_string()));
+        if !(self.min_ratio > 0.0 && self.min_ratio <= 1.0) {
+            return e("min_ratio", "must be in (0, 1]");
+        }
+        if !(self.max_slowdown >= 1.0 && self.max_slowdown.is_finite()) {
+            return e("max_slowdown", "must be a finite number >= 1");
+        }
+        if !(self.slack_s >= 0.0 && self.slack_s.is_finite()) {
+            return e("slack_s", "must be a finite number >= 0");
+        }
+        if !(self.settle_s >= 0.0 && self.settle_s.is_finite()) {
+            return e("settle_s", "must be a finite number >= 0");
+        }
+        if self.min_ops == 0 {
+            return e("min_ops", "must be at least 1");
+        }
+        Ok(())
     }
 }
 

@@ -433,10 +433,10 @@ impl Gateway {
 
     /// Fees for a new transaction: twice the next block's base fee plus the priority fee, so a
     /// transaction survives a few full blocks of base-fee growth.
-    pub async fn suggest_fees(&self, priority_fee: u128) -> Result<crate::store::Fees> {
+    pub async fn suggest_fees(&self, priority_fee: u128) -> Result<super::types::Fees> {
         let latest = self.latest_block().await?;
         let base = latest.base_fee.unwrap_or(1_000_000_000);
-        Ok(crate::store::Fees {
+        Ok(super::types::Fees {
             max_fee_per_gas: base * 2 + priority_fee,
             max_priority_fee_per_gas: priority_fee,
         })

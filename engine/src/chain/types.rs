@@ -168,6 +168,13 @@ impl ChainTx {
     }
 }
 
+/// EIP-1559 fees of a transaction: what the gateway suggests and what each signed version pays.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fees {
+    pub max_fee_per_gas: u128,
+    pub max_priority_fee_per_gas: u128,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

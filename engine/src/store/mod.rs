@@ -204,11 +204,8 @@ pub struct TxIntent {
     pub gas_limit: u64,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Fees {
-    pub max_fee_per_gas: u128,
-    pub max_priority_fee_per_gas: u128,
-}
+/// EIP-1559 fees: a chain type, re-exported here because transaction records carry them.
+pub use crate::chain::types::Fees;
 
 /// One signed version of a transaction (the original or a replacement).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

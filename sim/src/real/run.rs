@@ -351,14 +351,14 @@ async fn world(
         let starts: u32 = engines.iter().map(|e| e.starts).sum();
         stats.insert("engine_process_starts".to_string(), starts as u64);
     }
-    let ops = crate::isolation::op_timings(
+    let ops = crate::timing::op_timings(
         &planned
             .iter()
             .map(|o| (o.index, o.kind.name().to_string(), o.at_ms))
             .collect::<Vec<_>>(),
         &history.ops(),
     );
-    let fault_windows = crate::isolation::fault_windows(&schedule, heal_ms);
+    let fault_windows = crate::timing::fault_windows(&schedule, heal_ms);
     let recovery_ms = if all_done {
         crate::check::recovery_ms(&ops, &fault_windows, heal_ms)
     } else {

@@ -346,14 +346,14 @@ async fn world(s: Arc<Scenario>, seed: u64, schedule: Vec<Fault>, trace: Trace) 
         stats.insert(format!("db.{m}"), *n);
     }
     let data_loss = fleet.data_loss.lock().expect("loss").clone();
-    let ops = crate::isolation::op_timings(
+    let ops = crate::timing::op_timings(
         &planned
             .iter()
             .map(|o| (o.index, o.kind.name().to_string(), o.at_ms))
             .collect::<Vec<_>>(),
         &history.ops(),
     );
-    let fault_windows = crate::isolation::fault_windows(&schedule, heal_ms);
+    let fault_windows = crate::timing::fault_windows(&schedule, heal_ms);
     RunResult {
         scenario: s.name.clone(),
         seed,
