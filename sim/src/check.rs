@@ -938,6 +938,9 @@ mod tests {
             accepted_ms: acc,
             done_ms: done,
             status: None,
+            token: 0,
+            claimed_by: vec![],
+            unanswered: vec![],
         };
         let window = FaultWindow {
             fault: 0,

@@ -261,10 +261,14 @@ pub fn evaluate(
             secs(w.start_ms),
             secs(w.end_ms)
         );
+        // Work that depended on the failed engine is not judged (module docs): the operations
+        // it held or was sent while down, and every operation on a token whose issuance it held.
+        let dependent = dependent_ops(dep_of(w).as_ref(), w, ops);
         // Throughput is counted once the held work could have been taken over.
         let from = w.start_ms + ms(cfg.settle_s);
         let finished_in = |xs: &[OpTiming]| {
             xs.iter()
+                .filter(|o| !dependent.contains(&o.op))
                 .filter(|o| o.done_ms.is_some_and(|d| from <= d && d < w.end_ms))
                 .count() as u64
         };
@@ -338,7 +342,7 @@ pub fn evaluate(
         }
         // Throughput.
         let (got, base) = (r.finished, r.baseline_finished);
-        if from < w.end_ms
+        if w.end_ms.saturating_sub(from) >= min_judged_span_ms(cfg)
             && base >= u64::from(cfg.min_ops)
             && (got as f64) < cfg.min_ratio * base as f64
         {
@@ -357,6 +361,7 @@ pub fn evaluate(
         let inside: Vec<(&OpTiming, u64)> = baseline
             .iter()
             .filter(|b| w.start_ms <= b.planned_ms && b.planned_ms < w.end_ms)
+            .filter(|b| !dependent.contains(&b.op))
             .filter_map(|b| b.done_ms.map(|d| (b, d.saturating_sub(b.planned_ms))))
             .collect();
         r.submitted = inside.len() as u64;
@@ -420,15 +425,31 @@ pub fn evaluate(
                 r.target,
                 secs(r.start_ms),
                 secs(r.end_ms),
-                if r.counted_from_ms < r.end_ms {
+                if r.counted_from_ms >= r.end_ms {
+                    "shorter than settle_s".to_string()
+                } else if r.end_ms - r.counted_from_ms < min_judged_span_ms(cfg) {
+                    format!(
+                        "throughput not judged: {}/{} finished in a span of {} (too few operations to tell from the clients' 1 s polling; at least {})",
+                        r.finished,
+                        r.baseline_finished,
+                        secs(r.end_ms - r.counted_from_ms),
+                        secs(min_judged_span_ms(cfg))
+                    )
+                } else if r.baseline_finished < u64::from(cfg.min_ops) {
+                    format!(
+                        "throughput not judged: {}/{} finished from {} (fewer than min_ops = {})",
+                        r.finished,
+                        r.baseline_finished,
+                        secs(r.counted_from_ms),
+                        cfg.min_ops
+                    )
+                } else {
                     format!(
                         "{}/{} finished from {}",
                         r.finished,
                         r.baseline_finished,
                         secs(r.counted_from_ms)
                     )
-                } else {
-                    "shorter than settle_s".to_string()
                 },
                 match (r.median_latency_ms, r.baseline_median_latency_ms) {
                     (Some(m), Some(b)) => format!(", median latency {}/{}", secs(m), secs(b)),
@@ -445,6 +466,46 @@ pub fn evaluate(
         detail.join("; ")
     );
     (verdict(checked, violations), reports)
+}
+
+/// The shortest span whose completions are judged for throughput. A completion is seen at the
+/// clients' next 1 s status poll and lands in a 1 s block, so up to 2 s of completions can slide
+/// across a span's edges between two runs of the same seed; the ratio test tells "at least
+/// `min_ratio` of the baseline" from that noise only when the noise is at most the allowed shortfall:
+/// 2 s ≤ (1 − min_ratio) × span, i.e. span ≥ 2 s / (1 − min_ratio) (4 s at the default 0.5).
+fn min_judged_span_ms(cfg: &IsolationCfg) -> u64 {
+    let shortfall = (1.0 - cfg.min_ratio).max(0.05);
+    (2_000.0 / shortfall).ceil() as u64
+}
+
+/// The operations of the faulty run that waited on the engine window `w` took down (see
+/// [`OpTiming::waited_on_engine`]), and those on a token whose issuance did: they depend on the
+/// failed component. Empty for faults of other classes.
+fn dependent_ops(
+    dep: Option<&Dependence>,
+    w: &FaultWindow,
+    ops: &[OpTiming],
+) -> std::collections::BTreeSet<u64> {
+    let Some(Dependence::Redundant { class, member, .. }) = dep else {
+        return Default::default();
+    };
+    if *class != "engines" {
+        return Default::default();
+    }
+    let waited: std::collections::BTreeSet<u64> = ops
+        .iter()
+        .filter(|o| o.waited_on_engine(member, w.start_ms, w.end_ms))
+        .map(|o| o.op)
+        .collect();
+    let held_tokens: std::collections::BTreeSet<u32> = ops
+        .iter()
+        .filter(|o| o.kind == "issuance" && waited.contains(&o.op))
+        .map(|o| o.token)
+        .collect();
+    ops.iter()
+        .filter(|o| waited.contains(&o.op) || held_tokens.contains(&o.token))
+        .map(|o| o.op)
+        .collect()
 }
 
 fn verdict(checked: String, mut violations: Vec<String>) -> Verdict {
@@ -615,8 +676,101 @@ liveness_bound_s = 60
                 accepted_ms: Some(i * 1000 + 10),
                 done_ms: lat(i).map(|l| i * 1000 + l),
                 status: lat(i).map(|_| "completed".into()),
+                token: 0,
+                claimed_by: vec![],
+                unanswered: vec![],
             })
             .collect()
+    }
+
+    fn engine_crash(node: &str, at_s: f64, for_s: f64) -> Fault {
+        Fault::EngineCrash {
+            node: node.into(),
+            at_s,
+            restart_after_s: Some(for_s),
+        }
+    }
+
+    #[test]
+    fn a_counting_span_too_short_to_tell_from_polling_is_not_judged_on_throughput() {
+        // engine-crash seed 6 of the nightly: [20 s, 32 s), counted from 30 s, 1 finished against
+        // the baseline's 3 in two seconds.
+        let s = scenario("");
+        let sched = vec![engine_crash("engine-1", 20.0, 12.0)];
+        let w = fault_windows(&sched, 40_000);
+        // The baseline finishes ops 27, 28, 29 at 30.0, 30.5 and 31.0 s; this run only op 27 by
+        // 32 s, the other two at 33 s.
+        let base = ops(|i| {
+            Some(if i >= 27 {
+                30_000 + (i - 27) * 500 - i * 1000
+            } else {
+                500
+            })
+        });
+        let bad = ops(|i| {
+            Some(if i >= 28 {
+                33_000 - i * 1000
+            } else if i == 27 {
+                3_000
+            } else {
+                500
+            })
+        });
+        let (v, r) = evaluate(&s, &IsolationCfg::default(), &sched, &w, &bad, &base);
+        assert_eq!((r[0].finished, r[0].baseline_finished), (1, 3));
+        assert!(v.held, "{v:?}");
+        assert!(v.checked.contains("throughput not judged"), "{}", v.checked);
+        // The same shortfall over a long enough span is still a violation.
+        let sched = vec![engine_crash("engine-1", 5.0, 20.0)];
+        let w = fault_windows(&sched, 40_000);
+        let stalled = ops(|i| Some(if (5..25).contains(&i) { 30_000 } else { 500 }));
+        let (v, _) = evaluate(&s, &IsolationCfg::default(), &sched, &w, &stalled, &base);
+        assert!(!v.held, "{v:?}");
+    }
+
+    #[test]
+    fn work_the_failed_engine_held_is_not_judged_but_independent_work_is() {
+        // engine-crash seed 4 of the nightly: the operations submitted while engine-0 was down
+        // waited for work it held (their token's issuance) to be taken over after its lease.
+        let s = scenario("");
+        let sched = vec![engine_crash("engine-0", 8.0, 5.0)];
+        let w = fault_windows(&sched, 40_000);
+        let base = ops(|_| Some(3_000));
+        let slow = |held: bool| {
+            let mut v = ops(|i| Some(if (8..13).contains(&i) { 29_000 } else { 3_000 }));
+            // The token's issuance (op 0) was last claimed by engine-0, at 7 s, and had not
+            // finished when it crashed.
+            v[0].kind = "issuance".into();
+            v[0].done_ms = Some(20_000);
+            if held {
+                v[0].claimed_by = vec![(7_000, "engine-0".into())];
+            }
+            v
+        };
+        let (v, _) = evaluate(&s, &IsolationCfg::default(), &sched, &w, &slow(true), &base);
+        assert!(v.held, "{v:?}");
+        let (v, _) = evaluate(
+            &s,
+            &IsolationCfg::default(),
+            &sched,
+            &w,
+            &slow(false),
+            &base,
+        );
+        assert!(
+            !v.held,
+            "work that did not depend on engine-0 is still judged: {v:?}"
+        );
+        // Held by another engine: not engine-0's work.
+        let mut other = slow(false);
+        other[0].claimed_by = vec![(7_000, "engine-1".into())];
+        let (v, _) = evaluate(&s, &IsolationCfg::default(), &sched, &w, &other, &base);
+        assert!(!v.held, "{v:?}");
+        // A submission to the dead engine that went unanswered is its work too.
+        let mut sent = ops(|i| Some(if i == 9 { 29_000 } else { 3_000 }));
+        sent[9].unanswered = vec![(9_000, 0)];
+        assert!(sent[9].waited_on_engine("engine-0", 8_000, 13_000));
+        assert!(!sent[9].waited_on_engine("engine-1", 8_000, 13_000));
     }
 
     #[test]

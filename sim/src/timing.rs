@@ -2,7 +2,7 @@
 //! each scheduled fault's window. Shared by the checkers (recovery time), isolation and the
 //! results document; depends only on the history and the scenario.
 
-use crate::history::{summarize, Op};
+use crate::history::{summarize, Op, OpType};
 use crate::scenario::{Fault, FaultKind};
 use serde::{Deserialize, Serialize};
 
@@ -21,6 +21,41 @@ pub struct OpTiming {
     pub done_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<String>,
+    /// The plan's token index (an operation waits for its token's issuance).
+    #[serde(default)]
+    pub token: u32,
+    /// Each claim of its workflow: (run ms, engine). Simulation only (from the database's log).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub claimed_by: Vec<(u64, String)>,
+    /// Each submission attempt that got no acceptance: (run ms, engine index).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unanswered: Vec<(u64, usize)>,
+}
+
+impl OpTiming {
+    /// Whether this operation waited on engine `engine` failing at `start_ms` (and down until
+    /// `end_ms`): the engine last claimed its workflow before the failure and it had not finished
+    /// by then (its lease had to expire before another engine could take it over), or one of its
+    /// submissions to that engine went unanswered while it was down.
+    pub fn waited_on_engine(&self, engine: &str, start_ms: u64, end_ms: u64) -> bool {
+        if self.done_ms.is_some_and(|d| d < start_ms) {
+            return false;
+        }
+        let held = self
+            .claimed_by
+            .iter()
+            .rev()
+            .find(|(t, _)| *t <= start_ms)
+            .is_some_and(|(_, n)| n == engine);
+        let index = engine
+            .strip_prefix("engine-")
+            .and_then(|i| i.parse::<usize>().ok());
+        let unanswered = self
+            .unanswered
+            .iter()
+            .any(|(t, e)| Some(*e) == index && start_ms <= *t && *t < end_ms);
+        held || unanswered
+    }
 }
 
 /// The window of one scheduled fault; in `results.json` as `fault_windows`.
@@ -37,13 +72,44 @@ pub struct FaultWindow {
     pub end_ms: u64,
 }
 
-/// The per-operation times of a run from its plan (`(index, kind, planned ms)`) and history.
-pub fn op_timings(planned: &[(u64, String, u64)], ops: &[Op]) -> Vec<OpTiming> {
+/// One planned operation as the timings need it: (index, kind, token, planned ms).
+pub type PlannedTiming = (u64, String, u32, u64);
+
+/// The per-operation times of a run from its plan and history, with `claims` (each committed
+/// claim: run ms, engine, workflow ids; empty where unknown) for attribution.
+pub fn op_timings(
+    planned: &[PlannedTiming],
+    ops: &[Op],
+    claims: &[(u64, String, Vec<i64>)],
+) -> Vec<OpTiming> {
     let sums = summarize(ops);
+    let mut unanswered: std::collections::BTreeMap<u64, Vec<(u64, usize)>> = Default::default();
+    let mut last_invoke: std::collections::BTreeMap<u64, (u64, usize)> = Default::default();
+    for o in ops {
+        match o.typ {
+            OpType::Invoke => {
+                if let Some(e) = o.detail.get("engine").and_then(|e| e.as_u64()) {
+                    last_invoke.insert(o.op, (o.t_ms, e as usize));
+                }
+            }
+            OpType::Unknown if o.workflow_id.is_none() => {
+                if let Some(at) = last_invoke.remove(&o.op) {
+                    unanswered.entry(o.op).or_default().push(at);
+                }
+            }
+            _ => {}
+        }
+    }
     planned
         .iter()
-        .map(|(op, kind, at)| {
+        .map(|(op, kind, token, at)| {
             let s = sums.get(op);
+            let ids: &[i64] = s.map_or(&[], |s| &s.workflow_ids);
+            let claimed_by = claims
+                .iter()
+                .filter(|(_, _, c)| c.iter().any(|id| ids.contains(id)))
+                .map(|(t, n, _)| (*t, n.clone()))
+                .collect();
             OpTiming {
                 op: *op,
                 kind: kind.clone(),
@@ -51,6 +117,9 @@ pub fn op_timings(planned: &[(u64, String, u64)], ops: &[Op]) -> Vec<OpTiming> {
                 accepted_ms: s.and_then(|s| s.accepted_at),
                 done_ms: s.and_then(|s| s.observed.as_ref().map(|o| o.0)),
                 status: s.and_then(|s| s.observed.as_ref().map(|o| o.1.clone())),
+                token: *token,
+                claimed_by,
+                unanswered: unanswered.remove(op).unwrap_or_default(),
             }
         })
         .collect()

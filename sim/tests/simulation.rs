@@ -570,7 +570,7 @@ fn a_reader_closing_the_pipe_early_ends_the_listing_quietly() {
 /// fix so it can never come back unseen.
 #[test]
 fn nightly_regression_seeds_pass() {
-    // (scenario, seed, cause): model bug — a planned switchover stopped the demoted primary's
+    // (scenario, seed, cause). Model bug — a planned switchover stopped the demoted primary's
     // log shipping, so the replica was promoted without the tail and the demoted primary later
     // replayed the new timeline on a forked state ("replica diverged applying lsn …").
     let cases: &[(&str, u64, &str)] = &[
@@ -580,6 +580,62 @@ fn nightly_regression_seeds_pass() {
         ("db-read-only", 38, "switchover tail not shipped"),
         ("db-read-only", 42, "switchover tail not shipped"),
         ("db-read-only", 43, "switchover tail not shipped"),
+        // Checker bug — isolation judged work that waited on the crashed engine (a token's
+        // issuance it held until its lease expired), or a 2 s counting span (1 against 3).
+        (
+            "engine-crash",
+            4,
+            "isolation: work held by the crashed engine judged",
+        ),
+        ("engine-crash", 6, "isolation: 2 s counting span judged"),
+        ("engine-crash", 11, "isolation: 2 s counting span judged"),
+        (
+            "engine-crash",
+            25,
+            "isolation: dependent work or a short span judged",
+        ),
+        (
+            "engine-crash",
+            29,
+            "isolation: dependent work or a short span judged",
+        ),
+        (
+            "engine-crash",
+            31,
+            "isolation: dependent work or a short span judged",
+        ),
+        (
+            "engine-crash",
+            40,
+            "isolation: dependent work or a short span judged",
+        ),
+        (
+            "engine-crash",
+            44,
+            "isolation: dependent work or a short span judged",
+        ),
+        (
+            "engine-crash",
+            48,
+            "isolation: dependent work or a short span judged",
+        ),
+        (
+            "partition-one-way",
+            14,
+            "isolation: 2 s counting span judged",
+        ),
+        (
+            "partition-one-way",
+            36,
+            "isolation: 2 s counting span judged",
+        ),
+        (
+            "partition-one-way",
+            50,
+            "isolation: 2 s counting span judged",
+        ),
+        // Checker bug — visibility judged a 3 s eth_call 503 that no eth_call met.
+        ("step-transient", 6, "visibility: fault met no request"),
     ];
     let mut failed = Vec::new();
     for (scenario, seed, cause) in cases {

@@ -69,6 +69,9 @@ pub struct VisibilityEvidence {
     pub stuck_after_ms: u64,
     /// When each RPC endpoint received an `eth_sendRawTransaction` (trace `send_raw`).
     pub sends: BTreeMap<String, Vec<u64>>,
+    /// When each RPC endpoint failed a request because of an injected fault (down, 503,
+    /// timeout): a fault that met no request cannot show anywhere.
+    pub faulted_requests: BTreeMap<String, Vec<u64>>,
 }
 
 /// Parse Prometheus text exposition into `name{labels}` → value (comments skipped).
@@ -387,6 +390,21 @@ fn judge(
             if sends_only && !sent {
                 return Judgement::NotObservable(format!(
                     "no transaction was sent through {ep} while the fault was active"
+                ));
+            }
+            let met = ev
+                .faulted_requests
+                .iter()
+                .filter(|(e, _)| ep == "rpc" || e.as_str() == ep)
+                .flat_map(|(_, v)| v)
+                .any(|t| *t >= from && *t <= end);
+            if !sends_only && !met {
+                return Judgement::NotObservable(format!(
+                    "the fault healed before any request met it (no request to {ep}{} failed while it was active)",
+                    field(&f.fault, "method")
+                        .and_then(Value::as_str)
+                        .map(|m| format!(" calling {m}"))
+                        .unwrap_or_default()
                 ));
             }
             let seen = cx.increased(None, |s| {
@@ -781,6 +799,36 @@ mod tests {
     }
 
     #[test]
+    fn an_rpc_fault_that_met_no_request_is_not_judged_but_one_that_did_must_show() {
+        // step-transient seed 6 of the nightly: a 3 s 503 on eth_call that no eth_call met.
+        let mut ev = base();
+        let f = || {
+            fault(
+                "rpc_error",
+                "rpc",
+                24_000,
+                json!({"method": "eth_call"}),
+                json!({}),
+            )
+        };
+        ev.faults = vec![f()];
+        // A request failed by it, but outside its window [24 s, 29 s].
+        ev.faulted_requests.insert("rpc-0".into(), vec![40_000]);
+        let v = run(&ev);
+        assert!(v.held, "{v:?}");
+        assert!(
+            v.checked.contains("healed before any request met it")
+                && v.checked.contains("calling eth_call"),
+            "{}",
+            v.checked
+        );
+        // It met one: now it must show in the metrics, and nothing did.
+        ev.faulted_requests.insert("rpc-1".into(), vec![25_000]);
+        let v = run(&ev);
+        assert_eq!(v.violation_count, 1, "{v:?}");
+    }
+
+    #[test]
     fn holds_when_each_fault_shows_within_the_bound() {
         let mut ev = base();
         ev.faults = vec![
@@ -803,6 +851,7 @@ mod tests {
             ),
         ];
         ev.scrapes.get_mut("engine-1").unwrap()[8].1 = false; // 9.003 s
+        ev.faulted_requests.insert("rpc-0".into(), vec![12_500]);
         ev.changes = vec![
             change(
                 13_003,
@@ -845,6 +894,9 @@ mod tests {
                 json!({}),
             ),
         ];
+        // rpc-1 failed requests (the fault met them); rpc-0's are another endpoint's.
+        ev.faulted_requests.insert("rpc-1".into(), vec![12_100]);
+        ev.faulted_requests.insert("rpc-0".into(), vec![12_200]);
         ev.changes = vec![change(
             13_003,
             "engine-0",

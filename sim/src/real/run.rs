@@ -354,9 +354,10 @@ async fn world(
     let ops = crate::timing::op_timings(
         &planned
             .iter()
-            .map(|o| (o.index, o.kind.name().to_string(), o.at_ms))
+            .map(|o| (o.index, o.kind.name().to_string(), o.kind.token(), o.at_ms))
             .collect::<Vec<_>>(),
         &history.ops(),
+        &[],
     );
     let fault_windows = crate::timing::fault_windows(&schedule, heal_ms);
     let recovery_ms = if all_done {

@@ -38,6 +38,10 @@ pub struct ChainWorld {
     pub trace: Trace,
     /// Requests served per JSON-RPC method (for the run's statistics).
     pub calls: Mutex<BTreeMap<String, u64>>,
+    /// Every request an RPC fault failed: (run ms, endpoint index). Visibility judges a fault
+    /// only once it met a request (not traced: the trace hash stays a function of the seed
+    /// whether or not visibility is checked).
+    pub faulted: Mutex<Vec<(u64, usize)>>,
 }
 
 impl ChainWorld {
@@ -109,6 +113,13 @@ pub async fn rpc_process(chain: Arc<ChainWorld>, k: usize) {
                 .or_default() += 1;
             let modes = chain.modes_of(k);
             let hits = |m: &Option<String>| m.as_deref().is_none_or(|x| x == method);
+            let failed = modes.contains(&RpcMode::Down)
+                || modes
+                    .iter()
+                    .any(|m| matches!(m, RpcMode::Timeout(x) | RpcMode::Error(x) if hits(x)));
+            if failed {
+                chain.faulted.lock().expect("faulted").push((t_ms(), k));
+            }
             if modes.contains(&RpcMode::Down) {
                 return Some(RpcResponse(Err(TransportError::Unreachable(
                     "connection refused".into(),

@@ -103,6 +103,9 @@ pub struct DbCluster {
     /// replicas (PostgreSQL's walsenders send everything up to the shutdown checkpoint before a
     /// clean stop); cleared once a replica is promoted.
     pub draining: Mutex<Option<usize>>,
+    /// Every committed claim: (run ms, node, workflow ids). Who held which workflow when, for
+    /// isolation's attribution of work to the engine a fault took down.
+    pub claims: Mutex<Vec<(u64, String, Vec<i64>)>>,
     /// Row locks of sessions left inside a transaction, by workflow (fault `db_stale_session`).
     pub stale_sessions: Mutex<BTreeMap<i64, StaleSession>>,
     /// What the engine's connections set as `idle_in_transaction_session_timeout`
@@ -150,6 +153,7 @@ impl DbCluster {
             calls: Mutex::default(),
             stale_writes_accepted: Mutex::default(),
             stale_sessions: Mutex::default(),
+            claims: Mutex::default(),
             draining: Mutex::new(None),
             idle_in_transaction_ms: dalp_engine::store::idle_in_transaction_bound(
                 Duration::from_millis(db_timeout_ms),
@@ -399,6 +403,16 @@ pub async fn db_process(cluster: Arc<DbCluster>, j: usize) {
                             }
                             (r, lsn)
                         };
+                        if let (DbRequest::Claim { node, .. }, Ok(DbReply::Claims(c)), true) =
+                            (&req, &result, lsn > 0)
+                        {
+                            let ids = c.iter().map(|c| c.fence.workflow_id).collect();
+                            cluster.claims.lock().expect("claims").push((
+                                t_ms(),
+                                node.clone(),
+                                ids,
+                            ));
+                        }
                         if lsn > 0 {
                             cluster.trace.record(
                                 t_ms(),

@@ -90,6 +90,7 @@ async fn world(s: Arc<Scenario>, seed: u64, schedule: Vec<Fault>, trace: Trace) 
         )),
         modes: Mutex::default(),
         calls: Mutex::default(),
+        faulted: Mutex::default(),
         block_time: Duration::from_millis(topo.block_time_ms),
         signer,
         trace: trace.clone(),
@@ -296,7 +297,15 @@ async fn world(s: Arc<Scenario>, seed: u64, schedule: Vec<Fault>, trace: Trace) 
             super::sleep_until_ms(t + window + SCRAPE_INTERVAL_MS).await;
         }
         let db_timeout_ms = cfg.db_timeout().as_millis() as u64;
-        ev.visibility = scrape_evidence(&scrape_log, &trace, bound_ms, db_timeout_ms, stuck_ms);
+        let faulted = chain.faulted.lock().expect("faulted").clone();
+        ev.visibility = scrape_evidence(
+            &scrape_log,
+            &trace,
+            bound_ms,
+            db_timeout_ms,
+            stuck_ms,
+            &faulted,
+        );
     }
     ev.investor = INVESTOR;
     ev.max_dead_letters = s.expect.max_dead_letters;
@@ -349,9 +358,10 @@ async fn world(s: Arc<Scenario>, seed: u64, schedule: Vec<Fault>, trace: Trace) 
     let ops = crate::timing::op_timings(
         &planned
             .iter()
-            .map(|o| (o.index, o.kind.name().to_string(), o.at_ms))
+            .map(|o| (o.index, o.kind.name().to_string(), o.kind.token(), o.at_ms))
             .collect::<Vec<_>>(),
         &history.ops(),
+        &db.claims.lock().expect("claims"),
     );
     let fault_windows = crate::timing::fault_windows(&schedule, heal_ms);
     RunResult {

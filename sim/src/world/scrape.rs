@@ -131,7 +131,15 @@ pub fn evidence(
     bound_ms: u64,
     db_timeout_ms: u64,
     stuck_after_ms: u64,
+    faulted: &[(u64, usize)],
 ) -> VisibilityEvidence {
+    let mut faulted_requests: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for (t, k) in faulted {
+        faulted_requests
+            .entry(format!("rpc-{k}"))
+            .or_default()
+            .push(*t);
+    }
     let mut sends: BTreeMap<String, Vec<u64>> = BTreeMap::new();
     for e in trace.of_cat("chain") {
         if e.name == "send_raw" {
@@ -179,5 +187,6 @@ pub fn evidence(
         acks_lost_ms,
         stuck_after_ms,
         sends,
+        faulted_requests,
     }
 }
