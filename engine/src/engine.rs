@@ -386,7 +386,15 @@ impl Engine {
             self.on_store_error(&e, name);
             return;
         }
-        let err = json!({"reason_code": e.reason_code(), "class": e.class(), "message": e.to_string(), "step": name, "attempt": attempt});
+        let mut err = json!({"reason_code": e.reason_code(), "class": e.class(), "message": e.to_string(), "step": name, "attempt": attempt});
+        if let EngineError::ComplianceUnsettled {
+            rejected_at_block: Some(b),
+            ..
+        } = &e
+        {
+            // The next attempt needs it to tell whether the rejection has held long enough.
+            err["rejected_at_block"] = json!(b);
+        }
         tracing::warn!(error = %e, class = %e.class(), "step failed");
         // An outage of every RPC endpoint says nothing about the request: chain-bound work
         // waits for the chain durably (FM-RPC-ALL-DOWN) instead of spending its retry budget
@@ -397,6 +405,7 @@ impl Engine {
             EngineError::RpcUnavailable(_)
                 | EngineError::RpcTimeout { .. }
                 | EngineError::NonceReconciling(_)
+                | EngineError::ComplianceUnsettled { .. }
         );
         let written = if e.class() == ErrorClass::Transient
             && (outage || self.policy.allows_another(attempt as u32))

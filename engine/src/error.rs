@@ -48,6 +48,16 @@ pub enum EngineError {
     /// The compliance check ran and said no. The operation is blocked (fail closed).
     #[error("compliance rejected: {0}")]
     ComplianceRejected(String),
+    /// The compliance check said no, but not yet on a settled chain: the rejection has not held
+    /// for `confirmations` blocks, or a transaction of ours that the engine completed is missing
+    /// from the canonical chain (a reorg took it out). Waited on, like an outage; a rejection
+    /// that settles becomes [`EngineError::ComplianceRejected`].
+    #[error("compliance rejection not settled: {detail}")]
+    ComplianceUnsettled {
+        /// The head when a rejection was first seen on a settled chain (`None`: not yet).
+        rejected_at_block: Option<u64>,
+        detail: String,
+    },
     /// The signer cannot pay for gas.
     #[error("signer {signer} has insufficient funds: {message}")]
     SignerFunds { signer: String, message: String },
@@ -86,6 +96,7 @@ impl EngineError {
             EngineError::SignerFunds { .. } => Transient,
             EngineError::ConfirmationTimeout { .. } => Transient,
             EngineError::NonceReconciling(_) => Transient,
+            EngineError::ComplianceUnsettled { .. } => Transient,
             EngineError::Internal(_) => Permanent,
         }
     }
@@ -120,6 +131,7 @@ impl EngineError {
             EngineError::Invalid(_) => "invalid_input",
             EngineError::ConfirmationTimeout { .. } => "confirmation_timeout",
             EngineError::NonceReconciling(_) => "nonce_reconciling",
+            EngineError::ComplianceUnsettled { .. } => "compliance_unsettled",
             EngineError::Internal(_) => "internal",
         }
     }

@@ -75,6 +75,21 @@ pub struct TxManager {
     pub lease: Duration,
 }
 
+impl TxManager {
+    /// The chain's mined nonce for `signer` when every transaction of ours the engine completed
+    /// is in the canonical chain, `None` when one is missing: a completed record sits at or above
+    /// the mined nonce (a reorg removed it and it waits to be re-included or re-broadcast). A
+    /// decision read from chain state (a compliance "no") is not final while that is so.
+    pub async fn own_history_canonical(&self, signer: Address) -> Result<Option<u64>> {
+        let mined = self.gateway.transaction_count(signer, "latest").await?;
+        let at = self.store.tx_by_nonce(signer, self.chain_id, mined).await?;
+        Ok(match at {
+            Some(rec) if rec.state == TxState::Completed => None,
+            _ => Some(mined),
+        })
+    }
+}
+
 /// How many nonces above the chain's mined one [`TxManager::heal_nonce_gaps`] looks at per call.
 pub const HEAL_SCAN: u64 = 16;
 

@@ -344,6 +344,8 @@ pub async fn execute(ctx: &StepContext<'_>, kind: &str, name: &str) -> Result<Va
             };
             // An error here (node down, timeout) is transient and retried; it never lets the
             // transfer through: the transfer step only runs after this step's output is persisted.
+            let before = ctx.txm.own_history_canonical(from).await?;
+            let head = ctx.txm.gateway.block_number().await?;
             let ret = ctx
                 .txm
                 .gateway
@@ -352,13 +354,38 @@ pub async fn execute(ctx: &StepContext<'_>, kind: &str, name: &str) -> Result<Va
             let allowed = AssetToken::canTransferCall::abi_decode_returns(&ret).map_err(|e| {
                 EngineError::Internal(format!("canTransfer returned malformed data: {e}"))
             })?;
-            if !allowed {
-                return Err(EngineError::ComplianceRejected(format!(
-                    "canTransfer({from:#x}, {:#x}, {}) returned false on token {:#x}",
-                    i.to, i.amount, i.token
-                )));
+            if allowed {
+                return Ok(json!({ "allowed": true }));
             }
-            Ok(json!({ "allowed": true }))
+            let what = format!(
+                "canTransfer({from:#x}, {:#x}, {}) returned false on token {:#x}",
+                i.to, i.amount, i.token
+            );
+            // A "no" is final only on a settled chain (fail closed, but never on a state the
+            // engine knows to be in flux): every transaction of ours it completed was canonical
+            // before and after the call, and the rejection has held for `confirmations` blocks.
+            let after = ctx.txm.own_history_canonical(from).await?;
+            let settled = before.is_some() && before == after;
+            let first = ctx
+                .workflow
+                .error
+                .as_ref()
+                .filter(|e| e["reason_code"] == "compliance_unsettled")
+                .and_then(|e| e["rejected_at_block"].as_u64());
+            let depth = ctx.txm.chain.confirmations;
+            match (settled, first) {
+                (true, Some(b)) if head >= b + depth => Err(EngineError::ComplianceRejected(what)),
+                (true, first) => Err(EngineError::ComplianceUnsettled {
+                    rejected_at_block: Some(first.unwrap_or(head)),
+                    detail: format!("{what} at block {head}; final once it holds {depth} blocks"),
+                }),
+                (false, _) => Err(EngineError::ComplianceUnsettled {
+                    rejected_at_block: None,
+                    detail: format!(
+                        "{what} at block {head}, while a transaction of ours the engine completed is not in the canonical chain (a reorg): the state may change"
+                    ),
+                }),
+            }
         }
         (TRANSFER, "transfer") => {
             let i: TokenAmountInput = ctx.input()?;

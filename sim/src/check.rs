@@ -183,6 +183,7 @@ pub fn check(names: &[String], ev: &Evidence) -> Vec<Verdict> {
                 "fencing" => fencing(ev),
                 "reconciliation" => reconciliation(ev),
                 "fail_closed" => fail_closed(ev),
+                "valid_work" => valid_work(ev),
                 "visibility" => visibility::visibility(ev),
                 // Checked outside one run (two processes, or a baseline run).
                 _ => return None,
@@ -700,6 +701,48 @@ pub fn reconciliation(ev: &Evidence) -> Verdict {
         ),
         v,
     )
+}
+
+/// Operation kinds the workload plans valid by the fixture's own rules: issuances, identity
+/// registrations, and mints and transfers to the investor every issuance registers, from an
+/// issuer whose initial supply covers every planned transfer. (Blocked transfers and unverified
+/// mints are planted invalid on purpose: `fail_closed` and the requeue judge those.)
+const VALID_KINDS: &[&str] = &["issuance", "mint", "transfer", "register_identity"];
+
+/// Valid work completes: a workflow of an operation planned valid must not end `failed`, the
+/// engine's typed refusal (a compliance check that answered from stale state, a revert taken for
+/// the user's fault); the violation names the cause the engine recorded. Dead letters beyond
+/// the scenario's allowance and work still running are `durability`'s.
+pub fn valid_work(ev: &Evidence) -> Verdict {
+    let by_id: BTreeMap<i64, &WorkflowView> = ev.workflows.iter().map(|w| (w.id, w)).collect();
+    let mut v = Vec::new();
+    let mut valid = 0;
+    for (op, sum) in summarize(&ev.ops) {
+        if !VALID_KINDS.contains(&sum.kind.as_str()) {
+            continue;
+        }
+        valid += 1;
+        for id in &sum.workflow_ids {
+            let Some(w) = by_id.get(id).filter(|w| w.key == sum.key) else {
+                continue;
+            };
+            if w.status == "failed" {
+                let cause = w.error.as_ref().map_or_else(String::new, |e| {
+                    format!(
+                        "{} at step {}: {}",
+                        e.get("reason_code").and_then(Value::as_str).unwrap_or("?"),
+                        e.get("step").and_then(Value::as_str).unwrap_or("?"),
+                        e.get("message").and_then(Value::as_str).unwrap_or("")
+                    )
+                });
+                v.push(format!(
+                    "op {op} ({} key {}), valid by the workload's rules, ended `failed` as workflow {id}: {cause}",
+                    sum.kind, sum.key
+                ));
+            }
+        }
+    }
+    Verdict::new("valid_work", format!("{valid} operations planned valid"), v)
 }
 
 /// 7. No transfer executes whose compliance check did not pass.
@@ -1306,5 +1349,51 @@ mod tests {
         ev.workflows[0].error = Some(json!({"reason_code": "rpc_error"}));
         let v = fail_closed(&ev);
         assert!(v.violations[0].contains("must end `failed`"), "{v:?}");
+    }
+
+    #[test]
+    fn valid_work_that_ends_failed_is_named_with_its_cause_and_planted_invalid_work_is_not() {
+        let mut ev = base();
+        ev.ops = vec![
+            op(1, 0, "transfer", "t", OpType::Ok, Some(1), Some("pending")),
+            op(
+                1,
+                1,
+                "blocked_transfer",
+                "bt",
+                OpType::Ok,
+                Some(2),
+                Some("pending"),
+            ),
+            op(1, 2, "mint", "m", OpType::Ok, Some(3), Some("pending")),
+        ];
+        let to = |a: Address| json!({"token": format!("{TOKEN:#x}"), "to": format!("{a:#x}"), "amount": "3"});
+        let bad = address!("bb00000000000000000000000000000000000001");
+        ev.workflows = vec![
+            wf(1, "transfer", "t", "completed", to(INVESTOR)),
+            wf(2, "transfer", "bt", "failed", to(bad)),
+            wf(3, "mint", "m", "completed", to(INVESTOR)),
+        ];
+        ev.workflows[1].error = Some(json!({"reason_code": "compliance_rejected"}));
+        let v = valid_work(&ev);
+        assert!(v.held, "{v:?}");
+        assert_eq!(v.checked, "2 operations planned valid");
+        // A compliant transfer refused by a compliance check answered from stale state.
+        ev.workflows[0].status = "failed".into();
+        ev.workflows[0].error = Some(
+            json!({"reason_code": "compliance_rejected", "step": "compliance_check",
+                                             "message": "canTransfer returned false"}),
+        );
+        let v = valid_work(&ev);
+        assert_eq!(v.violation_count, 1, "{v:?}");
+        assert!(
+            v.violations[0].contains("op 0 (transfer key t), valid by the workload's rules, ended `failed` as workflow 1")
+                && v.violations[0].contains("compliance_rejected at step compliance_check: canTransfer returned false"),
+            "{}",
+            v.violations[0]
+        );
+        // A workflow id now holding another key (lost after an async failover) is not this op's.
+        ev.workflows[0].key = "other".into();
+        assert!(valid_work(&ev).held);
     }
 }

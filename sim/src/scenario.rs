@@ -46,6 +46,7 @@ pub const INVARIANTS: &[&str] = &[
     "fencing",
     "reconciliation",
     "fail_closed",
+    "valid_work",
     "isolation",
     "visibility",
     "determinism",
@@ -105,6 +106,7 @@ fn default_invariants() -> Vec<String> {
         "fencing",
         "reconciliation",
         "fail_closed",
+        "valid_work",
     ]
     .iter()
     .map(|s| s.to_string())
