@@ -158,9 +158,10 @@ impl Engine {
         self: &Arc<Self>,
         shutdown: watch::Receiver<bool>,
     ) -> Vec<tokio::task::JoinHandle<()>> {
-        let mut tasks = vec![tokio::spawn(
-            self.clone().maintenance_loop(shutdown.clone()),
-        )];
+        let mut tasks = vec![
+            tokio::spawn(self.clone().probe_loop(shutdown.clone())),
+            tokio::spawn(self.clone().maintenance_loop(shutdown.clone())),
+        ];
         if self.config.worker.enabled {
             tasks.push(tokio::spawn(self.clone().worker_loop(shutdown.clone())));
         }
@@ -176,10 +177,21 @@ impl Engine {
         tasks
     }
 
-    async fn maintenance_loop(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+    /// RPC endpoint health on its own loop: a slow database (the maintenance loop's statistics
+    /// and nonce checks wait on it) must not delay noticing that an endpoint failed.
+    async fn probe_loop(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let every = Duration::from_millis(self.config.chain.health_probe_ms);
         loop {
             self.gateway.probe().await;
+            if wait_or_shutdown(&mut shutdown, every).await {
+                return;
+            }
+        }
+    }
+
+    async fn maintenance_loop(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let every = Duration::from_millis(self.config.chain.health_probe_ms);
+        loop {
             match self
                 .store
                 .stats(Duration::from_millis(self.config.worker.stalled_after_ms))

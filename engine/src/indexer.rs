@@ -12,7 +12,7 @@ use crate::metrics::Metrics;
 use crate::shutdown::wait_or_shutdown;
 use crate::store::Store;
 use crate::store::TokenEvent;
-use alloy_primitives::{Address, U256};
+use alloy_primitives::{Address, B256, U256};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -24,6 +24,9 @@ pub struct Indexer {
     store: Arc<dyn Store>,
     gateway: Arc<Gateway>,
     metrics: Arc<Metrics>,
+    /// The orphaned tip of the last reorg counted, so a rollback retried after its commit's
+    /// acknowledgement was lost (it may have committed) counts the reorg once, and exactly once.
+    counted_reorg: std::sync::Mutex<Option<B256>>,
 }
 
 impl Indexer {
@@ -38,6 +41,7 @@ impl Indexer {
             store,
             gateway,
             metrics,
+            counted_reorg: std::sync::Mutex::new(None),
         }
     }
 
@@ -73,6 +77,9 @@ impl Indexer {
             })?;
             if let Some(cp) = &cp {
                 if block.parent_hash != cp.last_hash {
+                    // Counted when detected, not when the rollback is acknowledged: a rollback
+                    // that committed but whose acknowledgement was lost is not detected again.
+                    self.count_reorg(cp.last_hash);
                     self.rollback(cp.last_block).await?;
                     continue;
                 }
@@ -136,8 +143,16 @@ impl Indexer {
             keep -= 1;
         }
         let removed = e.store.rollback_index(chain_id, keep).await?;
-        e.metrics.inc("dalp_indexer_reorgs_total", &[]);
         tracing::warn!(keep, removed, "reorg: indexed blocks rolled back");
         Ok(())
+    }
+
+    fn count_reorg(&self, orphaned_tip: B256) {
+        let mut last = self.counted_reorg.lock().expect("reorg counter lock");
+        if *last != Some(orphaned_tip) {
+            *last = Some(orphaned_tip);
+            self.metrics.inc("dalp_indexer_reorgs_total", &[]);
+            tracing::warn!(%orphaned_tip, "reorg detected: the indexed tip is no longer canonical");
+        }
     }
 }

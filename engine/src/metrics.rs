@@ -83,6 +83,11 @@ pub const HELP: &[(&str, &str, &str)] = &[
         "Zero-value self-transfers sent to fill a nonce used and abandoned outside the engine, by signer.",
     ),
     (
+        "dalp_nonce_external_use_total",
+        "counter",
+        "Nonces of the engine's signer used on chain by transactions the engine did not sign (someone else holds the key), by signer.",
+    ),
+    (
         "dalp_orphans_found_total",
         "counter",
         "Signed transactions of ours found on chain at nonces no record held (records lost), by signer.",
@@ -244,6 +249,7 @@ const HAS_LABELS: &[&str] = &[
     "dalp_nonce_resyncs_total",
     "dalp_nonce_gap_heals_total",
     "dalp_nonce_gap_fills_total",
+    "dalp_nonce_external_use_total",
     "dalp_orphans_found_total",
     "dalp_orphans_adopted_total",
     "dalp_orphan_nonces_unresolved_total",

@@ -131,7 +131,22 @@ impl TxManager {
             let mut older = false;
             for t in txs.iter().filter(|t| t.from == signer) {
                 if unaccounted.remove(&t.nonce) {
-                    found.extend(recreate(key, t));
+                    match recreate(key, t) {
+                        Some(o) => found.push(o),
+                        None => {
+                            // Signed with our key but not by us: someone else holds the key.
+                            self.metrics.inc(
+                                "dalp_nonce_external_use_total",
+                                &[("signer", &format!("{signer:#x}"))],
+                            );
+                            tracing::warn!(
+                                nonce = t.nonce,
+                                hash = %t.hash,
+                                block = number,
+                                "a transaction signed with the engine's key that the engine did not send used a nonce; the counter skips it"
+                            );
+                        }
+                    }
                 }
                 older |= t.nonce < lowest;
             }

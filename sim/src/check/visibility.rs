@@ -136,6 +136,7 @@ const TRACKED: &[&str] = &[
     "dalp_nonce_resyncs_total",
     "dalp_nonce_gap_heals_total",
     "dalp_nonce_gap_fills_total",
+    "dalp_nonce_external_use_total",
     "dalp_orphans_found_total",
     "dalp_orphans_adopted_total",
     "dalp_tx_replacements_total",
@@ -499,6 +500,7 @@ fn judge(
                     "dalp_nonce_resyncs_total",
                     "dalp_nonce_gap_fills_total",
                     "dalp_nonce_gap_heals_total",
+                    "dalp_nonce_external_use_total",
                 ]),
             );
             let tx = field(&f.applied, "tx").and_then(Value::as_str).unwrap_or("");
@@ -508,7 +510,7 @@ fn judge(
                 );
             }
             engine_wide(
-                "an increase of dalp_nonce_resyncs_total, dalp_nonce_gap_fills_total or dalp_nonce_gap_heals_total",
+                "an increase of dalp_nonce_resyncs_total, dalp_nonce_gap_fills_total, dalp_nonce_gap_heals_total or dalp_nonce_external_use_total",
                 seen,
             )
         }
