@@ -647,6 +647,54 @@ fn blocks(doc: &Value) -> Vec<Block> {
         }
     }
 
+    b.push(Block::Heading(2, "Failures by cause".into()));
+    let mut causes: BTreeMap<String, Vec<&Run>> = BTreeMap::new();
+    for r in runs.iter().filter(|r| r.outcome != "pass") {
+        causes.entry(cause_signature(r)).or_default().push(r);
+    }
+    if causes.is_empty() {
+        b.push(Block::Para(vec![t("None.")]));
+    } else {
+        b.push(Block::Para(vec![t(
+            "Failing runs grouped by the shape of their first violation (numbers, hashes and \
+             addresses blanked), so that many seeds of one bug read as one finding.",
+        )]));
+        let mut rows: Vec<(usize, Vec<Vec<Inline>>)> = causes
+            .iter()
+            .map(|(sig, rs)| {
+                let scenarios: BTreeSet<&str> = rs.iter().map(|r| r.scenario.as_str()).collect();
+                let seeds = scenarios
+                    .iter()
+                    .map(|s| {
+                        let seeds: Vec<u64> = rs
+                            .iter()
+                            .filter(|r| r.scenario == *s)
+                            .map(|r| r.seed)
+                            .collect();
+                        format!("{s} {}", seed_ranges(&seeds))
+                    })
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                (
+                    rs.len(),
+                    vec![
+                        vec![t(sig.clone())],
+                        vec![t(rs.len().to_string())],
+                        vec![t(seeds)],
+                        vec![Code(rs[0].repro.clone())],
+                    ],
+                )
+            })
+            .collect();
+        rows.sort_by(|a, b| b.0.cmp(&a.0));
+        b.push(Block::Table(
+            ["cause", "runs", "scenarios and seeds", "reproduce one"]
+                .map(String::from)
+                .to_vec(),
+            rows.into_iter().map(|(_, r)| r).collect(),
+        ));
+    }
+
     b.push(Block::Heading(2, "Failing seeds".into()));
     let failing: Vec<&Run> = runs.iter().filter(|r| r.outcome != "pass").collect();
     if failing.is_empty() {
@@ -716,6 +764,62 @@ fn blocks(doc: &Value) -> Vec<Block> {
         b.push(Block::Table(ROW_HEAD.map(String::from).to_vec(), reference));
     }
     b
+}
+
+/// What a failing run's cause looks like with its particulars blanked: the crash's panic, or
+/// each violated invariant with the shape of its first violation. Runs of one bug share it.
+fn cause_signature(r: &Run) -> String {
+    let blank = |s: &str| {
+        let mut out = String::with_capacity(s.len());
+        let mut chars = s.chars().peekable();
+        while let Some(c) = chars.next() {
+            if c == '0' && chars.peek() == Some(&'x') {
+                chars.next();
+                while chars.peek().is_some_and(|c| c.is_ascii_hexdigit()) {
+                    chars.next();
+                }
+                out.push_str("0x…");
+            } else if c.is_ascii_digit() {
+                while chars
+                    .peek()
+                    .is_some_and(|c| c.is_ascii_digit() || *c == '.')
+                {
+                    chars.next();
+                }
+                out.push('N');
+            } else {
+                out.push(c);
+            }
+        }
+        let mut short: String = out.chars().take(160).collect();
+        if out.chars().count() > 160 {
+            short.push('…');
+        }
+        short
+    };
+    if let Some(c) = &r.crashed {
+        let first = c
+            .lines()
+            .find(|l| l.contains("panicked at") || l.contains("crashed"))
+            .unwrap_or_else(|| c.lines().next().unwrap_or(""));
+        return format!("crash: {}", blank(first));
+    }
+    let parts: Vec<String> = r
+        .violated()
+        .iter()
+        .map(|v| {
+            format!(
+                "{}: {}",
+                v.invariant,
+                blank(v.violations.first().map_or("", String::as_str))
+            )
+        })
+        .collect();
+    if parts.is_empty() {
+        format!("{} with no violated invariant", r.outcome)
+    } else {
+        parts.join(" + ")
+    }
 }
 
 fn md_escape(s: &str) -> String {
@@ -1146,5 +1250,39 @@ mod tests {
         )])
         .unwrap_err()
         .contains("results[0]"));
+    }
+
+    #[test]
+    fn failures_are_grouped_by_the_shape_of_their_cause() {
+        let mut a = failing("engine-crash", 4, &["FM-ENGINE-CRASH"]);
+        a["verdicts"][0] = verdict(
+            "durability",
+            &["op 12 (mint key mint-4-12) accepted at 9.120 s is still `running`"],
+        );
+        let mut b = failing("engine-crash", 6, &["FM-ENGINE-CRASH"]);
+        b["verdicts"][0] = verdict(
+            "durability",
+            &["op 7 (mint key mint-6-7) accepted at 3.002 s is still `running`"],
+        );
+        let mut c = failing("db-read-only", 11, &["FM-DB-READ-ONLY"]);
+        c["crashed"] = json!("the simulator crashed (exit status: 101): panicked at sim/src/world/db_node.rs:435:13: replica diverged applying lsn 152");
+        normalize(&mut c, None);
+        let md = markdown(&document(vec![a, b, c], json!({})));
+        let section = md
+            .split("## Failures by cause\n")
+            .nth(1)
+            .and_then(|s| s.split("\n## ").next())
+            .expect("the section");
+        // The two durability seeds are one finding; the crash another.
+        assert!(
+            section.contains("durability: op N (mint key mint-N-N) accepted at N s is still")
+                && section.contains("| 2 | engine-crash 4, 6 |"),
+            "{section}"
+        );
+        assert!(
+            section.contains("crash: the simulator crashed (exit status: N): panicked at")
+                && section.contains("replica diverged applying lsn N | 1 | db-read-only 11 |"),
+            "{section}"
+        );
     }
 }
