@@ -686,7 +686,7 @@ fn blocks(doc: &Value) -> Vec<Block> {
                 )
             })
             .collect();
-        rows.sort_by(|a, b| b.0.cmp(&a.0));
+        rows.sort_by_key(|r| std::cmp::Reverse(r.0));
         b.push(Block::Table(
             ["cause", "runs", "scenarios and seeds", "reproduce one"]
                 .map(String::from)
