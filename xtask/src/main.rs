@@ -22,6 +22,10 @@ commands:
   sample         the sample workload on real PostgreSQL + Anvil through two engine processes
   setup          install what the tests need (PostgreSQL, Node.js/npm, the pinned Anvil and solc)
   build-sim      build dalp-sim (and the engine) under --cfg madsim into target/sim
+  nightly [SEEDS] the nightly suite (every scenario, seeds 1..=200 unless SEEDS, e.g. 1..51) in
+                 the optimized simulation build (profile sim-bench), one process per seed on every
+                 core; results, JUnit and the report (failures grouped by cause) in
+                 reports/nightly; exits non-zero if any run failed or crashed
   bench engine   journaled step transitions/s through the real store vs pgbench -N -c 8
   bench sim      simulated s per wall s and peak memory per seed (steady-state), suite seeds/min
   planted [NAME…] apply each planted bug (fixtures/planted-bugs/*.patch) to a copy of HEAD, build
@@ -38,6 +42,14 @@ fn main() -> ExitCode {
         ["run"] => sim(Profile::Debug, &["run", "ci", "--out", "reports/latest"]),
         ["sim", rest @ ..] if real_backend(rest) => sim_real(rest),
         ["sim", rest @ ..] => sim(Profile::Debug, rest),
+        ["nightly"] => sim(
+            Profile::Bench,
+            &["run", "nightly", "--seeds", "1..201", "--out", "reports/nightly"],
+        ),
+        ["nightly", seeds] => sim(
+            Profile::Bench,
+            &["run", "nightly", "--seeds", seeds, "--out", "reports/nightly"],
+        ),
         ["docker"] => docker().map(|ok| {
             eprintln!(
                 "xtask: Docker {}",
