@@ -44,11 +44,25 @@ fn main() -> ExitCode {
         ["sim", rest @ ..] => sim(Profile::Debug, rest),
         ["nightly"] => sim(
             Profile::Bench,
-            &["run", "nightly", "--seeds", "1..201", "--out", "reports/nightly"],
+            &[
+                "run",
+                "nightly",
+                "--seeds",
+                "1..201",
+                "--out",
+                "reports/nightly",
+            ],
         ),
         ["nightly", seeds] => sim(
             Profile::Bench,
-            &["run", "nightly", "--seeds", seeds, "--out", "reports/nightly"],
+            &[
+                "run",
+                "nightly",
+                "--seeds",
+                seeds,
+                "--out",
+                "reports/nightly",
+            ],
         ),
         ["docker"] => docker().map(|ok| {
             eprintln!(
