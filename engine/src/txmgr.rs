@@ -78,15 +78,19 @@ pub struct TxManager {
 impl TxManager {
     /// The chain's mined nonce for `signer` when every transaction of ours the engine completed
     /// is in the canonical chain, `None` when one is missing: a completed record sits at or above
-    /// the mined nonce (a reorg removed it and it waits to be re-included or re-broadcast). A
-    /// decision read from chain state (a compliance "no") is not final while that is so.
+    /// the mined nonce (a reorg removed it and it waits to be re-included or re-broadcast, maybe
+    /// behind in-flight ones). A decision read from chain state (a compliance "no") is not final
+    /// while that is so. Looks at the records from the mined nonce up, as the gap healer does.
     pub async fn own_history_canonical(&self, signer: Address) -> Result<Option<u64>> {
         let mined = self.gateway.transaction_count(signer, "latest").await?;
-        let at = self.store.tx_by_nonce(signer, self.chain_id, mined).await?;
-        Ok(match at {
-            Some(rec) if rec.state == TxState::Completed => None,
-            _ => Some(mined),
-        })
+        for nonce in mined..mined.saturating_add(HEAL_SCAN) {
+            match self.store.tx_by_nonce(signer, self.chain_id, nonce).await? {
+                None => break,
+                Some(rec) if rec.state == TxState::Completed => return Ok(None),
+                Some(_) => {}
+            }
+        }
+        Ok(Some(mined))
     }
 }
 
