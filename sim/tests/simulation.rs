@@ -638,7 +638,11 @@ fn nightly_regression_seeds_pass() {
         ("step-transient", 6, "visibility: fault met no request"),
         // Engine bug (found by valid_work at 200 seeds) — a compliance "no" taken as final while
         // a reorg-dropped registration of ours waited behind in-flight transactions.
-        ("random-chaos", 87, "engine: compliance decided on an unsettled chain"),
+        (
+            "random-chaos",
+            87,
+            "engine: compliance decided on an unsettled chain",
+        ),
     ];
     let mut failed = Vec::new();
     for (scenario, seed, cause) in cases {
