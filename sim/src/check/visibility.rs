@@ -382,23 +382,20 @@ fn judge(
             // the others before they reach the chain, so only this mode can be checked for it).
             let sends_only = f.kind == FaultKind::RpcAmbiguousSend;
             let end = f.end_ms.unwrap_or(from + bound);
-            let sent = ev
-                .sends
-                .iter()
-                .filter(|(e, _)| ep == "rpc" || e.as_str() == ep)
-                .flat_map(|(_, v)| v)
-                .any(|t| *t >= from && *t <= end);
+            // Whether `log` (times per endpoint) has an entry for this fault's endpoints in its window.
+            let in_window = |log: &BTreeMap<String, Vec<u64>>| {
+                log.iter()
+                    .filter(|(e, _)| ep == "rpc" || e.as_str() == ep)
+                    .flat_map(|(_, v)| v)
+                    .any(|t| *t >= from && *t <= end)
+            };
+            let sent = in_window(&ev.sends);
             if sends_only && !sent {
                 return Judgement::NotObservable(format!(
                     "no transaction was sent through {ep} while the fault was active"
                 ));
             }
-            let met = ev
-                .faulted_requests
-                .iter()
-                .filter(|(e, _)| ep == "rpc" || e.as_str() == ep)
-                .flat_map(|(_, v)| v)
-                .any(|t| *t >= from && *t <= end);
+            let met = in_window(&ev.faulted_requests);
             if !sends_only && !met {
                 return Judgement::NotObservable(format!(
                     "the fault healed before any request met it (no request to {ep}{} failed while it was active)",

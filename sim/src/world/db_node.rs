@@ -80,6 +80,13 @@ pub struct StaleSession {
     pub until_ms: Option<u64>,
 }
 
+impl StaleSession {
+    /// Whether the server has not ended it by `now_ms`.
+    fn alive_at(&self, now_ms: u64) -> bool {
+        self.until_ms.is_none_or(|u| u > now_ms)
+    }
+}
+
 /// Faults that act inside the database process (the injector sets them).
 #[derive(Default)]
 pub struct DbFaults {
@@ -215,7 +222,7 @@ impl DbCluster {
     fn stale_locked(&self, host: usize) -> Vec<i64> {
         let now = t_ms();
         let mut s = self.stale_sessions.lock().expect("stale sessions");
-        s.retain(|_, l| l.until_ms.is_none_or(|u| u > now));
+        s.retain(|_, l| l.alive_at(now));
         s.iter()
             .filter(|(_, l)| l.host == host)
             .map(|(w, _)| *w)
@@ -233,7 +240,7 @@ impl DbCluster {
                 .expect("stale sessions")
                 .get(&workflow)
                 .copied()
-                .filter(|l| l.host == host && l.until_ms.is_none_or(|u| u > t_ms()));
+                .filter(|l| l.host == host && l.alive_at(t_ms()));
             let Some(lock) = held else { return Ok(()) };
             let now = t_ms();
             if now >= deadline {
