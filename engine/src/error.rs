@@ -71,6 +71,12 @@ pub enum EngineError {
     /// sends anything it must know whether one of them is its own lost transaction.
     #[error("nonce reconciliation pending: {0}")]
     NonceReconciling(String),
+    /// A call to a contract answered with no data: the answering node has no code at that
+    /// address in its state. A node behind the chain (the contract's deployment not reached
+    /// yet) answers so as well as a wrong address does, so it is retried on the attempt budget
+    /// and dead-lettered only when that runs out; the answer is never read as a result.
+    #[error("no contract code: {0}")]
+    NoContractCode(String),
     /// Anything else that is a bug or misconfiguration rather than weather.
     #[error("internal error: {0}")]
     Internal(String),
@@ -97,6 +103,7 @@ impl EngineError {
             EngineError::ConfirmationTimeout { .. } => Transient,
             EngineError::NonceReconciling(_) => Transient,
             EngineError::ComplianceUnsettled { .. } => Transient,
+            EngineError::NoContractCode(_) => Transient,
             EngineError::Internal(_) => Permanent,
         }
     }
@@ -132,6 +139,7 @@ impl EngineError {
             EngineError::ConfirmationTimeout { .. } => "confirmation_timeout",
             EngineError::NonceReconciling(_) => "nonce_reconciling",
             EngineError::ComplianceUnsettled { .. } => "compliance_unsettled",
+            EngineError::NoContractCode(_) => "no_contract_code",
             EngineError::Internal(_) => "internal",
         }
     }
@@ -285,6 +293,8 @@ mod tests {
         }
         .is_transient());
         assert!(!EngineError::from_rpc(-32602, "invalid params".into(), None).is_transient());
+        // A node behind the chain answers a call to a contract it has not seen with no data.
+        assert!(EngineError::NoContractCode("canTransfer".into()).is_transient());
         assert!(matches!(
             EngineError::from_rpc(
                 -32003,

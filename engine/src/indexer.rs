@@ -143,7 +143,18 @@ impl Indexer {
             keep -= 1;
         }
         let removed = e.store.rollback_index(chain_id, keep).await?;
-        tracing::warn!(keep, removed, "reorg: indexed blocks rolled back");
+        if keep == from {
+            // Our tip is still canonical, yet the block after it names another parent: the
+            // chain moved between the two reads (the next pass sees it settled), or the node
+            // serves blocks that do not link. Said out loud, since the indexer cannot advance
+            // while it lasts.
+            tracing::warn!(
+                block = from + 1,
+                "indexer: the block after the indexed tip does not link to it, although the tip is canonical; re-reading"
+            );
+        } else {
+            tracing::warn!(keep, removed, "reorg: indexed blocks rolled back");
+        }
         Ok(())
     }
 

@@ -51,6 +51,8 @@ mod real {
                 EnvFilter::try_from_env("DALP_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
             )
             .with_target(false)
+            // Colour codes only on a terminal: a log file or collector gets plain text.
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
             .init();
         let env: BTreeMap<String, String> = std::env::vars()
             .filter(|(k, _)| k.starts_with("DALP_"))
@@ -84,12 +86,30 @@ mod real {
                 let _ = stop_http.wait_for(|s| *s).await;
             });
         let server = tokio::spawn(async move { server.await });
-        shutdown_signal().await;
+        let mut background = tokio::task::JoinSet::new();
+        for t in tasks {
+            background.spawn(t);
+        }
+        // A background loop (worker, indexer, probes, maintenance) ends only on shutdown. One
+        // that ended otherwise (a panic) would leave a process that answers /health but no
+        // longer does that job: exit instead, so the supervisor restarts a whole engine.
+        tokio::select! {
+            _ = shutdown_signal() => {}
+            Some(ended) = background.join_next() => {
+                let why = match ended {
+                    Ok(Ok(())) => "returned".to_string(),
+                    Ok(Err(e)) | Err(e) => e.to_string(),
+                };
+                tracing::error!(%why, "a background task ended before shutdown; exiting");
+                return Err(format!("a background task ended before shutdown: {why}"));
+            }
+        }
         tracing::info!("shutting down");
         let _ = stop_tx.send(true);
-        for t in tasks {
-            let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
-        }
+        let _ = tokio::time::timeout(Duration::from_secs(10), async {
+            while background.join_next().await.is_some() {}
+        })
+        .await;
         let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
         Ok(())
     }

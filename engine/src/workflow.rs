@@ -351,6 +351,12 @@ pub async fn execute(ctx: &StepContext<'_>, kind: &str, name: &str) -> Result<Va
                 .gateway
                 .eth_call(from, i.token, &call.abi_encode().into())
                 .await?;
+            if ret.is_empty() {
+                return Err(EngineError::NoContractCode(format!(
+                    "canTransfer on token {:#x} returned no data at block {head}: the answering node has no code there",
+                    i.token
+                )));
+            }
             let allowed = AssetToken::canTransferCall::abi_decode_returns(&ret).map_err(|e| {
                 EngineError::Internal(format!("canTransfer returned malformed data: {e}"))
             })?;

@@ -37,4 +37,7 @@ pub struct RunResult {
     /// Faults of the schedule with no counterpart on this backend, with the reason.
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub not_applicable: Vec<Value>,
+    /// A failed real run: each engine's last warnings, errors and panics (its log is not kept).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty", default)]
+    pub engine_logs: BTreeMap<String, Vec<String>>,
 }

@@ -50,7 +50,7 @@ fn run_real(targets: &[&str], provider: &str, seeds: Option<&str>, out: &Path) -
         .filter(|r| r["passed"] != true)
         .map(|r| {
             format!(
-                "{} seed {}: {}",
+                "{} seed {}: {}\nengine logs (last warnings and errors): {:#}",
                 r["scenario"],
                 r["seed"],
                 r.get("crashed").cloned().unwrap_or_else(|| r["verdicts"]
@@ -59,7 +59,8 @@ fn run_real(targets: &[&str], provider: &str, seeds: Option<&str>, out: &Path) -
                     .flatten()
                     .filter(|v| v["held"] == false)
                     .cloned()
-                    .collect())
+                    .collect()),
+                r.get("engine_logs").cloned().unwrap_or_default()
             )
         })
         .collect();

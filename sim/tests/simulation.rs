@@ -643,6 +643,14 @@ fn nightly_regression_seeds_pass() {
             87,
             "engine: compliance decided on an unsettled chain",
         ),
+        // Engine bug — canTransfer asked of an endpoint 19 blocks behind, where the token had no
+        // code yet: the empty answer was read as a permanent error and blocked transfers were
+        // dead-lettered instead of failing closed once answered on the current chain.
+        (
+            "random-chaos",
+            80,
+            "engine: a call answered with no data taken as final",
+        ),
     ];
     let mut failed = Vec::new();
     for (scenario, seed, cause) in cases {

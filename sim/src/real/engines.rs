@@ -142,11 +142,47 @@ impl EngineProcess {
         }
     }
 
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(self.dir.join("engine.log")).unwrap_or_default()
+    }
+
     pub fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(self.dir.join("engine.log")).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(20)..].join("\n")
     }
+}
+
+/// The last `n` warnings, errors and panics of an engine log (colour codes removed): what a
+/// failed real run reports, since its scratch directory is not kept with the results.
+pub fn log_excerpt(text: &str, n: usize) -> Vec<String> {
+    let plain = strip_ansi(text);
+    let notable: Vec<&str> = plain
+        .lines()
+        .filter(|l| l.contains(" WARN ") || l.contains(" ERROR ") || l.contains("panicked"))
+        .collect();
+    notable[notable.len().saturating_sub(n)..]
+        .iter()
+        .map(|l| l.to_string())
+        .collect()
+}
+
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // CSI: ESC [ parameters final-byte (a letter).
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 impl Drop for EngineProcess {
@@ -292,3 +328,26 @@ pub fn engine_ports(n: usize) -> Result<Vec<u16>> {
 
 /// Shared, mutable set of engines (the injector and the runner both reach them).
 pub type Engines = Arc<Mutex<Vec<EngineProcess>>>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_log_excerpt_keeps_the_last_warnings_without_colour() {
+        let log = "\u{1b}[2m2026-12-01T09:49:40Z\u{1b}[0m \u{1b}[32m INFO\u{1b}[0m started\n\
+                   t1 \u{1b}[33m WARN\u{1b}[0m first\n\
+                   t2 \u{1b}[31mERROR\u{1b}[0m second\n\
+                   thread 'tokio-runtime-worker' panicked at src/indexer.rs:1:1\n\
+                   t3  WARN third\n";
+        assert_eq!(
+            log_excerpt(log, 2),
+            vec![
+                "thread 'tokio-runtime-worker' panicked at src/indexer.rs:1:1".to_string(),
+                "t3  WARN third".to_string()
+            ]
+        );
+        assert_eq!(log_excerpt(log, 10).len(), 4);
+        assert!(log_excerpt(log, 10)[0].ends_with("WARN first"));
+    }
+}

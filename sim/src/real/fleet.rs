@@ -56,6 +56,8 @@ pub struct Fleet {
     /// Former primaries that crashed in a failover, waiting to rejoin.
     pub failed_over: Mutex<Vec<usize>>,
     pub sync_replication: bool,
+    /// Anvil's interval-mining period (paused while a reorg is made).
+    pub block_s: u64,
     pub external_txs: Mutex<Vec<B256>>,
     pub data_loss: Mutex<Vec<Value>>,
     /// Faults with no real counterpart, with the reason.
@@ -627,6 +629,17 @@ impl Fleet {
     }
 
     async fn reorg(&self, depth: u64, drop_txs: bool) -> Result<Value> {
+        // No block may be mined between reading the head (and the transactions to re-include)
+        // and the reorg, or `depth` would name other blocks: interval mining pauses meanwhile.
+        self.rpc.call("evm_setIntervalMining", json!([0])).await?;
+        let made = self.reorg_paused(depth, drop_txs).await;
+        self.rpc
+            .call("evm_setIntervalMining", json!([self.block_s]))
+            .await?;
+        made
+    }
+
+    async fn reorg_paused(&self, depth: u64, drop_txs: bool) -> Result<Value> {
         let head = self.rpc.head().await?;
         let depth = depth.min(head);
         let mut pairs = Vec::new();

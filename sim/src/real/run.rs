@@ -215,6 +215,7 @@ async fn world(
         rejoins: Mutex::new(0),
         failed_over: Mutex::default(),
         sync_replication: sync,
+        block_s,
         external_txs: Mutex::default(),
         data_loss: Mutex::default(),
         not_applicable: Mutex::default(),
@@ -372,6 +373,15 @@ async fn world(
         }
     }
     let data_loss = fleet.data_loss.lock().expect("loss").clone();
+    let mut engine_logs = std::collections::BTreeMap::new();
+    if !passed {
+        for e in fleet.engines.lock().await.iter() {
+            engine_logs.insert(
+                e.name.clone(),
+                super::engines::log_excerpt(&e.log_text(), 15),
+            );
+        }
+    }
     // Stop the engines first (they hold connections), then everything else drops.
     fleet
         .engines
@@ -403,6 +413,7 @@ async fn world(
         backend: Some("real".into()),
         provider: Some(fleet.provider.name().into()),
         not_applicable,
+        engine_logs,
     })
 }
 

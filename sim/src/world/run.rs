@@ -385,6 +385,7 @@ async fn world(s: Arc<Scenario>, seed: u64, schedule: Vec<Fault>, trace: Trace) 
         backend: None,
         provider: None,
         not_applicable: Vec::new(),
+        engine_logs: Default::default(),
     }
 }
 
