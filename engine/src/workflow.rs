@@ -267,9 +267,11 @@ pub async fn execute(ctx: &StepContext<'_>, kind: &str, name: &str) -> Result<Va
         (ISSUANCE, "await_confirmation") => {
             let mut out = ctx.finality(ctx.step - 1).await?;
             let token = ctx.token_from("deploy_token")?;
+            // The deployment is final, so no code means the answering node is behind (or the
+            // contract destroyed itself): never a reason to give up at once.
             if ctx.txm.gateway.code(token).await?.is_empty() {
-                return Err(EngineError::Internal(format!(
-                    "no code at deployed token {token:#x}"
+                return Err(EngineError::NoContractCode(format!(
+                    "no code at deployed token {token:#x} in the answering node's state"
                 )));
             }
             out["token"] = json!(token);

@@ -268,14 +268,43 @@ fn field<'a>(v: &'a Value, k: &str) -> Option<&'a Value> {
     v.get(k)
 }
 
-fn judge(
+/// Evidence that should be there and is not.
+fn missing(expected: &str, detail: String) -> Judgement {
+    Judgement::Missing {
+        expected: expected.into(),
+        detail,
+    }
+}
+
+impl Ctx<'_> {
+    /// Evidence any engine may show: seen, else missing, unless no engine answered a scrape in
+    /// the window (then nothing could be read).
+    fn engine_wide(&self, expected: &str, seen: bool) -> Judgement {
+        if seen {
+            Judgement::Seen
+        } else if !self.any_up() {
+            Judgement::NotObservable("no engine answered a scrape in the window".into())
+        } else {
+            missing(expected, String::new())
+        }
+    }
+
+    /// `dalp_db_errors_total` increased on some engine.
+    fn any_db_error(&self) -> bool {
+        self.increased(None, named(&["dalp_db_errors_total"]))
+    }
+}
+
+/// The window `(from, to]` the fault is judged on, or why it cannot be judged at all.
+fn judged_window(
     f: &FaultView,
     ev: &VisibilityEvidence,
     bound: u64,
-    canonical_external: &BTreeSet<String>,
-) -> Judgement {
+) -> Result<(u64, u64), Judgement> {
     if let Some(why) = field(&f.applied, "skipped") {
-        return Judgement::NotObservable(format!("skipped by the injector ({why})"));
+        return Err(Judgement::NotObservable(format!(
+            "skipped by the injector ({why})"
+        )));
     }
     let mut from = f.start_ms;
     if f.kind == FaultKind::DbLostAck {
@@ -287,9 +316,9 @@ fn judge(
         {
             Some(t) => from = *t,
             None => {
-                return Judgement::NotObservable(
+                return Err(Judgement::NotObservable(
                     "no commit lost its acknowledgement while the fault was active".into(),
-                )
+                ))
             }
         }
     }
@@ -301,9 +330,9 @@ fn judge(
             .or_else(|| field(&f.applied, "signer_pending"))
             .and_then(Value::as_u64);
         if underpriced == Some(0) {
-            return Judgement::NotObservable(
+            return Err(Judgement::NotObservable(
                 "no pending signer transaction was left underpriced; later ones are priced from the new base fee".into(),
-            );
+            ));
         }
     }
     let window = if f.kind == FaultKind::GasSpike {
@@ -311,237 +340,288 @@ fn judge(
     } else {
         bound
     };
-    let cx = Ctx {
-        ev,
-        from,
-        to: from + window,
+    Ok((from, from + window))
+}
+
+/// Why a clock skew is never judged.
+const CLOCK_SKEW_UNSEEN: &str = "by design: leases use the database's clock, so a skewed wall clock changes nothing the engine measures";
+
+/// Judges one fault: the window it is judged on, then the evidence its kind must leave there.
+fn judge(
+    f: &FaultView,
+    ev: &VisibilityEvidence,
+    bound: u64,
+    canonical_external: &BTreeSet<String>,
+) -> Judgement {
+    let (from, to) = match judged_window(f, ev, bound) {
+        Ok(window) => window,
+        Err(not_judged) => return not_judged,
     };
-    let node = f.node.as_str();
-    let any_db_error = |cx: &Ctx| cx.increased(None, named(&["dalp_db_errors_total"]));
-    let missing = |expected: &str, detail: String| Judgement::Missing {
-        expected: expected.into(),
-        detail,
-    };
-    let engine_wide = |expected: &str, seen: bool| {
-        if seen {
-            Judgement::Seen
-        } else if !cx.any_up() {
-            Judgement::NotObservable("no engine answered a scrape in the window".into())
-        } else {
-            missing(expected, String::new())
-        }
-    };
+    let cx = Ctx { ev, from, to };
     // Exhaustive: a new fault kind does not compile until its observability is stated here.
     match f.kind {
-        FaultKind::EngineCrash | FaultKind::EnginePause => {
-            if cx.scrape_failed(node) {
-                Judgement::Seen
-            } else {
-                let (n, _) = cx.coverage(node);
-                missing(
-                    &format!("a failed scrape of {node} (up == 0)"),
-                    format!("{n} scrapes of {node} in the window all answered"),
-                )
-            }
-        }
+        FaultKind::EngineCrash | FaultKind::EnginePause => judge_engine_down(f, &cx),
         FaultKind::Partition => judge_partition(f, &cx),
-        FaultKind::ClockSkew => Judgement::NotObservable(
-            "by design: leases use the database's clock, so a skewed wall clock changes nothing the engine measures".into(),
+        FaultKind::ClockSkew => Judgement::NotObservable(CLOCK_SKEW_UNSEEN.into()),
+        FaultKind::DbCrash
+        | FaultKind::DbFailover
+        | FaultKind::DbConnReset
+        | FaultKind::DbLostAck
+        | FaultKind::DbSwitchover => cx.engine_wide(
+            "an increase of dalp_db_errors_total on some engine",
+            cx.any_db_error(),
         ),
-        FaultKind::DbCrash | FaultKind::DbFailover | FaultKind::DbConnReset | FaultKind::DbLostAck | FaultKind::DbSwitchover => {
-            engine_wide("an increase of dalp_db_errors_total on some engine", any_db_error(&cx))
-        }
-        FaultKind::DbStaleSession => {
-            if field(&f.applied, "workflow").is_none_or(Value::is_null) {
-                Judgement::NotObservable("no workflow was in flight to lock".into())
-            } else if any_db_error(&cx) {
-                Judgement::Seen
-            } else {
-                Judgement::NotObservable(
-                    "a lock on one workflow's row shows only when that workflow writes while it is held (a statement timeout); the engine exports no lock-wait metric".into(),
-                )
-            }
-        }
-        FaultKind::DbLatency => {
-            let extra = field(&f.fault, "extra_ms").and_then(Value::as_u64).unwrap_or(0);
-            if extra < ev.db_timeout_ms {
-                Judgement::NotObservable(format!(
-                    "{extra} ms extra is below the engines' database timeout ({} ms) and the engine exports no database latency metric",
-                    ev.db_timeout_ms
-                ))
-            } else {
-                engine_wide(
-                    "an increase of dalp_db_errors_total (timeouts) on some engine",
-                    any_db_error(&cx),
-                )
-            }
-        }
-        FaultKind::RpcDown | FaultKind::RpcError | FaultKind::RpcTimeout | FaultKind::RpcAmbiguousSend => {
-            let ep = node;
-            // Only sends are affected, and the endpoint records each one it receives (it fails
-            // the others before they reach the chain, so only this mode can be checked for it).
-            let sends_only = f.kind == FaultKind::RpcAmbiguousSend;
-            let end = f.end_ms.unwrap_or(from + bound);
-            // Whether `log` (times per endpoint) has an entry for this fault's endpoints in its window.
-            let in_window = |log: &BTreeMap<String, Vec<u64>>| {
-                log.iter()
-                    .filter(|(e, _)| ep == "rpc" || e.as_str() == ep)
-                    .flat_map(|(_, v)| v)
-                    .any(|t| *t >= from && *t <= end)
-            };
-            let sent = in_window(&ev.sends);
-            if sends_only && !sent {
-                return Judgement::NotObservable(format!(
-                    "no transaction was sent through {ep} while the fault was active"
-                ));
-            }
-            let met = in_window(&ev.faulted_requests);
-            if !sends_only && !met {
-                return Judgement::NotObservable(format!(
-                    "the fault healed before any request met it (no request to {ep}{} failed while it was active)",
-                    field(&f.fault, "method")
-                        .and_then(Value::as_str)
-                        .map(|m| format!(" calling {m}"))
-                        .unwrap_or_default()
-                ));
-            }
-            let seen = cx.increased(None, |s| {
-                on_endpoint(&["dalp_rpc_requests_total"], "endpoint", ep)(s) && rpc_failed(s)
-            }) || cx.increased(None, on_endpoint(&["dalp_rpc_failovers_total"], "from", ep))
-                || cx.gauge(
-                    None,
-                    on_endpoint(&["dalp_rpc_endpoint_healthy"], "endpoint", ep),
-                    |v| v == 0.0,
-                );
-            engine_wide(
-                &format!(
-                    "a failed (timeout, transport_error) dalp_rpc_requests_total, a dalp_rpc_failovers_total or dalp_rpc_endpoint_healthy == 0 for {ep}"
-                ),
-                seen,
-            )
-        }
-        FaultKind::RpcLag => {
-            let blocks = field(&f.fault, "blocks").and_then(Value::as_u64).unwrap_or(0);
-            if blocks < 2 {
-                return Judgement::NotObservable(format!(
-                    "a lag of {blocks} block is within one block of propagation"
-                ));
-            }
-            let seen = cx.gauge(
+        FaultKind::DbStaleSession => judge_stale_session(f, &cx),
+        FaultKind::DbLatency => judge_db_latency(f, &cx),
+        FaultKind::RpcDown
+        | FaultKind::RpcError
+        | FaultKind::RpcTimeout
+        | FaultKind::RpcAmbiguousSend => judge_rpc_endpoint(f, &cx, bound),
+        FaultKind::RpcLag => judge_rpc_lag(f, &cx),
+        FaultKind::Reorg => judge_reorg(f, &cx),
+        FaultKind::MempoolDrop => judge_mempool_drop(f, &cx),
+        FaultKind::GasSpike => cx.engine_wide(
+            "an increase of dalp_tx_replacements_total or dalp_retries_total",
+            cx.increased(
                 None,
-                on_endpoint(&["dalp_rpc_endpoint_lag_blocks"], "endpoint", node),
-                |v| v >= 2.0,
-            ) || cx.increased(None, on_endpoint(&["dalp_rpc_failovers_total"], "from", node));
-            engine_wide(
-                &format!("dalp_rpc_endpoint_lag_blocks >= 2 for {node}"),
-                seen,
-            )
-        }
-        FaultKind::Reorg => {
-            let ancestor = field(&f.applied, "common_ancestor").and_then(Value::as_u64);
-            // Re-included transactions are checked only once deep enough (a reorg before that
-            // changes nothing for the engine); dropped ones must be re-broadcast.
-            let ours = field(&f.applied, "dropped_signer_txs")
-                .or_else(|| field(&f.applied, "removed_signer_txs"))
-                .and_then(Value::as_u64)
-                .unwrap_or(1);
-            let seen = cx.increased(
-                None,
-                named(&[
-                    "dalp_tx_reorged_total",
-                    "dalp_indexer_reorgs_total",
-                    "dalp_nonce_gap_heals_total",
-                    "dalp_tx_rebroadcasts_total",
-                ]),
-            );
-            let indexed = match (ancestor, cx.gauge_before("dalp_indexer_last_block", f.start_ms)) {
-                (Some(a), Some(h)) => h > a as f64,
-                (None, _) => true,
-                (Some(_), None) => false,
-            };
-            if !seen && ours == 0 && !indexed {
-                return Judgement::NotObservable(
-                    "the removed blocks held no indexed block and dropped no signer transaction".into(),
-                );
-            }
-            engine_wide(
-                "an increase of dalp_tx_reorged_total, dalp_indexer_reorgs_total, dalp_nonce_gap_heals_total or dalp_tx_rebroadcasts_total",
-                seen,
-            )
-        }
-        FaultKind::MempoolDrop => {
-            if field(&f.applied, "dropped").and_then(Value::as_u64) == Some(0) {
-                return Judgement::NotObservable("no signer transaction was pending".into());
-            }
-            engine_wide(
-                "an increase of dalp_tx_rebroadcasts_total or dalp_nonce_gap_heals_total",
-                cx.increased(
-                    None,
-                    named(&["dalp_tx_rebroadcasts_total", "dalp_nonce_gap_heals_total"]),
-                ),
-            )
-        }
-        FaultKind::GasSpike => {
-            engine_wide(
-                "an increase of dalp_tx_replacements_total or dalp_retries_total",
-                cx.increased(
-                    None,
-                    named(&["dalp_tx_replacements_total", "dalp_retries_total"]),
-                ),
-            )
-        }
-        FaultKind::ExternalNonce => {
-            let seen = cx.increased(
-                None,
-                named(&[
-                    "dalp_nonce_resyncs_total",
-                    "dalp_nonce_gap_fills_total",
-                    "dalp_nonce_gap_heals_total",
-                    "dalp_nonce_external_use_total",
-                ]),
-            );
-            let tx = field(&f.applied, "tx").and_then(Value::as_str).unwrap_or("");
-            if !seen && !canonical_external.contains(tx) {
-                return Judgement::NotObservable(
-                    "the external transaction never reached a block (the engine's own transaction at that nonce replaced it in the mempool) and left no gap".into(),
-                );
-            }
-            engine_wide(
-                "an increase of dalp_nonce_resyncs_total, dalp_nonce_gap_fills_total, dalp_nonce_gap_heals_total or dalp_nonce_external_use_total",
-                seen,
-            )
-        }
-        FaultKind::SignerDrain => engine_wide(
+                named(&["dalp_tx_replacements_total", "dalp_retries_total"]),
+            ),
+        ),
+        FaultKind::ExternalNonce => judge_external_nonce(f, &cx, canonical_external),
+        FaultKind::SignerDrain => cx.engine_wide(
             "dalp_retries_total{reason=\"signer_funds\"} or a dead-letter step outcome",
             cx.increased(None, |s| {
-                (metric_name(s) == "dalp_retries_total" && label(s, "reason") == Some("signer_funds"))
+                (metric_name(s) == "dalp_retries_total"
+                    && label(s, "reason") == Some("signer_funds"))
                     || (metric_name(s) == "dalp_step_outcomes_total"
                         && label(s, "outcome") == Some("dead_letter"))
             }),
         ),
-        FaultKind::RegionFailover => {
-            let seen = ev.scrapes.keys().any(|e| cx.scrape_failed(e));
-            if seen {
-                Judgement::Seen
-            } else {
-                missing("a failed scrape of some engine (up == 0)", String::new())
-            }
-        }
-        FaultKind::OperatorRequeue => {
-            if field(&f.applied, "requeued")
-                .and_then(Value::as_array)
-                .is_some_and(|a| a.is_empty())
-            {
-                return Judgement::NotObservable(
-                    "an operator action that found nothing to requeue".into(),
-                );
-            }
-            engine_wide(
-                "an increase of dalp_operator_actions_total",
-                cx.increased(None, named(&["dalp_operator_actions_total"])),
-            )
-        }
+        FaultKind::RegionFailover => judge_region_failover(&cx),
+        FaultKind::OperatorRequeue => judge_operator_requeue(f, &cx),
     }
+}
+
+/// A crashed or paused engine fails its own scrapes.
+fn judge_engine_down(f: &FaultView, cx: &Ctx) -> Judgement {
+    let node = f.node.as_str();
+    if cx.scrape_failed(node) {
+        Judgement::Seen
+    } else {
+        let (n, _) = cx.coverage(node);
+        missing(
+            &format!("a failed scrape of {node} (up == 0)"),
+            format!("{n} scrapes of {node} in the window all answered"),
+        )
+    }
+}
+
+/// A stale session shows only through a write that waits on its lock until a timeout.
+fn judge_stale_session(f: &FaultView, cx: &Ctx) -> Judgement {
+    if field(&f.applied, "workflow").is_none_or(Value::is_null) {
+        Judgement::NotObservable("no workflow was in flight to lock".into())
+    } else if cx.any_db_error() {
+        Judgement::Seen
+    } else {
+        Judgement::NotObservable(
+            "a lock on one workflow's row shows only when that workflow writes while it is held (a statement timeout); the engine exports no lock-wait metric".into(),
+        )
+    }
+}
+
+/// Extra latency shows only as timeouts, so only at or above the engines' database timeout.
+fn judge_db_latency(f: &FaultView, cx: &Ctx) -> Judgement {
+    let extra = field(&f.fault, "extra_ms")
+        .and_then(Value::as_u64)
+        .unwrap_or(0);
+    if extra < cx.ev.db_timeout_ms {
+        Judgement::NotObservable(format!(
+            "{extra} ms extra is below the engines' database timeout ({} ms) and the engine exports no database latency metric",
+            cx.ev.db_timeout_ms
+        ))
+    } else {
+        cx.engine_wide(
+            "an increase of dalp_db_errors_total (timeouts) on some engine",
+            cx.any_db_error(),
+        )
+    }
+}
+
+/// An endpoint down, erroring, timing out or losing send answers: judged only if a request
+/// (a send, for ambiguous sends) met it while it was active.
+fn judge_rpc_endpoint(f: &FaultView, cx: &Ctx, bound: u64) -> Judgement {
+    let ep = f.node.as_str();
+    let (ev, from) = (cx.ev, cx.from);
+    // Only sends are affected, and the endpoint records each one it receives (it fails
+    // the others before they reach the chain, so only this mode can be checked for it).
+    let sends_only = f.kind == FaultKind::RpcAmbiguousSend;
+    let end = f.end_ms.unwrap_or(from + bound);
+    // Whether `log` (times per endpoint) has an entry for this fault's endpoints in its window.
+    let in_window = |log: &BTreeMap<String, Vec<u64>>| {
+        log.iter()
+            .filter(|(e, _)| ep == "rpc" || e.as_str() == ep)
+            .flat_map(|(_, v)| v)
+            .any(|t| *t >= from && *t <= end)
+    };
+    let sent = in_window(&ev.sends);
+    if sends_only && !sent {
+        return Judgement::NotObservable(format!(
+            "no transaction was sent through {ep} while the fault was active"
+        ));
+    }
+    let met = in_window(&ev.faulted_requests);
+    if !sends_only && !met {
+        return Judgement::NotObservable(format!(
+            "the fault healed before any request met it (no request to {ep}{} failed while it was active)",
+            field(&f.fault, "method")
+                .and_then(Value::as_str)
+                .map(|m| format!(" calling {m}"))
+                .unwrap_or_default()
+        ));
+    }
+    let seen = cx.increased(None, |s| {
+        on_endpoint(&["dalp_rpc_requests_total"], "endpoint", ep)(s) && rpc_failed(s)
+    }) || cx.increased(None, on_endpoint(&["dalp_rpc_failovers_total"], "from", ep))
+        || cx.gauge(
+            None,
+            on_endpoint(&["dalp_rpc_endpoint_healthy"], "endpoint", ep),
+            |v| v == 0.0,
+        );
+    cx.engine_wide(
+        &format!(
+            "a failed (timeout, transport_error) dalp_rpc_requests_total, a dalp_rpc_failovers_total or dalp_rpc_endpoint_healthy == 0 for {ep}"
+        ),
+        seen,
+    )
+}
+
+/// A lag of two blocks or more shows in the endpoint's lag gauge (or a failover from it).
+fn judge_rpc_lag(f: &FaultView, cx: &Ctx) -> Judgement {
+    let node = f.node.as_str();
+    let blocks = field(&f.fault, "blocks")
+        .and_then(Value::as_u64)
+        .unwrap_or(0);
+    if blocks < 2 {
+        return Judgement::NotObservable(format!(
+            "a lag of {blocks} block is within one block of propagation"
+        ));
+    }
+    let seen = cx.gauge(
+        None,
+        on_endpoint(&["dalp_rpc_endpoint_lag_blocks"], "endpoint", node),
+        |v| v >= 2.0,
+    ) || cx.increased(
+        None,
+        on_endpoint(&["dalp_rpc_failovers_total"], "from", node),
+    );
+    cx.engine_wide(
+        &format!("dalp_rpc_endpoint_lag_blocks >= 2 for {node}"),
+        seen,
+    )
+}
+
+/// A reorg must show unless it removed no indexed block and dropped no signer transaction.
+fn judge_reorg(f: &FaultView, cx: &Ctx) -> Judgement {
+    let ancestor = field(&f.applied, "common_ancestor").and_then(Value::as_u64);
+    // Re-included transactions are checked only once deep enough (a reorg before that
+    // changes nothing for the engine); dropped ones must be re-broadcast.
+    let ours = field(&f.applied, "dropped_signer_txs")
+        .or_else(|| field(&f.applied, "removed_signer_txs"))
+        .and_then(Value::as_u64)
+        .unwrap_or(1);
+    let seen = cx.increased(
+        None,
+        named(&[
+            "dalp_tx_reorged_total",
+            "dalp_indexer_reorgs_total",
+            "dalp_nonce_gap_heals_total",
+            "dalp_tx_rebroadcasts_total",
+        ]),
+    );
+    let indexed = match (
+        ancestor,
+        cx.gauge_before("dalp_indexer_last_block", f.start_ms),
+    ) {
+        (Some(a), Some(h)) => h > a as f64,
+        (None, _) => true,
+        (Some(_), None) => false,
+    };
+    if !seen && ours == 0 && !indexed {
+        return Judgement::NotObservable(
+            "the removed blocks held no indexed block and dropped no signer transaction".into(),
+        );
+    }
+    cx.engine_wide(
+        "an increase of dalp_tx_reorged_total, dalp_indexer_reorgs_total, dalp_nonce_gap_heals_total or dalp_tx_rebroadcasts_total",
+        seen,
+    )
+}
+
+/// Dropped signer transactions are re-broadcast (or their nonce gap healed).
+fn judge_mempool_drop(f: &FaultView, cx: &Ctx) -> Judgement {
+    if field(&f.applied, "dropped").and_then(Value::as_u64) == Some(0) {
+        return Judgement::NotObservable("no signer transaction was pending".into());
+    }
+    cx.engine_wide(
+        "an increase of dalp_tx_rebroadcasts_total or dalp_nonce_gap_heals_total",
+        cx.increased(
+            None,
+            named(&["dalp_tx_rebroadcasts_total", "dalp_nonce_gap_heals_total"]),
+        ),
+    )
+}
+
+/// An external use of the signer's nonce must show once its transaction reached a block.
+fn judge_external_nonce(
+    f: &FaultView,
+    cx: &Ctx,
+    canonical_external: &BTreeSet<String>,
+) -> Judgement {
+    let seen = cx.increased(
+        None,
+        named(&[
+            "dalp_nonce_resyncs_total",
+            "dalp_nonce_gap_fills_total",
+            "dalp_nonce_gap_heals_total",
+            "dalp_nonce_external_use_total",
+        ]),
+    );
+    let tx = field(&f.applied, "tx")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    if !seen && !canonical_external.contains(tx) {
+        return Judgement::NotObservable(
+            "the external transaction never reached a block (the engine's own transaction at that nonce replaced it in the mempool) and left no gap".into(),
+        );
+    }
+    cx.engine_wide(
+        "an increase of dalp_nonce_resyncs_total, dalp_nonce_gap_fills_total, dalp_nonce_gap_heals_total or dalp_nonce_external_use_total",
+        seen,
+    )
+}
+
+/// Losing the active region fails some engine's scrapes.
+fn judge_region_failover(cx: &Ctx) -> Judgement {
+    let seen = cx.ev.scrapes.keys().any(|e| cx.scrape_failed(e));
+    if seen {
+        Judgement::Seen
+    } else {
+        missing("a failed scrape of some engine (up == 0)", String::new())
+    }
+}
+
+/// An operator action that requeued something is counted.
+fn judge_operator_requeue(f: &FaultView, cx: &Ctx) -> Judgement {
+    if field(&f.applied, "requeued")
+        .and_then(Value::as_array)
+        .is_some_and(|a| a.is_empty())
+    {
+        return Judgement::NotObservable("an operator action that found nothing to requeue".into());
+    }
+    cx.engine_wide(
+        "an increase of dalp_operator_actions_total",
+        cx.increased(None, named(&["dalp_operator_actions_total"])),
+    )
 }
 
 fn judge_partition(f: &FaultView, cx: &Ctx) -> Judgement {

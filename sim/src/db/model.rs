@@ -1021,30 +1021,8 @@ impl DbModel {
                 limit,
                 skip_locked,
             } => self.claim(node, *lease_ms, *limit, skip_locked, now),
-            DbRequest::RenewLease { fence, lease_ms } => {
-                let Some(w) = self.tables.workflows.get_mut(&fence.workflow_id) else {
-                    return Err(row_not_found());
-                };
-                if w.fencing_token != fence.token {
-                    return Err(EngineError::Fenced {
-                        workflow_id: fence.workflow_id,
-                        ours: fence.token,
-                        current: w.fencing_token,
-                    });
-                }
-                w.lease_expires_at_ms = Some(plus(now, *lease_ms));
-                Ok(DbReply::Unit)
-            }
-            DbRequest::Release { fence } => {
-                match self.tables.workflows.get_mut(&fence.workflow_id) {
-                    Some(w) if w.fencing_token == fence.token => {
-                        w.lease_owner = None;
-                        w.lease_expires_at_ms = None;
-                    }
-                    _ => self.stale_releases += 1,
-                }
-                Ok(DbReply::Unit)
-            }
+            DbRequest::RenewLease { fence, lease_ms } => self.renew_lease(fence, *lease_ms, now),
+            DbRequest::Release { fence } => Ok(self.release(fence)),
             DbRequest::CompleteStep {
                 fence,
                 step,
@@ -1058,101 +1036,16 @@ impl DbModel {
                 name,
                 error,
                 delay_ms,
-            } => {
-                let current = self.check_fence(fence)?;
-                jsonb(error)?;
-                let bump = current == *step;
-                let w = &self.tables.workflows[&fence.workflow_id];
-                let attempts = if bump {
-                    w.attempts.checked_add(1).ok_or_else(int_out_of_range)?
-                } else {
-                    w.attempts
-                };
-                if bump {
-                    text(name)?;
-                    let w = self.wf_mut(fence.workflow_id);
-                    w.attempts = attempts;
-                    w.error = Some(error.clone());
-                    w.next_attempt_at_ms = plus(now, *delay_ms);
-                    w.lease_owner = None;
-                    w.lease_expires_at_ms = None;
-                    w.updated_at_ms = now;
-                    // A retry of another step than the current one did not happen: no entry.
-                    self.journal_append(fence, *step, name, "retry", Some(error.clone()), now);
-                }
-                Ok(DbReply::Unit)
-            }
+            } => self.schedule_retry(fence, *step, name, error, *delay_ms, now),
             DbRequest::Fail {
                 fence,
                 step,
                 name,
                 error,
                 dead_letter,
-            } => {
-                self.check_fence(fence)?;
-                let now_status = self.tables.workflows[&fence.workflow_id].status;
-                if now_status.is_terminal() {
-                    return Err(workflow_ended(fence.workflow_id, now_status, "fail"));
-                }
-                jsonb(error)?;
-                let attempts = self.tables.workflows[&fence.workflow_id]
-                    .attempts
-                    .checked_add(1)
-                    .ok_or_else(int_out_of_range)?;
-                let (status, event) = if *dead_letter {
-                    (WorkflowStatus::DeadLetter, "dead_letter")
-                } else {
-                    (WorkflowStatus::Failed, "failed")
-                };
-                let code = error
-                    .get("reason_code")
-                    .and_then(Value::as_str)
-                    .unwrap_or("unknown");
-                let reason = error.get("message").and_then(Value::as_str).unwrap_or("");
-                text(name)?;
-                if *dead_letter {
-                    text(code)?;
-                    text(reason)?;
-                }
-                let w = self.wf_mut(fence.workflow_id);
-                w.status = status;
-                w.error = Some(error.clone());
-                w.attempts = attempts;
-                w.lease_owner = None;
-                w.lease_expires_at_ms = None;
-                w.updated_at_ms = now;
-                if *dead_letter {
-                    self.tables.dead_letters.insert(
-                        fence.workflow_id,
-                        DeadLetterRow {
-                            step_index: *step,
-                            step_name: name.clone(),
-                            reason_code: code.to_string(),
-                            reason: reason.to_string(),
-                            failed_at_ms: now,
-                        },
-                    );
-                }
-                self.journal_append(fence, *step, name, event, Some(error.clone()), now);
-                Ok(DbReply::Unit)
-            }
+            } => self.fail_workflow(fence, *step, name, error, *dead_letter, now),
             DbRequest::Requeue { id, actor, reason } => self.requeue(*id, actor, reason, now),
-            DbRequest::Audit { entry } => {
-                text(&entry.actor)?;
-                text(&entry.action)?;
-                jsonb(&entry.args)?;
-                text(&entry.reason)?;
-                text(&entry.outcome)?;
-                self.insert_audit(
-                    &entry.actor,
-                    &entry.action,
-                    entry.args.clone(),
-                    &entry.reason,
-                    &entry.outcome,
-                    now,
-                );
-                Ok(DbReply::Unit)
-            }
+            DbRequest::Audit { entry } => self.audit(entry, now),
             DbRequest::CreateTx {
                 fence,
                 step,
@@ -1164,153 +1057,37 @@ impl DbModel {
                 fence,
                 tx_id,
                 signed,
-            } => {
-                self.check_fence(fence)?;
-                self.check_tx_owner(fence, *tx_id)?;
-                let Some(tx) = self.tables.transactions.get(tx_id) else {
-                    return Err(fk_tx_id("tx_broadcasts"));
-                };
-                self.check_live_unique(tx, TxState::Broadcasting)?;
-                self.tables
-                    .tx_broadcasts
-                    .entry((*tx_id, signed.hash))
-                    .or_insert_with(|| BroadcastRow {
-                        nonce: signed.nonce as i64,
-                        raw: signed.raw.clone(),
-                        max_fee: signed.max_fee_per_gas,
-                        priority_fee: signed.max_priority_fee_per_gas,
-                        created_at_ms: now,
-                    });
-                let tx = self.tx_mut(*tx_id);
-                tx.raw = Some(signed.raw.clone());
-                tx.hash = Some(signed.hash);
-                tx.max_fee = signed.max_fee_per_gas;
-                tx.priority_fee = signed.max_priority_fee_per_gas;
-                tx.state = TxState::Broadcasting;
-                tx.updated_at_ms = now;
-                self.tx_event(
-                    *tx_id,
-                    TxState::Broadcasting,
-                    Some(format!("{:#x}", signed.hash)),
-                    now,
-                );
-                Ok(DbReply::Tx(self.load_tx(&self.tables.transactions[tx_id])))
-            }
+            } => self.record_signed(fence, *tx_id, signed, now),
             DbRequest::SetTxState {
                 fence,
                 tx_id,
                 state,
                 detail,
                 receipt,
-            } => {
-                self.check_fence(fence)?;
-                self.check_tx_owner(fence, *tx_id)?;
-                let terminal = !is_live_state(*state);
-                // UPDATE's parameters: the failure detail (terminal states only), the receipt.
-                if terminal {
-                    detail.as_deref().map(text).unwrap_or(Ok(()))?;
-                }
-                opt_jsonb(receipt.as_ref())?;
-                if let Some(tx) = self.tables.transactions.get(tx_id) {
-                    self.check_live_unique(tx, *state)?;
-                }
-                // tx_events' parameters, then its foreign key (PostgreSQL would have drawn a
-                // `tx_events.seq` by then; the model does not: see "Atomic" in the module docs).
-                detail.as_deref().map(text).unwrap_or(Ok(()))?;
-                if !self.tables.transactions.contains_key(tx_id) {
-                    return Err(fk_tx_id("tx_events"));
-                }
-                let tx = self.tx_mut(*tx_id);
-                tx.state = *state;
-                if terminal {
-                    if let Some(d) = detail {
-                        tx.failure = Some(d.clone());
-                    }
-                }
-                if let Some(r) = receipt {
-                    tx.receipt = Some(r.clone());
-                }
-                tx.updated_at_ms = now;
-                self.tx_event(*tx_id, *state, detail.clone(), now);
-                Ok(DbReply::Unit)
-            }
+            } => self.set_tx_state(
+                fence,
+                *tx_id,
+                *state,
+                detail.as_deref(),
+                receipt.as_ref(),
+                now,
+            ),
             DbRequest::ReassignNonce {
                 fence,
                 tx_id,
                 chain_nonce,
-            } => {
-                self.check_fence(fence)?;
-                self.check_tx_owner(fence, *tx_id)?;
-                let Some(tx) = self.tables.transactions.get(tx_id) else {
-                    return Err(row_not_found());
-                };
-                let plan = self.plan_nonce(tx.signer, tx.chain_id, *chain_nonce as i64)?;
-                self.check_live_unique(tx, TxState::Preparing)?;
-                let nonce = self.apply_nonce(plan, now);
-                let tx = self.tx_mut(*tx_id);
-                tx.nonce = nonce;
-                tx.raw = None;
-                tx.hash = None;
-                tx.state = TxState::Preparing;
-                tx.updated_at_ms = now;
-                self.tx_event(
-                    *tx_id,
-                    TxState::Preparing,
-                    Some(format!(
-                        "nonce reassigned to {nonce} (chain at {chain_nonce})"
-                    )),
-                    now,
-                );
-                Ok(DbReply::Tx(self.load_tx(&self.tables.transactions[tx_id])))
-            }
+            } => self.reassign_nonce(fence, *tx_id, *chain_nonce, now),
             DbRequest::AbandonTx {
                 fence,
                 tx_id,
                 state,
                 release,
-            } => {
-                self.check_fence(fence)?;
-                self.check_tx_owner(fence, *tx_id)?;
-                let Some(tx) = self.tables.transactions.get(tx_id) else {
-                    return Err(row_not_found());
-                };
-                self.check_live_unique(tx, *state)?;
-                let tx = self.tx_mut(*tx_id);
-                tx.state = *state;
-                tx.updated_at_ms = now;
-                let hole = (tx.signer, tx.chain_id, tx.nonce);
-                if *release {
-                    self.tables.nonce_holes.insert(hole);
-                }
-                let detail = if *release {
-                    "abandoned; nonce released"
-                } else {
-                    "abandoned"
-                };
-                self.tx_event(*tx_id, *state, Some(detail.into()), now);
-                Ok(DbReply::Unit)
-            }
+            } => self.abandon_tx(fence, *tx_id, *state, *release, now),
             DbRequest::RecordOrphans {
                 signer,
                 chain_id,
                 orphans,
-            } => {
-                // INSERT … ON CONFLICT DO NOTHING (keyed by hash), one row per orphan.
-                for o in orphans {
-                    self.tables
-                        .orphan_txs
-                        .entry(o.signed.hash)
-                        .or_insert_with(|| OrphanRow {
-                            signer: *signer,
-                            chain_id: *chain_id as i64,
-                            tag: o.tag,
-                            signed: o.signed.clone(),
-                            adopted_by: None,
-                            created_at_ms: now,
-                        });
-                }
-                Ok(DbReply::Unit)
-            }
+            } => Ok(self.record_orphans(*signer, *chain_id, orphans, now)),
             DbRequest::AdoptOrphan {
                 fence,
                 step,
@@ -1321,122 +1098,26 @@ impl DbModel {
                 signer,
                 chain_id,
                 signed,
-            } => {
-                // INSERT … ON CONFLICT DO NOTHING (keyed by hash).
-                self.tables
-                    .nonce_fillers
-                    .entry(signed.hash)
-                    .or_insert_with(|| FillerRow {
-                        signer: *signer,
-                        chain_id: *chain_id as i64,
-                        signed: signed.clone(),
-                        created_at_ms: now,
-                    });
-                Ok(DbReply::Unit)
-            }
+            } => Ok(self.record_filler(*signer, *chain_id, signed, now)),
             DbRequest::ResyncNonce {
                 signer,
                 chain_id,
                 chain_nonce,
-            } => {
-                let row = self
-                    .tables
-                    .nonces
-                    .entry((*signer, *chain_id as i64))
-                    .or_insert(NonceRow {
-                        next_nonce: *chain_nonce as i64,
-                        updated_at_ms: now,
-                    });
-                // ON CONFLICT DO UPDATE runs (and touches updated_at) whenever the row existed;
-                // for a fresh row the values are the same either way.
-                row.next_nonce = row.next_nonce.max(*chain_nonce as i64);
-                row.updated_at_ms = now;
-                Ok(DbReply::U64(row.next_nonce as u64))
-            }
+            } => Ok(self.resync_nonce(*signer, *chain_id, *chain_nonce, now)),
             DbRequest::Notify {
                 fence,
                 kind,
                 payload,
-            } => {
-                self.check_fence(fence)?;
-                text(kind)?;
-                jsonb(payload)?;
-                let key = (fence.workflow_id, kind.clone());
-                if self.tables.notifications.contains_key(&key) {
-                    return Ok(DbReply::Bool(false));
-                }
-                self.tables.notifications.insert(
-                    key,
-                    NotificationRow {
-                        payload: payload.clone(),
-                        created_at_ms: now,
-                    },
-                );
-                Ok(DbReply::Bool(true))
-            }
+            } => self.notify(fence, kind, payload, now),
             DbRequest::IndexBlock {
                 chain_id,
                 number,
                 hash,
                 events,
                 finalized,
-            } => {
-                if let Some(e) = events.iter().find(|e| e.block_hash != *hash) {
-                    return Err(EngineError::Internal(format!(
-                        "index_block: event {} of block {:#x} belongs to block {:#x}",
-                        e.log_index, hash, e.block_hash
-                    )));
-                }
-                let chain = *chain_id as i64;
-                let t = &mut self.tables;
-                t.indexed_blocks.insert((chain, *number as i64), *hash);
-                for e in events {
-                    t.token_events
-                        .entry((chain, e.block_hash, e.log_index as i64))
-                        .or_insert_with(|| TokenEventRow {
-                            block_number: e.block_number as i64,
-                            tx_hash: e.tx_hash,
-                            contract: e.contract,
-                            from: e.from,
-                            to: e.to,
-                            value: e.value,
-                        });
-                }
-                t.indexer_checkpoint.insert(
-                    chain,
-                    CheckpointRow {
-                        last_block: *number as i64,
-                        last_hash: *hash,
-                        finalized_block: *finalized as i64,
-                        updated_at_ms: now,
-                    },
-                );
-                Ok(DbReply::Unit)
-            }
+            } => self.index_block(*chain_id, *number, *hash, events, *finalized, now),
             DbRequest::RollbackIndex { chain_id, keep } => {
-                let chain = *chain_id as i64;
-                let keep = *keep as i64;
-                let t = &mut self.tables;
-                t.token_events
-                    .retain(|(c, _, _), e| !(*c == chain && e.block_number > keep));
-                let before = t.indexed_blocks.len();
-                t.indexed_blocks
-                    .retain(|(c, n), _| !(*c == chain && *n > keep));
-                let removed = (before - t.indexed_blocks.len()) as u64;
-                match t.indexed_blocks.get(&(chain, keep)).copied() {
-                    Some(hash) => {
-                        if let Some(cp) = t.indexer_checkpoint.get_mut(&chain) {
-                            cp.last_block = keep;
-                            cp.last_hash = hash;
-                            cp.finalized_block = cp.finalized_block.min(keep);
-                            cp.updated_at_ms = now;
-                        }
-                    }
-                    None => {
-                        t.indexer_checkpoint.remove(&chain);
-                    }
-                }
-                Ok(DbReply::U64(removed))
+                Ok(self.rollback_index(*chain_id, *keep, now))
             }
             read => Err(EngineError::Internal(format!(
                 "{} is not a write request",
@@ -1479,8 +1160,6 @@ impl DbModel {
         Ok(w.current_step)
     }
 
-    /// Moving `tx` to `state` must not put a second live row for its step into
-    /// `transactions_live_step` (a row already live may change between live states).
     /// A fence proves the lease of its own workflow only: a transaction of another workflow is
     /// refused (a missing one is left to the statement's own error).
     fn check_tx_owner(&self, fence: &Fence, tx_id: i64) -> Result<()> {
@@ -1492,6 +1171,16 @@ impl DbModel {
         }
     }
 
+    /// A fenced write to transaction `tx_id`: the fence holds and the transaction, if it exists,
+    /// is its workflow's (checked in that order); `None` leaves the missing row to the caller.
+    fn fenced_tx(&self, fence: &Fence, tx_id: i64) -> Result<Option<&TxRow>> {
+        self.check_fence(fence)?;
+        self.check_tx_owner(fence, tx_id)?;
+        Ok(self.tables.transactions.get(&tx_id))
+    }
+
+    /// Moving `tx` to `state` must not put a second live row for its step into
+    /// `transactions_live_step` (a row already live may change between live states).
     fn check_live_unique(&self, tx: &TxRow, state: TxState) -> Result<()> {
         if !is_live_state(state) || tx.is_live() {
             return Ok(());
@@ -1545,6 +1234,26 @@ impl DbModel {
                 at_ms: now,
             },
         );
+    }
+
+    /// `INSERT INTO tx_broadcasts … ON CONFLICT DO NOTHING`: every signed version is kept once.
+    fn insert_broadcast(&mut self, tx_id: i64, signed: &Broadcast, now: u64) {
+        self.tables
+            .tx_broadcasts
+            .entry((tx_id, signed.hash))
+            .or_insert_with(|| BroadcastRow {
+                nonce: signed.nonce as i64,
+                raw: signed.raw.clone(),
+                max_fee: signed.max_fee_per_gas,
+                priority_fee: signed.max_priority_fee_per_gas,
+                created_at_ms: now,
+            });
+    }
+
+    /// Logs a transaction's new state and returns the transaction as the engine reads it back.
+    fn tx_changed(&mut self, tx_id: i64, state: TxState, detail: String, now: u64) -> DbReply {
+        self.tx_event(tx_id, state, Some(detail), now);
+        DbReply::Tx(self.load_tx(&self.tables.transactions[&tx_id]))
     }
 
     fn insert_audit(
@@ -1935,8 +1644,7 @@ impl DbModel {
                 updated_at_ms: now,
             },
         );
-        self.tx_event(id, TxState::Preparing, Some(format!("nonce {nonce}")), now);
-        Ok(DbReply::Tx(self.load_tx(&self.tables.transactions[&id])))
+        Ok(self.tx_changed(id, TxState::Preparing, format!("nonce {nonce}"), now))
     }
 
     fn adopt_orphan(
@@ -1983,16 +1691,7 @@ impl DbModel {
                 updated_at_ms: now,
             },
         );
-        self.tables
-            .tx_broadcasts
-            .entry((id, signed.hash))
-            .or_insert_with(|| BroadcastRow {
-                nonce: signed.nonce as i64,
-                raw: signed.raw.clone(),
-                max_fee: signed.max_fee_per_gas,
-                priority_fee: signed.max_priority_fee_per_gas,
-                created_at_ms: now,
-            });
+        self.insert_broadcast(id, signed, now);
         if let Some(o) = self.tables.orphan_txs.get_mut(&signed.hash) {
             o.adopted_by = Some(id);
         }
@@ -2007,13 +1706,442 @@ impl DbModel {
             });
         row.next_nonce = row.next_nonce.max(signed.nonce as i64 + 1);
         row.updated_at_ms = now;
-        self.tx_event(
+        Ok(self.tx_changed(
             id,
             TxState::Confirming,
-            Some(format!("adopted orphan {:#x}", signed.hash)),
+            format!("adopted orphan {:#x}", signed.hash),
+            now,
+        ))
+    }
+
+    /// Extends the lease only under the current fencing token (a missing workflow is sqlx's
+    /// `RowNotFound`, not `check_fence`'s error).
+    fn renew_lease(&mut self, fence: &Fence, lease_ms: u64, now: u64) -> Result<DbReply> {
+        let Some(w) = self.tables.workflows.get_mut(&fence.workflow_id) else {
+            return Err(row_not_found());
+        };
+        if w.fencing_token != fence.token {
+            return Err(EngineError::Fenced {
+                workflow_id: fence.workflow_id,
+                ours: fence.token,
+                current: w.fencing_token,
+            });
+        }
+        w.lease_expires_at_ms = Some(plus(now, lease_ms));
+        Ok(DbReply::Unit)
+    }
+
+    /// Drops the lease under the current token; a stale fence matches no row and is only
+    /// counted, never an error (as in pg.rs).
+    fn release(&mut self, fence: &Fence) -> DbReply {
+        match self.tables.workflows.get_mut(&fence.workflow_id) {
+            Some(w) if w.fencing_token == fence.token => {
+                w.lease_owner = None;
+                w.lease_expires_at_ms = None;
+            }
+            _ => self.stale_releases += 1,
+        }
+        DbReply::Unit
+    }
+
+    /// Spends an attempt and defers the workflow, only if `step` is still its current step.
+    fn schedule_retry(
+        &mut self,
+        fence: &Fence,
+        step: i32,
+        name: &str,
+        error: &Value,
+        delay_ms: u64,
+        now: u64,
+    ) -> Result<DbReply> {
+        let current = self.check_fence(fence)?;
+        jsonb(error)?;
+        let bump = current == step;
+        let w = &self.tables.workflows[&fence.workflow_id];
+        let attempts = if bump {
+            w.attempts.checked_add(1).ok_or_else(int_out_of_range)?
+        } else {
+            w.attempts
+        };
+        if bump {
+            text(name)?;
+            let w = self.wf_mut(fence.workflow_id);
+            w.attempts = attempts;
+            w.error = Some(error.clone());
+            w.next_attempt_at_ms = plus(now, delay_ms);
+            w.lease_owner = None;
+            w.lease_expires_at_ms = None;
+            w.updated_at_ms = now;
+            // A retry of another step than the current one did not happen: no entry.
+            self.journal_append(fence, step, name, "retry", Some(error.clone()), now);
+        }
+        Ok(DbReply::Unit)
+    }
+
+    /// Ends a workflow that has not ended yet as `failed`, or `dead_letter` with its
+    /// dead-letter row.
+    fn fail_workflow(
+        &mut self,
+        fence: &Fence,
+        step: i32,
+        name: &str,
+        error: &Value,
+        dead_letter: bool,
+        now: u64,
+    ) -> Result<DbReply> {
+        self.check_fence(fence)?;
+        let now_status = self.tables.workflows[&fence.workflow_id].status;
+        if now_status.is_terminal() {
+            return Err(workflow_ended(fence.workflow_id, now_status, "fail"));
+        }
+        jsonb(error)?;
+        let attempts = self.tables.workflows[&fence.workflow_id]
+            .attempts
+            .checked_add(1)
+            .ok_or_else(int_out_of_range)?;
+        let (status, event) = if dead_letter {
+            (WorkflowStatus::DeadLetter, "dead_letter")
+        } else {
+            (WorkflowStatus::Failed, "failed")
+        };
+        let code = error
+            .get("reason_code")
+            .and_then(Value::as_str)
+            .unwrap_or("unknown");
+        let reason = error.get("message").and_then(Value::as_str).unwrap_or("");
+        text(name)?;
+        if dead_letter {
+            text(code)?;
+            text(reason)?;
+        }
+        let w = self.wf_mut(fence.workflow_id);
+        w.status = status;
+        w.error = Some(error.clone());
+        w.attempts = attempts;
+        w.lease_owner = None;
+        w.lease_expires_at_ms = None;
+        w.updated_at_ms = now;
+        if dead_letter {
+            self.tables.dead_letters.insert(
+                fence.workflow_id,
+                DeadLetterRow {
+                    step_index: step,
+                    step_name: name.to_string(),
+                    reason_code: code.to_string(),
+                    reason: reason.to_string(),
+                    failed_at_ms: now,
+                },
+            );
+        }
+        self.journal_append(fence, step, name, event, Some(error.clone()), now);
+        Ok(DbReply::Unit)
+    }
+
+    /// Appends an operator's audit entry, its parameters checked in bind order.
+    fn audit(&mut self, entry: &AuditEntry, now: u64) -> Result<DbReply> {
+        text(&entry.actor)?;
+        text(&entry.action)?;
+        jsonb(&entry.args)?;
+        text(&entry.reason)?;
+        text(&entry.outcome)?;
+        self.insert_audit(
+            &entry.actor,
+            &entry.action,
+            entry.args.clone(),
+            &entry.reason,
+            &entry.outcome,
             now,
         );
-        Ok(DbReply::Tx(self.load_tx(&self.tables.transactions[&id])))
+        Ok(DbReply::Unit)
+    }
+
+    /// Stores the signed bytes (every signed version is kept) before the transaction moves to
+    /// BROADCASTING.
+    fn record_signed(
+        &mut self,
+        fence: &Fence,
+        tx_id: i64,
+        signed: &Broadcast,
+        now: u64,
+    ) -> Result<DbReply> {
+        let Some(tx) = self.fenced_tx(fence, tx_id)? else {
+            return Err(fk_tx_id("tx_broadcasts"));
+        };
+        self.check_live_unique(tx, TxState::Broadcasting)?;
+        self.insert_broadcast(tx_id, signed, now);
+        let tx = self.tx_mut(tx_id);
+        tx.raw = Some(signed.raw.clone());
+        tx.hash = Some(signed.hash);
+        tx.max_fee = signed.max_fee_per_gas;
+        tx.priority_fee = signed.max_priority_fee_per_gas;
+        tx.state = TxState::Broadcasting;
+        tx.updated_at_ms = now;
+        Ok(self.tx_changed(
+            tx_id,
+            TxState::Broadcasting,
+            format!("{:#x}", signed.hash),
+            now,
+        ))
+    }
+
+    /// Moves a transaction to `state` (a failure detail is kept for terminal states only) and
+    /// logs the event.
+    fn set_tx_state(
+        &mut self,
+        fence: &Fence,
+        tx_id: i64,
+        state: TxState,
+        detail: Option<&str>,
+        receipt: Option<&Value>,
+        now: u64,
+    ) -> Result<DbReply> {
+        let tx = self.fenced_tx(fence, tx_id)?;
+        let terminal = !is_live_state(state);
+        // UPDATE's parameters: the failure detail (terminal states only), the receipt.
+        if terminal {
+            detail.map(text).unwrap_or(Ok(()))?;
+        }
+        opt_jsonb(receipt)?;
+        if let Some(tx) = tx {
+            self.check_live_unique(tx, state)?;
+        }
+        // tx_events' parameters, then its foreign key (PostgreSQL would have drawn a
+        // `tx_events.seq` by then; the model does not: see "Atomic" in the module docs).
+        detail.map(text).unwrap_or(Ok(()))?;
+        if tx.is_none() {
+            return Err(fk_tx_id("tx_events"));
+        }
+        let tx = self.tx_mut(tx_id);
+        tx.state = state;
+        if terminal {
+            if let Some(d) = detail {
+                tx.failure = Some(d.to_string());
+            }
+        }
+        if let Some(r) = receipt {
+            tx.receipt = Some(r.clone());
+        }
+        tx.updated_at_ms = now;
+        self.tx_event(tx_id, state, detail.map(str::to_string), now);
+        Ok(DbReply::Unit)
+    }
+
+    /// Gives the transaction a freshly allocated nonce and forgets its signed bytes (back to
+    /// PREPARING).
+    fn reassign_nonce(
+        &mut self,
+        fence: &Fence,
+        tx_id: i64,
+        chain_nonce: u64,
+        now: u64,
+    ) -> Result<DbReply> {
+        let Some(tx) = self.fenced_tx(fence, tx_id)? else {
+            return Err(row_not_found());
+        };
+        let plan = self.plan_nonce(tx.signer, tx.chain_id, chain_nonce as i64)?;
+        self.check_live_unique(tx, TxState::Preparing)?;
+        let nonce = self.apply_nonce(plan, now);
+        let tx = self.tx_mut(tx_id);
+        tx.nonce = nonce;
+        tx.raw = None;
+        tx.hash = None;
+        tx.state = TxState::Preparing;
+        tx.updated_at_ms = now;
+        Ok(self.tx_changed(
+            tx_id,
+            TxState::Preparing,
+            format!("nonce reassigned to {nonce} (chain at {chain_nonce})"),
+            now,
+        ))
+    }
+
+    /// Ends a transaction in `state`; with `release`, its nonce becomes a hole for reuse.
+    fn abandon_tx(
+        &mut self,
+        fence: &Fence,
+        tx_id: i64,
+        state: TxState,
+        release: bool,
+        now: u64,
+    ) -> Result<DbReply> {
+        let Some(tx) = self.fenced_tx(fence, tx_id)? else {
+            return Err(row_not_found());
+        };
+        self.check_live_unique(tx, state)?;
+        let tx = self.tx_mut(tx_id);
+        tx.state = state;
+        tx.updated_at_ms = now;
+        let hole = (tx.signer, tx.chain_id, tx.nonce);
+        if release {
+            self.tables.nonce_holes.insert(hole);
+        }
+        let detail = if release {
+            "abandoned; nonce released"
+        } else {
+            "abandoned"
+        };
+        self.tx_event(tx_id, state, Some(detail.into()), now);
+        Ok(DbReply::Unit)
+    }
+
+    /// Keeps each orphan found on chain once (the first sighting wins).
+    fn record_orphans(
+        &mut self,
+        signer: Address,
+        chain_id: u64,
+        orphans: &[Orphan],
+        now: u64,
+    ) -> DbReply {
+        // INSERT … ON CONFLICT DO NOTHING (keyed by hash), one row per orphan.
+        for o in orphans {
+            self.tables
+                .orphan_txs
+                .entry(o.signed.hash)
+                .or_insert_with(|| OrphanRow {
+                    signer,
+                    chain_id: chain_id as i64,
+                    tag: o.tag,
+                    signed: o.signed.clone(),
+                    adopted_by: None,
+                    created_at_ms: now,
+                });
+        }
+        DbReply::Unit
+    }
+
+    /// Keeps a gap filler the engine signed, once (the first record wins).
+    fn record_filler(
+        &mut self,
+        signer: Address,
+        chain_id: u64,
+        signed: &Broadcast,
+        now: u64,
+    ) -> DbReply {
+        // INSERT … ON CONFLICT DO NOTHING (keyed by hash).
+        self.tables
+            .nonce_fillers
+            .entry(signed.hash)
+            .or_insert_with(|| FillerRow {
+                signer,
+                chain_id: chain_id as i64,
+                signed: signed.clone(),
+                created_at_ms: now,
+            });
+        DbReply::Unit
+    }
+
+    /// Raises the nonce counter to at least the chain's nonce (never lowers it); returns it.
+    fn resync_nonce(
+        &mut self,
+        signer: Address,
+        chain_id: u64,
+        chain_nonce: u64,
+        now: u64,
+    ) -> DbReply {
+        let row = self
+            .tables
+            .nonces
+            .entry((signer, chain_id as i64))
+            .or_insert(NonceRow {
+                next_nonce: chain_nonce as i64,
+                updated_at_ms: now,
+            });
+        // ON CONFLICT DO UPDATE runs (and touches updated_at) whenever the row existed;
+        // for a fresh row the values are the same either way.
+        row.next_nonce = row.next_nonce.max(chain_nonce as i64);
+        row.updated_at_ms = now;
+        DbReply::U64(row.next_nonce as u64)
+    }
+
+    /// Records an off-chain effect once per (workflow, kind); `false` if it was already there.
+    fn notify(&mut self, fence: &Fence, kind: &str, payload: &Value, now: u64) -> Result<DbReply> {
+        self.check_fence(fence)?;
+        text(kind)?;
+        jsonb(payload)?;
+        let key = (fence.workflow_id, kind.to_string());
+        if self.tables.notifications.contains_key(&key) {
+            return Ok(DbReply::Bool(false));
+        }
+        self.tables.notifications.insert(
+            key,
+            NotificationRow {
+                payload: payload.clone(),
+                created_at_ms: now,
+            },
+        );
+        Ok(DbReply::Bool(true))
+    }
+
+    /// Stores a block's events (idempotent, keyed by block hash and log index) together with
+    /// the checkpoint.
+    fn index_block(
+        &mut self,
+        chain_id: u64,
+        number: u64,
+        hash: B256,
+        events: &[TokenEvent],
+        finalized: u64,
+        now: u64,
+    ) -> Result<DbReply> {
+        if let Some(e) = events.iter().find(|e| e.block_hash != hash) {
+            return Err(EngineError::Internal(format!(
+                "index_block: event {} of block {:#x} belongs to block {:#x}",
+                e.log_index, hash, e.block_hash
+            )));
+        }
+        let chain = chain_id as i64;
+        let t = &mut self.tables;
+        t.indexed_blocks.insert((chain, number as i64), hash);
+        for e in events {
+            t.token_events
+                .entry((chain, e.block_hash, e.log_index as i64))
+                .or_insert_with(|| TokenEventRow {
+                    block_number: e.block_number as i64,
+                    tx_hash: e.tx_hash,
+                    contract: e.contract,
+                    from: e.from,
+                    to: e.to,
+                    value: e.value,
+                });
+        }
+        t.indexer_checkpoint.insert(
+            chain,
+            CheckpointRow {
+                last_block: number as i64,
+                last_hash: hash,
+                finalized_block: finalized as i64,
+                updated_at_ms: now,
+            },
+        );
+        Ok(DbReply::Unit)
+    }
+
+    /// Forgets every block above `keep` and its events, and moves the checkpoint back to `keep`
+    /// (or drops it if `keep` was never indexed); returns how many blocks were removed.
+    fn rollback_index(&mut self, chain_id: u64, keep: u64, now: u64) -> DbReply {
+        let chain = chain_id as i64;
+        let keep = keep as i64;
+        let t = &mut self.tables;
+        t.token_events
+            .retain(|(c, _, _), e| !(*c == chain && e.block_number > keep));
+        let before = t.indexed_blocks.len();
+        t.indexed_blocks
+            .retain(|(c, n), _| !(*c == chain && *n > keep));
+        let removed = (before - t.indexed_blocks.len()) as u64;
+        match t.indexed_blocks.get(&(chain, keep)).copied() {
+            Some(hash) => {
+                if let Some(cp) = t.indexer_checkpoint.get_mut(&chain) {
+                    cp.last_block = keep;
+                    cp.last_hash = hash;
+                    cp.finalized_block = cp.finalized_block.min(keep);
+                    cp.updated_at_ms = now;
+                }
+            }
+            None => {
+                t.indexer_checkpoint.remove(&chain);
+            }
+        }
+        DbReply::U64(removed)
     }
 
     /// The `token_balances` view for one (chain, contract): per holder, incoming minus outgoing,

@@ -71,6 +71,11 @@ fn ms(s: f64) -> u64 {
     (s * 1000.0).round() as u64
 }
 
+/// The detail of a fault with no real counterpart on this backend.
+fn na(why: &str) -> Result<Value> {
+    Ok(json!({ "not_applicable": why }))
+}
+
 fn engine_index(node: &str) -> Option<usize> {
     node.strip_prefix("engine-")?.parse().ok()
 }
@@ -306,7 +311,6 @@ impl Fleet {
 
     /// Apply `fault`; a JSON detail for the trace (`not_applicable` when it has no counterpart).
     pub async fn apply(&self, fault: &Fault, heal_ms: u64) -> Result<Value> {
-        let na = |why: &str| Ok(json!({"not_applicable": why}));
         match fault {
             Fault::EngineCrash { node, .. } => {
                 let mut engines = self.engines.lock().await;
@@ -323,88 +327,18 @@ impl Fleet {
                 }
                 Ok(json!({"signal": "SIGSTOP"}))
             }
-            Fault::Partition { node, from, .. } => {
-                let Some(i) = engine_index(node) else {
-                    return na("only an engine's links go through proxies on this backend");
-                };
-                let l = &self.links[i];
-                let mut cut = Vec::new();
-                for peer in from {
-                    if peer == "db" || peer.starts_with("db-") {
-                        l.db.set_mode(TcpMode::Blackhole);
-                        cut.push("db");
-                    } else if peer == "rpc" || peer.starts_with("rpc-") {
-                        for (k, p) in l.rpc.iter().enumerate() {
-                            if peer == "rpc" || *peer == format!("rpc-{k}") {
-                                p.set_mode(HttpMode::Blackhole);
-                            }
-                        }
-                        cut.push("rpc");
-                    } else if peer == "clients" || peer.starts_with("client-") {
-                        l.api.set_mode(HttpMode::Blackhole);
-                        cut.push("clients");
-                    }
-                }
-                if cut.is_empty() {
-                    return na("engines do not talk to each other: nothing to cut");
-                }
-                Ok(json!({"blackholed": cut, "direction": "both (a proxy cannot lose one direction only)"}))
-            }
+            Fault::Partition { node, from, .. } => self.partition(node, from),
             Fault::ClockSkew { .. } => na(
                 "a real process reads the host's clock; skewing it needs a time namespace or libfaketime",
             ),
-            Fault::DbCrash { node, .. } => {
-                let Some(j) = db_index(node) else {
-                    return na("unknown database node");
-                };
-                let mut dbs = self.dbs.lock().await;
-                if j >= dbs.len() {
-                    return na("no such database node");
-                }
-                dbs[j].kill().await?;
-                Ok(json!({"signal": "SIGKILL"}))
-            }
+            Fault::DbCrash { node, .. } => self.crash_db(node).await,
             Fault::DbFailover {
                 promote_after_s, ..
             } => {
                 let promote = ms(*promote_after_s).min(heal_ms.saturating_sub(self.t_ms()));
                 self.fail_over(true, promote).await
             }
-            Fault::DbSwitchover { .. } => {
-                let old = *self.primary.lock().expect("primary");
-                {
-                    let dbs = self.dbs.lock().await;
-                    self.sql(
-                        dbs[old].as_ref(),
-                        &[
-                            "ALTER SYSTEM SET default_transaction_read_only = on",
-                            "SELECT pg_reload_conf()::text",
-                        ],
-                    )
-                    .await?;
-                    // Let the replica catch up before it takes over (a planned switchover).
-                    let target = self
-                        .sql(dbs[old].as_ref(), &["SELECT pg_current_wal_lsn()::text"])
-                        .await?;
-                    if let (Some(Value::String(lsn)), Some(to)) =
-                        (target.first(), (0..dbs.len()).find(|j| *j != old))
-                    {
-                        let q = format!(
-                            "SELECT (pg_last_wal_replay_lsn() >= '{lsn}'::pg_lsn)::text"
-                        );
-                        for _ in 0..100 {
-                            let v = self.sql(dbs[to].as_ref(), &[&q]).await?;
-                            if v.first() == Some(&json!("true")) {
-                                break;
-                            }
-                            rtokio::time::sleep(Duration::from_millis(100)).await;
-                        }
-                    }
-                }
-                let detail = self.fail_over(false, 0).await?;
-                let rejoin = self.rejoin(old).await?;
-                Ok(json!({"demoted_in_place": format!("db-{old}"), "failover": detail, "rejoin": rejoin}))
-            }
+            Fault::DbSwitchover { .. } => self.switch_over().await,
             Fault::DbConnReset { .. } => {
                 for l in &self.links {
                     l.db.reset_connections();
@@ -430,21 +364,10 @@ impl Fleet {
             }
             Fault::RpcError {
                 endpoint, method, ..
-            }
-            | Fault::RpcTimeout {
+            } => Ok(self.fail_rpc_calls(endpoint, method.as_deref(), HttpMode::Status503)),
+            Fault::RpcTimeout {
                 endpoint, method, ..
-            } => {
-                let mode = if matches!(fault, Fault::RpcError { .. }) {
-                    HttpMode::Status503
-                } else {
-                    HttpMode::Blackhole
-                };
-                for p in self.rpc_targets(endpoint) {
-                    p.set_scope(method.as_deref());
-                    p.set_mode(mode);
-                }
-                Ok(json!({"method": method}))
-            }
+            } => Ok(self.fail_rpc_calls(endpoint, method.as_deref(), HttpMode::Blackhole)),
             Fault::RpcAmbiguousSend { endpoint, .. } => {
                 for p in self.rpc_targets(endpoint) {
                     p.set_mode(HttpMode::AmbiguousSend);
@@ -457,24 +380,7 @@ impl Fleet {
             Fault::Reorg {
                 depth, drop_txs, ..
             } => self.reorg(*depth, *drop_txs).await,
-            Fault::MempoolDrop { .. } => {
-                let pool = self.rpc.call("txpool_content", json!([])).await?;
-                let mut dropped = Vec::new();
-                for part in ["pending", "queued"] {
-                    for (sender, txs) in pool[part].as_object().into_iter().flatten() {
-                        if sender.parse::<Address>().ok() != Some(self.signer) {
-                            continue;
-                        }
-                        for tx in txs.as_object().into_iter().flat_map(|m| m.values()) {
-                            self.rpc
-                                .call("anvil_dropTransaction", json!([tx["hash"]]))
-                                .await?;
-                            dropped.push(tx["hash"].clone());
-                        }
-                    }
-                }
-                Ok(json!({"dropped": dropped}))
-            }
+            Fault::MempoolDrop { .. } => self.drop_signer_txs().await,
             Fault::GasSpike { base_fee_gwei, .. } => {
                 let wei = U256::from(*base_fee_gwei) * U256::from(1_000_000_000u64);
                 self.rpc
@@ -482,24 +388,7 @@ impl Fleet {
                     .await?;
                 Ok(json!({}))
             }
-            Fault::ExternalNonce { .. } => {
-                let key = SignerKey::from_hex(SIGNER_KEY)?;
-                let nonce = self.rpc.nonce(self.signer, "pending").await?;
-                let fee = self.rpc.quantity("eth_gasPrice", json!([])).await? as u128;
-                let (raw, hash) = key.sign(&UnsignedTx {
-                    chain_id: CHAIN_ID,
-                    nonce,
-                    gas_limit: 21_000,
-                    max_fee_per_gas: fee * 2,
-                    max_priority_fee_per_gas: fee.min(1_000_000_000),
-                    to: Some(Address::repeat_byte(0x99)),
-                    value: U256::from(1u64),
-                    input: Bytes::new(),
-                })?;
-                self.external_txs.lock().expect("ext").push(hash);
-                self.rpc.call("eth_sendRawTransaction", json!([raw])).await?;
-                Ok(json!({"nonce": nonce, "hash": hash}))
-            }
+            Fault::ExternalNonce { .. } => self.send_external().await,
             Fault::SignerDrain { .. } => {
                 self.rpc
                     .call("anvil_setBalance", json!([self.signer, "0x0"]))
@@ -508,35 +397,172 @@ impl Fleet {
             }
             Fault::RegionFailover {
                 promote_after_s, ..
-            } => {
-                {
-                    let mut engines = self.engines.lock().await;
-                    for (i, e) in engines.iter_mut().enumerate() {
-                        if !self.standby[i] {
-                            e.kill9();
-                        }
+            } => self.fail_over_region(*promote_after_s, heal_ms).await,
+            Fault::OperatorRequeue { .. } => self.requeue_dead_letters().await,
+        }
+    }
+
+    /// Black-hole the proxies between engine `node` and the peers in `from` (both directions).
+    fn partition(&self, node: &str, from: &[String]) -> Result<Value> {
+        let Some(i) = engine_index(node) else {
+            return na("only an engine's links go through proxies on this backend");
+        };
+        let l = &self.links[i];
+        let mut cut = Vec::new();
+        for peer in from {
+            if peer == "db" || peer.starts_with("db-") {
+                l.db.set_mode(TcpMode::Blackhole);
+                cut.push("db");
+            } else if peer == "rpc" || peer.starts_with("rpc-") {
+                for (k, p) in l.rpc.iter().enumerate() {
+                    if peer == "rpc" || *peer == format!("rpc-{k}") {
+                        p.set_mode(HttpMode::Blackhole);
                     }
                 }
-                let promote = ms(*promote_after_s).min(heal_ms.saturating_sub(self.t_ms()));
-                let detail = self.fail_over(true, promote).await?;
-                for i in (0..self.standby.len()).filter(|i| self.standby[*i]) {
-                    self.start_engine(i).await?;
-                }
-                Ok(json!({"failover": detail, "standby_started": true}))
-            }
-            Fault::OperatorRequeue { .. } => {
-                let port = {
-                    let engines = self.engines.lock().await;
-                    engines
-                        .iter()
-                        .find(|e| e.running())
-                        .map(|e| e.port)
-                        .ok_or("no engine is running")?
-                };
-                let ids = operator_requeue(&self.http, port).await?;
-                Ok(json!({"requeued": ids}))
+                cut.push("rpc");
+            } else if peer == "clients" || peer.starts_with("client-") {
+                l.api.set_mode(HttpMode::Blackhole);
+                cut.push("clients");
             }
         }
+        if cut.is_empty() {
+            return na("engines do not talk to each other: nothing to cut");
+        }
+        Ok(json!({"blackholed": cut, "direction": "both (a proxy cannot lose one direction only)"}))
+    }
+
+    /// SIGKILL database server `node`; it restarts on the same data at the heal.
+    async fn crash_db(&self, node: &str) -> Result<Value> {
+        let Some(j) = db_index(node) else {
+            return na("unknown database node");
+        };
+        let mut dbs = self.dbs.lock().await;
+        if j >= dbs.len() {
+            return na("no such database node");
+        }
+        dbs[j].kill().await?;
+        Ok(json!({"signal": "SIGKILL"}))
+    }
+
+    /// A planned switchover: the primary made read-only in place, the replica promoted once
+    /// caught up, the old primary rejoined as a replica.
+    async fn switch_over(&self) -> Result<Value> {
+        let old = *self.primary.lock().expect("primary");
+        {
+            let dbs = self.dbs.lock().await;
+            self.sql(
+                dbs[old].as_ref(),
+                &[
+                    "ALTER SYSTEM SET default_transaction_read_only = on",
+                    "SELECT pg_reload_conf()::text",
+                ],
+            )
+            .await?;
+            // Let the replica catch up before it takes over (a planned switchover).
+            let target = self
+                .sql(dbs[old].as_ref(), &["SELECT pg_current_wal_lsn()::text"])
+                .await?;
+            if let (Some(Value::String(lsn)), Some(to)) =
+                (target.first(), (0..dbs.len()).find(|j| *j != old))
+            {
+                let q = format!("SELECT (pg_last_wal_replay_lsn() >= '{lsn}'::pg_lsn)::text");
+                for _ in 0..100 {
+                    let v = self.sql(dbs[to].as_ref(), &[&q]).await?;
+                    if v.first() == Some(&json!("true")) {
+                        break;
+                    }
+                    rtokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+        let detail = self.fail_over(false, 0).await?;
+        let rejoin = self.rejoin(old).await?;
+        Ok(json!({"demoted_in_place": format!("db-{old}"), "failover": detail, "rejoin": rejoin}))
+    }
+
+    /// The RPC proxies of `endpoint` fail (only `method`, if given) in `mode`.
+    fn fail_rpc_calls(&self, endpoint: &str, method: Option<&str>, mode: HttpMode) -> Value {
+        for p in self.rpc_targets(endpoint) {
+            p.set_scope(method);
+            p.set_mode(mode);
+        }
+        json!({"method": method})
+    }
+
+    /// Drop every transaction of the signer from Anvil's mempool (pending and queued).
+    async fn drop_signer_txs(&self) -> Result<Value> {
+        let pool = self.rpc.call("txpool_content", json!([])).await?;
+        let mut dropped = Vec::new();
+        for part in ["pending", "queued"] {
+            for (sender, txs) in pool[part].as_object().into_iter().flatten() {
+                if sender.parse::<Address>().ok() != Some(self.signer) {
+                    continue;
+                }
+                for tx in txs.as_object().into_iter().flat_map(|m| m.values()) {
+                    self.rpc
+                        .call("anvil_dropTransaction", json!([tx["hash"]]))
+                        .await?;
+                    dropped.push(tx["hash"].clone());
+                }
+            }
+        }
+        Ok(json!({"dropped": dropped}))
+    }
+
+    /// Use the signer's next nonce outside the engine: a transfer signed with its key and sent
+    /// directly (its hash recorded as external).
+    async fn send_external(&self) -> Result<Value> {
+        let key = SignerKey::from_hex(SIGNER_KEY)?;
+        let nonce = self.rpc.nonce(self.signer, "pending").await?;
+        let fee = self.rpc.quantity("eth_gasPrice", json!([])).await? as u128;
+        let (raw, hash) = key.sign(&UnsignedTx {
+            chain_id: CHAIN_ID,
+            nonce,
+            gas_limit: 21_000,
+            max_fee_per_gas: fee * 2,
+            max_priority_fee_per_gas: fee.min(1_000_000_000),
+            to: Some(Address::repeat_byte(0x99)),
+            value: U256::from(1u64),
+            input: Bytes::new(),
+        })?;
+        self.external_txs.lock().expect("ext").push(hash);
+        self.rpc
+            .call("eth_sendRawTransaction", json!([raw]))
+            .await?;
+        Ok(json!({"nonce": nonce, "hash": hash}))
+    }
+
+    /// Lose the active region: kill its engines and the primary, promote after
+    /// `promote_after_s` (at the latest by the heal instant), start the standby engines.
+    async fn fail_over_region(&self, promote_after_s: f64, heal_ms: u64) -> Result<Value> {
+        {
+            let mut engines = self.engines.lock().await;
+            for (i, e) in engines.iter_mut().enumerate() {
+                if !self.standby[i] {
+                    e.kill9();
+                }
+            }
+        }
+        let promote = ms(promote_after_s).min(heal_ms.saturating_sub(self.t_ms()));
+        let detail = self.fail_over(true, promote).await?;
+        for i in (0..self.standby.len()).filter(|i| self.standby[*i]) {
+            self.start_engine(i).await?;
+        }
+        Ok(json!({"failover": detail, "standby_started": true}))
+    }
+
+    /// An operator requeues every dead letter through a running engine's API.
+    async fn requeue_dead_letters(&self) -> Result<Value> {
+        let port = {
+            let engines = self.engines.lock().await;
+            engines
+                .iter()
+                .find(|e| e.running())
+                .map(|e| e.port)
+                .ok_or("no engine is running")?
+        };
+        let ids = operator_requeue(&self.http, port).await?;
+        Ok(json!({"requeued": ids}))
     }
 
     /// Undo `fault` at its end (or at the heal instant).

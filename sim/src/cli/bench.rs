@@ -1,0 +1,111 @@
+//! `dalp-sim bench`: throughput and memory. The reference scenario's seeds one at a time (one
+//! core), then a whole suite with `--jobs` children at once.
+
+use super::jobs::{run_jobs, Job};
+use super::options::{default_jobs, parse_seeds, Seeds};
+use super::resolve::{one_scenario, resolve};
+use clap::Args;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Measure simulated s per wall s, peak memory per seed, and a suite's seeds per minute
+///
+/// The reference scenario's seeds run one at a time (one core): simulated s per wall s and peak
+/// memory of each seed process. Then the suite's seeds run with --jobs children at once: seeds
+/// per minute. Exit 1 when a seed failed.
+#[derive(Debug, Args)]
+pub(super) struct BenchArgs {
+    /// The reference scenario
+    #[arg(default_value = "steady-state")]
+    scenario: String,
+    /// Seeds of the reference scenario: N (1 to N) or A..B (A inclusive, B exclusive)
+    #[arg(long, value_name = "N|A..B", value_parser = parse_seeds, default_value = "5")]
+    seeds: Seeds,
+    /// The suite timed after it
+    #[arg(long, value_name = "NAME", default_value = "ci")]
+    suite: String,
+    /// Children at once for the suite [default: one per core]
+    #[arg(long, value_name = "J")]
+    jobs: Option<usize>,
+    /// Where the children's files are written
+    #[arg(long, value_name = "DIR", default_value = "target/bench-sim")]
+    out: PathBuf,
+}
+
+/// `Ok(false)` when a seed failed.
+pub(super) fn bench(dir: &Path, a: &BenchArgs) -> Result<bool, String> {
+    let file = one_scenario(dir, &a.scenario, "bench takes one reference scenario")?;
+    let reference_ok = reference(&file, &a.seeds.0, &a.out)?;
+    let parallel = a.jobs.unwrap_or_else(default_jobs).max(1);
+    let suite_ok = suite(dir, &a.suite, parallel, &a.out)?;
+    Ok(reference_ok && suite_ok)
+}
+
+/// Per seed of `file`, one at a time: simulated seconds per wall second and peak RSS; whether
+/// every seed passed.
+fn reference(file: &Path, seeds: &[u64], out_dir: &Path) -> Result<bool, String> {
+    let jobs: Vec<Job> = seeds
+        .iter()
+        .map(|s| Job::new(file.to_path_buf(), *s))
+        .collect();
+    let mut rows = Vec::new();
+    let mut failed = false;
+    run_jobs(jobs, 1, out_dir, &[], |job, r, took| match r {
+        Ok(v) => {
+            let sim = v["simulated_ms"].as_u64().unwrap_or(0) as f64 / 1000.0;
+            let wall = v["wall_ms"].as_u64().unwrap_or(0).max(1) as f64 / 1000.0;
+            let rss = v["peak_rss_kib"].as_u64().unwrap_or(0) as f64 / 1024.0;
+            failed |= v["passed"] != true;
+            println!(
+                "seed {:>4}: {sim:>7.1} sim-s in {wall:>6.3} s run ({:.3} s process) = {:>8.0} sim-s/s, peak RSS {rss:>6.1} MiB{}",
+                job.seed,
+                took.as_secs_f64(),
+                sim / wall,
+                if v["passed"] == true { "" } else { "  (FAILED)" }
+            );
+            rows.push((sim, wall, took.as_secs_f64(), rss));
+        }
+        Err(e) => {
+            failed = true;
+            println!("seed {}: crashed: {e}", job.seed);
+        }
+    })?;
+    if rows.is_empty() {
+        return Err("no seed finished".into());
+    }
+    let sim: f64 = rows.iter().map(|r| r.0).sum();
+    let wall: f64 = rows.iter().map(|r| r.1).sum();
+    let process: f64 = rows.iter().map(|r| r.2).sum();
+    let rss = rows.iter().map(|r| r.3).fold(0.0, f64::max);
+    println!(
+        "{}: {:.0} simulated s per wall s in the run ({:.0} including process start and exit), peak RSS per seed process {rss:.1} MiB (targets: >= 1000, <= 256 MiB)",
+        file.display(),
+        sim / wall,
+        sim / process
+    );
+    Ok(!failed)
+}
+
+/// The suite's seeds, `parallel` at a time: seeds per minute; whether every seed passed.
+fn suite(dir: &Path, suite: &str, parallel: usize, out_dir: &Path) -> Result<bool, String> {
+    let (files, suite_seeds) = resolve(dir, suite)?;
+    let jobs: Vec<Job> = files
+        .iter()
+        .flat_map(|f| (1..=suite_seeds.unwrap_or(1)).map(move |s| Job::new(f.clone(), s)))
+        .collect();
+    let n = jobs.len();
+    let started = Instant::now();
+    let mut suite_ok = 0;
+    run_jobs(jobs, parallel, out_dir, &[], |_, r, _| {
+        if r.is_ok_and(|v| v["passed"] == true) {
+            suite_ok += 1;
+        }
+    })?;
+    let took = started.elapsed().as_secs_f64();
+    let _ = std::fs::remove_dir_all(out_dir.join(".runs"));
+    println!(
+        "suite {suite}: {n} seeds ({suite_ok} passed) in {took:.1} s with {parallel} at a time = {:.0} seeds per minute",
+        n as f64 * 60.0 / took
+    );
+    Ok(suite_ok == n)
+}

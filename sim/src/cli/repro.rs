@@ -1,0 +1,117 @@
+//! `dalp-sim repro`: replay one seed (beside its fault-free baseline when the scenario judges
+//! isolation), print its outcome and trace, and minimize a failing schedule on request.
+
+use super::backend::{prepare, Backend};
+use super::baseline::{judged, needs_baseline};
+use super::jobs::{run_jobs, Job};
+use super::minimize::minimize;
+use super::options::SeedArgs;
+use super::resolve::one_scenario;
+use crate::scenario::Scenario;
+use clap::Args;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// Replay one seed: outcome, trace-hash, trace files
+#[derive(Debug, Args)]
+pub(super) struct ReproArgs {
+    /// Scenario name or file
+    pub(super) scenario: String,
+    #[command(flatten)]
+    pub(super) run: SeedArgs,
+    /// Where the traces (and --minimize's schedules) are written
+    #[arg(long, value_name = "DIR", default_value = "reports/repro")]
+    out: PathBuf,
+    /// When the run fails: remove faults one at a time while it still fails, and print the
+    /// smallest schedule found
+    #[arg(long)]
+    pub(super) minimize: bool,
+}
+
+/// The command that replays one seed, as printed for a failure.
+pub fn repro_command(scenario: &Path, seed: u64) -> String {
+    format!("cargo xtask sim repro {} --seed {seed}", scenario.display())
+}
+
+/// `Ok(false)` when the run failed.
+pub(super) fn repro(dir: &Path, a: &ReproArgs) -> Result<bool, String> {
+    let file = one_scenario(dir, &a.scenario, "repro takes one scenario")?;
+    let scenario = Scenario::load(&file).map_err(|e| e.to_string())?;
+    let backend = a.run.backend.backend()?;
+    backend.supported()?;
+    let mut extra = vec!["--always-trace".to_string(), "true".to_string()];
+    extra.extend(backend.child_args());
+    prepare(&backend)?;
+    if let Some(s) = &a.run.schedule {
+        extra.push("--schedule".into());
+        extra.push(s.display().to_string());
+    }
+    let job = Job {
+        baseline: a.run.baseline,
+        ..Job::new(file, a.run.seed)
+    };
+    // The isolation invariant compares the run with the seed's fault-free baseline (run beside
+    // it, in a process of its own).
+    let with_baseline = needs_baseline(&scenario) && !a.run.baseline && backend == Backend::Sim;
+    let jobs: Vec<Job> = std::iter::once(job.clone())
+        .chain(with_baseline.then(|| job.as_baseline()))
+        .collect();
+    let mut got: BTreeMap<bool, Result<Value, String>> = BTreeMap::new();
+    run_jobs(jobs, 2, &a.out, &extra, |j, r, _| {
+        got.insert(j.baseline, r);
+    })?;
+    let _ = std::fs::remove_dir_all(a.out.join(".runs"));
+    let run = got.remove(&a.run.baseline).expect("the run ran");
+    let base = got.remove(&true).filter(|_| !a.run.baseline);
+    let v = judged(&job, &scenario, run, base.as_ref())?;
+    let passed = v["passed"].as_bool().unwrap_or(false);
+    print_outcome(&v);
+    if !passed && a.minimize {
+        minimize(&job, &scenario, &a.out, &v, base.as_ref())?;
+    }
+    Ok(passed)
+}
+
+fn print_outcome(v: &Value) {
+    let passed = v["passed"].as_bool().unwrap_or(false);
+    println!("scenario: {}", v["scenario"].as_str().unwrap_or("?"));
+    println!("seed: {}", v["seed"]);
+    println!("outcome: {}", if passed { "pass" } else { "FAIL" });
+    for verdict in v["verdicts"].as_array().into_iter().flatten() {
+        println!(
+            "  {} {:<22} {}",
+            if verdict["held"] == true {
+                "held    "
+            } else {
+                "VIOLATED"
+            },
+            verdict["invariant"].as_str().unwrap_or("?"),
+            verdict["checked"].as_str().unwrap_or("")
+        );
+        for m in verdict["violations"].as_array().into_iter().flatten() {
+            println!("      - {}", m.as_str().unwrap_or(""));
+        }
+    }
+    println!("faults: {}", v["schedule"].as_array().map_or(0, Vec::len));
+    if let Some(b) = v.get("baseline") {
+        println!(
+            "baseline (same seed, no faults): {}, trace-hash {}",
+            if b["passed"] == true { "pass" } else { "FAIL" },
+            b["trace_hash"].as_str().unwrap_or("?")
+        );
+    }
+    if let Some(r) = v["recovery_ms"].as_u64() {
+        println!("recovery: {:.3} s after healing", r as f64 / 1000.0);
+    }
+    println!(
+        "simulated: {:.1} s",
+        v["simulated_ms"].as_u64().unwrap_or(0) as f64 / 1000.0
+    );
+    if let Some(t) = v["trace_files"].as_array() {
+        for f in t {
+            println!("trace: {}", f.as_str().unwrap_or(""));
+        }
+    }
+    println!("trace-hash: {}", v["trace_hash"].as_str().unwrap_or("?"));
+}

@@ -1,0 +1,335 @@
+//! `dalp-sim run`: every scenario with every seed, one child process per seed, several at a time;
+//! then the results document and the reports.
+
+use super::backend::{prepare, Backend, BackendArgs};
+use super::baseline::{needs_baseline, with_baseline};
+use super::jobs::{run_jobs_ticking, Job};
+use super::options::{default_jobs, parse_seeds, parse_shard, Seeds, Shard};
+use super::progress::Progress;
+use super::repro::repro_command;
+use super::resolve::resolve;
+use crate::report;
+use crate::scenario::Scenario;
+use clap::Args;
+use serde_json::{json, Value};
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Run every scenario with every seed (one process per seed)
+///
+/// Writes results.json, junit.xml, report.md and report.html to --out; exit 1 when an invariant
+/// fails. --backend real runs the same scenarios against real PostgreSQL, Anvil and dalp-engine
+/// processes (the plain build; one seed at a time unless --jobs), in containers when Docker is
+/// reachable (--provider auto), else as local processes.
+#[derive(Debug, Args)]
+pub(super) struct RunArgs {
+    /// Scenario names, suite names or scenario files
+    #[arg(required = true, value_name = "SCENARIO|SUITE")]
+    pub(super) targets: Vec<String>,
+    /// Seeds of each scenario: N (1 to N) or A..B (A inclusive, B exclusive) [default: the
+    /// suite's seeds, else 1]
+    #[arg(long, value_name = "N|A..B", value_parser = parse_seeds)]
+    pub(super) seeds: Option<Seeds>,
+    /// Where the results and reports are written
+    #[arg(long, value_name = "DIR", default_value = "reports/latest")]
+    out: PathBuf,
+    /// Children at once [default: one per core; 1 with --backend real]
+    #[arg(long, value_name = "J")]
+    jobs: Option<usize>,
+    /// Run only the runs whose index is I modulo N (`report` merges the shards' results)
+    #[arg(long, value_name = "I/N", value_parser = parse_shard)]
+    shard: Option<Shard>,
+    #[command(flatten)]
+    backend: BackendArgs,
+}
+
+/// `Ok(false)` when a run failed or crashed.
+pub(super) fn run(dir: &Path, a: &RunArgs) -> Result<bool, String> {
+    let backend = a.backend.backend()?;
+    backend.supported()?;
+    let parallel = match a.jobs {
+        Some(j) => j,
+        // Real services are heavy and share the machine's ports and cores: one seed at a time.
+        None if backend != Backend::Sim => 1,
+        None => default_jobs(),
+    }
+    .max(1);
+    let (jobs, scenarios) = plan(dir, a, backend)?;
+    std::fs::create_dir_all(&a.out).map_err(|e| format!("{}: {e}", a.out.display()))?;
+    let total = jobs.len();
+    let jobs = scenarios.with_baselines(jobs);
+    let started = Instant::now();
+    eprintln!(
+        "dalp-sim: {total} runs{}, {parallel} at a time, results in {}",
+        match jobs.len() - total {
+            0 => String::new(),
+            baselines => format!(" (+{baselines} fault-free baselines)"),
+        },
+        a.out.display()
+    );
+    let progress = RefCell::new(Progress::new(total, std::io::stderr().is_terminal()));
+    progress.borrow().draw();
+    let mut tally = Tally::new(&scenarios, backend, total);
+    prepare(&backend)?;
+    run_jobs_ticking(
+        jobs,
+        parallel,
+        &a.out,
+        &backend.child_args(),
+        |job, r, took| tally.finished(job, r, took, &mut progress.borrow_mut()),
+        || progress.borrow().draw(),
+    )?;
+    progress.borrow().clear();
+    tally.write(&a.out, a.shard, started)
+}
+
+/// What the planned runs need to know of their scenario files.
+struct Scenarios {
+    /// The catalog ids each scenario file covers, for the results and the report.
+    covers: BTreeMap<PathBuf, Vec<String>>,
+    /// Scenarios whose runs are compared with a fault-free baseline (isolation).
+    isolated: BTreeMap<PathBuf, Scenario>,
+}
+
+/// The runs of `a` (its shard of them), each scenario validated before anything runs: a bad one
+/// stops the run with its error.
+fn plan(dir: &Path, a: &RunArgs, backend: Backend) -> Result<(Vec<Job>, Scenarios), String> {
+    let mut jobs = Vec::new();
+    let mut scenarios = Scenarios {
+        covers: BTreeMap::new(),
+        isolated: BTreeMap::new(),
+    };
+    for name in &a.targets {
+        let (files, suite_seeds) = resolve(dir, name)?;
+        let seeds = match &a.seeds {
+            Some(s) => s.0.clone(),
+            None => (1..=suite_seeds.unwrap_or(1)).collect(),
+        };
+        for f in files {
+            let scenario = Scenario::load(&f).map_err(|e| e.to_string())?;
+            scenarios.covers.insert(f.clone(), scenario.covers.clone());
+            if needs_baseline(&scenario) && backend == Backend::Sim {
+                scenarios.isolated.insert(f.clone(), scenario);
+            }
+            jobs.extend(seeds.iter().map(|s| Job::new(f.clone(), *s)));
+        }
+    }
+    if let Some(shard) = a.shard {
+        jobs = jobs
+            .into_iter()
+            .enumerate()
+            .filter(|(k, _)| shard.keeps(*k))
+            .map(|(_, j)| j)
+            .collect();
+    }
+    Ok((jobs, scenarios))
+}
+
+impl Scenarios {
+    /// Each run of an isolation scenario gets its fault-free baseline right after it (same
+    /// shard).
+    fn with_baselines(&self, jobs: Vec<Job>) -> Vec<Job> {
+        jobs.into_iter()
+            .flat_map(|j| {
+                let b = self
+                    .isolated
+                    .contains_key(&j.scenario)
+                    .then(|| j.as_baseline());
+                std::iter::once(j).chain(b)
+            })
+            .collect()
+    }
+}
+
+/// A finished run (or baseline) and how long its process took.
+type Half = Option<(Result<Value, String>, Duration)>;
+
+/// The runs of isolation scenarios and their baselines, until both have finished.
+#[derive(Default)]
+struct Pairs(BTreeMap<(PathBuf, u64), (Half, Half)>);
+
+impl Pairs {
+    /// The run judged against its baseline once both have finished; `None` before.
+    fn join(
+        &mut self,
+        job: &Job,
+        s: &Scenario,
+        r: Result<Value, String>,
+        took: Duration,
+    ) -> Option<(Result<Value, String>, Duration)> {
+        let k = (job.scenario.clone(), job.seed);
+        let pair = self.0.entry(k.clone()).or_default();
+        let half = if job.baseline {
+            &mut pair.1
+        } else {
+            &mut pair.0
+        };
+        *half = Some((r, took));
+        if pair.0.is_none() || pair.1.is_none() {
+            return None;
+        }
+        let (Some((run, took)), Some((base, _))) = self.0.remove(&k)? else {
+            unreachable!("both halves present")
+        };
+        Some((with_baseline(job, s, run, &base), took))
+    }
+}
+
+/// What `run` gathers as runs finish.
+struct Tally<'a> {
+    scenarios: &'a Scenarios,
+    backend: Backend,
+    total: usize,
+    pairs: Pairs,
+    results: Vec<Value>,
+    /// What to say again at the end, one entry per failed or crashed run.
+    failures: Vec<String>,
+}
+
+impl<'a> Tally<'a> {
+    fn new(scenarios: &'a Scenarios, backend: Backend, total: usize) -> Self {
+        Tally {
+            scenarios,
+            backend,
+            total,
+            pairs: Pairs::default(),
+            results: Vec::new(),
+            failures: Vec::new(),
+        }
+    }
+
+    /// A child finished: record the run (once its baseline, if any, has finished too).
+    fn finished(
+        &mut self,
+        job: &Job,
+        r: Result<Value, String>,
+        took: Duration,
+        progress: &mut Progress,
+    ) {
+        let (r, took) = match self.scenarios.isolated.get(&job.scenario) {
+            None => (r, took),
+            Some(s) => match self.pairs.join(job, s, r, took) {
+                Some(joined) => joined,
+                None => return,
+            },
+        };
+        let done = Done {
+            name: job
+                .scenario
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or("?")
+                .to_string(),
+            seed: job.seed,
+            repro: format!(
+                "{}{}",
+                repro_command(&job.scenario, job.seed),
+                self.backend.repro_suffix()
+            ),
+            took,
+        };
+        let v = done.entry(job, r, self.scenarios.covers.get(&job.scenario));
+        let outcome = report::outcome(&v);
+        let (line, failure) = done.describe(&v, outcome, progress.done + 1, self.total);
+        self.failures.extend(failure);
+        progress.finished(&line, outcome == "pass");
+        self.results.push(v);
+    }
+
+    /// Write results.json and the reports to `out_dir`; whether every run passed.
+    fn write(self, out_dir: &Path, shard: Option<Shard>, started: Instant) -> Result<bool, String> {
+        let mut extra = json!({"wall_s": started.elapsed().as_secs_f64()});
+        if let Some(s) = shard {
+            extra["shard"] = json!(s.to_string());
+        }
+        let doc = report::document(self.results, extra);
+        let written = report::write_outputs(out_dir, &doc)?;
+        let _ = std::fs::remove_dir_all(out_dir.join(".runs"));
+        eprintln!(
+            "dalp-sim: {}/{} runs passed in {:.1}s; wrote {}",
+            doc["summary"]["passed"],
+            doc["summary"]["runs"],
+            started.elapsed().as_secs_f64(),
+            super::joined(&written)
+        );
+        for f in &self.failures {
+            eprintln!("FAILED {f}");
+        }
+        Ok(self.failures.is_empty())
+    }
+}
+
+/// A run that finished, as the results and the progress name it.
+struct Done {
+    /// The scenario file's stem.
+    name: String,
+    seed: u64,
+    /// The command that replays it.
+    repro: String,
+    took: Duration,
+}
+
+impl Done {
+    /// The run's entry in results.json: its result (or the crash), where it came from, how to
+    /// replay it, and the catalog ids it covers.
+    fn entry(&self, job: &Job, r: Result<Value, String>, covers: Option<&Vec<String>>) -> Value {
+        let mut v = match r {
+            Ok(v) => v,
+            Err(e) => {
+                json!({"scenario": self.name, "seed": self.seed, "passed": false, "crashed": e})
+            }
+        };
+        v["scenario_file"] = json!(job.scenario.display().to_string());
+        v["repro"] = json!(self.repro);
+        report::normalize(&mut v, covers.map(Vec::as_slice));
+        v
+    }
+
+    /// The progress line of the `n`th of `total` runs, and what to say again at the end if it
+    /// failed.
+    fn describe(
+        &self,
+        v: &Value,
+        outcome: &str,
+        n: usize,
+        total: usize,
+    ) -> (String, Option<String>) {
+        let (name, seed, repro) = (&self.name, self.seed, &self.repro);
+        if outcome == "crash" {
+            let failure = format!(
+                "{name} seed {seed}: the run crashed: {}\n    reproduce: {repro}",
+                v["crashed"].as_str().unwrap_or("")
+            );
+            let line = format!("[{n}/{total}] CRASH {name} seed {seed}; reproduce: {repro}");
+            return (line, Some(failure));
+        }
+        let failed: Vec<String> = v["verdicts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|x| x["held"] == false)
+            .map(|x| x["invariant"].as_str().unwrap_or("?").to_string())
+            .collect();
+        let failure = (outcome == "fail").then(|| {
+            format!(
+                "{name} seed {seed}: {} failed\n    reproduce: {repro}",
+                failed.join(", "),
+            )
+        });
+        let line = format!(
+            "[{n}/{total}] {} {name} seed {seed} ({:.1}s wall, {} sim-s){}",
+            if outcome == "pass" { "ok  " } else { "FAIL" },
+            self.took.as_secs_f64(),
+            v["simulated_ms"].as_u64().unwrap_or(0) / 1000,
+            if failed.is_empty() {
+                String::new()
+            } else {
+                format!(" violated: {}; reproduce: {repro}", failed.join(", "))
+            }
+        );
+        (line, failure)
+    }
+}
