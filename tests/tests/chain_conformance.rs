@@ -1357,3 +1357,31 @@ fn reorg_over_a_sender_with_pending_successors() {
         Op::Mine(1),
     ]);
 }
+
+/// Found by the property test in CI: a reorg takes back a transaction that no longer pays the
+/// new head's base fee (sent at the base fee, no tip) and, in the same block, its sender's next
+/// nonce. Anvil refuses the first when it is sent again and keeps the second queued behind the
+/// gap; the model used to take both back and then drop both while mining.
+#[test]
+fn reorg_refuses_a_taken_back_transaction_below_the_base_fee_and_keeps_its_successor_queued() {
+    let zero = || Payload::Eth {
+        to: 0,
+        amount: Amount::Zero,
+    };
+    check(vec![
+        Op::Reorg {
+            depth: 0,
+            drop_txs: false,
+        },
+        Op::Mine(1),
+        send(0, NonceSel::Gap(1), FeeSel::Normal, zero()),
+        Op::Mine(1),
+        Op::Rollback(1),
+        send(0, NonceSel::Next, FeeSel::AtBase, zero()),
+        Op::Mine(1),
+        Op::Reorg {
+            depth: 1,
+            drop_txs: false,
+        },
+    ]);
+}

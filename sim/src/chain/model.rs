@@ -830,12 +830,18 @@ impl ChainModel {
         let depth = old_head - ancestor;
         let mut reinjected = Vec::new();
         let mut dropped = Vec::new();
+        let base_fee = self.next_base_fee();
         for inc in removed.iter().flat_map(|b| b.txs.iter()) {
             let slot_taken = self
                 .by_sender
                 .get(&inc.tx.from)
                 .is_some_and(|m| m.contains_key(&inc.tx.nonce));
-            if drop_txs || slot_taken {
+            // Anvil takes a transaction back as if sent again now: one that no longer pays the
+            // new head's base fee (or its cost) is refused there, and only that one; the
+            // sender's later nonces wait behind the gap (Geth keeps such a one in the pool).
+            let refused = self.params.pool_policy == PoolPolicy::Anvil
+                && self.validate(&inc.tx, &self.state, base_fee).is_err();
+            if drop_txs || slot_taken || refused {
                 dropped.push(inc.tx.hash);
             } else {
                 reinjected.push(inc.tx.hash);
