@@ -11,6 +11,7 @@ pub mod check;
 pub mod cli;
 pub mod client;
 pub mod db;
+pub mod driver;
 pub mod engine_conf;
 pub mod history;
 pub mod isolation;

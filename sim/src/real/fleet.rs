@@ -21,10 +21,11 @@ use super::engines::{operator_requeue, EngineProcess};
 use super::evidence::Rpc;
 use super::provision::{PgServer, Provider, Result};
 use super::proxy::{HttpFaultProxy, HttpMode, TcpFaultProxy, TcpMode};
+use crate::driver::{FaultOutcome, FaultTarget};
 use crate::engine_conf::{CHAIN_ID, SIGNER_KEY};
 use crate::scenario::Fault;
-use crate::trace::{Event, Trace};
 use alloy_primitives::{Address, Bytes, B256, U256};
+use async_trait::async_trait;
 use dalp_engine::signer::{SignerKey, UnsignedTx};
 use serde_json::{json, Value};
 use sqlx::Row;
@@ -40,7 +41,6 @@ pub struct EngineLinks {
 
 pub struct Fleet {
     pub start: Instant,
-    pub trace: Trace,
     pub http: reqwest::Client,
     pub rpc: Rpc,
     pub signer: Address,
@@ -60,8 +60,6 @@ pub struct Fleet {
     pub block_s: u64,
     pub external_txs: Mutex<Vec<B256>>,
     pub data_loss: Mutex<Vec<Value>>,
-    /// Faults with no real counterpart, with the reason.
-    pub not_applicable: Mutex<Vec<Value>>,
     /// Sessions left inside a transaction (`db_stale_session`): held until the run ends, unless
     /// the server ends them first under the engine's idle-in-transaction bound.
     pub stale_sessions: Mutex<Vec<sqlx::PgConnection>>,
@@ -71,9 +69,13 @@ fn ms(s: f64) -> u64 {
     (s * 1000.0).round() as u64
 }
 
-/// The detail of a fault with no real counterpart on this backend.
-fn na(why: &str) -> Result<Value> {
-    Ok(json!({ "not_applicable": why }))
+/// A fault with no real counterpart on this backend.
+fn na(why: &str) -> Result<FaultOutcome> {
+    Ok(FaultOutcome::NotApplicable(why.into()))
+}
+
+fn applied(detail: Value) -> Result<FaultOutcome> {
+    Ok(FaultOutcome::Applied(detail))
 }
 
 fn engine_index(node: &str) -> Option<usize> {
@@ -309,8 +311,8 @@ impl Fleet {
         Ok(())
     }
 
-    /// Apply `fault`; a JSON detail for the trace (`not_applicable` when it has no counterpart).
-    pub async fn apply(&self, fault: &Fault, heal_ms: u64) -> Result<Value> {
+    /// Apply `fault`: what was done (the trace's detail), or why it has no counterpart here.
+    async fn apply(&self, fault: &Fault, heal_ms: u64) -> Result<FaultOutcome> {
         match fault {
             Fault::EngineCrash { node, .. } => {
                 let mut engines = self.engines.lock().await;
@@ -318,14 +320,14 @@ impl Fleet {
                     return na("only engine nodes crash on this backend");
                 };
                 engines[i].kill9();
-                Ok(json!({"signal": "SIGKILL"}))
+                applied(json!({"signal": "SIGKILL"}))
             }
             Fault::EnginePause { node, .. } => {
                 let engines = self.engines.lock().await;
                 for i in self.engine_targets(node) {
                     engines[i].signal_pause(true);
                 }
-                Ok(json!({"signal": "SIGSTOP"}))
+                applied(json!({"signal": "SIGSTOP"}))
             }
             Fault::Partition { node, from, .. } => self.partition(node, from),
             Fault::ClockSkew { .. } => na(
@@ -336,15 +338,15 @@ impl Fleet {
                 promote_after_s, ..
             } => {
                 let promote = ms(*promote_after_s).min(heal_ms.saturating_sub(self.t_ms()));
-                self.fail_over(true, promote).await
+                self.fail_over(true, promote).await.map(FaultOutcome::Applied)
             }
-            Fault::DbSwitchover { .. } => self.switch_over().await,
+            Fault::DbSwitchover { .. } => self.switch_over().await.map(FaultOutcome::Applied),
             Fault::DbConnReset { .. } => {
                 for l in &self.links {
                     l.db.reset_connections();
                     l.db.set_mode(TcpMode::Down);
                 }
-                Ok(json!({"proxies": "reset, refusing"}))
+                applied(json!({"proxies": "reset, refusing"}))
             }
             Fault::DbLostAck { .. } => na(
                 "losing a commit's acknowledgement needs a proxy that understands the PostgreSQL protocol",
@@ -353,57 +355,57 @@ impl Fleet {
                 for l in &self.links {
                     l.db.set_mode(TcpMode::Latency(Duration::from_millis(*extra_ms)));
                 }
-                Ok(json!({}))
+                applied(json!({}))
             }
-            Fault::DbStaleSession { .. } => self.stale_session().await,
+            Fault::DbStaleSession { .. } => self.stale_session().await.map(FaultOutcome::Applied),
             Fault::RpcDown { endpoint, .. } => {
                 for p in self.rpc_targets(endpoint) {
                     p.set_mode(HttpMode::Down);
                 }
-                Ok(json!({}))
+                applied(json!({}))
             }
             Fault::RpcError {
                 endpoint, method, ..
-            } => Ok(self.fail_rpc_calls(endpoint, method.as_deref(), HttpMode::Status503)),
+            } => applied(self.fail_rpc_calls(endpoint, method.as_deref(), HttpMode::Status503)),
             Fault::RpcTimeout {
                 endpoint, method, ..
-            } => Ok(self.fail_rpc_calls(endpoint, method.as_deref(), HttpMode::Blackhole)),
+            } => applied(self.fail_rpc_calls(endpoint, method.as_deref(), HttpMode::Blackhole)),
             Fault::RpcAmbiguousSend { endpoint, .. } => {
                 for p in self.rpc_targets(endpoint) {
                     p.set_mode(HttpMode::AmbiguousSend);
                 }
-                Ok(json!({}))
+                applied(json!({}))
             }
             Fault::RpcLag { .. } => {
                 na("a lagging endpoint needs a second node following the chain late")
             }
             Fault::Reorg {
                 depth, drop_txs, ..
-            } => self.reorg(*depth, *drop_txs).await,
-            Fault::MempoolDrop { .. } => self.drop_signer_txs().await,
+            } => self.reorg(*depth, *drop_txs).await.map(FaultOutcome::Applied),
+            Fault::MempoolDrop { .. } => self.drop_signer_txs().await.map(FaultOutcome::Applied),
             Fault::GasSpike { base_fee_gwei, .. } => {
                 let wei = U256::from(*base_fee_gwei) * U256::from(1_000_000_000u64);
                 self.rpc
                     .call("anvil_setNextBlockBaseFeePerGas", json!([wei]))
                     .await?;
-                Ok(json!({}))
+                applied(json!({}))
             }
-            Fault::ExternalNonce { .. } => self.send_external().await,
+            Fault::ExternalNonce { .. } => self.send_external().await.map(FaultOutcome::Applied),
             Fault::SignerDrain { .. } => {
                 self.rpc
                     .call("anvil_setBalance", json!([self.signer, "0x0"]))
                     .await?;
-                Ok(json!({}))
+                applied(json!({}))
             }
             Fault::RegionFailover {
                 promote_after_s, ..
-            } => self.fail_over_region(*promote_after_s, heal_ms).await,
-            Fault::OperatorRequeue { .. } => self.requeue_dead_letters().await,
+            } => self.fail_over_region(*promote_after_s, heal_ms).await.map(FaultOutcome::Applied),
+            Fault::OperatorRequeue { .. } => self.requeue_dead_letters().await.map(FaultOutcome::Applied),
         }
     }
 
     /// Black-hole the proxies between engine `node` and the peers in `from` (both directions).
-    fn partition(&self, node: &str, from: &[String]) -> Result<Value> {
+    fn partition(&self, node: &str, from: &[String]) -> Result<FaultOutcome> {
         let Some(i) = engine_index(node) else {
             return na("only an engine's links go through proxies on this backend");
         };
@@ -428,11 +430,13 @@ impl Fleet {
         if cut.is_empty() {
             return na("engines do not talk to each other: nothing to cut");
         }
-        Ok(json!({"blackholed": cut, "direction": "both (a proxy cannot lose one direction only)"}))
+        applied(
+            json!({"blackholed": cut, "direction": "both (a proxy cannot lose one direction only)"}),
+        )
     }
 
     /// SIGKILL database server `node`; it restarts on the same data at the heal.
-    async fn crash_db(&self, node: &str) -> Result<Value> {
+    async fn crash_db(&self, node: &str) -> Result<FaultOutcome> {
         let Some(j) = db_index(node) else {
             return na("unknown database node");
         };
@@ -441,7 +445,7 @@ impl Fleet {
             return na("no such database node");
         }
         dbs[j].kill().await?;
-        Ok(json!({"signal": "SIGKILL"}))
+        applied(json!({"signal": "SIGKILL"}))
     }
 
     /// A planned switchover: the primary made read-only in place, the replica promoted once
@@ -688,57 +692,24 @@ impl Fleet {
         self.rpc.call("anvil_reorg", json!([depth, pairs])).await?;
         Ok(json!({"depth": depth, "reincluded": n}))
     }
+}
 
-    /// Record a fault span in the trace, as the simulation does.
-    pub fn record(&self, start_ms: u64, fault: &Fault, applied: &Value, healed: Option<&Value>) {
-        let node = fault.node().unwrap_or("sim").to_string();
-        let args = serde_json::to_value(fault).unwrap_or(Value::Null);
-        match healed {
-            None => self.trace.record(
-                start_ms,
-                &node,
-                "fault",
-                fault.kind().as_str(),
-                json!({"fault": args, "applied": applied}),
-            ),
-            Some(h) => {
-                let now = self.t_ms();
-                self.trace.push(Event {
-                    t_ms: start_ms,
-                    node,
-                    cat: "heal".into(),
-                    name: fault.kind().as_str().into(),
-                    args: json!({"healed_at_ms": now, "detail": h}),
-                    dur_ms: Some(now.saturating_sub(start_ms)),
-                });
-            }
-        }
+#[async_trait]
+impl FaultTarget for Fleet {
+    fn t_ms(&self) -> u64 {
+        Fleet::t_ms(self)
     }
 
-    /// Run one fault: wait for its start, apply, wait for its end, heal.
-    pub async fn one(self: Arc<Self>, fault: Fault, heal_ms: u64) {
-        let start = ms(fault.at_s());
-        self.sleep_until_ms(start).await;
-        let applied = match self.apply(&fault, heal_ms).await {
-            Ok(v) => v,
-            Err(e) => json!({"error": e.to_string()}),
-        };
-        self.record(start, &fault, &applied, None);
-        if applied.get("not_applicable").is_some() {
-            self.not_applicable.lock().expect("na").push(json!({
-                "kind": fault.kind(), "at_s": fault.at_s(), "reason": applied["not_applicable"],
-            }));
-            return;
-        }
-        let end = match fault.duration_s() {
-            Some(d) => (start + ms(d)).min(heal_ms),
-            None => heal_ms,
-        };
-        self.sleep_until_ms(end).await;
-        let healed = match self.heal(&fault).await {
-            Ok(v) => v,
-            Err(e) => json!({"error": e.to_string()}),
-        };
-        self.record(start, &fault, &applied, Some(&healed));
+    /// A fault that fails to apply is recorded with its error and still healed at its end.
+    async fn apply(&self, _n: u64, fault: &Fault, heal_ms: u64) -> FaultOutcome {
+        Fleet::apply(self, fault, heal_ms)
+            .await
+            .unwrap_or_else(|e| FaultOutcome::Applied(json!({"error": e.to_string()})))
+    }
+
+    async fn heal(&self, _n: u64, fault: &Fault) -> Value {
+        Fleet::heal(self, fault)
+            .await
+            .unwrap_or_else(|e| json!({"error": e.to_string()}))
     }
 }

@@ -1,22 +1,22 @@
-//! One real run: provision the services, start the engines behind their proxies, run the seed's
-//! workload under the seed's fault schedule (in real time), heal, wait out the liveness phase,
-//! collect the evidence from the services and check the invariants — the phases of the
-//! simulation's `world::run`, against real parts.
+//! One real run: provision the services and start the engines behind their proxies, then let the
+//! run driver (`crate::driver`) take the run through the same phases as a simulated one, in real
+//! time; this module says only how real clients start and where the evidence is read.
 
 use super::cleanup;
 use super::engines::{engine_binary, engine_ports, EngineProcess, HttpApi};
 use super::evidence::{self, Rpc};
 use super::fleet::{EngineLinks, Fleet};
-use super::provision::{LocalProvider, PgServer, Provider, Result};
+use super::provision::{AnvilNode, LocalProvider, PgServer, Provider, Result};
 use super::proxy::{HttpFaultProxy, TcpFaultProxy};
-use crate::check::{check, Evidence};
-use crate::client::{run_ops, ClientCtx, TokenBook};
+use crate::check::Evidence;
+use crate::client::{run_ops, ClientCtx};
+use crate::driver::{drive, Backend, FaultTarget, Result as DriverResult, Workload};
 use crate::engine_conf::{engine_toml, EngineConf, CHAIN_ID, SIGNER_KEY};
-use crate::history::{summarize, History};
 use crate::outcome::RunResult;
-use crate::plan::{plan, INVESTOR};
+use crate::plan::INVESTOR;
 use crate::scenario::{Fault, Replication, Scenario};
 use crate::trace::Trace;
+use async_trait::async_trait;
 use dalp_engine::signer::SignerKey;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -90,337 +90,264 @@ pub fn run_seed_real(
     cleanup::sweep_orphans();
     let out = rt.block_on(async move {
         cleanup::on_interrupt();
-        world(scenario, seed, schedule, choice, t).await
+        let world = RealWorld::provision(scenario.clone(), choice).await?;
+        drive(world, &scenario, seed, schedule, &t).await
     });
     drop(rt);
     cleanup::kill_all();
     out.map(|r| (r, trace)).map_err(|e| e.to_string())
 }
 
-async fn world(
-    s: Arc<Scenario>,
-    seed: u64,
-    schedule: Vec<Fault>,
-    choice: ProviderChoice,
-    trace: Trace,
-) -> Result<RunResult> {
-    // Provisioning takes seconds (containers, base backups); the run's clock starts once the
-    // engines are up, so the schedule's times mean what they mean in the simulation.
-    let provisioning = Instant::now();
-    let topo = &s.topology;
-    let heal_ms = (s.durations.fault_phase_s * 1000.0).round() as u64;
-    let deadline_ms = heal_ms + (s.durations.liveness_bound_s * 1000.0).round() as u64;
-    let provider = provider(choice).await?;
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(8)
-        .build()?;
+/// Real services for one run, and what the driver reads from them.
+struct RealWorld {
+    scenario: Arc<Scenario>,
+    fleet: Arc<Fleet>,
+    api: Arc<HttpApi>,
+    clients: Vec<rtokio::task::JoinHandle<()>>,
+    provisioning_ms: u64,
+    databases: usize,
+    sync: bool,
+    /// Kept for the run: dropping it stops Anvil.
+    _anvil: Box<dyn AnvilNode>,
+}
 
-    // Database: a primary and its streaming replicas.
-    let sync = topo.replication == Replication::Sync && topo.db_replicas > 0;
-    let mut dbs: Vec<Box<dyn PgServer>> = vec![provider.postgres_primary("db-0", sync).await?];
-    for j in 1..=topo.db_replicas as usize {
-        let r = provider
-            .postgres_replica(&format!("db-{j}"), dbs[0].as_ref())
+impl RealWorld {
+    /// Start the database servers, Anvil, and each engine behind its own proxies. Provisioning
+    /// takes seconds (containers, base backups); the run's clock starts once the engines are up,
+    /// so the schedule's times mean what they mean in the simulation.
+    async fn provision(s: Arc<Scenario>, choice: ProviderChoice) -> Result<Self> {
+        let provisioning = Instant::now();
+        let topo = &s.topology;
+        let provider = provider(choice).await?;
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(8)
+            .build()?;
+
+        // Database: a primary and its streaming replicas.
+        let sync = topo.replication == Replication::Sync && topo.db_replicas > 0;
+        let mut dbs: Vec<Box<dyn PgServer>> = vec![provider.postgres_primary("db-0", sync).await?];
+        for j in 1..=topo.db_replicas as usize {
+            let r = provider
+                .postgres_replica(&format!("db-{j}"), dbs[0].as_ref())
+                .await?;
+            dbs.push(r);
+        }
+        create_database(&dbs[0].addr().to_string(), topo.db_replicas > 0).await?;
+
+        // The chain: one Anvil node; each RPC endpoint is a proxy of it per engine.
+        let block_s = (topo.block_time_ms as f64 / 1000.0).max(1.0).round() as u64;
+        let anvil = provider
+            .anvil(
+                "anvil",
+                &[
+                    "--chain-id".into(),
+                    CHAIN_ID.to_string(),
+                    "--block-time".into(),
+                    block_s.to_string(),
+                ],
+            )
             .await?;
-        dbs.push(r);
-    }
-    create_database(&dbs[0].addr().to_string(), topo.db_replicas > 0).await?;
+        let rpc = Rpc {
+            http: http.clone(),
+            url: format!("http://{}", anvil.addr()),
+        };
 
-    // The chain: one Anvil node; each RPC endpoint is a proxy of it per engine.
-    let block_s = (topo.block_time_ms as f64 / 1000.0).max(1.0).round() as u64;
-    let anvil = provider
-        .anvil(
-            "anvil",
-            &[
-                "--chain-id".into(),
-                CHAIN_ID.to_string(),
-                "--block-time".into(),
-                block_s.to_string(),
-            ],
-        )
-        .await?;
-    let rpc = Rpc {
-        http: http.clone(),
-        url: format!("http://{}", anvil.addr()),
-    };
-
-    // Engines, each behind its own proxies.
-    let n = topo.engines as usize;
-    let ports = engine_ports(n)?;
-    let bin = engine_binary()?;
-    let mut links = Vec::new();
-    let mut engines = Vec::new();
-    let mut api_ports = Vec::new();
-    for (i, port) in ports.iter().enumerate() {
-        let name = format!("engine-{i}");
-        let db = TcpFaultProxy::start(&format!("{name}-db"), dbs[0].addr()).await?;
-        let mut rpcs = Vec::new();
-        for k in 0..topo.rpc_endpoints as usize {
-            rpcs.push(HttpFaultProxy::start(&format!("{name}-rpc-{k}"), anvil.addr()).await?);
+        // Engines, each behind its own proxies.
+        let n = topo.engines as usize;
+        let ports = engine_ports(n)?;
+        let bin = engine_binary()?;
+        let mut links = Vec::new();
+        let mut engines = Vec::new();
+        let mut api_ports = Vec::new();
+        for (i, port) in ports.iter().enumerate() {
+            let name = format!("engine-{i}");
+            let db = TcpFaultProxy::start(&format!("{name}-db"), dbs[0].addr()).await?;
+            let mut rpcs = Vec::new();
+            for k in 0..topo.rpc_endpoints as usize {
+                rpcs.push(HttpFaultProxy::start(&format!("{name}-rpc-{k}"), anvil.addr()).await?);
+            }
+            let api = HttpFaultProxy::start(
+                &format!("{name}-api"),
+                std::net::SocketAddr::from(([127, 0, 0, 1], *port)),
+            )
+            .await?;
+            let endpoints: Vec<String> = rpcs
+                .iter()
+                .map(|p| format!("http://{}", p.addr()))
+                .collect();
+            let toml = engine_toml(&EngineConf {
+                index: i,
+                database_url: &format!("postgres://postgres@{}/dalp", db.addr()),
+                rpc_endpoints: &endpoints,
+                finality_depth: topo.finality_depth,
+                indexer: topo.indexers.contains(&name),
+                listen: Some(&format!("127.0.0.1:{port}")),
+            });
+            engines.push(EngineProcess::new(&bin, i, *port, &toml)?);
+            api_ports.push(api.addr().port());
+            links.push(EngineLinks { db, rpc: rpcs, api });
         }
-        let api = HttpFaultProxy::start(
-            &format!("{name}-api"),
-            std::net::SocketAddr::from(([127, 0, 0, 1], *port)),
-        )
-        .await?;
-        let endpoints: Vec<String> = rpcs
-            .iter()
-            .map(|p| format!("http://{}", p.addr()))
+        let standby: Vec<bool> = (0..n)
+            .map(|i| topo.standby_engines.contains(&format!("engine-{i}")))
             .collect();
-        let toml = engine_toml(&EngineConf {
-            index: i,
-            database_url: &format!("postgres://postgres@{}/dalp", db.addr()),
-            rpc_endpoints: &endpoints,
-            finality_depth: topo.finality_depth,
-            indexer: topo.indexers.contains(&name),
-            listen: Some(&format!("127.0.0.1:{port}")),
+        for (i, e) in engines.iter_mut().enumerate() {
+            if !standby[i] {
+                e.start(&http).await?;
+            }
+        }
+        let provisioning_ms = provisioning.elapsed().as_millis() as u64;
+        let start = Instant::now();
+        let databases = dbs.len();
+        let fleet = Arc::new(Fleet {
+            start,
+            http: http.clone(),
+            rpc,
+            signer: SignerKey::from_hex(SIGNER_KEY)?.address(),
+            links,
+            engines: rtokio::sync::Mutex::new(engines),
+            standby,
+            dbs: rtokio::sync::Mutex::new(dbs),
+            primary: Mutex::new(0),
+            provider,
+            rejoins: Mutex::new(0),
+            failed_over: Mutex::default(),
+            sync_replication: sync,
+            block_s,
+            external_txs: Mutex::default(),
+            data_loss: Mutex::default(),
+            stale_sessions: Mutex::default(),
         });
-        engines.push(EngineProcess::new(&bin, i, *port, &toml)?);
-        api_ports.push(api.addr().port());
-        links.push(EngineLinks { db, rpc: rpcs, api });
+        let api = Arc::new(HttpApi {
+            http,
+            ports: api_ports,
+            timeout: Duration::from_millis(s.workload.client_timeout_ms),
+            start,
+        });
+        Ok(RealWorld {
+            scenario: s,
+            fleet,
+            api,
+            clients: Vec::new(),
+            provisioning_ms,
+            databases,
+            sync,
+            _anvil: anvil,
+        })
     }
-    let standby: Vec<bool> = (0..n)
-        .map(|i| topo.standby_engines.contains(&format!("engine-{i}")))
-        .collect();
-    for (i, e) in engines.iter_mut().enumerate() {
-        if !standby[i] {
-            e.start(&http).await?;
+
+    async fn primary_url(&self) -> String {
+        let dbs = self.fleet.dbs.lock().await;
+        self.fleet.primary_url(&dbs)
+    }
+}
+
+#[async_trait(?Send)]
+impl Backend for RealWorld {
+    fn t_ms(&self) -> u64 {
+        self.fleet.t_ms()
+    }
+
+    fn start_detail(&self) -> Value {
+        json!({"backend": "real", "provider": self.fleet.provider.name(),
+               "databases": self.databases, "sync": self.sync,
+               "provisioning_ms": self.provisioning_ms})
+    }
+
+    /// Each client a task, against the engines' API proxies.
+    async fn start_workload(&mut self, w: &Workload) {
+        for (c, ops) in w.clients.iter().enumerate() {
+            let ctx = Arc::new(ClientCtx {
+                name: format!("client-{c}"),
+                engines: self.scenario.topology.engines as usize,
+                deadline_ms: w.deadline_ms,
+                history: w.history.clone(),
+                tokens: w.tokens.clone(),
+                api: self.api.clone(),
+            });
+            self.clients.push(rtokio::spawn(run_ops(ctx, ops.clone())));
         }
     }
-    let provisioning_ms = provisioning.elapsed().as_millis() as u64;
-    let start = Instant::now();
-    let t_ms = move || start.elapsed().as_millis() as u64;
-    trace.record(
-        0,
-        "sim",
-        "phase",
-        "start",
-        json!({"scenario": s.name, "seed": seed, "faults": schedule.len(), "backend": "real",
-               "provider": provider.name(), "databases": dbs.len(), "sync": sync,
-               "provisioning_ms": provisioning_ms}),
-    );
-    let signer = SignerKey::from_hex(SIGNER_KEY)?.address();
-    let fleet = Arc::new(Fleet {
-        start,
-        trace: trace.clone(),
-        http: http.clone(),
-        rpc: rpc.clone(),
-        signer,
-        links,
-        engines: rtokio::sync::Mutex::new(engines),
-        standby,
-        dbs: rtokio::sync::Mutex::new(dbs),
-        primary: Mutex::new(0),
-        provider,
-        rejoins: Mutex::new(0),
-        failed_over: Mutex::default(),
-        sync_replication: sync,
-        block_s,
-        external_txs: Mutex::default(),
-        data_loss: Mutex::default(),
-        not_applicable: Mutex::default(),
-        stale_sessions: Mutex::default(),
-    });
 
-    // Clients: the seed's plan, against the engines' API proxies.
-    let history = History::default();
-    let tokens: TokenBook = Arc::new(Mutex::new(BTreeMap::new()));
-    let planned = plan(&s, seed);
-    trace.record(
-        t_ms(),
-        "sim",
-        "phase",
-        "plan",
-        json!({"operations": planned.len()}),
-    );
-    let api = Arc::new(HttpApi {
-        http: http.clone(),
-        ports: api_ports,
-        timeout: Duration::from_millis(s.workload.client_timeout_ms),
-        start,
-    });
-    let mut clients = Vec::new();
-    for c in 0..s.workload.clients as usize {
-        let ops: Vec<_> = planned
-            .iter()
-            .filter(|o| o.client as usize == c)
-            .cloned()
-            .collect();
-        let ctx = Arc::new(ClientCtx {
-            name: format!("client-{c}"),
-            engines: n,
-            deadline_ms,
-            history: history.clone(),
-            tokens: tokens.clone(),
-            api: api.clone(),
-        });
-        clients.push(rtokio::spawn(run_ops(ctx, ops)));
+    fn fault_target(&mut self) -> Arc<dyn FaultTarget> {
+        self.fleet.clone()
     }
 
-    // Faults until the heal instant.
-    let mut injected = Vec::new();
-    for f in schedule.iter().cloned() {
-        injected.push(rtokio::spawn(fleet.clone().one(f, heal_ms)));
-    }
-    sleep_until(start, heal_ms).await;
-    for t in injected {
-        let _ = t.await;
-    }
-    trace.record(t_ms(), "sim", "phase", "healed", Value::Null);
-
-    // Liveness: every accepted request must finish within the bound.
-    let planned_n = planned.len();
-    let settled = |h: &History| {
-        let sums = summarize(&h.ops());
-        sums.len() == planned_n && sums.values().all(|o| o.observed.is_some() || o.refused)
-    };
-    while !settled(&history) && t_ms() < deadline_ms {
-        rtokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    let all_done = summarize(&history.ops())
-        .values()
-        .filter(|o| o.accepted_at.is_some())
-        .all(|o| o.observed.is_some());
-    trace.record(
-        t_ms(),
-        "sim",
-        "phase",
-        "liveness_done",
-        json!({"all_done": all_done}),
-    );
-    for c in clients {
-        c.abort();
+    async fn finalized(&self) -> DriverResult<u64> {
+        let head = self.fleet.rpc.head().await?;
+        Ok(head.saturating_sub(self.scenario.topology.finality_depth))
     }
 
-    // Let the indexer reach the finalized height (bounded).
-    let primary_url = {
-        let dbs = fleet.dbs.lock().await;
-        fleet.primary_url(&dbs)
-    };
-    let settle_until = t_ms() + 30_000;
-    let target = rpc.head().await?.saturating_sub(topo.finality_depth);
-    while evidence::indexed_height(&primary_url).await < target && t_ms() < settle_until {
-        rtokio::time::sleep(Duration::from_millis(500)).await;
+    async fn indexed_height(&self) -> u64 {
+        evidence::indexed_height(&self.primary_url().await).await
     }
 
-    let mut ev = Evidence {
-        ops: history.ops(),
-        heal_ms,
-        liveness_deadline_ms: deadline_ms,
-        signer,
-        external_txs: fleet.external_txs.lock().expect("ext").clone(),
-        tokens: tokens.lock().expect("tokens").clone(),
-        investor: INVESTOR,
-        max_dead_letters: s.expect.max_dead_letters,
-        data_loss: fleet.data_loss.lock().expect("loss").clone(),
-        ..Default::default()
-    };
-    evidence::chain(&rpc, &mut ev, topo.finality_depth, INVESTOR).await?;
-    evidence::database(&primary_url, &mut ev).await?;
-    let head = rpc.head().await?;
-    trace.record(
-        t_ms(),
-        "sim",
-        "phase",
-        "final_state",
-        ev.final_state(head, json!({})),
-    );
-
-    // Visibility needs the metrics scraper and isolation a fault-free baseline: simulation only.
-    let invariants: Vec<String> = s
-        .invariants
-        .iter()
-        .filter(|i| !matches!(i.as_str(), "visibility" | "isolation" | "determinism"))
-        .cloned()
-        .collect();
-    let verdicts = check(&invariants, &ev);
-    let passed = verdicts.iter().all(|v| v.held);
-    for v in &verdicts {
-        trace.record(
-            t_ms(),
-            "sim",
-            "check",
-            &v.invariant,
-            json!({"held": v.held, "violations": v.violation_count}),
-        );
+    async fn collect(&self, ev: &mut Evidence) -> DriverResult<()> {
+        ev.signer = self.fleet.signer;
+        let depth = self.scenario.topology.finality_depth;
+        evidence::chain(&self.fleet.rpc, ev, depth, INVESTOR).await?;
+        evidence::database(&self.primary_url().await, ev).await?;
+        Ok(())
     }
-    let mut stats = ev.stats();
-    stats.insert("chain_head".to_string(), head);
-    stats.insert("provisioning_ms".to_string(), provisioning_ms);
-    {
-        let engines = fleet.engines.lock().await;
+
+    /// No metrics scraper (`visibility`) and no fault-free baseline run (`isolation`) here.
+    fn can_judge(&self, invariant: &str) -> bool {
+        !matches!(invariant, "visibility" | "isolation")
+    }
+
+    async fn observe_visibility(&self, _schedule: &[Fault], _ev: &mut Evidence) {
+        unreachable!("visibility is not judged on the real backend")
+    }
+
+    fn recorded(&self, ev: &mut Evidence) {
+        ev.external_txs = self.fleet.external_txs.lock().expect("ext").clone();
+        ev.data_loss = self.fleet.data_loss.lock().expect("loss").clone();
+    }
+
+    async fn final_state(&self) -> DriverResult<(u64, Value)> {
+        Ok((self.fleet.rpc.head().await?, json!({})))
+    }
+
+    async fn stats(&self, stats: &mut BTreeMap<String, u64>) {
+        stats.insert("provisioning_ms".to_string(), self.provisioning_ms);
+        let engines = self.fleet.engines.lock().await;
         let starts: u32 = engines.iter().map(|e| e.starts).sum();
         stats.insert("engine_process_starts".to_string(), starts as u64);
     }
-    let ops = crate::timing::op_timings(
-        &planned
-            .iter()
-            .map(|o| (o.index, o.kind.name().to_string(), o.kind.token(), o.at_ms))
-            .collect::<Vec<_>>(),
-        &history.ops(),
-        &[],
-    );
-    let fault_windows = crate::timing::fault_windows(&schedule, heal_ms);
-    let recovery_ms = if all_done {
-        crate::check::recovery_ms(&ops, &fault_windows, heal_ms)
-    } else {
-        None
-    };
-    let mut not_applicable = fleet.not_applicable.lock().expect("na").clone();
-    for i in &s.invariants {
-        if matches!(i.as_str(), "visibility" | "isolation") {
-            not_applicable.push(json!({"invariant": i, "reason": "checked in the simulation only (needs the metrics scraper / a fault-free baseline run)"}));
-        }
-    }
-    let data_loss = fleet.data_loss.lock().expect("loss").clone();
-    let mut engine_logs = std::collections::BTreeMap::new();
-    if !passed {
-        for e in fleet.engines.lock().await.iter() {
-            engine_logs.insert(
-                e.name.clone(),
-                super::engines::log_excerpt(&e.log_text(), 15),
-            );
-        }
-    }
-    // Stop the engines first (they hold connections), then everything else drops.
-    fleet
-        .engines
-        .lock()
-        .await
-        .iter_mut()
-        .for_each(|e| e.kill9());
-    for l in &fleet.links {
-        l.db.shutdown().await;
-        l.api.shutdown().await;
-        for p in &l.rpc {
-            p.shutdown().await;
-        }
-    }
-    Ok(RunResult {
-        scenario: s.name.clone(),
-        seed,
-        passed,
-        verdicts,
-        trace_hash: trace.hash_hex(),
-        trace_events: trace.len(),
-        schedule,
-        recovery_ms,
-        data_loss,
-        simulated_ms: t_ms(),
-        stats,
-        ops,
-        fault_windows,
-        backend: Some("real".into()),
-        provider: Some(fleet.provider.name().into()),
-        not_applicable,
-        engine_logs,
-    })
-}
 
-async fn sleep_until(start: Instant, t_ms: u64) {
-    let now = start.elapsed().as_millis() as u64;
-    if t_ms > now {
-        rtokio::time::sleep(Duration::from_millis(t_ms - now)).await;
+    fn claims(&self) -> Vec<(u64, String, Vec<i64>)> {
+        Vec::new()
+    }
+
+    /// Stop the clients and the engines first (they hold connections), then the proxies; the
+    /// services drop with the fleet.
+    async fn finish(&mut self, passed: bool) -> BTreeMap<String, Vec<String>> {
+        for c in self.clients.drain(..) {
+            c.abort();
+        }
+        let mut engine_logs = BTreeMap::new();
+        let mut engines = self.fleet.engines.lock().await;
+        if !passed {
+            for e in engines.iter() {
+                engine_logs.insert(
+                    e.name.clone(),
+                    super::engines::log_excerpt(&e.log_text(), 15),
+                );
+            }
+        }
+        engines.iter_mut().for_each(|e| e.kill9());
+        drop(engines);
+        for l in &self.fleet.links {
+            l.db.shutdown().await;
+            l.api.shutdown().await;
+            for p in &l.rpc {
+                p.shutdown().await;
+            }
+        }
+        engine_logs
+    }
+
+    fn labels(&self) -> (Option<String>, Option<String>) {
+        (Some("real".into()), Some(self.fleet.provider.name().into()))
     }
 }
 

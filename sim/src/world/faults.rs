@@ -6,9 +6,11 @@ use super::chain_node::{ChainWorld, RpcMode};
 use super::db_node::DbCluster;
 use super::engine_node::EngineHost;
 use super::{epoch_ms, ip, sleep_until_ms, t_ms, DB_SERVICE};
-use crate::scenario::{Direction, Fault, FaultKind, Scenario};
-use crate::trace::{Event, Trace};
+use crate::driver::{FaultOutcome, FaultTarget};
+use crate::scenario::{Direction, Fault, Scenario};
+use crate::trace::Trace;
 use alloy_primitives::U256;
+use async_trait::async_trait;
 use dalp_engine::store::WorkflowStatus;
 use madsim::net::NetSim;
 use madsim::runtime::Handle;
@@ -200,97 +202,28 @@ impl Fleet {
     }
 }
 
-/// Run the schedule; returns once every fault has been applied and healed.
-pub async fn inject(fleet: Arc<Fleet>, schedule: Vec<Fault>, heal_ms: u64) {
-    let mut tasks = Vec::new();
-    for (n, fault) in schedule.into_iter().enumerate() {
-        let fleet = fleet.clone();
-        tasks.push(tokio::spawn(async move {
-            one(fleet, n as u64, fault, heal_ms).await
-        }));
+#[async_trait]
+impl FaultTarget for Fleet {
+    fn t_ms(&self) -> u64 {
+        t_ms()
     }
-    for t in tasks {
-        let _ = t.await;
+
+    async fn apply(&self, n: u64, fault: &Fault, heal_ms: u64) -> FaultOutcome {
+        apply(self, n, fault, heal_ms).await
+    }
+
+    async fn heal(&self, n: u64, fault: &Fault) -> Value {
+        heal(self, n, fault).await
     }
 }
 
-/// The trace track a fault is drawn on: its node, else the service it hits.
-fn target(f: &Fault) -> String {
-    if let Some(node) = f.node() {
-        return node.to_string();
-    }
-    match f.kind() {
-        FaultKind::DbFailover
-        | FaultKind::DbSwitchover
-        | FaultKind::DbConnReset
-        | FaultKind::DbLostAck
-        | FaultKind::DbLatency
-        | FaultKind::DbStaleSession => "db".into(),
-        FaultKind::RegionFailover => "sim".into(),
-        FaultKind::OperatorRequeue => OPERATOR.into(),
-        FaultKind::Reorg
-        | FaultKind::MempoolDrop
-        | FaultKind::GasSpike
-        | FaultKind::ExternalNonce
-        | FaultKind::SignerDrain => "chain".into(),
-        // Aimed at a node: answered by `Fault::node` above.
-        FaultKind::EngineCrash
-        | FaultKind::EnginePause
-        | FaultKind::Partition
-        | FaultKind::ClockSkew
-        | FaultKind::DbCrash
-        | FaultKind::RpcDown
-        | FaultKind::RpcError
-        | FaultKind::RpcTimeout
-        | FaultKind::RpcAmbiguousSend
-        | FaultKind::RpcLag => unreachable!("{} names its node", f.kind()),
-    }
-}
-
-async fn one(fleet: Arc<Fleet>, n: u64, fault: Fault, heal_ms: u64) {
-    let start = (fault.at_s() * 1000.0).round() as u64;
-    sleep_until_ms(start).await;
-    let node = target(&fault);
-    let args = serde_json::to_value(&fault).unwrap_or(Value::Null);
-    let trace = fleet.trace.clone();
-    let applied = apply(&fleet, n, &fault, heal_ms).await;
-    trace.record(
-        t_ms(),
-        &node,
-        "fault",
-        fault.kind().as_str(),
-        json!({"fault": args, "applied": applied}),
-    );
-    if applied.get("skipped").is_some() {
-        return;
-    }
-    let end = match fault.duration_s() {
-        Some(d) => (start + (d * 1000.0).round() as u64).min(heal_ms),
-        None => heal_ms,
-    };
-    if end > start {
-        sleep_until_ms(end).await;
-    }
-    let healed = heal(&fleet, n, &fault).await;
-    let now = t_ms();
-    trace.push(Event {
-        t_ms: start,
-        node,
-        cat: "heal".into(),
-        name: fault.kind().as_str().into(),
-        args: json!({"healed_at_ms": now, "detail": healed}),
-        dur_ms: Some(now.saturating_sub(start)),
-    });
-}
-
-async fn apply(fleet: &Fleet, n: u64, fault: &Fault, heal_ms: u64) -> Value {
-    match fault {
+async fn apply(fleet: &Fleet, n: u64, fault: &Fault, heal_ms: u64) -> FaultOutcome {
+    let detail = match fault {
         Fault::EngineCrash { node, .. } => {
-            if fleet.kill(node) {
-                json!({})
-            } else {
-                json!({"skipped": "already down"})
+            if !fleet.kill(node) {
+                return FaultOutcome::Skipped("already down".into());
             }
+            json!({})
         }
         Fault::EnginePause { node, .. } => {
             let mut p = fleet.paused.lock().expect("paused");
@@ -317,11 +250,10 @@ async fn apply(fleet: &Fleet, n: u64, fault: &Fault, heal_ms: u64) -> Value {
             json!({})
         }
         Fault::DbCrash { node, .. } => {
-            if fleet.kill(node) {
-                json!({})
-            } else {
-                json!({"skipped": "already down"})
+            if !fleet.kill(node) {
+                return FaultOutcome::Skipped("already down".into());
             }
+            json!({})
         }
         Fault::DbFailover {
             promote_after_s, ..
@@ -329,7 +261,7 @@ async fn apply(fleet: &Fleet, n: u64, fault: &Fault, heal_ms: u64) -> Value {
             let old = fleet.db.primary();
             let old_name = format!("db-{old}");
             if !fleet.kill(&old_name) {
-                return json!({"skipped": "primary already down"});
+                return FaultOutcome::Skipped("primary already down".into());
             }
             let promote_at = t_ms() + (promote_after_s * 1000.0) as u64;
             sleep_until_ms(promote_at.min(heal_ms)).await;
@@ -341,11 +273,11 @@ async fn apply(fleet: &Fleet, n: u64, fault: &Fault, heal_ms: u64) -> Value {
                 }
             }
         }
-        Fault::DbSwitchover { .. } => switchover(fleet, heal_ms).await,
+        Fault::DbSwitchover { .. } => return switchover(fleet, heal_ms).await,
         Fault::RegionFailover {
             promote_after_s, ..
         } => region_failover(fleet, *promote_after_s, heal_ms).await,
-        Fault::OperatorRequeue { .. } => operator_requeue(fleet).await,
+        Fault::OperatorRequeue { .. } => return operator_requeue(fleet).await,
         Fault::DbConnReset { .. } => {
             fleet.db.faults.lock().expect("faults").conn_reset += 1;
             json!({})
@@ -443,7 +375,8 @@ async fn apply(fleet: &Fleet, n: u64, fault: &Fault, heal_ms: u64) -> Value {
             m.set_balance(fleet.chain.signer, U256::ZERO);
             json!({"balance_before": before.to_string()})
         }
-    }
+    };
+    FaultOutcome::Applied(detail)
 }
 
 /// A stale session on the primary holding the lowest running workflow's row lock.
@@ -557,12 +490,9 @@ async fn heal(fleet: &Fleet, n: u64, fault: &Fault) -> Value {
     }
 }
 
-/// The operator host's name (it calls the engines' API for operator actions).
-pub const OPERATOR: &str = "operator";
-
 /// Demote the primary in place, promote the most advanced replica once it has caught up, and
 /// re-point `db.service`. Nothing is lost; writes in between get 25006.
-async fn switchover(fleet: &Fleet, heal_ms: u64) -> Value {
+async fn switchover(fleet: &Fleet, heal_ms: u64) -> FaultOutcome {
     let old = fleet.db.primary();
     fleet.db.disks[old].lock().expect("disk").role = super::db_node::Role::Replica;
     // Read-only now, so its log is final; it keeps shipping that log until a replica takes over.
@@ -583,7 +513,7 @@ async fn switchover(fleet: &Fleet, heal_ms: u64) -> Value {
     *fleet.db.draining.lock().expect("draining") = None;
     let Some(to) = fleet.best_replica(old) else {
         fleet.db.disks[old].lock().expect("disk").role = super::db_node::Role::Primary;
-        return json!({"skipped": "no live replica"});
+        return FaultOutcome::Skipped("no live replica".into());
     };
     let lost = fleet.db.promote(to, old);
     NetSim::current().add_dns_record(DB_SERVICE, ip(2, to));
@@ -593,8 +523,10 @@ async fn switchover(fleet: &Fleet, heal_ms: u64) -> Value {
         // from the new primary (pg_rewind) instead of replaying the new log on a diverged state.
         fleet.db.rebuild_from_primary(old);
     }
-    json!({"demoted": format!("db-{old}"), "promoted": format!("db-{to}"), "lost_commits": lost.len(),
-           "rewound": !lost.is_empty()})
+    FaultOutcome::Applied(
+        json!({"demoted": format!("db-{old}"), "promoted": format!("db-{to}"), "lost_commits": lost.len(),
+           "rewound": !lost.is_empty()}),
+    )
 }
 
 /// The hot-warm drill: lose the active region (engines and primary), promote the replica,
@@ -628,7 +560,7 @@ async fn region_failover(fleet: &Fleet, promote_after_s: f64, heal_ms: u64) -> V
 
 /// List the dead-letter queue through an engine's API and requeue every entry, as an operator
 /// would; tries the engines in order until one answers.
-async fn operator_requeue(fleet: &Fleet) -> Value {
+async fn operator_requeue(fleet: &Fleet) -> FaultOutcome {
     use super::engine_node::{ApiRequest, ApiResponse};
     let engines = fleet.scenario.engine_names().len();
     let task = fleet.operator.spawn(async move {
@@ -660,11 +592,13 @@ async fn operator_requeue(fleet: &Fleet) -> Value {
                     _ => refused.push(id),
                 }
             }
-            return json!({"engine": e, "requeued": requeued, "refused": refused});
+            return FaultOutcome::Applied(
+                json!({"engine": e, "requeued": requeued, "refused": refused}),
+            );
         }
-        json!({"skipped": "no engine answered"})
+        FaultOutcome::Skipped("no engine answered".into())
     });
-    task.await.unwrap_or(Value::Null)
+    task.await.unwrap_or(FaultOutcome::Applied(Value::Null))
 }
 
 /// Wait helper for the runner: true once `f` holds, polling every `every`, or false at `deadline_ms`.

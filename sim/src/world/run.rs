@@ -1,10 +1,12 @@
-//! One run: build the world for a scenario and a seed, run the workload under the fault
-//! schedule, heal, wait out the liveness phase, collect the evidence and check the invariants.
+//! One simulated run: build the world for a scenario and a seed (chain, RPC, database and engine
+//! hosts on madsim's network), then let the run driver (`crate::driver`) take it through its
+//! phases; this module says only how the simulation starts clients, applies faults and reads its
+//! evidence.
 
 use super::chain_node::{miner, rpc_process, ChainWorld};
 use super::db_node::{db_process, DbCluster};
 use super::engine_node::{engine_config, engine_process, EngineHost, CHAIN_ID, SIGNER_KEY};
-use super::faults::{inject, wait_for, Fleet};
+use super::faults::Fleet;
 use super::scrape::{
     evidence as scrape_evidence, scraper_process, ScrapeLog, SCRAPER, SCRAPE_INTERVAL_MS,
 };
@@ -12,19 +14,21 @@ use super::workload::{client_process, SimApi};
 use super::{epoch_ms, ip, t_ms, DB_SERVICE};
 use crate::chain::{ChainModel, ChainParams};
 use crate::check::WorkflowView;
-use crate::check::{check, ChainTx, Evidence, TransferLog};
-use crate::client::{ClientCtx, TokenBook};
+use crate::check::{ChainTx, Evidence, TransferLog};
+use crate::client::ClientCtx;
 use crate::db::DbModel;
-use crate::history::{summarize, History};
-use crate::plan::{plan, INVESTOR};
+use crate::driver::{drive, Backend, FaultTarget, Result, Workload};
+use crate::plan::INVESTOR;
 use crate::scenario::{Fault, Scenario};
 use crate::trace::Trace;
 use alloy_primitives::{Address, U256};
 use alloy_sol_types::{SolCall, SolEvent};
+use async_trait::async_trait;
 use dalp_engine::contracts::AssetToken;
 use dalp_engine::signer::SignerKey;
 use madsim::net::NetSim;
 use madsim::runtime::{Handle, Runtime};
+use madsim::task::NodeId;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -49,7 +53,12 @@ pub fn run_seed(scenario: Arc<Scenario>, seed: u64, schedule: Vec<Fault>) -> (Ru
         .stack_size(256 << 20)
         .spawn(move || {
             let rt = Runtime::with_seed_and_config(seed, cfg);
-            rt.block_on(async move { world(scenario, seed, schedule, t).await })
+            rt.block_on(async move {
+                let world = SimWorld::build(scenario.clone(), seed, t.clone());
+                drive(world, &scenario, seed, schedule, &t)
+                    .await
+                    .unwrap_or_else(|e| panic!("the simulated run failed: {e}"))
+            })
         })
         .expect("start the simulation thread")
         .join()
@@ -57,239 +66,238 @@ pub fn run_seed(scenario: Arc<Scenario>, seed: u64, schedule: Vec<Fault>) -> (Ru
     (result, trace)
 }
 
-async fn world(s: Arc<Scenario>, seed: u64, schedule: Vec<Fault>, trace: Trace) -> RunResult {
-    let handle = Handle::current();
-    let topo = &s.topology;
-    let history = History::default();
-    let tokens: TokenBook = Arc::new(Mutex::new(BTreeMap::new()));
-    let signer = SignerKey::from_hex(SIGNER_KEY)
-        .expect("signer key")
-        .address();
-    let heal_ms = (s.durations.fault_phase_s * 1000.0).round() as u64;
-    let deadline_ms = heal_ms + (s.durations.liveness_bound_s * 1000.0).round() as u64;
-    trace.record(
-        0,
-        "sim",
-        "phase",
-        "start",
-        json!({"scenario": s.name, "seed": seed, "faults": schedule.len()}),
-    );
-    let mut nodes = BTreeMap::new();
+/// The simulated world of one run: its hosts and what the driver reads from them.
+struct SimWorld {
+    scenario: Arc<Scenario>,
+    trace: Trace,
+    nodes: BTreeMap<String, NodeId>,
+    chain: Arc<ChainWorld>,
+    db: Arc<DbCluster>,
+    hosts: Vec<Arc<EngineHost>>,
+    scrape_log: Arc<Mutex<ScrapeLog>>,
+    fleet: Option<Arc<Fleet>>,
+}
 
-    // The chain and its RPC endpoints.
-    let eth = U256::from(10u64).pow(U256::from(18u64));
-    let chain = Arc::new(ChainWorld {
-        model: Mutex::new(ChainModel::new(
-            ChainParams {
-                chain_id: CHAIN_ID,
-                block_time_ms: topo.block_time_ms,
-                finality_depth: topo.finality_depth,
-                ..ChainParams::anvil(vec![(signer, U256::from(10_000u64) * eth)])
-            },
-            epoch_ms(),
-        )),
-        modes: Mutex::default(),
-        calls: Mutex::default(),
-        faulted: Mutex::default(),
-        block_time: Duration::from_millis(topo.block_time_ms),
-        signer,
-        trace: trace.clone(),
-    });
-    {
-        let c = chain.clone();
-        let n = handle
-            .create_node()
-            .name("chain")
-            .ip(ip(4, 0))
-            .init(move || miner(c.clone()))
-            .build();
-        nodes.insert("chain".to_string(), n.id());
-    }
-    for k in 0..topo.rpc_endpoints as usize {
-        let c = chain.clone();
-        let n = handle
-            .create_node()
-            .name(format!("rpc-{k}"))
-            .ip(ip(3, k))
-            .init(move || rpc_process(c.clone(), k))
-            .build();
-        nodes.insert(format!("rpc-{k}"), n.id());
-    }
+impl SimWorld {
+    /// The chain and its RPC endpoints, the database hosts and the engine hosts.
+    fn build(s: Arc<Scenario>, seed: u64, trace: Trace) -> Self {
+        let handle = Handle::current();
+        let topo = &s.topology;
+        let signer = SignerKey::from_hex(SIGNER_KEY)
+            .expect("signer key")
+            .address();
+        let mut nodes = BTreeMap::new();
 
-    // The database hosts; `db.service` names the primary.
-    let db = DbCluster::new(
-        topo.db_replicas as usize + 1,
-        topo.replication,
-        topo.replication_lag_ms,
-        seed,
-        // The engines run with the default database timeout (`engine_conf` sets none).
-        dalp_engine::config::TimeoutConfig::default().db_ms,
-        trace.clone(),
-    );
-    NetSim::current().add_dns_record(DB_SERVICE, ip(2, 0));
-    for j in 0..db.disks.len() {
-        let d = db.clone();
-        let n = handle
-            .create_node()
-            .name(format!("db-{j}"))
-            .ip(ip(2, j))
-            .init(move || db_process(d.clone(), j))
-            .build();
-        nodes.insert(format!("db-{j}"), n.id());
-    }
-
-    // The engine hosts.
-    let mut hosts = Vec::new();
-    for i in 0..topo.engines as usize {
-        let host = Arc::new(EngineHost::default());
-        if topo.standby_engines.contains(&format!("engine-{i}")) {
-            host.standby
-                .store(true, std::sync::atomic::Ordering::Relaxed);
+        let eth = U256::from(10u64).pow(U256::from(18u64));
+        let chain = Arc::new(ChainWorld {
+            model: Mutex::new(ChainModel::new(
+                ChainParams {
+                    chain_id: CHAIN_ID,
+                    block_time_ms: topo.block_time_ms,
+                    finality_depth: topo.finality_depth,
+                    ..ChainParams::anvil(vec![(signer, U256::from(10_000u64) * eth)])
+                },
+                epoch_ms(),
+            )),
+            modes: Mutex::default(),
+            calls: Mutex::default(),
+            faulted: Mutex::default(),
+            block_time: Duration::from_millis(topo.block_time_ms),
+            signer,
+            trace: trace.clone(),
+        });
+        {
+            let c = chain.clone();
+            let n = handle
+                .create_node()
+                .name("chain")
+                .ip(ip(4, 0))
+                .init(move || miner(c.clone()))
+                .build();
+            nodes.insert("chain".to_string(), n.id());
         }
-        hosts.push(host.clone());
-        let name = format!("engine-{i}");
-        let config = engine_config(
-            i,
-            topo.rpc_endpoints as usize,
-            topo.finality_depth,
-            topo.indexers.contains(&name),
+        for k in 0..topo.rpc_endpoints as usize {
+            let c = chain.clone();
+            let n = handle
+                .create_node()
+                .name(format!("rpc-{k}"))
+                .ip(ip(3, k))
+                .init(move || rpc_process(c.clone(), k))
+                .build();
+            nodes.insert(format!("rpc-{k}"), n.id());
+        }
+
+        // The database hosts; `db.service` names the primary.
+        let db = DbCluster::new(
+            topo.db_replicas as usize + 1,
+            topo.replication,
+            topo.replication_lag_ms,
+            seed,
+            // The engines run with the default database timeout (`engine_conf` sets none).
+            dalp_engine::config::TimeoutConfig::default().db_ms,
+            trace.clone(),
         );
-        let tr = trace.clone();
-        let n = handle
-            .create_node()
-            .name(name.clone())
-            .ip(ip(1, i))
-            .init(move || engine_process(i, config.clone(), host.clone(), seed, tr.clone()))
-            .build();
-        nodes.insert(name, n.id());
+        NetSim::current().add_dns_record(DB_SERVICE, ip(2, 0));
+        for j in 0..db.disks.len() {
+            let d = db.clone();
+            let n = handle
+                .create_node()
+                .name(format!("db-{j}"))
+                .ip(ip(2, j))
+                .init(move || db_process(d.clone(), j))
+                .build();
+            nodes.insert(format!("db-{j}"), n.id());
+        }
+
+        // The engine hosts.
+        let mut hosts = Vec::new();
+        for i in 0..topo.engines as usize {
+            let host = Arc::new(EngineHost::default());
+            if topo.standby_engines.contains(&format!("engine-{i}")) {
+                host.standby
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            hosts.push(host.clone());
+            let name = format!("engine-{i}");
+            let config = engine_config(
+                i,
+                topo.rpc_endpoints as usize,
+                topo.finality_depth,
+                topo.indexers.contains(&name),
+            );
+            let tr = trace.clone();
+            let n = handle
+                .create_node()
+                .name(name.clone())
+                .ip(ip(1, i))
+                .init(move || engine_process(i, config.clone(), host.clone(), seed, tr.clone()))
+                .build();
+            nodes.insert(name, n.id());
+        }
+        SimWorld {
+            scenario: s,
+            trace,
+            nodes,
+            chain,
+            db,
+            hosts,
+            scrape_log: Arc::new(Mutex::new(ScrapeLog::default())),
+            fleet: None,
+        }
     }
 
-    // The clients and their planned operations.
-    let planned = plan(&s, seed);
-    trace.record(
-        0,
-        "sim",
-        "phase",
-        "plan",
-        json!({"operations": planned.len()}),
-    );
-    for c in 0..s.workload.clients as usize {
-        let ops: Vec<_> = planned
-            .iter()
-            .filter(|o| o.client as usize == c)
-            .cloned()
-            .collect();
-        let (name, engines, timeout) = (
-            format!("client-{c}"),
-            topo.engines as usize,
-            Duration::from_millis(s.workload.client_timeout_ms),
+    fn fleet(&self) -> &Fleet {
+        self.fleet.as_deref().expect("the fault phase ran")
+    }
+
+    fn visibility_checked(&self) -> bool {
+        self.scenario.invariants.iter().any(|i| i == "visibility")
+    }
+}
+
+#[async_trait(?Send)]
+impl Backend for SimWorld {
+    fn t_ms(&self) -> u64 {
+        t_ms()
+    }
+
+    fn start_detail(&self) -> Value {
+        json!({})
+    }
+
+    /// One host per client; and the metrics scraper (invariant 9), only when that invariant is
+    /// checked: its traffic shifts the run's timing, so scenarios without it keep their hashes.
+    async fn start_workload(&mut self, w: &Workload) {
+        let handle = Handle::current();
+        let s = &self.scenario;
+        for (c, ops) in w.clients.iter().enumerate() {
+            let (name, engines, timeout) = (
+                format!("client-{c}"),
+                s.topology.engines as usize,
+                Duration::from_millis(s.workload.client_timeout_ms),
+            );
+            let (history, tokens, ops) = (w.history.clone(), w.tokens.clone(), ops.clone());
+            let deadline_ms = w.deadline_ms;
+            let n = handle
+                .create_node()
+                .name(format!("client-{c}"))
+                .ip(ip(5, c))
+                .init(move || {
+                    let (name, history, tokens, ops) =
+                        (name.clone(), history.clone(), tokens.clone(), ops.clone());
+                    async move {
+                        let ctx = Arc::new(ClientCtx {
+                            name,
+                            engines,
+                            deadline_ms,
+                            history,
+                            tokens,
+                            api: SimApi::bind(timeout).await,
+                        });
+                        client_process(ctx, ops).await
+                    }
+                })
+                .build();
+            self.nodes.insert(format!("client-{c}"), n.id());
+        }
+        if self.visibility_checked() {
+            let (log, tr, engines) = (
+                self.scrape_log.clone(),
+                self.trace.clone(),
+                s.topology.engines as usize,
+            );
+            let n = handle
+                .create_node()
+                .name(SCRAPER)
+                .ip(ip(7, 0))
+                .init(move || scraper_process(engines, log.clone(), tr.clone()))
+                .build();
+            self.nodes.insert(SCRAPER.to_string(), n.id());
+        }
+    }
+
+    /// The fleet of hosts faults act on, and the host operator actions run on.
+    fn fault_target(&mut self) -> Arc<dyn FaultTarget> {
+        let operator = Handle::current()
+            .create_node()
+            .name(crate::driver::OPERATOR)
+            .ip(ip(6, 0))
+            .build();
+        let fleet = Fleet::new(
+            self.scenario.clone(),
+            self.nodes.clone(),
+            self.db.clone(),
+            self.chain.clone(),
+            self.hosts.clone(),
+            self.trace.clone(),
+            operator,
         );
-        let (history, tokens) = (history.clone(), tokens.clone());
-        let n = handle
-            .create_node()
-            .name(format!("client-{c}"))
-            .ip(ip(5, c))
-            .init(move || {
-                let (name, history, tokens, ops) =
-                    (name.clone(), history.clone(), tokens.clone(), ops.clone());
-                async move {
-                    let ctx = Arc::new(ClientCtx {
-                        name,
-                        engines,
-                        deadline_ms,
-                        history,
-                        tokens,
-                        api: SimApi::bind(timeout).await,
-                    });
-                    client_process(ctx, ops).await
-                }
-            })
-            .build();
-        nodes.insert(format!("client-{c}"), n.id());
+        self.fleet = Some(fleet.clone());
+        fleet
     }
 
-    // The metrics scraper (invariant 9), only when that invariant is checked: its traffic shifts
-    // the run's timing, so scenarios without it keep their trace hashes.
-    let scrape_log = Arc::new(Mutex::new(ScrapeLog::default()));
-    let visibility = s.invariants.iter().any(|i| i == "visibility");
-    if visibility {
-        let (log, tr, engines) = (scrape_log.clone(), trace.clone(), topo.engines as usize);
-        let n = handle
-            .create_node()
-            .name(SCRAPER)
-            .ip(ip(7, 0))
-            .init(move || scraper_process(engines, log.clone(), tr.clone()))
-            .build();
-        nodes.insert(SCRAPER.to_string(), n.id());
+    async fn finalized(&self) -> Result<u64> {
+        Ok(self.chain.model.lock().expect("chain").finalized())
     }
 
-    // Faults, and the host operator actions run on.
-    let operator = handle
-        .create_node()
-        .name(super::faults::OPERATOR)
-        .ip(ip(6, 0))
-        .build();
-    let fleet = Fleet::new(
-        s.clone(),
-        nodes,
-        db.clone(),
-        chain.clone(),
-        hosts,
-        trace.clone(),
-        operator,
-    );
-    let injector = tokio::spawn(inject(fleet.clone(), schedule.clone(), heal_ms));
-    super::sleep_until_ms(heal_ms).await;
-    let _ = injector.await;
-    trace.record(t_ms(), "sim", "phase", "healed", Value::Null);
+    async fn indexed_height(&self) -> u64 {
+        checkpoint(&self.db.disks[self.db.primary()].lock().expect("disk").model)
+    }
 
-    // Liveness: every accepted request must finish within the bound.
-    let all_done = |h: &History| {
-        summarize(&h.ops())
-            .values()
-            .filter(|o| o.accepted_at.is_some())
-            .all(|o| o.observed.is_some())
-    };
-    let planned_n = planned.len();
-    let settled = |h: &History| {
-        // Every planned op was either refused, or accepted and observed finished; an op whose
-        // submissions all went unanswered so far is still in play (the client keeps retrying).
-        let sums = summarize(&h.ops());
-        sums.len() == planned_n && sums.values().all(|o| o.observed.is_some() || o.refused)
-    };
-    let h = history.clone();
-    wait_for(|| settled(&h), Duration::from_millis(500), deadline_ms).await;
-    let finished_ms = summarize(&history.ops())
-        .values()
-        .filter_map(|o| o.observed.as_ref().map(|x| x.0))
-        .max();
-    let recovery_ms = all_done(&history)
-        .then(|| finished_ms.map(|f| f.saturating_sub(heal_ms)))
-        .flatten();
-    trace.record(
-        t_ms(),
-        "sim",
-        "phase",
-        "liveness_done",
-        json!({"recovery_ms": recovery_ms}),
-    );
+    async fn collect(&self, ev: &mut Evidence) -> Result<()> {
+        collect(&self.db, &self.chain, ev);
+        Ok(())
+    }
 
-    // Let the indexer reach the finalized height (bounded).
-    let settle_deadline = t_ms() + 30_000;
-    let target = chain.model.lock().expect("chain").finalized();
-    let dbc = db.clone();
-    wait_for(
-        || indexed_height(&dbc) >= target,
-        Duration::from_millis(500),
-        settle_deadline,
-    )
-    .await;
+    fn can_judge(&self, _invariant: &str) -> bool {
+        true
+    }
 
-    let mut ev = collect(&db, &chain, &fleet, &history, &tokens, heal_ms, deadline_ms);
-    if visibility {
-        // Give the last fault its full bound before judging it.
+    /// Give the last fault its full bound, then judge from what the scraper saw.
+    async fn observe_visibility(&self, schedule: &[Fault], ev: &mut Evidence) {
+        let s = &self.scenario;
         let bound_ms = (s.durations.visibility_bound_s.unwrap_or(15.0).max(0.0) * 1000.0) as u64;
-        let cfg = engine_config(0, 1, topo.finality_depth, false);
+        let cfg = engine_config(0, 1, s.topology.finality_depth, false);
         let stuck_ms = cfg.chain.stuck_after_ms;
         let last_start = schedule.iter().map(|f| (f.at_s() * 1000.0) as u64).max();
         if let Some(t) = last_start {
@@ -297,100 +305,60 @@ async fn world(s: Arc<Scenario>, seed: u64, schedule: Vec<Fault>, trace: Trace) 
             super::sleep_until_ms(t + window + SCRAPE_INTERVAL_MS).await;
         }
         let db_timeout_ms = cfg.db_timeout().as_millis() as u64;
-        let faulted = chain.faulted.lock().expect("faulted").clone();
+        let faulted = self.chain.faulted.lock().expect("faulted").clone();
         ev.visibility = scrape_evidence(
-            &scrape_log,
-            &trace,
+            &self.scrape_log,
+            &self.trace,
             bound_ms,
             db_timeout_ms,
             stuck_ms,
             &faulted,
         );
     }
-    ev.investor = INVESTOR;
-    ev.max_dead_letters = s.expect.max_dead_letters;
-    ev.stale_writes_accepted = db.stale_writes_accepted.lock().expect("stale").clone();
-    ev.data_loss = fleet.data_loss.lock().expect("loss").clone();
-    {
-        let m = chain.model.lock().expect("chain");
-        let extra = json!({
-            "signer_nonce_latest": m.nonce_of(signer),
-            "signer_nonce_pending": m.pending_nonce_of(signer),
-        });
-        trace.record(
-            t_ms(),
-            "sim",
-            "phase",
-            "final_state",
-            ev.final_state(m.head(), extra),
-        );
-    }
-    let verdicts = check(&s.invariants, &ev);
-    let passed = verdicts.iter().all(|v| v.held);
-    for v in &verdicts {
-        trace.record(
-            t_ms(),
-            "sim",
-            "check",
-            &v.invariant,
-            json!({"held": v.held, "violations": v.violation_count}),
-        );
-    }
-    let mut stats = ev.stats();
-    stats.insert(
-        "chain_head".to_string(),
-        chain.model.lock().expect("chain").head(),
-    );
-    // Read in place: the evidence already holds its own copy of the tables.
-    let (fenced_writes, journal_seq) = {
-        let disk = db.disks[db.primary()].lock().expect("disk");
-        (disk.model.fenced_writes, disk.model.sequences.journal)
-    };
-    stats.insert("fenced_writes".to_string(), fenced_writes);
-    stats.insert("db_commits".to_string(), journal_seq.max(0) as u64);
-    for (m, n) in chain.calls.lock().expect("calls").iter() {
-        stats.insert(format!("rpc.{m}"), *n);
-    }
-    for (m, n) in db.calls.lock().expect("calls").iter() {
-        stats.insert(format!("db.{m}"), *n);
-    }
-    let data_loss = fleet.data_loss.lock().expect("loss").clone();
-    let ops = crate::timing::op_timings(
-        &planned
-            .iter()
-            .map(|o| (o.index, o.kind.name().to_string(), o.kind.token(), o.at_ms))
-            .collect::<Vec<_>>(),
-        &history.ops(),
-        &db.claims.lock().expect("claims"),
-    );
-    let fault_windows = crate::timing::fault_windows(&schedule, heal_ms);
-    RunResult {
-        scenario: s.name.clone(),
-        seed,
-        passed,
-        verdicts,
-        trace_hash: trace.hash_hex(),
-        trace_events: trace.len(),
-        recovery_ms: if recovery_ms.is_some() {
-            crate::check::recovery_ms(&ops, &fault_windows, heal_ms)
-        } else {
-            None
-        },
-        ops,
-        fault_windows,
-        schedule,
-        data_loss,
-        simulated_ms: t_ms(),
-        stats,
-        backend: None,
-        provider: None,
-        not_applicable: Vec::new(),
-        engine_logs: Default::default(),
-    }
-}
 
-fn indexed_height(db: &DbCluster) -> u64 {
-    checkpoint(&db.disks[db.primary()].lock().expect("disk").model)
+    fn recorded(&self, ev: &mut Evidence) {
+        let fleet = self.fleet();
+        ev.external_txs = fleet.external_txs.lock().expect("ext").clone();
+        ev.stale_writes_accepted = self.db.stale_writes_accepted.lock().expect("stale").clone();
+        ev.data_loss = fleet.data_loss.lock().expect("loss").clone();
+    }
+
+    async fn final_state(&self) -> Result<(u64, Value)> {
+        let m = self.chain.model.lock().expect("chain");
+        let extra = json!({
+            "signer_nonce_latest": m.nonce_of(self.chain.signer),
+            "signer_nonce_pending": m.pending_nonce_of(self.chain.signer),
+        });
+        Ok((m.head(), extra))
+    }
+
+    async fn stats(&self, stats: &mut BTreeMap<String, u64>) {
+        // Read in place: the evidence already holds its own copy of the tables.
+        let (fenced_writes, journal_seq) = {
+            let disk = self.db.disks[self.db.primary()].lock().expect("disk");
+            (disk.model.fenced_writes, disk.model.sequences.journal)
+        };
+        stats.insert("fenced_writes".to_string(), fenced_writes);
+        stats.insert("db_commits".to_string(), journal_seq.max(0) as u64);
+        for (m, n) in self.chain.calls.lock().expect("calls").iter() {
+            stats.insert(format!("rpc.{m}"), *n);
+        }
+        for (m, n) in self.db.calls.lock().expect("calls").iter() {
+            stats.insert(format!("db.{m}"), *n);
+        }
+    }
+
+    fn claims(&self) -> Vec<(u64, String, Vec<i64>)> {
+        self.db.claims.lock().expect("claims").clone()
+    }
+
+    async fn finish(&mut self, _passed: bool) -> BTreeMap<String, Vec<String>> {
+        BTreeMap::new()
+    }
+
+    fn labels(&self) -> (Option<String>, Option<String>) {
+        (None, None)
+    }
 }
 
 fn checkpoint(model: &DbModel) -> u64 {
@@ -439,25 +407,10 @@ fn indexed_balances_at(model: &DbModel, height: u64) -> BTreeMap<(Address, Addre
     out
 }
 
-fn collect(
-    db: &DbCluster,
-    chain: &ChainWorld,
-    fleet: &Fleet,
-    history: &History,
-    tokens: &TokenBook,
-    heal_ms: u64,
-    deadline_ms: u64,
-) -> Evidence {
+/// The database's and the chain's state at the end of the run.
+fn collect(db: &DbCluster, chain: &ChainWorld, ev: &mut Evidence) {
     let model = db.primary_model();
-    let mut ev = Evidence {
-        ops: history.ops(),
-        heal_ms,
-        liveness_deadline_ms: deadline_ms,
-        signer: chain.signer,
-        external_txs: fleet.external_txs.lock().expect("ext").clone(),
-        tokens: tokens.lock().expect("tokens").clone(),
-        ..Default::default()
-    };
+    ev.signer = chain.signer;
     ev.workflows = workflow_views(&model);
     for row in model.tables.journal.values() {
         ev.journals
@@ -525,5 +478,4 @@ fn collect(
         ev.supply.insert(token, supply);
         ev.investor_balance.insert(token, bal);
     }
-    ev
 }

@@ -1,0 +1,410 @@
+//! The phases of one run, written once for both backends: start, plan, workload, fault phase,
+//! heal, liveness, indexer settle, evidence, checks, result.
+//!
+//! A backend (the simulated world in `world::run`, real services in `real::run`) says only what
+//! differs: how its clients and faults reach the engines, where its evidence comes from, and what
+//! it cannot judge. The trace records of the phases, the fault/heal spans, the verdict loop and
+//! the result are made here, so the two backends cannot drift apart in what a run means.
+//!
+//! Time is the backend's clock (`Backend::t_ms`) and `tokio::time` (madsim's in the simulation,
+//! the real runtime's otherwise); a simulated run stays a pure function of its seed.
+
+use crate::check::{check, recovery_ms, Evidence};
+use crate::client::TokenBook;
+use crate::history::{summarize, History};
+use crate::outcome::RunResult;
+use crate::plan::{plan, PlannedOp, INVESTOR};
+use crate::scenario::{Fault, FaultKind, Scenario};
+use crate::timing::{fault_windows, op_timings};
+use crate::trace::{Event, Trace};
+use async_trait::async_trait;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// How often the liveness and indexer-settle phases look again.
+const POLL: Duration = Duration::from_millis(500);
+/// How long the indexer gets to reach the finalized height after the liveness phase.
+const SETTLE_MS: u64 = 30_000;
+
+pub type Error = Box<dyn std::error::Error + Send + Sync>;
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// What applying one fault did.
+#[derive(Clone, Debug, PartialEq)]
+pub enum FaultOutcome {
+    /// Applied; the detail the trace records. Healed at the fault's end.
+    Applied(Value),
+    /// Nothing to do in the run's present state (a crash of a node already down): not healed.
+    Skipped(String),
+    /// No counterpart on this backend: recorded with the reason in the result, never healed.
+    NotApplicable(String),
+}
+
+impl FaultOutcome {
+    /// The trace's `applied` detail.
+    pub fn detail(&self) -> Value {
+        match self {
+            FaultOutcome::Applied(v) => v.clone(),
+            FaultOutcome::Skipped(why) => json!({ "skipped": why }),
+            FaultOutcome::NotApplicable(why) => json!({ "not_applicable": why }),
+        }
+    }
+}
+
+/// What faults are applied to. `n` is the fault's index in the schedule.
+#[async_trait]
+pub trait FaultTarget: Send + Sync + 'static {
+    /// The run's clock (as `Backend::t_ms`).
+    fn t_ms(&self) -> u64;
+    async fn apply(&self, n: u64, fault: &Fault, heal_ms: u64) -> FaultOutcome;
+    /// Undo an applied fault; the detail the trace records.
+    async fn heal(&self, n: u64, fault: &Fault) -> Value;
+}
+
+/// The clients' shared state, handed to the backend that starts them.
+pub struct Workload {
+    /// Per client (`client-<c>`), its planned operations in plan order.
+    pub clients: Vec<Vec<PlannedOp>>,
+    pub history: History,
+    pub tokens: TokenBook,
+    /// Clients stop trying at this time.
+    pub deadline_ms: u64,
+}
+
+/// What differs between the simulation and real services. Called in this order: `start_detail`,
+/// `start_workload`, `fault_target` (then the schedule runs), `finalized` / `indexed_height`,
+/// `collect`, `observe`, `recorded`, `final_state`, `stats`, `claims`, `finish`.
+#[async_trait(?Send)]
+pub trait Backend {
+    /// Milliseconds since the run's clock started (the schedule's time base).
+    fn t_ms(&self) -> u64;
+    /// What the trace's `start` record adds (the provider, provisioning time, …).
+    fn start_detail(&self) -> Value;
+    /// Start every client on its operations.
+    async fn start_workload(&mut self, w: &Workload);
+    /// What the schedule's faults are applied to (created now: in the simulation, the hosts the
+    /// fault injector and the operator run on).
+    fn fault_target(&mut self) -> Arc<dyn FaultTarget>;
+    /// The finalized height the indexer must reach before the evidence is read.
+    async fn finalized(&self) -> Result<u64>;
+    async fn indexed_height(&self) -> u64;
+    /// The state at the end of the run into `ev` (which holds the history, tokens and bounds).
+    async fn collect(&self, ev: &mut Evidence) -> Result<()>;
+    /// Whether this backend can judge `invariant` (the real backend has no metrics scraper for
+    /// `visibility` and no fault-free baseline for `isolation`).
+    fn can_judge(&self, invariant: &str) -> bool;
+    /// The evidence of `visibility` (the engines' scraped metrics against the faults); waits
+    /// until the last fault had its full bound. Called only when judged.
+    async fn observe_visibility(&self, schedule: &[Fault], ev: &mut Evidence);
+    /// What the fault layer recorded over the whole run (data loss, stale writes, external txs).
+    fn recorded(&self, ev: &mut Evidence);
+    /// The chain head and backend-specific fields of the trace's `final_state` record.
+    async fn final_state(&self) -> Result<(u64, Value)>;
+    /// Backend counters added to the result's `stats`.
+    async fn stats(&self, stats: &mut BTreeMap<String, u64>);
+    /// Claims per engine (`t_ms`, engine, workflow ids) for the operations' timings.
+    fn claims(&self) -> Vec<(u64, String, Vec<i64>)>;
+    /// Stop what runs; on a failed run, each engine's last warnings and errors.
+    async fn finish(&mut self, passed: bool) -> BTreeMap<String, Vec<String>>;
+    /// `backend` and `provider` of the result (absent for the simulation).
+    fn labels(&self) -> (Option<String>, Option<String>);
+}
+
+/// Run `scenario` with `seed` and `schedule` on `backend`.
+pub async fn drive<B: Backend>(
+    mut b: B,
+    s: &Scenario,
+    seed: u64,
+    schedule: Vec<Fault>,
+    trace: &Trace,
+) -> Result<RunResult> {
+    let heal_ms = (s.durations.fault_phase_s * 1000.0).round() as u64;
+    let deadline_ms = heal_ms + (s.durations.liveness_bound_s * 1000.0).round() as u64;
+    let mut start = json!({"scenario": s.name, "seed": seed, "faults": schedule.len()});
+    if let (Some(m), Value::Object(extra)) = (start.as_object_mut(), b.start_detail()) {
+        m.extend(extra);
+    }
+    trace.record(0, "sim", "phase", "start", start);
+
+    // The clients and their planned operations.
+    let planned = plan(s, seed);
+    trace.record(
+        b.t_ms(),
+        "sim",
+        "phase",
+        "plan",
+        json!({"operations": planned.len()}),
+    );
+    let workload = Workload {
+        clients: (0..s.workload.clients)
+            .map(|c| planned.iter().filter(|o| o.client == c).cloned().collect())
+            .collect(),
+        history: History::default(),
+        tokens: Arc::new(Mutex::new(BTreeMap::new())),
+        deadline_ms,
+    };
+    b.start_workload(&workload).await;
+    let history = &workload.history;
+
+    // Faults until the heal instant.
+    let target = b.fault_target();
+    let not_applicable = run_schedule(target, &schedule, heal_ms, trace).await;
+    trace.record(b.t_ms(), "sim", "phase", "healed", Value::Null);
+
+    // Liveness: every accepted request must finish within the bound. An op whose submissions
+    // all went unanswered so far is still in play (its client keeps retrying).
+    let settled = || {
+        let sums = summarize(&history.ops());
+        sums.len() == planned.len() && sums.values().all(|o| o.observed.is_some() || o.refused)
+    };
+    while !settled() && b.t_ms() < deadline_ms {
+        tokio::time::sleep(POLL).await;
+    }
+    let sums = summarize(&history.ops());
+    let all_done = sums
+        .values()
+        .filter(|o| o.accepted_at.is_some())
+        .all(|o| o.observed.is_some());
+    let last_finished = sums
+        .values()
+        .filter_map(|o| o.observed.as_ref().map(|x| x.0))
+        .max();
+    let coarse_recovery = all_done
+        .then(|| last_finished.map(|f| f.saturating_sub(heal_ms)))
+        .flatten();
+    trace.record(
+        b.t_ms(),
+        "sim",
+        "phase",
+        "liveness_done",
+        json!({"recovery_ms": coarse_recovery}),
+    );
+
+    // Let the indexer reach the finalized height (bounded).
+    let settle_until = b.t_ms() + SETTLE_MS;
+    let finalized = b.finalized().await?;
+    while b.indexed_height().await < finalized && b.t_ms() < settle_until {
+        tokio::time::sleep(POLL).await;
+    }
+
+    // Evidence, then the checks.
+    let mut ev = Evidence {
+        ops: history.ops(),
+        heal_ms,
+        liveness_deadline_ms: deadline_ms,
+        tokens: workload.tokens.lock().expect("tokens").clone(),
+        investor: INVESTOR,
+        max_dead_letters: s.expect.max_dead_letters,
+        ..Default::default()
+    };
+    b.collect(&mut ev).await?;
+    let (invariants, not_judged): (Vec<String>, Vec<String>) =
+        s.invariants.iter().cloned().partition(|i| b.can_judge(i));
+    if invariants.iter().any(|i| i == "visibility") {
+        b.observe_visibility(&schedule, &mut ev).await;
+    }
+    b.recorded(&mut ev);
+    let (head, extra) = b.final_state().await?;
+    trace.record(
+        b.t_ms(),
+        "sim",
+        "phase",
+        "final_state",
+        ev.final_state(head, extra),
+    );
+    let verdicts = check(&invariants, &ev);
+    let passed = verdicts.iter().all(|v| v.held);
+    for v in &verdicts {
+        trace.record(
+            b.t_ms(),
+            "sim",
+            "check",
+            &v.invariant,
+            json!({"held": v.held, "violations": v.violation_count}),
+        );
+    }
+
+    // The result.
+    let mut stats = ev.stats();
+    stats.insert("chain_head".to_string(), head);
+    b.stats(&mut stats).await;
+    let timed: Vec<_> = planned
+        .iter()
+        .map(|o| (o.index, o.kind.name().to_string(), o.kind.token(), o.at_ms))
+        .collect();
+    let ops = op_timings(&timed, &history.ops(), &b.claims());
+    let fault_windows = fault_windows(&schedule, heal_ms);
+    let recovery_ms = coarse_recovery.and_then(|_| recovery_ms(&ops, &fault_windows, heal_ms));
+    let mut not_applicable = not_applicable;
+    for i in not_judged {
+        not_applicable.push(json!({"invariant": i, "reason": "checked in the simulation only (needs the metrics scraper / a fault-free baseline run)"}));
+    }
+    let engine_logs = b.finish(passed).await;
+    let (backend, provider) = b.labels();
+    Ok(RunResult {
+        scenario: s.name.clone(),
+        seed,
+        passed,
+        verdicts,
+        trace_hash: trace.hash_hex(),
+        trace_events: trace.len(),
+        schedule,
+        recovery_ms,
+        data_loss: ev.data_loss,
+        simulated_ms: b.t_ms(),
+        stats,
+        ops,
+        fault_windows,
+        backend,
+        provider,
+        not_applicable,
+        engine_logs,
+    })
+}
+
+/// Apply every fault at its time and heal it at its end (or the heal instant), each in a task
+/// of its own; returns once every fault has healed, with the faults this backend could not
+/// apply.
+async fn run_schedule(
+    target: Arc<dyn FaultTarget>,
+    schedule: &[Fault],
+    heal_ms: u64,
+    trace: &Trace,
+) -> Vec<Value> {
+    // One injector task spawning one task per fault (the shape the simulation's task schedule,
+    // and so every trace hash, was recorded with).
+    let (t, schedule, trace) = (target.clone(), schedule.to_vec(), trace.clone());
+    let injector = tokio::spawn(async move {
+        let mut tasks = Vec::new();
+        for (n, fault) in schedule.into_iter().enumerate() {
+            let (target, trace) = (t.clone(), trace.clone());
+            tasks.push(tokio::spawn(async move {
+                one(&*target, n as u64, fault, heal_ms, &trace).await
+            }));
+        }
+        let mut not_applicable = Vec::new();
+        for t in tasks {
+            if let Ok(Some(na)) = t.await {
+                not_applicable.push(na);
+            }
+        }
+        not_applicable
+    });
+    sleep_until_ms(&*target, heal_ms).await;
+    injector.await.unwrap_or_default()
+}
+
+async fn sleep_until_ms(clock: &dyn FaultTarget, t: u64) {
+    let now = clock.t_ms();
+    if t > now {
+        tokio::time::sleep(Duration::from_millis(t - now)).await;
+    }
+}
+
+/// One fault: wait for its start, apply, wait for its end, heal; the trace gets the fault's
+/// record when applied and its span when healed. A fault with no counterpart on this backend
+/// comes back as a `not_applicable` entry.
+async fn one(
+    target: &dyn FaultTarget,
+    n: u64,
+    fault: Fault,
+    heal_ms: u64,
+    trace: &Trace,
+) -> Option<Value> {
+    let start = (fault.at_s() * 1000.0).round() as u64;
+    sleep_until_ms(target, start).await;
+    let node = fault_track(&fault);
+    let args = serde_json::to_value(&fault).unwrap_or(Value::Null);
+    let outcome = target.apply(n, &fault, heal_ms).await;
+    trace.record(
+        target.t_ms(),
+        &node,
+        "fault",
+        fault.kind().as_str(),
+        json!({"fault": args, "applied": outcome.detail()}),
+    );
+    match outcome {
+        FaultOutcome::Applied(_) => {}
+        FaultOutcome::Skipped(_) => return None,
+        FaultOutcome::NotApplicable(why) => {
+            return Some(json!({"kind": fault.kind(), "at_s": fault.at_s(), "reason": why}))
+        }
+    }
+    let end = match fault.duration_s() {
+        Some(d) => (start + (d * 1000.0).round() as u64).min(heal_ms),
+        None => heal_ms,
+    };
+    if end > start {
+        sleep_until_ms(target, end).await;
+    }
+    let healed = target.heal(n, &fault).await;
+    let now = target.t_ms();
+    trace.push(Event {
+        t_ms: start,
+        node,
+        cat: "heal".into(),
+        name: fault.kind().as_str().into(),
+        args: json!({"healed_at_ms": now, "detail": healed}),
+        dur_ms: Some(now.saturating_sub(start)),
+    });
+    None
+}
+
+/// The trace track a fault is drawn on: its node, else the service it hits.
+pub fn fault_track(f: &Fault) -> String {
+    if let Some(node) = f.node() {
+        return node.to_string();
+    }
+    match f.kind() {
+        FaultKind::DbFailover
+        | FaultKind::DbSwitchover
+        | FaultKind::DbConnReset
+        | FaultKind::DbLostAck
+        | FaultKind::DbLatency
+        | FaultKind::DbStaleSession => "db".into(),
+        FaultKind::RegionFailover => "sim".into(),
+        FaultKind::OperatorRequeue => OPERATOR.into(),
+        FaultKind::Reorg
+        | FaultKind::MempoolDrop
+        | FaultKind::GasSpike
+        | FaultKind::ExternalNonce
+        | FaultKind::SignerDrain => "chain".into(),
+        // Aimed at a node: answered by `Fault::node` above.
+        FaultKind::EngineCrash
+        | FaultKind::EnginePause
+        | FaultKind::Partition
+        | FaultKind::ClockSkew
+        | FaultKind::DbCrash
+        | FaultKind::RpcDown
+        | FaultKind::RpcError
+        | FaultKind::RpcTimeout
+        | FaultKind::RpcAmbiguousSend
+        | FaultKind::RpcLag => unreachable!("{} names its node", f.kind()),
+    }
+}
+
+/// The host operator actions run on (its trace track).
+pub const OPERATOR: &str = "operator";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcome_details_name_what_happened() {
+        assert_eq!(
+            FaultOutcome::Skipped("already down".into()).detail(),
+            json!({"skipped": "already down"})
+        );
+        assert_eq!(
+            FaultOutcome::NotApplicable("no proxy".into()).detail(),
+            json!({"not_applicable": "no proxy"})
+        );
+        assert_eq!(
+            FaultOutcome::Applied(json!({"signal": "SIGKILL"})).detail(),
+            json!({"signal": "SIGKILL"})
+        );
+    }
+}
