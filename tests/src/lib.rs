@@ -1,22 +1,22 @@
-//! Provisioning of the real components for integration runs, the sample workload and the
-//! benchmark: PostgreSQL (run as an unprivileged user, since it refuses root), Anvil (from the
-//! pinned npm package under `fixtures/`), and `dalp-engine` processes that can be `kill -9`ed.
-//!
-//! Every child process is killed when its handle drops, so a failing test leaves nothing behind.
+//! Provisioning for integration runs, the sample workload and the benchmark. The services come
+//! from the real backend's one provisioning stack (`dalp_sim::real`), so its port reservation,
+//! cleanup registration and running PostgreSQL as an unprivileged user hold here too; what is
+//! here is what only the tests need: their accounts and tokens, the engine settings they run
+//! with, and the HTTP calls they make to one engine. Every service stops when its handle drops.
 
+use dalp_sim::real::engines;
+use dalp_sim::real::provision::{primary_settings, LocalAnvil, LocalPg};
 use serde_json::{json, Value};
-use std::fs;
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 pub mod chain;
 
-/// Where PostgreSQL's server binaries and the pinned Anvil are: one definition, shared with the
-/// real backend's provisioning.
-pub use dalp_sim::real::provision::{anvil_path, postgres_bin_dir};
+/// The one provisioning stack's helpers, under the names the tests have always used.
+pub use dalp_sim::real::engines::engine_binary;
+pub use dalp_sim::real::provision::{
+    anvil_path, free_port, postgres_bin_dir, scratch_dir, workspace_root, Error, Result,
+};
 
 /// Anvil's first two default accounts: well-known test keys, never real funds.
 pub const SIGNER_KEY: &str = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80";
@@ -26,273 +26,69 @@ pub const OTHER_ADDR: &str = "0x3c44cdddb6a900fa2b585dd299e03d12fa4293bc";
 pub const API_TOKEN: &str = "test-api-token-1";
 pub const OPERATOR_TOKEN: &str = "test-operator-token-1";
 
-pub type Error = Box<dyn std::error::Error + Send + Sync>;
-pub type Result<T> = std::result::Result<T, Error>;
-
-static COUNTER: AtomicU32 = AtomicU32::new(0);
-
-pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ has a parent")
-        .to_path_buf()
-}
-
-/// A fresh scratch directory under `target/dalp-it/`.
-pub fn scratch_dir(what: &str) -> PathBuf {
-    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-    let dir = workspace_root()
-        .join("target/dalp-it")
-        .join(format!("{what}-{}-{n}", std::process::id()));
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir).expect("create scratch dir");
-    dir
-}
-
-/// A port reserved for this process (shared with the real backend, so parallel tests and runs
-/// never pick the same one).
-pub fn free_port() -> u16 {
-    dalp_sim::real::provision::free_port().expect("reserve a port")
-}
-
-fn wait_until(what: &str, bound: Duration, mut ready: impl FnMut() -> bool) -> Result<()> {
-    let start = Instant::now();
-    while start.elapsed() < bound {
-        if ready() {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Err(format!("{what} not ready after {bound:?}").into())
-}
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
-/// The unprivileged user PostgreSQL runs as when we are root: `nobody`.
-const NOBODY: u32 = 65534;
-
-fn chown_r(path: &Path, uid: u32) -> Result<()> {
-    let status = Command::new("chown")
-        .arg("-R")
-        .arg(format!("{uid}:{uid}"))
-        .arg(path)
-        .status()?;
-    if !status.success() {
-        return Err(format!("chown {} failed", path.display()).into());
-    }
-    Ok(())
-}
-
-fn as_db_user(cmd: &mut Command) -> &mut Command {
-    if is_root() {
-        cmd.uid(NOBODY).gid(NOBODY);
-    }
-    cmd
-}
-
-/// A PostgreSQL server in a scratch directory, fsync on, listening on 127.0.0.1.
+/// A PostgreSQL server for one test or tool: the real backend's local primary (fsync on), with
+/// a larger buffer pool for the benchmark.
 pub struct Postgres {
     pub port: u16,
-    pub dir: PathBuf,
-    bin: PathBuf,
-    child: Option<Child>,
+    server: LocalPg,
 }
 
 impl Postgres {
-    pub fn start() -> Result<Self> {
-        let bin = postgres_bin_dir()?;
-        let dir = scratch_dir("pg");
-        let data = dir.join("data");
-        if is_root() {
-            // nobody must be able to reach the scratch directory.
-            let mut p = dir.clone();
-            while let Some(parent) = p.parent() {
-                let _ = Command::new("chmod").arg("o+x").arg(parent).status();
-                p = parent.to_path_buf();
-                if p == Path::new("/") {
-                    break;
-                }
-            }
-            chown_r(&dir, NOBODY)?;
-        }
-        let out = as_db_user(
-            Command::new(bin.join("initdb"))
-                .args([
-                    "-U",
-                    "postgres",
-                    "--auth=trust",
-                    "-E",
-                    "UTF8",
-                    "--no-sync",
-                    "-D",
-                ])
-                .arg(&data),
-        )
-        .stdout(Stdio::null())
-        .output()?;
-        if !out.status.success() {
-            return Err(format!("initdb failed: {}", String::from_utf8_lossy(&out.stderr)).into());
-        }
-        let mut pg = Postgres {
-            port: free_port(),
-            dir,
-            bin,
-            child: None,
-        };
-        pg.spawn()?;
-        Ok(pg)
-    }
-
-    fn spawn(&mut self) -> Result<()> {
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("postgres.log"))?;
-        if is_root() {
-            chown_r(&self.dir.join("postgres.log"), NOBODY)?;
-        }
-        let child = as_db_user(
-            Command::new(self.bin.join("postgres"))
-                .arg("-D")
-                .arg(self.dir.join("data"))
-                .args([
-                    "-p",
-                    &self.port.to_string(),
-                    "-c",
-                    "listen_addresses=127.0.0.1",
-                    "-k",
-                ])
-                .arg(&self.dir)
-                .args([
-                    "-c",
-                    "fsync=on",
-                    "-c",
-                    "max_connections=200",
-                    "-c",
-                    "shared_buffers=128MB",
-                ]),
-        )
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .spawn()?;
-        self.child = Some(child);
-        let port = self.port;
-        wait_until("postgres", Duration::from_secs(30), || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-        })?;
-        // Accepting TCP precedes accepting queries during start-up: ask pg_isready too.
-        let bin = self.bin.clone();
-        wait_until("postgres queries", Duration::from_secs(30), || {
-            Command::new(bin.join("pg_isready"))
-                .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres"])
-                .stdout(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
+    pub async fn start() -> Result<Self> {
+        let mut settings = primary_settings(false);
+        settings.push("shared_buffers=128MB".into());
+        let server = LocalPg::primary("pg", &settings).await?;
+        Ok(Postgres {
+            port: server.port(),
+            server,
         })
     }
 
     pub fn url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+        self.server.url()
     }
 
-    /// Fast shutdown (SIGINT) and wait: the server restarts from its WAL.
-    pub fn stop(&mut self) -> Result<()> {
-        if let Some(mut c) = self.child.take() {
-            // SAFETY: sending a signal to our own child process.
-            unsafe { libc::kill(c.id() as i32, libc::SIGINT) };
-            c.wait()?;
-        }
-        Ok(())
-    }
-
-    pub fn restart(&mut self) -> Result<()> {
-        self.stop()?;
-        self.spawn()
+    /// Fast shutdown and start again: the server restarts from its WAL.
+    pub async fn restart(&mut self) -> Result<()> {
+        self.server.restart().await
     }
 
     pub fn bin(&self, tool: &str) -> PathBuf {
-        self.bin.join(tool)
+        self.server.bin(tool)
     }
 }
 
-impl Drop for Postgres {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            unsafe { libc::kill(c.id() as i32, libc::SIGQUIT) };
-            let _ = c.wait();
-        }
-    }
-}
-
-/// An Anvil node on 127.0.0.1: interval mining (so confirmations advance) or on demand.
+/// An Anvil node on 127.0.0.1, chain id 31337: interval mining (so confirmations advance) or on
+/// demand.
 pub struct Anvil {
-    pub port: u16,
-    child: Child,
+    node: LocalAnvil,
 }
 
 impl Anvil {
-    pub fn start(block_time_secs: u64) -> Result<Self> {
-        Self::start_with(&["--block-time", &block_time_secs.to_string()])
+    pub async fn start(block_time_secs: u64) -> Result<Self> {
+        Self::start_with(&["--block-time", &block_time_secs.to_string()]).await
     }
 
     /// An Anvil that mines only when told (`evm_mine` / `anvil_mine`): `--no-mining`.
-    pub fn start_manual() -> Result<Self> {
-        Self::start_with(&["--no-mining"])
+    pub async fn start_manual() -> Result<Self> {
+        Self::start_with(&["--no-mining"]).await
     }
 
-    /// An Anvil on 127.0.0.1, chain id 31337, with the given extra arguments.
-    pub fn start_with(extra: &[&str]) -> Result<Self> {
-        let dir = scratch_dir("anvil");
-        let port = free_port();
-        let log = fs::File::create(dir.join("anvil.log"))?;
-        let child = Command::new(anvil_path()?)
-            .args([
-                "--host",
-                "127.0.0.1",
-                "--port",
-                &port.to_string(),
-                "--chain-id",
-                "31337",
-            ])
-            .args(extra)
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()?;
-        let anvil = Anvil { port, child };
-        let url = anvil.url();
-        wait_until("anvil", Duration::from_secs(30), || {
-            rpc_blocking(&url, "eth_chainId", json!([])).is_ok()
-        })?;
-        Ok(anvil)
+    /// An Anvil with the given extra arguments.
+    pub async fn start_with(extra: &[&str]) -> Result<Self> {
+        let args: Vec<String> = ["--chain-id", "31337"]
+            .iter()
+            .chain(extra)
+            .map(|a| a.to_string())
+            .collect();
+        Ok(Anvil {
+            node: LocalAnvil::start("anvil", &args).await?,
+        })
     }
 
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        self.node.url()
     }
-}
-
-impl Drop for Anvil {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A blocking JSON-RPC call for set-up code (the tests' async checks use `chain::ChainView`).
-pub fn rpc_blocking(url: &str, method: &str, params: Value) -> Result<Value> {
-    // Its own thread and runtime, so it also works when called from async set-up code.
-    let (url, method) = (url.to_string(), method.to_string());
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        rt.block_on(async { chain::rpc(&url, &method, params).await })
-    })
-    .join()
-    .map_err(|_| "rpc thread panicked")?
 }
 
 /// Settings of one engine process.
@@ -333,6 +129,9 @@ listen = "{listen}"
 api_token = "{API_TOKEN}"
 operator_token = "{OPERATOR_TOKEN}"
 
+[signers]
+default = "{SIGNER_KEY}"
+
 [worker]
 lease_ms = {lease}
 poll_ms = 100
@@ -362,117 +161,44 @@ poll_ms = 300
     }
 }
 
-/// Locate (building if needed) the `dalp-engine` binary of this workspace's debug build.
-pub fn engine_binary() -> Result<PathBuf> {
-    let root = workspace_root();
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
-    let profile = if cfg!(debug_assertions) {
-        "debug"
-    } else {
-        "release"
-    };
-    let path = target.join(profile).join("dalp-engine");
-    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    cmd.args(["build", "-q", "-p", "dalp-engine", "--bin", "dalp-engine"])
-        .current_dir(&root);
-    if profile == "release" {
-        cmd.arg("--release");
-    }
-    if !cmd.status()?.success() {
-        return Err("building dalp-engine failed".into());
-    }
-    Ok(path)
-}
-
-/// A running `dalp-engine` process with its HTTP API.
+/// A `dalp-engine` process (the real backend's, so `kill -9`-able and cleaned up) with the
+/// tests' calls to its HTTP API.
 pub struct EngineProcess {
     pub spec: EngineSpec,
     pub port: u16,
-    pub log: PathBuf,
-    child: Option<Child>,
+    process: engines::EngineProcess,
     http: reqwest::Client,
 }
 
 impl EngineProcess {
     pub async fn start(spec: EngineSpec) -> Result<Self> {
-        let dir = scratch_dir(&format!("engine-{}", spec.node_id));
-        let port = free_port();
-        let config = dir.join("engine.toml");
-        fs::write(&config, spec.toml(&format!("127.0.0.1:{port}")))?;
-        let log = dir.join("engine.log");
-        let mut p = EngineProcess {
+        let port = free_port()?;
+        let toml = spec.toml(&format!("127.0.0.1:{port}"));
+        let mut process =
+            engines::EngineProcess::named(&engine_binary()?, &spec.node_id, port, &toml)?;
+        let http = reqwest::Client::new();
+        process.start(&http).await?;
+        Ok(EngineProcess {
             spec,
             port,
-            log,
-            child: None,
-            http: reqwest::Client::new(),
-        };
-        p.spawn(&config)?;
-        p.wait_healthy().await?;
-        Ok(p)
-    }
-
-    fn spawn(&mut self, config: &Path) -> Result<()> {
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)?;
-        let child = Command::new(engine_binary()?)
-            .arg("--config")
-            .arg(config)
-            .env("DALP_SIGNER_KEY", SIGNER_KEY)
-            .env("DALP_LOG", "info")
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()?;
-        self.child = Some(child);
-        Ok(())
-    }
-
-    async fn wait_healthy(&self) -> Result<()> {
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(60) {
-            if let Ok(r) = self
-                .http
-                .get(self.url("/health"))
-                .timeout(Duration::from_secs(2))
-                .send()
-                .await
-            {
-                if r.status().is_success() {
-                    return Ok(());
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        Err(format!(
-            "engine {} not healthy; log: {}",
-            self.spec.node_id,
-            fs::read_to_string(&self.log).unwrap_or_default()
-        )
-        .into())
+            process,
+            http,
+        })
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
+        self.process.url(path)
     }
 
     /// SIGKILL: no shutdown hook runs, exactly like a crashed host.
     pub fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.process.kill9();
     }
 
     /// Start again with the same configuration (a new process re-running start-up).
     pub async fn restart(&mut self) -> Result<()> {
-        self.kill9();
-        let config = self.log.with_file_name("engine.toml");
-        self.spawn(&config)?;
-        self.wait_healthy().await
+        self.process.kill9();
+        self.process.start(&self.http).await
     }
 
     pub async fn submit(&self, kind: &str, key: &str, input: &Value) -> Result<(u16, Value)> {
@@ -540,13 +266,7 @@ impl EngineProcess {
     }
 
     pub fn log_text(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for EngineProcess {
-    fn drop(&mut self) {
-        self.kill9();
+        self.process.log_text()
     }
 }
 

@@ -55,16 +55,18 @@ struct Real {
 
 impl Real {
     fn start() -> Self {
-        let anvil = Anvil::start_manual()
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let anvil = rt
+            .block_on(Anvil::start_manual())
             .unwrap_or_else(|e| panic!("cannot start Anvil (fixtures/ npm package): {e}"));
         let url = anvil.url();
         Real {
             _anvil: anvil,
             url,
-            rt: tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime"),
+            rt,
             http: reqwest::Client::new(),
         }
     }

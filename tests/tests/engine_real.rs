@@ -16,9 +16,9 @@ struct World {
     chain: ChainView,
 }
 
-fn world() -> World {
-    let pg = Postgres::start().expect("start PostgreSQL");
-    let anvil = Anvil::start(1).expect("start Anvil");
+async fn world() -> World {
+    let pg = Postgres::start().await.expect("start PostgreSQL");
+    let anvil = Anvil::start(1).await.expect("start Anvil");
     let chain = ChainView::new(&anvil.url());
     World { pg, anvil, chain }
 }
@@ -125,7 +125,7 @@ async fn wait_indexed(pool: &sqlx::PgPool, block: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn issuance_completes_end_to_end_and_indexed_balances_match_chain() {
-    let w = world();
+    let w = world().await;
     let engine = EngineProcess::start(EngineSpec::new("node-a", &w.pg.url(), &w.anvil.url()))
         .await
         .unwrap();
@@ -179,7 +179,7 @@ async fn issuance_completes_end_to_end_and_indexed_balances_match_chain() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transfer_rejected_by_compliance_fails_closed_without_a_transaction() {
-    let w = world();
+    let w = world().await;
     let engine = EngineProcess::start(EngineSpec::new("node-a", &w.pg.url(), &w.anvil.url()))
         .await
         .unwrap();
@@ -234,7 +234,7 @@ async fn transfer_rejected_by_compliance_fails_closed_without_a_transaction() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn same_idempotency_key_returns_same_result_and_sends_nothing_new() {
-    let w = world();
+    let w = world().await;
     let engine = EngineProcess::start(EngineSpec::new("node-a", &w.pg.url(), &w.anvil.url()))
         .await
         .unwrap();
@@ -357,7 +357,7 @@ async fn assert_issuances_exact(w: &World, engine: &EngineProcess, ids: &[i64], 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_mid_workflow_then_restart_resumes_with_exactly_one_tx_per_step() {
-    let w = world();
+    let w = world().await;
     let mut engine = EngineProcess::start(EngineSpec::new("node-a", &w.pg.url(), &w.anvil.url()))
         .await
         .unwrap();
@@ -375,7 +375,7 @@ async fn kill_9_mid_workflow_then_restart_resumes_with_exactly_one_tx_per_step()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lease_holder_killed_other_node_takes_over_without_duplicates() {
-    let w = world();
+    let w = world().await;
     let mut a = EngineProcess::start(EngineSpec::new("node-a", &w.pg.url(), &w.anvil.url()))
         .await
         .unwrap();
@@ -419,13 +419,13 @@ async fn lease_holder_killed_other_node_takes_over_without_duplicates() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_restart_mid_run_loses_nothing() {
-    let mut w = world();
+    let mut w = world().await;
     let engine = EngineProcess::start(EngineSpec::new("node-a", &w.pg.url(), &w.anvil.url()))
         .await
         .unwrap();
     let ids = submit_issuances(&engine, "PG", 3, 700).await;
     wait_mid_flight(&engine, &ids).await;
-    w.pg.restart().unwrap();
+    w.pg.restart().await.unwrap();
     assert_issuances_exact(&w, &engine, &ids, 700).await;
     // Every accepted request is still there.
     let pool = db(&w.pg).await;
@@ -439,7 +439,7 @@ async fn postgres_restart_mid_run_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn permanent_failure_dead_letters_and_operator_requeue_completes_it() {
-    let w = world();
+    let w = world().await;
     let engine = EngineProcess::start(EngineSpec::new("node-a", &w.pg.url(), &w.anvil.url()))
         .await
         .unwrap();

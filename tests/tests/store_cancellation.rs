@@ -42,7 +42,7 @@ async fn sessions_in_transaction(probe: &sqlx::PgPool, bound: Duration) -> Vec<S
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_call_cancelled_at_any_await_leaves_no_session_inside_a_transaction() {
-    let pg = Postgres::start().expect("start PostgreSQL");
+    let pg = Postgres::start().await.expect("start PostgreSQL");
     PgStore::connect(&pg.url(), 2, Duration::from_secs(5))
         .await
         .expect("migrate");

@@ -88,9 +88,8 @@ struct Server {
 impl Server {
     /// Start PostgreSQL (failing, never skipping, when it is missing) and migrate a template.
     async fn start() -> Server {
-        let pg = tokio::task::spawn_blocking(Postgres::start)
+        let pg = Postgres::start()
             .await
-            .expect("join")
             .unwrap_or_else(|e| panic!("start PostgreSQL: {e}"));
         let admin = sqlx::postgres::PgPoolOptions::new()
             .max_connections(1)

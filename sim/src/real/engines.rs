@@ -48,11 +48,15 @@ pub struct EngineProcess {
 impl EngineProcess {
     /// Prepare `engine-<i>` with `toml` (its `listen` must be `127.0.0.1:<port>`); not started.
     pub fn new(bin: &Path, index: usize, port: u16, toml: &str) -> Result<Self> {
-        let name = format!("engine-{index}");
-        let dir = scratch_dir(&name)?;
+        Self::named(bin, &format!("engine-{index}"), port, toml)
+    }
+
+    /// Prepare an engine called `name` (its scratch directory's name) with `toml`; not started.
+    pub fn named(bin: &Path, name: &str, port: u16, toml: &str) -> Result<Self> {
+        let dir = scratch_dir(name)?;
         std::fs::write(dir.join("engine.toml"), toml)?;
         Ok(EngineProcess {
-            name,
+            name: name.to_string(),
             port,
             dir,
             bin: bin.to_path_buf(),

@@ -290,6 +290,88 @@ pub struct LocalPg {
 }
 
 impl LocalPg {
+    /// A fresh primary in its own scratch directory with `settings` (`key=value`, e.g.
+    /// [`primary_settings`]), started and ready for queries; replicas may stream from it.
+    pub async fn primary(name: &str, settings: &[String]) -> Result<LocalPg> {
+        let mut pg = Self::create(
+            name,
+            "initdb",
+            &["-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"],
+        )?;
+        pg.settings_file(settings)?;
+        // Replication connections from the host.
+        let hba = pg.data().join("pg_hba.conf");
+        let mut text = std::fs::read_to_string(&hba)?;
+        text.push_str("host replication all 127.0.0.1/32 trust\n");
+        std::fs::write(&hba, text)?;
+        pg.spawn().await?;
+        Ok(pg)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The `postgres` database, as superuser `postgres`.
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// A tool of the same PostgreSQL installation (`pgbench`, `psql`, …).
+    pub fn bin(&self, tool: &str) -> PathBuf {
+        self.bin.join(tool)
+    }
+
+    /// Fast shutdown (SIGINT: sessions are ended, a checkpoint is written) and start again: a
+    /// clean restart, where [`PgServer::kill`] is a crash.
+    pub async fn restart(&mut self) -> Result<()> {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: signalling our own child.
+            unsafe {
+                libc::kill(c.id() as i32, libc::SIGINT);
+            }
+            let stopped = wait_until(
+                &format!("postgres {} shutdown", self.name),
+                Duration::from_secs(60),
+                || {
+                    let exited = !matches!(c.try_wait(), Ok(None));
+                    async move { exited }
+                },
+            )
+            .await;
+            let _ = c.kill();
+            let _ = c.wait();
+            self.guard = None;
+            stopped?;
+        }
+        self.spawn().await
+    }
+
+    /// A server whose data directory `tool` (`initdb`, `pg_basebackup`) fills, run as the
+    /// database user; not started.
+    fn create(name: &str, tool: &str, args: &[&str]) -> Result<LocalPg> {
+        let bin = postgres_bin_dir()?;
+        let dir = scratch_dir(name)?;
+        hand_to_db_user(&dir)?;
+        run_ok(
+            as_db_user(
+                Command::new(bin.join(tool))
+                    .args(args)
+                    .arg("-D")
+                    .arg(dir.join("data")),
+            ),
+            tool,
+        )?;
+        Ok(LocalPg {
+            name: name.into(),
+            port: free_port()?,
+            dir,
+            bin,
+            child: None,
+            guard: None,
+        })
+    }
+
     fn data(&self) -> PathBuf {
         self.dir.join("data")
     }
@@ -340,7 +422,9 @@ impl LocalPg {
         let conf = self.data().join("postgresql.auto.conf");
         let mut text = std::fs::read_to_string(&conf).unwrap_or_default();
         for s in settings {
-            let (k, v) = s.split_once('=').expect("setting is key=value");
+            let (k, v) = s
+                .split_once('=')
+                .ok_or_else(|| format!("setting {s:?} is not key=value"))?;
             text.push_str(&format!("{k} = '{v}'\n"));
         }
         std::fs::write(&conf, text)?;
@@ -390,6 +474,34 @@ pub struct LocalAnvil {
     _guard: cleanup::Guard,
 }
 
+impl LocalAnvil {
+    /// An Anvil on 127.0.0.1 with `args` (chain id, block time, …), answering JSON-RPC.
+    pub async fn start(name: &str, args: &[String]) -> Result<LocalAnvil> {
+        let dir = scratch_dir(name)?;
+        let port = free_port()?;
+        let log = std::fs::File::create(dir.join("anvil.log"))?;
+        let child = Command::new(anvil_path()?)
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(args)
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("start anvil: {e}"))?;
+        let guard = cleanup::register(Resource::Process(child.id()));
+        let node = LocalAnvil {
+            port,
+            child,
+            _guard: guard,
+        };
+        wait_for_anvil(node.addr()).await?;
+        Ok(node)
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
 impl AnvilNode for LocalAnvil {
     fn addr(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.port))
@@ -410,34 +522,9 @@ impl Provider for LocalProvider {
     }
 
     async fn postgres_primary(&self, name: &str, sync_standby: bool) -> Result<Box<dyn PgServer>> {
-        let bin = postgres_bin_dir()?;
-        let dir = scratch_dir(name)?;
-        hand_to_db_user(&dir)?;
-        run_ok(
-            as_db_user(
-                Command::new(bin.join("initdb"))
-                    .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"])
-                    .arg("-D")
-                    .arg(dir.join("data")),
-            ),
-            "initdb",
-        )?;
-        let mut pg = LocalPg {
-            name: name.into(),
-            port: free_port()?,
-            dir,
-            bin,
-            child: None,
-            guard: None,
-        };
-        pg.settings_file(&primary_settings(sync_standby))?;
-        // Replication connections from the host.
-        let hba = pg.data().join("pg_hba.conf");
-        let mut text = std::fs::read_to_string(&hba)?;
-        text.push_str("host replication all 127.0.0.1/32 trust\n");
-        std::fs::write(&hba, text)?;
-        pg.spawn().await?;
-        Ok(Box::new(pg))
+        Ok(Box::new(
+            LocalPg::primary(name, &primary_settings(sync_standby)).await?,
+        ))
     }
 
     async fn postgres_replica(
@@ -445,27 +532,24 @@ impl Provider for LocalProvider {
         name: &str,
         primary: &dyn PgServer,
     ) -> Result<Box<dyn PgServer>> {
-        let bin = postgres_bin_dir()?;
-        let dir = scratch_dir(name)?;
-        hand_to_db_user(&dir)?;
         let (host, port) = primary.peer();
-        run_ok(
-            as_db_user(
-                Command::new(bin.join("pg_basebackup"))
-                    .args(["-h", &host, "-p", &port.to_string(), "-U", "postgres"])
-                    .args(["-X", "stream", "-R", "--no-sync", "-D"])
-                    .arg(dir.join("data")),
-            ),
+        let port_arg = port.to_string();
+        let mut pg = LocalPg::create(
+            name,
             "pg_basebackup",
+            &[
+                "-h",
+                &host,
+                "-p",
+                &port_arg,
+                "-U",
+                "postgres",
+                "-X",
+                "stream",
+                "-R",
+                "--no-sync",
+            ],
         )?;
-        let mut pg = LocalPg {
-            name: name.into(),
-            port: free_port()?,
-            dir,
-            bin,
-            child: None,
-            guard: None,
-        };
         // The replica names itself, so the primary's `ANY 1 (*)` counts it; the primary's
         // synchronous setting (copied by the base backup) would make it, once promoted, wait for
         // a standby it does not have.
@@ -480,23 +564,6 @@ impl Provider for LocalProvider {
     }
 
     async fn anvil(&self, name: &str, args: &[String]) -> Result<Box<dyn AnvilNode>> {
-        let dir = scratch_dir(name)?;
-        let port = free_port()?;
-        let log = std::fs::File::create(dir.join("anvil.log"))?;
-        let child = Command::new(anvil_path()?)
-            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-            .args(args)
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .map_err(|e| format!("start anvil: {e}"))?;
-        let guard = cleanup::register(Resource::Process(child.id()));
-        let node = LocalAnvil {
-            port,
-            child,
-            _guard: guard,
-        };
-        wait_for_anvil(node.addr()).await?;
-        Ok(Box::new(node))
+        Ok(Box::new(LocalAnvil::start(name, args).await?))
     }
 }

@@ -28,7 +28,7 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run() -> Result<()> {
-    let pg = Postgres::start()?;
+    let pg = Postgres::start().await?;
     let store =
         Arc::new(PgStore::connect(&pg.url(), WORKERS as u32 + 2, Duration::from_secs(10)).await?);
     // Enough workflows that workers never run dry.

@@ -22,8 +22,8 @@ async fn main() -> std::process::ExitCode {
 async fn run() -> Result<bool> {
     let started = Instant::now();
     println!("starting PostgreSQL, Anvil and two engine nodes ...");
-    let pg = Postgres::start()?;
-    let anvil = Anvil::start(1)?;
+    let pg = Postgres::start().await?;
+    let anvil = Anvil::start(1).await?;
     let a = EngineProcess::start(EngineSpec::new("node-a", &pg.url(), &anvil.url())).await?;
     let b = EngineProcess::start(EngineSpec::new("node-b", &pg.url(), &anvil.url())).await?;
     let chain = ChainView::new(&anvil.url());
