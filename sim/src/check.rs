@@ -6,6 +6,7 @@
 //! unit-tested on crafted bad histories.
 
 use crate::history::{summarize, Op};
+use crate::outcome::DataLoss;
 use alloy_primitives::{Address, B256, U256};
 use dalp_engine::store::{JournalEntry, TxRecord, TxState};
 use serde::Serialize;
@@ -72,7 +73,7 @@ pub struct Evidence {
     /// The scenario's promise on dead letters (`[expect] max_dead_letters`).
     pub max_dead_letters: Option<u64>,
     /// What database failovers lost, as measured (`replication`, `lost_acknowledged`, …).
-    pub data_loss: Vec<Value>,
+    pub data_loss: Vec<DataLoss>,
     /// Signer transactions still in the mempool after the run: (nonce, executable now).
     pub signer_pending: Vec<(u64, bool)>,
     /// Token addresses by plan index.
@@ -242,11 +243,7 @@ pub fn durability(ev: &Evidence) -> Verdict {
     // Under asynchronous replication a failover may lose acknowledged commits (measured in
     // `data_loss`); a client that finds its workflow gone submits it again with the same key.
     // (The real backend measures the WAL bytes the promoted replica lacked, not commits.)
-    let async_loss = ev.data_loss.iter().any(|l| {
-        l["replication"] == "async"
-            && (l["lost_acknowledged"].as_u64().unwrap_or(0) > 0
-                || l["lost_wal_bytes"].as_u64().unwrap_or(0) > 0)
-    });
+    let async_loss = ev.data_loss.iter().any(DataLoss::lost_acknowledged_async);
     for (op, sum) in summarize(&ev.ops) {
         let Some(at) = sum.accepted_at else { continue };
         accepted += 1;
@@ -301,11 +298,11 @@ pub fn durability(ev: &Evidence) -> Verdict {
         }
     }
     for loss in &ev.data_loss {
-        let acked = loss["lost_acknowledged"].as_u64().unwrap_or(0);
-        if loss["replication"] == "sync" && acked > 0 {
+        let acked = loss.lost_acknowledged.unwrap_or(0);
+        if loss.replication == "sync" && acked > 0 {
             v.push(format!(
-                "a failover under synchronous replication lost {acked} acknowledged commits ({}): a write was acknowledged before a replica had it",
-                loss["ops"]
+                "a failover under synchronous replication lost {acked} acknowledged commits ({:?}): a write was acknowledged before a replica had it",
+                loss.ops
             ));
         }
     }
@@ -908,6 +905,15 @@ mod tests {
     const H1: B256 = b256!("1111111111111111111111111111111111111111111111111111111111111111");
     const H2: B256 = b256!("2222222222222222222222222222222222222222222222222222222222222222");
 
+    fn loss(replication: &str, acknowledged: u64, ops: &[&str]) -> DataLoss {
+        DataLoss {
+            replication: replication.into(),
+            lost_acknowledged: Some(acknowledged),
+            ops: ops.iter().map(|o| o.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
     fn base() -> Evidence {
         Evidence {
             signer: SIGNER,
@@ -1035,15 +1041,13 @@ mod tests {
     #[test]
     fn durability_fails_on_acknowledged_loss_under_sync_and_on_unexpected_dead_letters() {
         let mut ev = base();
-        ev.data_loss = vec![
-            json!({"replication": "sync", "lost_acknowledged": 2, "ops": ["complete_step", "create_tx"]}),
-        ];
+        ev.data_loss = vec![loss("sync", 2, &["complete_step", "create_tx"])];
         let v = durability(&ev);
         assert!(
             v.violations[0].contains("lost 2 acknowledged commits"),
             "{v:?}"
         );
-        ev.data_loss = vec![json!({"replication": "async", "lost_acknowledged": 2, "ops": []})];
+        ev.data_loss = vec![loss("async", 2, &[])];
         assert!(
             durability(&ev).held,
             "async loss is measured, not a violation by itself"
@@ -1092,8 +1096,7 @@ mod tests {
                 && v.violations[0].contains("no asynchronous failover"),
             "{v:?}"
         );
-        ev.data_loss =
-            vec![json!({"replication": "async", "lost_acknowledged": 1, "ops": ["submit"]})];
+        ev.data_loss = vec![loss("async", 1, &["submit"])];
         assert!(durability(&ev).held, "{:?}", durability(&ev));
         // The lost id is not a second workflow of the key for the exactly-once checker.
         assert!(exactly_once(&ev).held, "{:?}", exactly_once(&ev));

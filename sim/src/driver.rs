@@ -12,7 +12,7 @@
 use crate::check::{check, recovery_ms, Evidence};
 use crate::client::TokenBook;
 use crate::history::{summarize, History};
-use crate::outcome::RunResult;
+use crate::outcome::{NotApplicable, RunResult};
 use crate::plan::{plan, PlannedOp, INVESTOR};
 use crate::scenario::{Fault, FaultKind, Scenario};
 use crate::timing::{fault_windows, op_timings};
@@ -238,8 +238,11 @@ pub async fn drive<B: Backend>(
     let fault_windows = fault_windows(&schedule, heal_ms);
     let recovery_ms = coarse_recovery.and_then(|_| recovery_ms(&ops, &fault_windows, heal_ms));
     let mut not_applicable = not_applicable;
-    for i in not_judged {
-        not_applicable.push(json!({"invariant": i, "reason": "checked in the simulation only (needs the metrics scraper / a fault-free baseline run)"}));
+    for invariant in not_judged {
+        not_applicable.push(NotApplicable::Invariant {
+            invariant,
+            reason: "checked in the simulation only (needs the metrics scraper / a fault-free baseline run)".into(),
+        });
     }
     let engine_logs = b.finish(passed).await;
     let (backend, provider) = b.labels();
@@ -272,7 +275,7 @@ async fn run_schedule(
     schedule: &[Fault],
     heal_ms: u64,
     trace: &Trace,
-) -> Vec<Value> {
+) -> Vec<NotApplicable> {
     // One injector task spawning one task per fault (the shape the simulation's task schedule,
     // and so every trace hash, was recorded with).
     let (t, schedule, trace) = (target.clone(), schedule.to_vec(), trace.clone());
@@ -312,7 +315,7 @@ async fn one(
     fault: Fault,
     heal_ms: u64,
     trace: &Trace,
-) -> Option<Value> {
+) -> Option<NotApplicable> {
     let start = (fault.at_s() * 1000.0).round() as u64;
     sleep_until_ms(target, start).await;
     let node = fault_track(&fault);
@@ -328,8 +331,12 @@ async fn one(
     match outcome {
         FaultOutcome::Applied(_) => {}
         FaultOutcome::Skipped(_) => return None,
-        FaultOutcome::NotApplicable(why) => {
-            return Some(json!({"kind": fault.kind(), "at_s": fault.at_s(), "reason": why}))
+        FaultOutcome::NotApplicable(reason) => {
+            return Some(NotApplicable::Fault {
+                kind: fault.kind(),
+                at_s: fault.at_s(),
+                reason,
+            })
         }
     }
     let end = match fault.duration_s() {

@@ -56,8 +56,7 @@ pub use crate::scenario::IsolationCfg;
 use crate::scenario::{Fault, FaultKind, Replication, Scenario};
 use crate::timing::{fault_target, ms, FaultWindow, OpTiming};
 use crate::verdict::Verdict;
-use serde::Serialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
 
 /// Whether workflows depend on what a fault hit.
 #[derive(Clone, Debug, PartialEq)]
@@ -209,7 +208,7 @@ fn median(mut xs: Vec<Option<u64>>) -> Option<u64> {
 }
 
 /// The numbers of one fault window, for the verdict and `results.json` (`isolation.windows`).
-#[derive(Clone, Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct WindowReport {
     pub fault: usize,
     pub kind: FaultKind,
@@ -508,7 +507,8 @@ fn dependent_ops(
         .collect()
 }
 
-fn verdict(checked: String, mut violations: Vec<String>) -> Verdict {
+/// The `isolation` verdict with these violations (at most 20 kept, all counted).
+pub fn verdict(checked: String, mut violations: Vec<String>) -> Verdict {
     let violation_count = violations.len();
     violations.truncate(20);
     Verdict {
@@ -520,119 +520,21 @@ fn verdict(checked: String, mut violations: Vec<String>) -> Verdict {
     }
 }
 
-/// What `results.json` keeps of the baseline run under the faulty run (`baseline`).
-pub fn baseline_summary(b: &Value) -> Value {
-    let violated: Vec<Value> = b["verdicts"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|x| x["held"] == false)
-        .filter_map(|x| x.get("invariant").cloned())
-        .collect();
-    let mut out = json!({
-        "passed": b["passed"] == true && b.get("crashed").is_none_or(Value::is_null),
-        "trace_hash": b["trace_hash"],
-        "trace_events": b["trace_events"],
-        "simulated_ms": b["simulated_ms"],
-        "recovery_ms": b["recovery_ms"],
-        "violated": violated,
-    });
-    for k in ["wall_ms", "crashed", "trace_files"] {
-        if let Some(x) = b.get(k).filter(|x| !x.is_null()) {
-            out[k] = x.clone();
-        }
-    }
-    out
-}
-
-/// Attach the baseline to a faulty run's result `v` and add the `isolation` verdict to its
-/// `verdicts` (and `passed`): violated when the baseline crashed or failed its own invariants
-/// (the scenario is broken), otherwise [`evaluate`]'s verdict. A crashed faulty run is left
-/// alone (its crash is its outcome) apart from the baseline. `empty_schedule_repro`: how to replay
-/// the baseline, for the messages.
-pub fn attach(
-    v: &mut Value,
-    baseline: Result<&Value, &str>,
-    s: &Scenario,
-    baseline_repro: &str,
-) -> Result<(), String> {
-    let crashed = v.get("crashed").is_some_and(|c| !c.is_null());
-    let mut verdict_v = None;
-    match baseline {
-        Err(e) => {
-            v["baseline"] = json!({"passed": false, "crashed": e});
-            verdict_v = Some(verdict(
-                "the fault-free baseline run".into(),
-                vec![format!(
-                    "the fault-free baseline of this seed (same scenario, no faults) crashed: {}; reproduce: {baseline_repro}",
-                    e.lines().next().unwrap_or("")
-                )],
-            ));
-        }
-        Ok(b) => {
-            let summary = baseline_summary(b);
-            if summary["passed"] != true {
-                let firsts: Vec<String> = b["verdicts"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter(|x| x["held"] == false)
-                    .map(|x| {
-                        format!(
-                            "{} ({})",
-                            x["invariant"].as_str().unwrap_or("?"),
-                            x["violations"][0].as_str().unwrap_or("")
-                        )
-                    })
-                    .collect();
-                verdict_v = Some(verdict(
-                    "the fault-free baseline run".into(),
-                    vec![format!(
-                        "the fault-free baseline of this seed (same scenario, no faults) fails its own invariants, so the scenario is broken, not the engine under faults: {}; reproduce: {baseline_repro}",
-                        if firsts.is_empty() { "no result".to_string() } else { firsts.join("; ") }
-                    )],
-                ));
-            } else if !crashed {
-                let parse = |x: &Value, what: &str| -> Result<Vec<OpTiming>, String> {
-                    serde_json::from_value(x["ops"].clone())
-                        .map_err(|e| format!("{what}: field `ops` unreadable: {e}"))
-                };
-                let schedule: Vec<Fault> = serde_json::from_value(v["schedule"].clone())
-                    .map_err(|e| format!("field `schedule` unreadable: {e}"))?;
-                let windows: Vec<FaultWindow> = serde_json::from_value(v["fault_windows"].clone())
-                    .map_err(|e| format!("field `fault_windows` unreadable: {e}"))?;
-                let ops = parse(v, "the run")?;
-                let base_ops = parse(b, "the baseline")?;
-                let cfg = s.isolation.clone().unwrap_or_default();
-                let (vd, reports) = evaluate(s, &cfg, &schedule, &windows, &ops, &base_ops);
-                v["isolation"] = json!({"thresholds": cfg, "windows": reports});
-                verdict_v = Some(vd);
-            }
-            v["baseline"] = summary;
-        }
-    }
-    if crashed {
-        return Ok(());
-    }
-    if let Some(vd) = verdict_v {
-        if !vd.held {
-            v["passed"] = json!(false);
-        }
-        let vd = serde_json::to_value(&vd).expect("verdict json");
-        match v["verdicts"].as_array_mut() {
-            Some(a) => a.push(vd),
-            None => v["verdicts"] = json!([vd]),
-        }
-    }
-    Ok(())
+/// `results.json`'s `isolation` of a judged run: the thresholds used and each fault window's
+/// numbers.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct IsolationReport {
+    pub thresholds: IsolationCfg,
+    pub windows: Vec<WindowReport>,
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::timing::fault_windows;
 
-    fn scenario(extra: &str) -> Scenario {
+    /// A scenario judging isolation, with `extra` TOML appended.
+    pub(crate) fn scenario(extra: &str) -> Scenario {
         Scenario::parse(
             &format!(
                 r#"
@@ -667,7 +569,7 @@ liveness_bound_s = 60
     }
 
     /// Operations planned every second from 0 to 29 s, each finishing `lat(i)` ms later.
-    fn ops(lat: impl Fn(u64) -> Option<u64>) -> Vec<OpTiming> {
+    pub(crate) fn ops(lat: impl Fn(u64) -> Option<u64>) -> Vec<OpTiming> {
         (0..30)
             .map(|i| OpTiming {
                 op: i,
@@ -945,59 +847,6 @@ liveness_bound_s = 60
         let (v, r) = evaluate(&s, &IsolationCfg::default(), &sched, &w, &late, &base);
         assert_eq!((r[0].finished, r[0].baseline_finished), (0, 2));
         assert!(v.held, "{v:?}");
-    }
-
-    #[test]
-    fn attach_adds_the_verdict_and_the_baseline_and_fails_on_a_broken_baseline() {
-        let s = scenario("");
-        let sched = vec![rpc_down("rpc-0", 5.0, 20.0)];
-        let mut run = json!({
-            "scenario": "t", "seed": 1, "passed": true,
-            "verdicts": [{"invariant": "durability", "held": true, "checked": "", "violations": [], "violation_count": 0}],
-            "schedule": sched,
-            "fault_windows": fault_windows(&sched, 40_000),
-            "ops": ops(|_| None),
-        });
-        let base = json!({
-            "passed": true, "trace_hash": "ab", "verdicts": [], "ops": ops(|_| Some(3000)),
-        });
-        let mut good = run.clone();
-        good["ops"] = json!(ops(|_| Some(3500)));
-        attach(&mut good, Ok(&base), &s, "x").unwrap();
-        assert_eq!(good["passed"], true);
-        assert_eq!(good["verdicts"][1]["invariant"], "isolation");
-        assert_eq!(good["baseline"]["trace_hash"], "ab");
-        assert_eq!(good["isolation"]["windows"][0]["baseline_finished"], 10);
-
-        attach(&mut run, Ok(&base), &s, "x").unwrap();
-        assert_eq!(run["passed"], false);
-        assert_eq!(run["verdicts"][1]["held"], false);
-
-        let mut broken = base.clone();
-        broken["passed"] = json!(false);
-        broken["verdicts"] = json!([{"invariant": "durability", "held": false, "violations": ["op 3 never finished"]}]);
-        let mut r2 = good.clone();
-        r2["verdicts"] = json!([]);
-        r2["passed"] = json!(true);
-        attach(&mut r2, Ok(&broken), &s, "REPRO").unwrap();
-        assert_eq!(r2["passed"], false);
-        let msg = r2["verdicts"][0]["violations"][0].as_str().unwrap();
-        assert!(
-            msg.contains("scenario is broken")
-                && msg.contains("durability (op 3 never finished)")
-                && msg.contains("REPRO"),
-            "{msg}"
-        );
-        assert_eq!(r2["baseline"]["violated"], json!(["durability"]));
-
-        let mut r3 = good.clone();
-        r3["verdicts"] = json!([]);
-        attach(&mut r3, Err("boom"), &s, "x").unwrap();
-        assert_eq!(r3["passed"], false);
-        assert!(r3["verdicts"][0]["violations"][0]
-            .as_str()
-            .unwrap()
-            .contains("crashed: boom"));
     }
 
     #[test]

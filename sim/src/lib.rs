@@ -26,8 +26,3 @@ pub mod verdict;
 
 #[cfg(madsim)]
 pub mod world;
-
-/// The real backend (`--backend real`): the same scenarios against real PostgreSQL, Anvil and
-/// `dalp-engine` processes. Production flavour only.
-#[cfg(not(madsim))]
-pub mod real;

@@ -1,113 +1,171 @@
 //! The outputs of `dalp-sim run` and `dalp-sim report`, as pure functions of the results
-//! document (`results.json`, schema [`SCHEMA`], documented in `reports/README.md`):
-//! `junit.xml` for CI, and the audit report as Markdown (`report.md`) and standalone HTML
-//! (`report.html`) with the same content. Only [`write_outputs`] touches the file system.
+//! document ([`ResultsDoc`]: `results.json`, schema [`SCHEMA`], documented in
+//! `reports/README.md`): `junit.xml` for CI, and the audit report as Markdown (`report.md`) and
+//! standalone HTML (`report.html`) with the same content. Only [`write_outputs`] touches the
+//! file system.
 //!
 //! The report is a function of the results alone (no clock, no host name), so the same results
 //! give byte-identical reports.
 
+use crate::outcome::{Outcome, RunRecord};
 use crate::scenario::CATALOG;
-use serde_json::{json, Value};
+use crate::verdict::Verdict;
+use serde::de::{Error as _, SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 /// The schema name written into `results.json`. v2 added `outcome`, `covers` and
-/// `data_loss_window_ms` to each result (v1 files are still read: see [`normalize`]).
+/// `data_loss_window_ms` to each result (v1 files are still read: see [`parse`]).
 pub const SCHEMA: &str = "dalp-sim/results/v2";
 
-/// `pass`, `fail` (an invariant was violated) or `crash` (the run produced no result).
-pub fn outcome(r: &Value) -> &'static str {
-    if r.get("crashed").is_some_and(|c| !c.is_null()) {
-        "crash"
-    } else if r["passed"] == true {
-        "pass"
-    } else {
-        "fail"
+/// The first schema, whose results carry no catalog ids.
+pub const SCHEMA_V1: &str = "dalp-sim/results/v1";
+
+/// `results.json`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ResultsDoc {
+    pub schema: String,
+    #[serde(default)]
+    pub summary: Summary,
+    /// Sorted by (scenario, seed).
+    #[serde(deserialize_with = "indexed")]
+    pub results: Vec<RunRecord>,
+}
+
+/// `summary`: counts computed from the results ([`document`]), and where they came from.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Summary {
+    #[serde(default)]
+    pub runs: usize,
+    #[serde(default)]
+    pub passed: usize,
+    /// Including the crashed.
+    #[serde(default)]
+    pub failed: usize,
+    #[serde(default)]
+    pub crashed: usize,
+    /// Distinct scenarios.
+    #[serde(default)]
+    pub scenarios: usize,
+    #[serde(default)]
+    pub simulated_s: f64,
+    #[serde(flatten)]
+    pub provenance: Provenance,
+}
+
+/// What the summary says of the run that produced the results, beside the counts.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Provenance {
+    /// Wall seconds of the run; summed when merged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wall_s: Option<f64>,
+    /// `I/N`, a sharded run only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<String>,
+    /// The input files (`dalp-sim report` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub merged_from: Option<Vec<String>>,
+    /// `dalp-sim report` only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duplicates_dropped: Option<usize>,
+}
+
+/// `results`, each element's error naming its index.
+fn indexed<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<RunRecord>, D::Error> {
+    struct Records;
+    impl<'de> Visitor<'de> for Records {
+        type Value = Vec<RunRecord>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an array of results")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::new();
+            while let Some(r) = seq
+                .next_element()
+                .map_err(|e| A::Error::custom(format!("results[{}]: {e}", out.len())))?
+            {
+                out.push(r);
+            }
+            Ok(out)
+        }
     }
-}
-
-/// The largest data-loss window (simulated ms) over the run's database failovers; 0 if none.
-pub fn data_loss_window_ms(r: &Value) -> u64 {
-    r["data_loss"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|l| l["window_ms"].as_u64())
-        .max()
-        .unwrap_or(0)
-}
-
-/// Add the v2 fields a result is missing: `outcome`, `data_loss_window_ms`, and `covers` when
-/// `covers` is given (otherwise an absent `covers` becomes `[]`).
-pub fn normalize(r: &mut Value, covers: Option<&[String]>) {
-    if let Some(c) = covers {
-        r["covers"] = json!(c);
-    } else if r.get("covers").is_none_or(|c| !c.is_array()) {
-        r["covers"] = json!([]);
-    }
-    r["outcome"] = json!(outcome(r));
-    r["data_loss_window_ms"] = json!(data_loss_window_ms(r));
-}
-
-fn key(r: &Value) -> (String, u64) {
-    (
-        r["scenario"].as_str().unwrap_or("").to_string(),
-        r["seed"].as_u64().unwrap_or(0),
-    )
+    d.deserialize_seq(Records)
 }
 
 /// The results document: results sorted by (scenario, seed), a summary computed from them, and
-/// `extra` merged into the summary (e.g. `wall_s`, `shard`, `merged_from`).
-pub fn document(mut results: Vec<Value>, extra: Value) -> Value {
-    results.sort_by_key(key);
-    let count = |o: &str| results.iter().filter(|r| outcome(r) == o).count();
-    let (passed, failed, crashed) = (count("pass"), count("fail"), count("crash"));
-    let scenarios: BTreeSet<String> = results.iter().map(|r| key(r).0).collect();
-    let mut summary = json!({
-        "runs": results.len(),
-        "passed": passed,
-        "failed": failed + crashed,
-        "crashed": crashed,
-        "scenarios": scenarios.len(),
-        "simulated_s": results.iter().filter_map(|r| r["simulated_ms"].as_u64()).sum::<u64>() as f64 / 1000.0,
-    });
-    if let Value::Object(m) = extra {
-        for (k, v) in m {
-            summary[k] = v;
-        }
+/// its `provenance`.
+pub fn document(mut results: Vec<RunRecord>, provenance: Provenance) -> ResultsDoc {
+    results.sort_by_key(RunRecord::key);
+    let count = |o: Outcome| results.iter().filter(|r| r.outcome == o).count();
+    let (passed, failed, crashed) = (
+        count(Outcome::Pass),
+        count(Outcome::Fail),
+        count(Outcome::Crash),
+    );
+    let scenarios: BTreeSet<&str> = results.iter().map(|r| r.output.scenario()).collect();
+    let summary = Summary {
+        runs: results.len(),
+        passed,
+        failed: failed + crashed,
+        crashed,
+        scenarios: scenarios.len(),
+        simulated_s: results
+            .iter()
+            .filter_map(|r| r.output.finished())
+            .map(|f| f.result.simulated_ms)
+            .sum::<u64>() as f64
+            / 1000.0,
+        provenance,
+    };
+    ResultsDoc {
+        schema: SCHEMA.into(),
+        summary,
+        results,
     }
-    json!({"schema": SCHEMA, "summary": summary, "results": results})
 }
 
-/// Merge results documents (e.g. the shards of one run) into one: every result normalised,
-/// de-duplicated by (scenario, seed) (the first document that has a run wins), `wall_s` summed,
-/// and `merged_from` naming the inputs. Rejects documents that are not dalp-sim results.
-pub fn merge(docs: &[(String, Value)]) -> Result<Value, String> {
-    let mut seen: BTreeMap<(String, u64), Value> = BTreeMap::new();
+/// A results document read from `text` (`name` for the messages). Rejects documents that are
+/// not dalp-sim results; a v1 document's results get their derived fields (`outcome`,
+/// `data_loss_window_ms`; `covers` are the caller's to fill from the scenario files).
+pub fn parse(name: &str, text: &str) -> Result<ResultsDoc, String> {
+    #[derive(Deserialize)]
+    struct Head {
+        schema: Option<String>,
+    }
+    let schema = match serde_json::from_str::<Head>(text) {
+        Ok(h) => h.schema,
+        Err(e) if e.is_syntax() || e.is_eof() => return Err(format!("{name}: not JSON: {e}")),
+        Err(_) => None,
+    };
+    if !schema
+        .as_deref()
+        .is_some_and(|s| s.starts_with("dalp-sim/results/"))
+    {
+        let schema = schema.map_or_else(|| "none".into(), |s| format!("{s:?}"));
+        return Err(format!(
+            "{name}: not a dalp-sim results file (schema {schema})"
+        ));
+    }
+    let mut doc: ResultsDoc = serde_json::from_str(text).map_err(|e| format!("{name}: {e}"))?;
+    doc.results.iter_mut().for_each(RunRecord::derive);
+    Ok(doc)
+}
+
+/// Merge results documents (e.g. the shards of one run) into one: de-duplicated by (scenario,
+/// seed) (the first document that has a run wins), `wall_s` summed, and `merged_from` naming
+/// the inputs.
+pub fn merge(docs: Vec<(String, ResultsDoc)>) -> ResultsDoc {
+    let mut seen: BTreeMap<(String, u64), RunRecord> = BTreeMap::new();
     let mut duplicates = 0usize;
     let mut wall_s = 0.0;
+    let mut names = Vec::new();
     for (name, doc) in docs {
-        let schema = doc["schema"].as_str().unwrap_or("");
-        if !schema.starts_with("dalp-sim/results/") {
-            return Err(format!(
-                "{name}: not a dalp-sim results file (schema {:?})",
-                doc["schema"]
-            ));
-        }
-        let results = doc["results"]
-            .as_array()
-            .ok_or_else(|| format!("{name}: field `results`: missing or not an array"))?;
-        wall_s += doc["summary"]["wall_s"].as_f64().unwrap_or(0.0);
-        for (i, r) in results.iter().enumerate() {
-            if !r["scenario"].is_string() || !r["seed"].is_u64() {
-                return Err(format!(
-                    "{name}: field `results[{i}]`: needs `scenario` and `seed`"
-                ));
-            }
-            let mut r = r.clone();
-            normalize(&mut r, None);
-            match seen.entry(key(&r)) {
+        names.push(name);
+        wall_s += doc.summary.provenance.wall_s.unwrap_or(0.0);
+        for r in doc.results {
+            match seen.entry(r.key()) {
                 std::collections::btree_map::Entry::Occupied(_) => duplicates += 1,
                 std::collections::btree_map::Entry::Vacant(e) => {
                     e.insert(r);
@@ -115,25 +173,19 @@ pub fn merge(docs: &[(String, Value)]) -> Result<Value, String> {
             }
         }
     }
-    Ok(document(
+    document(
         seen.into_values().collect(),
-        json!({
-            "wall_s": wall_s,
-            "merged_from": docs.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>(),
-            "duplicates_dropped": duplicates,
-        }),
-    ))
+        Provenance {
+            wall_s: Some(wall_s),
+            shard: None,
+            merged_from: Some(names),
+            duplicates_dropped: Some(duplicates),
+        },
+    )
 }
 
 // ---------------------------------------------------------------------------------------------
 // One run, as the report reads it.
-
-struct Verdict {
-    invariant: String,
-    held: bool,
-    violations: Vec<String>,
-    violation_count: u64,
-}
 
 struct Run {
     scenario: String,
@@ -153,51 +205,29 @@ struct Run {
     trace_hash: String,
 }
 
-fn strings(v: &Value) -> Vec<String> {
-    v.as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|x| x.as_str().map(str::to_string))
-        .collect()
-}
-
 impl Run {
-    fn from(r: &Value) -> Run {
-        let (scenario, seed) = key(r);
-        let loss = r["data_loss"].as_array().cloned().unwrap_or_default();
-        let sum = |f: &str| loss.iter().filter_map(|l| l[f].as_u64()).sum();
+    fn from(r: &RunRecord) -> Run {
+        let (scenario, seed) = r.key();
+        let f = r.output.finished();
         Run {
-            repro: r["repro"]
-                .as_str()
-                .map(str::to_string)
+            repro: r
+                .repro
+                .clone()
                 .unwrap_or_else(|| format!("cargo xtask sim repro {scenario} --seed {seed}")),
             scenario,
             seed,
-            outcome: outcome(r),
-            covers: strings(&r["covers"]),
-            verdicts: r["verdicts"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|v| Verdict {
-                    invariant: v["invariant"].as_str().unwrap_or("?").to_string(),
-                    held: v["held"] == true,
-                    violations: strings(&v["violations"]),
-                    violation_count: v["violation_count"].as_u64().unwrap_or(0),
-                })
-                .collect(),
-            recovery_ms: r["recovery_ms"].as_u64(),
-            loss_window_ms: data_loss_window_ms(r),
-            lost_commits: sum("lost_commits"),
-            lost_acknowledged: sum("lost_acknowledged"),
-            trace_files: strings(&r["trace_files"]),
-            crashed: r
-                .get("crashed")
-                .filter(|c| !c.is_null())
-                .map(|c| c.as_str().map_or_else(|| c.to_string(), str::to_string)),
-            wall_ms: r["wall_ms"].as_u64(),
-            simulated_ms: r["simulated_ms"].as_u64().unwrap_or(0),
-            trace_hash: r["trace_hash"].as_str().unwrap_or("").to_string(),
+            outcome: r.output.outcome().as_str(),
+            covers: r.covers.clone(),
+            verdicts: f.map(|f| f.result.verdicts.clone()).unwrap_or_default(),
+            recovery_ms: f.and_then(|f| f.result.recovery_ms),
+            loss_window_ms: r.output.data_loss_window_ms(),
+            lost_commits: r.output.losses().filter_map(|l| l.lost_commits).sum(),
+            lost_acknowledged: r.output.losses().filter_map(|l| l.lost_acknowledged).sum(),
+            trace_files: f.map(|f| f.trace_files.clone()).unwrap_or_default(),
+            crashed: r.output.crashed().map(str::to_string),
+            wall_ms: f.and_then(|f| f.wall_ms),
+            simulated_ms: f.map_or(0, |f| f.result.simulated_ms),
+            trace_hash: f.map(|f| f.result.trace_hash.clone()).unwrap_or_default(),
         }
     }
 
@@ -206,13 +236,8 @@ impl Run {
     }
 }
 
-fn runs(doc: &Value) -> Vec<Run> {
-    let mut v: Vec<Run> = doc["results"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(Run::from)
-        .collect();
+fn runs(doc: &ResultsDoc) -> Vec<Run> {
+    let mut v: Vec<Run> = doc.results.iter().map(Run::from).collect();
     v.sort_by(|a, b| (&a.scenario, a.seed).cmp(&(&b.scenario, b.seed)));
     v
 }
@@ -271,9 +296,9 @@ fn failure_text(r: &Run, max_violations: usize) -> String {
         for m in v.violations.iter().take(max_violations) {
             let _ = writeln!(t, "  - {m}");
         }
-        if v.violation_count as usize > max_violations.min(v.violations.len()) {
+        if v.violation_count > max_violations.min(v.violations.len()) {
             let shown = max_violations.min(v.violations.len());
-            let _ = writeln!(t, "  … and {} more", v.violation_count as usize - shown);
+            let _ = writeln!(t, "  … and {} more", v.violation_count - shown);
         }
     }
     let _ = writeln!(t, "reproduce: {}", r.repro);
@@ -287,7 +312,7 @@ fn failure_text(r: &Run, max_violations: usize) -> String {
 /// name="seed <n>">` per run; a violated invariant is a `<failure>` (message: the violated
 /// invariants; text: their first violations, the repro command, the trace files), a crashed run
 /// an `<error>`.
-pub fn junit(doc: &Value) -> String {
+pub fn junit(doc: &ResultsDoc) -> String {
     let runs = runs(doc);
     let mut by_scenario: BTreeMap<&str, Vec<&Run>> = BTreeMap::new();
     for r in &runs {
@@ -539,7 +564,7 @@ fn row_cells(r: &Row) -> Vec<Vec<Inline>> {
     ]
 }
 
-fn blocks(doc: &Value) -> Vec<Block> {
+fn blocks(doc: &ResultsDoc) -> Vec<Block> {
     let runs = runs(doc);
     let mut by_scenario: BTreeMap<&str, Vec<&Run>> = BTreeMap::new();
     for r in &runs {
@@ -581,7 +606,12 @@ fn blocks(doc: &Value) -> Vec<Block> {
         )),
     ]));
     let mut provenance = vec![t("Results schema "), Code(SCHEMA.into())];
-    let merged = strings(&doc["summary"]["merged_from"]);
+    let merged = doc
+        .summary
+        .provenance
+        .merged_from
+        .as_deref()
+        .unwrap_or_default();
     if !merged.is_empty() {
         provenance.push(t(format!("; merged from {} file(s): ", merged.len())));
         for (i, m) in merged.iter().enumerate() {
@@ -591,7 +621,7 @@ fn blocks(doc: &Value) -> Vec<Block> {
             provenance.push(Code(m.clone()));
         }
     }
-    if let Some(s) = doc["summary"]["shard"].as_str() {
+    if let Some(s) = &doc.summary.provenance.shard {
         provenance.push(t(format!("; shard {s}")));
     }
     provenance.push(t(
@@ -734,10 +764,10 @@ fn blocks(doc: &Value) -> Vec<Block> {
                 item.push(t(if i == 0 { ": " } else { "; " }));
                 item.push(t(m.clone()));
             }
-            if v.violation_count > v.violations.len().min(5) as u64 {
+            if v.violation_count > v.violations.len().min(5) {
                 item.push(t(format!(
                     "; … and {} more",
-                    v.violation_count - v.violations.len().min(5) as u64
+                    v.violation_count - v.violations.len().min(5)
                 )));
             }
             items.push(item);
@@ -860,7 +890,7 @@ fn md_inline(parts: &[Inline], in_table: bool) -> String {
 /// `report.md`: the summary, catalog coverage, one section per catalog id (DESIGN.md §4 order)
 /// with its scenarios' table or "not covered", every failing seed with its violations and repro
 /// command, and the reference scenarios without catalog id.
-pub fn markdown(doc: &Value) -> String {
+pub fn markdown(doc: &ResultsDoc) -> String {
     let mut o = String::new();
     for b in blocks(doc) {
         match b {
@@ -950,7 +980,7 @@ strong{color:#a00}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top
 
 /// `report.html`: the content of [`markdown`] as one standalone page (inline CSS, no external
 /// assets, everything escaped).
-pub fn html(doc: &Value) -> String {
+pub fn html(doc: &ResultsDoc) -> String {
     let mut o = String::from(
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>dalp-sim audit report</title>\n",
     );
@@ -994,15 +1024,19 @@ pub fn html(doc: &Value) -> String {
     o
 }
 
+/// `results.json`'s text: pretty, every object's keys in sorted order (as a
+/// `serde_json::Value` prints them), whatever the order of the types' fields.
+pub fn results_json(doc: &ResultsDoc) -> String {
+    let canonical = serde_json::to_value(doc).expect("results json");
+    serde_json::to_string_pretty(&canonical).expect("json")
+}
+
 /// Write `results.json`, `junit.xml`, `report.md` and `report.html` into `dir`, each atomically
 /// (`write_atomic`: a reader sees the old file or the new one, never half of one).
-pub fn write_outputs(dir: &Path, doc: &Value) -> Result<Vec<PathBuf>, String> {
+pub fn write_outputs(dir: &Path, doc: &ResultsDoc) -> Result<Vec<PathBuf>, String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let files = [
-        (
-            "results.json",
-            serde_json::to_string_pretty(doc).expect("json"),
-        ),
+        ("results.json", results_json(doc)),
         ("junit.xml", junit(doc)),
         ("report.md", markdown(doc)),
         ("report.html", html(doc)),
@@ -1020,38 +1054,136 @@ pub fn write_outputs(dir: &Path, doc: &Value) -> Result<Vec<PathBuf>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::outcome::{Crash, FinishedRun, RunOutput, RunResult};
+    use serde_json::{json, Value};
 
-    fn verdict(inv: &str, violations: &[&str]) -> Value {
-        json!({
-            "invariant": inv, "held": violations.is_empty(), "checked": "n things",
-            "violations": violations, "violation_count": violations.len(),
-        })
+    fn verdict(inv: &str, violations: &[&str]) -> Verdict {
+        Verdict::new(
+            inv,
+            "n things".into(),
+            violations.iter().map(|s| s.to_string()).collect(),
+        )
     }
 
-    fn run(scenario: &str, seed: u64, covers: &[&str], recovery_ms: Option<u64>) -> Value {
-        let mut r = json!({
-            "scenario": scenario, "seed": seed, "passed": true,
-            "verdicts": [verdict("durability", &[]), verdict("exactly_once", &[])],
-            "trace_hash": format!("{seed:064x}"), "recovery_ms": recovery_ms,
-            "data_loss": [], "simulated_ms": 100_000, "wall_ms": 1500,
-            "repro": format!("cargo xtask sim repro scenarios/{scenario}.toml --seed {seed}"),
+    fn repro(scenario: &str, seed: u64) -> Option<String> {
+        Some(format!(
+            "cargo xtask sim repro scenarios/{scenario}.toml --seed {seed}"
+        ))
+    }
+
+    fn strings(xs: &[&str]) -> Vec<String> {
+        xs.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn run(scenario: &str, seed: u64, covers: &[&str], recovery_ms: Option<u64>) -> RunRecord {
+        let mut f = FinishedRun::new(RunResult {
+            scenario: scenario.into(),
+            seed,
+            passed: true,
+            verdicts: vec![verdict("durability", &[]), verdict("exactly_once", &[])],
+            trace_hash: format!("{seed:064x}"),
+            trace_events: 10,
+            schedule: Vec::new(),
+            recovery_ms,
+            data_loss: Vec::new(),
+            simulated_ms: 100_000,
+            stats: BTreeMap::new(),
+            ops: Vec::new(),
+            fault_windows: Vec::new(),
+            backend: None,
+            provider: None,
+            not_applicable: Vec::new(),
+            engine_logs: BTreeMap::new(),
         });
-        normalize(
-            &mut r,
-            Some(&covers.iter().map(|s| s.to_string()).collect::<Vec<_>>()),
-        );
-        r
+        f.wall_ms = Some(1500);
+        RunRecord::new(
+            RunOutput::Finished(Box::new(f)),
+            None,
+            repro(scenario, seed),
+            strings(covers),
+        )
     }
 
-    fn failing(scenario: &str, seed: u64, covers: &[&str]) -> Value {
+    /// The result of a finished record, to change it (then [`RunRecord::derive`]).
+    fn result(r: &mut RunRecord) -> &mut RunResult {
+        match &mut r.output {
+            RunOutput::Finished(f) => &mut f.result,
+            RunOutput::Crashed(_) => panic!("a crash"),
+        }
+    }
+
+    fn failing(scenario: &str, seed: u64, covers: &[&str]) -> RunRecord {
         let mut r = run(scenario, seed, covers, None);
-        r["passed"] = json!(false);
-        r["verdicts"][0] = verdict(
+        result(&mut r).passed = false;
+        result(&mut r).verdicts[0] = verdict(
             "durability",
             &["wf <7> & \"key\" never finished", "another"],
         );
-        normalize(&mut r, None);
+        r.derive();
         r
+    }
+
+    fn crash(scenario: &str, seed: u64, covers: &[&str], why: &str) -> RunRecord {
+        RunRecord::new(
+            RunOutput::Crashed(Crash {
+                scenario: scenario.into(),
+                seed,
+                passed: false,
+                crashed: why.into(),
+            }),
+            None,
+            repro(scenario, seed),
+            strings(covers),
+        )
+    }
+
+    /// `results.json` of a real run (`dalp-sim run ci --seeds 1..2`): three of its results
+    /// (an isolation scenario with its baseline, a data loss, many fault kinds), their lists cut
+    /// short.
+    const REAL_RESULTS: &str = r##"{"schema":"dalp-sim/results/v2","summary":{"crashed":0,"failed":0,"passed":29,"runs":29,"scenarios":29,"simulated_s":2144.5,"wall_s":150.479494893},"results":[
+{"covers":["FM-DB-FAILOVER"],"data_loss":[{"lost_acknowledged":1,"lost_commits":1,"ops":["index_block"],"replication":"async","window_ms":3479}],"data_loss_window_ms":3479,"fault_windows":[{"end_ms":33000,"fault":0,"kind":"db_failover","start_ms":18000,"target":"-"}],"ops":[{"accepted_ms":3524,"claimed_by":[[4262,"engine-1"]],"done_ms":12734,"kind":"issuance","op":0,"planned_ms":3502,"status":"completed","token":1},{"accepted_ms":3629,"claimed_by":[[4262,"engine-1"]],"done_ms":12820,"kind":"issuance","op":1,"planned_ms":3611,"status":"completed","token":0}],"outcome":"pass","passed":true,"peak_rss_kib":24332,"recovery_ms":2944,"repro":"cargo xtask sim repro scenarios/db-failover-async.toml --seed 1","scenario":"db-failover-async","scenario_file":"scenarios/db-failover-async.toml","schedule":[{"at_s":18.0,"kind":"db_failover","promote_after_s":3.0,"rejoin_after_s":15.0}],"seed":1,"simulated_ms":60000,"stats":{"chain_head":59,"completed":35},"trace_events":661,"trace_hash":"75d3a4a7bad4599bc6c42c8fdb8eddb503858a6918a272f629c5d74267fb6c06","verdicts":[{"checked":"42 accepted requests","held":true,"invariant":"durability","violation_count":0,"violations":[]}],"wall_ms":6095},
+{"baseline":{"passed":true,"recovery_ms":0,"simulated_ms":60000,"trace_events":683,"trace_hash":"9fc1c5d77dbc699afeceef0ad6392807acae7a1fce644d932252a8f5bee8048d","violated":[],"wall_ms":7182},"covers":["FM-ENGINE-CRASH"],"data_loss":[],"data_loss_window_ms":0,"fault_windows":[{"end_ms":13000,"fault":0,"kind":"engine_crash","start_ms":8000,"target":"engine-0"}],"isolation":{"thresholds":{"max_slowdown":3.0,"min_ops":3,"min_ratio":0.5,"settle_s":10.0,"slack_s":10.0},"windows":[{"baseline_finished":0,"baseline_median_latency_ms":5106,"counted_from_ms":18000,"end_ms":13000,"fault":0,"finished":0,"held":true,"kind":"engine_crash","median_latency_ms":6113,"start_ms":8000,"submitted":5,"target":"engine-0"}]},"ops":[{"accepted_ms":3540,"claimed_by":[[4260,"engine-1"]],"done_ms":13687,"kind":"issuance","op":0,"planned_ms":3502,"status":"completed","token":1},{"accepted_ms":3646,"claimed_by":[[4260,"engine-1"]],"done_ms":12758,"kind":"issuance","op":1,"planned_ms":3611,"status":"completed","token":0}],"outcome":"pass","passed":true,"peak_rss_kib":24416,"recovery_ms":10056,"repro":"cargo xtask sim repro scenarios/engine-crash.toml --seed 1","scenario":"engine-crash","scenario_file":"scenarios/engine-crash.toml","schedule":[{"at_s":8.0,"kind":"engine_crash","node":"engine-0","restart_after_s":5.0}],"seed":1,"simulated_ms":60000,"stats":{"chain_head":59,"completed":35},"trace_events":726,"trace_hash":"9d31e3edb7b143cb79c44adfb4e7f58c97024021d0e47dea49359a82bbd65bef","verdicts":[{"checked":"42 accepted requests","held":true,"invariant":"durability","violation_count":0,"violations":[]},{"checked":"3 fault windows against the fault-free baseline (this run/baseline): engine_crash engine-0 8.000 s–13.000 s: shorter than settle_s, median latency 6.113 s/5.106 s; engine_crash engine-1 20.000 s–32.000 s: throughput not judged: 1/0 finished in a span of 2.000 s (too few operations to tell from the clients' 1 s polling; at least 4.000 s), median latency 5.067 s/3.099 s; engine_crash engine-0 33.500 s–35.500 s: shorter than settle_s, median latency 2.080 s/3.103 s; 0 exempt (non-redundant component or overlap)","held":true,"invariant":"isolation","violation_count":0,"violations":[]}],"wall_ms":8195},
+{"covers":["FM-ENGINE-CRASH","FM-PARTITION","FM-RPC-NODE-DOWN","FM-RPC-TIMEOUT","FM-REORG","FM-MEMPOOL-DROP","FM-GAS-SPIKE","FM-NONCE-CONFLICT","FM-DB-CONN-LOST","FM-CLOCK-SKEW"],"data_loss":[],"data_loss_window_ms":0,"fault_windows":[{"end_ms":7382,"fault":0,"kind":"reorg","start_ms":7382,"target":"-"}],"ops":[{"accepted_ms":544,"claimed_by":[[1229,"engine-1"]],"done_ms":12803,"kind":"issuance","op":0,"planned_ms":510,"status":"completed","token":2},{"accepted_ms":4538,"claimed_by":[[4695,"engine-1"]],"done_ms":17809,"kind":"issuance","op":1,"planned_ms":4502,"status":"completed","token":1}],"outcome":"pass","passed":true,"peak_rss_kib":27772,"recovery_ms":16781,"repro":"cargo xtask sim repro scenarios/random-chaos.toml --seed 1","scenario":"random-chaos","scenario_file":"scenarios/random-chaos.toml","schedule":[{"at_s":7.382,"depth":3,"drop_txs":true,"kind":"reorg"},{"at_s":9.509,"direction":"both","for_s":1.116,"from":["clients"],"kind":"partition","node":"engine-2"},{"at_s":12.016,"endpoint":"rpc-0","for_s":5.456,"kind":"rpc_down"},{"at_s":46.48,"kind":"engine_crash","node":"engine-0","restart_after_s":7.077},{"at_s":55.969,"for_s":5.328,"kind":"clock_skew","node":"engine-2","skew_ms":5457},{"at_s":56.969,"for_s":4.867,"kind":"db_lost_ack","rate":0.5},{"at_s":68.959,"blocks":14,"endpoint":"rpc-1","for_s":3.328,"kind":"rpc_lag"},{"at_s":72.494,"endpoint":"rpc-1","for_s":2.416,"kind":"rpc_timeout","method":null}],"seed":1,"simulated_ms":90000,"stats":{"chain_head":93,"completed":52},"trace_events":1079,"trace_hash":"a2ebb2bb81cd41abf904a8f9c8f52179c6f4dd69d86d53d7b7b639e10d12317c","verdicts":[{"checked":"63 accepted requests","held":true,"invariant":"durability","violation_count":0,"violations":[]}],"wall_ms":9684}
+]}"##;
+
+    #[test]
+    fn a_real_results_file_round_trips_through_the_types() {
+        let want: Value = serde_json::from_str(REAL_RESULTS).unwrap();
+        let doc = parse("real", REAL_RESULTS).unwrap();
+        assert_eq!(serde_json::to_value(&doc).unwrap(), want);
+        assert_eq!(
+            results_json(&doc),
+            serde_json::to_string_pretty(&want).unwrap()
+        );
+        let f = doc.results[1].output.finished().unwrap();
+        assert!(f.baseline.as_ref().is_some_and(|b| b.passed()));
+        assert!(f.isolation.is_some() && f.result.ops.len() == 2);
+        assert_eq!(doc.results[0].output.data_loss_window_ms(), 3479);
+        assert!(
+            doc.results[2]
+                .output
+                .finished()
+                .unwrap()
+                .result
+                .schedule
+                .len()
+                > 5
+        );
+        // The shapes that run did not produce: a crashed run, a crashed baseline, trace files,
+        // an unfinished recovery.
+        let mut want = want;
+        want["results"][1]["baseline"] = json!({"passed": false, "crashed": "baseline: boom"});
+        want["results"][2]["trace_files"] = json!(["t/r-1.jsonl", "t/r-1.trace.json"]);
+        want["results"][2]["recovery_ms"] = Value::Null;
+        want["results"].as_array_mut().unwrap().push(json!({
+            "scenario": "zz", "seed": 4, "passed": false, "crashed": "child exited",
+            "covers": [], "outcome": "crash", "data_loss_window_ms": 0,
+            "repro": "cargo xtask sim repro scenarios/zz.toml --seed 4",
+            "scenario_file": "scenarios/zz.toml",
+        }));
+        let doc: ResultsDoc = serde_json::from_value(want.clone()).unwrap();
+        assert_eq!(doc.results[3].output.crashed(), Some("child exited"));
+        assert_eq!(serde_json::to_value(&doc).unwrap(), want);
     }
 
     #[test]
@@ -1066,7 +1198,7 @@ mod tests {
             "&lt;script&gt;&amp;&#39;&quot;"
         );
         // A hostile scenario name cannot break the document.
-        let doc = document(vec![run("a\"<b>", 1, &[], Some(1))], json!({}));
+        let doc = document(vec![run("a\"<b>", 1, &[], Some(1))], Provenance::default());
         let x = junit(&doc);
         assert!(x.contains("classname=\"a&quot;&lt;b&gt;\""), "{x}");
         assert!(!html(&doc).contains("<b>"));
@@ -1075,16 +1207,18 @@ mod tests {
     #[test]
     fn outcome_and_loss_window_are_derived() {
         let mut r = run("s", 1, &[], Some(5));
-        assert_eq!(r["outcome"], "pass");
-        assert_eq!(r["data_loss_window_ms"], 0);
-        r["data_loss"] = json!([{"window_ms": 300}, {"window_ms": 1200}, {"window_ms": 40}]);
-        r["passed"] = json!(false);
-        normalize(&mut r, None);
-        assert_eq!(r["outcome"], "fail");
-        assert_eq!(r["data_loss_window_ms"], 1200);
-        assert_eq!(r["covers"], json!([]));
-        let crashed = json!({"scenario": "s", "seed": 2, "passed": false, "crashed": "boom"});
-        assert_eq!(outcome(&crashed), "crash");
+        assert_eq!(r.outcome, Outcome::Pass);
+        assert_eq!(r.data_loss_window_ms, 0);
+        result(&mut r).data_loss = serde_json::from_value(
+            json!([{"replication": "async", "window_ms": 300}, {"replication": "sync", "window_ms": 1200},
+                   {"replication": "async", "window_ms": 40}]),
+        )
+        .unwrap();
+        result(&mut r).passed = false;
+        r.derive();
+        assert_eq!(r.outcome, Outcome::Fail);
+        assert_eq!(r.data_loss_window_ms, 1200);
+        assert_eq!(crash("s", 2, &[], "boom").outcome, Outcome::Crash);
     }
 
     #[test]
@@ -1093,11 +1227,14 @@ mod tests {
             vec![
                 run("engine-crash", 1, &["FM-ENGINE-CRASH"], Some(2000)),
                 failing("engine-crash", 2, &["FM-ENGINE-CRASH"]),
-                json!({"scenario": "engine-crash", "seed": 3, "passed": false,
-                       "crashed": "child exited\n\u{1b}[31mpanic\u{1b}[0m",
-                       "repro": "cargo xtask sim repro scenarios/engine-crash.toml --seed 3"}),
+                crash(
+                    "engine-crash",
+                    3,
+                    &[],
+                    "child exited\n\u{1b}[31mpanic\u{1b}[0m",
+                ),
             ],
-            json!({}),
+            Provenance::default(),
         );
         let x = junit(&doc);
         assert!(x.starts_with("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites name=\"dalp-sim\" tests=\"3\" failures=\"1\" errors=\"1\""), "{x}");
@@ -1140,7 +1277,7 @@ mod tests {
                 failing("rpc-node-down", 9, &["FM-RPC-NODE-DOWN"]),
                 run("steady-state", 1, &[], Some(10)),
             ],
-            json!({}),
+            Provenance::default(),
         );
         let md = markdown(&doc);
         let section = md
@@ -1211,27 +1348,41 @@ mod tests {
                 run("engine-crash", 1, &["FM-ENGINE-CRASH"], Some(1)),
                 run("rpc-node-down", 1, &["FM-RPC-NODE-DOWN"], Some(1)),
             ],
-            json!({"wall_s": 2.0, "shard": "0/2"}),
+            Provenance {
+                wall_s: Some(2.0),
+                shard: Some("0/2".into()),
+                ..Provenance::default()
+            },
         );
         let b = document(
             vec![
                 failing("engine-crash", 2, &["FM-ENGINE-CRASH"]),
                 run("engine-crash", 1, &["FM-ENGINE-CRASH"], Some(1)),
             ],
-            json!({"wall_s": 3.0, "shard": "1/2"}),
+            Provenance {
+                wall_s: Some(3.0),
+                shard: Some("1/2".into()),
+                ..Provenance::default()
+            },
         );
-        // A v1 file (no outcome, covers, loss window) is upgraded.
-        let v1 = json!({"schema": "dalp-sim/results/v1", "summary": {"wall_s": 1.0},
-            "results": [{"scenario": "steady-state", "seed": 5, "passed": true, "verdicts": []}]});
-        let m = merge(&[("a".into(), a), ("b".into(), b), ("c".into(), v1)]).unwrap();
-        assert_eq!(m["schema"], SCHEMA);
-        assert_eq!(m["summary"]["runs"], 4);
-        assert_eq!(m["summary"]["passed"], 3);
-        assert_eq!(m["summary"]["failed"], 1);
-        assert_eq!(m["summary"]["duplicates_dropped"], 1);
-        assert_eq!(m["summary"]["wall_s"], 6.0);
-        assert_eq!(m["summary"]["merged_from"], json!(["a", "b", "c"]));
-        let keys: Vec<(String, u64)> = m["results"].as_array().unwrap().iter().map(key).collect();
+        // A v1 file (no outcome, covers, loss window, ops, fault windows) is upgraded.
+        let v1 = r#"{"schema": "dalp-sim/results/v1", "summary": {"wall_s": 1.0},
+            "results": [{"scenario": "steady-state", "seed": 5, "passed": true, "verdicts": [],
+                "trace_hash": "ab", "trace_events": 3, "schedule": [], "recovery_ms": null,
+                "data_loss": [], "simulated_ms": 1000, "stats": {}}]}"#;
+        let v1 = parse("c", v1).unwrap();
+        let m = merge(vec![("a".into(), a), ("b".into(), b), ("c".into(), v1)]);
+        assert_eq!(m.schema, SCHEMA);
+        assert_eq!(m.summary.runs, 4);
+        assert_eq!(m.summary.passed, 3);
+        assert_eq!(m.summary.failed, 1);
+        assert_eq!(m.summary.provenance.duplicates_dropped, Some(1));
+        assert_eq!(m.summary.provenance.wall_s, Some(6.0));
+        assert_eq!(
+            m.summary.provenance.merged_from,
+            Some(strings(&["a", "b", "c"]))
+        );
+        let keys: Vec<(String, u64)> = m.results.iter().map(RunRecord::key).collect();
         assert_eq!(
             keys,
             vec![
@@ -1241,33 +1392,34 @@ mod tests {
                 ("steady-state".into(), 5)
             ]
         );
-        assert_eq!(m["results"][3]["outcome"], "pass");
-        assert_eq!(m["results"][3]["covers"], json!([]));
-        assert!(merge(&[("x".into(), json!({"schema": "other"}))]).is_err());
-        assert!(merge(&[(
-            "y".into(),
-            json!({"schema": SCHEMA, "results": [{"seed": 1}]})
-        )])
-        .unwrap_err()
-        .contains("results[0]"));
+        assert_eq!(m.results[3].outcome, Outcome::Pass);
+        assert!(m.results[3].covers.is_empty());
+        let e = parse("x", r#"{"schema": "other"}"#).unwrap_err();
+        assert!(e.contains("not a dalp-sim results file"), "{e}");
+        let e = parse("x", "{").unwrap_err();
+        assert!(e.contains("not JSON"), "{e}");
+        let e = parse(
+            "y",
+            &json!({"schema": SCHEMA, "results": [{"seed": 1}]}).to_string(),
+        )
+        .unwrap_err();
+        assert!(e.contains("results[0]") && e.contains("scenario"), "{e}");
     }
 
     #[test]
     fn failures_are_grouped_by_the_shape_of_their_cause() {
         let mut a = failing("engine-crash", 4, &["FM-ENGINE-CRASH"]);
-        a["verdicts"][0] = verdict(
+        result(&mut a).verdicts[0] = verdict(
             "durability",
             &["op 12 (mint key mint-4-12) accepted at 9.120 s is still `running`"],
         );
         let mut b = failing("engine-crash", 6, &["FM-ENGINE-CRASH"]);
-        b["verdicts"][0] = verdict(
+        result(&mut b).verdicts[0] = verdict(
             "durability",
             &["op 7 (mint key mint-6-7) accepted at 3.002 s is still `running`"],
         );
-        let mut c = failing("db-read-only", 11, &["FM-DB-READ-ONLY"]);
-        c["crashed"] = json!("the simulator crashed (exit status: 101): panicked at sim/src/world/db_node.rs:435:13: replica diverged applying lsn 152");
-        normalize(&mut c, None);
-        let md = markdown(&document(vec![a, b, c], json!({})));
+        let c = crash("db-read-only", 11, &["FM-DB-READ-ONLY"], "the simulator crashed (exit status: 101): panicked at sim/src/world/db_node.rs:435:13: replica diverged applying lsn 152");
+        let md = markdown(&document(vec![a, b, c], Provenance::default()));
         let section = md
             .split("## Failures by cause\n")
             .nth(1)

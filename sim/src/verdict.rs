@@ -1,9 +1,9 @@
 //! One invariant's verdict on one run: what the checkers, isolation and the results share.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Whether an invariant held, what was checked, and each violation in words a person can act on.
-#[derive(Clone, Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Verdict {
     pub invariant: String,
     pub held: bool,

@@ -1,11 +1,11 @@
 //! Provisioning for integration runs, the sample workload and the benchmark. The services come
-//! from the real backend's one provisioning stack (`dalp_sim::real`), so its port reservation,
+//! from the real backend's one provisioning stack (`dalp_real`), so its port reservation,
 //! cleanup registration and running PostgreSQL as an unprivileged user hold here too; what is
 //! here is what only the tests need: their accounts and tokens, the engine settings they run
 //! with, and the HTTP calls they make to one engine. Every service stops when its handle drops.
 
-use dalp_sim::real::engines;
-use dalp_sim::real::provision::{primary_settings, LocalAnvil, LocalPg};
+use dalp_real::engines;
+use dalp_real::provision::{primary_settings, LocalAnvil, LocalPg};
 use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 pub mod chain;
 
 /// The one provisioning stack's helpers, under the names the tests have always used.
-pub use dalp_sim::real::engines::engine_binary;
-pub use dalp_sim::real::provision::{
+pub use dalp_real::engines::engine_binary;
+pub use dalp_real::provision::{
     anvil_path, free_port, postgres_bin_dir, scratch_dir, workspace_root, Error, Result,
 };
 

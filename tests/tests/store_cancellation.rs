@@ -6,7 +6,7 @@
 
 use dalp_engine::store::{pg::PgStore, NewWorkflow, Store};
 use dalp_integration::Postgres;
-use dalp_sim::real::proxy::{TcpFaultProxy, TcpMode};
+use dalp_real::proxy::{TcpFaultProxy, TcpMode};
 use serde_json::json;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};

@@ -16,7 +16,7 @@ commands:
                  ci suite, unit, property, simulation determinism, integration on real
                  PostgreSQL + Anvil)
   sim <args>     build the simulation flavour and run `dalp-sim <args>` (list, run, repro, bench);
-                 with `--backend real`, the plain build against real services instead
+                 with `--backend real`, `dalp-real` (crate real/) against real services instead
   docker         start a Docker daemon if none runs (installing docker.io when missing) and
                  build the images; says whether Docker can be used
   sample         the sample workload on real PostgreSQL + Anvil through two engine processes
@@ -247,7 +247,8 @@ fn real_backend(args: &[&str]) -> bool {
     args.windows(2).any(|w| w == ["--backend", "real"]) || args.contains(&"--backend=real")
 }
 
-/// The real backend runs in the plain build (real tokio, sqlx, processes, containers).
+/// The real backend is the `dalp-real` binary (crate real/: real tokio, sqlx, processes,
+/// containers): the same command line as `dalp-sim`.
 fn sim_real(args: &[&str]) -> Result<(), String> {
     setup()?;
     let _ = docker()?;
@@ -255,8 +256,11 @@ fn sim_real(args: &[&str]) -> Result<(), String> {
         &["build", "-q", "-p", "dalp-engine", "--bin", "dalp-engine"],
         &[],
     )?;
-    cargo(&["build", "-q", "-p", "dalp-sim", "--bin", "dalp-sim"], &[])?;
-    run(Command::new(root().join("target/debug/dalp-sim"))
+    cargo(
+        &["build", "-q", "-p", "dalp-real", "--bin", "dalp-real"],
+        &[],
+    )?;
+    run(Command::new(root().join("target/debug/dalp-real"))
         .args(args)
         .current_dir(root()))
 }
@@ -486,7 +490,7 @@ fn apt_install(packages: &[&str]) -> Result<(), String> {
 }
 
 /// The images of the Docker provider, assembled from the host's binaries by
-/// `fixtures/images/build.sh` (the one recipe: `ensure_images` in sim/src/real/docker.rs runs it
+/// `fixtures/images/build.sh` (the one recipe: `ensure_images` in real/src/docker.rs runs it
 /// too).
 fn images() -> Result<(), String> {
     setup()?;

@@ -1,7 +1,43 @@
 //! `--backend sim|real` and `--provider auto|docker|local`: where a run's services come from, and
 //! what each build can run.
 
+use crate::outcome::RunResult;
+use crate::scenario::{Fault, Scenario};
+use crate::trace::Trace;
 use clap::{Args, ValueEnum};
+use std::sync::{Arc, OnceLock};
+
+/// The real backend, plugged in by the `dalp-real` binary (crate `dalp-real`): this crate carries
+/// no real runtime, processes or containers, so it builds the same in both flavours.
+pub trait RealBackend: Sync {
+    /// Before the children start (the engine binary, built once).
+    fn prepare(&self) -> Result<(), String>;
+    /// Run one seed against real services from `provider`; blocks.
+    fn run_seed(
+        &self,
+        scenario: Arc<Scenario>,
+        seed: u64,
+        schedule: Vec<Fault>,
+        provider: Provider,
+    ) -> Result<(RunResult, Trace), String>;
+}
+
+static REAL: OnceLock<&'static dyn RealBackend> = OnceLock::new();
+
+/// Make `--backend real` run on `backend` in this process (and its children, which run the same
+/// binary). Called once, before `cli::main`.
+pub fn plug_real(backend: &'static dyn RealBackend) {
+    assert!(
+        REAL.set(backend).is_ok(),
+        "the real backend is plugged once"
+    );
+}
+
+pub(super) fn real() -> Result<&'static dyn RealBackend, String> {
+    REAL.get().copied().ok_or_else(|| {
+        "this dalp-sim has no real backend: `dalp-real` (crate real/) runs --backend real; `cargo xtask sim run … --backend real` builds and runs it".into()
+    })
+}
 
 /// The simulation needs `--cfg madsim`; said by every command that would simulate without it.
 pub(super) const NO_SIMULATION: &str =
@@ -11,12 +47,12 @@ pub(super) const NO_SIMULATION: &str =
 pub(super) enum BackendKind {
     /// The simulation (the --cfg madsim build)
     Sim,
-    /// Real PostgreSQL, Anvil and dalp-engine processes (the plain build)
+    /// Real PostgreSQL, Anvil and dalp-engine processes (the `dalp-real` binary, crate real/)
     Real,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub(super) enum Provider {
+pub enum Provider {
     /// Containers when Docker is reachable and the images exist, else local processes
     Auto,
     Docker,
@@ -24,7 +60,7 @@ pub(super) enum Provider {
 }
 
 impl Provider {
-    pub(super) fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             Provider::Auto => "auto",
             Provider::Docker => "docker",
@@ -63,15 +99,13 @@ pub(super) enum Backend {
 }
 
 impl Backend {
-    /// Whether this build can run it: the simulation needs `--cfg madsim`, real services the
-    /// plain build.
+    /// Whether this binary can run it: the simulation needs `--cfg madsim`, real services the
+    /// `dalp-real` binary.
     pub(super) fn supported(&self) -> Result<(), String> {
-        match (self, cfg!(madsim)) {
-            (Backend::Sim, true) | (Backend::Real(_), false) => Ok(()),
-            (Backend::Sim, false) => Err(NO_SIMULATION.into()),
-            (Backend::Real(_), true) => Err(
-                "this dalp-sim is the simulation build (--cfg madsim); the real backend is in the plain build: `cargo xtask sim run … --backend real` picks it".into(),
-            ),
+        match self {
+            Backend::Sim if cfg!(madsim) => Ok(()),
+            Backend::Sim => Err(NO_SIMULATION.into()),
+            Backend::Real(_) => real().map(|_| ()),
         }
     }
 
@@ -99,18 +133,11 @@ impl Backend {
 
 /// Before the children start: the real backend's engine binary, built once (children find it
 /// in `DALP_ENGINE_BIN`).
-#[cfg(not(madsim))]
 pub(super) fn prepare(backend: &Backend) -> Result<(), String> {
-    if matches!(backend, Backend::Real(_)) && std::env::var_os("DALP_ENGINE_BIN").is_none() {
-        let bin = crate::real::engines::engine_binary().map_err(|e| e.to_string())?;
-        std::env::set_var("DALP_ENGINE_BIN", bin);
+    match backend {
+        Backend::Sim => Ok(()),
+        Backend::Real(_) => real()?.prepare(),
     }
-    Ok(())
-}
-
-#[cfg(madsim)]
-pub(super) fn prepare(_: &Backend) -> Result<(), String> {
-    Ok(())
 }
 
 #[cfg(test)]

@@ -52,16 +52,16 @@ fn reference(file: &Path, seeds: &[u64], out_dir: &Path) -> Result<bool, String>
     let mut failed = false;
     run_jobs(jobs, 1, out_dir, &[], |job, r, took| match r {
         Ok(v) => {
-            let sim = v["simulated_ms"].as_u64().unwrap_or(0) as f64 / 1000.0;
-            let wall = v["wall_ms"].as_u64().unwrap_or(0).max(1) as f64 / 1000.0;
-            let rss = v["peak_rss_kib"].as_u64().unwrap_or(0) as f64 / 1024.0;
-            failed |= v["passed"] != true;
+            let sim = v.result.simulated_ms as f64 / 1000.0;
+            let wall = v.wall_ms.unwrap_or(0).max(1) as f64 / 1000.0;
+            let rss = v.peak_rss_kib.unwrap_or(0) as f64 / 1024.0;
+            failed |= !v.result.passed;
             println!(
                 "seed {:>4}: {sim:>7.1} sim-s in {wall:>6.3} s run ({:.3} s process) = {:>8.0} sim-s/s, peak RSS {rss:>6.1} MiB{}",
                 job.seed,
                 took.as_secs_f64(),
                 sim / wall,
-                if v["passed"] == true { "" } else { "  (FAILED)" }
+                if v.result.passed { "" } else { "  (FAILED)" }
             );
             rows.push((sim, wall, took.as_secs_f64(), rss));
         }
@@ -97,7 +97,7 @@ fn suite(dir: &Path, suite: &str, parallel: usize, out_dir: &Path) -> Result<boo
     let started = Instant::now();
     let mut suite_ok = 0;
     run_jobs(jobs, parallel, out_dir, &[], |_, r, _| {
-        if r.is_ok_and(|v| v["passed"] == true) {
+        if r.is_ok_and(|v| v.result.passed) {
             suite_ok += 1;
         }
     })?;

@@ -3,10 +3,10 @@
 
 use super::backend::{Backend, Provider};
 use super::options::SeedArgs;
+use crate::outcome::{FinishedRun, RunResult};
 use crate::scenario::{Fault, Scenario};
 use crate::trace::{write_atomic, Trace};
 use clap::Args;
-use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -43,41 +43,44 @@ pub(super) fn child(a: &ChildArgs) -> Result<bool, String> {
         None => scenario.schedule(a.run.seed),
     };
     let started = Instant::now();
-    let (mut v, trace) = match a.run.backend.backend()? {
+    let (result, trace) = match a.run.backend.backend()? {
         Backend::Sim => run_child(scenario, a.run.seed, schedule)?,
         Backend::Real(p) => run_child_real(scenario, a.run.seed, schedule, p)?,
     };
+    let mut run = FinishedRun::new(result);
     // Measurements of this process, outside the deterministic result (never in the trace).
-    v["wall_ms"] = json!(started.elapsed().as_millis() as u64);
-    if let Some(kib) = peak_rss_kib() {
-        v["peak_rss_kib"] = json!(kib);
-    }
-    let passed = v["passed"].as_bool().unwrap_or(false);
+    run.wall_ms = Some(started.elapsed().as_millis() as u64);
+    run.peak_rss_kib = peak_rss_kib();
     if let Some(dir) = &a.trace_dir {
-        if a.always_trace || !passed {
-            v["trace_files"] = write_trace(a, &v, &trace, dir)?;
+        if a.always_trace || !run.result.passed {
+            run.trace_files = write_trace(a, &run.result, &trace, dir)?;
         }
     }
     write_atomic(
         &a.result,
-        serde_json::to_string(&v).expect("json").as_bytes(),
+        serde_json::to_string(&run).expect("json").as_bytes(),
     )
     .map_err(|e| format!("{}: {e}", a.result.display()))?;
     Ok(true)
 }
 
 /// Write the trace under `dir`; the files' paths.
-fn write_trace(a: &ChildArgs, v: &Value, trace: &Trace, dir: &Path) -> Result<Value, String> {
+fn write_trace(
+    a: &ChildArgs,
+    r: &RunResult,
+    trace: &Trace,
+    dir: &Path,
+) -> Result<Vec<String>, String> {
     let stem = format!(
         "{}-{}{}",
-        v["scenario"].as_str().unwrap_or("run"),
+        r.scenario,
         a.run.seed,
         if a.run.baseline { "-baseline" } else { "" }
     );
     let (jl, ch) = trace
         .write(dir, &stem)
         .map_err(|e| format!("{}: {e}", dir.display()))?;
-    Ok(json!([jl, ch]))
+    Ok(vec![jl, ch])
 }
 
 fn read_schedule(path: &Path) -> Result<Vec<Fault>, String> {
@@ -98,36 +101,25 @@ fn run_child(
     scenario: Scenario,
     seed: u64,
     schedule: Vec<Fault>,
-) -> Result<(Value, Trace), String> {
-    let (result, trace) =
-        crate::world::run::run_seed(std::sync::Arc::new(scenario), seed, schedule);
-    Ok((serde_json::to_value(&result).expect("result json"), trace))
+) -> Result<(RunResult, Trace), String> {
+    Ok(crate::world::run::run_seed(
+        std::sync::Arc::new(scenario),
+        seed,
+        schedule,
+    ))
 }
 
 #[cfg(not(madsim))]
-fn run_child(_: Scenario, _: u64, _: Vec<Fault>) -> Result<(Value, Trace), String> {
+fn run_child(_: Scenario, _: u64, _: Vec<Fault>) -> Result<(RunResult, Trace), String> {
     Err(super::backend::NO_SIMULATION.into())
 }
 
-#[cfg(not(madsim))]
+/// The real backend plugged in by `dalp-real` (an error in any other binary).
 fn run_child_real(
     scenario: Scenario,
     seed: u64,
     schedule: Vec<Fault>,
     provider: Provider,
-) -> Result<(Value, Trace), String> {
-    use crate::real::run::{run_seed_real, ProviderChoice};
-    let choice = ProviderChoice::parse(provider.name())?;
-    let (result, trace) = run_seed_real(std::sync::Arc::new(scenario), seed, schedule, choice)?;
-    Ok((serde_json::to_value(&result).expect("result json"), trace))
-}
-
-#[cfg(madsim)]
-fn run_child_real(
-    _: Scenario,
-    _: u64,
-    _: Vec<Fault>,
-    provider: Provider,
-) -> Result<(Value, Trace), String> {
-    Err(Backend::Real(provider).supported().unwrap_err())
+) -> Result<(RunResult, Trace), String> {
+    super::backend::real()?.run_seed(std::sync::Arc::new(scenario), seed, schedule, provider)
 }

@@ -1,7 +1,7 @@
 //! The child processes: one per seed (`dalp-sim child …`), several at a time, each writing its
 //! result to a file the parent reads when it exits.
 
-use serde_json::Value;
+use crate::outcome::FinishedRun;
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -84,7 +84,7 @@ pub(super) fn run_jobs(
     parallel: usize,
     out_dir: &Path,
     extra: &[String],
-    done: impl FnMut(&Job, Result<Value, String>, Duration),
+    done: impl FnMut(&Job, Result<FinishedRun, String>, Duration),
 ) -> Result<(), String> {
     run_jobs_ticking(jobs, parallel, out_dir, extra, done, || {})
 }
@@ -95,7 +95,7 @@ pub(super) fn run_jobs_ticking(
     parallel: usize,
     out_dir: &Path,
     extra: &[String],
-    mut done: impl FnMut(&Job, Result<Value, String>, Duration),
+    mut done: impl FnMut(&Job, Result<FinishedRun, String>, Duration),
     mut tick: impl FnMut(),
 ) -> Result<(), String> {
     let mut last_tick = Instant::now();
@@ -126,7 +126,7 @@ pub(super) fn run_jobs_ticking(
 /// Hand every child that has exited to `done`; whether any had.
 fn reap(
     running: &mut Vec<Running>,
-    done: &mut impl FnMut(&Job, Result<Value, String>, Duration),
+    done: &mut impl FnMut(&Job, Result<FinishedRun, String>, Duration),
 ) -> Result<bool, String> {
     let mut progressed = false;
     let mut i = 0;
@@ -145,10 +145,10 @@ fn reap(
 }
 
 /// The result a child wrote to `out`, or why there is none (its panic first, then its stderr).
-fn read_result(out: &Path, status: ExitStatus) -> Result<Value, String> {
+fn read_result(out: &Path, status: ExitStatus) -> Result<FinishedRun, String> {
     std::fs::read_to_string(out)
         .map_err(|e| e.to_string())
-        .and_then(|t| serde_json::from_str::<Value>(&t).map_err(|e| e.to_string()))
+        .and_then(|t| serde_json::from_str::<FinishedRun>(&t).map_err(|e| e.to_string()))
         .map_err(|e| {
             let stderr = std::fs::read_to_string(out.with_extension("stderr")).unwrap_or_default();
             match panic_message(&stderr) {
@@ -166,7 +166,7 @@ fn read_result(out: &Path, status: ExitStatus) -> Result<Value, String> {
 }
 
 /// Run one job alone and return its result; `out_dir/.runs` is removed after it.
-pub(super) fn run_one(job: &Job, out_dir: &Path, extra: &[String]) -> Result<Value, String> {
+pub(super) fn run_one(job: &Job, out_dir: &Path, extra: &[String]) -> Result<FinishedRun, String> {
     let mut got = None;
     run_jobs(vec![job.clone()], 1, out_dir, extra, |_, r, _| {
         got = Some(r)

@@ -2,9 +2,9 @@
 
 use super::baseline::judged;
 use super::jobs::{run_one, Job};
+use crate::outcome::FinishedRun;
 use crate::scenario::{Fault, Scenario};
 use crate::trace::write_atomic;
-use serde_json::Value;
 use std::path::Path;
 
 /// Shrink the schedule of the failed run `first` and print the smallest one found.
@@ -13,11 +13,10 @@ pub(super) fn minimize(
     job: &Job,
     scenario: &Scenario,
     out_dir: &Path,
-    first: &Value,
-    baseline: Option<&Result<Value, String>>,
+    first: &FinishedRun,
+    baseline: Option<&Result<FinishedRun, String>>,
 ) -> Result<(), String> {
-    let mut schedule: Vec<Fault> = serde_json::from_value(first["schedule"].clone())
-        .map_err(|e| format!("the run's schedule is unreadable: {e}"))?;
+    let mut schedule: Vec<Fault> = first.result.schedule.clone();
     let failing = violated(first);
     eprintln!(
         "minimize: {} faults; keeping runs that still violate {}",
@@ -68,14 +67,8 @@ pub(super) fn minimize(
 }
 
 /// The invariants a run violated.
-fn violated(v: &Value) -> Vec<String> {
-    v["verdicts"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|x| x["held"] == false)
-        .filter_map(|x| x["invariant"].as_str().map(str::to_string))
-        .collect()
+fn violated(v: &FinishedRun) -> Vec<String> {
+    v.result.violated().map(|x| x.invariant.clone()).collect()
 }
 
 fn write_schedule(path: &Path, schedule: &[Fault]) -> Result<(), String> {

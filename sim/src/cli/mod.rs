@@ -21,6 +21,7 @@ mod repro;
 mod resolve;
 mod run;
 
+pub use backend::{plug_real, Provider, RealBackend};
 pub use repro::repro_command;
 pub use resolve::Suite;
 
@@ -36,7 +37,7 @@ use std::process::ExitCode;
     arg_required_else_help = true,
     after_help = "Exit status: 0 when every run passed, 1 when an invariant failed, 2 on bad input.\n\
                   Simulating needs the --cfg madsim build (`cargo xtask sim …`); the plain build \
-                  lists and validates scenarios and runs --backend real."
+                  lists and validates scenarios; `dalp-real`, the same commands, runs --backend real."
 )]
 struct Cli {
     /// The scenarios directory [default: $DALP_SCENARIOS, else ./scenarios]
@@ -102,6 +103,26 @@ fn joined(paths: &[PathBuf]) -> String {
         .map(|p| p.display().to_string())
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// A reader that closes the pipe early (`dalp-sim list | head -3`) wants no more output. Rust
+/// ignores SIGPIPE, so `println!` panics on EPIPE; end quietly instead, as `head`'s writer
+/// should. (Restoring SIGPIPE's default instead would also kill the real backend's proxies when
+/// a peer resets a socket they write to.)
+pub fn quiet_on_closed_stdout() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let p = info.payload();
+        let msg = p
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| p.downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if msg.starts_with("failed printing to stdout") && msg.contains("Broken pipe") {
+            std::process::exit(0);
+        }
+        default(info);
+    }));
 }
 
 #[cfg(test)]

@@ -1,10 +1,9 @@
 //! `dalp-sim report`: merge results files (the shards of one run, or runs of different
 //! scenarios) and write results.json, junit.xml, report.md and report.html.
 
-use crate::report;
+use crate::report::{self, ResultsDoc, SCHEMA_V1};
 use crate::scenario::Scenario;
 use clap::Args;
-use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 
 /// Merge results files and write the four reports
@@ -28,7 +27,8 @@ pub(super) fn report_cmd(a: &ReportArgs) -> Result<bool, String> {
         .iter()
         .map(|p| Ok((p.clone(), read_results(p)?)))
         .collect::<Result<Vec<_>, String>>()?;
-    let doc = report::merge(&docs)?;
+    let files = docs.len();
+    let doc = report::merge(docs);
     let out_dir = match &a.out {
         Some(o) => o.clone(),
         None => match Path::new(&a.files[0]).parent() {
@@ -37,32 +37,32 @@ pub(super) fn report_cmd(a: &ReportArgs) -> Result<bool, String> {
         },
     };
     let written = report::write_outputs(&out_dir, &doc)?;
-    let s = &doc["summary"];
+    let s = &doc.summary;
     eprintln!(
-        "dalp-sim: merged {} file(s): {} runs, {} passed, {} failed ({} crashed), {} duplicate(s) dropped; wrote {}",
-        docs.len(),
-        s["runs"],
-        s["passed"],
-        s["failed"],
-        s["crashed"],
-        s["duplicates_dropped"],
+        "dalp-sim: merged {files} file(s): {} runs, {} passed, {} failed ({} crashed), {} duplicate(s) dropped; wrote {}",
+        s.runs,
+        s.passed,
+        s.failed,
+        s.crashed,
+        s.provenance.duplicates_dropped.unwrap_or_default(),
         super::joined(&written)
     );
-    Ok(s["failed"] == 0)
+    Ok(s.failed == 0)
 }
 
 /// A results document; v1 results carry no catalog ids: they are read from the scenario file
 /// when it is there.
-fn read_results(p: &str) -> Result<Value, String> {
+fn read_results(p: &str) -> Result<ResultsDoc, String> {
     let text = std::fs::read_to_string(p).map_err(|e| format!("{p}: {e}"))?;
-    let mut doc: Value = serde_json::from_str(&text).map_err(|e| format!("{p}: not JSON: {e}"))?;
-    for r in doc["results"].as_array_mut().into_iter().flatten() {
-        if r.get("covers").is_none() {
-            if let Some(s) = r["scenario_file"]
-                .as_str()
+    let mut doc = report::parse(p, &text)?;
+    if doc.schema == SCHEMA_V1 {
+        for r in &mut doc.results {
+            if let Some(s) = r
+                .scenario_file
+                .as_deref()
                 .and_then(|f| Scenario::load(Path::new(f)).ok())
             {
-                r["covers"] = json!(s.covers);
+                r.covers = s.covers;
             }
         }
     }

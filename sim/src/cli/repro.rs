@@ -7,9 +7,9 @@ use super::jobs::{run_jobs, Job};
 use super::minimize::minimize;
 use super::options::SeedArgs;
 use super::resolve::one_scenario;
+use crate::outcome::FinishedRun;
 use crate::scenario::Scenario;
 use clap::Args;
-use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -57,7 +57,7 @@ pub(super) fn repro(dir: &Path, a: &ReproArgs) -> Result<bool, String> {
     let jobs: Vec<Job> = std::iter::once(job.clone())
         .chain(with_baseline.then(|| job.as_baseline()))
         .collect();
-    let mut got: BTreeMap<bool, Result<Value, String>> = BTreeMap::new();
+    let mut got: BTreeMap<bool, Result<FinishedRun, String>> = BTreeMap::new();
     run_jobs(jobs, 2, &a.out, &extra, |j, r, _| {
         got.insert(j.baseline, r);
     })?;
@@ -65,7 +65,7 @@ pub(super) fn repro(dir: &Path, a: &ReproArgs) -> Result<bool, String> {
     let run = got.remove(&a.run.baseline).expect("the run ran");
     let base = got.remove(&true).filter(|_| !a.run.baseline);
     let v = judged(&job, &scenario, run, base.as_ref())?;
-    let passed = v["passed"].as_bool().unwrap_or(false);
+    let passed = v.result.passed;
     print_outcome(&v);
     if !passed && a.minimize {
         minimize(&job, &scenario, &a.out, &v, base.as_ref())?;
@@ -73,45 +73,36 @@ pub(super) fn repro(dir: &Path, a: &ReproArgs) -> Result<bool, String> {
     Ok(passed)
 }
 
-fn print_outcome(v: &Value) {
-    let passed = v["passed"].as_bool().unwrap_or(false);
-    println!("scenario: {}", v["scenario"].as_str().unwrap_or("?"));
-    println!("seed: {}", v["seed"]);
-    println!("outcome: {}", if passed { "pass" } else { "FAIL" });
-    for verdict in v["verdicts"].as_array().into_iter().flatten() {
+fn print_outcome(v: &FinishedRun) {
+    let r = &v.result;
+    println!("scenario: {}", r.scenario);
+    println!("seed: {}", r.seed);
+    println!("outcome: {}", if r.passed { "pass" } else { "FAIL" });
+    for verdict in &r.verdicts {
         println!(
             "  {} {:<22} {}",
-            if verdict["held"] == true {
-                "held    "
-            } else {
-                "VIOLATED"
-            },
-            verdict["invariant"].as_str().unwrap_or("?"),
-            verdict["checked"].as_str().unwrap_or("")
+            if verdict.held { "held    " } else { "VIOLATED" },
+            verdict.invariant,
+            verdict.checked
         );
-        for m in verdict["violations"].as_array().into_iter().flatten() {
-            println!("      - {}", m.as_str().unwrap_or(""));
+        for m in &verdict.violations {
+            println!("      - {m}");
         }
     }
-    println!("faults: {}", v["schedule"].as_array().map_or(0, Vec::len));
-    if let Some(b) = v.get("baseline") {
+    println!("faults: {}", r.schedule.len());
+    if let Some(b) = &v.baseline {
         println!(
             "baseline (same seed, no faults): {}, trace-hash {}",
-            if b["passed"] == true { "pass" } else { "FAIL" },
-            b["trace_hash"].as_str().unwrap_or("?")
+            if b.passed() { "pass" } else { "FAIL" },
+            b.trace_hash().unwrap_or("?")
         );
     }
-    if let Some(r) = v["recovery_ms"].as_u64() {
-        println!("recovery: {:.3} s after healing", r as f64 / 1000.0);
+    if let Some(ms) = r.recovery_ms {
+        println!("recovery: {:.3} s after healing", ms as f64 / 1000.0);
     }
-    println!(
-        "simulated: {:.1} s",
-        v["simulated_ms"].as_u64().unwrap_or(0) as f64 / 1000.0
-    );
-    if let Some(t) = v["trace_files"].as_array() {
-        for f in t {
-            println!("trace: {}", f.as_str().unwrap_or(""));
-        }
+    println!("simulated: {:.1} s", r.simulated_ms as f64 / 1000.0);
+    for f in &v.trace_files {
+        println!("trace: {f}");
     }
-    println!("trace-hash: {}", v["trace_hash"].as_str().unwrap_or("?"));
+    println!("trace-hash: {}", r.trace_hash);
 }

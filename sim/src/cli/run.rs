@@ -8,10 +8,10 @@ use super::options::{default_jobs, parse_seeds, parse_shard, Seeds, Shard};
 use super::progress::Progress;
 use super::repro::repro_command;
 use super::resolve::resolve;
-use crate::report;
+use crate::outcome::{Crash, FinishedRun, Outcome, RunOutput, RunRecord};
+use crate::report::{self, Provenance};
 use crate::scenario::Scenario;
 use clap::Args;
-use serde_json::{json, Value};
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 ///
 /// Writes results.json, junit.xml, report.md and report.html to --out; exit 1 when an invariant
 /// fails. --backend real runs the same scenarios against real PostgreSQL, Anvil and dalp-engine
-/// processes (the plain build; one seed at a time unless --jobs), in containers when Docker is
+/// processes (the dalp-real binary; one seed at a time unless --jobs), in containers when Docker is
 /// reachable (--provider auto), else as local processes.
 #[derive(Debug, Args)]
 pub(super) struct RunArgs {
@@ -145,7 +145,7 @@ impl Scenarios {
 }
 
 /// A finished run (or baseline) and how long its process took.
-type Half = Option<(Result<Value, String>, Duration)>;
+type Half = Option<(Result<FinishedRun, String>, Duration)>;
 
 /// The runs of isolation scenarios and their baselines, until both have finished.
 #[derive(Default)]
@@ -157,9 +157,9 @@ impl Pairs {
         &mut self,
         job: &Job,
         s: &Scenario,
-        r: Result<Value, String>,
+        r: Result<FinishedRun, String>,
         took: Duration,
-    ) -> Option<(Result<Value, String>, Duration)> {
+    ) -> Option<(Result<FinishedRun, String>, Duration)> {
         let k = (job.scenario.clone(), job.seed);
         let pair = self.0.entry(k.clone()).or_default();
         let half = if job.baseline {
@@ -184,7 +184,7 @@ struct Tally<'a> {
     backend: Backend,
     total: usize,
     pairs: Pairs,
-    results: Vec<Value>,
+    results: Vec<RunRecord>,
     /// What to say again at the end, one entry per failed or crashed run.
     failures: Vec<String>,
 }
@@ -205,7 +205,7 @@ impl<'a> Tally<'a> {
     fn finished(
         &mut self,
         job: &Job,
-        r: Result<Value, String>,
+        r: Result<FinishedRun, String>,
         took: Duration,
         progress: &mut Progress,
     ) {
@@ -231,27 +231,27 @@ impl<'a> Tally<'a> {
             ),
             took,
         };
-        let v = done.entry(job, r, self.scenarios.covers.get(&job.scenario));
-        let outcome = report::outcome(&v);
-        let (line, failure) = done.describe(&v, outcome, progress.done + 1, self.total);
+        let record = done.entry(job, r, self.scenarios.covers.get(&job.scenario));
+        let (line, failure) = done.describe(&record, progress.done + 1, self.total);
         self.failures.extend(failure);
-        progress.finished(&line, outcome == "pass");
-        self.results.push(v);
+        progress.finished(&line, record.outcome == Outcome::Pass);
+        self.results.push(record);
     }
 
     /// Write results.json and the reports to `out_dir`; whether every run passed.
     fn write(self, out_dir: &Path, shard: Option<Shard>, started: Instant) -> Result<bool, String> {
-        let mut extra = json!({"wall_s": started.elapsed().as_secs_f64()});
-        if let Some(s) = shard {
-            extra["shard"] = json!(s.to_string());
-        }
-        let doc = report::document(self.results, extra);
+        let provenance = Provenance {
+            wall_s: Some(started.elapsed().as_secs_f64()),
+            shard: shard.map(|s| s.to_string()),
+            ..Provenance::default()
+        };
+        let doc = report::document(self.results, provenance);
         let written = report::write_outputs(out_dir, &doc)?;
         let _ = std::fs::remove_dir_all(out_dir.join(".runs"));
         eprintln!(
             "dalp-sim: {}/{} runs passed in {:.1}s; wrote {}",
-            doc["summary"]["passed"],
-            doc["summary"]["runs"],
+            doc.summary.passed,
+            doc.summary.runs,
             started.elapsed().as_secs_f64(),
             super::joined(&written)
         );
@@ -275,45 +275,47 @@ struct Done {
 impl Done {
     /// The run's entry in results.json: its result (or the crash), where it came from, how to
     /// replay it, and the catalog ids it covers.
-    fn entry(&self, job: &Job, r: Result<Value, String>, covers: Option<&Vec<String>>) -> Value {
-        let mut v = match r {
-            Ok(v) => v,
-            Err(e) => {
-                json!({"scenario": self.name, "seed": self.seed, "passed": false, "crashed": e})
-            }
+    fn entry(
+        &self,
+        job: &Job,
+        r: Result<FinishedRun, String>,
+        covers: Option<&Vec<String>>,
+    ) -> RunRecord {
+        let output = match r {
+            Ok(f) => RunOutput::Finished(Box::new(f)),
+            Err(e) => RunOutput::Crashed(Crash {
+                scenario: self.name.clone(),
+                seed: self.seed,
+                passed: false,
+                crashed: e,
+            }),
         };
-        v["scenario_file"] = json!(job.scenario.display().to_string());
-        v["repro"] = json!(self.repro);
-        report::normalize(&mut v, covers.map(Vec::as_slice));
-        v
+        RunRecord::new(
+            output,
+            Some(job.scenario.display().to_string()),
+            Some(self.repro.clone()),
+            covers.cloned().unwrap_or_default(),
+        )
     }
 
     /// The progress line of the `n`th of `total` runs, and what to say again at the end if it
     /// failed.
-    fn describe(
-        &self,
-        v: &Value,
-        outcome: &str,
-        n: usize,
-        total: usize,
-    ) -> (String, Option<String>) {
+    fn describe(&self, record: &RunRecord, n: usize, total: usize) -> (String, Option<String>) {
         let (name, seed, repro) = (&self.name, self.seed, &self.repro);
-        if outcome == "crash" {
-            let failure = format!(
-                "{name} seed {seed}: the run crashed: {}\n    reproduce: {repro}",
-                v["crashed"].as_str().unwrap_or("")
-            );
-            let line = format!("[{n}/{total}] CRASH {name} seed {seed}; reproduce: {repro}");
-            return (line, Some(failure));
-        }
-        let failed: Vec<String> = v["verdicts"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|x| x["held"] == false)
-            .map(|x| x["invariant"].as_str().unwrap_or("?").to_string())
-            .collect();
-        let failure = (outcome == "fail").then(|| {
+        let f = match &record.output {
+            RunOutput::Crashed(c) => {
+                let failure = format!(
+                    "{name} seed {seed}: the run crashed: {}\n    reproduce: {repro}",
+                    c.crashed
+                );
+                let line = format!("[{n}/{total}] CRASH {name} seed {seed}; reproduce: {repro}");
+                return (line, Some(failure));
+            }
+            RunOutput::Finished(f) => &f.result,
+        };
+        let failed: Vec<&str> = f.violated().map(|x| x.invariant.as_str()).collect();
+        let passed = record.outcome == Outcome::Pass;
+        let failure = (!passed).then(|| {
             format!(
                 "{name} seed {seed}: {} failed\n    reproduce: {repro}",
                 failed.join(", "),
@@ -321,9 +323,9 @@ impl Done {
         });
         let line = format!(
             "[{n}/{total}] {} {name} seed {seed} ({:.1}s wall, {} sim-s){}",
-            if outcome == "pass" { "ok  " } else { "FAIL" },
+            if passed { "ok  " } else { "FAIL" },
             self.took.as_secs_f64(),
-            v["simulated_ms"].as_u64().unwrap_or(0) / 1000,
+            f.simulated_ms / 1000,
             if failed.is_empty() {
                 String::new()
             } else {

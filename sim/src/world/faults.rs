@@ -7,6 +7,7 @@ use super::db_node::DbCluster;
 use super::engine_node::EngineHost;
 use super::{epoch_ms, ip, sleep_until_ms, t_ms, DB_SERVICE};
 use crate::driver::{FaultOutcome, FaultTarget};
+use crate::outcome::DataLoss;
 use crate::scenario::{Direction, Fault, Scenario};
 use crate::trace::Trace;
 use alloy_primitives::U256;
@@ -36,8 +37,8 @@ pub struct Fleet {
     clogs: Mutex<BTreeMap<(NodeId, NodeId), u32>>,
     /// Hashes of transactions sent outside the engine (external nonce use).
     pub external_txs: Mutex<Vec<alloy_primitives::B256>>,
-    /// Commits lost by failovers: (count, window in ms, operation names).
-    pub data_loss: Mutex<Vec<Value>>,
+    /// Commits lost by failovers.
+    pub data_loss: Mutex<Vec<DataLoss>>,
 }
 
 impl Fleet {
@@ -163,15 +164,23 @@ impl Fleet {
         }
         NetSim::current().add_dns_record(DB_SERVICE, ip(2, to));
         let acked = self.db.acknowledged.lock().expect("acks").clone();
-        let loss = json!({
-            "lost_commits": lost.len(),
-            "lost_acknowledged": lost.iter().filter(|e| acked.contains(&(old, e.lsn))).count(),
-            "replication": format!("{:?}", self.db.replication).to_lowercase(),
-            "window_ms": lost.first().map(|e| crash_epoch.saturating_sub(e.now_ms)).unwrap_or(0),
-            "ops": lost.iter().map(|e| e.req.name()).collect::<Vec<_>>(),
-        });
+        let loss = DataLoss {
+            lost_commits: Some(lost.len() as u64),
+            lost_acknowledged: Some(
+                lost.iter()
+                    .filter(|e| acked.contains(&(old, e.lsn)))
+                    .count() as u64,
+            ),
+            replication: format!("{:?}", self.db.replication).to_lowercase(),
+            window_ms: lost
+                .first()
+                .map(|e| crash_epoch.saturating_sub(e.now_ms))
+                .unwrap_or(0),
+            ops: lost.iter().map(|e| e.req.name().to_string()).collect(),
+            ..Default::default()
+        };
         self.data_loss.lock().expect("loss").push(loss.clone());
-        Some((to, loss))
+        Some((to, json!(loss)))
     }
 
     /// Bring back every stopped host `which` selects; a database host other than the primary is

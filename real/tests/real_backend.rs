@@ -1,4 +1,4 @@
-//! The real backend end to end, through this package's plain `dalp-sim` binary: the `real` suite
+//! The real backend end to end, through this package's `dalp-real` binary: the `real` suite
 //! against real PostgreSQL, Anvil and `dalp-engine` processes — in containers when the test setup
 //! made Docker usable (`cargo xtask test` sets `DALP_DOCKER_TESTS=1` after starting a daemon and
 //! building the images), as local processes otherwise — then a kill -9 and a failover scenario
@@ -19,10 +19,10 @@ fn root() -> PathBuf {
         .to_path_buf()
 }
 
-/// `dalp-sim run <targets> --backend real …`; the parsed results.
+/// `dalp-real run <targets> --backend real …`; the parsed results.
 fn run_real(targets: &[&str], provider: &str, seeds: Option<&str>, out: &Path) -> Vec<Value> {
     let _ = std::fs::remove_dir_all(out);
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dalp-sim"));
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dalp-real"));
     cmd.arg("run")
         .args(targets)
         .args([
@@ -183,7 +183,7 @@ fn the_real_suite_passes_on_real_services_and_leaves_nothing_behind() {
     ] {
         let dir = out.join(scenario);
         let _ = std::fs::remove_dir_all(&dir);
-        let o = Command::new(env!("CARGO_BIN_EXE_dalp-sim"))
+        let o = Command::new(env!("CARGO_BIN_EXE_dalp-real"))
             .args([
                 "repro",
                 &format!("scenarios/{scenario}.toml"),

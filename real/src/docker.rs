@@ -70,7 +70,7 @@ pub async fn docker_available() -> bool {
         return false;
     };
     matches!(
-        rtokio::time::timeout(Duration::from_secs(5), docker.ping()).await,
+        tokio::time::timeout(Duration::from_secs(5), docker.ping()).await,
         Ok(Ok(_))
     )
 }
@@ -360,7 +360,7 @@ impl Drop for Handle {
         let Some(container) = self.container.take() else {
             return;
         };
-        if rtokio::runtime::Handle::try_current().is_ok() {
+        if tokio::runtime::Handle::try_current().is_ok() {
             // testcontainers removes it (and the network with the last container).
             drop(container);
         } else {
@@ -401,7 +401,7 @@ impl DockerPg {
             .port(self.port)
             .username("postgres")
             .database("postgres");
-        match rtokio::time::timeout(
+        match tokio::time::timeout(
             Duration::from_secs(3),
             sqlx::PgConnection::connect_with(&opts),
         )
@@ -438,7 +438,7 @@ impl DockerPg {
                 )
                 .into());
             }
-            rtokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
         Err(format!(
             "postgres {} ({}) not answering on 127.0.0.1:{} after {bound:?} ({last}); its output:\n{}",
@@ -652,7 +652,7 @@ mod tests {
             eprintln!("skipped: set DALP_DOCKER_TESTS=1 to run the Docker provider test");
             return;
         }
-        let rt = rtokio::runtime::Builder::new_current_thread()
+        let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap();
@@ -689,7 +689,7 @@ mod tests {
     /// Primary + streaming replica + Anvil in containers: replication, crash recovery, promotion,
     /// JSON-RPC, and nothing of the run left afterwards. Needs a Docker daemon and the images
     /// (`cargo xtask images`), so it runs only with `DALP_DOCKER_TESTS=1`.
-    #[rtokio::test(crate = "rtokio", flavor = "multi_thread", worker_threads = 2)]
+    #[tokio::test(crate = "tokio", flavor = "multi_thread", worker_threads = 2)]
     async fn primary_replica_and_anvil_in_containers() {
         if std::env::var("DALP_DOCKER_TESTS").as_deref() != Ok("1") {
             eprintln!("skipped: set DALP_DOCKER_TESTS=1 to run the Docker provider test");

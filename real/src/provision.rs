@@ -163,7 +163,7 @@ where
         if ready().await {
             return Ok(());
         }
-        rtokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     Err(format!("{what} not ready after {bound:?}").into())
 }

@@ -167,15 +167,15 @@ pub fn die_with_parent(sig: i32) {
 /// On SIGINT or SIGTERM: remove everything, then exit with 130. Call once, from inside the
 /// runtime that drives the run.
 pub fn on_interrupt() {
-    rtokio::spawn(async {
-        use rtokio::signal::unix::{signal, SignalKind};
+    tokio::spawn(async {
+        use tokio::signal::unix::{signal, SignalKind};
         let (Ok(mut int), Ok(mut term)) = (
             signal(SignalKind::interrupt()),
             signal(SignalKind::terminate()),
         ) else {
             return;
         };
-        rtokio::select! {
+        tokio::select! {
             _ = int.recv() => {},
             _ = term.recv() => {},
         }

@@ -1,5 +1,5 @@
 //! One real run: provision the services and start the engines behind their proxies, then let the
-//! run driver (`crate::driver`) take the run through the same phases as a simulated one, in real
+//! run driver (`dalp_sim::driver`) take the run through the same phases as a simulated one, in real
 //! time; this module says only how real clients start and where the evidence is read.
 
 use super::cleanup;
@@ -8,46 +8,27 @@ use super::evidence::{self, Rpc};
 use super::fleet::{EngineLinks, Fleet};
 use super::provision::{AnvilNode, LocalProvider, PgServer, Provider, Result};
 use super::proxy::{HttpFaultProxy, TcpFaultProxy};
-use crate::check::Evidence;
-use crate::client::{run_ops, ClientCtx};
-use crate::driver::{drive, Backend, FaultTarget, Result as DriverResult, Workload};
-use crate::engine_conf::{engine_toml, EngineConf, CHAIN_ID, SIGNER_KEY};
-use crate::outcome::RunResult;
-use crate::plan::INVESTOR;
-use crate::scenario::{Fault, Replication, Scenario};
-use crate::trace::Trace;
 use async_trait::async_trait;
 use dalp_engine::signer::SignerKey;
+use dalp_sim::check::Evidence;
+use dalp_sim::cli::Provider as ProviderChoice;
+use dalp_sim::client::{run_ops, ClientCtx};
+use dalp_sim::driver::{drive, Backend, FaultTarget, Result as DriverResult, Workload};
+use dalp_sim::engine_conf::{engine_toml, EngineConf, CHAIN_ID, SIGNER_KEY};
+use dalp_sim::outcome::RunResult;
+use dalp_sim::plan::INVESTOR;
+use dalp_sim::scenario::{Fault, Replication, Scenario};
+use dalp_sim::trace::Trace;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// Which provider runs the services.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ProviderChoice {
-    /// Docker when a daemon is reachable and the images exist, local processes otherwise.
-    Auto,
-    Docker,
-    Local,
-}
-
-impl ProviderChoice {
-    pub fn parse(s: &str) -> std::result::Result<Self, String> {
-        match s {
-            "auto" => Ok(ProviderChoice::Auto),
-            "docker" => Ok(ProviderChoice::Docker),
-            "local" => Ok(ProviderChoice::Local),
-            other => Err(format!(
-                "--provider: unknown provider `{other}` (auto, docker or local)"
-            )),
-        }
-    }
-}
-
+/// Who starts the services: `Auto` is Docker when a daemon is reachable and the images build,
+/// local processes otherwise.
 async fn provider(choice: ProviderChoice) -> Result<Box<dyn Provider>> {
     let docker = || async {
-        rtokio::task::spawn_blocking(super::docker::ensure_images)
+        tokio::task::spawn_blocking(super::docker::ensure_images)
             .await
             .map_err(|e| format!("building the images: {e}"))??;
         super::docker::DockerProvider::new().await
@@ -77,7 +58,7 @@ pub fn run_seed_real(
     schedule: Vec<Fault>,
     choice: ProviderChoice,
 ) -> std::result::Result<(RunResult, Trace), String> {
-    let rt = rtokio::runtime::Builder::new_multi_thread()
+    let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(4)
         .enable_all()
         .build()
@@ -103,7 +84,7 @@ struct RealWorld {
     scenario: Arc<Scenario>,
     fleet: Arc<Fleet>,
     api: Arc<HttpApi>,
-    clients: Vec<rtokio::task::JoinHandle<()>>,
+    clients: Vec<tokio::task::JoinHandle<()>>,
     provisioning_ms: u64,
     databases: usize,
     sync: bool,
@@ -204,9 +185,9 @@ impl RealWorld {
             rpc,
             signer: SignerKey::from_hex(SIGNER_KEY)?.address(),
             links,
-            engines: rtokio::sync::Mutex::new(engines),
+            engines: tokio::sync::Mutex::new(engines),
             standby,
-            dbs: rtokio::sync::Mutex::new(dbs),
+            dbs: tokio::sync::Mutex::new(dbs),
             primary: Mutex::new(0),
             provider,
             rejoins: Mutex::new(0),
@@ -264,7 +245,7 @@ impl Backend for RealWorld {
                 tokens: w.tokens.clone(),
                 api: self.api.clone(),
             });
-            self.clients.push(rtokio::spawn(run_ops(ctx, ops.clone())));
+            self.clients.push(tokio::spawn(run_ops(ctx, ops.clone())));
         }
     }
 
@@ -372,13 +353,13 @@ async fn create_database(addr: &str, replicas: bool) -> Result<()> {
                 streaming = true;
                 break;
             }
-            rtokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
         if !streaming {
             return Err("no replica is streaming from the primary after 30 s".into());
         }
     }
-    rtokio::time::timeout(
+    tokio::time::timeout(
         Duration::from_secs(30),
         sqlx::query("CREATE DATABASE dalp").execute(&pool),
     )

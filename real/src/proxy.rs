@@ -53,11 +53,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Poll;
 use std::time::Duration;
 
-use rtokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use rtokio::net::{TcpListener, TcpStream};
-use rtokio::sync::{mpsc, watch};
-use rtokio::task::JoinHandle;
-use rtokio::time::{sleep, sleep_until, timeout, Instant};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio::time::{sleep, sleep_until, timeout, Instant};
 
 /// Bound on every connect to the upstream.
 pub const UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -180,7 +180,7 @@ struct Listen {
 struct Core<M: Mode> {
     name: String,
     addr: SocketAddr,
-    rt: rtokio::runtime::Handle,
+    rt: tokio::runtime::Handle,
     serve: Serve<M>,
     upstream: Mutex<SocketAddr>,
     mode: watch::Sender<M>,
@@ -220,7 +220,7 @@ impl<M: Mode> Core<M> {
         let core = Arc::new(Core {
             name: name.to_string(),
             addr: std.local_addr()?,
-            rt: rtokio::runtime::Handle::current(),
+            rt: tokio::runtime::Handle::current(),
             serve,
             upstream: Mutex::new(upstream),
             mode: watch::channel(M::default()).0,
@@ -324,7 +324,7 @@ impl<M: Mode> Core<M> {
         let conn = (self.serve)(Arc::clone(self), stream);
         self.rt.spawn(async move {
             let _guard = guard;
-            rtokio::select! {
+            tokio::select! {
                 biased;
                 _ = kill.changed() => {}
                 () = conn => {}
@@ -396,7 +396,7 @@ impl<M: Mode> Drop for OpenGuard<M> {
 async fn discard_until_healed<M: Mode>(s: &mut TcpStream, mode_rx: &mut watch::Receiver<M>) {
     let mut buf = vec![0u8; CHUNK];
     loop {
-        rtokio::select! {
+        tokio::select! {
             r = s.read(&mut buf) => if matches!(r, Ok(0) | Err(_)) { return },
             c = mode_rx.changed() => {
                 let healed = c.is_err() || !mode_rx.borrow_and_update().is_blackhole();
@@ -525,10 +525,10 @@ async fn tcp_conn(core: Arc<Core<TcpMode>>, mut client: TcpStream) {
     let (cr, cw) = client.split();
     let (ur, uw) = up.split();
     let pump =
-        async { rtokio::try_join!(pipe(cr, uw, &core, &tainted), pipe(ur, cw, &core, &tainted)) };
-    rtokio::pin!(pump);
+        async { tokio::try_join!(pipe(cr, uw, &core, &tainted), pipe(ur, cw, &core, &tainted)) };
+    tokio::pin!(pump);
     loop {
-        rtokio::select! {
+        tokio::select! {
             _ = &mut pump => return,
             c = mode_rx.changed() => {
                 if c.is_err() {
@@ -596,7 +596,7 @@ where
         }
         Ok::<(), io::Error>(())
     };
-    rtokio::try_join!(read, write).map(|_| ())
+    tokio::try_join!(read, write).map(|_| ())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1077,9 +1077,9 @@ mod tests {
     async fn echo_server(tag: &'static [u8]) -> SocketAddr {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
-        rtokio::spawn(async move {
+        tokio::spawn(async move {
             while let Ok((mut s, _)) = l.accept().await {
-                rtokio::spawn(async move {
+                tokio::spawn(async move {
                     let mut buf = vec![0u8; 1024];
                     while let Ok(n @ 1..) = s.read(&mut buf).await {
                         let mut out = tag.to_vec();
@@ -1113,7 +1113,7 @@ mod tests {
         )
     }
 
-    #[rtokio::test(crate = "rtokio")]
+    #[tokio::test(crate = "tokio")]
     async fn tcp_pass_forwards_both_ways() {
         let up = echo_server(b"A:").await;
         let p = TcpFaultProxy::start("db", up).await.unwrap();
@@ -1127,7 +1127,7 @@ mod tests {
         assert_eq!(p.stats().open, 0);
     }
 
-    #[rtokio::test(crate = "rtokio")]
+    #[tokio::test(crate = "tokio")]
     async fn tcp_latency_delays_each_direction() {
         let up = echo_server(b"A:").await;
         let p = TcpFaultProxy::start("db", up).await.unwrap();
@@ -1150,7 +1150,7 @@ mod tests {
         );
     }
 
-    #[rtokio::test(crate = "rtokio")]
+    #[tokio::test(crate = "tokio")]
     async fn tcp_blackhole_times_out_but_keeps_connections_open() {
         let up = echo_server(b"A:").await;
         let p = TcpFaultProxy::start("db", up).await.unwrap();
@@ -1176,7 +1176,7 @@ mod tests {
         assert_eq!(roundtrip(&mut idle, b"2", b"A:").await, b"A:2");
     }
 
-    #[rtokio::test(crate = "rtokio", flavor = "multi_thread", worker_threads = 2)]
+    #[tokio::test(crate = "tokio", flavor = "multi_thread", worker_threads = 2)]
     async fn tcp_down_refuses_and_pass_rebinds_same_port() {
         let up = echo_server(b"A:").await;
         let p = TcpFaultProxy::start("db", up).await.unwrap();
@@ -1194,7 +1194,7 @@ mod tests {
         assert_eq!(roundtrip(&mut s, b"back", b"A:").await, b"A:back");
     }
 
-    #[rtokio::test(crate = "rtokio", flavor = "multi_thread", worker_threads = 2)]
+    #[tokio::test(crate = "tokio", flavor = "multi_thread", worker_threads = 2)]
     async fn tcp_reset_and_set_upstream_close_connections() {
         let a = echo_server(b"A:").await;
         let b = echo_server(b"B:").await;
@@ -1213,7 +1213,7 @@ mod tests {
         assert_eq!(p.stats().accepted, 3);
     }
 
-    #[rtokio::test(crate = "rtokio")]
+    #[tokio::test(crate = "tokio")]
     async fn tcp_unreachable_upstream_closes_client() {
         let gone = TcpListener::bind("127.0.0.1:0")
             .await
@@ -1226,7 +1226,7 @@ mod tests {
         assert_eq!(p.stats().upstream_errors, 1);
     }
 
-    #[rtokio::test(crate = "rtokio")]
+    #[tokio::test(crate = "tokio")]
     async fn shutdown_and_drop_release_the_port() {
         let up = echo_server(b"A:").await;
         let p = TcpFaultProxy::start("db", up).await.unwrap();
@@ -1257,10 +1257,10 @@ mod tests {
         let addr = l.local_addr().unwrap();
         let seen = Seen::default();
         let seen2 = seen.clone();
-        rtokio::spawn(async move {
+        tokio::spawn(async move {
             while let Ok((s, _)) = l.accept().await {
                 let seen = seen2.clone();
-                rtokio::spawn(async move {
+                tokio::spawn(async move {
                     let mut w = Wire::new(s);
                     while let Ok(Some(req)) = read_request(&mut w).await {
                         let v: serde_json::Value = serde_json::from_slice(req.json()).unwrap();
@@ -1317,7 +1317,7 @@ mod tests {
         Ok((r.status().as_u16(), r.text().await?))
     }
 
-    #[rtokio::test(crate = "rtokio")]
+    #[tokio::test(crate = "tokio")]
     async fn http_pass_keep_alive_many_requests_one_connection() {
         let (up, seen) = rpc_server("0x1", false).await;
         let p = HttpFaultProxy::start("rpc", up).await.unwrap();
@@ -1350,7 +1350,7 @@ mod tests {
         format!("POST / HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}", body.len()).into_bytes()
     }
 
-    #[rtokio::test(crate = "rtokio")]
+    #[tokio::test(crate = "tokio")]
     async fn http_chunked_responses_pass() {
         let (up, _) = rpc_server("0xabc", true).await;
         let p = HttpFaultProxy::start("rpc", up).await.unwrap();
@@ -1363,7 +1363,7 @@ mod tests {
         assert_eq!(p.stats().accepted, 1);
     }
 
-    #[rtokio::test(crate = "rtokio")]
+    #[tokio::test(crate = "tokio")]
     async fn http_latency_delays_requests() {
         let (up, _) = rpc_server("0x1", false).await;
         let p = HttpFaultProxy::start("rpc", up).await.unwrap();
@@ -1379,7 +1379,7 @@ mod tests {
         );
     }
 
-    #[rtokio::test(crate = "rtokio")]
+    #[tokio::test(crate = "tokio")]
     async fn http_status503_answers_without_forwarding() {
         let (up, seen) = rpc_server("0x1", false).await;
         let p = HttpFaultProxy::start("rpc", up).await.unwrap();
@@ -1396,7 +1396,7 @@ mod tests {
         assert_eq!(rpc(&c, &p, call("eth_blockNumber")).await.unwrap().0, 200);
     }
 
-    #[rtokio::test(crate = "rtokio")]
+    #[tokio::test(crate = "tokio")]
     async fn http_scoped_faults_hit_only_their_method() {
         let (up, seen) = rpc_server("0x1", false).await;
         let p = HttpFaultProxy::start("rpc", up).await.unwrap();
@@ -1420,7 +1420,7 @@ mod tests {
         assert_eq!(rpc(&c, &p, call("eth_call")).await.unwrap().0, 200);
     }
 
-    #[rtokio::test(crate = "rtokio")]
+    #[tokio::test(crate = "tokio")]
     async fn http_blackhole_times_out() {
         let (up, seen) = rpc_server("0x1", false).await;
         let p = HttpFaultProxy::start("rpc", up).await.unwrap();
@@ -1433,7 +1433,7 @@ mod tests {
         assert_eq!(p.stats().failed_by_fault, 1);
     }
 
-    #[rtokio::test(crate = "rtokio")]
+    #[tokio::test(crate = "tokio")]
     async fn http_ambiguous_send_forwards_but_withholds_the_answer() {
         let (up, seen) = rpc_server("0x1", false).await;
         let p = HttpFaultProxy::start("rpc", up).await.unwrap();
@@ -1460,7 +1460,7 @@ mod tests {
         assert_eq!((st.swallowed_sends, st.forwarded), (2, 3));
     }
 
-    #[rtokio::test(crate = "rtokio")]
+    #[tokio::test(crate = "tokio")]
     async fn http_down_refuses_and_pass_rebinds_same_port() {
         let (up, _) = rpc_server("0x1", false).await;
         let p = HttpFaultProxy::start("rpc", up).await.unwrap();
@@ -1481,7 +1481,7 @@ mod tests {
         );
     }
 
-    #[rtokio::test(crate = "rtokio")]
+    #[tokio::test(crate = "tokio")]
     async fn http_set_upstream_closes_connections_and_switches() {
         let (a, _) = rpc_server("0xa", false).await;
         let (b, _) = rpc_server("0xb", false).await;
@@ -1500,7 +1500,7 @@ mod tests {
         assert!(body.contains("0xb"), "{body}");
     }
 
-    #[rtokio::test(crate = "rtokio")]
+    #[tokio::test(crate = "tokio")]
     async fn http_unreachable_upstream_answers_502() {
         let gone = TcpListener::bind("127.0.0.1:0")
             .await

@@ -21,12 +21,13 @@ use super::engines::{operator_requeue, EngineProcess};
 use super::evidence::Rpc;
 use super::provision::{PgServer, Provider, Result};
 use super::proxy::{HttpFaultProxy, HttpMode, TcpFaultProxy, TcpMode};
-use crate::driver::{FaultOutcome, FaultTarget};
-use crate::engine_conf::{CHAIN_ID, SIGNER_KEY};
-use crate::scenario::Fault;
 use alloy_primitives::{Address, Bytes, B256, U256};
 use async_trait::async_trait;
 use dalp_engine::signer::{SignerKey, UnsignedTx};
+use dalp_sim::driver::{FaultOutcome, FaultTarget};
+use dalp_sim::engine_conf::{CHAIN_ID, SIGNER_KEY};
+use dalp_sim::outcome::DataLoss;
+use dalp_sim::scenario::Fault;
 use serde_json::{json, Value};
 use sqlx::Row;
 use std::sync::{Arc, Mutex};
@@ -45,10 +46,10 @@ pub struct Fleet {
     pub rpc: Rpc,
     pub signer: Address,
     pub links: Vec<EngineLinks>,
-    pub engines: rtokio::sync::Mutex<Vec<EngineProcess>>,
+    pub engines: tokio::sync::Mutex<Vec<EngineProcess>>,
     pub standby: Vec<bool>,
     /// Database servers, index = `db-<j>`; `None` once removed.
-    pub dbs: rtokio::sync::Mutex<Vec<Box<dyn PgServer>>>,
+    pub dbs: tokio::sync::Mutex<Vec<Box<dyn PgServer>>>,
     pub primary: Mutex<usize>,
     /// Where rejoining servers come from (a fresh replica of the current primary).
     pub provider: Box<dyn Provider>,
@@ -59,7 +60,7 @@ pub struct Fleet {
     /// Anvil's interval-mining period (paused while a reorg is made).
     pub block_s: u64,
     pub external_txs: Mutex<Vec<B256>>,
-    pub data_loss: Mutex<Vec<Value>>,
+    pub data_loss: Mutex<Vec<DataLoss>>,
     /// Sessions left inside a transaction (`db_stale_session`): held until the run ends, unless
     /// the server ends them first under the engine's idle-in-transaction bound.
     pub stale_sessions: Mutex<Vec<sqlx::PgConnection>>,
@@ -94,7 +95,7 @@ impl Fleet {
     async fn sleep_until_ms(&self, t: u64) {
         let now = self.t_ms();
         if t > now {
-            rtokio::time::sleep(Duration::from_millis(t - now)).await;
+            tokio::time::sleep(Duration::from_millis(t - now)).await;
         }
     }
 
@@ -114,7 +115,7 @@ impl Fleet {
         let mut out = Vec::new();
         for s in statements {
             let rows =
-                rtokio::time::timeout(Duration::from_secs(30), sqlx::query(s).fetch_all(&pool))
+                tokio::time::timeout(Duration::from_secs(30), sqlx::query(s).fetch_all(&pool))
                     .await
                     .map_err(|_| format!("{}: `{s}` timed out", db.name()))?
                     .map_err(|e| format!("{}: `{s}`: {e}", db.name()))?;
@@ -140,7 +141,7 @@ impl Fleet {
         ));
         let step = Duration::from_secs(10);
         let url = format!("postgres://postgres@{addr}/dalp");
-        let mut conn = rtokio::time::timeout(step, sqlx::PgConnection::connect(&url))
+        let mut conn = tokio::time::timeout(step, sqlx::PgConnection::connect(&url))
             .await
             .map_err(|_| format!("db-{j}: connect timed out"))??;
         let statements = [
@@ -152,11 +153,11 @@ impl Fleet {
             "BEGIN".to_string(),
         ];
         for q in &statements {
-            rtokio::time::timeout(step, sqlx::query(q).execute(&mut conn))
+            tokio::time::timeout(step, sqlx::query(q).execute(&mut conn))
                 .await
                 .map_err(|_| format!("db-{j}: `{q}` timed out"))??;
         }
-        let row: Option<(i64,)> = rtokio::time::timeout(
+        let row: Option<(i64,)> = tokio::time::timeout(
             step,
             sqlx::query_as(
                 "SELECT id FROM workflows WHERE status = 'running' AND lease_owner IS NOT NULL \
@@ -268,12 +269,20 @@ impl Fleet {
             l.db.set_upstream(dbs[to].addr());
         }
         let window_ms = self.t_ms().saturating_sub(crashed_at);
-        let loss = json!({
-            "replication": if self.sync_replication { "sync" } else { "async" },
-            "lost_wal_bytes": lost_bytes,
-            "window_ms": window_ms,
-            "measured": "WAL the promoted replica had not replayed when the primary crashed",
-        });
+        let loss = DataLoss {
+            replication: if self.sync_replication {
+                "sync"
+            } else {
+                "async"
+            }
+            .into(),
+            lost_wal_bytes: Some(lost_bytes),
+            window_ms,
+            measured: Some(
+                "WAL the promoted replica had not replayed when the primary crashed".into(),
+            ),
+            ..Default::default()
+        };
         self.data_loss.lock().expect("loss").push(loss.clone());
         Ok(
             json!({"old_primary": format!("db-{old}"), "promoted": format!("db-{to}"), "loss": loss}),
@@ -475,7 +484,7 @@ impl Fleet {
                     if v.first() == Some(&json!("true")) {
                         break;
                     }
-                    rtokio::time::sleep(Duration::from_millis(100)).await;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             }
         }

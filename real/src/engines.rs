@@ -6,8 +6,8 @@
 
 use super::cleanup::{self, Resource};
 use super::provision::{free_port, scratch_dir, workspace_root, Result};
-use crate::client::{Answer, CallFailure, EngineApi};
-use crate::engine_conf::{API_TOKEN, OPERATOR_TOKEN};
+use dalp_sim::client::{Answer, CallFailure, EngineApi};
+use dalp_sim::engine_conf::{API_TOKEN, OPERATOR_TOKEN};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -116,7 +116,7 @@ impl EngineProcess {
                     .into());
                 }
             }
-            rtokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
         Err(format!(
             "{} not ready after 60 s; log: {}",

@@ -4,13 +4,13 @@
 //! result is the same [`Evidence`] the simulation builds from its models.
 
 use super::provision::Result;
-use crate::check::{ChainTx, Evidence, TransferLog, WorkflowView};
-use crate::engine_conf::CHAIN_ID;
 use alloy_primitives::{Address, B256, U256};
 use alloy_sol_types::{SolCall, SolEvent};
 use dalp_engine::contracts::AssetToken;
 use dalp_engine::store::pg::PgStore;
 use dalp_engine::store::Store;
+use dalp_sim::check::{ChainTx, Evidence, TransferLog, WorkflowView};
+use dalp_sim::engine_conf::CHAIN_ID;
 use serde_json::{json, Value};
 use sqlx::Row;
 use std::collections::BTreeMap;

@@ -1,0 +1,39 @@
+//! `dalp-real`: the `dalp-sim` command line (every command, flag and exit code) with the real
+//! backend plugged in, so `run … --backend real` and `repro … --backend real` run the scenario
+//! files against real PostgreSQL, Anvil and `dalp-engine` processes. `cargo xtask sim … --backend
+//! real` builds and runs it.
+
+use dalp_real::{engines, run};
+use dalp_sim::cli::{Provider, RealBackend};
+use dalp_sim::outcome::RunResult;
+use dalp_sim::scenario::{Fault, Scenario};
+use dalp_sim::trace::Trace;
+use std::sync::Arc;
+
+struct RealServices;
+
+impl RealBackend for RealServices {
+    fn prepare(&self) -> Result<(), String> {
+        if std::env::var_os("DALP_ENGINE_BIN").is_none() {
+            let bin = engines::engine_binary().map_err(|e| e.to_string())?;
+            std::env::set_var("DALP_ENGINE_BIN", bin);
+        }
+        Ok(())
+    }
+
+    fn run_seed(
+        &self,
+        scenario: Arc<Scenario>,
+        seed: u64,
+        schedule: Vec<Fault>,
+        provider: Provider,
+    ) -> Result<(RunResult, Trace), String> {
+        run::run_seed_real(scenario, seed, schedule, provider)
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    dalp_sim::cli::quiet_on_closed_stdout();
+    dalp_sim::cli::plug_real(&RealServices);
+    dalp_sim::cli::main(std::env::args().skip(1).collect())
+}
