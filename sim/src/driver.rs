@@ -17,6 +17,7 @@ use crate::plan::{plan, PlannedOp, INVESTOR};
 use crate::scenario::{Fault, FaultKind, Scenario};
 use crate::timing::{fault_windows, op_timings};
 use crate::trace::{Event, Trace};
+use crate::verdict::Verdict;
 use async_trait::async_trait;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -153,41 +154,8 @@ pub async fn drive<B: Backend>(
     let not_applicable = run_schedule(target, &schedule, heal_ms, trace).await;
     trace.record(b.t_ms(), "sim", "phase", "healed", Value::Null);
 
-    // Liveness: every accepted request must finish within the bound. An op whose submissions
-    // all went unanswered so far is still in play (its client keeps retrying).
-    let settled = || {
-        let sums = summarize(&history.ops());
-        sums.len() == planned.len() && sums.values().all(|o| o.observed.is_some() || o.refused)
-    };
-    while !settled() && b.t_ms() < deadline_ms {
-        tokio::time::sleep(POLL).await;
-    }
-    let sums = summarize(&history.ops());
-    let all_done = sums
-        .values()
-        .filter(|o| o.accepted_at.is_some())
-        .all(|o| o.observed.is_some());
-    let last_finished = sums
-        .values()
-        .filter_map(|o| o.observed.as_ref().map(|x| x.0))
-        .max();
-    let coarse_recovery = all_done
-        .then(|| last_finished.map(|f| f.saturating_sub(heal_ms)))
-        .flatten();
-    trace.record(
-        b.t_ms(),
-        "sim",
-        "phase",
-        "liveness_done",
-        json!({"recovery_ms": coarse_recovery}),
-    );
-
-    // Let the indexer reach the finalized height (bounded).
-    let settle_until = b.t_ms() + SETTLE_MS;
-    let finalized = b.finalized().await?;
-    while b.indexed_height().await < finalized && b.t_ms() < settle_until {
-        tokio::time::sleep(POLL).await;
-    }
+    let coarse_recovery = liveness(&b, history, planned.len(), heal_ms, deadline_ms, trace).await;
+    settle_indexer(&b).await?;
 
     // Evidence, then the checks.
     let mut ev = Evidence {
@@ -199,32 +167,8 @@ pub async fn drive<B: Backend>(
         max_dead_letters: s.expect.max_dead_letters,
         ..Default::default()
     };
-    b.collect(&mut ev).await?;
-    let (invariants, not_judged): (Vec<String>, Vec<String>) =
-        s.invariants.iter().cloned().partition(|i| b.can_judge(i));
-    if invariants.iter().any(|i| i == "visibility") {
-        b.observe_visibility(&schedule, &mut ev).await;
-    }
-    b.recorded(&mut ev);
-    let (head, extra) = b.final_state().await?;
-    trace.record(
-        b.t_ms(),
-        "sim",
-        "phase",
-        "final_state",
-        ev.final_state(head, extra),
-    );
-    let verdicts = check(&invariants, &ev);
+    let (verdicts, head, not_judged) = judge(&mut b, s, &schedule, &mut ev, trace).await?;
     let passed = verdicts.iter().all(|v| v.held);
-    for v in &verdicts {
-        trace.record(
-            b.t_ms(),
-            "sim",
-            "check",
-            &v.invariant,
-            json!({"held": v.held, "violations": v.violation_count}),
-        );
-    }
 
     // The result.
     let mut stats = ev.stats();
@@ -265,6 +209,94 @@ pub async fn drive<B: Backend>(
         not_applicable,
         engine_logs,
     })
+}
+
+/// Wait until every planned operation was refused or seen finished, or the liveness bound. The
+/// heal-to-last-finish time when every accepted operation finished.
+async fn liveness<B: Backend>(
+    b: &B,
+    history: &History,
+    planned: usize,
+    heal_ms: u64,
+    deadline_ms: u64,
+    trace: &Trace,
+) -> Option<u64> {
+    // An op whose submissions all went unanswered so far is still in play (its client keeps
+    // retrying).
+    let settled = || {
+        let sums = summarize(&history.ops());
+        sums.len() == planned && sums.values().all(|o| o.observed.is_some() || o.refused)
+    };
+    while !settled() && b.t_ms() < deadline_ms {
+        tokio::time::sleep(POLL).await;
+    }
+    let sums = summarize(&history.ops());
+    let all_done = sums
+        .values()
+        .filter(|o| o.accepted_at.is_some())
+        .all(|o| o.observed.is_some());
+    let last_finished = sums
+        .values()
+        .filter_map(|o| o.observed.as_ref().map(|x| x.0))
+        .max();
+    let recovery = all_done
+        .then(|| last_finished.map(|f| f.saturating_sub(heal_ms)))
+        .flatten();
+    trace.record(
+        b.t_ms(),
+        "sim",
+        "phase",
+        "liveness_done",
+        json!({"recovery_ms": recovery}),
+    );
+    recovery
+}
+
+/// Let the indexer reach the finalized height (bounded by `SETTLE_MS`).
+async fn settle_indexer<B: Backend>(b: &B) -> Result<()> {
+    let settle_until = b.t_ms() + SETTLE_MS;
+    let finalized = b.finalized().await?;
+    while b.indexed_height().await < finalized && b.t_ms() < settle_until {
+        tokio::time::sleep(POLL).await;
+    }
+    Ok(())
+}
+
+/// Complete the evidence, trace the final state, and check the invariants this backend can
+/// judge: the verdicts, the chain head, and the invariants left unjudged.
+async fn judge<B: Backend>(
+    b: &mut B,
+    s: &Scenario,
+    schedule: &[Fault],
+    ev: &mut Evidence,
+    trace: &Trace,
+) -> Result<(Vec<Verdict>, u64, Vec<String>)> {
+    b.collect(ev).await?;
+    let (invariants, not_judged): (Vec<String>, Vec<String>) =
+        s.invariants.iter().cloned().partition(|i| b.can_judge(i));
+    if invariants.iter().any(|i| i == "visibility") {
+        b.observe_visibility(schedule, ev).await;
+    }
+    b.recorded(ev);
+    let (head, extra) = b.final_state().await?;
+    trace.record(
+        b.t_ms(),
+        "sim",
+        "phase",
+        "final_state",
+        ev.final_state(head, extra),
+    );
+    let verdicts = check(&invariants, ev);
+    for v in &verdicts {
+        trace.record(
+            b.t_ms(),
+            "sim",
+            "check",
+            &v.invariant,
+            json!({"held": v.held, "violations": v.violation_count}),
+        );
+    }
+    Ok((verdicts, head, not_judged))
 }
 
 /// Apply every fault at its time and heal it at its end (or the heal instant), each in a task

@@ -79,101 +79,13 @@ struct SimWorld {
 }
 
 impl SimWorld {
-    /// The chain and its RPC endpoints, the database hosts and the engine hosts.
+    /// The chain and its RPC endpoints, the database hosts and the engine hosts (created in
+    /// this order: node ids, and so the seed's schedule of tasks, depend on it).
     fn build(s: Arc<Scenario>, seed: u64, trace: Trace) -> Self {
-        let handle = Handle::current();
-        let topo = &s.topology;
-        let signer = SignerKey::from_hex(SIGNER_KEY)
-            .expect("signer key")
-            .address();
         let mut nodes = BTreeMap::new();
-
-        let eth = U256::from(10u64).pow(U256::from(18u64));
-        let chain = Arc::new(ChainWorld {
-            model: Mutex::new(ChainModel::new(
-                ChainParams {
-                    chain_id: CHAIN_ID,
-                    block_time_ms: topo.block_time_ms,
-                    finality_depth: topo.finality_depth,
-                    ..ChainParams::anvil(vec![(signer, U256::from(10_000u64) * eth)])
-                },
-                epoch_ms(),
-            )),
-            modes: Mutex::default(),
-            calls: Mutex::default(),
-            faulted: Mutex::default(),
-            block_time: Duration::from_millis(topo.block_time_ms),
-            signer,
-            trace: trace.clone(),
-        });
-        {
-            let c = chain.clone();
-            let n = handle
-                .create_node()
-                .name("chain")
-                .ip(ip(4, 0))
-                .init(move || miner(c.clone()))
-                .build();
-            nodes.insert("chain".to_string(), n.id());
-        }
-        for k in 0..topo.rpc_endpoints as usize {
-            let c = chain.clone();
-            let n = handle
-                .create_node()
-                .name(format!("rpc-{k}"))
-                .ip(ip(3, k))
-                .init(move || rpc_process(c.clone(), k))
-                .build();
-            nodes.insert(format!("rpc-{k}"), n.id());
-        }
-
-        // The database hosts; `db.service` names the primary.
-        let db = DbCluster::new(
-            topo.db_replicas as usize + 1,
-            topo.replication,
-            topo.replication_lag_ms,
-            seed,
-            // The engines run with the default database timeout (`engine_conf` sets none).
-            dalp_engine::config::TimeoutConfig::default().db_ms,
-            trace.clone(),
-        );
-        NetSim::current().add_dns_record(DB_SERVICE, ip(2, 0));
-        for j in 0..db.disks.len() {
-            let d = db.clone();
-            let n = handle
-                .create_node()
-                .name(format!("db-{j}"))
-                .ip(ip(2, j))
-                .init(move || db_process(d.clone(), j))
-                .build();
-            nodes.insert(format!("db-{j}"), n.id());
-        }
-
-        // The engine hosts.
-        let mut hosts = Vec::new();
-        for i in 0..topo.engines as usize {
-            let host = Arc::new(EngineHost::default());
-            if topo.standby_engines.contains(&format!("engine-{i}")) {
-                host.standby
-                    .store(true, std::sync::atomic::Ordering::Relaxed);
-            }
-            hosts.push(host.clone());
-            let name = format!("engine-{i}");
-            let config = engine_config(
-                i,
-                topo.rpc_endpoints as usize,
-                topo.finality_depth,
-                topo.indexers.contains(&name),
-            );
-            let tr = trace.clone();
-            let n = handle
-                .create_node()
-                .name(name.clone())
-                .ip(ip(1, i))
-                .init(move || engine_process(i, config.clone(), host.clone(), seed, tr.clone()))
-                .build();
-            nodes.insert(name, n.id());
-        }
+        let chain = chain_hosts(&s, &trace, &mut nodes);
+        let db = db_hosts(&s, seed, &trace, &mut nodes);
+        let hosts = engine_hosts(&s, seed, &trace, &mut nodes);
         SimWorld {
             scenario: s,
             trace,
@@ -193,6 +105,114 @@ impl SimWorld {
     fn visibility_checked(&self) -> bool {
         self.scenario.invariants.iter().any(|i| i == "visibility")
     }
+}
+
+type Nodes = BTreeMap<String, NodeId>;
+
+/// The chain (its miner) and one host per RPC endpoint.
+fn chain_hosts(s: &Scenario, trace: &Trace, nodes: &mut Nodes) -> Arc<ChainWorld> {
+    let handle = Handle::current();
+    let topo = &s.topology;
+    let signer = SignerKey::from_hex(SIGNER_KEY)
+        .expect("signer key")
+        .address();
+    let eth = U256::from(10u64).pow(U256::from(18u64));
+    let chain = Arc::new(ChainWorld {
+        model: Mutex::new(ChainModel::new(
+            ChainParams {
+                chain_id: CHAIN_ID,
+                block_time_ms: topo.block_time_ms,
+                finality_depth: topo.finality_depth,
+                ..ChainParams::anvil(vec![(signer, U256::from(10_000u64) * eth)])
+            },
+            epoch_ms(),
+        )),
+        modes: Mutex::default(),
+        calls: Mutex::default(),
+        faulted: Mutex::default(),
+        block_time: Duration::from_millis(topo.block_time_ms),
+        signer,
+        trace: trace.clone(),
+    });
+    {
+        let c = chain.clone();
+        let n = handle
+            .create_node()
+            .name("chain")
+            .ip(ip(4, 0))
+            .init(move || miner(c.clone()))
+            .build();
+        nodes.insert("chain".to_string(), n.id());
+    }
+    for k in 0..topo.rpc_endpoints as usize {
+        let c = chain.clone();
+        let n = handle
+            .create_node()
+            .name(format!("rpc-{k}"))
+            .ip(ip(3, k))
+            .init(move || rpc_process(c.clone(), k))
+            .build();
+        nodes.insert(format!("rpc-{k}"), n.id());
+    }
+    chain
+}
+
+/// The database hosts; `db.service` names the primary.
+fn db_hosts(s: &Scenario, seed: u64, trace: &Trace, nodes: &mut Nodes) -> Arc<DbCluster> {
+    let handle = Handle::current();
+    let topo = &s.topology;
+    let db = DbCluster::new(
+        topo.db_replicas as usize + 1,
+        topo.replication,
+        topo.replication_lag_ms,
+        seed,
+        // The engines run with the default database timeout (`engine_conf` sets none).
+        dalp_engine::config::TimeoutConfig::default().db_ms,
+        trace.clone(),
+    );
+    NetSim::current().add_dns_record(DB_SERVICE, ip(2, 0));
+    for j in 0..db.disks.len() {
+        let d = db.clone();
+        let n = handle
+            .create_node()
+            .name(format!("db-{j}"))
+            .ip(ip(2, j))
+            .init(move || db_process(d.clone(), j))
+            .build();
+        nodes.insert(format!("db-{j}"), n.id());
+    }
+    db
+}
+
+/// One host per engine (a standby host starts its engine only when activated).
+fn engine_hosts(s: &Scenario, seed: u64, trace: &Trace, nodes: &mut Nodes) -> Vec<Arc<EngineHost>> {
+    let handle = Handle::current();
+    let topo = &s.topology;
+    let mut hosts = Vec::new();
+    for i in 0..topo.engines as usize {
+        let host = Arc::new(EngineHost::default());
+        if topo.standby_engines.contains(&format!("engine-{i}")) {
+            host.standby
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        hosts.push(host.clone());
+        let name = format!("engine-{i}");
+        let config = engine_config(
+            i,
+            topo.rpc_endpoints as usize,
+            topo.finality_depth,
+            topo.indexers.contains(&name),
+        );
+        let tr = trace.clone();
+        let n = handle
+            .create_node()
+            .name(name.clone())
+            .ip(ip(1, i))
+            .init(move || engine_process(i, config.clone(), host.clone(), seed, tr.clone()))
+            .build();
+        nodes.insert(name, n.id());
+    }
+    hosts
 }
 
 #[async_trait(?Send)]
