@@ -146,23 +146,27 @@ fn reap(
 
 /// The result a child wrote to `out`, or why there is none (its panic first, then its stderr).
 fn read_result(out: &Path, status: ExitStatus) -> Result<FinishedRun, String> {
-    std::fs::read_to_string(out)
-        .map_err(|e| e.to_string())
-        .and_then(|t| serde_json::from_str::<FinishedRun>(&t).map_err(|e| e.to_string()))
-        .map_err(|e| {
-            let stderr = std::fs::read_to_string(out.with_extension("stderr")).unwrap_or_default();
-            match panic_message(&stderr) {
-                // A model inconsistency or a harness bug: say so first.
-                Some(p) => format!(
-                    "the simulator crashed ({status}): {p}\nstderr:\n{}",
-                    tail(&stderr, 40)
-                ),
-                None => format!(
-                    "child exited with {status} and no result ({e}); stderr:\n{}",
-                    tail(&stderr, 40)
-                ),
-            }
-        })
+    let why = match std::fs::read_to_string(out) {
+        Ok(t) => match serde_json::from_str::<FinishedRun>(&t) {
+            Ok(r) => return Ok(r),
+            Err(e) => format!("its result {} is unreadable: {e}", out.display()),
+        },
+        // The usual case of a child that failed: it wrote nothing.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => "before writing a result".into(),
+        Err(e) => format!("its result {} is unreadable: {e}", out.display()),
+    };
+    let stderr = std::fs::read_to_string(out.with_extension("stderr")).unwrap_or_default();
+    Err(match panic_message(&stderr) {
+        // A model inconsistency or a harness bug: say so first.
+        Some(p) => format!(
+            "the simulator crashed ({status}): {p}\nstderr:\n{}",
+            tail(&stderr, 40)
+        ),
+        None => format!(
+            "child exited with {status} {why}; stderr:\n{}",
+            tail(&stderr, 40)
+        ),
+    })
 }
 
 /// Run one job alone and return its result; `out_dir/.runs` is removed after it.
@@ -205,5 +209,26 @@ mod crash_tests {
             Some("panicked at sim/src/world/db_node.rs:435:13: replica diverged applying lsn 152 (renew_lease): Err(..)")
         );
         assert_eq!(super::panic_message("exited: killed\n"), None);
+    }
+
+    #[test]
+    fn a_child_without_a_result_is_named_for_what_it_said_not_for_a_missing_file() {
+        use std::os::unix::process::ExitStatusExt;
+        let dir = std::env::temp_dir().join(format!("dalp-read-result-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let out = dir.join("s-1.json");
+        std::fs::write(out.with_extension("stderr"), "dalp-sim: no Docker daemon\n").unwrap();
+        let failed = std::process::ExitStatus::from_raw(2 << 8);
+        let e = super::read_result(&out, failed).unwrap_err();
+        assert!(
+            e.contains("before writing a result")
+                && e.contains("no Docker daemon")
+                && !e.contains("No such file"),
+            "{e}"
+        );
+        std::fs::write(&out, "{").unwrap();
+        let e = super::read_result(&out, failed).unwrap_err();
+        assert!(e.contains("is unreadable"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
