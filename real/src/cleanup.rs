@@ -153,6 +153,42 @@ pub fn sweep_orphans() {
             }
         }
     }
+    sweep_scratch(
+        &crate::provision::workspace_root().join("target/dalp-real"),
+        SCRATCH_KEPT_FOR,
+        &alive,
+    );
+}
+
+/// How long the scratch directory of a finished run (data directories, engine logs) is kept
+/// for a person to read before a later run removes it.
+const SCRATCH_KEPT_FOR: std::time::Duration = std::time::Duration::from_secs(6 * 3600);
+
+/// Remove the scratch directories (`<what>-<pid>-<n>`) under `root` whose owning process is gone
+/// and which nothing changed for `kept_for`: without this they grow by megabytes per run.
+fn sweep_scratch(
+    root: &std::path::Path,
+    kept_for: std::time::Duration,
+    alive: &dyn Fn(&str) -> bool,
+) {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        let owner = name.rsplit('-').nth(1).unwrap_or("");
+        if owner.is_empty() || !owner.chars().all(|c| c.is_ascii_digit()) || alive(owner) {
+            continue;
+        }
+        let idle = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok());
+        if idle.is_some_and(|idle| idle >= kept_for) {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
 }
 
 /// Make the calling process receive `sig` when its parent dies (Linux `PR_SET_PDEATHSIG`): a
@@ -201,5 +237,35 @@ mod tests {
         let status = child.wait().unwrap();
         assert!(!status.success(), "killed");
         assert!(!live().contains(&Resource::Process(child.id())));
+    }
+}
+
+#[cfg(test)]
+mod sweep_tests {
+    use std::time::Duration;
+
+    #[test]
+    fn only_scratch_of_dead_owners_idle_long_enough_is_removed() {
+        let root = std::env::temp_dir().join(format!("dalp-sweep-{}", std::process::id()));
+        for d in [
+            "db-0-111-0",
+            "db-0-rejoin1-111-4",
+            "engine-1-222-3",
+            "notes",
+        ] {
+            std::fs::create_dir_all(root.join(d)).unwrap();
+        }
+        let alive = |pid: &str| pid == "222";
+        // Nothing is old enough yet.
+        super::sweep_scratch(&root, Duration::from_secs(3600), &alive);
+        assert_eq!(std::fs::read_dir(&root).unwrap().count(), 4);
+        super::sweep_scratch(&root, Duration::ZERO, &alive);
+        let mut left: Vec<String> = std::fs::read_dir(&root)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["engine-1-222-3", "notes"]);
+        std::fs::remove_dir_all(&root).unwrap();
     }
 }
