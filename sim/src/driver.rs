@@ -76,7 +76,8 @@ pub struct Workload {
 
 /// What differs between the simulation and real services. Called in this order: `start_detail`,
 /// `start_workload`, `fault_target` (then the schedule runs), `finalized` / `indexed_height`,
-/// `collect`, `observe`, `recorded`, `final_state`, `stats`, `claims`, `finish`.
+/// `collect`, `can_judge`, `observe_visibility`, `recorded`, `final_state`, `stats`, `claims`,
+/// `finish`, `labels`. A backend dropped early (an error) must still stop what it started.
 #[async_trait(?Send)]
 pub trait Backend {
     /// Milliseconds since the run's clock started (the schedule's time base).
