@@ -24,7 +24,7 @@ use super::proxy::{HttpFaultProxy, HttpMode, TcpFaultProxy, TcpMode};
 use alloy_primitives::{Address, Bytes, B256, U256};
 use async_trait::async_trait;
 use dalp_engine::signer::{SignerKey, UnsignedTx};
-use dalp_sim::driver::{FaultOutcome, FaultTarget};
+use dalp_sim::driver::{sleep_until_ms, FaultOutcome, FaultTarget};
 use dalp_sim::engine_conf::{CHAIN_ID, SIGNER_KEY};
 use dalp_sim::outcome::DataLoss;
 use dalp_sim::scenario::Fault;
@@ -90,13 +90,6 @@ fn db_index(node: &str) -> Option<usize> {
 impl Fleet {
     pub fn t_ms(&self) -> u64 {
         self.start.elapsed().as_millis() as u64
-    }
-
-    async fn sleep_until_ms(&self, t: u64) {
-        let now = self.t_ms();
-        if t > now {
-            tokio::time::sleep(Duration::from_millis(t - now)).await;
-        }
     }
 
     pub fn primary_url(&self, dbs: &[Box<dyn PgServer>]) -> String {
@@ -216,7 +209,7 @@ impl Fleet {
         }
         let crashed_at = self.t_ms();
         drop(dbs);
-        self.sleep_until_ms(crashed_at + promote_after_ms).await;
+        sleep_until_ms(self, crashed_at + promote_after_ms).await;
         let dbs = self.dbs.lock().await;
         let mut to = None;
         for j in (0..dbs.len()).filter(|j| *j != old) {
@@ -321,7 +314,7 @@ impl Fleet {
     }
 
     /// Apply `fault`: what was done (the trace's detail), or why it has no counterpart here.
-    async fn apply(&self, fault: &Fault, heal_ms: u64) -> Result<FaultOutcome> {
+    async fn apply_fault(&self, fault: &Fault, heal_ms: u64) -> Result<FaultOutcome> {
         match fault {
             Fault::EngineCrash { node, .. } => {
                 let mut engines = self.engines.lock().await;
@@ -579,7 +572,7 @@ impl Fleet {
     }
 
     /// Undo `fault` at its end (or at the heal instant).
-    pub async fn heal(&self, fault: &Fault) -> Result<Value> {
+    async fn heal_fault(&self, fault: &Fault) -> Result<Value> {
         match fault {
             Fault::EngineCrash { node, .. } => {
                 if let Some(i) = engine_index(node) {
@@ -711,13 +704,13 @@ impl FaultTarget for Fleet {
 
     /// A fault that fails to apply is recorded with its error and still healed at its end.
     async fn apply(&self, _n: u64, fault: &Fault, heal_ms: u64) -> FaultOutcome {
-        Fleet::apply(self, fault, heal_ms)
+        self.apply_fault(fault, heal_ms)
             .await
             .unwrap_or_else(|e| FaultOutcome::Applied(json!({"error": e.to_string()})))
     }
 
     async fn heal(&self, _n: u64, fault: &Fault) -> Value {
-        Fleet::heal(self, fault)
+        self.heal_fault(fault)
             .await
             .unwrap_or_else(|e| json!({"error": e.to_string()}))
     }

@@ -332,7 +332,8 @@ async fn run_schedule(
     injector.await.unwrap_or_default()
 }
 
-async fn sleep_until_ms(clock: &dyn FaultTarget, t: u64) {
+/// Sleep until `t` ms on `clock`'s run clock (no-op when already past).
+pub async fn sleep_until_ms(clock: &dyn FaultTarget, t: u64) {
     let now = clock.t_ms();
     if t > now {
         tokio::time::sleep(Duration::from_millis(t - now)).await;
