@@ -125,7 +125,11 @@ pub fn sweep_orphans() {
             docker(&["network", "rm", &name]);
         }
     }
-    // Local processes: their command line names target/dalp-real/<what>-<pid>-<n>.
+    // Local processes: their command line names <scratch root>/<what>-<pid>-<n>.
+    let Ok(root) = crate::provision::scratch_root() else {
+        return;
+    };
+    let prefix = format!("{}/", root.display());
     let Ok(procs) = std::fs::read_dir("/proc") else {
         return;
     };
@@ -138,10 +142,10 @@ pub fn sweep_orphans() {
             continue;
         };
         let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-        let Some(at) = cmd.find("target/dalp-real/") else {
+        let Some(at) = cmd.find(&prefix) else {
             continue;
         };
-        let dir = cmd[at + "target/dalp-real/".len()..]
+        let dir = cmd[at + prefix.len()..]
             .split(['/', ' '])
             .next()
             .unwrap_or("");
@@ -153,11 +157,7 @@ pub fn sweep_orphans() {
             }
         }
     }
-    sweep_scratch(
-        &crate::provision::workspace_root().join("target/dalp-real"),
-        SCRATCH_KEPT_FOR,
-        &alive,
-    );
+    sweep_scratch(&root, SCRATCH_KEPT_FOR, &alive);
 }
 
 /// How long the scratch directory of a finished run (data directories, engine logs) is kept

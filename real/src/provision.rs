@@ -89,12 +89,23 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// A fresh scratch directory under `target/dalp-real/`.
+/// Where scratch directories go: `target/dalp-real`, or `target/$DALP_REAL_SCRATCH` (one path
+/// component), so that runs beside each other (the real suite beside the integration tests) can
+/// each judge their own leftovers.
+pub fn scratch_root() -> Result<PathBuf> {
+    let name = std::env::var("DALP_REAL_SCRATCH").unwrap_or_else(|_| "dalp-real".into());
+    if name.is_empty() || name.contains(['/', '\\']) || name == "." || name == ".." {
+        return Err(
+            format!("DALP_REAL_SCRATCH={name:?}: must name one directory under target/").into(),
+        );
+    }
+    Ok(workspace_root().join("target").join(name))
+}
+
+/// A fresh scratch directory under [`scratch_root`]: `<what>-<owner pid>-<n>`.
 pub fn scratch_dir(what: &str) -> Result<PathBuf> {
     let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-    let dir = workspace_root()
-        .join("target/dalp-real")
-        .join(format!("{what}-{}-{n}", std::process::id()));
+    let dir = scratch_root()?.join(format!("{what}-{}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     Ok(dir)

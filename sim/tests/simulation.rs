@@ -30,6 +30,8 @@ fn sim_bin() -> &'static Path {
                 "dalp-sim",
                 "--bin",
                 "dalp-sim",
+                "--profile",
+                "sim-dev",
                 "--target-dir",
             ])
             .arg(root().join("target/sim"))
@@ -41,7 +43,7 @@ fn sim_bin() -> &'static Path {
             status.success(),
             "building dalp-sim with --cfg madsim failed"
         );
-        root().join("target/sim/debug/dalp-sim")
+        root().join("target/sim/sim-dev/dalp-sim")
     })
 }
 
@@ -286,13 +288,10 @@ fn a_malformed_scenario_gets_an_error_naming_file_field_and_reason_and_writes_no
     std::fs::remove_dir_all(dir).unwrap();
 }
 
-#[test]
-fn minimize_shrinks_a_failing_schedule_to_the_fault_that_matters() {
-    let dir = tempdir("min");
-    // The only engine is killed before it can finish the first issuance and stays down until the
-    // heal instant; the liveness bound is too short for the restarted engine to finish it (its old
-    // lease must expire first): durability fails. The other faults are noise.
-    let text = r#"
+/// The only engine is killed before it can finish the first issuance and stays down until the
+/// heal instant; the liveness bound is too short for the restarted engine to finish it (its old
+/// lease must expire first): durability fails. The other faults are noise.
+const FAILS_DURABILITY: &str = r#"
 name = "min"
 description = "minimisation fixture"
 covers = ["FM-ENGINE-CRASH"]
@@ -325,6 +324,11 @@ skew_ms = 30000
 at_s = 3
 for_s = 5
 "#;
+
+#[test]
+fn minimize_shrinks_a_failing_schedule_to_the_fault_that_matters() {
+    let dir = tempdir("min");
+    let text = FAILS_DURABILITY;
     let file = dir.join("min.toml");
     std::fs::write(&file, text).unwrap();
     let (ok, stdout) = repro(file.to_str().unwrap(), 1, &dir, &["--minimize"]);
@@ -340,6 +344,42 @@ for_s = 5
         .find_map(|l| l.strip_prefix("reproduce: "))
         .expect("prints the command");
     assert!(cmd.contains("--schedule"), "{cmd}");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn fail_fast_starts_no_run_after_the_first_failure() {
+    let dir = tempdir("fail-fast");
+    let file = dir.join("min.toml");
+    std::fs::write(&file, FAILS_DURABILITY).unwrap();
+    let out = dir.join("out");
+    let o = dalp_sim(&[
+        "run",
+        file.to_str().unwrap(),
+        "engine-crash",
+        "--seeds",
+        "1..3",
+        "--jobs",
+        "1",
+        "--fail-fast",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{stderr}");
+    // Two runs of the failing fixture and two of engine-crash, each of those with its fault-free
+    // baseline: all but the first are left.
+    assert!(
+        stderr.contains("5 of 6 planned runs (baselines included) were not started"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("FAILED min seed 1: durability failed"),
+        "{stderr}"
+    );
+    let runs = results(&out);
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert_eq!(runs[0]["passed"], false);
     std::fs::remove_dir_all(dir).unwrap();
 }
 
@@ -492,6 +532,104 @@ fn report_merges_the_results_of_shards() {
     assert!(md.contains("**PASS**: 4 runs of 2 scenarios"), "{md}");
     assert!(md.contains("merged from 3 file(s)"), "{md}");
     assert!(merged.join("report.html").exists());
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// The shard and merge commands of the nightly workflow (.github/workflows/nightly.yml), as
+/// declared there and in the Kubernetes Indexed Job, run one after another on a small suite: the
+/// merged results are exactly the single-machine ones (same runs, same trace hashes), empty
+/// shards included.
+#[test]
+fn the_declared_shard_commands_merge_to_the_single_machine_results() {
+    let wf = std::fs::read_to_string(root().join(".github/workflows/nightly.yml")).unwrap();
+    let step = |prefix: &str| -> String {
+        wf.lines()
+            .find_map(|l| {
+                l.trim_start()
+                    .strip_prefix("run: ")
+                    .filter(|c| c.starts_with(prefix))
+            })
+            .unwrap_or_else(|| panic!("the workflow declares no `run: {prefix}…` step"))
+            .to_string()
+    };
+    let shards: Vec<String> = wf
+        .lines()
+        .find_map(|l| l.trim_start().strip_prefix("shard: ["))
+        .expect("the workflow declares a shard matrix")
+        .trim_end_matches(']')
+        .split(',')
+        .map(|s| s.trim().to_string())
+        .collect();
+    let (run, merge) = (step(".ci/nightly-shard"), step(".ci/nightly-merge"));
+    assert!(
+        run.contains(&format!(" {} ", shards.len())),
+        "the shard count in `{run}` is not the matrix's {}",
+        shards.len()
+    );
+    let k8s = std::fs::read_to_string(root().join("deploy/k8s/nightly-shards.yaml")).unwrap();
+    assert!(
+        k8s.contains(&format!("completions: {}", shards.len())),
+        "{k8s}"
+    );
+    assert!(
+        k8s.contains(&format!(
+            ".ci/nightly-shard \"$JOB_COMPLETION_INDEX\" {} ",
+            shards.len()
+        )),
+        "{k8s}"
+    );
+
+    let dir = tempdir("matrix");
+    let (suite, seeds) = ("engine-crash rpc-node-down", "1..4");
+    let sh = |cmd: String| {
+        let cmd = cmd
+            .replace("shards/", &format!("{}/shards/", dir.display()))
+            .replace("reports/nightly", &format!("{}/merged", dir.display()));
+        let o = Command::new("bash")
+            .args(["-c", &cmd])
+            .env("DALP_SIM_BIN", sim_bin())
+            .env("DALP_NIGHTLY_SUITE", suite)
+            .env("DALP_NIGHTLY_SEEDS", seeds)
+            .current_dir(root())
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{cmd}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    for s in &shards {
+        sh(run.replace("${{ matrix.shard }}", s));
+    }
+    sh(merge);
+    let single = dir.join("single");
+    let o = dalp_sim(&[
+        "run",
+        "engine-crash",
+        "rpc-node-down",
+        "--seeds",
+        seeds,
+        "--out",
+        single.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let key = |runs: Vec<Value>| -> Vec<String> {
+        let mut k: Vec<String> = runs
+            .iter()
+            .map(|r| {
+                format!(
+                    "{} {} {} {}",
+                    r["scenario"], r["seed"], r["passed"], r["trace_hash"]
+                )
+            })
+            .collect();
+        k.sort();
+        k
+    };
+    let merged = key(results(&dir.join("merged")));
+    assert_eq!(merged.len(), 6, "{merged:?}");
+    assert_eq!(merged, key(results(&single)));
     std::fs::remove_dir_all(dir).unwrap();
 }
 

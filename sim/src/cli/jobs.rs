@@ -86,22 +86,31 @@ pub(super) fn run_jobs(
     extra: &[String],
     done: impl FnMut(&Job, Result<FinishedRun, String>, Duration),
 ) -> Result<(), String> {
-    run_jobs_ticking(jobs, parallel, out_dir, extra, done, || {})
+    run_jobs_ticking(jobs, parallel, out_dir, extra, done, || false, || {})?;
+    Ok(())
 }
 
-/// [`run_jobs`], calling `tick` about twice a second while children run (progress display).
+/// [`run_jobs`], calling `tick` about twice a second while children run (progress display), and
+/// starting no further job once `stop` says so (the children already running finish). Returns how
+/// many jobs were never started.
 pub(super) fn run_jobs_ticking(
     jobs: Vec<Job>,
     parallel: usize,
     out_dir: &Path,
     extra: &[String],
     mut done: impl FnMut(&Job, Result<FinishedRun, String>, Duration),
+    mut stop: impl FnMut() -> bool,
     mut tick: impl FnMut(),
-) -> Result<(), String> {
+) -> Result<usize, String> {
     let mut last_tick = Instant::now();
     let mut queue: VecDeque<Job> = jobs.into();
     let mut running: Vec<Running> = Vec::new();
+    let mut not_started = 0;
     while !queue.is_empty() || !running.is_empty() {
+        if !queue.is_empty() && stop() {
+            not_started = queue.len();
+            queue.clear();
+        }
         while running.len() < parallel {
             let Some(job) = queue.pop_front() else { break };
             let (child, out) = spawn_child(&job, out_dir, extra)?;
@@ -120,7 +129,7 @@ pub(super) fn run_jobs_ticking(
             tick();
         }
     }
-    Ok(())
+    Ok(not_started)
 }
 
 /// Hand every child that has exited to `done`; whether any had.

@@ -42,6 +42,10 @@ pub(super) struct RunArgs {
     /// Run only the runs whose index is I modulo N (`report` merges the shards' results)
     #[arg(long, value_name = "I/N", value_parser = parse_shard)]
     shard: Option<Shard>,
+    /// Start no further run after the first failure or crash (the runs already started
+    /// finish): for a yes/no answer, such as whether a planted bug is caught
+    #[arg(long)]
+    fail_fast: bool,
     #[command(flatten)]
     backend: BackendArgs,
 }
@@ -61,10 +65,11 @@ pub(super) fn run(dir: &Path, a: &RunArgs) -> Result<bool, String> {
     std::fs::create_dir_all(&a.out).map_err(|e| format!("{}: {e}", a.out.display()))?;
     let total = jobs.len();
     let jobs = scenarios.with_baselines(jobs);
+    let jobs_baselines = jobs.len() - total;
     let started = Instant::now();
     eprintln!(
         "dalp-sim: {total} runs{}, {parallel} at a time, results in {}",
-        match jobs.len() - total {
+        match jobs_baselines {
             0 => String::new(),
             baselines => format!(" (+{baselines} fault-free baselines)"),
         },
@@ -74,15 +79,27 @@ pub(super) fn run(dir: &Path, a: &RunArgs) -> Result<bool, String> {
     progress.borrow().draw();
     let mut tally = Tally::new(&scenarios, backend, total);
     prepare(&backend)?;
-    run_jobs_ticking(
+    let failed = std::cell::Cell::new(false);
+    let not_started = run_jobs_ticking(
         jobs,
         parallel,
         &a.out,
         &backend.child_args(),
-        |job, r, took| tally.finished(job, r, took, &mut progress.borrow_mut()),
+        |job, r, took| {
+            tally.finished(job, r, took, &mut progress.borrow_mut());
+            failed.set(!tally.failures.is_empty());
+        },
+        || a.fail_fast && failed.get(),
         || progress.borrow().draw(),
     )?;
     progress.borrow().clear();
+    if not_started > 0 {
+        eprintln!(
+            "dalp-sim: --fail-fast: stopped after the first failure; {not_started} of {} \
+             planned runs (baselines included) were not started",
+            total + jobs_baselines
+        );
+    }
     tally.write(&a.out, a.shard, started)
 }
 
