@@ -174,11 +174,23 @@ fn planted(names: &[&str]) -> Result<(), String> {
     let bins = root.join("target/planted/bin");
     std::fs::create_dir_all(&bins).map_err(|e| format!("{}: {e}", bins.display()))?;
     let mut missed = Vec::new();
+    forget_workspace_crates()?;
     let caught = planted_each(&patches, &work, &bins, &mut missed);
-    // The planted builds share target/sim (its dependencies are built once), so their binary
-    // replaced HEAD's there: put HEAD's back, whatever happened above.
-    build_sim(Profile::Dev)?;
+    // Put HEAD's build back, whatever happened above.
+    forget_workspace_crates()?;
+    let head = build_sim(Profile::Dev)?;
     caught?;
+    let head_bytes = std::fs::read(&head).map_err(|e| format!("{}: {e}", head.display()))?;
+    for p in &patches {
+        let bin = bins.join(p.file_stem().expect("a patch file"));
+        if std::fs::read(&bin).is_ok_and(|b| b == head_bytes) {
+            return Err(format!(
+                "{} is the same binary as the planted {}: HEAD's build was not restored",
+                head.display(),
+                bin.display()
+            ));
+        }
+    }
     if missed.is_empty() {
         eprintln!(
             "xtask: all {} planted bugs caught by the ci suite",
@@ -191,6 +203,31 @@ fn planted(names: &[&str]) -> Result<(), String> {
             missed.join(", ")
         ))
     }
+}
+
+/// The planted copies build into target/sim, sharing its dependencies. Cargo names a workspace
+/// crate's artifacts by its path relative to the workspace root and judges freshness by the
+/// mtimes of the files its dep-info lists, relative to the package: a copy's crates and HEAD's
+/// share artifacts, and an unchanged file of either looks older than the other's output. So the
+/// workspace crates' artifacts are removed before the copies build (no crate built from a
+/// working tree's uncommitted changes is taken for the copy's) and after (HEAD's own build does
+/// not take the last copy's binary for fresh).
+fn forget_workspace_crates() -> Result<(), String> {
+    cargo(
+        &[
+            "clean",
+            "-q",
+            "-p",
+            "dalp-engine",
+            "-p",
+            "dalp-sim",
+            "--profile",
+            "sim-dev",
+            "--target-dir",
+            "target/sim",
+        ],
+        &[("RUSTFLAGS", "--cfg madsim")],
+    )
 }
 
 /// Apply each patch to one copy of HEAD, build it, take it out again, and run the `ci` suite on
@@ -214,9 +251,7 @@ fn planted_each(
         let name = patch.file_stem().unwrap().to_string_lossy().to_string();
         eprintln!("xtask: planted bug `{name}`");
         git_apply(work, patch, false).map_err(|e| format!("planted bug {name}: {e}"))?;
-        // The copy's crates have their own package ids (another path), so they never overwrite
-        // HEAD's objects in the shared target dir; only the uplifted binary is shared, hence the
-        // copy.
+        // The uplifted binary is overwritten by the next build: keep a copy.
         let built = build_sim_by(niced(cargo_program()), Profile::Dev, work).and_then(|b| {
             let bin = bins.join(&name);
             std::fs::copy(&b, &bin).map_err(|e| format!("{}: {e}", bin.display()))?;
