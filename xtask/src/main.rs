@@ -178,7 +178,7 @@ fn planted(names: &[&str]) -> Result<(), String> {
     let caught = planted_each(&patches, &work, &bins, &mut missed);
     // Put HEAD's build back, whatever happened above.
     forget_workspace_crates()?;
-    let head = build_sim(Profile::Dev)?;
+    let head = build_sim_by(niced(cargo_program()), Profile::Dev, &root)?;
     caught?;
     let head_bytes = std::fs::read(&head).map_err(|e| format!("{}: {e}", head.display()))?;
     for p in &patches {
@@ -528,21 +528,29 @@ fn test() -> Result<(), String> {
         real.env("DALP_DOCKER_TESTS", "1");
     }
     let mut real = spawn_logged(&mut real, &log)?;
+    // Its own wall time, not the foreground's: a thread waits for it.
+    let real = std::thread::spawn(move || (real.wait(), started.elapsed()));
     eprintln!(
         "xtask: the real suite runs in the background (log: {}; shown when it ends)",
         log.display()
     );
     let mut failures = Vec::new();
     let mut counts = Counts::default();
-    match t.time("build: simulation", || {
+    // The harness's own mutation test: every planted bug must be caught by the `ci` suite. It
+    // builds the simulation (its copies first, then HEAD's, sharing target/sim's dependencies).
+    if let Err(e) = t.time("planted bugs, simulation build", || planted(&[])) {
+        failures.push(e);
+    }
+    match t.time("build: simulation (HEAD's, fresh)", || {
         build_sim_by(niced(cargo_program()), Profile::Dev, &root())
     }) {
-        Ok(sim) => foreground(&mut t, &sim, docker, &mut counts, &mut failures),
-        // Nothing in the foreground runs without it; the real suite is still waited for.
+        Ok(sim) => other_tests(&mut t, &sim, docker, &mut counts, &mut failures),
+        // No other test runs without it; the real suite is still waited for.
         Err(e) => failures.push(e),
     }
-    let status = real.wait().map_err(|e| format!("the real suite: {e}"))?;
-    t.record("real suite (in the background)", started.elapsed());
+    let (status, took) = real.join().expect("the thread waiting for the real suite");
+    let status = status.map_err(|e| format!("the real suite: {e}"))?;
+    t.record("real suite (in the background)", took);
     let said = std::fs::read_to_string(&log).unwrap_or_default();
     println!("---- the real suite ({}) ----\n{said}", log.display());
     let c = Counts::of(&said);
@@ -559,18 +567,14 @@ fn test() -> Result<(), String> {
     }
 }
 
-/// The foreground of [`test`]: the planted bugs, then every test but the real suite, niced.
-fn foreground(
+/// Every test but the real suite, niced.
+fn other_tests(
     t: &mut Phases,
     sim: &Path,
     docker: bool,
     counts: &mut Counts,
     failures: &mut Vec<String>,
 ) {
-    // The harness's own mutation test: every planted bug must be caught by the `ci` suite.
-    if let Err(e) = t.time("planted bugs", || planted(&[])) {
-        failures.push(e);
-    }
     // The simulation's own tests run the madsim build of dalp-sim (one process per seed).
     let mut cmd = niced(cargo_program());
     cmd.env("DALP_SIM_BIN", sim);
@@ -656,9 +660,14 @@ fn niced(program: impl AsRef<std::ffi::OsStr>) -> Command {
     c
 }
 
-/// Wall time per phase of a command, printed at its end.
-#[derive(Default)]
-struct Phases(Vec<(&'static str, std::time::Duration)>);
+/// Wall time per phase of a command, printed at its end with the total.
+struct Phases(Vec<(&'static str, std::time::Duration)>, std::time::Instant);
+
+impl Default for Phases {
+    fn default() -> Self {
+        Phases(Vec::new(), std::time::Instant::now())
+    }
+}
 
 impl Phases {
     fn time<T>(
@@ -678,7 +687,8 @@ impl Phases {
 
     fn print(&self) {
         println!("xtask: phase timings (wall):");
-        for (name, took) in &self.0 {
+        let total = ("total", self.1.elapsed());
+        for (name, took) in self.0.iter().chain([&total]) {
             let s = took.as_secs();
             println!("  {name:<34} {:>3}m{:02}s", s / 60, s % 60);
         }
