@@ -29,6 +29,10 @@ commands:
                  the optimized simulation build (profile sim-bench), one process per seed on every
                  core; results, JUnit and the report (failures grouped by cause) in
                  reports/nightly; exits non-zero if any run failed or crashed
+  bench          every benchmark, one table: the micro-benchmarks (criterion: database model
+                 per request type, block production, the simulated node's RPC path, signing,
+                 trace hashing, scenario parsing) and the simulation end to end (bench sim)
+  bench micro [FILTER] the criterion micro-benchmarks only (FILTER: a criterion name filter)
   bench engine   journaled step transitions/s through the real store vs pgbench -N -c 8
   bench sim      simulated s per wall s and peak memory per seed (steady-state), suite seeds/min
   planted [NAME…] apply each planted bug (fixtures/planted-bugs/*.patch) to a copy of HEAD, build
@@ -95,6 +99,8 @@ fn main() -> ExitCode {
         ["setup"] => setup(),
         ["build-sim"] => build_sim(Profile::Dev).map(|_| ()),
         ["build-sim", "bench"] => build_sim(Profile::Bench).map(|_| ()),
+        ["bench"] => bench_all(),
+        ["bench", "micro", filter @ ..] => bench_micro(filter, None),
         ["bench", "sim"] => sim(
             Profile::Bench,
             &["bench", "steady-state", "--seeds", "5", "--suite", "ci"],
@@ -417,6 +423,42 @@ fn docker() -> Result<bool, String> {
 fn sim(profile: Profile, args: &[&str]) -> Result<(), String> {
     let bin = build_sim(profile)?;
     run(Command::new(bin).args(args).current_dir(root()))
+}
+
+/// `cargo xtask bench`: the end-to-end simulation benchmark, then the micro-benchmarks, whose
+/// harness prints one table of both.
+fn bench_all() -> Result<(), String> {
+    let out = root().join("target/bench-sim");
+    let out_s = out.to_string_lossy().into_owned();
+    sim(
+        Profile::Bench,
+        &[
+            "bench",
+            "steady-state",
+            "--seeds",
+            "5",
+            "--suite",
+            "ci",
+            "--out",
+            &out_s,
+        ],
+    )?;
+    bench_micro(&[], Some(&out.join("summary.json")))
+}
+
+/// The criterion micro-benchmarks (`bench/benches/micro.rs`); `e2e`: the end-to-end figures to
+/// add to their table.
+fn bench_micro(filter: &[&str], e2e: Option<&Path>) -> Result<(), String> {
+    let home = root().join("target/criterion");
+    let mut cmd = cargo_cmd();
+    cmd.args(["bench", "-q", "-p", "dalp-bench", "--bench", "micro", "--"])
+        .args(filter)
+        .env("CRITERION_HOME", &home)
+        .current_dir(root());
+    if let Some(e2e) = e2e {
+        cmd.env("DALP_BENCH_E2E", e2e);
+    }
+    run(&mut cmd)
 }
 
 fn root() -> PathBuf {

@@ -6,7 +6,7 @@
 //! the same chain byte for byte. Only ordered maps hold anything whose order can reach an output.
 
 use super::evm::{self, BlockCtx, CallMode, ExecTx, WorldState};
-use alloy_primitives::{keccak256, Address, Bytes, B256, U256};
+use alloy_primitives::{keccak256, Address, Bloom, Bytes, B256, U256};
 use revm::context_interface::transaction::AccessList;
 use std::collections::{BTreeMap, VecDeque};
 
@@ -187,6 +187,18 @@ pub(crate) struct Included {
     pub effective_gas_price: u128,
     pub contract_address: Option<Address>,
     pub logs: Vec<LogRec>,
+    /// The logs' bloom filter, computed once at inclusion: every receipt and block query
+    /// reports it, and hashing the logs again per query was a hot path.
+    pub bloom: Bloom,
+}
+
+/// The bloom filter of `logs` (addresses and topics), as a receipt reports it.
+pub(crate) fn bloom_of<'a>(logs: impl IntoIterator<Item = &'a LogRec>) -> Bloom {
+    let mut bloom = Bloom::default();
+    for l in logs {
+        bloom.accrue_raw_log(l.address, &l.topics);
+    }
+    bloom
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -276,6 +288,9 @@ pub struct ChainModel {
     /// Canonical transactions: hash → (block number, index in block).
     pub(crate) tx_index: BTreeMap<B256, (u64, usize)>,
     next_seq: u64,
+    /// The recovered sender of every signed transaction decoded so far, by hash (a cache: see
+    /// `decode_raw`).
+    pub(crate) senders: BTreeMap<B256, Address>,
     /// Bumped by every reorg so re-mined heights get new hashes.
     salt: u64,
     next_base_fee_override: Option<u128>,
@@ -312,6 +327,7 @@ impl ChainModel {
             by_sender: BTreeMap::new(),
             tx_index: BTreeMap::new(),
             next_seq: 0,
+            senders: BTreeMap::new(),
             salt: 0,
             next_base_fee_override: None,
         }
@@ -721,8 +737,9 @@ impl ChainModel {
                     log_index += 1;
                     rec
                 })
-                .collect();
+                .collect::<Vec<_>>();
             block.txs.push(Included {
+                bloom: bloom_of(&logs),
                 index: block.txs.len() as u64,
                 success: outcome.success,
                 gas_used: outcome.gas_used,
@@ -916,6 +933,7 @@ impl ChainModel {
             by_sender: self.by_sender.clone(),
             tx_index: self.tx_index.clone(),
             next_seq: self.next_seq,
+            senders: BTreeMap::new(),
             salt: self.salt,
             next_base_fee_override: self.next_base_fee_override,
         };

@@ -475,7 +475,11 @@ impl ChainModel {
     }
 
     /// Decode and recover a signed EIP-2718 transaction (legacy, EIP-2930 or EIP-1559).
-    fn decode_raw(&self, raw: &[u8]) -> Result<NodeTx, RpcError> {
+    ///
+    /// The sender of a transaction already seen is taken from [`ChainModel::senders`]: recovery
+    /// is a pure function of the signed bytes, which the hash covers, and it was the largest cost
+    /// of a simulated send (an engine re-broadcasts the same bytes, to every endpoint).
+    fn decode_raw(&mut self, raw: &[u8]) -> Result<NodeTx, RpcError> {
         if raw.is_empty() {
             return Err(RpcError::params("Empty transaction data"));
         }
@@ -491,7 +495,15 @@ impl ChainModel {
                 ))
             }
         };
-        let from = env.recover_signer().map_err(|_| failed())?;
+        let hash = *env.tx_hash();
+        let from = match self.senders.get(&hash) {
+            Some(from) => *from,
+            None => {
+                let from = env.recover_signer().map_err(|_| failed())?;
+                self.senders.insert(hash, from);
+                from
+            }
+        };
         let access_list = AccessList(
             env.access_list()
                 .map(|l| {
@@ -505,7 +517,7 @@ impl ChainModel {
                 .unwrap_or_default(),
         );
         Ok(NodeTx {
-            hash: *env.tx_hash(),
+            hash,
             from,
             nonce: env.nonce(),
             tx_type,
@@ -730,14 +742,6 @@ fn call_error(o: &super::evm::Outcome) -> RpcError {
     }
 }
 
-fn bloom_of<'a>(logs: impl IntoIterator<Item = &'a LogRec>) -> Bloom {
-    let mut bloom = Bloom::default();
-    for l in logs {
-        bloom.accrue_raw_log(l.address, &l.topics);
-    }
-    bloom
-}
-
 fn access_list_json(l: &AccessList) -> Value {
     Value::Array(
         l.0.iter()
@@ -828,7 +832,7 @@ fn receipt_json(b: &Block, inc: &Included) -> Value {
         "status": q(inc.success as u64),
         "cumulativeGasUsed": q(inc.cumulative_gas_used),
         "logs": inc.logs.iter().map(|l| log_json(b, inc, l)).collect::<Vec<_>>(),
-        "logsBloom": bytes(bloom_of(&inc.logs).as_slice()),
+        "logsBloom": bytes(inc.bloom.as_slice()),
         "transactionHash": h256(inc.tx.hash),
         "transactionIndex": q(inc.index),
         "blockHash": h256(b.hash),
@@ -841,6 +845,15 @@ fn receipt_json(b: &Block, inc: &Included) -> Value {
         "contractAddress": opt_addr(inc.contract_address),
         "blockTimestamp": b.timestamp,
     })
+}
+
+/// The union of the block's receipts' blooms.
+fn block_bloom(b: &Block) -> Bloom {
+    let mut bloom = Bloom::default();
+    for i in &b.txs {
+        bloom.accrue_bloom(&i.bloom);
+    }
+    bloom
 }
 
 fn block_json(b: &Block, full: bool) -> Value {
@@ -878,7 +891,7 @@ fn block_json(b: &Block, full: bool) -> Value {
         "stateRoot": derived(b"state"),
         "transactionsRoot": tx_root,
         "receiptsRoot": receipts_root,
-        "logsBloom": bytes(bloom_of(b.txs.iter().flat_map(|i| i.logs.iter())).as_slice()),
+        "logsBloom": bytes(block_bloom(b).as_slice()),
         "difficulty": q(0),
         "number": q(b.number),
         "gasLimit": q(b.gas_limit),

@@ -32,18 +32,27 @@ pub(super) struct BenchArgs {
     out: PathBuf,
 }
 
-/// `Ok(false)` when a seed failed.
+/// `Ok(false)` when a seed failed. The figures are also written to `<out>/summary.json` (read by
+/// `cargo xtask bench`'s table).
 pub(super) fn bench(dir: &Path, a: &BenchArgs) -> Result<bool, String> {
     let file = one_scenario(dir, &a.scenario, "bench takes one reference scenario")?;
-    let reference_ok = reference(&file, &a.seeds.0, &a.out)?;
+    let (reference_ok, reference) = reference(&file, &a.seeds.0, &a.out)?;
     let parallel = a.jobs.unwrap_or_else(default_jobs).max(1);
-    let suite_ok = suite(dir, &a.suite, parallel, &a.out)?;
+    let (suite_ok, suite) = suite(dir, &a.suite, parallel, &a.out)?;
+    let summary = serde_json::json!({ "reference": reference, "suite": suite });
+    let path = a.out.join("summary.json");
+    crate::trace::write_atomic(&path, summary.to_string().as_bytes())
+        .map_err(|e| format!("{}: {e}", path.display()))?;
     Ok(reference_ok && suite_ok)
 }
 
 /// Per seed of `file`, one at a time: simulated seconds per wall second and peak RSS; whether
-/// every seed passed.
-fn reference(file: &Path, seeds: &[u64], out_dir: &Path) -> Result<bool, String> {
+/// every seed passed, and the figures.
+fn reference(
+    file: &Path,
+    seeds: &[u64],
+    out_dir: &Path,
+) -> Result<(bool, serde_json::Value), String> {
     let jobs: Vec<Job> = seeds
         .iter()
         .map(|s| Job::new(file.to_path_buf(), *s))
@@ -83,11 +92,24 @@ fn reference(file: &Path, seeds: &[u64], out_dir: &Path) -> Result<bool, String>
         sim / wall,
         sim / process
     );
-    Ok(!failed)
+    let figures = serde_json::json!({
+        "scenario": file.file_stem().map(|s| s.to_string_lossy().into_owned()),
+        "seeds": rows.len(),
+        "sim_s_per_wall_s": sim / wall,
+        "sim_s_per_process_s": sim / process,
+        "peak_rss_mib": rss,
+    });
+    Ok((!failed, figures))
 }
 
-/// The suite's seeds, `parallel` at a time: seeds per minute; whether every seed passed.
-fn suite(dir: &Path, suite: &str, parallel: usize, out_dir: &Path) -> Result<bool, String> {
+/// The suite's seeds, `parallel` at a time: seeds per minute; whether every seed passed, and the
+/// figures.
+fn suite(
+    dir: &Path,
+    suite: &str,
+    parallel: usize,
+    out_dir: &Path,
+) -> Result<(bool, serde_json::Value), String> {
     let (files, suite_seeds) = resolve(dir, suite)?;
     let jobs: Vec<Job> = files
         .iter()
@@ -107,5 +129,13 @@ fn suite(dir: &Path, suite: &str, parallel: usize, out_dir: &Path) -> Result<boo
         "suite {suite}: {n} seeds ({suite_ok} passed) in {took:.1} s with {parallel} at a time = {:.0} seeds per minute",
         n as f64 * 60.0 / took
     );
-    Ok(suite_ok == n)
+    let figures = serde_json::json!({
+        "name": suite,
+        "runs": n,
+        "passed": suite_ok,
+        "parallel": parallel,
+        "wall_s": took,
+        "runs_per_min": n as f64 * 60.0 / took,
+    });
+    Ok((suite_ok == n, figures))
 }

@@ -30,14 +30,22 @@ impl Watermarks {
         w
     }
 
+    /// Take `m`'s values as the new watermarks. Ids are never removed (a row that vanished keeps
+    /// its last watermark). One ordered pass per map, updating in place: this runs after every
+    /// request, so it must not rebuild maps that grow with the run.
     fn absorb(&mut self, m: &DbModel) {
         self.sequences = m.sequences.clone();
-        for (id, w) in &m.tables.workflows {
-            self.tokens.insert(*id, w.fencing_token);
-        }
-        for (k, r) in &m.tables.nonces {
-            self.nonce_counters.insert(*k, r.next_nonce);
-        }
+        merge_into(
+            &mut self.tokens,
+            m.tables
+                .workflows
+                .iter()
+                .map(|(id, w)| (*id, w.fencing_token)),
+        );
+        merge_into(
+            &mut self.nonce_counters,
+            m.tables.nonces.iter().map(|(k, r)| (*k, r.next_nonce)),
+        );
         self.journal_rows = m.tables.journal.len();
     }
 
@@ -58,15 +66,16 @@ impl Watermarks {
                 ));
             }
         }
-        for (id, w) in &m.tables.workflows {
-            if let Some(before) = self.tokens.get(id) {
-                if w.fencing_token < *before {
-                    return Err(format!(
-                        "{op}: workflow {id}'s fencing token went back from {before} to {}",
-                        w.fencing_token
-                    ));
-                }
-            }
+        if let Some((id, before, after)) = first_decrease(
+            &self.tokens,
+            m.tables
+                .workflows
+                .iter()
+                .map(|(id, w)| (*id, w.fencing_token)),
+        ) {
+            return Err(format!(
+                "{op}: workflow {id}'s fencing token went back from {before} to {after}"
+            ));
         }
         if m.tables.journal.len() < self.journal_rows {
             return Err(format!(
@@ -75,15 +84,14 @@ impl Watermarks {
                 m.tables.journal.len()
             ));
         }
-        for (key, row) in &m.tables.nonces {
-            if let Some(before) = self.nonce_counters.get(key) {
-                if row.next_nonce < *before {
-                    return Err(format!(
-                        "{op}: the nonce counter of {:#x} on chain {} went back from {before} to {}",
-                        key.0, key.1, row.next_nonce
-                    ));
-                }
-            }
+        if let Some((key, before, after)) = first_decrease(
+            &self.nonce_counters,
+            m.tables.nonces.iter().map(|(k, r)| (*k, r.next_nonce)),
+        ) {
+            return Err(format!(
+                "{op}: the nonce counter of {:#x} on chain {} went back from {before} to {after}",
+                key.0, key.1
+            ));
         }
         for (signer, chain, nonce) in &m.tables.nonce_holes {
             let counter = m
@@ -116,6 +124,39 @@ impl Watermarks {
         self.absorb(m);
         Ok(())
     }
+}
+
+/// The first key (in order) whose value in `now` is below its watermark in `marks`. `now` must
+/// be in ascending key order (a `BTreeMap`'s iteration): one merged pass, no lookups.
+fn first_decrease<K: Ord + Copy>(
+    marks: &BTreeMap<K, i64>,
+    now: impl Iterator<Item = (K, i64)>,
+) -> Option<(K, i64, i64)> {
+    let mut marks = marks.iter().peekable();
+    for (key, value) in now {
+        while marks.next_if(|(k, _)| **k < key).is_some() {}
+        if let Some((_, before)) = marks.next_if(|(k, _)| **k == key) {
+            if value < *before {
+                return Some((key, *before, value));
+            }
+        }
+    }
+    None
+}
+
+/// Set every (key, value) of `now` (ascending key order) in `marks`, in one merged pass; keys
+/// absent from `now` keep their value.
+fn merge_into<K: Ord + Copy>(marks: &mut BTreeMap<K, i64>, now: impl Iterator<Item = (K, i64)>) {
+    let mut new = Vec::new();
+    let mut cursor = marks.iter_mut().peekable();
+    for (key, value) in now {
+        while cursor.next_if(|(k, _)| **k < key).is_some() {}
+        match cursor.next_if(|(k, _)| **k == key) {
+            Some((_, mark)) => *mark = value,
+            None => new.push((key, value)),
+        }
+    }
+    marks.extend(new);
 }
 
 #[cfg(test)]
@@ -274,5 +315,26 @@ mod tests {
             e.contains("workflow 1 has two live transactions for step 0"),
             "{e}"
         );
+    }
+
+    proptest::proptest! {
+        /// The merged passes agree with the obvious lookups on any two maps.
+        #[test]
+        fn merged_passes_agree_with_lookups(
+            marks in proptest::collection::btree_map(0i64..40, -5i64..5, 0..20),
+            now in proptest::collection::btree_map(0i64..40, -5i64..5, 0..20),
+        ) {
+            let naive = now
+                .iter()
+                .find_map(|(k, v)| marks.get(k).filter(|b| v < *b).map(|b| (*k, *b, *v)));
+            proptest::prop_assert_eq!(first_decrease(&marks, now.iter().map(|(k, v)| (*k, *v))), naive);
+            let mut expected = marks.clone();
+            for (k, v) in &now {
+                expected.insert(*k, *v);
+            }
+            let mut merged = marks.clone();
+            merge_into(&mut merged, now.iter().map(|(k, v)| (*k, *v)));
+            proptest::prop_assert_eq!(merged, expected);
+        }
     }
 }
