@@ -159,57 +159,101 @@ enum Profile {
 /// Mutation testing of the harness: a suite that passes on a broken engine is worthless. Each
 /// patch plants one classic durable-execution bug into a copy of HEAD; the `ci` suite must fail.
 fn planted(names: &[&str]) -> Result<(), String> {
+    let (caught, head) = planted_and_head(names);
+    head?;
+    caught
+}
+
+/// The planted bugs' verdict, and HEAD's simulation binary in target/sim (restored after them).
+fn planted_and_head(names: &[&str]) -> (Result<(), String>, Result<PathBuf, String>) {
     let root = root();
     let dir = root.join("fixtures/planted-bugs");
-    let mut patches: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .map_err(|e| format!("{}: {e}", dir.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "patch"))
-        .filter(|p| {
-            names.is_empty() || names.iter().any(|n| p.file_stem().is_some_and(|s| s == *n))
-        })
-        .collect();
+    let mut patches: Vec<PathBuf> = match std::fs::read_dir(&dir) {
+        Ok(d) => d
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "patch"))
+            .filter(|p| {
+                names.is_empty() || names.iter().any(|n| p.file_stem().is_some_and(|s| s == *n))
+            })
+            .collect(),
+        Err(e) => {
+            let e = format!("{}: {e}", dir.display());
+            return (Err(e.clone()), Err(e));
+        }
+    };
     patches.sort();
     if patches.is_empty() {
-        return Err(format!(
-            "no planted bug matches {names:?} in {}",
-            dir.display()
-        ));
+        let e = format!("no planted bug matches {names:?} in {}", dir.display());
+        return (Err(e.clone()), Err(e));
     }
     let work = root.join("target/planted/src");
     let bins = root.join("target/planted/bin");
-    std::fs::create_dir_all(&bins).map_err(|e| format!("{}: {e}", bins.display()))?;
+    if let Err(e) = std::fs::create_dir_all(&bins) {
+        let e = format!("{}: {e}", bins.display());
+        return (Err(e.clone()), Err(e));
+    }
     let mut missed = Vec::new();
-    forget_workspace_crates()?;
-    let caught = planted_each(&patches, &work, &bins, &mut missed);
+    let caught =
+        forget_workspace_crates().and_then(|()| planted_each(&patches, &work, &bins, &mut missed));
     // Put HEAD's build back, whatever happened above.
-    forget_workspace_crates()?;
-    let head = build_sim_by(niced(cargo_program()), Profile::Dev, &root)?;
-    caught?;
-    let head_bytes = std::fs::read(&head).map_err(|e| format!("{}: {e}", head.display()))?;
-    for p in &patches {
-        let bin = bins.join(p.file_stem().expect("a patch file"));
-        if std::fs::read(&bin).is_ok_and(|b| b == head_bytes) {
-            return Err(format!(
-                "{} is the same binary as the planted {}: HEAD's build was not restored",
-                head.display(),
-                bin.display()
-            ));
+    let head = forget_workspace_crates().and_then(|()| restore_head(&bins));
+    let head = head.and_then(|head| {
+        let head_bytes = std::fs::read(&head).map_err(|e| format!("{}: {e}", head.display()))?;
+        for p in &patches {
+            let bin = bins.join(p.file_stem().expect("a patch file"));
+            if std::fs::read(&bin).is_ok_and(|b| b == head_bytes) {
+                return Err(format!(
+                    "{} is the same binary as the planted {}: HEAD's build was not restored",
+                    head.display(),
+                    bin.display()
+                ));
+            }
         }
-    }
-    if missed.is_empty() {
-        eprintln!(
-            "xtask: all {} planted bugs caught by the ci suite",
-            patches.len()
-        );
-        Ok(())
-    } else {
-        Err(format!(
-            "planted bugs the ci suite did not catch: {}",
-            missed.join(", ")
-        ))
-    }
+        Ok(head)
+    });
+    let verdict = caught.and_then(|()| {
+        if missed.is_empty() {
+            eprintln!(
+                "xtask: all {} planted bugs caught by the ci suite",
+                patches.len()
+            );
+            Ok(())
+        } else {
+            Err(format!(
+                "planted bugs the ci suite did not catch: {}",
+                missed.join(", ")
+            ))
+        }
+    });
+    (verdict, head)
 }
+
+/// HEAD's simulation binary at its place in target/sim: when the working tree has no change
+/// (CI's clean clone), the copy's unpatched build is HEAD's build and is put there (one workspace
+/// build fewer); otherwise HEAD's tree is built.
+fn restore_head(bins: &Path) -> Result<PathBuf, String> {
+    let status = Command::new("git")
+        .current_dir(root())
+        .args(["status", "--porcelain", "--untracked-files=normal"])
+        .output()
+        .map_err(|e| format!("git status: {e}"))?;
+    let clean = status.status.success() && status.stdout.is_empty();
+    let committed = bins.join(COMMITTED);
+    if !(clean && committed.is_file()) {
+        return build_sim_by(niced(cargo_program()), Profile::Dev, &root());
+    }
+    let head = root().join("target/sim/sim-dev/dalp-sim");
+    std::fs::create_dir_all(head.parent().expect("a parent"))
+        .and_then(|()| std::fs::copy(&committed, &head))
+        .map_err(|e| format!("{}: {e}", head.display()))?;
+    eprintln!(
+        "xtask: the working tree is clean: HEAD's simulation binary is the copy's unpatched build"
+    );
+    Ok(head)
+}
+
+/// The copy's build before any patch (HEAD's committed tree), in target/planted/bin.
+const COMMITTED: &str = "committed-head";
 
 /// The planted copies build into target/sim, sharing its dependencies. Cargo names a workspace
 /// crate's artifacts by its path relative to the workspace root and judges freshness by the
@@ -253,9 +297,16 @@ fn planted_each(
         .current_dir(&root)
         .arg("-c")
         .arg(format!("git archive HEAD | tar -x -C '{}'", work.display())))?;
+    // HEAD's committed tree first: the patched builds below are incremental from it, and it is
+    // HEAD's binary when the working tree has no change (`restore_head`).
+    let committed = bins.join(COMMITTED);
+    let _ = std::fs::remove_file(&committed);
+    let b = build_sim_by(niced(cargo_program()), Profile::Dev, work)?;
+    std::fs::copy(&b, &committed).map_err(|e| format!("{}: {e}", committed.display()))?;
     for patch in patches {
         let name = patch.file_stem().unwrap().to_string_lossy().to_string();
         eprintln!("xtask: planted bug `{name}`");
+        let started = std::time::Instant::now();
         git_apply(work, patch, false).map_err(|e| format!("planted bug {name}: {e}"))?;
         // The uplifted binary is overwritten by the next build: keep a copy.
         let built = build_sim_by(niced(cargo_program()), Profile::Dev, work).and_then(|b| {
@@ -265,6 +316,7 @@ fn planted_each(
         });
         git_apply(work, patch, true).map_err(|e| format!("planted bug {name}: {e}"))?;
         let bin = built?;
+        let build_s = started.elapsed().as_secs();
         let out = root.join("target/planted").join(&name);
         let log = root.join("target/planted").join(format!("{name}.log"));
         let status = spawn_logged(
@@ -276,9 +328,10 @@ fn planted_each(
         )?
         .wait()
         .map_err(|e| format!("dalp-sim: {e}"))?;
+        let run_s = started.elapsed().as_secs() - build_s;
         match status.code() {
             Some(1) => eprintln!(
-                "xtask: `{name}` caught: {} (results in {})",
+                "xtask: `{name}` caught: {} (results in {}; built in {build_s} s, ran {run_s} s)",
                 first_failure(&log),
                 out.display()
             ),
@@ -580,12 +633,13 @@ fn test() -> Result<(), String> {
     let mut counts = Counts::default();
     // The harness's own mutation test: every planted bug must be caught by the `ci` suite. It
     // builds the simulation (its copies first, then HEAD's, sharing target/sim's dependencies).
-    if let Err(e) = t.time("planted bugs, simulation build", || planted(&[])) {
+    let started = std::time::Instant::now();
+    let (caught, head) = planted_and_head(&[]);
+    t.record("planted bugs, simulation build", started.elapsed());
+    if let Err(e) = caught {
         failures.push(e);
     }
-    match t.time("build: simulation (HEAD's, fresh)", || {
-        build_sim_by(niced(cargo_program()), Profile::Dev, &root())
-    }) {
+    match head {
         Ok(sim) => other_tests(&mut t, &sim, docker, &mut counts, &mut failures),
         // No other test runs without it; the real suite is still waited for.
         Err(e) => failures.push(e),
