@@ -75,6 +75,10 @@ pub async fn docker_available() -> bool {
     )
 }
 
+/// Set (by `dalp-real`'s `prepare`, for its children) once [`ensure_images`] succeeded in this
+/// process tree: a child then only checks that the images exist.
+pub const IMAGES_READY: &str = "DALP_IMAGES_READY";
+
 /// Build the images if they are missing or out of date: runs `fixtures/images/build.sh`, the
 /// same recipe as `cargo xtask images` (a few seconds when nothing changed). Blocking.
 pub fn ensure_images() -> Result<()> {
@@ -104,7 +108,12 @@ pub fn ensure_images() -> Result<()> {
 pub async fn check_images() -> Result<()> {
     let docker = testcontainers::core::client::docker_client_instance().await?;
     for image in [pg_image(), anvil_image()] {
-        if docker.inspect_image(&image).await.is_err() {
+        let found =
+            tokio::time::timeout(Duration::from_secs(10), docker.inspect_image(&image)).await;
+        if found.is_err() {
+            return Err(format!("inspecting Docker image {image} timed out after 10 s").into());
+        }
+        if !matches!(found, Ok(Ok(_))) {
             return Err(format!(
                 "Docker image {image} is missing: run `cargo xtask images` (builds it offline from \
                  this machine's PostgreSQL and Anvil)"

@@ -3,7 +3,7 @@
 //! files against real PostgreSQL, Anvil and `dalp-engine` processes. `cargo xtask sim … --backend
 //! real` builds and runs it.
 
-use dalp_real::{engines, run};
+use dalp_real::{docker, engines, run};
 use dalp_sim::cli::{Provider, RealBackend};
 use dalp_sim::outcome::RunResult;
 use dalp_sim::scenario::{Fault, Scenario};
@@ -13,10 +13,23 @@ use std::sync::Arc;
 struct RealServices;
 
 impl RealBackend for RealServices {
-    fn prepare(&self) -> Result<(), String> {
+    fn prepare(&self, provider: Provider) -> Result<(), String> {
         if std::env::var_os("DALP_ENGINE_BIN").is_none() {
             let bin = engines::engine_binary().map_err(|e| e.to_string())?;
             std::env::set_var("DALP_ENGINE_BIN", bin);
+        }
+        // The image check hashes every file that goes into the images (~3.5 CPU-s): once here,
+        // not once per child. With `auto` and no usable Docker, the children fall back as before.
+        let docker = match provider {
+            Provider::Local => false,
+            Provider::Docker => true,
+            Provider::Auto => docker::ensure_images().is_ok(),
+        };
+        if docker && std::env::var_os(docker::IMAGES_READY).is_none() {
+            if provider == Provider::Docker {
+                docker::ensure_images().map_err(|e| e.to_string())?;
+            }
+            std::env::set_var(docker::IMAGES_READY, "1");
         }
         Ok(())
     }

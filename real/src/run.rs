@@ -28,9 +28,13 @@ use std::time::{Duration, Instant};
 /// local processes otherwise.
 async fn provider(choice: ProviderChoice) -> Result<Box<dyn Provider>> {
     let docker = || async {
-        tokio::task::spawn_blocking(super::docker::ensure_images)
-            .await
-            .map_err(|e| format!("building the images: {e}"))??;
+        if std::env::var_os(super::docker::IMAGES_READY).is_some() {
+            super::docker::check_images().await?;
+        } else {
+            tokio::task::spawn_blocking(super::docker::ensure_images)
+                .await
+                .map_err(|e| format!("building the images: {e}"))??;
+        }
         super::docker::DockerProvider::new().await
     };
     match choice {

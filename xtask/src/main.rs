@@ -181,7 +181,14 @@ fn planted_and_head(names: &[&str]) -> (Result<(), String>, Result<PathBuf, Stri
             return (Err(e.clone()), Err(e));
         }
     };
-    patches.sort();
+    // Patches of the engine only first: each of their builds recompiles the engine and reuses
+    // most of the simulation crate's incremental state. A patch of the simulation crate itself
+    // (its database model) recompiles that crate, and so does taking it out again: those come
+    // last, where one such rebuild serves the next patch too.
+    patches.sort_by_key(|p| {
+        let text = std::fs::read_to_string(p).unwrap_or_default();
+        (text.contains("\n+++ b/sim/"), p.clone())
+    });
     if patches.is_empty() {
         let e = format!("no planted bug matches {names:?} in {}", dir.display());
         return (Err(e.clone()), Err(e));
@@ -301,6 +308,7 @@ fn planted_each(
     // HEAD's binary when the working tree has no change (`restore_head`).
     let committed = bins.join(COMMITTED);
     let _ = std::fs::remove_file(&committed);
+    eprintln!("xtask: building HEAD's committed tree, the base of the planted copies");
     let b = build_sim_by(niced(cargo_program()), Profile::Dev, work)?;
     std::fs::copy(&b, &committed).map_err(|e| format!("{}: {e}", committed.display()))?;
     for patch in patches {

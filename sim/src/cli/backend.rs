@@ -10,8 +10,9 @@ use std::sync::{Arc, OnceLock};
 /// The real backend, plugged in by the `dalp-real` binary (crate `dalp-real`): this crate carries
 /// no real runtime, processes or containers, so it builds the same in both flavours.
 pub trait RealBackend: Sync {
-    /// Before the children start (the engine binary, built once).
-    fn prepare(&self) -> Result<(), String>;
+    /// Before the children start (the engine binary built once; with Docker, the images checked
+    /// once rather than by every child).
+    fn prepare(&self, provider: Provider) -> Result<(), String>;
     /// Run one seed against real services from `provider`; blocks.
     fn run_seed(
         &self,
@@ -132,11 +133,11 @@ impl Backend {
 }
 
 /// Before the children start: the real backend's engine binary, built once (children find it
-/// in `DALP_ENGINE_BIN`).
+/// in `DALP_ENGINE_BIN`), and its images.
 pub(super) fn prepare(backend: &Backend) -> Result<(), String> {
     match backend {
         Backend::Sim => Ok(()),
-        Backend::Real(_) => real()?.prepare(),
+        Backend::Real(p) => real()?.prepare(*p),
     }
 }
 
