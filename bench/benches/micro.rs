@@ -612,7 +612,10 @@ mod table {
                 .unwrap_or_default();
             println!("{id:<44} {:>12} {per:>16}", human(*ns));
         }
-        if let Some(e2e) = std::env::var_os("DALP_BENCH_E2E").and_then(|p| read(Path::new(&p))) {
+        // `cargo bench` runs the harness in bench/: a relative path is the workspace root's.
+        let e2e = std::env::var_os("DALP_BENCH_E2E")
+            .map(|p| Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(p));
+        if let Some(e2e) = e2e.and_then(|p| read(&p)) {
             let r = &e2e["reference"];
             let s = &e2e["suite"];
             println!("{}", "-".repeat(74));
