@@ -199,6 +199,8 @@ fn planted_and_head(names: &[&str]) -> (Result<(), String>, Result<PathBuf, Stri
         let e = format!("{}: {e}", bins.display());
         return (Err(e.clone()), Err(e));
     }
+    // A committed-tree build left by an earlier call must never stand in for this HEAD's.
+    let _ = std::fs::remove_file(bins.join(COMMITTED));
     let mut missed = Vec::new();
     let caught =
         forget_workspace_crates().and_then(|()| planted_each(&patches, &work, &bins, &mut missed));
