@@ -108,17 +108,18 @@ pub fn ensure_images() -> Result<()> {
 pub async fn check_images() -> Result<()> {
     let docker = testcontainers::core::client::docker_client_instance().await?;
     for image in [pg_image(), anvil_image()] {
-        let found =
-            tokio::time::timeout(Duration::from_secs(10), docker.inspect_image(&image)).await;
-        if found.is_err() {
-            return Err(format!("inspecting Docker image {image} timed out after 10 s").into());
-        }
-        if !matches!(found, Ok(Ok(_))) {
-            return Err(format!(
-                "Docker image {image} is missing: run `cargo xtask images` (builds it offline from \
-                 this machine's PostgreSQL and Anvil)"
-            )
-            .into());
+        match tokio::time::timeout(Duration::from_secs(10), docker.inspect_image(&image)).await {
+            Err(_) => {
+                return Err(format!("inspecting Docker image {image} timed out after 10 s").into())
+            }
+            Ok(Err(_)) => {
+                return Err(format!(
+                    "Docker image {image} is missing: run `cargo xtask images` (builds it offline \
+                     from this machine's PostgreSQL and Anvil)"
+                )
+                .into())
+            }
+            Ok(Ok(_)) => {}
         }
     }
     Ok(())

@@ -20,16 +20,12 @@ impl RealBackend for RealServices {
         }
         // The image check hashes every file that goes into the images (~3.5 CPU-s): once here,
         // not once per child. With `auto` and no usable Docker, the children fall back as before.
-        let docker = match provider {
-            Provider::Local => false,
-            Provider::Docker => true,
-            Provider::Auto => docker::ensure_images().is_ok(),
-        };
-        if docker && std::env::var_os(docker::IMAGES_READY).is_none() {
-            if provider == Provider::Docker {
-                docker::ensure_images().map_err(|e| e.to_string())?;
+        if provider != Provider::Local && std::env::var_os(docker::IMAGES_READY).is_none() {
+            match docker::ensure_images() {
+                Ok(()) => std::env::set_var(docker::IMAGES_READY, "1"),
+                Err(e) if provider == Provider::Docker => return Err(e.to_string()),
+                Err(_) => {}
             }
-            std::env::set_var(docker::IMAGES_READY, "1");
         }
         Ok(())
     }

@@ -167,38 +167,15 @@ fn planted(names: &[&str]) -> Result<(), String> {
 /// The planted bugs' verdict, and HEAD's simulation binary in target/sim (restored after them).
 fn planted_and_head(names: &[&str]) -> (Result<(), String>, Result<PathBuf, String>) {
     let root = root();
-    let dir = root.join("fixtures/planted-bugs");
-    let mut patches: Vec<PathBuf> = match std::fs::read_dir(&dir) {
-        Ok(d) => d
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "patch"))
-            .filter(|p| {
-                names.is_empty() || names.iter().any(|n| p.file_stem().is_some_and(|s| s == *n))
-            })
-            .collect(),
-        Err(e) => {
-            let e = format!("{}: {e}", dir.display());
-            return (Err(e.clone()), Err(e));
-        }
-    };
-    // Patches of the engine only first: each of their builds recompiles the engine and reuses
-    // most of the simulation crate's incremental state. A patch of the simulation crate itself
-    // (its database model) recompiles that crate, and so does taking it out again: those come
-    // last, where one such rebuild serves the next patch too.
-    patches.sort_by_key(|p| {
-        let text = std::fs::read_to_string(p).unwrap_or_default();
-        (text.contains("\n+++ b/sim/"), p.clone())
-    });
-    if patches.is_empty() {
-        let e = format!("no planted bug matches {names:?} in {}", dir.display());
-        return (Err(e.clone()), Err(e));
-    }
-    let work = root.join("target/planted/src");
     let bins = root.join("target/planted/bin");
-    if let Err(e) = std::fs::create_dir_all(&bins) {
-        let e = format!("{}: {e}", bins.display());
-        return (Err(e.clone()), Err(e));
-    }
+    let patches = match select_patches(names).and_then(|p| {
+        std::fs::create_dir_all(&bins).map_err(|e| format!("{}: {e}", bins.display()))?;
+        Ok(p)
+    }) {
+        Ok(p) => p,
+        Err(e) => return (Err(e.clone()), Err(e)),
+    };
+    let work = root.join("target/planted/src");
     // A committed-tree build left by an earlier call must never stand in for this HEAD's.
     let _ = std::fs::remove_file(bins.join(COMMITTED));
     let mut missed = Vec::new();
@@ -237,6 +214,33 @@ fn planted_and_head(names: &[&str]) -> (Result<(), String>, Result<PathBuf, Stri
     (verdict, head)
 }
 
+/// The planted bugs named (all when none is), in the order they are built: patches of the
+/// engine only first, as each of their builds recompiles the engine and reuses most of the
+/// simulation crate's incremental state; a patch of the simulation crate itself (its database
+/// model) recompiles that crate, and so does taking it out again, so those come last.
+fn select_patches(names: &[&str]) -> Result<Vec<PathBuf>, String> {
+    let dir = root().join("fixtures/planted-bugs");
+    let mut patches: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .map_err(|e| format!("{}: {e}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "patch"))
+        .filter(|p| {
+            names.is_empty() || names.iter().any(|n| p.file_stem().is_some_and(|s| s == *n))
+        })
+        .collect();
+    patches.sort_by_cached_key(|p| {
+        let text = std::fs::read_to_string(p).unwrap_or_default();
+        (text.contains("\n+++ b/sim/"), p.clone())
+    });
+    if patches.is_empty() {
+        return Err(format!(
+            "no planted bug matches {names:?} in {}",
+            dir.display()
+        ));
+    }
+    Ok(patches)
+}
+
 /// HEAD's simulation binary at its place in target/sim: when the working tree has no change
 /// (CI's clean clone), the copy's unpatched build is HEAD's build and is put there (one workspace
 /// build fewer); otherwise HEAD's tree is built.
@@ -251,7 +255,7 @@ fn restore_head(bins: &Path) -> Result<PathBuf, String> {
     if !(clean && committed.is_file()) {
         return build_sim_by(niced(cargo_program()), Profile::Dev, &root());
     }
-    let head = root().join("target/sim/sim-dev/dalp-sim");
+    let head = sim_bin(Profile::Dev);
     std::fs::create_dir_all(head.parent().expect("a parent"))
         .and_then(|()| std::fs::copy(&committed, &head))
         .map_err(|e| format!("{}: {e}", head.display()))?;
@@ -309,7 +313,6 @@ fn planted_each(
     // HEAD's committed tree first: the patched builds below are incremental from it, and it is
     // HEAD's binary when the working tree has no change (`restore_head`).
     let committed = bins.join(COMMITTED);
-    let _ = std::fs::remove_file(&committed);
     eprintln!("xtask: building HEAD's committed tree, the base of the planted copies");
     let b = build_sim_by(niced(cargo_program()), Profile::Dev, work)?;
     std::fs::copy(&b, &committed).map_err(|e| format!("{}: {e}", committed.display()))?;
@@ -642,7 +645,8 @@ fn test() -> Result<(), String> {
     let mut failures = Vec::new();
     let mut counts = Counts::default();
     // The harness's own mutation test: every planted bug must be caught by the `ci` suite. It
-    // builds the simulation (its copies first, then HEAD's, sharing target/sim's dependencies).
+    // builds the simulation: HEAD's committed tree in a copy, each bug incrementally from it, then
+    // HEAD's own (that same build when the working tree is clean), sharing target/sim.
     let started = std::time::Instant::now();
     let (caught, head) = planted_and_head(&[]);
     t.record("planted bugs, simulation build", started.elapsed());
@@ -883,11 +887,7 @@ fn build_sim(profile: Profile) -> Result<PathBuf, String> {
 /// [`build_sim`] with `cargo` as given (e.g. [`niced`]), of the workspace at `src` (a planted
 /// bug's copy builds into this repository's `target/sim` too).
 fn build_sim_by(mut cargo: Command, profile: Profile, src: &Path) -> Result<PathBuf, String> {
-    let target = root().join("target/sim");
-    let dir = match profile {
-        Profile::Dev => "sim-dev",
-        Profile::Bench => "sim-bench",
-    };
+    let dir = profile_dir(profile);
     run(cargo
         .args([
             "build",
@@ -900,10 +900,25 @@ fn build_sim_by(mut cargo: Command, profile: Profile, src: &Path) -> Result<Path
             dir,
         ])
         .arg("--target-dir")
-        .arg(&target)
+        .arg(root().join("target/sim"))
         .env("RUSTFLAGS", "--cfg madsim")
         .current_dir(src))?;
-    Ok(target.join(dir).join("dalp-sim"))
+    Ok(sim_bin(profile))
+}
+
+fn profile_dir(profile: Profile) -> &'static str {
+    match profile {
+        Profile::Dev => "sim-dev",
+        Profile::Bench => "sim-bench",
+    }
+}
+
+/// Where `build_sim_by` leaves the simulation binary of `profile`.
+fn sim_bin(profile: Profile) -> PathBuf {
+    root()
+        .join("target/sim")
+        .join(profile_dir(profile))
+        .join("dalp-sim")
 }
 
 /// `cargo` (the one running xtask, when known).

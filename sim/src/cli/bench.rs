@@ -125,9 +125,9 @@ fn suite(
     })?;
     let took = started.elapsed().as_secs_f64();
     let _ = std::fs::remove_dir_all(out_dir.join(".runs"));
+    let per_min = n as f64 * 60.0 / took;
     println!(
-        "suite {suite}: {n} seeds ({suite_ok} passed) in {took:.1} s with {parallel} at a time = {:.0} seeds per minute",
-        n as f64 * 60.0 / took
+        "suite {suite}: {n} seeds ({suite_ok} passed) in {took:.1} s with {parallel} at a time = {per_min:.0} seeds per minute"
     );
     let figures = serde_json::json!({
         "name": suite,
@@ -135,7 +135,7 @@ fn suite(
         "passed": suite_ok,
         "parallel": parallel,
         "wall_s": took,
-        "runs_per_min": n as f64 * 60.0 / took,
+        "runs_per_min": per_min,
     });
     Ok((suite_ok == n, figures))
 }
