@@ -142,7 +142,14 @@ impl Engine {
         actor: &str,
         reason: &str,
     ) -> Result<WorkflowRecord> {
+        crate::fault_point!(
+            "fp.requeue.before_write",
+            EngineError::DbUnavailable("fault point: requeue".into())
+        );
         let out = self.store.requeue(id, actor, reason).await;
+        if out.is_ok() {
+            crate::probe!("requeue.done");
+        }
         self.metrics.inc(
             "dalp_operator_actions_total",
             &[
@@ -277,6 +284,8 @@ impl Engine {
                         }
                     }
                     Err(e) => {
+                        crate::probe!("claim.failed");
+                        error_probe(&e);
                         self.metrics
                             .inc("dalp_db_errors_total", &[("reason", e.reason_code())]);
                         tracing::warn!(error = %e, "claim failed");
@@ -330,26 +339,45 @@ impl Engine {
             }
             .instrument(span.clone())
             .await;
-            let _enter = span.enter();
             match outcome {
                 Ok(output) => {
+                    // The step's effect happened, its output is not durable yet: a crash or a
+                    // stall here re-runs the step, which must not repeat the effect.
+                    let stalled: Result<()> = async {
+                        crate::fault_point!(
+                            "fp.step.effect_before_complete",
+                            EngineError::DbUnavailable("fault point: before complete_step".into())
+                        );
+                        Ok(())
+                    }
+                    .instrument(span.clone())
+                    .await;
+                    if let Err(e) = stalled {
+                        error_probe(&e);
+                        span.in_scope(|| self.on_store_error(&e, name));
+                        return;
+                    }
                     let last = idx as usize + 1 == steps.len();
                     let mut state = workflow.state.clone();
                     state[name] = output.clone();
                     let result = last.then(|| workflow::result(&workflow.kind, &state));
+                    // The span is entered only around code that does not await: a span held
+                    // across an await would be entered in whatever task runs next on this thread.
                     if let Err(e) = self
                         .store
                         .complete_step(&fence, idx, name, output, result.clone())
+                        .instrument(span.clone())
                         .await
                     {
-                        self.on_store_error(&e, name);
+                        error_probe(&e);
+                        span.in_scope(|| self.on_store_error(&e, name));
                         return;
                     }
                     self.metrics.inc(
                         "dalp_step_outcomes_total",
                         &[("step", name), ("outcome", "completed")],
                     );
-                    tracing::info!("step completed");
+                    span.in_scope(|| tracing::info!("step completed"));
                     workflow.state = state;
                     workflow.current_step += 1;
                     workflow.attempts = 0;
@@ -359,6 +387,7 @@ impl Engine {
                 }
                 Err(e) => {
                     self.on_step_error(&fence, &workflow, idx, name, attempt, e)
+                        .instrument(span)
                         .await;
                     return;
                 }
@@ -368,6 +397,7 @@ impl Engine {
 
     fn on_store_error(&self, e: &EngineError, step: &str) {
         if matches!(e, EngineError::Fenced { .. }) {
+            crate::probe!("lease.fenced");
             self.metrics.inc("dalp_fenced_writes_total", &[]);
             self.metrics.inc(
                 "dalp_step_outcomes_total",
@@ -376,6 +406,7 @@ impl Engine {
             tracing::warn!(error = %e, "lease superseded; stopping");
         } else {
             // The lease will expire and the workflow is retried from its checkpoint.
+            crate::probe!("store.persist_failed");
             self.metrics
                 .inc("dalp_db_errors_total", &[("reason", e.reason_code())]);
             tracing::warn!(error = %e, "could not persist; the workflow resumes after its lease expires");
@@ -391,6 +422,7 @@ impl Engine {
         attempt: i32,
         e: EngineError,
     ) {
+        error_probe(&e);
         if matches!(e, EngineError::Fenced { .. })
             || (matches!(e, EngineError::DbUnavailable(_) | EngineError::DbTimeout(_)))
         {
@@ -419,10 +451,18 @@ impl Engine {
                 | EngineError::NonceReconciling(_)
                 | EngineError::ComplianceUnsettled { .. }
         );
+        // The decision is made, not yet written: a crash here must leave the step to be
+        // claimed again from its checkpoint, never half-decided.
+        crate::fault_point!("fp.retry.before_write");
         let written = if e.class() == ErrorClass::Transient
             && (outage || self.policy.allows_another(attempt as u32))
         {
             let delay = self.policy.delay(attempt as u32, self.jitter.unit());
+            if outage {
+                crate::probe!("step.retry_not_counted");
+            } else {
+                crate::probe!("step.retry_scheduled");
+            }
             self.metrics
                 .inc("dalp_retries_total", &[("reason", e.reason_code())]);
             self.metrics.inc(
@@ -434,6 +474,7 @@ impl Engine {
                 .await
         } else if matches!(e, EngineError::ComplianceRejected(_)) {
             // Fail closed with a typed failure: the operation is blocked, nothing was sent.
+            crate::probe!("step.failed_closed");
             self.metrics.inc(
                 "dalp_step_outcomes_total",
                 &[("step", name), ("outcome", "failed")],
@@ -443,6 +484,7 @@ impl Engine {
             // Permanent, or retries exhausted: dead-letter with the reason.
             if workflow::is_tx_step(&wf.kind, name) {
                 if let Err(abandon) = self.txm.abandon_step(fence, idx).await {
+                    crate::probe!("step.abandon_failed");
                     tracing::warn!(error = %abandon, "could not settle the step's transaction before dead-lettering; retrying later");
                     let delay = self.policy.delay(attempt.max(1) as u32, self.jitter.unit());
                     let _ = self
@@ -452,6 +494,10 @@ impl Engine {
                     return;
                 }
             }
+            if e.is_transient() {
+                crate::probe!("step.dead_lettered_exhausted");
+            }
+            crate::probe!("step.dead_lettered");
             self.metrics.inc(
                 "dalp_step_outcomes_total",
                 &[("step", name), ("outcome", "dead_letter")],
@@ -461,5 +507,44 @@ impl Engine {
         if let Err(store_err) = written {
             self.on_store_error(&store_err, name);
         }
+    }
+}
+
+/// Count the error the engine is handling by its class (a coverage probe; nothing in
+/// production).
+fn error_probe(_e: &EngineError) {
+    #[cfg(madsim)]
+    crate::probe::sim::hit(error_probe_name(_e));
+}
+
+#[cfg(madsim)]
+fn error_probe_name(e: &EngineError) -> &'static str {
+    match e {
+        EngineError::Db { sqlstate, .. } => match sqlstate.as_str() {
+            "" => "error.db.connection",
+            "25006" => "error.db.read_only",
+            "55P03" => "error.db.serialization",
+            c if c.starts_with("08") => "error.db.connection",
+            c if c.starts_with("40") => "error.db.serialization",
+            c if c.starts_with("53") => "error.db.resources",
+            c if c.starts_with("57") => "error.db.shutdown",
+            _ => "error.db.permanent",
+        },
+        EngineError::DbUnavailable(_) => "error.db.unavailable",
+        EngineError::DbTimeout(_) => "error.db.timeout",
+        EngineError::Fenced { .. } => "error.fenced",
+        EngineError::Rpc { .. } if e.is_transient() => "error.rpc.transient",
+        EngineError::Rpc { .. } => "error.rpc.permanent",
+        EngineError::RpcUnavailable(_) => "error.rpc.unavailable",
+        EngineError::RpcTimeout { .. } => "error.rpc.timeout",
+        EngineError::Reverted(_) => "error.reverted",
+        EngineError::ComplianceRejected(_) => "error.compliance_rejected",
+        EngineError::ComplianceUnsettled { .. } => "error.compliance_unsettled",
+        EngineError::SignerFunds { .. } => "error.signer_funds",
+        EngineError::Invalid(_) => "error.invalid_input",
+        EngineError::ConfirmationTimeout { .. } => "error.confirmation_timeout",
+        EngineError::NonceReconciling(_) => "error.nonce_reconciling",
+        EngineError::NoContractCode(_) => "error.no_contract_code",
+        EngineError::Internal(_) => "error.internal",
     }
 }

@@ -49,6 +49,7 @@ impl Indexer {
         let poll = Duration::from_millis(self.config.indexer.poll_ms);
         loop {
             if let Err(e) = self.step().await {
+                crate::probe!("indexer.iteration_failed");
                 tracing::warn!(error = %e, "indexer iteration failed; retrying");
             }
             if wait_or_shutdown(&mut shutdown, poll).await {
@@ -105,6 +106,11 @@ impl Indexer {
                 });
             }
             let finalized = head.saturating_sub(finality);
+            // A batch's edge: the block is read, nothing of it written yet.
+            crate::fault_point!(
+                "fp.indexer.batch",
+                EngineError::DbUnavailable("fault point: indexer batch".into())
+            );
             e.store
                 .index_block(chain_id, block.number, block.hash, &events, finalized)
                 .await?;
@@ -153,6 +159,7 @@ impl Indexer {
                 "indexer: the block after the indexed tip does not link to it, although the tip is canonical; re-reading"
             );
         } else {
+            crate::probe!("indexer.rollback");
             tracing::warn!(keep, removed, "reorg: indexed blocks rolled back");
         }
         Ok(())
@@ -162,6 +169,7 @@ impl Indexer {
         let mut last = self.counted_reorg.lock().expect("reorg counter lock");
         if *last != Some(orphaned_tip) {
             *last = Some(orphaned_tip);
+            crate::probe!("indexer.reorg_detected");
             self.metrics.inc("dalp_indexer_reorgs_total", &[]);
             tracing::warn!(%orphaned_tip, "reorg detected: the indexed tip is no longer canonical");
         }

@@ -13,6 +13,7 @@ pub mod engine;
 pub mod error;
 pub mod indexer;
 pub mod metrics;
+pub mod probe;
 pub mod retry;
 pub mod shutdown;
 pub mod signer;

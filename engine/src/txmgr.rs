@@ -192,6 +192,7 @@ impl TxManager {
         {
             if let Some(r) = self.find_receipt(old).await? {
                 if r.success {
+                    crate::probe!("requeue.abandoned_version");
                     return Ok(Some(TxOutcome::from_receipt(&r, old.nonce)));
                 }
             }
@@ -254,6 +255,11 @@ impl TxManager {
             if self.find_receipt(&rec).await?.is_some() {
                 continue;
             }
+            crate::fault_point!(
+                "fp.nonce.heal",
+                EngineError::RpcUnavailable("fault point: nonce healer".into())
+            );
+            crate::probe!("nonce.gap_rebroadcast");
             let outcome = match self.send(&rec).await? {
                 Sent::Accepted => "accepted",
                 Sent::Rejected(NodeRejection::AlreadyKnown, _) => "already_known",
@@ -363,6 +369,7 @@ impl TxManager {
             .record_filler(signer, self.chain_id, &filler)
             .await?;
         let answer = self.gateway.send_raw(&filler.raw).await;
+        crate::probe!("nonce.filler_sent");
         self.metrics.inc(
             "dalp_nonce_gap_fills_total",
             &[("signer", &format!("{signer:#x}"))],
@@ -406,7 +413,13 @@ impl TxManager {
             max_fee_per_gas: fees.max_fee_per_gas,
             max_priority_fee_per_gas: fees.max_priority_fee_per_gas,
         };
-        self.store.record_signed(fence, rec.id, &b).await
+        let signed = self.store.record_signed(fence, rec.id, &b).await?;
+        // The bytes are durable, nothing is sent yet: a crash here must resume to these bytes.
+        crate::fault_point!(
+            "fp.tx.signed_before_broadcast",
+            EngineError::DbUnavailable("fault point: after signing".into())
+        );
+        Ok(signed)
     }
 
     async fn send(&self, rec: &TxRecord) -> Result<Sent> {
@@ -423,7 +436,10 @@ impl TxManager {
                 signer: format!("{:#x}", rec.intent_signer),
                 message,
             }),
-            Err(e) if e.is_transient() => Ok(Sent::Ambiguous),
+            Err(e) if e.is_transient() => {
+                crate::probe!("tx.ambiguous_send");
+                Ok(Sent::Ambiguous)
+            }
             Err(e) => Err(e),
         }
     }
@@ -444,6 +460,7 @@ impl TxManager {
             .suggest_fees(self.chain.priority_fee_wei)
             .await?;
         let fees = self.bumped(rec.fees(), suggested);
+        crate::probe!("tx.replaced_by_fee");
         self.metrics.inc("dalp_tx_replacements_total", &[]);
         tracing::info!(
             tx_id = rec.id,
@@ -493,6 +510,10 @@ impl TxManager {
         let mut renewed_at: Option<Instant> = None;
         loop {
             if renewed_at.is_none_or(|t| t.elapsed() >= renew_every) {
+                crate::fault_point!(
+                    "fp.lease.renew",
+                    EngineError::DbUnavailable("fault point: lease renewal".into())
+                );
                 self.store.renew_lease(fence, self.lease).await?;
                 renewed_at = Some(Instant::now());
             }
@@ -507,10 +528,17 @@ impl TxManager {
                     continue;
                 }
                 TxState::Broadcasting => {
-                    match self.send(&rec).await? {
+                    let sent = self.send(&rec).await?;
+                    // Sent (or maybe sent), not yet recorded as such: a crash here re-enters
+                    // BROADCASTING, which must not make a second effect.
+                    crate::fault_point!("fp.tx.broadcast_before_state");
+                    match sent {
                         Sent::Accepted
                         | Sent::Rejected(NodeRejection::AlreadyKnown, _)
                         | Sent::Ambiguous => {
+                            if matches!(sent, Sent::Rejected(NodeRejection::AlreadyKnown, _)) {
+                                crate::probe!("tx.already_known");
+                            }
                             // Ambiguous: the confirming state checks the receipt before re-sending.
                             self.store
                                 .set_tx_state(fence, rec.id, TxState::Confirming, None, None)
@@ -520,8 +548,10 @@ impl TxManager {
                         }
                         Sent::Rejected(NodeRejection::NonceTooLow, _) => {
                             if self.find_receipt(&rec).await?.is_some() {
+                                crate::probe!("tx.nonce_too_low_ours");
                                 rec.state = TxState::Confirming;
                             } else {
+                                crate::probe!("tx.nonce_too_low_resync");
                                 rec = self.resync(fence, &rec).await?;
                             }
                             continue;
@@ -534,6 +564,7 @@ impl TxManager {
                             continue;
                         }
                         Sent::Rejected(NodeRejection::Other, message) => {
+                            crate::probe!("tx.rejected_other");
                             return Err(EngineError::Rpc { code: 0, message });
                         }
                     }
@@ -601,10 +632,12 @@ impl TxManager {
                 == Some(receipt.block_hash);
             if !canonical {
                 // Reorganised away; the node will re-include it or drop it (then we re-broadcast).
+                crate::probe!("tx.reorged");
                 self.metrics.inc("dalp_tx_reorged_total", &[]);
                 return Ok(None);
             }
             if !receipt.success {
+                crate::probe!("tx.reverted_on_chain");
                 let detail = format!("reverted on chain in {:#x}", receipt.tx_hash);
                 self.store
                     .set_tx_state(
@@ -646,6 +679,7 @@ impl TxManager {
             *nonce_gone_seen += 1;
             if *nonce_gone_seen >= 2 {
                 *nonce_gone_seen = 0;
+                crate::probe!("tx.nonce_gone_resync");
                 *rec = self.resync(fence, rec).await?;
             }
             return Ok(None);
@@ -654,6 +688,7 @@ impl TxManager {
         let hash = rec.hash.expect("a confirming transaction has a hash");
         if !self.gateway.transaction_known(hash).await? {
             // Dropped from the mempool, or never arrived (ambiguous send): the same bytes again.
+            crate::probe!("tx.rebroadcast");
             self.metrics.inc("dalp_tx_rebroadcasts_total", &[]);
             tracing::info!(tx_id = rec.id, %hash, "transaction unknown to the node; re-broadcasting stored bytes");
             if let Sent::Rejected(

@@ -329,11 +329,20 @@ pub async fn execute(ctx: &StepContext<'_>, kind: &str, name: &str) -> Result<Va
         (ISSUANCE, "notify") => {
             let token = ctx.token_from("await_confirmation")?;
             let payload = json!({ "event": "issuance_completed", "token": token, "workflow_id": ctx.workflow.id });
+            crate::fault_point!(
+                "fp.notify.before_write",
+                EngineError::DbUnavailable("fault point: notify".into())
+            );
             let fresh = ctx
                 .txm
                 .store
                 .notify(ctx.fence, "issuance_completed", &payload)
                 .await?;
+            if fresh {
+                crate::probe!("notify.first_delivery");
+            } else {
+                crate::probe!("notify.duplicate_suppressed");
+            }
             Ok(json!({ "token": token, "notified": true, "first_delivery": fresh }))
         }
         (TRANSFER, "compliance_check") => {

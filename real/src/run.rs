@@ -334,6 +334,11 @@ impl Backend for RealWorld {
     fn labels(&self) -> (Option<String>, Option<String>) {
         (Some("real".into()), Some(self.fleet.provider.name().into()))
     }
+
+    /// Probes and fault points compile to nothing outside the simulation.
+    fn coverage(&self) -> Option<dalp_sim::outcome::Coverage> {
+        None
+    }
 }
 
 /// Create the engines' database `dalp` on the primary; with replicas, wait until one streams

@@ -112,6 +112,8 @@ pub trait Backend {
     async fn finish(&mut self, passed: bool) -> BTreeMap<String, Vec<String>>;
     /// `backend` and `provider` of the result (absent for the simulation).
     fn labels(&self) -> (Option<String>, Option<String>);
+    /// The engine's probe counts and the fault points armed (`None`: the backend has none).
+    fn coverage(&self) -> Option<crate::outcome::Coverage>;
 }
 
 /// Run `scenario` with `seed` and `schedule` on `backend`.
@@ -189,6 +191,13 @@ pub async fn drive<B: Backend>(
             reason: "checked in the simulation only (needs the metrics scraper / a fault-free baseline run)".into(),
         });
     }
+    let coverage = b.coverage();
+    if s.fault_points.is_some() && coverage.is_none() {
+        not_applicable.push(NotApplicable::Setting {
+            setting: "fault_points".into(),
+            reason: "the engine's fault points are compiled into the simulation only".into(),
+        });
+    }
     let engine_logs = b.finish(passed).await;
     let (backend, provider) = b.labels();
     Ok(RunResult {
@@ -209,6 +218,7 @@ pub async fn drive<B: Backend>(
         provider,
         not_applicable,
         engine_logs,
+        coverage,
     })
 }
 

@@ -10,6 +10,7 @@ pub mod chain;
 pub mod check;
 pub mod cli;
 pub mod client;
+pub mod coverage;
 pub mod db;
 pub mod driver;
 pub mod engine_conf;

@@ -49,6 +49,23 @@ pub struct RunResult {
     /// A failed real run: each engine's last warnings, errors and panics (its log is not kept).
     #[serde(skip_serializing_if = "BTreeMap::is_empty", default)]
     pub engine_logs: BTreeMap<String, Vec<String>>,
+    /// The engine's coverage probes and fault points in this run (the simulation only).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub coverage: Option<Coverage>,
+}
+
+/// What one simulated run reached of the engine's declared probes (`dalp_engine::probe`), and
+/// which fault points the seed enabled. Outside the trace hash, but a function of the seed too.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Coverage {
+    /// Times each probe and fault point was reached (absent: never).
+    pub probes: BTreeMap<String, u64>,
+    /// The fault points this seed enabled, with the probability each fires when reached.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty", default)]
+    pub fault_points: BTreeMap<String, f64>,
+    /// How often each enabled fault point fired.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty", default)]
+    pub fired: BTreeMap<String, u64>,
 }
 
 impl RunResult {
@@ -264,6 +281,8 @@ pub enum NotApplicable {
     },
     /// An invariant this backend cannot judge.
     Invariant { invariant: String, reason: String },
+    /// A scenario setting this backend has no counterpart for (`fault_points`).
+    Setting { setting: String, reason: String },
 }
 
 /// `pass`, `fail` (an invariant was violated) or `crash` (the run produced no result).

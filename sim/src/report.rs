@@ -793,7 +793,93 @@ fn blocks(doc: &ResultsDoc) -> Vec<Block> {
     } else {
         b.push(Block::Table(ROW_HEAD.map(String::from).to_vec(), reference));
     }
+    coverage_blocks(doc, &mut b);
     b
+}
+
+/// The probe coverage matrix: each declared probe and fault point of the engine, the catalog
+/// ids (and scenarios) whose runs reached it, and the ones no run reached.
+fn coverage_blocks(doc: &ResultsDoc, b: &mut Vec<Block>) {
+    b.push(Block::Heading(2, "Engine probe coverage".into()));
+    let Some(m) = crate::coverage::Matrix::of(&doc.results) else {
+        b.push(Block::Para(vec![t(
+            "No run in these results carries coverage (probes exist in the simulation only).",
+        )]));
+        return;
+    };
+    let unreached: Vec<&str> = m.unreached().map(|p| p.name).collect();
+    let missed = m.must_missed();
+    b.push(Block::Para(vec![t(format!(
+        "{} runs carry coverage; {} of {} declared probes and fault points were reached; {} must probes missed.",
+        m.runs,
+        m.probes.len() - unreached.len(),
+        m.probes.len(),
+        missed.len()
+    ))]));
+    if !missed.is_empty() {
+        b.push(Block::List(
+            missed
+                .iter()
+                .map(|(n, why)| {
+                    vec![
+                        Strong("must, not reached: ".into()),
+                        Code(n.to_string()),
+                        t(format!(" — {why}")),
+                    ]
+                })
+                .collect(),
+        ));
+    }
+    let rows = m
+        .probes
+        .iter()
+        .map(|p| {
+            let ids = p
+                .by_id
+                .iter()
+                .map(|(id, scenarios)| {
+                    format!(
+                        "{id} ({})",
+                        scenarios.iter().cloned().collect::<Vec<_>>().join(", ")
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("; ");
+            let kind = if p.fault_point {
+                format!(
+                    "fault point (armed in {} runs, fired {})",
+                    p.armed_runs, p.fired
+                )
+            } else if p.must.is_some() {
+                "must".into()
+            } else {
+                "probe".into()
+            };
+            vec![
+                vec![Code(p.name.to_string())],
+                vec![t(kind)],
+                vec![t(p.runs.to_string())],
+                vec![t(p.hits.to_string())],
+                vec![if p.runs == 0 {
+                    Strong("not reached".into())
+                } else {
+                    t(ids)
+                }],
+            ]
+        })
+        .collect();
+    b.push(Block::Table(
+        [
+            "probe",
+            "kind",
+            "runs",
+            "hits",
+            "catalog ids (scenarios) reaching it",
+        ]
+        .map(String::from)
+        .to_vec(),
+        rows,
+    ));
 }
 
 /// What a failing run's cause looks like with its particulars blanked: the crash's panic, or
@@ -1094,6 +1180,7 @@ mod tests {
             provider: None,
             not_applicable: Vec::new(),
             engine_logs: BTreeMap::new(),
+            coverage: None,
         });
         f.wall_ms = Some(1500);
         RunRecord::new(

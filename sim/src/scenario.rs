@@ -85,6 +85,26 @@ pub struct Scenario {
     /// Promises specific to this scenario, checked with the invariants.
     #[serde(default)]
     pub expect: Expect,
+    /// The engine's fault points (BUGGIFY), armed per seed (`[fault_points]`; absent: off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault_points: Option<FaultPoints>,
+}
+
+/// `[fault_points]`: each of the engine's fault points (`dalp_engine::probe`) is enabled for a
+/// seed with `enable_probability`, drawn from the seed; an enabled one fires when reached with a
+/// probability also drawn from the seed (1–25 %), and then delays, fails transiently or crashes
+/// the engine node (restarted as a supervisor would). The simulation only; the real backend
+/// lists them as not applicable.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FaultPoints {
+    /// FoundationDB's BUGGIFY enables each site in a quarter of the runs.
+    #[serde(default = "default_enable_probability")]
+    pub enable_probability: f64,
+}
+
+fn default_enable_probability() -> f64 {
+    0.25
 }
 
 /// Scenario-specific promises (checked as part of `durability`).
@@ -808,6 +828,14 @@ impl Scenario {
                         "unknown invariant {inv:?}; known: {}",
                         INVARIANTS.join(", ")
                     ),
+                ));
+            }
+        }
+        if let Some(fp) = &self.fault_points {
+            if !(fp.enable_probability > 0.0 && fp.enable_probability <= 1.0) {
+                return Err(err(
+                    "fault_points.enable_probability",
+                    format!("must be in (0, 1], not {}", fp.enable_probability),
                 ));
             }
         }

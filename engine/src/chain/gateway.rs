@@ -119,6 +119,9 @@ impl Gateway {
             let h = e.health.lock().expect("health");
             let cooling = h.cooling_until.is_some_and(|t| t > now);
             let lagging = best.saturating_sub(h.head) > self.max_lag;
+            if lagging && !cooling {
+                crate::probe!("rpc.lagging_endpoint_skipped");
+            }
             if cooling || lagging {
                 bad.push(i)
             } else {
@@ -161,6 +164,11 @@ impl Gateway {
         let mut last = EngineError::RpcUnavailable("no endpoint tried".into());
         for (n, i) in order.iter().copied().enumerate() {
             if n > 0 {
+                crate::fault_point!(
+                    "fp.gateway.before_failover",
+                    EngineError::RpcUnavailable("fault point: failover".into())
+                );
+                crate::probe!("rpc.failover");
                 self.metrics.inc(
                     "dalp_rpc_failovers_total",
                     &[("from", &self.endpoints[order[n - 1]].url)],
@@ -172,6 +180,7 @@ impl Gateway {
                 Err(e) => return Err(e),
             }
         }
+        crate::probe!("rpc.all_endpoints_failed");
         Err(last)
     }
 

@@ -67,6 +67,7 @@ impl TxManager {
             .store
             .adopt_orphan(fence, step, intent, &signed)
             .await?;
+        crate::probe!("orphan.adopted");
         self.metrics.inc(
             "dalp_orphans_adopted_total",
             &[("signer", &format!("{signer:#x}"))],
@@ -155,6 +156,7 @@ impl TxManager {
             }
         }
         if !unaccounted.is_empty() {
+            crate::probe!("orphan.missing");
             self.metrics.inc(
                 "dalp_orphan_nonces_unresolved_total",
                 &[("signer", &format!("{signer:#x}"))],
@@ -162,6 +164,7 @@ impl TxManager {
             tracing::warn!(nonces = ?unaccounted, "nonces used on chain with no record were not found in the recent blocks");
         }
         if !found.is_empty() {
+            crate::probe!("orphan.found");
             self.store
                 .record_orphans(signer, self.chain_id, &found)
                 .await?;

@@ -164,6 +164,7 @@ mod tests {
             provider: None,
             not_applicable: vec![],
             engine_logs: Default::default(),
+            coverage: None,
         })
     }
 

@@ -121,6 +121,10 @@ pub fn quiet_on_closed_stdout() {
         if msg.starts_with("failed printing to stdout") && msg.contains("Broken pipe") {
             std::process::exit(0);
         }
+        // An engine fault point's crash: the simulation restarts the node; it is traced.
+        if msg.starts_with(dalp_engine::probe::CRASH_MESSAGE) {
+            return;
+        }
         default(info);
     }));
 }

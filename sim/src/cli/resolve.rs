@@ -13,6 +13,22 @@ pub struct Suite {
     pub scenarios: Vec<String>,
     /// Seeds per scenario unless `--seeds` says otherwise.
     pub seeds: u64,
+    /// The engine's `must` probes (`dalp_engine::probe`) must all be reached by this suite's
+    /// simulated runs (with its own seeds, unsharded), or the run fails.
+    #[serde(default)]
+    pub must_probes: bool,
+}
+
+/// Whether `name` is a suite that declares `must_probes`.
+pub(super) fn suite_must_probes(dir: &Path, name: &str) -> Result<bool, String> {
+    let suite = dir.join("suites").join(format!("{name}.toml"));
+    if name.ends_with(".toml") || dir.join(format!("{name}.toml")).exists() || !suite.exists() {
+        return Ok(false);
+    }
+    let text = std::fs::read_to_string(&suite).map_err(|e| format!("{}: {e}", suite.display()))?;
+    let s: Suite =
+        toml::from_str(&text).map_err(|e| format!("{}: {}", suite.display(), e.message()))?;
+    Ok(s.must_probes)
 }
 
 /// The scenario files `name` stands for, and a suite's seeds.

@@ -100,7 +100,36 @@ pub(super) fn run(dir: &Path, a: &RunArgs) -> Result<bool, String> {
             total + jobs_baselines
         );
     }
-    tally.write(&a.out, a.shard, started)
+    let (passed, doc) = tally.write(&a.out, a.shard, started)?;
+    // A suite that declares `must_probes` promises that its runs reach every `must` probe; a
+    // run cut short (a failure with --fail-fast, a shard, other seeds) cannot say.
+    let must = a
+        .targets
+        .iter()
+        .map(|t| super::resolve::suite_must_probes(dir, t))
+        .collect::<Result<Vec<_>, _>>()?
+        .contains(&true);
+    if must && backend == Backend::Sim {
+        if not_started > 0 || a.shard.is_some() || a.seeds.is_some() {
+            eprintln!(
+                "dalp-sim: must probes not judged: the suite did not run whole with its own seeds"
+            );
+        } else if let Some(m) = crate::coverage::Matrix::of(&doc.results) {
+            let missed = m.must_missed();
+            for (name, why) in &missed {
+                eprintln!("FAILED must probe `{name}` was reached by no run ({why})");
+            }
+            if !missed.is_empty() {
+                return Ok(false);
+            }
+            eprintln!(
+                "dalp-sim: every must probe was reached ({} of {} declared probes and fault points reached)",
+                m.probes.len() - m.unreached().count(),
+                m.probes.len()
+            );
+        }
+    }
+    Ok(passed)
 }
 
 /// What the planned runs need to know of their scenario files.
@@ -255,8 +284,14 @@ impl<'a> Tally<'a> {
         self.results.push(record);
     }
 
-    /// Write results.json and the reports to `out_dir`; whether every run passed.
-    fn write(self, out_dir: &Path, shard: Option<Shard>, started: Instant) -> Result<bool, String> {
+    /// Write results.json and the reports to `out_dir`; whether every run passed, and the
+    /// document written.
+    fn write(
+        self,
+        out_dir: &Path,
+        shard: Option<Shard>,
+        started: Instant,
+    ) -> Result<(bool, report::ResultsDoc), String> {
         let provenance = Provenance {
             wall_s: Some(started.elapsed().as_secs_f64()),
             shard: shard.map(|s| s.to_string()),
@@ -275,7 +310,7 @@ impl<'a> Tally<'a> {
         for f in &self.failures {
             eprintln!("FAILED {f}");
         }
-        Ok(self.failures.is_empty())
+        Ok((self.failures.is_empty(), doc))
     }
 }
 

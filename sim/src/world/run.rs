@@ -76,6 +76,8 @@ struct SimWorld {
     hosts: Vec<Arc<EngineHost>>,
     scrape_log: Arc<Mutex<ScrapeLog>>,
     fleet: Option<Arc<Fleet>>,
+    /// The engine's fault points this seed armed, with their firing probability.
+    fault_points: BTreeMap<String, f64>,
 }
 
 impl SimWorld {
@@ -86,6 +88,7 @@ impl SimWorld {
         let chain = chain_hosts(&s, &trace, &mut nodes);
         let db = db_hosts(&s, seed, &trace, &mut nodes);
         let hosts = engine_hosts(&s, seed, &trace, &mut nodes);
+        let fault_points = arm_fault_points(&s, seed, &trace, &nodes);
         SimWorld {
             scenario: s,
             trace,
@@ -95,6 +98,7 @@ impl SimWorld {
             hosts,
             scrape_log: Arc::new(Mutex::new(ScrapeLog::default())),
             fleet: None,
+            fault_points,
         }
     }
 
@@ -108,6 +112,49 @@ impl SimWorld {
 }
 
 type Nodes = BTreeMap<String, NodeId>;
+
+/// Clear the engine's probe counts and, when the scenario asks, arm its fault points for this
+/// seed; every firing is traced on the engine's track. The armed set, with firing probabilities.
+fn arm_fault_points(
+    s: &Scenario,
+    seed: u64,
+    trace: &Trace,
+    nodes: &Nodes,
+) -> BTreeMap<String, f64> {
+    use dalp_engine::probe::sim;
+    sim::reset();
+    let Some(fp) = &s.fault_points else {
+        return BTreeMap::new();
+    };
+    let armed = sim::arm(seed, fp.enable_probability);
+    trace.record(
+        t_ms(),
+        "sim",
+        "fault_point",
+        "armed",
+        json!({"enabled": armed.keys().collect::<Vec<_>>()}),
+    );
+    let names: BTreeMap<NodeId, String> = nodes.iter().map(|(k, v)| (*v, k.clone())).collect();
+    let tr = trace.clone();
+    sim::observe(move |point, action| {
+        let node = names
+            .get(&madsim::plugin::node())
+            .map_or("?", String::as_str);
+        let what = match action {
+            sim::Action::Delay(d) => {
+                json!({"point": point, "action": "delay", "ms": d.as_millis() as u64})
+            }
+            sim::Action::Fail => json!({"point": point, "action": "fail"}),
+            sim::Action::Crash => json!({"point": point, "action": "crash"}),
+            sim::Action::Continue => return,
+        };
+        tr.record(t_ms(), node, "fault_point", "fired", what);
+    });
+    armed
+        .into_iter()
+        .map(|(k, v)| (k, v.fire_probability))
+        .collect()
+}
 
 /// The chain (its miner) and one host per RPC endpoint.
 fn chain_hosts(s: &Scenario, trace: &Trace, nodes: &mut Nodes) -> Arc<ChainWorld> {
@@ -208,6 +255,8 @@ fn engine_hosts(s: &Scenario, seed: u64, trace: &Trace, nodes: &mut Nodes) -> Ve
             .create_node()
             .name(name.clone())
             .ip(ip(1, i))
+            // A fault point's crash: the node restarts, as under a process supervisor.
+            .restart_on_panic_matching(dalp_engine::probe::CRASH_MESSAGE)
             .init(move || engine_process(i, config.clone(), host.clone(), seed, tr.clone()))
             .build();
         nodes.insert(name, n.id());
@@ -378,6 +427,15 @@ impl Backend for SimWorld {
 
     fn labels(&self) -> (Option<String>, Option<String>) {
         (None, None)
+    }
+
+    fn coverage(&self) -> Option<crate::outcome::Coverage> {
+        let c = dalp_engine::probe::sim::coverage();
+        Some(crate::outcome::Coverage {
+            probes: c.counts,
+            fault_points: self.fault_points.clone(),
+            fired: c.fired,
+        })
     }
 }
 
