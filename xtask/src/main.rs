@@ -617,6 +617,12 @@ fn check() -> Result<(), String> {
 /// wall time of each phase so a regression in test time is visible in the CI log.
 fn test() -> Result<(), String> {
     let mut t = Phases::default();
+    // The plain flavour is built once here: its incremental state (~0.7 GB on disk, and time to
+    // write it) would serve no later build. Every plain cargo call below inherits this (the real
+    // suite's and the integration tests' own `cargo build` of the engine included, so nothing
+    // is rebuilt); the simulation builds set their own (`build_sim_by`).
+    std::env::set_var("CARGO_INCREMENTAL", "0");
+    disk_space_note();
     t.time("setup", setup)?;
     // The real backend's tests use Docker where a daemon can run here, local processes otherwise.
     let docker = t.time("docker daemon and images", docker)?;
@@ -674,6 +680,40 @@ fn test() -> Result<(), String> {
         Ok(())
     } else {
         Err(failures.join("; "))
+    }
+}
+
+/// The test needs several GB of disk (builds, container images, PostgreSQL data); a full disk
+/// shows up later as failures far from their cause ("No space left on device" inside a
+/// container, a linker error), so the free space is said up front, loudly when it is short.
+fn disk_space_note() {
+    const NEEDED_GIB: f64 = 8.0;
+    let out = Command::new("df")
+        .args(["-Pk"])
+        .arg(root())
+        .output()
+        .ok()
+        .filter(|o| o.status.success());
+    let free_kib = out.as_ref().and_then(|o| {
+        let text = String::from_utf8_lossy(&o.stdout);
+        text.lines()
+            .nth(1)
+            .and_then(|l| l.split_whitespace().nth(3))
+            .and_then(|f| f.parse::<u64>().ok())
+    });
+    match free_kib {
+        Some(kib) => {
+            let gib = kib as f64 / (1024.0 * 1024.0);
+            if gib < NEEDED_GIB {
+                eprintln!(
+                    "xtask: WARNING: only {gib:.1} GiB free on {}'s filesystem; this test needs about {NEEDED_GIB} GiB (builds, images, databases): expect `No space left on device` failures",
+                    root().display()
+                );
+            } else {
+                eprintln!("xtask: {gib:.1} GiB free on {}'s filesystem", root().display());
+            }
+        }
+        None => eprintln!("xtask: could not read the free disk space (df)"),
     }
 }
 
@@ -902,6 +942,15 @@ fn build_sim_by(mut cargo: Command, profile: Profile, src: &Path) -> Result<Path
         .arg("--target-dir")
         .arg(root().join("target/sim"))
         .env("RUSTFLAGS", "--cfg madsim")
+        // The profile's own setting, whatever the caller's environment says (`test` turns
+        // incremental compilation off for the plain builds only).
+        .env(
+            "CARGO_INCREMENTAL",
+            match profile {
+                Profile::Dev => "1",
+                Profile::Bench => "0",
+            },
+        )
         .current_dir(src))?;
     Ok(sim_bin(profile))
 }
