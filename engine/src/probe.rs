@@ -161,6 +161,7 @@ pub const PROBES: &[Probe] = &[
         "every endpoint down is an outage, not an answer",
     ),
     p("rpc.lagging_endpoint_skipped"),
+    p("rpc.answer_from_lagging_rechecked"),
     // The indexer.
     must("indexer.reorg_detected", "the indexer follows reorgs"),
     p("indexer.rollback"),
@@ -353,6 +354,11 @@ pub mod sim {
             }
             s.enabled.iter().map(|(k, v)| (k.to_string(), *v)).collect()
         })
+    }
+
+    /// Disable every fault point (the run's quiet phase: liveness is judged without them).
+    pub fn disarm() {
+        STATE.with(|s| s.borrow_mut().enabled.clear());
     }
 
     /// Count a probe.

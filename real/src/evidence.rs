@@ -186,6 +186,20 @@ pub async fn database(url: &str, ev: &mut Evidence) -> Result<()> {
         ev.journals.insert(id, store.journal(id).await?);
         ev.txs.extend(store.txs_for_workflow(id).await?);
     }
+    let mut notifications = Vec::new();
+    for r in sqlx::query(
+        "SELECT workflow_id, kind, payload FROM notifications ORDER BY workflow_id, kind",
+    )
+    .fetch_all(&pool)
+    .await?
+    {
+        notifications.push(dalp_sim::check::effects::Notification {
+            workflow_id: r.try_get(0)?,
+            kind: r.try_get(1)?,
+            payload: r.try_get(2)?,
+        });
+    }
+    ev.notifications = Some(notifications);
     for r in sqlx::query("SELECT tx_hash FROM nonce_fillers ORDER BY tx_hash")
         .fetch_all(&pool)
         .await?

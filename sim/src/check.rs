@@ -13,6 +13,10 @@ use serde::Serialize;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 
+pub mod dead_letters;
+pub mod effects;
+pub mod failover;
+pub mod finality;
 pub mod visibility;
 
 pub use crate::verdict::Verdict;
@@ -89,6 +93,22 @@ pub struct Evidence {
     pub indexed_balances: BTreeMap<(Address, Address), U256>,
     /// The faults as injected and the engines' scraped metrics (invariant 9).
     pub visibility: visibility::VisibilityEvidence,
+    /// The rows of `notifications` (`None`: not read).
+    pub notifications: Option<Vec<effects::Notification>>,
+    /// Every block the chain mined, orphaned ones included (`None`: not kept by the backend).
+    pub block_history: Option<Vec<finality::MinedBlock>>,
+    /// Every step completion the database committed, with its time.
+    pub step_completions: Vec<finality::StepCompletion>,
+    /// The engines' confirmation and finality depths.
+    pub confirmations: u64,
+    pub finality_depth: u64,
+    /// Every request the RPC hosts served (`None`: not logged by the backend), and the topology's
+    /// endpoints.
+    pub rpc_requests: Option<Vec<failover::RpcRequest>>,
+    pub rpc_endpoints: usize,
+    /// The schedule's fault windows, and the engine fault points that fired.
+    pub fault_windows: Vec<crate::timing::FaultWindow>,
+    pub fault_point_firings: Vec<failover::FaultPointFiring>,
 }
 
 impl Evidence {
@@ -186,6 +206,10 @@ pub fn check(names: &[String], ev: &Evidence) -> Vec<Verdict> {
                 "fail_closed" => fail_closed(ev),
                 "valid_work" => valid_work(ev),
                 "visibility" => visibility::visibility(ev),
+                "dead_letters" => dead_letters::dead_letters(ev, crate::engine_conf::MAX_ATTEMPTS),
+                "effects_once" => effects::effects_once(ev),
+                "finality" => finality::finality(ev),
+                "failover" => failover::failover(ev, ev.rpc_endpoints),
                 // Checked outside one run (two processes, or a baseline run).
                 _ => return None,
             })
@@ -812,7 +836,7 @@ pub fn fail_closed(ev: &Evidence) -> Verdict {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::history::OpType;
     use alloy_primitives::{address, b256, Bytes};
@@ -845,7 +869,7 @@ mod tests {
         }
     }
 
-    fn wf(id: i64, kind: &str, key: &str, status: &str, input: Value) -> WorkflowView {
+    pub(crate) fn wf(id: i64, kind: &str, key: &str, status: &str, input: Value) -> WorkflowView {
         WorkflowView {
             id,
             kind: kind.into(),
@@ -914,7 +938,7 @@ mod tests {
         }
     }
 
-    fn base() -> Evidence {
+    pub(crate) fn base() -> Evidence {
         Evidence {
             signer: SIGNER,
             investor: INVESTOR,
@@ -924,7 +948,7 @@ mod tests {
         }
     }
 
-    fn mint_input(amount: u64) -> Value {
+    pub(crate) fn mint_input(amount: u64) -> Value {
         json!({"token": format!("{TOKEN:#x}"), "to": format!("{INVESTOR:#x}"), "amount": amount.to_string()})
     }
 

@@ -168,6 +168,10 @@ pub async fn drive<B: Backend>(
         tokens: workload.tokens.lock().expect("tokens").clone(),
         investor: INVESTOR,
         max_dead_letters: s.expect.max_dead_letters,
+        confirmations: crate::engine_conf::confirmations(s.topology.finality_depth),
+        finality_depth: s.topology.finality_depth,
+        rpc_endpoints: s.topology.rpc_endpoints as usize,
+        fault_windows: fault_windows(&schedule, heal_ms),
         ..Default::default()
     };
     let (verdicts, head, not_judged) = judge(&mut b, s, &schedule, &mut ev, trace).await?;
@@ -283,8 +287,14 @@ async fn judge<B: Backend>(
     trace: &Trace,
 ) -> Result<(Vec<Verdict>, u64, Vec<String>)> {
     b.collect(ev).await?;
+    let mut names = s.invariants.clone();
+    for always in crate::scenario::ALWAYS_CHECKED {
+        if !names.iter().any(|n| n == always) {
+            names.push(always.to_string());
+        }
+    }
     let (invariants, not_judged): (Vec<String>, Vec<String>) =
-        s.invariants.iter().cloned().partition(|i| b.can_judge(i));
+        names.into_iter().partition(|i| b.can_judge(i));
     if invariants.iter().any(|i| i == "visibility") {
         b.observe_visibility(schedule, ev).await;
     }

@@ -9,6 +9,9 @@ pub const SIGNER_KEY: &str = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efc
 pub const CHAIN_ID: u64 = 31337;
 pub const API_TOKEN: &str = "sim-client-token";
 pub const OPERATOR_TOKEN: &str = "sim-operator-token";
+/// Attempts of a step before a failure that is not an outage is dead-lettered (the checkers
+/// judge dead letters against it).
+pub const MAX_ATTEMPTS: u32 = 8;
 
 /// What differs per engine and per backend.
 pub struct EngineConf<'a> {
@@ -21,10 +24,15 @@ pub struct EngineConf<'a> {
     pub listen: Option<&'a str>,
 }
 
+/// The engines' confirmation depth for a chain with `finality_depth`.
+pub fn confirmations(finality_depth: u64) -> u64 {
+    finality_depth.clamp(1, 2)
+}
+
 /// The configuration text of engine `c.index` (`engine-<i>`).
 pub fn engine_toml(c: &EngineConf) -> String {
     let endpoints: Vec<String> = c.rpc_endpoints.iter().map(|e| format!("{e:?}")).collect();
-    let confirmations = c.finality_depth.clamp(1, 2);
+    let confirmations = confirmations(c.finality_depth);
     let listen = c
         .listen
         .map(|l| format!("listen = {l:?}\n"))
@@ -43,6 +51,8 @@ confirmations = {confirmations}
 finality_depth = {finality}
 [indexer]
 enabled = {indexer}
+[worker]
+max_attempts = {MAX_ATTEMPTS}
 "#,
         i = c.index,
         db = c.database_url,

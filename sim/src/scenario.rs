@@ -50,7 +50,15 @@ pub const INVARIANTS: &[&str] = &[
     "isolation",
     "visibility",
     "determinism",
+    "dead_letters",
+    "effects_once",
+    "finality",
+    "failover",
 ];
+
+/// Invariants judged in every run, whether or not the scenario lists them: promises no fault
+/// or workload makes inapplicable.
+pub const ALWAYS_CHECKED: &[&str] = &["dead_letters", "effects_once", "finality", "failover"];
 
 /// A scenario error: which file, which field, why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -710,7 +710,10 @@ fn disk_space_note() {
                     root().display()
                 );
             } else {
-                eprintln!("xtask: {gib:.1} GiB free on {}'s filesystem", root().display());
+                eprintln!(
+                    "xtask: {gib:.1} GiB free on {}'s filesystem",
+                    root().display()
+                );
             }
         }
         None => eprintln!("xtask: could not read the free disk space (df)"),

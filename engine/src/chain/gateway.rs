@@ -160,14 +160,26 @@ impl Gateway {
     /// One JSON-RPC call with failover. Node answers (JSON-RPC errors) are returned as they are,
     /// except rate limiting and internal errors, which fail over like transport failures.
     pub async fn call(&self, method: &str, params: Value) -> Result<Value> {
+        self.call_at(method, params).await.0
+    }
+
+    /// [`Gateway::call`], and which endpoint gave the answer (`None`: none did).
+    async fn call_at(&self, method: &str, params: Value) -> (Result<Value>, Option<usize>) {
         let order = self.order();
         let mut last = EngineError::RpcUnavailable("no endpoint tried".into());
         for (n, i) in order.iter().copied().enumerate() {
             if n > 0 {
-                crate::fault_point!(
-                    "fp.gateway.before_failover",
-                    EngineError::RpcUnavailable("fault point: failover".into())
-                );
+                let injected: Result<()> = async {
+                    crate::fault_point!(
+                        "fp.gateway.before_failover",
+                        EngineError::RpcUnavailable("fault point: failover".into())
+                    );
+                    Ok(())
+                }
+                .await;
+                if let Err(e) = injected {
+                    return (Err(e), None);
+                }
                 crate::probe!("rpc.failover");
                 self.metrics.inc(
                     "dalp_rpc_failovers_total",
@@ -175,13 +187,51 @@ impl Gateway {
                 );
             }
             match self.call_one(i, method, params.clone()).await {
-                Ok(v) => return Ok(v),
                 Err(e) if fails_over(&e) => last = e,
-                Err(e) => return Err(e),
+                answer => return (answer, Some(i)),
             }
         }
         crate::probe!("rpc.all_endpoints_failed");
-        Err(last)
+        (Err(last), None)
+    }
+
+    /// A call whose answer the engine acts on as final, when the answer may only say that the
+    /// node has not seen something yet: `null` ("no such receipt", "unknown transaction": the
+    /// engine re-sends or takes a nonce for lost), a revert or no code in a pre-flight call (it
+    /// dead-letters). From an endpoint behind the best head the probes have seen, such an
+    /// answer (`doubtful`) is not believed: the fresher endpoints are asked, best head first,
+    /// and the first of them that answers is; when none answers, the outage is returned and the
+    /// caller waits rather than act on a lagging node's ignorance.
+    async fn call_fresh(
+        &self,
+        method: &str,
+        params: Value,
+        doubtful: fn(&Result<Value>) -> bool,
+    ) -> Result<Value> {
+        let (answer, by) = self.call_at(method, params.clone()).await;
+        let Some(i) = by.filter(|_| doubtful(&answer)) else {
+            return answer;
+        };
+        let heads: Vec<u64> = self
+            .endpoints
+            .iter()
+            .map(|e| e.health.lock().expect("health").head)
+            .collect();
+        let mut fresher: Vec<usize> = (0..heads.len()).filter(|&j| heads[j] > heads[i]).collect();
+        if fresher.is_empty() {
+            return answer;
+        }
+        crate::probe!("rpc.answer_from_lagging_rechecked");
+        fresher.sort_by_key(|&j| (std::cmp::Reverse(heads[j]), j));
+        let mut last = None;
+        for j in fresher {
+            match self.call_one(j, method, params.clone()).await {
+                Ok(v) => return Ok(v),
+                Err(e) if fails_over(&e) => last = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.expect("a fresher endpoint was tried"))
     }
 
     /// One call to one endpoint, bounded by the method's timeout; updates health.
@@ -330,7 +380,7 @@ impl Gateway {
 
     pub async fn receipt(&self, hash: B256) -> Result<Option<Receipt>> {
         let v = self
-            .call("eth_getTransactionReceipt", json!([hash]))
+            .call_fresh("eth_getTransactionReceipt", json!([hash]), is_null)
             .await?;
         if v.is_null() {
             return Ok(None);
@@ -341,7 +391,7 @@ impl Gateway {
     /// Whether the node knows the transaction at all (pending or mined).
     pub async fn transaction_known(&self, hash: B256) -> Result<bool> {
         Ok(!self
-            .call("eth_getTransactionByHash", json!([hash]))
+            .call_fresh("eth_getTransactionByHash", json!([hash]), is_null)
             .await?
             .is_null())
     }
@@ -393,9 +443,10 @@ impl Gateway {
     /// `eth_call` at the latest block; a revert is [`EngineError::Reverted`].
     pub async fn eth_call(&self, from: Address, to: Address, data: &Bytes) -> Result<Bytes> {
         let v = self
-            .call(
+            .call_fresh(
                 "eth_call",
                 json!([{"from": from, "to": to, "data": data}, "latest"]),
+                reverted_or_empty,
             )
             .await?;
         serde_json::from_value(v)
@@ -416,7 +467,7 @@ impl Gateway {
         if let Some(to) = to {
             tx["to"] = json!(to);
         }
-        self.call("eth_call", json!([tx, "latest"]))
+        self.call_fresh("eth_call", json!([tx, "latest"]), reverted_or_empty)
             .await
             .map(|_| ())
     }
@@ -449,6 +500,20 @@ impl Gateway {
             max_fee_per_gas: base * 2 + priority_fee,
             max_priority_fee_per_gas: priority_fee,
         })
+    }
+}
+
+fn is_null(answer: &Result<Value>) -> bool {
+    matches!(answer, Ok(Value::Null))
+}
+
+/// A revert, or no data (no code at the address): what a node answers for state it has not
+/// reached yet as well as for a call that is wrong.
+fn reverted_or_empty(answer: &Result<Value>) -> bool {
+    match answer {
+        Err(EngineError::Reverted(_)) => true,
+        Ok(v) => v.as_str() == Some("0x"),
+        Err(_) => false,
     }
 }
 

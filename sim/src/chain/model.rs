@@ -293,6 +293,8 @@ pub struct ChainModel {
     pub(crate) senders: BTreeMap<B256, Address>,
     /// Bumped by every reorg so re-mined heights get new hashes.
     salt: u64,
+    /// Every block mined, in order, orphaned ones included (the `finality` checker's evidence).
+    pub(crate) history: Vec<crate::check::finality::MinedBlock>,
     next_base_fee_override: Option<u128>,
 }
 
@@ -318,6 +320,12 @@ impl ChainModel {
         };
         let mut snapshots = BTreeMap::new();
         snapshots.insert(0, state.clone());
+        let history = vec![crate::check::finality::MinedBlock {
+            t_ms: genesis_time_ms,
+            number: 0,
+            hash: genesis.hash,
+            parent: genesis.parent_hash,
+        }];
         ChainModel {
             params,
             blocks: vec![genesis],
@@ -330,6 +338,7 @@ impl ChainModel {
             senders: BTreeMap::new(),
             salt: 0,
             next_base_fee_override: None,
+            history,
         }
     }
 
@@ -777,6 +786,12 @@ impl ChainModel {
             included: block.txs.iter().map(|i| i.tx.hash).collect(),
             dropped,
         };
+        self.history.push(crate::check::finality::MinedBlock {
+            t_ms: now_ms,
+            number,
+            hash: block.hash,
+            parent: block.parent_hash,
+        });
         self.blocks.push(block);
         self.assert_head_consistent();
         self.snapshots.insert(number, self.state.clone());
@@ -936,6 +951,8 @@ impl ChainModel {
             senders: BTreeMap::new(),
             salt: self.salt,
             next_base_fee_override: self.next_base_fee_override,
+            // A throwaway view: its history is not the chain's.
+            history: Vec::new(),
         };
         m.mine_block(now_ms);
         m

@@ -5,6 +5,7 @@
 use super::net::{serve, CallError, Client};
 use super::{epoch_ms, rpc_addr, t_ms};
 use crate::chain::ChainModel;
+use crate::check::failover::{RpcFailure, RpcRequest as LoggedRequest};
 use crate::trace::Trace;
 use alloy_primitives::Address;
 use dalp_engine::chain::{Transport, TransportError};
@@ -42,6 +43,9 @@ pub struct ChainWorld {
     /// only once it met a request (not traced: the trace hash stays a function of the seed
     /// whether or not visibility is checked).
     pub faulted: Mutex<Vec<(u64, usize)>>,
+    /// Every request served, by whom and how it failed (the `failover` checker's evidence; not
+    /// traced either).
+    pub requests: Mutex<Vec<LoggedRequest>>,
 }
 
 impl ChainWorld {
@@ -89,22 +93,42 @@ pub async fn miner(chain: Arc<ChainWorld>) {
 pub struct RpcRequest(pub String);
 pub struct RpcResponse(pub Result<String, TransportError>);
 
-fn method_of(body: &str) -> String {
-    serde_json::from_str::<Value>(body)
-        .ok()
-        .and_then(|v| v.get("method").and_then(Value::as_str).map(str::to_string))
+/// A request's method, and a hash of its method and parameters (not its id): the same call
+/// sent to another endpoint hashes the same (FNV-1a; deterministic).
+fn call_of(body: &str) -> (String, u64) {
+    let v = serde_json::from_str::<Value>(body).unwrap_or_default();
+    let method = v
+        .get("method")
+        .and_then(Value::as_str)
         .unwrap_or_default()
+        .to_string();
+    let params = v.get("params").map(Value::to_string).unwrap_or_default();
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in method.bytes().chain([0]).chain(params.bytes()) {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    (method, h)
+}
+
+/// The engine a request came from, by its address (`ip(1, i)`).
+fn engine_of(from: SocketAddr) -> Option<usize> {
+    match from.ip() {
+        std::net::IpAddr::V4(a) if a.octets()[..3] == [10, 0, 1] => {
+            Some(usize::from(a.octets()[3]) - 1)
+        }
+        _ => None,
+    }
 }
 
 /// RPC endpoint `k`'s process.
 pub async fn rpc_process(chain: Arc<ChainWorld>, k: usize) {
     let name = format!("rpc-{k}");
-    serve(rpc_addr(k), move |req: RpcRequest, _from: SocketAddr| {
+    serve(rpc_addr(k), move |req: RpcRequest, from: SocketAddr| {
         let chain = chain.clone();
         let name = name.clone();
         async move {
             let body = req.0;
-            let method = method_of(&body);
+            let (method, call) = call_of(&body);
             *chain
                 .calls
                 .lock()
@@ -120,6 +144,28 @@ pub async fn rpc_process(chain: Arc<ChainWorld>, k: usize) {
             if failed {
                 chain.faulted.lock().expect("faulted").push((t_ms(), k));
             }
+            let unanswered = modes
+                .iter()
+                .any(|m| matches!(m, RpcMode::Timeout(x) if hits(x)))
+                || (method == "eth_sendRawTransaction" && modes.contains(&RpcMode::Ambiguous));
+            chain
+                .requests
+                .lock()
+                .expect("requests")
+                .push(LoggedRequest {
+                    t_ms: t_ms(),
+                    endpoint: k,
+                    engine: engine_of(from),
+                    method: method.clone(),
+                    call,
+                    failure: if failed && !unanswered {
+                        Some(RpcFailure::Immediate)
+                    } else if unanswered {
+                        Some(RpcFailure::Unanswered)
+                    } else {
+                        None
+                    },
+                });
             if modes.contains(&RpcMode::Down) {
                 return Some(RpcResponse(Err(TransportError::Unreachable(
                     "connection refused".into(),

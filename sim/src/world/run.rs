@@ -76,9 +76,13 @@ struct SimWorld {
     hosts: Vec<Arc<EngineHost>>,
     scrape_log: Arc<Mutex<ScrapeLog>>,
     fleet: Option<Arc<Fleet>>,
-    /// The engine's fault points this seed armed, with their firing probability.
+    /// The engine's fault points this seed armed, with their firing probability, and every
+    /// firing.
     fault_points: BTreeMap<String, f64>,
+    fired: Fired,
 }
+
+type Fired = Arc<Mutex<Vec<crate::check::failover::FaultPointFiring>>>;
 
 impl SimWorld {
     /// The chain and its RPC endpoints, the database hosts and the engine hosts (created in
@@ -88,7 +92,8 @@ impl SimWorld {
         let chain = chain_hosts(&s, &trace, &mut nodes);
         let db = db_hosts(&s, seed, &trace, &mut nodes);
         let hosts = engine_hosts(&s, seed, &trace, &mut nodes);
-        let fault_points = arm_fault_points(&s, seed, &trace, &nodes);
+        let fired = Fired::default();
+        let fault_points = arm_fault_points(&s, seed, &trace, &nodes, &fired);
         SimWorld {
             scenario: s,
             trace,
@@ -99,6 +104,7 @@ impl SimWorld {
             scrape_log: Arc::new(Mutex::new(ScrapeLog::default())),
             fleet: None,
             fault_points,
+            fired,
         }
     }
 
@@ -120,6 +126,7 @@ fn arm_fault_points(
     seed: u64,
     trace: &Trace,
     nodes: &Nodes,
+    fired: &Fired,
 ) -> BTreeMap<String, f64> {
     use dalp_engine::probe::sim;
     sim::reset();
@@ -134,8 +141,17 @@ fn arm_fault_points(
         "armed",
         json!({"enabled": armed.keys().collect::<Vec<_>>()}),
     );
+    // Quiet after the fault phase, like every other fault: liveness is judged without them.
+    let quiet = Duration::from_secs_f64(s.durations.fault_phase_s);
+    let tr = trace.clone();
+    madsim::task::spawn(async move {
+        madsim::time::sleep(quiet).await;
+        sim::disarm();
+        tr.record(t_ms(), "sim", "fault_point", "disarmed", json!({}));
+    });
     let names: BTreeMap<NodeId, String> = nodes.iter().map(|(k, v)| (*v, k.clone())).collect();
     let tr = trace.clone();
+    let fired = fired.clone();
     sim::observe(move |point, action| {
         let node = names
             .get(&madsim::plugin::node())
@@ -148,6 +164,15 @@ fn arm_fault_points(
             sim::Action::Crash => json!({"point": point, "action": "crash"}),
             sim::Action::Continue => return,
         };
+        fired
+            .lock()
+            .expect("fired")
+            .push(crate::check::failover::FaultPointFiring {
+                t_ms: t_ms(),
+                node: node.to_string(),
+                point: point.to_string(),
+                action: what["action"].as_str().unwrap_or("").to_string(),
+            });
         tr.record(t_ms(), node, "fault_point", "fired", what);
     });
     armed
@@ -177,6 +202,7 @@ fn chain_hosts(s: &Scenario, trace: &Trace, nodes: &mut Nodes) -> Arc<ChainWorld
         modes: Mutex::default(),
         calls: Mutex::default(),
         faulted: Mutex::default(),
+        requests: Mutex::default(),
         block_time: Duration::from_millis(topo.block_time_ms),
         signer,
         trace: trace.clone(),
@@ -390,6 +416,8 @@ impl Backend for SimWorld {
         ev.external_txs = fleet.external_txs.lock().expect("ext").clone();
         ev.stale_writes_accepted = self.db.stale_writes_accepted.lock().expect("stale").clone();
         ev.data_loss = fleet.data_loss.lock().expect("loss").clone();
+        ev.rpc_requests = Some(self.chain.requests.lock().expect("requests").clone());
+        ev.fault_point_firings = self.fired.lock().expect("fired").clone();
     }
 
     async fn final_state(&self) -> Result<(u64, Value)> {
@@ -498,9 +526,38 @@ fn collect(db: &DbCluster, chain: &ChainWorld, ev: &mut Evidence) {
     }
     ev.txs = model.txs().collect();
     ev.fillers = model.tables.nonce_fillers.keys().copied().collect();
+    ev.notifications = Some(
+        model
+            .tables
+            .notifications
+            .iter()
+            .map(|((wf, kind), row)| crate::check::effects::Notification {
+                workflow_id: *wf,
+                kind: kind.clone(),
+                payload: row.payload.clone(),
+            })
+            .collect(),
+    );
     ev.indexed_height = checkpoint(&model);
 
+    ev.step_completions = model
+        .tables
+        .journal
+        .values()
+        .filter(|r| r.event == "completed")
+        .filter_map(|r| {
+            let w = model.tables.workflows.get(&r.workflow_id)?;
+            Some(crate::check::finality::StepCompletion {
+                workflow_id: r.workflow_id,
+                kind: w.kind.clone(),
+                step: r.step_name.clone(),
+                t_ms: r.at_ms,
+                output: r.detail.clone().unwrap_or_default(),
+            })
+        })
+        .collect();
     let mut m = chain.model.lock().expect("chain");
+    ev.block_history = Some(m.history.clone());
     ev.finalized = m.finalized();
     ev.indexed_balances = indexed_balances_at(&model, ev.finalized);
     for t in m.canonical_txs() {

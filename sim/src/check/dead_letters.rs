@@ -1,0 +1,203 @@
+//! `dead_letters`: every dead letter's cause is permanent by the error classification table
+//! (DESIGN.md §3), judged here from the recorded cause itself, not from the class the engine
+//! wrote beside it (a misclassification writes a wrong class too).
+//!
+//! - An outage (connection loss, read-only node, a timeout, 503, a lagging or failing node) is
+//!   waited out: it never dead-letters, whatever the attempt count.
+//! - A transient cause that is not an outage (a serialization failure, funds, a node with no
+//!   code yet, a confirmation that outlived its bound, an unknown node error) dead-letters only
+//!   once the retry budget is spent.
+//! - A permanent cause (a revert, invalid input, a rejected call) may dead-letter at once.
+
+use super::{Evidence, Verdict};
+#[cfg(test)]
+use serde_json::Value;
+
+/// How the table classifies a recorded cause.
+#[derive(Debug, PartialEq, Eq)]
+enum Cause {
+    Outage,
+    Transient,
+    Permanent,
+}
+
+/// The SQLSTATE in a database error's message ("database error (SQLSTATE 25006): …").
+fn sqlstate(message: &str) -> &str {
+    message
+        .split("SQLSTATE ")
+        .nth(1)
+        .and_then(|r| r.split(')').next())
+        .unwrap_or("")
+}
+
+/// The JSON-RPC code in a node error's message ("rpc error -32000: …").
+fn rpc_code(message: &str) -> Option<i64> {
+    message
+        .strip_prefix("rpc error ")?
+        .split(':')
+        .next()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+fn classify(reason_code: &str, message: &str) -> Option<Cause> {
+    Some(match reason_code {
+        "db_unavailable"
+        | "db_timeout"
+        | "rpc_unavailable"
+        | "rpc_timeout"
+        | "fenced"
+        | "nonce_reconciling"
+        | "compliance_unsettled" => Cause::Outage,
+        "db_error" => match sqlstate(message) {
+            "" | "25006" | "57P01" | "57P02" | "57P03" | "57014" => Cause::Outage,
+            s if s.starts_with("08") || s.starts_with("53") => Cause::Outage,
+            "40001" | "40P01" | "55P03" => Cause::Transient,
+            _ => Cause::Permanent,
+        },
+        "rpc_error" => match rpc_code(message) {
+            Some(-32600 | -32601 | -32602 | -32700 | 3) => Cause::Permanent,
+            // Server error, limit exceeded, internal error, rate limited: another node or a
+            // later try may answer.
+            Some(-32000 | -32005 | -32603 | 429) => Cause::Outage,
+            _ => Cause::Transient,
+        },
+        "signer_funds" | "no_contract_code" | "confirmation_timeout" => Cause::Transient,
+        "reverted" | "invalid_input" | "internal" | "compliance_rejected" => Cause::Permanent,
+        _ => return None,
+    })
+}
+
+/// Judge every dead letter's recorded cause; `max_attempts` is the engines' retry budget.
+pub fn dead_letters(ev: &Evidence, max_attempts: u32) -> Verdict {
+    let mut v = Vec::new();
+    let mut n = 0;
+    for w in ev.workflows.iter().filter(|w| w.status == "dead_letter") {
+        n += 1;
+        let Some(e) = &w.error else {
+            v.push(format!(
+                "workflow {} is dead-lettered with no recorded cause",
+                w.id
+            ));
+            continue;
+        };
+        let code = e["reason_code"].as_str().unwrap_or("");
+        let message = e["message"].as_str().unwrap_or("");
+        let attempt = e["attempt"].as_u64().unwrap_or(0);
+        let step = e["step"].as_str().unwrap_or("?");
+        match classify(code, message) {
+            None => v.push(format!(
+                "workflow {} is dead-lettered at step {step} with a cause the classification table does not know: {code:?} ({message})",
+                w.id
+            )),
+            Some(Cause::Outage) => v.push(format!(
+                "workflow {} is dead-lettered at step {step} (attempt {attempt}) for an outage, which must be waited out: {code} ({message})",
+                w.id
+            )),
+            Some(Cause::Transient) if attempt < u64::from(max_attempts) => v.push(format!(
+                "workflow {} is dead-lettered at step {step} after {attempt} of {max_attempts} attempts for a transient cause: {code} ({message})",
+                w.id
+            )),
+            Some(_) => {}
+        }
+    }
+    Verdict::new(
+        "dead_letters",
+        format!("{n} dead letters' causes against the classification table"),
+        v,
+    )
+}
+
+/// The recorded cause of a dead letter, as the engine writes it (for tests).
+#[cfg(test)]
+pub(super) fn cause(code: &str, message: &str, attempt: u64) -> Value {
+    serde_json::json!({"reason_code": code, "message": message, "attempt": attempt, "step": "mint", "class": "permanent"})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::check::tests::{base, mint_input, wf};
+
+    fn dead(id: i64, error: Value) -> crate::check::WorkflowView {
+        let mut w = wf(id, "mint", &format!("k{id}"), "dead_letter", mint_input(1));
+        w.error = Some(error);
+        w
+    }
+
+    #[test]
+    fn outages_and_early_transient_dead_letters_are_violations_permanent_ones_are_not() {
+        let mut ev = base();
+        ev.workflows = vec![
+            dead(1, cause("reverted", "execution reverted: no identity", 1)),
+            dead(2, cause("rpc_error", "rpc error -32602: invalid params", 1)),
+            dead(3, cause("signer_funds", "insufficient funds", 8)),
+        ];
+        assert!(dead_letters(&ev, 8).held, "{:?}", dead_letters(&ev, 8));
+        // A lagging node's "header not found", taken for final.
+        ev.workflows.push(dead(
+            4,
+            cause("rpc_error", "rpc error -32000: header not found", 1),
+        ));
+        // An outage that spent the attempts: still an outage.
+        ev.workflows.push(dead(
+            5,
+            cause(
+                "rpc_unavailable",
+                "rpc unavailable: every endpoint failed",
+                8,
+            ),
+        ));
+        // A read-only node.
+        ev.workflows.push(dead(
+            6,
+            cause(
+                "db_error",
+                "database error (SQLSTATE 25006): read-only transaction",
+                2,
+            ),
+        ));
+        // A transient cause before the budget is spent.
+        ev.workflows.push(dead(
+            7,
+            cause("no_contract_code", "no contract code: 0x…", 3),
+        ));
+        ev.workflows.push(dead(8, Value::Null));
+        let mut w = dead(9, Value::Null);
+        w.error = None;
+        ev.workflows.push(w);
+        let v = dead_letters(&ev, 8);
+        assert!(!v.held);
+        let ids: Vec<&str> = v
+            .violations
+            .iter()
+            .map(|m| m.split_whitespace().nth(1).unwrap())
+            .collect();
+        assert_eq!(ids, ["4", "5", "6", "7", "8", "9"], "{v:?}");
+        assert!(v.violations[0].contains("for an outage"), "{v:?}");
+        assert!(v.violations[3].contains("after 3 of 8 attempts"), "{v:?}");
+    }
+
+    #[test]
+    fn causes_are_parsed_from_the_engine_messages() {
+        assert_eq!(
+            sqlstate("database error (SQLSTATE 40001): could not serialize"),
+            "40001"
+        );
+        assert_eq!(rpc_code("rpc error -32000: header not found"), Some(-32000));
+        assert_eq!(rpc_code("rpc error 0: max initcode size exceeded"), Some(0));
+        assert_eq!(
+            classify("rpc_error", "rpc error 0: x"),
+            Some(Cause::Transient)
+        );
+        assert_eq!(
+            classify("db_error", "database error (SQLSTATE 23505): dup"),
+            Some(Cause::Permanent)
+        );
+        assert_eq!(
+            classify("db_error", "database error (SQLSTATE 08006): gone"),
+            Some(Cause::Outage)
+        );
+    }
+}

@@ -1,0 +1,212 @@
+//! `finality`: a step completed on a transaction rests on a block that was canonical and deep
+//! enough when the completion was persisted: `confirmations` blocks for a transaction step,
+//! `finality_depth` for a step awaiting finality. Judged from the chain's own history of mined
+//! blocks (every block it ever produced, orphaned ones included, with the simulated time it was
+//! mined), never from the engine's records of what it saw.
+
+use super::{Evidence, Verdict};
+use alloy_primitives::B256;
+use serde_json::Value;
+use std::collections::BTreeMap;
+
+/// A block as the chain mined it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct MinedBlock {
+    pub t_ms: u64,
+    pub number: u64,
+    pub hash: B256,
+    pub parent: B256,
+}
+
+/// A step completion as the database committed it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct StepCompletion {
+    pub workflow_id: i64,
+    pub kind: String,
+    pub step: String,
+    pub t_ms: u64,
+    pub output: Value,
+}
+
+/// A reorg within this long before a completion leaves it unjudged: the engine's check and its
+/// write are apart by at least a network round trip, and a reorg in between is not its error.
+const REORG_GRACE_MS: u64 = 5_000;
+
+pub fn finality(ev: &Evidence) -> Verdict {
+    let Some(history) = &ev.block_history else {
+        return Verdict::new(
+            "finality",
+            "not judged: the backend keeps no history of mined blocks".into(),
+            vec![],
+        );
+    };
+    assert!(
+        history.windows(2).all(|w| w[0].t_ms <= w[1].t_ms),
+        "the chain's history is in mining order"
+    );
+    let by_hash: BTreeMap<B256, &MinedBlock> = history.iter().map(|b| (b.hash, b)).collect();
+    // When the chain went back (a reorg mines from a lower height than the head before it).
+    let reorgs: Vec<u64> = history
+        .windows(2)
+        .filter(|w| w[1].number <= w[0].number)
+        .map(|w| w[1].t_ms)
+        .collect();
+    let mut v = Vec::new();
+    let (mut judged, mut skipped) = (0, 0);
+    for c in &ev.step_completions {
+        let required = if c.step == "await_confirmation" {
+            ev.finality_depth
+        } else if dalp_engine::workflow::is_tx_step(&c.kind, &c.step) {
+            ev.confirmations
+        } else {
+            continue;
+        };
+        let (Some(number), Some(hash)) = (
+            c.output["block_number"].as_u64(),
+            c.output["block_hash"]
+                .as_str()
+                .and_then(|h| h.parse::<B256>().ok()),
+        ) else {
+            v.push(format!(
+                "workflow {} step {} completed with no block in its output: {}",
+                c.workflow_id, c.step, c.output
+            ));
+            continue;
+        };
+        if reorgs
+            .iter()
+            .any(|&r| r <= c.t_ms && r + REORG_GRACE_MS > c.t_ms)
+        {
+            skipped += 1;
+            continue;
+        }
+        judged += 1;
+        // The head when the completion was committed: the last block mined at or before it.
+        let Some(head) = history.iter().rev().find(|b| b.t_ms <= c.t_ms) else {
+            v.push(format!(
+                "workflow {} step {} completed at {} ms, before any block was mined",
+                c.workflow_id, c.step, c.t_ms
+            ));
+            continue;
+        };
+        // Walk that chain back to the transaction's height.
+        let mut at = Some(head);
+        while let Some(b) = at.filter(|b| b.number > number) {
+            at = by_hash.get(&b.parent).copied();
+        }
+        let canonical = at.is_some_and(|b| b.number == number && b.hash == hash);
+        let depth = (head.number + 1).saturating_sub(number);
+        if !canonical {
+            v.push(format!(
+                "workflow {} step {} completed at {:.3} s on block {number} {hash:#x}, which was not in the canonical chain then (head {} {:#x})",
+                c.workflow_id,
+                c.step,
+                c.t_ms as f64 / 1000.0,
+                head.number,
+                head.hash
+            ));
+        } else if depth < required {
+            v.push(format!(
+                "workflow {} step {} completed at {:.3} s with its transaction {depth} blocks deep (block {number}, head {}); it needs {required}",
+                c.workflow_id,
+                c.step,
+                c.t_ms as f64 / 1000.0,
+                head.number
+            ));
+        }
+    }
+    Verdict::new(
+        "finality",
+        format!(
+            "{judged} transaction step completions against {} mined blocks ({skipped} within {} s of a reorg not judged)",
+            history.len(),
+            REORG_GRACE_MS / 1000
+        ),
+        v,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::check::tests::base;
+    use serde_json::json;
+
+    fn h(n: u8) -> B256 {
+        B256::repeat_byte(n)
+    }
+
+    /// Blocks 1..=5 a second apart (hashes 1..=5), then a reorg at 5.5 s replacing 4 and 5 with
+    /// 14, 15 and 16.
+    fn history() -> Vec<MinedBlock> {
+        let mut blocks: Vec<MinedBlock> = (1..=5u8)
+            .map(|n| MinedBlock {
+                t_ms: n as u64 * 1000,
+                number: n as u64,
+                hash: h(n),
+                parent: h(n - 1),
+            })
+            .collect();
+        for (n, parent) in [(4u8, 3u8), (5, 14), (6, 15)] {
+            blocks.push(MinedBlock {
+                t_ms: 5_500,
+                number: n as u64,
+                hash: h(n + 10),
+                parent: h(parent),
+            });
+        }
+        blocks
+    }
+
+    fn done(step: &str, t_ms: u64, block: u64, hash: B256) -> StepCompletion {
+        StepCompletion {
+            workflow_id: 1,
+            kind: "mint".into(),
+            step: step.into(),
+            t_ms,
+            output: json!({"tx_hash": format!("{:#x}", h(99)), "block_number": block, "block_hash": format!("{hash:#x}")}),
+        }
+    }
+
+    #[test]
+    fn a_shallow_or_orphaned_completion_is_a_violation() {
+        let mut ev = base();
+        ev.block_history = Some(history());
+        ev.confirmations = 2;
+        ev.finality_depth = 3;
+        // Block 2 at 3.5 s: head 3, two deep. Then finality at 4.2 s: head 4, three deep.
+        ev.step_completions = vec![
+            done("mint", 3_500, 2, h(2)),
+            done("await_confirmation", 4_200, 2, h(2)),
+            done("notify", 100, 0, h(0)),
+        ];
+        let v = finality(&ev);
+        assert!(v.held, "{v:?}");
+        // One block early: block 3 at 3.5 s is one deep.
+        ev.step_completions = vec![done("mint", 3_500, 3, h(3))];
+        let v = finality(&ev);
+        assert!(
+            v.violations[0].contains("1 blocks deep (block 3, head 3); it needs 2"),
+            "{v:?}"
+        );
+        // Finality needs 3: two deep is not enough.
+        ev.step_completions = vec![done("await_confirmation", 3_500, 2, h(2))];
+        assert!(!finality(&ev).held);
+        // Completed at 12 s on block 4 of the orphaned branch: not canonical then.
+        ev.step_completions = vec![done("mint", 12_000, 4, h(4))];
+        let v = finality(&ev);
+        assert!(
+            v.violations[0].contains("not in the canonical chain then"),
+            "{v:?}"
+        );
+        // The same on the new branch is fine; a completion right after the reorg is not judged.
+        ev.step_completions = vec![done("mint", 12_000, 4, h(14)), done("mint", 6_000, 4, h(4))];
+        let v = finality(&ev);
+        assert!(
+            v.held && v.checked.contains("1 within 5 s of a reorg not judged"),
+            "{v:?}"
+        );
+        ev.block_history = None;
+        assert!(finality(&ev).checked.starts_with("not judged"));
+    }
+}
