@@ -267,11 +267,13 @@ async fn liveness<B: Backend>(
     recovery
 }
 
-/// Let the indexer reach the finalized height (bounded by `SETTLE_MS`).
+/// Let the indexer reach the finalized height (bounded by `SETTLE_MS`). The target is read
+/// again on every poll: an indexer that is catching up (restarted late in the run) takes
+/// seconds, and the chain finalizes blocks meanwhile; the evidence is read against the height
+/// finalized when the settling ends, not when it began.
 async fn settle_indexer<B: Backend>(b: &B) -> Result<()> {
     let settle_until = b.t_ms() + SETTLE_MS;
-    let finalized = b.finalized().await?;
-    while b.indexed_height().await < finalized && b.t_ms() < settle_until {
+    while b.indexed_height().await < b.finalized().await? && b.t_ms() < settle_until {
         tokio::time::sleep(POLL).await;
     }
     Ok(())

@@ -1,7 +1,8 @@
 //! `failover`: a call an RPC endpoint failed (refused, answered 503, or left unanswered past
 //! the engine's timeout) is tried on another endpoint at once: within the call's timeout (when it
 //! was left unanswered) plus [`SLACK_MS`], the same call (method and parameters) from the same
-//! engine reaches some other endpoint. A timeout on one endpoint must move traffic, not stall it
+//! engine reaches some other endpoint (or reached one before, when this endpoint came later in
+//! the gateway's order: each earlier one may have taken its whole timeout). A timeout on one endpoint must move traffic, not stall it
 //! until the step's next attempt. Judged from the RPC hosts' log of every request they served.
 //!
 //! Not judged: `eth_blockNumber` (the health probe's per-endpoint call, which by design does not
@@ -67,6 +68,13 @@ pub fn failover(ev: &Evidence, endpoints: usize) -> Verdict {
         );
     }
     let timeouts = dalp_engine::config::TimeoutConfig::default();
+    let longest = timeouts
+        .rpc_method_ms
+        .values()
+        .copied()
+        .chain([timeouts.rpc_ms])
+        .max()
+        .unwrap_or(0);
     let end_ms = log.iter().map(|r| r.t_ms).max().unwrap_or(0);
     // Requests by (engine, call), in time order.
     let mut by_call: BTreeMap<(usize, u64), Vec<&RpcRequest>> = BTreeMap::new();
@@ -122,9 +130,11 @@ pub fn failover(ev: &Evidence, endpoints: usize) -> Verdict {
             continue;
         }
         judged += 1;
-        // Tried elsewhere just before (this endpoint came later in the order) or just after.
+        // Tried elsewhere before (this endpoint came later in the order: the earlier ones may
+        // each have taken their whole timeout) or just after.
+        let before = (endpoints as u64 - 1) * (longest + SLACK_MS);
         let elsewhere = by_call[&(engine, r.call)].iter().any(|o| {
-            o.endpoint != r.endpoint && o.t_ms + bound >= r.t_ms && o.t_ms <= r.t_ms + bound
+            o.endpoint != r.endpoint && o.t_ms + before >= r.t_ms && o.t_ms <= r.t_ms + bound
         });
         if !elsewhere {
             v.push(format!(
