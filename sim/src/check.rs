@@ -206,7 +206,9 @@ pub fn check(names: &[String], ev: &Evidence) -> Vec<Verdict> {
                 "fail_closed" => fail_closed(ev),
                 "valid_work" => valid_work(ev),
                 "visibility" => visibility::visibility(ev),
-                "dead_letters" => dead_letters::dead_letters(ev, crate::engine_conf::MAX_ATTEMPTS),
+                "dead_letters" => {
+                    dead_letters::dead_letters(ev, crate::engine_conf::max_attempts())
+                }
                 "effects_once" => effects::effects_once(ev),
                 "finality" => finality::finality(ev),
                 "failover" => failover::failover(ev, ev.rpc_endpoints),
