@@ -343,16 +343,10 @@ impl Engine {
                 Ok(output) => {
                     // The step's effect happened, its output is not durable yet: a crash or a
                     // stall here re-runs the step, which must not repeat the effect.
-                    let stalled: Result<()> = async {
-                        crate::fault_point!(
-                            "fp.step.effect_before_complete",
-                            EngineError::DbUnavailable("fault point: before complete_step".into())
-                        );
-                        Ok(())
-                    }
-                    .instrument(span.clone())
-                    .await;
-                    if let Err(e) = stalled {
+                    if let Err(e) = crate::fault_point!(
+                        result "fp.step.effect_before_complete",
+                        EngineError::DbUnavailable("fault point: before complete_step".into())
+                    ) {
                         error_probe(&e);
                         span.in_scope(|| self.on_store_error(&e, name));
                         return;

@@ -237,21 +237,29 @@ macro_rules! probe {
 /// error of the site's kind), or crash the node (which the simulation restarts).
 #[macro_export]
 macro_rules! fault_point {
-    ($name:literal, $err:expr) => {{
+    // The fault as a value (`Ok(())` unless it fails), for callers that handle it themselves.
+    (result $name:literal, $err:expr) => {{
         const _: () = assert!(
             $crate::probe::is_declared($name),
             concat!("undeclared fault point ", $name)
         );
         #[cfg(madsim)]
-        match $crate::probe::sim::fault($name) {
-            $crate::probe::sim::Action::Continue => {}
-            $crate::probe::sim::Action::Delay(d) => ::tokio::time::sleep(d).await,
-            $crate::probe::sim::Action::Fail => {
-                let e: $crate::error::EngineError = $err;
-                return Err(e.into());
-            }
-            $crate::probe::sim::Action::Crash => $crate::probe::sim::crash($name),
-        }
+        let r: ::std::result::Result<(), $crate::error::EngineError> =
+            match $crate::probe::sim::fault($name) {
+                $crate::probe::sim::Action::Continue => Ok(()),
+                $crate::probe::sim::Action::Delay(d) => {
+                    ::tokio::time::sleep(d).await;
+                    Ok(())
+                }
+                $crate::probe::sim::Action::Fail => Err($err),
+                $crate::probe::sim::Action::Crash => $crate::probe::sim::crash($name),
+            };
+        #[cfg(not(madsim))]
+        let r: ::std::result::Result<(), $crate::error::EngineError> = Ok(());
+        r
+    }};
+    ($name:literal, $err:expr) => {{
+        $crate::fault_point!(result $name, $err)?;
     }};
     ($name:literal) => {{
         const _: () = assert!(

@@ -169,15 +169,10 @@ impl Gateway {
         let mut last = EngineError::RpcUnavailable("no endpoint tried".into());
         for (n, i) in order.iter().copied().enumerate() {
             if n > 0 {
-                let injected: Result<()> = async {
-                    crate::fault_point!(
-                        "fp.gateway.before_failover",
-                        EngineError::RpcUnavailable("fault point: failover".into())
-                    );
-                    Ok(())
-                }
-                .await;
-                if let Err(e) = injected {
+                if let Err(e) = crate::fault_point!(
+                    result "fp.gateway.before_failover",
+                    EngineError::RpcUnavailable("fault point: failover".into())
+                ) {
                     return (Err(e), None);
                 }
                 crate::probe!("rpc.failover");
