@@ -162,6 +162,7 @@ pub const PROBES: &[Probe] = &[
     ),
     p("rpc.lagging_endpoint_skipped"),
     p("rpc.answer_from_lagging_rechecked"),
+    p("rpc.answer_from_lagging_refused"),
     // The indexer.
     must("indexer.reorg_detected", "the indexer follows reorgs"),
     p("indexer.rollback"),

@@ -167,6 +167,7 @@ impl RealWorld {
                 finality_depth: topo.finality_depth,
                 indexer: topo.indexers.contains(&name),
                 listen: Some(&format!("127.0.0.1:{port}")),
+                knobs: &s.knobs(),
             });
             engines.push(EngineProcess::new(&bin, i, *port, &toml)?);
             api_ports.push(api.addr().port());

@@ -101,6 +101,8 @@ pub struct Evidence {
     pub step_completions: Vec<finality::StepCompletion>,
     /// The engines' confirmation and finality depths.
     pub confirmations: u64,
+    /// Attempts of a step before the engine dead-letters a failure that is not an outage.
+    pub max_attempts: u32,
     pub finality_depth: u64,
     /// Every request the RPC hosts served (`None`: not logged by the backend), and the topology's
     /// endpoints.
@@ -206,9 +208,7 @@ pub fn check(names: &[String], ev: &Evidence) -> Vec<Verdict> {
                 "fail_closed" => fail_closed(ev),
                 "valid_work" => valid_work(ev),
                 "visibility" => visibility::visibility(ev),
-                "dead_letters" => {
-                    dead_letters::dead_letters(ev, crate::engine_conf::max_attempts())
-                }
+                "dead_letters" => dead_letters::dead_letters(ev, ev.max_attempts),
                 "effects_once" => effects::effects_once(ev),
                 "finality" => finality::finality(ev),
                 "failover" => failover::failover(ev, ev.rpc_endpoints),

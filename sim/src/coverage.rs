@@ -128,6 +128,7 @@ mod tests {
                 fault_points: BTreeMap::from([("fp.lease.renew".to_string(), 0.1)]),
                 fired: BTreeMap::from([("fp.lease.renew".to_string(), 2)]),
             }),
+            swarm: None,
         };
         RunRecord::new(
             RunOutput::Finished(Box::new(FinishedRun::new(result))),

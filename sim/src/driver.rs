@@ -168,7 +168,8 @@ pub async fn drive<B: Backend>(
         tokens: workload.tokens.lock().expect("tokens").clone(),
         investor: INVESTOR,
         max_dead_letters: s.expect.max_dead_letters,
-        confirmations: crate::engine_conf::confirmations(s.topology.finality_depth),
+        confirmations: s.confirmations(),
+        max_attempts: s.max_attempts(),
         finality_depth: s.topology.finality_depth,
         rpc_endpoints: s.topology.rpc_endpoints as usize,
         fault_windows: fault_windows(&schedule, heal_ms),
@@ -223,6 +224,7 @@ pub async fn drive<B: Backend>(
         not_applicable,
         engine_logs,
         coverage,
+        swarm: None,
     })
 }
 

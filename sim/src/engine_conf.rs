@@ -18,6 +18,8 @@ pub fn max_attempts() -> u32 {
     dalp_engine::config::WorkerConfig::default().max_attempts
 }
 
+use crate::scenario::EngineKnobs;
+
 /// What differs per engine and per backend.
 pub struct EngineConf<'a> {
     pub index: usize,
@@ -27,6 +29,9 @@ pub struct EngineConf<'a> {
     pub indexer: bool,
     /// The API's listen address (real backend; the simulation serves the API itself).
     pub listen: Option<&'a str>,
+    /// The scenario's `[engine]` knobs; only those set are written (an unchanged scenario
+    /// gives the engine the same text as before the knobs existed).
+    pub knobs: &'a EngineKnobs,
 }
 
 /// The engines' confirmation depth for a chain with `finality_depth`.
@@ -37,7 +42,24 @@ pub fn confirmations(finality_depth: u64) -> u64 {
 /// The configuration text of engine `c.index` (`engine-<i>`).
 pub fn engine_toml(c: &EngineConf) -> String {
     let endpoints: Vec<String> = c.rpc_endpoints.iter().map(|e| format!("{e:?}")).collect();
-    let confirmations = confirmations(c.finality_depth);
+    let k = c.knobs;
+    let confirmations = k
+        .confirmations
+        .unwrap_or_else(|| confirmations(c.finality_depth));
+    let worker: String = [
+        ("lease_ms", k.lease_ms),
+        ("poll_ms", k.poll_ms),
+        ("max_attempts", k.max_attempts.map(u64::from)),
+        ("concurrency", k.concurrency.map(u64::from)),
+    ]
+    .iter()
+    .filter_map(|(name, v)| v.map(|v| format!("{name} = {v}\n")))
+    .collect();
+    let worker = if worker.is_empty() {
+        worker
+    } else {
+        format!("[worker]\n{worker}")
+    };
     let listen = c
         .listen
         .map(|l| format!("listen = {l:?}\n"))
@@ -56,7 +78,7 @@ confirmations = {confirmations}
 finality_depth = {finality}
 [indexer]
 enabled = {indexer}
-"#,
+{worker}"#,
         i = c.index,
         db = c.database_url,
         endpoints = endpoints.join(", "),
@@ -83,11 +105,41 @@ mod tests {
             finality_depth: 3,
             indexer: true,
             listen: Some("127.0.0.1:8080"),
+            knobs: &EngineKnobs::default(),
         });
+        assert!(!text.contains("[worker]"), "no knobs, no table:\n{text}");
         let c = Config::from_toml(&text, "test").unwrap();
         assert_eq!(c.node_id, "engine-2");
         assert_eq!(c.rpc_endpoints, eps);
         assert_eq!(c.listen, "127.0.0.1:8080");
         assert_eq!((c.chain.confirmations, c.chain.finality_depth), (2, 3));
+    }
+
+    #[test]
+    fn knobs_reach_the_engine() {
+        let eps = vec!["http://127.0.0.1:1".to_string()];
+        let knobs = EngineKnobs {
+            lease_ms: Some(4000),
+            poll_ms: Some(70),
+            max_attempts: Some(3),
+            concurrency: Some(5),
+            confirmations: Some(3),
+        };
+        let text = engine_toml(&EngineConf {
+            index: 0,
+            database_url: "postgres://postgres@127.0.0.1:5/dalp",
+            rpc_endpoints: &eps,
+            finality_depth: 4,
+            indexer: false,
+            listen: None,
+            knobs: &knobs,
+        });
+        let c = Config::from_toml(&text, "test").unwrap();
+        let w = &c.worker;
+        assert_eq!(
+            (w.lease_ms, w.poll_ms, w.max_attempts, w.concurrency),
+            (4000, 70, 3, 5)
+        );
+        assert_eq!(c.chain.confirmations, 3);
     }
 }

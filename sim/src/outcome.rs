@@ -52,6 +52,9 @@ pub struct RunResult {
     /// The engine's coverage probes and fault points in this run (the simulation only).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub coverage: Option<Coverage>,
+    /// A swarm scenario's draw for this seed (`crate::swarm`).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub swarm: Option<crate::swarm::SwarmDraw>,
 }
 
 /// What one simulated run reached of the engine's declared probes (`dalp_engine::probe`), and

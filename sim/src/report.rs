@@ -1181,6 +1181,7 @@ mod tests {
             not_applicable: Vec::new(),
             engine_logs: BTreeMap::new(),
             coverage: None,
+            swarm: None,
         });
         f.wall_ms = Some(1500);
         RunRecord::new(

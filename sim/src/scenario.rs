@@ -96,6 +96,33 @@ pub struct Scenario {
     /// The engine's fault points (BUGGIFY), armed per seed (`[fault_points]`; absent: off).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fault_points: Option<FaultPoints>,
+    /// The engine's knobs (`[engine]`; absent ones keep the engine's defaults).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine: Option<EngineKnobs>,
+    /// Swarm mode (`[swarm]`): each seed draws its own topology, knobs, workload and faults
+    /// (`crate::swarm`); `for_seed` gives the concrete scenario of a seed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub swarm: Option<crate::swarm::Swarm>,
+}
+
+/// `[engine]`: the engine settings a scenario may change; both backends write them into the
+/// engines' configuration, and the checkers judge by them (attempts before a dead letter,
+/// confirmation depth).
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EngineKnobs {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub poll_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_attempts: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<u32>,
+    /// Blocks on top of a transaction's block before its step completes (default: the
+    /// harness's choice for the chain's finality depth, `engine_conf::confirmations`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confirmations: Option<u64>,
 }
 
 /// `[fault_points]`: each of the engine's fault points (`dalp_engine::probe`) is enabled for a
@@ -408,6 +435,40 @@ pub enum Fault {
     },
     /// An operator lists the dead-letter queue and requeues every entry (through the API).
     OperatorRequeue { at_s: f64 },
+}
+
+impl EngineKnobs {
+    /// The first knob out of range, and why.
+    fn invalid(&self, finality_depth: u64) -> Option<(&'static str, String)> {
+        let out = |f: &'static str, r: &str| Some((f, r.to_string()));
+        match self {
+            EngineKnobs {
+                lease_ms: Some(l), ..
+            } if *l < 1000 => out(
+                "lease_ms",
+                "must be at least 1000 (renewal needs round trips)",
+            ),
+            EngineKnobs {
+                poll_ms: Some(p), ..
+            } if *p < 10 => out("poll_ms", "must be at least 10"),
+            EngineKnobs {
+                max_attempts: Some(0),
+                ..
+            } => out("max_attempts", "must be at least 1"),
+            EngineKnobs {
+                concurrency: Some(0),
+                ..
+            } => out("concurrency", "must be at least 1"),
+            EngineKnobs {
+                confirmations: Some(c),
+                ..
+            } if *c == 0 || *c > finality_depth => Some((
+                "confirmations",
+                format!("must be 1 to topology.finality_depth ({finality_depth})"),
+            )),
+            _ => None,
+        }
+    }
 }
 
 /// Declares [`FaultKind`]: one variant per [`Fault`] variant, with its name in scenario files.
@@ -771,6 +832,38 @@ impl Scenario {
         Ok(s)
     }
 
+    /// The concrete scenario of `seed`: a swarm scenario's draw (and what was drawn), any other
+    /// scenario as it is.
+    pub fn for_seed(&self, seed: u64) -> (Scenario, Option<crate::swarm::SwarmDraw>) {
+        match &self.swarm {
+            None => (self.clone(), None),
+            Some(sw) => {
+                let (s, d) = sw.draw(self, seed);
+                debug_assert!(s.validate("(swarm draw)").is_ok(), "{}", d.line);
+                (s, Some(d))
+            }
+        }
+    }
+
+    /// Attempts of a step before a failure that is not an outage is dead-lettered.
+    pub fn max_attempts(&self) -> u32 {
+        self.knobs()
+            .max_attempts
+            .unwrap_or_else(crate::engine_conf::max_attempts)
+    }
+
+    /// The engines' confirmation depth.
+    pub fn confirmations(&self) -> u64 {
+        self.knobs()
+            .confirmations
+            .unwrap_or_else(|| crate::engine_conf::confirmations(self.topology.finality_depth))
+    }
+
+    /// The scenario's engine knobs (all defaults when it has no `[engine]` table).
+    pub fn knobs(&self) -> EngineKnobs {
+        self.engine.clone().unwrap_or_default()
+    }
+
     pub fn engine_names(&self) -> Vec<String> {
         (0..self.topology.engines)
             .map(|i| format!("engine-{i}"))
@@ -811,7 +904,7 @@ impl Scenario {
             .then(|| vec![name.to_string()])
     }
 
-    fn validate(&self, file: &str) -> Result<(), ScenarioError> {
+    pub(crate) fn validate(&self, file: &str) -> Result<(), ScenarioError> {
         let err = |field: &str, reason: String| ScenarioError {
             file: file.into(),
             field: field.into(),
@@ -846,6 +939,15 @@ impl Scenario {
                     format!("must be in (0, 1], not {}", fp.enable_probability),
                 ));
             }
+        }
+        if let Some(k) = &self.engine {
+            if let Some((field, reason)) = k.invalid(self.topology.finality_depth) {
+                return Err(err(&format!("engine.{field}"), reason));
+            }
+        }
+        if let Some(sw) = &self.swarm {
+            sw.validate(self)
+                .map_err(|(field, reason)| err(&format!("swarm.{field}"), reason))?;
         }
         let t = &self.topology;
         if !(1..=8).contains(&t.engines) {

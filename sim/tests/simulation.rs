@@ -789,6 +789,21 @@ fn nightly_regression_seeds_pass() {
             80,
             "engine: a call answered with no data taken as final",
         ),
+        // Engine bug (found by the first swarm seeds) — the only RPC endpoint fell 10 blocks
+        // behind; a resumed step's send said "nonce too low", the lagging node knew no receipt
+        // for our mined transaction, and the engine re-signed the step at a new nonce: two mints.
+        (
+            "swarm",
+            32,
+            "engine: a sole endpoint that fell behind believed about a receipt",
+        ),
+        // Harness bug — the swarm's liveness bound ignored the drawn capacity (one engine,
+        // concurrency 1: 58 operations one transaction at a time).
+        (
+            "swarm",
+            38,
+            "harness: liveness bound blind to a drawn concurrency of 1",
+        ),
     ];
     let mut failed = Vec::new();
     for (scenario, seed, cause) in cases {

@@ -67,6 +67,10 @@ pub struct Gateway {
     max_lag: u64,
     metrics: Arc<Metrics>,
     next_id: AtomicU64,
+    /// The highest head any endpoint has reported to this process. With one endpoint (or all
+    /// of them behind) there is no fresher endpoint to compare with; this remembers where the
+    /// chain was, so a node that fell behind is still known to be behind.
+    highest_seen: AtomicU64,
 }
 
 impl Gateway {
@@ -92,6 +96,7 @@ impl Gateway {
             max_lag: chain.max_lag_blocks,
             metrics,
             next_id: AtomicU64::new(1),
+            highest_seen: AtomicU64::new(0),
         }
     }
 
@@ -214,6 +219,20 @@ impl Gateway {
             .collect();
         let mut fresher: Vec<usize> = (0..heads.len()).filter(|&j| heads[j] > heads[i]).collect();
         if fresher.is_empty() {
+            // No endpoint is ahead of this one, but the chain was: a node that fell behind
+            // (or a load balancer whose reads hit one) does not know of recent receipts, and
+            // acting on that (re-signing a nonce that our mined transaction used) makes a second
+            // effect. Wait for it to catch up instead.
+            let behind = self
+                .highest_seen
+                .load(Ordering::Relaxed)
+                .saturating_sub(heads[i]);
+            if behind > self.max_lag {
+                crate::probe!("rpc.answer_from_lagging_refused");
+                return Err(EngineError::RpcUnavailable(format!(
+                    "{method}: every endpoint is {behind} blocks or more behind the highest head seen; its answer is not acted on"
+                )));
+            }
             return answer;
         }
         crate::probe!("rpc.answer_from_lagging_rechecked");
@@ -303,6 +322,7 @@ impl Gateway {
             if let Ok(v) = self.call_one(i, "eth_blockNumber", json!([])).await {
                 if let Ok(head) = quantity(&v) {
                     self.endpoints[i].health.lock().expect("health").head = head;
+                    self.highest_seen.fetch_max(head, Ordering::Relaxed);
                 }
             }
         }
@@ -520,5 +540,54 @@ fn fails_over(e: &EngineError) -> bool {
         // limit exceeded, internal error: another node may do better
         EngineError::Rpc { code, .. } => matches!(code, -32005 | -32603),
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One endpoint whose head the test moves; it knows no receipts.
+    struct Node(Arc<AtomicU64>);
+
+    #[async_trait::async_trait]
+    impl Transport for Node {
+        async fn post(&self, _: &str, body: String) -> std::result::Result<String, TransportError> {
+            let req: Value = serde_json::from_str(&body).expect("json");
+            let result = match req["method"].as_str() {
+                Some("eth_blockNumber") => json!(format!("{:#x}", self.0.load(Ordering::Relaxed))),
+                _ => Value::Null,
+            };
+            Ok(json!({"jsonrpc": "2.0", "id": req["id"], "result": result}).to_string())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_sole_endpoint_that_fell_behind_is_not_believed_when_it_knows_nothing() {
+        let head = Arc::new(AtomicU64::new(100));
+        let g = Gateway::new(
+            &["http://rpc-0".to_string()],
+            Arc::new(Node(head.clone())),
+            TimeoutConfig::default(),
+            &ChainConfig::default(),
+            Arc::new(Metrics::default()),
+        );
+        g.probe().await;
+        assert_eq!(
+            g.receipt(B256::ZERO).await.unwrap(),
+            None,
+            "a current node's null"
+        );
+        // Ten blocks behind what it said before (max_lag_blocks is 5): its null may only mean
+        // that it has not reached the block yet.
+        head.store(90, Ordering::Relaxed);
+        g.probe().await;
+        let e = g.receipt(B256::ZERO).await.unwrap_err();
+        assert!(e.is_transient(), "{e}");
+        assert!(!g.transaction_known(B256::ZERO).await.is_ok_and(|k| !k));
+        // Caught up to within the tolerance (a reorg shortens the chain by a block or two).
+        head.store(97, Ordering::Relaxed);
+        g.probe().await;
+        assert_eq!(g.receipt(B256::ZERO).await.unwrap(), None);
     }
 }

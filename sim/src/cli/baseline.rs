@@ -165,6 +165,7 @@ mod tests {
             not_applicable: vec![],
             engine_logs: Default::default(),
             coverage: None,
+            swarm: None,
         })
     }
 

@@ -113,7 +113,11 @@ fn suite(
     let (files, suite_seeds) = resolve(dir, suite)?;
     let jobs: Vec<Job> = files
         .iter()
-        .flat_map(|f| (1..=suite_seeds.unwrap_or(1)).map(move |s| Job::new(f.clone(), s)))
+        .flat_map(|f| {
+            super::resolve::seeds_of(&suite_seeds, f, None)
+                .into_iter()
+                .map(move |s| Job::new(f.clone(), s))
+        })
         .collect();
     let n = jobs.len();
     let started = Instant::now();

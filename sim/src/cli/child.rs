@@ -36,7 +36,10 @@ pub(super) struct ChildArgs {
 
 /// Always `Ok(true)` once the result is written: the parent reads the verdict from it.
 pub(super) fn child(a: &ChildArgs) -> Result<bool, String> {
-    let scenario = Scenario::load(&a.file).map_err(|e| e.to_string())?;
+    engine_logs_to_stderr();
+    let (scenario, swarm) = Scenario::load(&a.file)
+        .map_err(|e| e.to_string())?
+        .for_seed(a.run.seed);
     let schedule = match &a.run.schedule {
         _ if a.run.baseline => Vec::new(),
         Some(p) => read_schedule(p)?,
@@ -47,7 +50,7 @@ pub(super) fn child(a: &ChildArgs) -> Result<bool, String> {
         Backend::Sim => run_child(scenario, a.run.seed, schedule)?,
         Backend::Real(p) => run_child_real(scenario, a.run.seed, schedule, p)?,
     };
-    let mut run = FinishedRun::new(result);
+    let mut run = FinishedRun::new(RunResult { swarm, ..result });
     // Measurements of this process, outside the deterministic result (never in the trace).
     run.wall_ms = Some(started.elapsed().as_millis() as u64);
     run.peak_rss_kib = peak_rss_kib();
@@ -87,6 +90,22 @@ fn read_schedule(path: &Path) -> Result<Vec<Fault>, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     serde_json::from_str(&text)
         .map_err(|e| format!("{}: not a fault schedule: {e}", path.display()))
+}
+
+/// `DALP_SIM_LOG=<level>` (error, warn, info, debug, trace): the engines' logs of this run go to
+/// the child's stderr (`repro` prints them), each line with the simulated time. Off otherwise.
+fn engine_logs_to_stderr() {
+    let Ok(level) = std::env::var("DALP_SIM_LOG") else {
+        return;
+    };
+    let level = level
+        .parse::<tracing::Level>()
+        .unwrap_or(tracing::Level::DEBUG);
+    let _ = tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_ansi(false)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 /// This process's peak resident set size (Linux `VmHWM`).

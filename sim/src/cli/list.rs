@@ -40,11 +40,29 @@ fn list_suites(dir: &Path) -> bool {
             .unwrap_or("?")
             .to_string();
         match resolve(dir, &name) {
-            Ok((files, seeds)) => println!(
-                "  {name:<30} {} scenarios x {} seeds",
-                files.len(),
-                seeds.unwrap_or(1)
-            ),
+            Ok((files, seeds)) => {
+                let runs: u64 = files
+                    .iter()
+                    .map(|f| super::resolve::seeds_of(&seeds, f, None).len() as u64)
+                    .sum();
+                println!(
+                    "  {name:<30} {} scenarios, {runs} runs ({} seeds each{})",
+                    files.len(),
+                    seeds.as_ref().map_or(1, |s| s.seeds),
+                    seeds
+                        .as_ref()
+                        .filter(|s| !s.seed_factor.is_empty())
+                        .map(|s| {
+                            let v: Vec<String> = s
+                                .seed_factor
+                                .iter()
+                                .map(|(k, n)| format!("{k} ×{n}"))
+                                .collect();
+                            format!("; {}", v.join(", "))
+                        })
+                        .unwrap_or_default()
+                );
+            }
             Err(e) => {
                 ok = false;
                 eprintln!("{e}");

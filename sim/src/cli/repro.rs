@@ -77,6 +77,9 @@ fn print_outcome(v: &FinishedRun) {
     let r = &v.result;
     println!("scenario: {}", r.scenario);
     println!("seed: {}", r.seed);
+    if let Some(d) = &r.swarm {
+        println!("swarm draw: {}", d.line);
+    }
     println!("outcome: {}", if r.passed { "pass" } else { "FAIL" });
     for verdict in &r.verdicts {
         println!(

@@ -2,6 +2,7 @@
 
 use crate::scenario::scenario_files;
 use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// A suite file (`scenarios/suites/<name>.toml`).
@@ -17,6 +18,46 @@ pub struct Suite {
     /// simulated runs (with its own seeds, unsharded), or the run fails.
     #[serde(default)]
     pub must_probes: bool,
+    /// Scenarios (by name) that run this many times as many seeds as the others, with the
+    /// suite's seeds or `--seeds`: a swarm scenario, each of whose seeds is another
+    /// configuration, gets more.
+    #[serde(default)]
+    pub seed_factor: BTreeMap<String, u64>,
+}
+
+/// A suite's seeds: `seeds` for each scenario, times its `seed_factor`.
+#[derive(Debug, Clone, Default)]
+pub struct SuiteSeeds {
+    pub seeds: u64,
+    pub seed_factor: BTreeMap<String, u64>,
+}
+
+impl SuiteSeeds {
+    /// The seed factor of the scenario file `f` (named by its stem).
+    pub fn factor(&self, f: &Path) -> u64 {
+        f.file_stem()
+            .and_then(|n| n.to_str())
+            .and_then(|n| self.seed_factor.get(n))
+            .copied()
+            .unwrap_or(1)
+    }
+}
+
+/// The seeds `f` runs: `given` (from `--seeds`) or the suite's own, scaled by its factor (the
+/// list continues past its last seed); seed 1 for a scenario named alone.
+pub fn seeds_of(suite: &Option<SuiteSeeds>, f: &Path, given: Option<&[u64]>) -> Vec<u64> {
+    let factor = suite.as_ref().map_or(1, |s| s.factor(f)) as usize;
+    let mut v: Vec<u64> = match given {
+        Some(g) => g.to_vec(),
+        None => (1..=suite.as_ref().map_or(1, |s| s.seeds)).collect(),
+    };
+    let want = v.len() * factor;
+    let mut next = v.iter().copied().max().unwrap_or(0) + 1;
+    while v.len() < want {
+        v.push(next);
+        next += 1;
+    }
+    v
 }
 
 /// Whether `name` is a suite that declares `must_probes`.
@@ -32,7 +73,10 @@ pub(super) fn suite_must_probes(dir: &Path, name: &str) -> Result<bool, String> 
 }
 
 /// The scenario files `name` stands for, and a suite's seeds.
-pub(super) fn resolve(dir: &Path, name: &str) -> Result<(Vec<PathBuf>, Option<u64>), String> {
+pub(super) fn resolve(
+    dir: &Path,
+    name: &str,
+) -> Result<(Vec<PathBuf>, Option<SuiteSeeds>), String> {
     let p = Path::new(name);
     if name.ends_with(".toml") && p.exists() {
         return Ok((vec![p.to_path_buf()], None));
@@ -52,7 +96,7 @@ pub(super) fn resolve(dir: &Path, name: &str) -> Result<(Vec<PathBuf>, Option<u6
     ))
 }
 
-fn suite_files(dir: &Path, suite: &Path) -> Result<(Vec<PathBuf>, Option<u64>), String> {
+fn suite_files(dir: &Path, suite: &Path) -> Result<(Vec<PathBuf>, Option<SuiteSeeds>), String> {
     let text = std::fs::read_to_string(suite).map_err(|e| format!("{}: {e}", suite.display()))?;
     let s: Suite =
         toml::from_str(&text).map_err(|e| format!("{}: {}", suite.display(), e.message()))?;
@@ -73,7 +117,30 @@ fn suite_files(dir: &Path, suite: &Path) -> Result<(Vec<PathBuf>, Option<u64>), 
         files.push(f);
     }
     files.dedup();
-    Ok((files, Some(s.seeds)))
+    for (n, f) in &s.seed_factor {
+        if *f == 0 {
+            return Err(format!(
+                "{}: field `seed_factor.{n}`: must be at least 1",
+                suite.display()
+            ));
+        }
+        if !files
+            .iter()
+            .any(|f| f.file_stem().is_some_and(|x| x == n.as_str()))
+        {
+            return Err(format!(
+                "{}: field `seed_factor.{n}`: no scenario of the suite is named {n:?}",
+                suite.display()
+            ));
+        }
+    }
+    Ok((
+        files,
+        Some(SuiteSeeds {
+            seeds: s.seeds,
+            seed_factor: s.seed_factor,
+        }),
+    ))
 }
 
 /// The one scenario file `name` stands for; a suite is an error saying that `command` takes one
@@ -83,5 +150,28 @@ pub(super) fn one_scenario(dir: &Path, name: &str, command: &str) -> Result<Path
     match files.as_slice() {
         [f] => Ok(f.clone()),
         _ => Err(format!("{name} is a suite; {command}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_seed_factor_continues_the_seed_list() {
+        let suite = Some(SuiteSeeds {
+            seeds: 2,
+            seed_factor: BTreeMap::from([("swarm".to_string(), 3)]),
+        });
+        let swarm = Path::new("scenarios/swarm.toml");
+        let other = Path::new("scenarios/reorg.toml");
+        assert_eq!(seeds_of(&suite, other, None), vec![1, 2]);
+        assert_eq!(seeds_of(&suite, swarm, None), vec![1, 2, 3, 4, 5, 6]);
+        assert_eq!(
+            seeds_of(&suite, swarm, Some(&[10, 11])),
+            vec![10, 11, 12, 13, 14, 15]
+        );
+        assert_eq!(seeds_of(&None, swarm, None), vec![1]);
+        assert_eq!(seeds_of(&None, swarm, Some(&[7])), vec![7]);
     }
 }

@@ -150,11 +150,9 @@ fn plan(dir: &Path, a: &RunArgs, backend: Backend) -> Result<(Vec<Job>, Scenario
     };
     for name in &a.targets {
         let (files, suite_seeds) = resolve(dir, name)?;
-        let seeds = match &a.seeds {
-            Some(s) => s.0.clone(),
-            None => (1..=suite_seeds.unwrap_or(1)).collect(),
-        };
         for f in files {
+            let seeds =
+                super::resolve::seeds_of(&suite_seeds, &f, a.seeds.as_ref().map(|s| &s.0[..]));
             let scenario = Scenario::load(&f).map_err(|e| e.to_string())?;
             scenarios.covers.insert(f.clone(), scenario.covers.clone());
             if needs_baseline(&scenario) && backend == Backend::Sim {
@@ -369,8 +367,12 @@ impl Done {
         let passed = record.outcome == Outcome::Pass;
         let failure = (!passed).then(|| {
             format!(
-                "{name} seed {seed}: {} failed\n    reproduce: {repro}",
+                "{name} seed {seed}: {} failed\n    reproduce: {repro}{}",
                 failed.join(", "),
+                f.swarm
+                    .as_ref()
+                    .map(|d| format!("\n    swarm draw: {}", d.line))
+                    .unwrap_or_default()
             )
         });
         let line = format!(

@@ -45,7 +45,13 @@ pub struct EngineHost {
     pub activated: tokio::sync::Notify,
 }
 
-pub fn engine_config(i: usize, rpc_endpoints: usize, finality_depth: u64, indexer: bool) -> Config {
+pub fn engine_config(
+    i: usize,
+    rpc_endpoints: usize,
+    finality_depth: u64,
+    indexer: bool,
+    knobs: &crate::scenario::EngineKnobs,
+) -> Config {
     let endpoints: Vec<String> = (0..rpc_endpoints).map(endpoint_url).collect();
     let text = engine_toml(&EngineConf {
         index: i,
@@ -54,6 +60,7 @@ pub fn engine_config(i: usize, rpc_endpoints: usize, finality_depth: u64, indexe
         finality_depth,
         indexer,
         listen: None,
+        knobs,
     });
     Config::from_toml(&text, &format!("engine-{i} (generated)"))
         .expect("generated engine config is valid")

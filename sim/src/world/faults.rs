@@ -84,7 +84,12 @@ impl Fleet {
 
     fn restart(&self, name: &str) {
         if self.down.lock().expect("down").remove(name) {
-            Handle::current().restart(self.id(name));
+            // A fault point's crash may have restarted the node meanwhile (madsim restarts a
+            // node that panicked after 1-10 s), and madsim's `restart` leaves the running
+            // incarnation's sockets bound: kill first, which releases them.
+            let h = Handle::current();
+            h.kill(self.id(name));
+            h.restart(self.id(name));
         }
     }
 

@@ -275,6 +275,7 @@ fn engine_hosts(s: &Scenario, seed: u64, trace: &Trace, nodes: &mut Nodes) -> Ve
             topo.rpc_endpoints as usize,
             topo.finality_depth,
             topo.indexers.contains(&name),
+            &s.knobs(),
         );
         let tr = trace.clone();
         let n = handle
@@ -392,7 +393,7 @@ impl Backend for SimWorld {
     async fn observe_visibility(&self, schedule: &[Fault], ev: &mut Evidence) {
         let s = &self.scenario;
         let bound_ms = (s.durations.visibility_bound_s.unwrap_or(15.0).max(0.0) * 1000.0) as u64;
-        let cfg = engine_config(0, 1, s.topology.finality_depth, false);
+        let cfg = engine_config(0, 1, s.topology.finality_depth, false, &s.knobs());
         let stuck_ms = cfg.chain.stuck_after_ms;
         let last_start = schedule.iter().map(|f| (f.at_s() * 1000.0) as u64).max();
         if let Some(t) = last_start {
