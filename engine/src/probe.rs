@@ -126,12 +126,12 @@ pub const PROBES: &[Probe] = &[
         "a send whose answer was lost is resolved by receipt before re-sending",
     ),
     p("tx.already_known"),
+    p("tx.nonce_too_low_unexplained"),
+    p("tx.nonce_too_low_ours"),
     must(
-        "tx.nonce_too_low_resync",
+        "tx.nonce_gone_resync",
         "a nonce used outside the engine is resynchronised",
     ),
-    p("tx.nonce_too_low_ours"),
-    p("tx.nonce_gone_resync"),
     must(
         "tx.replaced_by_fee",
         "a stuck or underpriced transaction is replaced with the same nonce",

@@ -547,13 +547,17 @@ impl TxManager {
                             last_sent = Instant::now();
                         }
                         Sent::Rejected(NodeRejection::NonceTooLow, _) => {
+                            // Ours (mined, maybe by a healer's re-broadcast), or someone else's.
+                            // No receipt does not tell: the node that answered may be behind
+                            // the one that took the send. The confirmation check decides, and
+                            // resynchronises only once the nonce is seen taken without our
+                            // receipt twice, a poll apart.
                             if self.find_receipt(&rec).await?.is_some() {
                                 crate::probe!("tx.nonce_too_low_ours");
-                                rec.state = TxState::Confirming;
                             } else {
-                                crate::probe!("tx.nonce_too_low_resync");
-                                rec = self.resync(fence, &rec).await?;
+                                crate::probe!("tx.nonce_too_low_unexplained");
                             }
+                            rec.state = TxState::Confirming;
                             continue;
                         }
                         Sent::Rejected(

@@ -95,8 +95,10 @@ pub fn failover(ev: &Evidence, endpoints: usize) -> Verdict {
                     | FaultKind::Partition
                     | FaultKind::RegionFailover
             );
-            // A crash's window ends at its restart; the process needs a moment to be back.
-            engine_fault && hits_engine && w.start_ms <= to && w.end_ms + 1_000 >= from
+            // A crash's window ends at its restart; the process needs a moment to be back. A
+            // call sent into a partition fails only when its timeout expires, after the heal:
+            // its failover attempt may be the failure judged.
+            engine_fault && hits_engine && w.start_ms <= to && w.end_ms + 1_000 + longest >= from
         }) || ev.fault_point_firings.iter().any(|f| {
             f.node == name
                 && (f.action == "crash" || f.point == "fp.gateway.before_failover")
@@ -224,5 +226,23 @@ mod tests {
             action: "delay".into(),
         }];
         assert!(failover(&ev, 2).held);
+        ev.fault_point_firings.clear();
+        // A partition of the engine from the RPC endpoints ends at 40.0 s; a call sent into it
+        // (to rpc-0, never logged) times out at 41.6 s, fails over to rpc-1, which is down.
+        let mut log = vec![req(41_600, 1, 11, Some(RpcFailure::Immediate))];
+        log.push(req(60_000, 0, 1, None));
+        ev.rpc_requests = Some(log.clone());
+        ev.fault_windows = vec![FaultWindow {
+            fault: 0,
+            kind: FaultKind::Partition,
+            target: "engine-0".into(),
+            start_ms: 35_000,
+            end_ms: 40_000,
+        }];
+        assert!(failover(&ev, 2).held, "a call sent into the partition");
+        // The same failure long after the heal is judged.
+        log[0].t_ms = 50_000;
+        ev.rpc_requests = Some(log);
+        assert!(!failover(&ev, 2).held, "long after the partition");
     }
 }

@@ -43,6 +43,8 @@ pub struct EngineHost {
     /// A standby host (hot-warm region) starts its engine only once this is set.
     pub standby: std::sync::atomic::AtomicBool,
     pub activated: tokio::sync::Notify,
+    /// The host's node, set once it is built (see `engine_process`).
+    pub node: std::sync::OnceLock<madsim::task::NodeId>,
 }
 
 pub fn engine_config(
@@ -123,6 +125,12 @@ pub async fn engine_process(
             break;
         }
         activated.await;
+    }
+    // A process starts on a host whose previous process may still hold its sockets: madsim's
+    // `restart` (after a fault point's crash, whose restart timers can overlap a scheduled
+    // crash's) does not release them. A new process starts with none, as after a real exit.
+    if let Some(id) = host.node.get() {
+        madsim::net::NetSim::current().reset_node(*id);
     }
     let start = host.starts.fetch_add(1, Ordering::Relaxed);
     let name = format!("engine-{i}");

@@ -286,6 +286,7 @@ fn engine_hosts(s: &Scenario, seed: u64, trace: &Trace, nodes: &mut Nodes) -> Ve
             .restart_on_panic_matching(dalp_engine::probe::CRASH_MESSAGE)
             .init(move || engine_process(i, config.clone(), host.clone(), seed, tr.clone()))
             .build();
+        hosts[i].node.set(n.id()).expect("one node per engine host");
         nodes.insert(name, n.id());
     }
     hosts
