@@ -268,6 +268,13 @@ pub struct Durations {
     pub visibility_bound_s: Option<f64>,
 }
 
+/// What an `rpc_error` fault may answer, modelled on what providers and nodes answer when they
+/// cannot serve a request now: HTTP statuses from a provider's proxy or load balancer (503
+/// overloaded or down, 502 bad gateway, 429 rate limited) and JSON-RPC error codes (geth's and
+/// Erigon's -32000 "header not found"/"missing trie node" from a lagging or syncing node,
+/// -32005 "limit exceeded" from a rate-limited provider, -32603 "internal error").
+pub const RPC_ERROR_CODES: &[i64] = &[503, 502, 429, -32000, -32005, -32603];
+
 /// Where a fault hits. Node names: `engine-<i>`, `db-<j>` (`db-0` starts as primary), `rpc-<k>`,
 /// `client-<c>`; groups: `db`, `rpc`, `engines`, `clients`.
 pub type NodeName = String;
@@ -350,12 +357,17 @@ pub enum Fault {
         at_s: f64,
         for_s: Option<f64>,
     },
-    /// An RPC endpoint answers HTTP 503 (optionally only for `method`).
+    /// An RPC endpoint answers an error (optionally only for `method`): `code` is an HTTP
+    /// status (503 when absent; 502, 429) or a JSON-RPC error code a node answers when it
+    /// cannot serve a request now (-32000 "header not found"/"missing trie node": a lagging or
+    /// syncing node; -32005 rate limited; -32603 internal error); see [`RPC_ERROR_CODES`].
     RpcError {
         endpoint: NodeName,
         at_s: f64,
         for_s: Option<f64>,
         method: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        code: Option<i64>,
     },
     /// An RPC endpoint never answers (optionally only for `method`).
     RpcTimeout {
@@ -1119,6 +1131,17 @@ impl Scenario {
             Fault::DbLostAck { rate, .. } if !(*rate > 0.0 && *rate <= 1.0) => {
                 e("rate", "must be in (0, 1]".into())
             }
+            Fault::RpcError { code: Some(c), .. } if !RPC_ERROR_CODES.contains(c) => e(
+                "code",
+                format!(
+                    "{c} is not an error an RPC endpoint answers here; known: {}",
+                    RPC_ERROR_CODES
+                        .iter()
+                        .map(i64::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ),
             Fault::RpcDown { endpoint: n, .. }
             | Fault::RpcError { endpoint: n, .. }
             | Fault::RpcTimeout { endpoint: n, .. }
@@ -1222,6 +1245,11 @@ impl Scenario {
                 at_s,
                 for_s,
                 method: None,
+                // A stream of its own, so the draw shifts no other part of the schedule.
+                code: {
+                    let mut c = rng.fork("rpc-error-code");
+                    Some(RPC_ERROR_CODES[c.range(0, RPC_ERROR_CODES.len() as u64 - 1) as usize])
+                },
             },
             FaultKind::RpcTimeout => Fault::RpcTimeout {
                 endpoint,
@@ -1403,6 +1431,47 @@ restart_after_s = 3
         let sched = s.schedule(1);
         assert!(sched.windows(2).all(|w| w[0].at_s() <= w[1].at_s()));
         assert!(sched.iter().all(|f| f.at_s() < 20.0));
+    }
+
+    #[test]
+    fn rpc_error_codes_are_validated_and_drawn() {
+        let fault = |code: &str| {
+            format!(
+                "{MINIMAL}\n[[faults]]\nkind = \"rpc_error\"\nendpoint = \"rpc\"\nat_s = 1\n{code}"
+            )
+        };
+        let s = Scenario::parse(&fault("code = -32000\n"), "c.toml").unwrap();
+        assert!(matches!(
+            s.faults[1],
+            Fault::RpcError {
+                code: Some(-32000),
+                ..
+            }
+        ));
+        let e = bad(&fault("code = -32602\n"));
+        assert_eq!(e.field, "faults[1].code");
+        assert!(
+            e.reason.contains("-32602") && e.reason.contains("-32005"),
+            "{e}"
+        );
+        // Random draws answer codes real nodes and providers answer, each of them over seeds.
+        let text = format!(
+            "{MINIMAL}\n[random]\nrate_per_min = {{ rpc_error = 30.0 }}\nwindow_s = [0, 20]\n"
+        );
+        let s = Scenario::parse(&text, "r.toml").unwrap();
+        let mut drawn = std::collections::BTreeSet::new();
+        for seed in 1..20 {
+            for f in s.schedule(seed) {
+                if let Fault::RpcError { code, .. } = f {
+                    drawn.insert(code.expect("a drawn code"));
+                }
+            }
+        }
+        assert_eq!(
+            drawn,
+            RPC_ERROR_CODES.iter().copied().collect(),
+            "every code is drawn"
+        );
     }
 
     #[test]
