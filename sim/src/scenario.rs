@@ -106,9 +106,43 @@ pub struct Scenario {
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct FaultPoints {
-    /// FoundationDB's BUGGIFY enables each site in a quarter of the runs.
+    /// FoundationDB's BUGGIFY enables each site in a quarter of the runs. 0: only `always`.
     #[serde(default = "default_enable_probability")]
     pub enable_probability: f64,
+    /// Fault points enabled on every seed, as given (`[[fault_points.always]]`), whatever the
+    /// seed drew for them: a window the scenario is about is then reached on every seed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub always: Vec<AlwaysFaultPoint>,
+}
+
+/// One fault point enabled on every seed.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AlwaysFaultPoint {
+    /// A fault point declared in `dalp_engine::probe::PROBES` (`fp.*`).
+    pub name: String,
+    /// How often it fires when reached (default 1).
+    #[serde(default = "one")]
+    pub fire_probability: f64,
+    /// What it does when it fires: `any` (default: drawn each time, mostly delays), `delay`,
+    /// `fail` (the site's transient error) or `crash` (the engine node, restarted).
+    #[serde(default)]
+    pub firing: Firing,
+    /// It fires at most this many times in a run (absent: no limit). Keeps a fault point that
+    /// fails every time from spending every retry of the step it sits in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_fires: Option<u64>,
+}
+
+/// What an always-enabled fault point does when it fires.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Firing {
+    #[default]
+    Any,
+    Delay,
+    Fail,
+    Crash,
 }
 
 fn default_enable_probability() -> f64 {
@@ -852,11 +886,44 @@ impl Scenario {
             }
         }
         if let Some(fp) = &self.fault_points {
-            if !(fp.enable_probability > 0.0 && fp.enable_probability <= 1.0) {
+            let floor_ok = fp.enable_probability > 0.0
+                || (fp.enable_probability == 0.0 && !fp.always.is_empty());
+            if !(floor_ok && fp.enable_probability <= 1.0) {
                 return Err(err(
                     "fault_points.enable_probability",
-                    format!("must be in (0, 1], not {}", fp.enable_probability),
+                    format!(
+                        "must be in (0, 1] (0 only with fault_points.always), not {}",
+                        fp.enable_probability
+                    ),
                 ));
+            }
+            for (i, a) in fp.always.iter().enumerate() {
+                let field = |f: &str| format!("fault_points.always[{i}].{f}");
+                if fp.always[..i].iter().any(|b| b.name == a.name) {
+                    return Err(err(&field("name"), format!("{} is listed twice", a.name)));
+                }
+                dalp_engine::probe::fault_point_allowing(
+                    &a.name,
+                    a.firing == Firing::Fail,
+                    a.firing == Firing::Crash,
+                )
+                .map_err(|why| {
+                    let f = if why.contains("not a declared") {
+                        "name"
+                    } else {
+                        "firing"
+                    };
+                    err(&field(f), why)
+                })?;
+                if !(a.fire_probability > 0.0 && a.fire_probability <= 1.0) {
+                    return Err(err(
+                        &field("fire_probability"),
+                        format!("must be in (0, 1], not {}", a.fire_probability),
+                    ));
+                }
+                if a.max_fires == Some(0) {
+                    return Err(err(&field("max_fires"), "must be at least 1".into()));
+                }
             }
         }
         let t = &self.topology;
@@ -1472,6 +1539,88 @@ restart_after_s = 3
             RPC_ERROR_CODES.iter().copied().collect(),
             "every code is drawn"
         );
+    }
+
+    #[test]
+    fn always_enabled_fault_points_are_validated() {
+        let with =
+            |always: &str| format!("{MINIMAL}\n[fault_points]\nenable_probability = 0\n{always}");
+        let ok = with(
+            "[[fault_points.always]]\nname = \"fp.notify.after_write\"\nfiring = \"fail\"\nmax_fires = 3\n",
+        );
+        let s = Scenario::parse(&ok, "f.toml").unwrap();
+        let a = &s.fault_points.as_ref().unwrap().always[0];
+        assert_eq!(
+            (a.firing, a.max_fires, a.fire_probability),
+            (Firing::Fail, Some(3), 1.0)
+        );
+        // Nothing enabled at all.
+        let e = bad(&with(""));
+        assert_eq!(e.field, "fault_points.enable_probability");
+        let e = bad(&with("[[fault_points.always]]\nname = \"fp.nope\"\n"));
+        assert_eq!(e.field, "fault_points.always[0].name");
+        assert!(e.reason.contains("fp.notify.after_write"), "{e}");
+        // A site with no transient error cannot be made to fail.
+        let e = bad(&with(
+            "[[fault_points.always]]\nname = \"fp.retry.before_write\"\nfiring = \"fail\"\n",
+        ));
+        assert_eq!(e.field, "fault_points.always[0].firing");
+        let e = bad(&with(
+            "[[fault_points.always]]\nname = \"fp.nonce.heal\"\nfire_probability = 1.5\n",
+        ));
+        assert_eq!(e.field, "fault_points.always[0].fire_probability");
+        let e = bad(&with(
+            "[[fault_points.always]]\nname = \"fp.nonce.heal\"\nmax_fires = 0\n",
+        ));
+        assert_eq!(e.field, "fault_points.always[0].max_fires");
+        let twice = "[[fault_points.always]]\nname = \"fp.nonce.heal\"\n";
+        let e = bad(&with(&format!("{twice}{twice}")));
+        assert_eq!(e.field, "fault_points.always[1].name");
+    }
+
+    /// Always-enabled fault points act as given: a `fail` one fails every time it fires, up to
+    /// `max_fires`; the drawn ones keep their draws.
+    #[cfg(madsim)]
+    #[test]
+    fn always_enabled_fault_points_fire_as_given() {
+        use dalp_engine::probe::sim;
+        sim::reset();
+        let drawn = sim::arm(7, 0.5);
+        sim::arm_always(
+            "fp.notify.after_write",
+            sim::Enabled {
+                fire_probability: 1.0,
+                firing: sim::Firing::Fail,
+                max_fires: Some(2),
+            },
+        )
+        .unwrap();
+        let actions: Vec<_> = (0..4)
+            .map(|_| sim::fault("fp.notify.after_write"))
+            .collect();
+        assert_eq!(
+            actions,
+            [
+                sim::Action::Fail,
+                sim::Action::Fail,
+                sim::Action::Continue,
+                sim::Action::Continue
+            ]
+        );
+        let armed = sim::armed();
+        for (k, v) in drawn.iter().filter(|(k, _)| *k != "fp.notify.after_write") {
+            assert_eq!(armed.get(k), Some(v), "{k}");
+        }
+        assert!(sim::arm_always(
+            "fp.retry.before_write",
+            sim::Enabled {
+                fire_probability: 1.0,
+                firing: sim::Firing::Fail,
+                max_fires: None,
+            },
+        )
+        .is_err());
+        sim::reset();
     }
 
     #[test]
