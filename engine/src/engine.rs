@@ -448,6 +448,9 @@ impl Engine {
         // The decision is made, not yet written: a crash here must leave the step to be
         // claimed again from its checkpoint, never half-decided.
         crate::fault_point!("fp.retry.before_write");
+        // A node error every endpoint answered (rate limited, an internal error, a node behind
+        // the chain) is the chain's service failing, not an answer to the request: waited out.
+        let outage = outage || e.node_unavailable();
         let written = if e.class() == ErrorClass::Transient
             && (outage || self.policy.allows_another(attempt as u32))
         {

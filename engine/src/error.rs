@@ -112,6 +112,26 @@ impl EngineError {
         self.class() == ErrorClass::Transient
     }
 
+    /// A node's answer that it cannot serve the request now, which another node (or the same
+    /// one later) may: rate limited (-32005), an internal error (-32603), or a node behind the
+    /// chain that lacks the block or state asked for (-32000 "header not found", "missing trie
+    /// node": geth and Erigon while syncing or lagging, and providers' load balancers in front
+    /// of such nodes). The gateway tries the next endpoint; when every endpoint answers so, the
+    /// step waits as for an outage, spending no attempts.
+    pub fn node_unavailable(&self) -> bool {
+        match self {
+            EngineError::Rpc {
+                code: -32005 | -32603,
+                ..
+            } => true,
+            EngineError::Rpc {
+                code: -32000,
+                message,
+            } => node_behind(message),
+            _ => false,
+        }
+    }
+
     /// The HTTP status the API answers with (shared with the simulation's API server).
     pub fn http_status(&self) -> u16 {
         match self {
@@ -189,6 +209,15 @@ pub fn node_rejection(message: &str) -> NodeRejection {
     } else {
         NodeRejection::Other
     }
+}
+
+/// A `-32000` message that says the node lacks the block or state asked for (geth, Erigon).
+fn node_behind(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    m.contains("header not found")
+        || m.contains("missing trie node")
+        || m.contains("state not available")
+        || m.contains("state is not available")
 }
 
 fn classify_sqlstate(code: &str) -> ErrorClass {
@@ -303,6 +332,30 @@ mod tests {
             ),
             EngineError::SignerFunds { .. }
         ));
+    }
+
+    #[test]
+    fn node_unavailability_is_transient_and_recognised() {
+        let rpc = |code, m: &str| EngineError::from_rpc(code, m.into(), None);
+        for e in [
+            rpc(-32000, "header not found"),
+            rpc(-32000, "missing trie node 1d3c… (path ) <nil>"),
+            rpc(-32005, "daily request count exceeded, request rate limited"),
+            rpc(-32603, "internal error"),
+        ] {
+            assert!(e.is_transient(), "{e}");
+            assert!(e.node_unavailable(), "{e}");
+        }
+        // Answers about the request itself, not the node's state.
+        for e in [
+            rpc(-32000, "intrinsic gas too low"),
+            rpc(-32003, "nonce too low"),
+            rpc(-32602, "invalid params"),
+            rpc(3, "execution reverted: not owner"),
+            EngineError::RpcUnavailable("rpc-0: http status 503".into()),
+        ] {
+            assert!(!e.node_unavailable(), "{e}");
+        }
     }
 
     #[test]

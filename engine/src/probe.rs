@@ -183,6 +183,7 @@ pub const PROBES: &[Probe] = &[
     fp("fp.notify.before_write", true, true),
     fp("fp.requeue.before_write", true, true),
     fp("fp.nonce.heal", true, true),
+    fp("fp.notify.after_write", true, true),
 ];
 
 /// The panic message a crashing fault point raises; the simulation restarts engine nodes whose
@@ -218,6 +219,41 @@ const fn eq(a: &[u8], b: &[u8]) -> bool {
 /// The declaration of `name`.
 pub fn declared(name: &str) -> Option<&'static Probe> {
     PROBES.iter().find(|p| p.name == name)
+}
+
+/// The declaration of fault point `name`, if it can `fail` (return the site's transient error)
+/// and `crash` as asked; otherwise why not (for scenario validation and the simulation).
+pub fn fault_point_allowing(
+    name: &str,
+    fail: bool,
+    crash: bool,
+) -> std::result::Result<&'static Probe, String> {
+    let Some(p) = declared(name).filter(|p| matches!(p.kind, Kind::FaultPoint { .. })) else {
+        let known: Vec<&str> = PROBES
+            .iter()
+            .filter(|p| matches!(p.kind, Kind::FaultPoint { .. }))
+            .map(|p| p.name)
+            .collect();
+        return Err(format!(
+            "{name:?} is not a declared fault point; known: {}",
+            known.join(", ")
+        ));
+    };
+    let Kind::FaultPoint { error, crash: can } = p.kind else {
+        unreachable!()
+    };
+    if fail && !error {
+        return Err(format!("{name} has no transient error to fail with"));
+    }
+    if crash && !can {
+        return Err(format!("{name} may not crash the node"));
+    }
+    Ok(p)
+}
+
+#[cfg(madsim)]
+fn check_firing(name: &str, f: sim::Firing) -> std::result::Result<&'static Probe, String> {
+    fault_point_allowing(name, f == sim::Firing::Fail, f == sim::Firing::Crash)
 }
 
 /// Count that the path named `$name` was taken (simulation only; nothing in production).
@@ -301,6 +337,22 @@ pub mod sim {
     #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
     pub struct Enabled {
         pub fire_probability: f64,
+        /// What it does when it fires.
+        pub firing: Firing,
+        /// Fires at most this many times in the run (`None`: no limit).
+        pub max_fires: Option<u64>,
+    }
+
+    /// What an enabled fault point does when it fires: drawn each time (`Any`: mostly delays,
+    /// else the site's transient error or a crash, as the site allows), or always the one named.
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+    #[serde(rename_all = "snake_case")]
+    pub enum Firing {
+        #[default]
+        Any,
+        Delay,
+        Fail,
+        Crash,
     }
 
     #[derive(Default)]
@@ -357,11 +409,40 @@ pub mod sim {
                     let on = unit(&mut s.rng) < enable_probability;
                     let fire_probability = 0.01 + 0.24 * unit(&mut s.rng);
                     if on {
-                        s.enabled.insert(p.name, Enabled { fire_probability });
+                        s.enabled.insert(
+                            p.name,
+                            Enabled {
+                                fire_probability,
+                                firing: Firing::Any,
+                                max_fires: None,
+                            },
+                        );
                     }
                 }
             }
             s.enabled.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+        })
+    }
+
+    /// Enable the fault point `name` for this run whatever [`arm`] drew for it, as given. Errs
+    /// (naming why) when `name` is not a declared fault point, or `e.firing` is something the
+    /// site cannot do (a transient error where the site has none, a crash where it allows none).
+    pub fn arm_always(name: &str, e: Enabled) -> Result<(), String> {
+        let p = super::check_firing(name, e.firing)?;
+        STATE.with(|s| {
+            s.borrow_mut().enabled.insert(p.name, e);
+        });
+        Ok(())
+    }
+
+    /// The set [`arm`] and [`arm_always`] enabled.
+    pub fn armed() -> BTreeMap<String, Enabled> {
+        STATE.with(|s| {
+            s.borrow()
+                .enabled
+                .iter()
+                .map(|(k, v)| (k.to_string(), *v))
+                .collect()
         })
     }
 
@@ -391,10 +472,25 @@ pub mod sim {
             let Some(e) = s.enabled.get(name).copied() else {
                 return Action::Continue;
             };
+            if e.max_fires
+                .is_some_and(|m| s.fired.get(name).copied().unwrap_or(0) >= m)
+            {
+                return Action::Continue;
+            }
             if unit(&mut s.rng) >= e.fire_probability {
                 return Action::Continue;
             }
             *s.fired.entry(name).or_insert(0) += 1;
+            match e.firing {
+                Firing::Any => {}
+                Firing::Fail if error => return Action::Fail,
+                Firing::Crash if crash => return Action::Crash,
+                // A delay; also what a firing the site cannot do becomes (never armed so).
+                _ => {
+                    let ms = (2f64).powf(13.0 * unit(&mut s.rng)) as u64;
+                    return Action::Delay(Duration::from_millis(ms.max(1)));
+                }
+            }
             // Delays are most of it: they move the window's edges against everything else.
             let r = unit(&mut s.rng);
             if crash && r < 0.15 {
@@ -472,6 +568,21 @@ mod tests {
         assert!(is_declared("tx.rebroadcast"));
         assert!(!is_declared("tx.rebroadcas"));
         assert!(!is_declared("tx.rebroadcastx"));
+    }
+
+    #[test]
+    fn fault_points_allow_what_their_site_can_do() {
+        assert!(fault_point_allowing("fp.notify.after_write", true, false).is_ok());
+        assert!(fault_point_allowing("fp.notify.after_write", false, true).is_ok());
+        let e = fault_point_allowing("fp.retry.before_write", true, false).unwrap_err();
+        assert!(e.contains("no transient error"), "{e}");
+        let e = fault_point_allowing("fp.lease.renew", false, true).unwrap_err();
+        assert!(e.contains("may not crash"), "{e}");
+        let e = fault_point_allowing("notify.first_delivery", false, false).unwrap_err();
+        assert!(
+            e.contains("not a declared fault point") && e.contains("fp.nonce.heal"),
+            "{e}"
+        );
     }
 
     /// A declared name that no code uses would be reported unreached for ever: every

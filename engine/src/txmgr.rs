@@ -429,6 +429,12 @@ impl TxManager {
             .expect("signed bytes are stored before broadcast");
         match self.gateway.send_raw(raw).await {
             Ok(_) => Ok(Sent::Accepted),
+            // Every endpoint answered that it cannot serve now (rate limited, an internal
+            // error, behind the chain): no verdict on the transaction, which may be in a pool.
+            Err(e) if e.node_unavailable() => {
+                crate::probe!("tx.ambiguous_send");
+                Ok(Sent::Ambiguous)
+            }
             Err(EngineError::Rpc { message, .. }) => {
                 Ok(Sent::Rejected(node_rejection(&message), message))
             }

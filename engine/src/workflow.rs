@@ -343,6 +343,16 @@ pub async fn execute(ctx: &StepContext<'_>, kind: &str, name: &str) -> Result<Va
             } else {
                 crate::probe!("notify.duplicate_suppressed");
             }
+            // The notification is written; whatever the step does after it may still fail
+            // transiently, and the retried step (a new attempt) must not notify again.
+            crate::fault_point!(
+                "fp.notify.after_write",
+                EngineError::Db {
+                    sqlstate: "40001".into(),
+                    message: "fault point: could not serialize access due to concurrent update"
+                        .into(),
+                }
+            );
             Ok(json!({ "token": token, "notified": true, "first_delivery": fresh }))
         }
         (TRANSFER, "compliance_check") => {

@@ -367,6 +367,11 @@ impl Fleet {
                 applied(json!({}))
             }
             Fault::RpcError {
+                code: Some(c), ..
+            } if *c != 503 => na(
+                "the fault proxy answers HTTP 503 only, not other statuses or JSON-RPC error codes",
+            ),
+            Fault::RpcError {
                 endpoint, method, ..
             } => applied(self.fail_rpc_calls(endpoint, method.as_deref(), HttpMode::Status503)),
             Fault::RpcTimeout {

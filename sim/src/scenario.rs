@@ -133,9 +133,43 @@ pub struct EngineKnobs {
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct FaultPoints {
-    /// FoundationDB's BUGGIFY enables each site in a quarter of the runs.
+    /// FoundationDB's BUGGIFY enables each site in a quarter of the runs. 0: only `always`.
     #[serde(default = "default_enable_probability")]
     pub enable_probability: f64,
+    /// Fault points enabled on every seed, as given (`[[fault_points.always]]`), whatever the
+    /// seed drew for them: a window the scenario is about is then reached on every seed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub always: Vec<AlwaysFaultPoint>,
+}
+
+/// One fault point enabled on every seed.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AlwaysFaultPoint {
+    /// A fault point declared in `dalp_engine::probe::PROBES` (`fp.*`).
+    pub name: String,
+    /// How often it fires when reached (default 1).
+    #[serde(default = "one")]
+    pub fire_probability: f64,
+    /// What it does when it fires: `any` (default: drawn each time, mostly delays), `delay`,
+    /// `fail` (the site's transient error) or `crash` (the engine node, restarted).
+    #[serde(default)]
+    pub firing: Firing,
+    /// It fires at most this many times in a run (absent: no limit). Keeps a fault point that
+    /// fails every time from spending every retry of the step it sits in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_fires: Option<u64>,
+}
+
+/// What an always-enabled fault point does when it fires.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Firing {
+    #[default]
+    Any,
+    Delay,
+    Fail,
+    Crash,
 }
 
 fn default_enable_probability() -> f64 {
@@ -295,6 +329,13 @@ pub struct Durations {
     pub visibility_bound_s: Option<f64>,
 }
 
+/// What an `rpc_error` fault may answer, modelled on what providers and nodes answer when they
+/// cannot serve a request now: HTTP statuses from a provider's proxy or load balancer (503
+/// overloaded or down, 502 bad gateway, 429 rate limited) and JSON-RPC error codes (geth's and
+/// Erigon's -32000 "header not found"/"missing trie node" from a lagging or syncing node,
+/// -32005 "limit exceeded" from a rate-limited provider, -32603 "internal error").
+pub const RPC_ERROR_CODES: &[i64] = &[503, 502, 429, -32000, -32005, -32603];
+
 /// Where a fault hits. Node names: `engine-<i>`, `db-<j>` (`db-0` starts as primary), `rpc-<k>`,
 /// `client-<c>`; groups: `db`, `rpc`, `engines`, `clients`.
 pub type NodeName = String;
@@ -377,12 +418,17 @@ pub enum Fault {
         at_s: f64,
         for_s: Option<f64>,
     },
-    /// An RPC endpoint answers HTTP 503 (optionally only for `method`).
+    /// An RPC endpoint answers an error (optionally only for `method`): `code` is an HTTP
+    /// status (503 when absent; 502, 429) or a JSON-RPC error code a node answers when it
+    /// cannot serve a request now (-32000 "header not found"/"missing trie node": a lagging or
+    /// syncing node; -32005 rate limited; -32603 internal error); see [`RPC_ERROR_CODES`].
     RpcError {
         endpoint: NodeName,
         at_s: f64,
         for_s: Option<f64>,
         method: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        code: Option<i64>,
     },
     /// An RPC endpoint never answers (optionally only for `method`).
     RpcTimeout {
@@ -933,11 +979,44 @@ impl Scenario {
             }
         }
         if let Some(fp) = &self.fault_points {
-            if !(fp.enable_probability > 0.0 && fp.enable_probability <= 1.0) {
+            let floor_ok = fp.enable_probability > 0.0
+                || (fp.enable_probability == 0.0 && !fp.always.is_empty());
+            if !(floor_ok && fp.enable_probability <= 1.0) {
                 return Err(err(
                     "fault_points.enable_probability",
-                    format!("must be in (0, 1], not {}", fp.enable_probability),
+                    format!(
+                        "must be in (0, 1] (0 only with fault_points.always), not {}",
+                        fp.enable_probability
+                    ),
                 ));
+            }
+            for (i, a) in fp.always.iter().enumerate() {
+                let field = |f: &str| format!("fault_points.always[{i}].{f}");
+                if fp.always[..i].iter().any(|b| b.name == a.name) {
+                    return Err(err(&field("name"), format!("{} is listed twice", a.name)));
+                }
+                dalp_engine::probe::fault_point_allowing(
+                    &a.name,
+                    a.firing == Firing::Fail,
+                    a.firing == Firing::Crash,
+                )
+                .map_err(|why| {
+                    let f = if why.contains("not a declared") {
+                        "name"
+                    } else {
+                        "firing"
+                    };
+                    err(&field(f), why)
+                })?;
+                if !(a.fire_probability > 0.0 && a.fire_probability <= 1.0) {
+                    return Err(err(
+                        &field("fire_probability"),
+                        format!("must be in (0, 1], not {}", a.fire_probability),
+                    ));
+                }
+                if a.max_fires == Some(0) {
+                    return Err(err(&field("max_fires"), "must be at least 1".into()));
+                }
             }
         }
         if let Some(k) = &self.engine {
@@ -1221,6 +1300,17 @@ impl Scenario {
             Fault::DbLostAck { rate, .. } if !(*rate > 0.0 && *rate <= 1.0) => {
                 e("rate", "must be in (0, 1]".into())
             }
+            Fault::RpcError { code: Some(c), .. } if !RPC_ERROR_CODES.contains(c) => e(
+                "code",
+                format!(
+                    "{c} is not an error an RPC endpoint answers here; known: {}",
+                    RPC_ERROR_CODES
+                        .iter()
+                        .map(i64::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ),
             Fault::RpcDown { endpoint: n, .. }
             | Fault::RpcError { endpoint: n, .. }
             | Fault::RpcTimeout { endpoint: n, .. }
@@ -1324,6 +1414,11 @@ impl Scenario {
                 at_s,
                 for_s,
                 method: None,
+                // A stream of its own, so the draw shifts no other part of the schedule.
+                code: {
+                    let mut c = rng.fork("rpc-error-code");
+                    Some(RPC_ERROR_CODES[c.range(0, RPC_ERROR_CODES.len() as u64 - 1) as usize])
+                },
             },
             FaultKind::RpcTimeout => Fault::RpcTimeout {
                 endpoint,
@@ -1505,6 +1600,129 @@ restart_after_s = 3
         let sched = s.schedule(1);
         assert!(sched.windows(2).all(|w| w[0].at_s() <= w[1].at_s()));
         assert!(sched.iter().all(|f| f.at_s() < 20.0));
+    }
+
+    #[test]
+    fn rpc_error_codes_are_validated_and_drawn() {
+        let fault = |code: &str| {
+            format!(
+                "{MINIMAL}\n[[faults]]\nkind = \"rpc_error\"\nendpoint = \"rpc\"\nat_s = 1\n{code}"
+            )
+        };
+        let s = Scenario::parse(&fault("code = -32000\n"), "c.toml").unwrap();
+        assert!(matches!(
+            s.faults[1],
+            Fault::RpcError {
+                code: Some(-32000),
+                ..
+            }
+        ));
+        let e = bad(&fault("code = -32602\n"));
+        assert_eq!(e.field, "faults[1].code");
+        assert!(
+            e.reason.contains("-32602") && e.reason.contains("-32005"),
+            "{e}"
+        );
+        // Random draws answer codes real nodes and providers answer, each of them over seeds.
+        let text = format!(
+            "{MINIMAL}\n[random]\nrate_per_min = {{ rpc_error = 30.0 }}\nwindow_s = [0, 20]\n"
+        );
+        let s = Scenario::parse(&text, "r.toml").unwrap();
+        let mut drawn = std::collections::BTreeSet::new();
+        for seed in 1..20 {
+            for f in s.schedule(seed) {
+                if let Fault::RpcError { code, .. } = f {
+                    drawn.insert(code.expect("a drawn code"));
+                }
+            }
+        }
+        assert_eq!(
+            drawn,
+            RPC_ERROR_CODES.iter().copied().collect(),
+            "every code is drawn"
+        );
+    }
+
+    #[test]
+    fn always_enabled_fault_points_are_validated() {
+        let with =
+            |always: &str| format!("{MINIMAL}\n[fault_points]\nenable_probability = 0\n{always}");
+        let ok = with(
+            "[[fault_points.always]]\nname = \"fp.notify.after_write\"\nfiring = \"fail\"\nmax_fires = 3\n",
+        );
+        let s = Scenario::parse(&ok, "f.toml").unwrap();
+        let a = &s.fault_points.as_ref().unwrap().always[0];
+        assert_eq!(
+            (a.firing, a.max_fires, a.fire_probability),
+            (Firing::Fail, Some(3), 1.0)
+        );
+        // Nothing enabled at all.
+        let e = bad(&with(""));
+        assert_eq!(e.field, "fault_points.enable_probability");
+        let e = bad(&with("[[fault_points.always]]\nname = \"fp.nope\"\n"));
+        assert_eq!(e.field, "fault_points.always[0].name");
+        assert!(e.reason.contains("fp.notify.after_write"), "{e}");
+        // A site with no transient error cannot be made to fail.
+        let e = bad(&with(
+            "[[fault_points.always]]\nname = \"fp.retry.before_write\"\nfiring = \"fail\"\n",
+        ));
+        assert_eq!(e.field, "fault_points.always[0].firing");
+        let e = bad(&with(
+            "[[fault_points.always]]\nname = \"fp.nonce.heal\"\nfire_probability = 1.5\n",
+        ));
+        assert_eq!(e.field, "fault_points.always[0].fire_probability");
+        let e = bad(&with(
+            "[[fault_points.always]]\nname = \"fp.nonce.heal\"\nmax_fires = 0\n",
+        ));
+        assert_eq!(e.field, "fault_points.always[0].max_fires");
+        let twice = "[[fault_points.always]]\nname = \"fp.nonce.heal\"\n";
+        let e = bad(&with(&format!("{twice}{twice}")));
+        assert_eq!(e.field, "fault_points.always[1].name");
+    }
+
+    /// Always-enabled fault points act as given: a `fail` one fails every time it fires, up to
+    /// `max_fires`; the drawn ones keep their draws.
+    #[cfg(madsim)]
+    #[test]
+    fn always_enabled_fault_points_fire_as_given() {
+        use dalp_engine::probe::sim;
+        sim::reset();
+        let drawn = sim::arm(7, 0.5);
+        sim::arm_always(
+            "fp.notify.after_write",
+            sim::Enabled {
+                fire_probability: 1.0,
+                firing: sim::Firing::Fail,
+                max_fires: Some(2),
+            },
+        )
+        .unwrap();
+        let actions: Vec<_> = (0..4)
+            .map(|_| sim::fault("fp.notify.after_write"))
+            .collect();
+        assert_eq!(
+            actions,
+            [
+                sim::Action::Fail,
+                sim::Action::Fail,
+                sim::Action::Continue,
+                sim::Action::Continue
+            ]
+        );
+        let armed = sim::armed();
+        for (k, v) in drawn.iter().filter(|(k, _)| *k != "fp.notify.after_write") {
+            assert_eq!(armed.get(k), Some(v), "{k}");
+        }
+        assert!(sim::arm_always(
+            "fp.retry.before_write",
+            sim::Enabled {
+                fire_probability: 1.0,
+                firing: sim::Firing::Fail,
+                max_fires: None,
+            },
+        )
+        .is_err());
+        sim::reset();
     }
 
     #[test]

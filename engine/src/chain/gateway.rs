@@ -537,8 +537,8 @@ fn reverted_or_empty(answer: &Result<Value>) -> bool {
 fn fails_over(e: &EngineError) -> bool {
     match e {
         EngineError::RpcTimeout { .. } | EngineError::RpcUnavailable(_) => true,
-        // limit exceeded, internal error: another node may do better
-        EngineError::Rpc { code, .. } => matches!(code, -32005 | -32603),
+        // limit exceeded, internal error, a node behind the chain: another node may do better
+        EngineError::Rpc { .. } => e.node_unavailable(),
         _ => false,
     }
 }

@@ -186,6 +186,19 @@ mod tests {
             "40001"
         );
         assert_eq!(rpc_code("rpc error -32000: header not found"), Some(-32000));
+        // What the `rpc_error` fault's codes make the engine record: all outages.
+        for m in [
+            "rpc error -32000: header not found",
+            "rpc error -32000: missing trie node 5f2a (path ) <nil>",
+            "rpc error -32005: limit exceeded",
+            "rpc error -32603: internal error",
+        ] {
+            assert_eq!(classify("rpc_error", m), Some(Cause::Outage), "{m}");
+        }
+        assert_eq!(
+            classify("rpc_unavailable", "rpc unavailable: rpc-0: http status 429"),
+            Some(Cause::Outage)
+        );
         assert_eq!(rpc_code("rpc error 0: max initcode size exceeded"), Some(0));
         assert_eq!(
             classify("rpc_error", "rpc error 0: x"),

@@ -20,8 +20,9 @@ use std::time::Duration;
 pub enum RpcMode {
     /// Connection refused.
     Down,
-    /// HTTP 503, for every method or one.
-    Error(Option<String>),
+    /// An error answer, for every method or one: an HTTP status, or a JSON-RPC error code
+    /// (negative; see [`crate::scenario::RPC_ERROR_CODES`]).
+    Error(Option<String>, i64),
     /// No answer, for every method or one.
     Timeout(Option<String>),
     /// `eth_sendRawTransaction` reaches the mempool, the answer never comes back.
@@ -120,6 +121,28 @@ fn engine_of(from: SocketAddr) -> Option<usize> {
     }
 }
 
+/// A node's JSON-RPC error answer to `body` with `code`, in the words real nodes use: geth's and
+/// Erigon's for a node behind the chain (state reads lack the trie, block reads the header),
+/// a provider's rate limit, an internal error.
+fn error_answer(body: &str, method: &str, code: i64) -> String {
+    let id = serde_json::from_str::<Value>(body)
+        .ok()
+        .and_then(|v| v.get("id").cloned())
+        .unwrap_or(Value::Null);
+    let message = match code {
+        -32000 => match method {
+            "eth_call" | "eth_estimateGas" | "eth_getBalance" | "eth_getCode"
+            | "eth_getStorageAt" | "eth_getTransactionCount" => {
+                "missing trie node 5f2a4e6b1c9d8e7f6a5b4c3d2e1f0a9b8c7d6e5f4a3b2c1d0e9f8a7b6c5d4e3f (path ) <nil>"
+            }
+            _ => "header not found",
+        },
+        -32005 => "limit exceeded",
+        _ => "internal error",
+    };
+    json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message}}).to_string()
+}
+
 /// RPC endpoint `k`'s process.
 pub async fn rpc_process(chain: Arc<ChainWorld>, k: usize) {
     let name = format!("rpc-{k}");
@@ -140,7 +163,7 @@ pub async fn rpc_process(chain: Arc<ChainWorld>, k: usize) {
             let failed = modes.contains(&RpcMode::Down)
                 || modes
                     .iter()
-                    .any(|m| matches!(m, RpcMode::Timeout(x) | RpcMode::Error(x) if hits(x)));
+                    .any(|m| matches!(m, RpcMode::Timeout(x) | RpcMode::Error(x, _) if hits(x)));
             if failed {
                 chain.faulted.lock().expect("faulted").push((t_ms(), k));
             }
@@ -177,11 +200,15 @@ pub async fn rpc_process(chain: Arc<ChainWorld>, k: usize) {
             {
                 return None;
             }
-            if modes
-                .iter()
-                .any(|m| matches!(m, RpcMode::Error(x) if hits(x)))
-            {
-                return Some(RpcResponse(Err(TransportError::Status(503))));
+            if let Some(code) = modes.iter().find_map(|m| match m {
+                RpcMode::Error(x, code) if hits(x) => Some(*code),
+                _ => None,
+            }) {
+                return Some(RpcResponse(if code > 0 {
+                    Err(TransportError::Status(code as u16))
+                } else {
+                    Ok(error_answer(&body, &method, code))
+                }));
             }
             let lag = modes
                 .iter()

@@ -313,8 +313,16 @@ async fn apply(fleet: &Fleet, n: u64, fault: &Fault, heal_ms: u64) -> FaultOutco
         }
         Fault::RpcDown { endpoint, .. } => rpc_mode(fleet, n, endpoint, RpcMode::Down),
         Fault::RpcError {
-            endpoint, method, ..
-        } => rpc_mode(fleet, n, endpoint, RpcMode::Error(method.clone())),
+            endpoint,
+            method,
+            code,
+            ..
+        } => rpc_mode(
+            fleet,
+            n,
+            endpoint,
+            RpcMode::Error(method.clone(), code.unwrap_or(503)),
+        ),
         Fault::RpcTimeout {
             endpoint, method, ..
         } => rpc_mode(fleet, n, endpoint, RpcMode::Timeout(method.clone())),

@@ -133,7 +133,25 @@ fn arm_fault_points(
     let Some(fp) = &s.fault_points else {
         return BTreeMap::new();
     };
-    let armed = sim::arm(seed, fp.enable_probability);
+    sim::arm(seed, fp.enable_probability);
+    for a in &fp.always {
+        let firing = match a.firing {
+            crate::scenario::Firing::Any => sim::Firing::Any,
+            crate::scenario::Firing::Delay => sim::Firing::Delay,
+            crate::scenario::Firing::Fail => sim::Firing::Fail,
+            crate::scenario::Firing::Crash => sim::Firing::Crash,
+        };
+        sim::arm_always(
+            &a.name,
+            sim::Enabled {
+                fire_probability: a.fire_probability,
+                firing,
+                max_fires: a.max_fires,
+            },
+        )
+        .expect("validated with the scenario");
+    }
+    let armed = sim::armed();
     trace.record(
         t_ms(),
         "sim",
