@@ -292,6 +292,7 @@ impl Swarm {
         });
         s.fault_points = fault_points.map(|p| FaultPoints {
             enable_probability: p,
+            always: Vec::new(),
         });
         let draw = SwarmDraw {
             line: String::new(),
