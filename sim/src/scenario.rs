@@ -693,6 +693,15 @@ impl IsolationCfg {
         if self.min_ops == 0 {
             return e("min_ops", "must be at least 1");
         }
+        if self.max_slowdown > 1e6
+            || self.slack_s > limits::SECONDS
+            || self.settle_s > limits::SECONDS
+        {
+            return e(
+                "max_slowdown/slack_s/settle_s",
+                "must be at most 1e6 (max_slowdown) and 3600 s (slack_s, settle_s)",
+            );
+        }
         Ok(())
     }
 }
@@ -1137,6 +1146,8 @@ impl Scenario {
                 ),
             ));
         }
+        self.within_limits()
+            .map_err(|(field, reason)| err(&field, reason))?;
         for (i, f) in self.faults.iter().enumerate() {
             self.validate_fault(f)
                 .map_err(|(field, reason)| err(&format!("faults[{i}].{field}"), reason))?;
@@ -1207,6 +1218,44 @@ impl Scenario {
             if !(d >= 0.0 && d.is_finite()) {
                 return e("for_s", "durations must be non-negative".into());
             }
+            if d > limits::SECONDS {
+                return e(
+                    "for_s",
+                    format!("must be at most {} s, not {d}", limits::SECONDS),
+                );
+            }
+        }
+        let big = |field: &str, x: u64, max: u64| -> Result<(), (String, String)> {
+            if x > max {
+                e(field, format!("must be at most {max}, not {x}"))
+            } else {
+                Ok(())
+            }
+        };
+        match f {
+            Fault::ClockSkew { skew_ms, .. } => {
+                big("skew_ms", skew_ms.unsigned_abs(), limits::SKEW_MS)?
+            }
+            Fault::DbLatency { extra_ms, .. } => big("extra_ms", *extra_ms, limits::DELAY_MS)?,
+            Fault::RpcLag { blocks, .. } => big("blocks", *blocks, limits::LAG_BLOCKS)?,
+            Fault::GasSpike { base_fee_gwei, .. } => {
+                big("base_fee_gwei", *base_fee_gwei, limits::BASE_FEE_GWEI)?
+            }
+            Fault::DbFailover {
+                promote_after_s, ..
+            }
+            | Fault::RegionFailover {
+                promote_after_s, ..
+            } if !(*promote_after_s >= 0.0 && *promote_after_s <= limits::SECONDS) => {
+                return e(
+                    "promote_after_s",
+                    format!(
+                        "must be in [0, {}] s, not {promote_after_s}",
+                        limits::SECONDS
+                    ),
+                )
+            }
+            _ => {}
         }
         let engine = |n: &str| -> Result<(), (String, String)> {
             if self.engine_names().iter().any(|x| x == n) {
@@ -1456,6 +1505,140 @@ impl Scenario {
                 unreachable!("{kind} is not drawable (validated when the scenario was loaded)")
             }
         }
+    }
+}
+
+/// The largest values a scenario may give: what the simulation represents exactly (milliseconds
+/// in a u64, seeded schedules) and finishes in bounded time and memory. Validation refuses
+/// anything beyond them with the field's name, so a hostile or mistyped file fails at load,
+/// never as an overflow, a hang or an allocation of gigabytes in the run.
+pub mod limits {
+    /// Any time span in seconds: phases, bounds, fault durations (one simulated hour).
+    pub const SECONDS: f64 = 3600.0;
+    /// Operations per run.
+    pub const OPERATIONS: u32 = 10_000;
+    /// Issuances (tokens) per run.
+    pub const TOKENS: u32 = 100;
+    /// Faults per simulated minute of one kind in `[random]` (ten a second).
+    pub const RATE_PER_MIN: f64 = 600.0;
+    /// Relative weight of one operation kind.
+    pub const WEIGHT: f64 = 1e6;
+    /// Delays in milliseconds: replication lag, extra latency, network latency, block time.
+    pub const DELAY_MS: u64 = 60_000;
+    /// A client's wait for an answer, in milliseconds.
+    pub const CLIENT_TIMEOUT_MS: u64 = 600_000;
+    /// A clock's skew, in milliseconds (a day).
+    pub const SKEW_MS: u64 = 86_400_000;
+    /// Blocks an endpoint lags.
+    pub const LAG_BLOCKS: u64 = 10_000;
+    /// A base fee in gwei.
+    pub const BASE_FEE_GWEI: u64 = 1_000_000;
+}
+
+impl Scenario {
+    /// The first number outside [`limits`]: field and reason.
+    fn within_limits(&self) -> Result<(), (String, String)> {
+        let secs = |field: &str, x: f64| -> Result<(), (String, String)> {
+            if x > limits::SECONDS {
+                Err((
+                    field.to_string(),
+                    format!("must be at most {} s, not {x}", limits::SECONDS),
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        let max = |field: &str, x: u64, m: u64| -> Result<(), (String, String)> {
+            if x > m {
+                Err((field.to_string(), format!("must be at most {m}, not {x}")))
+            } else {
+                Ok(())
+            }
+        };
+        let d = &self.durations;
+        secs("durations.fault_phase_s", d.fault_phase_s)?;
+        secs("durations.liveness_bound_s", d.liveness_bound_s)?;
+        if let Some(v) = d.visibility_bound_s {
+            if !(0.0..=limits::SECONDS).contains(&v) {
+                return Err((
+                    "durations.visibility_bound_s".into(),
+                    format!("must be in [0, {}] s, not {v}", limits::SECONDS),
+                ));
+            }
+        }
+        let t = &self.topology;
+        max(
+            "topology.replication_lag_ms",
+            t.replication_lag_ms,
+            limits::DELAY_MS,
+        )?;
+        max("topology.block_time_ms", t.block_time_ms, limits::DELAY_MS)?;
+        max(
+            "topology.net_latency_ms",
+            t.net_latency_ms[1],
+            limits::DELAY_MS,
+        )?;
+        let w = &self.workload;
+        max(
+            "workload.operations",
+            w.operations.into(),
+            limits::OPERATIONS.into(),
+        )?;
+        max("workload.tokens", w.tokens.into(), limits::TOKENS.into())?;
+        max(
+            "workload.client_timeout_ms",
+            w.client_timeout_ms,
+            limits::CLIENT_TIMEOUT_MS,
+        )?;
+        if w.client_timeout_ms == 0 {
+            return Err((
+                "workload.client_timeout_ms".into(),
+                "must be positive".into(),
+            ));
+        }
+        let m = &w.mix;
+        for (k, x) in [
+            ("mint", m.mint),
+            ("transfer", m.transfer),
+            ("register_identity", m.register_identity),
+            ("blocked_transfer", m.blocked_transfer),
+            ("unverified_mint", m.unverified_mint),
+        ] {
+            if x > limits::WEIGHT {
+                return Err((
+                    format!("workload.mix.{k}"),
+                    format!("must be at most {}, not {x}", limits::WEIGHT),
+                ));
+            }
+        }
+        if let Some(r) = &self.random {
+            for (k, rate) in &r.rate_per_min {
+                if *rate > limits::RATE_PER_MIN {
+                    return Err((
+                        format!("random.rate_per_min.{k}"),
+                        format!(
+                            "must be at most {} per minute, not {rate}",
+                            limits::RATE_PER_MIN
+                        ),
+                    ));
+                }
+            }
+            secs("random.duration_s", r.duration_s[1])?;
+        }
+        if let Some(k) = &self.engine {
+            let fields: [(&str, Option<u64>, u64); 4] = [
+                ("engine.lease_ms", k.lease_ms, 600_000),
+                ("engine.poll_ms", k.poll_ms, limits::DELAY_MS),
+                ("engine.max_attempts", k.max_attempts.map(u64::from), 100),
+                ("engine.concurrency", k.concurrency.map(u64::from), 256),
+            ];
+            for (f, v, m) in fields {
+                if let Some(v) = v {
+                    max(f, v, m)?;
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -1731,5 +1914,178 @@ restart_after_s = 3
             format!("{MINIMAL}\n[random]\nrate_per_min = {{ meteor = 1.0 }}\nwindow_s = [0, 20]\n");
         let e = bad(&text);
         assert_eq!(e.field, "random.rate_per_min.meteor");
+    }
+}
+
+/// Hostile and extreme numbers in every numeric field: a file either loads with a clear error
+/// or describes a run the simulation can represent and finish (bounded schedule, plan, times).
+#[cfg(test)]
+mod hostile_numbers {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Each placeholder of [`TEMPLATE`] and a sane value for it.
+    const FIELDS: &[(&str, &str)] = &[
+        ("ENGINES", "2"),
+        ("LAG", "100"),
+        ("BLOCKS", "3"),
+        ("BLOCK", "1000"),
+        ("FINALITY", "2"),
+        ("OPS", "10"),
+        ("TOKENS", "1"),
+        ("WINDOW", "10"),
+        ("CTIMEOUT", "3000"),
+        ("PHASE", "60"),
+        ("LIVE", "60"),
+        ("RATE", "1"),
+        ("DUR", "5"),
+        ("AT", "5"),
+        ("FOR", "5"),
+        ("SKEW", "100"),
+        ("EXTRA", "100"),
+        ("FEE", "100"),
+        ("MINT", "1"),
+    ];
+
+    /// `TEMPLATE` with `values[i]` for field `i`, its sane value where `None`.
+    fn fill(values: &[Option<String>]) -> String {
+        // In the order above: longer names (BLOCKS) before their prefixes (BLOCK).
+        let mut text = TEMPLATE.to_string();
+        for (i, (name, sane)) in FIELDS.iter().enumerate() {
+            let v = values.get(i).cloned().flatten();
+            text = text.replace(name, v.as_deref().unwrap_or(sane));
+        }
+        text
+    }
+
+    const TEMPLATE: &str = r#"
+name = "hostile"
+description = "d"
+[topology]
+engines = ENGINES
+rpc_endpoints = 2
+replication_lag_ms = LAG
+block_time_ms = BLOCK
+finality_depth = FINALITY
+[workload]
+tokens = TOKENS
+operations = OPS
+submit_window_s = WINDOW
+client_timeout_ms = CTIMEOUT
+mix = { mint = MINT, transfer = 1 }
+[durations]
+fault_phase_s = PHASE
+liveness_bound_s = LIVE
+[random]
+window_s = [0, 1]
+duration_s = [1, DUR]
+rate_per_min = { engine_crash = RATE, db_latency = RATE }
+[[faults]]
+kind = "clock_skew"
+node = "engine-0"
+skew_ms = SKEW
+at_s = AT
+for_s = FOR
+[[faults]]
+kind = "db_latency"
+extra_ms = EXTRA
+at_s = AT
+[[faults]]
+kind = "rpc_lag"
+endpoint = "rpc-0"
+blocks = BLOCKS
+at_s = AT
+[[faults]]
+kind = "gas_spike"
+base_fee_gwei = FEE
+at_s = AT
+"#;
+
+    fn number() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("0".to_string()),
+            Just("1".to_string()),
+            Just("-1".to_string()),
+            Just("2".to_string()),
+            Just("30".to_string()),
+            Just("1e308".to_string()),
+            Just("1e300".to_string()),
+            Just("nan".to_string()),
+            Just("inf".to_string()),
+            Just("4294967295".to_string()),
+            Just("18446744073709551615".to_string()),
+            Just("9223372036854775807".to_string()),
+            Just("-9223372036854775808".to_string()),
+            Just("0.001".to_string()),
+            (0u64..100_000).prop_map(|x| x.to_string()),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(400))]
+        #[test]
+        fn a_loaded_scenario_is_bounded_and_a_refused_one_names_its_field(
+            values in proptest::collection::vec(proptest::option::weighted(0.25, number()), FIELDS.len()),
+            seed in 0u64..1000,
+        ) {
+            let text = fill(&values);
+            match Scenario::parse(&text, "hostile.toml") {
+                Err(e) => {
+                    prop_assert_eq!(e.file.as_str(), "hostile.toml");
+                    prop_assert!(!e.field.is_empty() && !e.reason.is_empty(), "{e}");
+                }
+                Ok(s) => {
+                    let phase = s.durations.fault_phase_s;
+                    prop_assert!(phase <= limits::SECONDS && s.durations.liveness_bound_s <= limits::SECONDS);
+                    let sched = s.schedule(seed);
+                    // Two kinds at most 600 a minute over the window, plus the four scheduled.
+                    prop_assert!(sched.len() <= 2 * 600 + 4 + 10, "{} faults", sched.len());
+                    for f in &sched {
+                        prop_assert!(f.at_s().is_finite() && f.at_s() < phase);
+                        prop_assert!(f.duration_s().is_none_or(|d| d.is_finite() && d <= limits::SECONDS));
+                    }
+                    let plan = crate::plan::plan(&s, seed);
+                    prop_assert!(plan.len() as u64 <= u64::from(limits::OPERATIONS + limits::TOKENS));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_outside_probes_files_are_refused_with_their_field() {
+        let base = fill(&[]);
+        Scenario::parse(&base, "ok.toml").expect("the base is valid");
+        for (from, to, field) in [
+            (
+                "rate_per_min = { engine_crash = 1,",
+                "rate_per_min = { engine_crash = 1e300,",
+                "random.rate_per_min.engine_crash",
+            ),
+            (
+                "operations = 10",
+                "operations = 4294967295",
+                "workload.operations",
+            ),
+            (
+                "fault_phase_s = 60",
+                "fault_phase_s = 1e7",
+                "durations.fault_phase_s",
+            ),
+            ("for_s = 5", "for_s = 1e308", "faults[0].for_s"),
+            (
+                "skew_ms = 100",
+                "skew_ms = 9223372036854775807",
+                "faults[0].skew_ms",
+            ),
+            (
+                "extra_ms = 100",
+                "extra_ms = 9223372036854775807",
+                "faults[1].extra_ms",
+            ),
+        ] {
+            assert!(base.contains(from), "{from}");
+            let e = Scenario::parse(&base.replacen(from, to, 1), "bad.toml").unwrap_err();
+            assert_eq!(e.field, field, "{to}: {e}");
+        }
     }
 }

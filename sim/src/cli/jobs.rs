@@ -132,7 +132,23 @@ pub(super) fn run_jobs_ticking(
     Ok(not_started)
 }
 
-/// Hand every child that has exited to `done`; whether any had.
+/// How long one child may run: `DALP_SIM_CHILD_TIMEOUT_S`, else 20 minutes (a simulated seed
+/// takes seconds; a real-backend seed a few minutes).
+fn child_wall_limit() -> Duration {
+    static LIMIT: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+    *LIMIT.get_or_init(|| {
+        Duration::from_secs(
+            std::env::var("DALP_SIM_CHILD_TIMEOUT_S")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .filter(|s| *s > 0)
+                .unwrap_or(1200),
+        )
+    })
+}
+
+/// Hand every child that has exited (or run past [`child_wall_limit`], then killed) to `done`;
+/// whether any had.
 fn reap(
     running: &mut Vec<Running>,
     done: &mut impl FnMut(&Job, Result<FinishedRun, String>, Duration),
@@ -144,6 +160,24 @@ fn reap(
             Ok(Some(status)) => {
                 let r = running.swap_remove(i);
                 done(&r.job, read_result(&r.out, status), r.started.elapsed());
+                progressed = true;
+            }
+            Ok(None) if running[i].started.elapsed() > child_wall_limit() => {
+                // A run that does not end (a hang in the simulation or the engine) is a failed
+                // run the report names, not a suite that never finishes.
+                let mut r = running.swap_remove(i);
+                let _ = r.child.kill();
+                let _ = r.child.wait();
+                let took = r.started.elapsed();
+                done(
+                    &r.job,
+                    Err(format!(
+                        "timed out: still running after {} s of wall-clock time (the limit, \
+                         DALP_SIM_CHILD_TIMEOUT_S); killed",
+                        took.as_secs()
+                    )),
+                    took,
+                );
                 progressed = true;
             }
             Ok(None) => i += 1,
