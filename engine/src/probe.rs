@@ -169,7 +169,11 @@ pub const PROBES: &[Probe] = &[
     p("indexer.iteration_failed"),
     // Operator actions and off-chain effects.
     must("requeue.done", "an operator requeue resumes a dead letter"),
-    p("requeue.abandoned_version"),
+    must(
+        "requeue.abandoned_version",
+        "a requeued step adopts the transaction it abandoned, mined after all",
+    ),
+    p("requeue.abandoned_pending"),
     must("notify.first_delivery", "every issuance notifies once"),
     p("notify.duplicate_suppressed"),
     // Fault points: the risky windows between a durable write and its effect, or the reverse.

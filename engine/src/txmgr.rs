@@ -181,7 +181,8 @@ impl TxManager {
     }
 
     /// A step re-run after its transaction was abandoned (dead-letter, then requeue) first checks
-    /// whether one of the abandoned versions was mined after all.
+    /// whether one of the abandoned versions was mined after all (adopted), or is still pending
+    /// (waited for: `NonceReconciling`).
     async fn adopt_abandoned(&self, workflow: WorkflowId, step: i32) -> Result<Option<TxOutcome>> {
         for old in self
             .store
@@ -192,8 +193,33 @@ impl TxManager {
         {
             if let Some(r) = self.find_receipt(old).await? {
                 if r.success {
+                    // Adopted as the step's outcome only when it is as settled as a step's own
+                    // transaction must be: `confirmations` deep on the canonical chain.
+                    let head = self.gateway.block_number().await?;
+                    let canonical = self.gateway.block(r.block_number).await?.map(|b| b.hash)
+                        == Some(r.block_hash);
+                    if !canonical || head + 1 < r.block_number + self.chain.confirmations {
+                        crate::probe!("requeue.abandoned_pending");
+                        return Err(EngineError::NonceReconciling(format!(
+                            "transaction {:#x} (nonce {}) that this step abandoned when it was dead-lettered was mined at block {} and is not settled yet ({} confirmations, canonical: {canonical})",
+                            r.tx_hash, old.nonce, r.block_number, self.chain.confirmations
+                        )));
+                    }
                     crate::probe!("requeue.abandoned_version");
                     return Ok(Some(TxOutcome::from_receipt(&r, old.nonce)));
+                }
+                continue;
+            }
+            // Not mined, but a pool may still hold it (stuck underpriced when the step was
+            // dead-lettered): a new transaction now would let both be mined. Wait, as for any
+            // unsettled nonce of ours, until it is mined (adopted above) or gone.
+            for b in old.broadcasts.iter().rev() {
+                if self.gateway.transaction_known(b.hash).await? {
+                    crate::probe!("requeue.abandoned_pending");
+                    return Err(EngineError::NonceReconciling(format!(
+                        "transaction {:#x} (nonce {}) that this step abandoned when it was dead-lettered is still pending; waiting for it to be mined or dropped",
+                        b.hash, old.nonce
+                    )));
                 }
             }
         }

@@ -398,9 +398,10 @@ impl Fleet {
                 applied(json!({}))
             }
             Fault::ExternalNonce { .. } => self.send_external().await.map(FaultOutcome::Applied),
-            Fault::SignerDrain { .. } => {
+            Fault::SignerDrain { balance_gwei, .. } => {
+                let left = u128::from(balance_gwei.unwrap_or(0)) * 1_000_000_000;
                 self.rpc
-                    .call("anvil_setBalance", json!([self.signer, "0x0"]))
+                    .call("anvil_setBalance", json!([self.signer, format!("{left:#x}")]))
                     .await?;
                 applied(json!({}))
             }

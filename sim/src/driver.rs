@@ -203,6 +203,12 @@ pub async fn drive<B: Backend>(
             reason: "the engine's fault points are compiled into the simulation only".into(),
         });
     }
+    if s.topology.mempool != crate::scenario::Mempool::Anvil && coverage.is_none() {
+        not_applicable.push(NotApplicable::Setting {
+            setting: "topology.mempool".into(),
+            reason: "the real backend's chain is Anvil, with Anvil's pool rules".into(),
+        });
+    }
     let engine_logs = b.finish(passed).await;
     let (backend, provider) = b.labels();
     Ok(RunResult {

@@ -237,6 +237,25 @@ pub struct Topology {
     /// Engines of the standby region: not running until a `region_failover` starts them.
     #[serde(default)]
     pub standby_engines: Vec<String>,
+    /// Whose transaction-pool rules the chain follows: `anvil` (default: a transaction that
+    /// became unpayable at inclusion, its fee cap below the base fee or its sender short of
+    /// funds, is dropped) or `geth` (it stays pending until it can be included or is replaced,
+    /// as in geth's pool; replacements need a 10 % bump). Simulation only.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub mempool: Mempool,
+}
+
+/// A chain's transaction-pool rules (`topology.mempool`).
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Mempool {
+    #[default]
+    Anvil,
+    Geth,
+}
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
 }
 
 fn default_replication() -> Replication {
@@ -464,8 +483,15 @@ pub enum Fault {
     GasSpike { at_s: f64, base_fee_gwei: u64 },
     /// Someone outside the engine uses the signer's next nonce.
     ExternalNonce { at_s: f64 },
-    /// Drain the signer's balance; it is topped up again after `for_s`.
-    SignerDrain { at_s: f64, for_s: Option<f64> },
+    /// Drain the signer's balance (to zero, or to `balance_gwei`: a low balance that pays for
+    /// the transactions already sent but not for re-pricing them in a gas spike); it is topped
+    /// up again after `for_s`.
+    SignerDrain {
+        at_s: f64,
+        for_s: Option<f64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        balance_gwei: Option<u64>,
+    },
     /// A planned switchover: the primary is demoted in place (it stays up, read-only), the most
     /// advanced replica is promoted once it has caught up, and `db.service` is re-pointed.
     /// Engines still connected to the old primary get SQLSTATE 25006 until they reconnect.
@@ -1906,6 +1932,30 @@ restart_after_s = 3
         )
         .is_err());
         sim::reset();
+    }
+
+    #[test]
+    fn mempool_and_drain_balance_are_parsed() {
+        let text = MINIMAL.replace("rpc_endpoints = 2", "rpc_endpoints = 2\nmempool = \"geth\"")
+            + "[[faults]]\nkind = \"signer_drain\"\nat_s = 1\nbalance_gwei = 2000000\n";
+        let s = Scenario::parse(&text, "m.toml").unwrap();
+        assert_eq!(s.topology.mempool, Mempool::Geth);
+        assert!(matches!(
+            s.faults[1],
+            Fault::SignerDrain {
+                balance_gwei: Some(2_000_000),
+                ..
+            }
+        ));
+        assert_eq!(
+            Scenario::parse(MINIMAL, "m.toml").unwrap().topology.mempool,
+            Mempool::Anvil
+        );
+        let e = bad(&MINIMAL.replace(
+            "rpc_endpoints = 2",
+            "rpc_endpoints = 2\nmempool = \"erigon\"",
+        ));
+        assert!(e.reason.contains("erigon"), "{e}");
     }
 
     #[test]

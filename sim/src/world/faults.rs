@@ -391,10 +391,11 @@ async fn apply(fleet: &Fleet, n: u64, fault: &Fault, heal_ms: u64) -> FaultOutco
             fleet.external_txs.lock().expect("ext").push(h);
             json!({"tx": h})
         }
-        Fault::SignerDrain { .. } => {
+        Fault::SignerDrain { balance_gwei, .. } => {
             let mut m = fleet.chain.model.lock().expect("chain");
             let before = m.balance_of(fleet.chain.signer);
-            m.set_balance(fleet.chain.signer, U256::ZERO);
+            let left = U256::from(balance_gwei.unwrap_or(0)) * U256::from(1_000_000_000u64);
+            m.set_balance(fleet.chain.signer, left);
             json!({"balance_before": before.to_string()})
         }
     };

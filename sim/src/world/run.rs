@@ -213,6 +213,10 @@ fn chain_hosts(s: &Scenario, trace: &Trace, nodes: &mut Nodes) -> Arc<ChainWorld
                 chain_id: CHAIN_ID,
                 block_time_ms: topo.block_time_ms,
                 finality_depth: topo.finality_depth,
+                pool_policy: match topo.mempool {
+                    crate::scenario::Mempool::Anvil => crate::chain::PoolPolicy::Anvil,
+                    crate::scenario::Mempool::Geth => crate::chain::PoolPolicy::Geth,
+                },
                 ..ChainParams::anvil(vec![(signer, U256::from(10_000u64) * eth)])
             },
             epoch_ms(),
