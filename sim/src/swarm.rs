@@ -10,7 +10,8 @@
 
 use crate::rng::SimRng;
 use crate::scenario::{
-    EngineKnobs, FaultKind, FaultPoints, Mix, RandomFaults, Replication, Scenario, Topology,
+    EngineKnobs, FaultKind, FaultPoints, Mempool, Mix, RandomFaults, Replication, Scenario,
+    Topology,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -221,6 +222,12 @@ impl Swarm {
             net_latency_ms: base.topology.net_latency_ms,
             indexers: vec!["engine-0".into()],
             standby_engines: Vec::new(),
+            // Its own stream: drawn after the rest existed, it leaves their draws as they were.
+            mempool: if SimRng::new(seed).fork("swarm-mempool").unit() < 0.5 {
+                Mempool::Anvil
+            } else {
+                Mempool::Geth
+            },
         };
         let engine = EngineKnobs {
             lease_ms: Some(r(&mut rng, self.lease_ms)),
@@ -330,7 +337,7 @@ impl SwarmDraw {
             .map(|(k, r)| format!("{k} {r}/min"))
             .collect();
         format!(
-            "engines {} · db replicas {} ({replication}) · rpc endpoints {} · block {} ms · finality {} · \
+            "engines {} · db replicas {} ({replication}) · rpc endpoints {} · block {} ms · finality {} · {:?} mempool · \
              lease {} ms, poll {} ms, confirmations {}, attempts {}, concurrency {} · \
              {} clients, {} tokens, {} operations over {} s (mint {}, transfer {}, identity {}, blocked {}) · \
              faults: {} · fault points: {} · liveness bound {} s",
@@ -339,6 +346,7 @@ impl SwarmDraw {
             t.rpc_endpoints,
             t.block_time_ms,
             t.finality_depth,
+            t.mempool,
             e.lease_ms.unwrap_or_default(),
             e.poll_ms.unwrap_or_default(),
             e.confirmations.unwrap_or_default(),
