@@ -25,17 +25,21 @@ pub enum CallError {
     Io(String),
 }
 
+/// Reply tags, unique in the whole simulation (one seed per process), not per client: a
+/// restarted process binds a new client that madsim may give the old one's port, and a late reply
+/// to the old process's request must not match the new process's request of the same tag (seen
+/// as "database reply to tx_by_nonce has the wrong shape" after an engine restart).
+static NEXT_TAG: AtomicU64 = AtomicU64::new(1 << 20);
+
 /// A client endpoint: one per node and purpose.
 pub struct Client {
     ep: Endpoint,
-    next_tag: AtomicU64,
 }
 
 impl Client {
     pub async fn bind() -> io::Result<Self> {
         Ok(Client {
             ep: Endpoint::bind("0.0.0.0:0").await?,
-            next_tag: AtomicU64::new(1 << 20),
         })
     }
 
@@ -50,7 +54,7 @@ impl Client {
         Req: Any + Send + Sync,
         Resp: Any + Send + Sync,
     {
-        let tag = self.next_tag.fetch_add(1, Ordering::Relaxed);
+        let tag = NEXT_TAG.fetch_add(1, Ordering::Relaxed);
         self.ep
             .send_to_raw(dst, TAG_REQUEST, Box::new((tag, req)))
             .await
