@@ -316,6 +316,19 @@ macro_rules! fault_point {
     }};
 }
 
+/// What an enabled fault point does when it fires: drawn each time (`Any`: mostly delays, else
+/// the site's transient error or a crash, as the site allows), or always the one named. Outside
+/// the simulation's module because scenario files name it (`firing = "fail"`) in both flavours.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Firing {
+    #[default]
+    Any,
+    Delay,
+    Fail,
+    Crash,
+}
+
 /// The simulation's side: counts, and the seed's plan of which fault points are enabled.
 /// One simulation runs on one thread (madsim), so the state is thread-local: tests running
 /// simulations side by side do not share it.
@@ -326,7 +339,7 @@ pub mod sim {
     use std::collections::BTreeMap;
     use std::time::Duration;
 
-    pub use super::CRASH_MESSAGE;
+    pub use super::{Firing, CRASH_MESSAGE};
 
     /// What a fault point does this time.
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -345,18 +358,6 @@ pub mod sim {
         pub firing: Firing,
         /// Fires at most this many times in the run (`None`: no limit).
         pub max_fires: Option<u64>,
-    }
-
-    /// What an enabled fault point does when it fires: drawn each time (`Any`: mostly delays,
-    /// else the site's transient error or a crash, as the site allows), or always the one named.
-    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-    #[serde(rename_all = "snake_case")]
-    pub enum Firing {
-        #[default]
-        Any,
-        Delay,
-        Fail,
-        Crash,
     }
 
     #[derive(Default)]

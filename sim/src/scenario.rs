@@ -161,16 +161,8 @@ pub struct AlwaysFaultPoint {
     pub max_fires: Option<u64>,
 }
 
-/// What an always-enabled fault point does when it fires.
-#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum Firing {
-    #[default]
-    Any,
-    Delay,
-    Fail,
-    Crash,
-}
+/// What an always-enabled fault point does when it fires (the engine's own type).
+pub use dalp_engine::probe::Firing;
 
 fn default_enable_probability() -> f64 {
     0.25
@@ -1251,13 +1243,7 @@ impl Scenario {
                 );
             }
         }
-        let big = |field: &str, x: u64, max: u64| -> Result<(), (String, String)> {
-            if x > max {
-                e(field, format!("must be at most {max}, not {x}"))
-            } else {
-                Ok(())
-            }
-        };
+        let big = limits::at_most;
         match f {
             Fault::ClockSkew { skew_ms, .. } => {
                 big("skew_ms", skew_ms.unsigned_abs(), limits::SKEW_MS)?
@@ -1559,6 +1545,15 @@ pub mod limits {
     pub const LAG_BLOCKS: u64 = 10_000;
     /// A base fee in gwei.
     pub const BASE_FEE_GWEI: u64 = 1_000_000;
+
+    /// `x` at most `max`, or the field and why not.
+    pub fn at_most(field: &str, x: u64, max: u64) -> Result<(), (String, String)> {
+        if x > max {
+            Err((field.to_string(), format!("must be at most {max}, not {x}")))
+        } else {
+            Ok(())
+        }
+    }
 }
 
 impl Scenario {
@@ -1574,13 +1569,7 @@ impl Scenario {
                 Ok(())
             }
         };
-        let max = |field: &str, x: u64, m: u64| -> Result<(), (String, String)> {
-            if x > m {
-                Err((field.to_string(), format!("must be at most {m}, not {x}")))
-            } else {
-                Ok(())
-            }
-        };
+        let max = limits::at_most;
         let d = &self.durations;
         secs("durations.fault_phase_s", d.fault_phase_s)?;
         secs("durations.liveness_bound_s", d.liveness_bound_s)?;

@@ -166,7 +166,14 @@ impl Swarm {
                 "must be [low, high] with 0 < low <= high".into(),
             );
         }
-        let ranges: [(&str, [u64; 2], [u64; 2]); 13] = [
+        // The fault window needs room inside the fault phase.
+        if base.durations.fault_phase_s < 20.0 {
+            return Err((
+                "(durations.fault_phase_s)".into(),
+                "a swarm scenario's fault phase must be at least 20 s".into(),
+            ));
+        }
+        let ranges: [(&str, [u64; 2], [u64; 2]); 12] = [
             ("engines", widen(self.engines), [1, 8]),
             ("db_replicas", widen(self.db_replicas), [0, 3]),
             ("rpc_endpoints", widen(self.rpc_endpoints), [1, 4]),
@@ -179,12 +186,6 @@ impl Swarm {
             ("clients", widen(self.clients), [1, 16]),
             ("tokens", widen(self.tokens), [1, 100]),
             ("operations", widen(self.operations), [0, 10_000]),
-            // The fault window needs room inside the fault phase.
-            (
-                "(durations.fault_phase_s)",
-                [base.durations.fault_phase_s as u64; 2],
-                [20, u64::MAX],
-            ),
         ];
         for (f, [lo, hi], [min, max]) in ranges {
             if lo > hi || lo < min || hi > max {
@@ -301,7 +302,7 @@ impl Swarm {
             enable_probability: p,
             always: Vec::new(),
         });
-        let draw = SwarmDraw {
+        let mut draw = SwarmDraw {
             line: String::new(),
             topology,
             engine,
@@ -314,10 +315,7 @@ impl Swarm {
             fault_points,
             liveness_bound_s,
         };
-        let draw = SwarmDraw {
-            line: draw.describe(),
-            ..draw
-        };
+        draw.line = draw.describe();
         (s, draw)
     }
 }

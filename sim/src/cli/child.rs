@@ -93,7 +93,8 @@ fn read_schedule(path: &Path) -> Result<Vec<Fault>, String> {
 }
 
 /// `DALP_SIM_LOG=<level>` (error, warn, info, debug, trace): the engines' logs of this run go to
-/// the child's stderr (`repro` prints them), each line with the simulated time. Off otherwise.
+/// the child's stderr (run `dalp-sim child` directly to see them; a parent keeps a child's stderr
+/// only for a crash), each line with the simulated time. Off otherwise.
 fn engine_logs_to_stderr() {
     let Ok(level) = std::env::var("DALP_SIM_LOG") else {
         return;

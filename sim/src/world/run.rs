@@ -135,17 +135,11 @@ fn arm_fault_points(
     };
     sim::arm(seed, fp.enable_probability);
     for a in &fp.always {
-        let firing = match a.firing {
-            crate::scenario::Firing::Any => sim::Firing::Any,
-            crate::scenario::Firing::Delay => sim::Firing::Delay,
-            crate::scenario::Firing::Fail => sim::Firing::Fail,
-            crate::scenario::Firing::Crash => sim::Firing::Crash,
-        };
         sim::arm_always(
             &a.name,
             sim::Enabled {
                 fire_probability: a.fire_probability,
-                firing,
+                firing: a.firing,
                 max_fires: a.max_fires,
             },
         )
