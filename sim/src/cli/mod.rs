@@ -1,4 +1,4 @@
-//! The `dalp-sim` command line: `list`, `run`, `repro`, `report`, `bench`, and the internal
+//! The `dalp-sim` command line: `list`, `run`, `repro`, `report`, `bench`, `diff`, and the internal
 //! `child` that runs one seed. The parent never runs a simulation itself: every seed runs in its
 //! own child process (madsim keeps statics across runs in one process), several at a time.
 //!
@@ -11,6 +11,7 @@ mod backend;
 mod baseline;
 mod bench;
 mod child;
+mod diff;
 mod jobs;
 mod list;
 mod minimize;
@@ -55,6 +56,7 @@ enum Command {
     Repro(repro::ReproArgs),
     Report(report_cmd::ReportArgs),
     Bench(bench::BenchArgs),
+    Diff(diff::DiffArgs),
     /// Run one seed in this process and write its result (the parent starts one per seed)
     #[command(hide = true)]
     Child(child::ChildArgs),
@@ -78,6 +80,7 @@ pub fn main(args: Vec<String>) -> ExitCode {
         Command::Repro(a) => repro::repro(&dir, a),
         Command::Report(a) => report_cmd::report_cmd(a),
         Command::Bench(a) => bench::bench(&dir, a),
+        Command::Diff(a) => diff::diff(a),
         Command::Child(a) => child::child(a),
     };
     match out {
