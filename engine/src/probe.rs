@@ -162,6 +162,7 @@ pub const PROBES: &[Probe] = &[
     ),
     p("rpc.lagging_endpoint_skipped"),
     p("rpc.answer_from_lagging_rechecked"),
+    p("rpc.call_head_spot_checked"),
     p("rpc.answer_from_lagging_refused"),
     // The indexer.
     must("indexer.reorg_detected", "the indexer follows reorgs"),

@@ -225,11 +225,15 @@ impl Gateway {
         let Some(i) = by.filter(|_| doubtful(&answer)) else {
             return answer;
         };
-        let heads: Vec<u64> = self
-            .endpoints
-            .iter()
-            .map(|e| e.health.lock().expect("health").head)
-            .collect();
+        let mut heads = self.heads();
+        if method == "eth_call" && heads.iter().all(|&h| h <= heads[i]) {
+            // The engine decides on what a call reads (a compliance "no", a pre-flight revert
+            // dead-letters), and the last probe may predate a lag: the answering endpoint's
+            // head is asked now, so a node that fell behind since is known to be behind.
+            crate::probe!("rpc.call_head_spot_checked");
+            let _ = self.call_one(i, "eth_blockNumber", json!([])).await;
+            heads = self.heads();
+        }
         let mut fresher: Vec<usize> = (0..heads.len()).filter(|&j| heads[j] > heads[i]).collect();
         if fresher.is_empty() {
             // No endpoint is ahead of this one, but the chain was: a node that fell behind
@@ -327,24 +331,37 @@ impl Gateway {
             "dalp_rpc_requests_total",
             &[("endpoint", ep.name()), ("outcome", "ok")],
         );
-        Ok(resp.get("result").cloned().unwrap_or(Value::Null))
+        let result = resp.get("result").cloned().unwrap_or(Value::Null);
+        if method == "eth_blockNumber" {
+            // Every head an endpoint reports is an observation, not only the probes': a lag
+            // that starts between probes is seen at the next call that asks.
+            if let Ok(head) = quantity(&result) {
+                self.record_head(i, head);
+            }
+        }
+        Ok(result)
+    }
+
+    fn record_head(&self, i: usize, head: u64) {
+        self.endpoints[i].health.lock().expect("health").head = head;
+        self.highest_seen.fetch_max(head, Ordering::Relaxed);
+    }
+
+    /// Each endpoint's last reported head, in endpoint order.
+    fn heads(&self) -> Vec<u64> {
+        self.endpoints
+            .iter()
+            .map(|e| e.health.lock().expect("health").head)
+            .collect()
     }
 
     /// Ask every endpoint for its head, recording latency and lag. Called periodically.
     pub async fn probe(&self) {
         for i in 0..self.endpoints.len() {
-            if let Ok(v) = self.call_one(i, "eth_blockNumber", json!([])).await {
-                if let Ok(head) = quantity(&v) {
-                    self.endpoints[i].health.lock().expect("health").head = head;
-                    self.highest_seen.fetch_max(head, Ordering::Relaxed);
-                }
-            }
+            // `call_one` records the head it answers.
+            let _ = self.call_one(i, "eth_blockNumber", json!([])).await;
         }
-        let heads: Vec<u64> = self
-            .endpoints
-            .iter()
-            .map(|e| e.health.lock().expect("health").head)
-            .collect();
+        let heads = self.heads();
         let best = heads.iter().copied().max().unwrap_or(0);
         for (e, head) in self.endpoints.iter().zip(heads) {
             self.metrics.set(
@@ -570,6 +587,8 @@ mod tests {
             let req: Value = serde_json::from_str(&body).expect("json");
             let result = match req["method"].as_str() {
                 Some("eth_blockNumber") => json!(format!("{:#x}", self.0.load(Ordering::Relaxed))),
+                // No code anywhere: what a node answers for a contract it has not reached yet.
+                Some("eth_call") => json!("0x"),
                 _ => Value::Null,
             };
             Ok(json!({"jsonrpc": "2.0", "id": req["id"], "result": result}).to_string())
@@ -603,5 +622,41 @@ mod tests {
         head.store(97, Ordering::Relaxed);
         g.probe().await;
         assert_eq!(g.receipt(B256::ZERO).await.unwrap(), None);
+    }
+
+    /// Swarm seed 1463: the sole endpoint fell to head 0 after a probe saw it current, and its
+    /// empty `eth_call` answer (no code "yet") dead-lettered a valid transfer.
+    #[tokio::test]
+    async fn a_call_answered_by_a_node_that_fell_behind_since_the_probe_is_not_believed() {
+        let head = Arc::new(AtomicU64::new(100));
+        let g = Gateway::new(
+            &["http://rpc-0".to_string()],
+            Arc::new(Node(head.clone())),
+            TimeoutConfig::default(),
+            &ChainConfig::default(),
+            Arc::new(Metrics::default()),
+        );
+        g.probe().await;
+        assert_eq!(
+            g.eth_call(Address::ZERO, Address::ZERO, &Bytes::new())
+                .await
+                .unwrap(),
+            Bytes::new(),
+            "a current node's answer is believed"
+        );
+        // The node falls behind between probes; nothing but the call itself can notice.
+        head.store(0, Ordering::Relaxed);
+        let e = g
+            .eth_call(Address::ZERO, Address::ZERO, &Bytes::new())
+            .await
+            .unwrap_err();
+        assert!(e.is_transient(), "{e}");
+        assert!(matches!(e, EngineError::RpcUnavailable(_)), "{e}");
+        // Back to within the tolerance: believed again, without waiting for a probe.
+        head.store(98, Ordering::Relaxed);
+        assert!(g
+            .eth_call(Address::ZERO, Address::ZERO, &Bytes::new())
+            .await
+            .is_ok());
     }
 }
