@@ -630,7 +630,7 @@ mod tests {
     async fn a_call_answered_by_a_node_that_fell_behind_since_the_probe_is_not_believed() {
         let head = Arc::new(AtomicU64::new(100));
         let g = Gateway::new(
-            &["http://rpc-0".to_string()],
+            &[RpcEndpoint::from_url("http://rpc-0")],
             Arc::new(Node(head.clone())),
             TimeoutConfig::default(),
             &ChainConfig::default(),
