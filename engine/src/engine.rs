@@ -539,6 +539,7 @@ fn error_probe_name(e: &EngineError) -> &'static str {
         EngineError::ComplianceUnsettled { .. } => "error.compliance_unsettled",
         EngineError::SignerFunds { .. } => "error.signer_funds",
         EngineError::Invalid(_) => "error.invalid_input",
+        EngineError::NotFound(_) => "error.not_found",
         EngineError::ConfirmationTimeout { .. } => "error.confirmation_timeout",
         EngineError::NonceReconciling(_) => "error.nonce_reconciling",
         EngineError::NoContractCode(_) => "error.no_contract_code",

@@ -64,6 +64,9 @@ pub enum EngineError {
     /// The request itself is invalid.
     #[error("invalid input: {0}")]
     Invalid(String),
+    /// What the request names does not exist (an operator requeue of an unknown workflow).
+    #[error("not found: {0}")]
+    NotFound(String),
     /// A transaction did not reach its confirmation depth within the bound of one attempt.
     #[error("transaction {tx_hash} not confirmed within {secs} s")]
     ConfirmationTimeout { tx_hash: String, secs: u64 },
@@ -82,6 +85,9 @@ pub enum EngineError {
     Internal(String),
 }
 
+/// The words [`EngineError::key_reused`] carries and [`EngineError::http_status`] looks for.
+const KEY_REUSED: &str = "already used for a different request";
+
 pub type Result<T, E = EngineError> = std::result::Result<T, E>;
 
 impl EngineError {
@@ -97,7 +103,8 @@ impl EngineError {
             EngineError::RpcUnavailable(_) | EngineError::RpcTimeout { .. } => Transient,
             EngineError::Reverted(_)
             | EngineError::ComplianceRejected(_)
-            | EngineError::Invalid(_) => Permanent,
+            | EngineError::Invalid(_)
+            | EngineError::NotFound(_) => Permanent,
             // Funds can be topped up: wait, and dead-letter only when attempts run out.
             EngineError::SignerFunds { .. } => Transient,
             EngineError::ConfirmationTimeout { .. } => Transient,
@@ -135,11 +142,18 @@ impl EngineError {
     /// The HTTP status the API answers with (shared with the simulation's API server).
     pub fn http_status(&self) -> u16 {
         match self {
-            EngineError::Invalid(m) if m.contains("already used for a different request") => 422,
+            EngineError::Invalid(m) if m.contains(KEY_REUSED) => 422,
             EngineError::Invalid(_) => 400,
+            EngineError::NotFound(_) => 404,
             e if e.is_transient() => 503,
             _ => 500,
         }
+    }
+
+    /// The refusal of an idempotency key already live for a different request (HTTP 422); the
+    /// store answers it whichever submission won the insert race.
+    pub fn key_reused(key: &str) -> Self {
+        EngineError::Invalid(format!("idempotency key {key:?} was {KEY_REUSED}"))
     }
 
     /// A short stable name for metrics labels and typed failure reasons.
@@ -156,6 +170,7 @@ impl EngineError {
             EngineError::ComplianceRejected(_) => "compliance_rejected",
             EngineError::SignerFunds { .. } => "signer_funds",
             EngineError::Invalid(_) => "invalid_input",
+            EngineError::NotFound(_) => "not_found",
             EngineError::ConfirmationTimeout { .. } => "confirmation_timeout",
             EngineError::NonceReconciling(_) => "nonce_reconciling",
             EngineError::ComplianceUnsettled { .. } => "compliance_unsettled",
@@ -311,6 +326,22 @@ impl fmt::Display for ErrorClass {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn api_statuses_of_store_refusals() {
+        // A reused idempotency key is 422 (whichever submission won the race), an unknown
+        // workflow 404, any other invalid request 400.
+        assert_eq!(EngineError::key_reused("k").http_status(), 422);
+        assert_eq!(
+            EngineError::NotFound("workflow 9".into()).http_status(),
+            404
+        );
+        assert_eq!(EngineError::Invalid("bad".into()).http_status(), 400);
+        assert_eq!(
+            EngineError::NotFound(String::new()).reason_code(),
+            "not_found"
+        );
+    }
 
     #[test]
     fn sqlstates_are_classified() {

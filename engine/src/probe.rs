@@ -90,6 +90,7 @@ pub const PROBES: &[Probe] = &[
     p("error.compliance_unsettled"),
     p("error.signer_funds"),
     p("error.invalid_input"),
+    p("error.not_found"),
     p("error.confirmation_timeout"),
     p("error.nonce_reconciling"),
     p("error.no_contract_code"),

@@ -479,6 +479,8 @@ struct Pair {
     /// difference).
     burnt: i64,
     transcript: String,
+    /// Each request's outcome class, in order (what a fixed sequence asserts).
+    outcomes: Vec<String>,
     /// Outcomes per operation (coverage: how often each error path was compared).
     coverage: Coverage,
 }
@@ -515,6 +517,7 @@ impl Pair {
             tx_map: BTreeMap::new(),
             burnt: 0,
             transcript: String::new(),
+            outcomes: Vec::new(),
             coverage: Coverage::new(),
         }
     }
@@ -927,6 +930,7 @@ impl Pair {
             norm(&p, &|id| *back.get(&id).unwrap_or(&id)),
         );
         let _ = writeln!(self.transcript, "{req:?}\n    -> {}", compact(&nm));
+        self.outcomes.push(outcome_class(&m));
         *self
             .coverage
             .entry(req.name())
@@ -1599,9 +1603,79 @@ fn concurrent_claims_never_share_a_workflow() {
                 other => panic!("expected one Created and one Existing: {other:?}"),
             }
         }
+
+        // The same key with different requests at once: one is created, the other refused (422)
+        // whichever way the race goes, never answered with the winner's workflow.
+        for round in 0..5 {
+            let key = format!("race-diff{round}");
+            let (mut w0, mut w1) = (new_workflow(0, 0, false), new_workflow(0, 1, false));
+            (w0.idempotency_key, w1.idempotency_key) = (key.clone(), key);
+            let (x, y) = tokio::join!(
+                a.submit(w0, Duration::from_secs(3600)),
+                b.submit(w1, Duration::from_secs(3600))
+            );
+            match (x, y) {
+                (Ok(Submitted::Created(_)), Err(e)) | (Err(e), Ok(Submitted::Created(_))) => {
+                    assert_eq!(e.http_status(), 422, "{e:?}")
+                }
+                other => panic!("expected one Created and one 422: {other:?}"),
+            }
+        }
+        // Forced: the loser reads no live key, then waits on the winner's uncommitted insert of
+        // it — the branch where a concurrent insert won — and must still compare the requests.
+        let loser = new_workflow(2, 0, false);
+        let mut held = b.pool().begin().await.unwrap();
+        let winner: i64 = sqlx::query(
+            "INSERT INTO workflows (kind, scope, idempotency_key, request_hash, input, status) \
+             VALUES ($1, $2, $3, 'another request', '{}', 'pending') RETURNING id",
+        )
+        .bind(&loser.kind)
+        .bind(&loser.scope)
+        .bind(&loser.idempotency_key)
+        .fetch_one(&mut *held)
+        .await
+        .unwrap()
+        .get(0);
+        sqlx::query(
+            "INSERT INTO idempotency_keys (scope, idempotency_key, workflow_id, expires_at) \
+             VALUES ($1, $2, $3, now() + interval '1 hour')",
+        )
+        .bind(&loser.scope)
+        .bind(&loser.idempotency_key)
+        .bind(winner)
+        .execute(&mut *held)
+        .await
+        .unwrap();
+        let (lost, ()) = tokio::join!(a.submit(loser, Duration::from_secs(3600)), async {
+            wait_for_lock_waiter(&a, &name).await;
+            held.commit().await.unwrap();
+        });
+        match lost {
+            Err(e) => assert_eq!(e, EngineError::key_reused("k2")),
+            Ok(s) => panic!("a different request under a key won concurrently got {s:?}"),
+        }
         b.pool().close().await;
         server.drop_db(a, &name).await;
     });
+}
+
+/// Wait (bounded) until a session of database `db` waits on a lock.
+async fn wait_for_lock_waiter(store: &PgStore, db: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND wait_event_type = 'Lock'",
+        )
+        .bind(db)
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+        if waiting > 0 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no session waited on the lock");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1913,7 +1987,7 @@ fn regression_burnt_transaction_ids_are_the_only_id_difference() {
 // ---------------------------------------------------------------------------------------------
 
 /// `fail` ends the workflow (`Store::fail`); a later write by the holder that failed it must
-/// not bring it back (pg.rs used to accept it: `fail` does not bump the fencing token, and
+/// not bring it back (pg.rs used to accept it: `fail` did not bump the fencing token, and
 /// `complete_step` set `status` unconditionally).
 #[test]
 fn contract_no_write_revives_a_dead_lettered_workflow() {
@@ -2010,5 +2084,133 @@ fn contract_retry_of_another_step_journals_nothing() {
             journal.iter().all(|e| e.event != "retry"),
             "schedule_retry of step 5 at step 0 answered {r:?} and journalled {journal:?}"
         );
+    });
+}
+
+/// Every end of a lease — `release`, `schedule_retry`, `fail`, and an operator's `requeue` —
+/// bumps the fencing token: a write under the fence held before it is refused, the same way on
+/// both sides (they used to agree on accepting it).
+#[test]
+fn regression_stale_fence_after_every_end_of_a_lease_same_on_both() {
+    runtime().block_on(async {
+        let server = Server::start().await;
+        let notify = |fence| Op::Notify {
+            fence,
+            kind: 0,
+            nul: false,
+        };
+        // The fence holding workflow 1 just before the requeue (read when the step is built).
+        let before_requeue = std::rc::Rc::new(std::cell::Cell::new(0));
+        let (set, get) = (before_requeue.clone(), before_requeue);
+        let p = run_fixed(&server, |s| {
+            submit_and_claim(s, 0);
+            s.op(Op::Release { fence: seen(0) }).op(notify(seen(0)));
+            s.op(Op::Claim {
+                node: 0,
+                limit: 1,
+                long_lease: true,
+            })
+            .op(Op::Retry {
+                fence: seen(0),
+                step: StepRef::Current,
+                long_delay: false,
+                null_error: false,
+            })
+            .op(notify(seen(0)));
+            s.op(Op::Claim {
+                node: 0,
+                limit: 1,
+                long_lease: true,
+            })
+            .op(Op::Fail {
+                fence: seen(0),
+                step: StepRef::Current,
+                dead_letter: true,
+                nul: false,
+            })
+            .op(notify(seen(0)));
+            s.0.push(Box::new(move |p: &Pair| {
+                set.set(p.model.tables.workflows[&1].fencing_token);
+                p.request(&Op::Workflow(0))
+            }));
+            s.op(Op::Requeue {
+                wf: 0,
+                dead: true,
+                nul: false,
+            });
+            s.0.push(Box::new(move |p: &Pair| {
+                p.request(&notify(FenceRef::Forged {
+                    wf: 0,
+                    token: get.get(),
+                    node: 0,
+                }))
+            }));
+        })
+        .await;
+        let stale: Vec<&str> = [3, 6, 9, 12].map(|i| p.outcomes[i].as_str()).to_vec();
+        assert_eq!(
+            stale, ["Fenced"; 4],
+            "writes after release, retry, fail, requeue:\n{}",
+            p.transcript
+        );
+    });
+}
+
+/// A worker whose lease ended — it released it, scheduled a retry, failed the workflow, or an
+/// operator requeued it — must not write afterwards with its old fence.
+#[test]
+fn contract_every_end_of_a_lease_fences_its_holder_out() {
+    runtime().block_on(async {
+        let server = Server::start().await;
+        let (s, _) = server.fresh(1).await;
+        let hour = Duration::from_secs(3600);
+        let err = json!({ "reason_code": "reverted", "message": "no" });
+        s.submit(new_workflow(0, 0, false), hour).await.unwrap();
+        let stale = |what: &'static str, r: dalp_engine::error::Result<bool>| {
+            assert!(
+                matches!(r, Err(EngineError::Fenced { .. })),
+                "a write with the fence held before {what} answered {r:?}"
+            )
+        };
+        let f = s.claim("n0", hour, 1).await.unwrap().remove(0).fence;
+        s.release(&f).await.unwrap();
+        stale("release", s.notify(&f, "k", &json!(1)).await);
+        let f = s.claim("n0", hour, 1).await.unwrap().remove(0).fence;
+        s.schedule_retry(&f, 0, "s0", &err, Duration::ZERO)
+            .await
+            .unwrap();
+        stale("schedule_retry", s.notify(&f, "k", &json!(1)).await);
+        let f = s.claim("n0", hour, 1).await.unwrap().remove(0).fence;
+        s.fail(&f, 0, "s0", &err, true).await.unwrap();
+        stale("fail", s.notify(&f, "k", &json!(1)).await);
+        let held = s
+            .workflow(f.workflow_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .fencing_token;
+        s.requeue(f.workflow_id, "ops", "fixed").await.unwrap();
+        let before = Fence { token: held, ..f };
+        stale("requeue", s.notify(&before, "k", &json!(1)).await);
+    });
+}
+
+/// Requeueing a workflow that does not exist is `NotFound` (HTTP 404), not a bad request; the
+/// refusal is audited.
+#[test]
+fn contract_requeue_of_an_unknown_workflow_is_not_found() {
+    runtime().block_on(async {
+        let server = Server::start().await;
+        let (s, _) = server.fresh(1).await;
+        let e = s.requeue(MISSING_ID, "ops", "typo").await.unwrap_err();
+        assert_eq!(
+            (e.clone(), e.http_status()),
+            (
+                EngineError::NotFound(format!("workflow {MISSING_ID} does not exist")),
+                404
+            )
+        );
+        let log = s.audit_log(10).await.unwrap();
+        assert_eq!(log[0].outcome, "rejected: workflow is unknown");
     });
 }

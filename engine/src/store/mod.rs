@@ -3,7 +3,9 @@
 //! Production implements it with sqlx + PostgreSQL (`pg`); the simulation implements it with a
 //! client of a simulated database node. Every operation that writes on behalf of a workflow
 //! takes a [`Fence`] and must reject the write with [`EngineError::Fenced`] when the workflow's
-//! fencing token has moved on: that is what makes lease takeover safe.
+//! fencing token has moved on: that is what makes lease takeover safe. Every operation that
+//! ends a holder's lease (`claim`, `release`, `schedule_retry`, `fail`, `requeue`) bumps the
+//! token, so the holder it ended can write nothing afterwards.
 
 use crate::error::Result;
 use alloy_primitives::{Address, Bytes, B256, U256};
@@ -313,6 +315,16 @@ pub fn workflow_ended(
     ))
 }
 
+/// The refusal of a requeue: an unknown workflow is `NotFound` (HTTP 404), one that is not in
+/// the dead-letter queue `Invalid` (400).
+pub fn requeue_refused(id: WorkflowId, exists: bool) -> crate::error::EngineError {
+    if exists {
+        crate::error::EngineError::Invalid(format!("workflow {id} is not in the dead-letter queue"))
+    } else {
+        crate::error::EngineError::NotFound(format!("workflow {id} does not exist"))
+    }
+}
+
 /// The refusal of a transaction write presented under another workflow's fence: a fence proves
 /// the lease of its own workflow only.
 pub fn foreign_tx(owner: WorkflowId, fence: &Fence) -> crate::error::EngineError {
@@ -335,7 +347,7 @@ pub trait Store: Send + Sync + 'static {
     /// clock), bumping each one's fencing token.
     async fn claim(&self, node: &str, lease: Duration, limit: usize) -> Result<Vec<Claim>>;
     async fn renew_lease(&self, fence: &Fence, lease: Duration) -> Result<()>;
-    /// Give the lease up without changing anything else.
+    /// Give the lease up, bumping the fencing token, without changing anything else.
     async fn release(&self, fence: &Fence) -> Result<()>;
 
     /// Persist a step's completion and output; `result` set means the workflow is finished.
@@ -348,7 +360,8 @@ pub trait Store: Send + Sync + 'static {
         output: Value,
         result: Option<Value>,
     ) -> Result<()>;
-    /// Record a failed attempt and when the next one may run; gives up the lease.
+    /// Record a failed attempt and when the next one may run; gives up the lease (bumping the
+    /// fencing token). A retry of another step than the current one changes nothing.
     async fn schedule_retry(
         &self,
         fence: &Fence,
@@ -357,7 +370,8 @@ pub trait Store: Send + Sync + 'static {
         error: &Value,
         delay: Duration,
     ) -> Result<()>;
-    /// End the workflow with a typed failure, in the dead-letter queue or not.
+    /// End the workflow with a typed failure, in the dead-letter queue or not; bumps the
+    /// fencing token.
     async fn fail(
         &self,
         fence: &Fence,
@@ -368,7 +382,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<()>;
 
     async fn dead_letters(&self, limit: i64) -> Result<Vec<DeadLetter>>;
-    /// Put a dead-lettered workflow back to pending at its failed step, and audit it, atomically.
+    /// Put a dead-lettered workflow back to pending at its failed step (bumping the fencing
+    /// token), and audit it, atomically. Refused with [`requeue_refused`], audited too.
     async fn requeue(&self, id: WorkflowId, actor: &str, reason: &str) -> Result<WorkflowRecord>;
     async fn audit(&self, entry: &AuditEntry) -> Result<()>;
     async fn audit_log(&self, limit: i64) -> Result<Vec<AuditEntry>>;

@@ -463,6 +463,16 @@ async fn allocate_nonce(
     Ok(nonce)
 }
 
+/// The workflow a live idempotency key names (row: `request_hash` and [`WF_COLS`]), or the
+/// refusal of a different request under that key.
+fn existing(new: &NewWorkflow, r: &PgRow) -> std::result::Result<Submitted, DbFail> {
+    let hash: String = r.try_get("request_hash")?;
+    if hash != new.request_hash {
+        return Err(EngineError::key_reused(&new.idempotency_key).into());
+    }
+    Ok(Submitted::Existing(row_to_workflow(r)?))
+}
+
 #[async_trait::async_trait]
 impl Store for PgStore {
     async fn submit(&self, new: NewWorkflow, window: Duration) -> Result<Submitted> {
@@ -479,16 +489,8 @@ impl Store for PgStore {
             .fetch_optional(&mut *tx)
             .await?;
             if let Some(r) = live {
-                let hash: String = r.try_get("request_hash")?;
                 tx.commit().await?;
-                if hash != new.request_hash {
-                    return Err(EngineError::Invalid(format!(
-                        "idempotency key {:?} was already used for a different request",
-                        new.idempotency_key
-                    ))
-                    .into());
-                }
-                return Ok(Submitted::Existing(row_to_workflow(&r)?));
+                return existing(&new, &r);
             }
             let r = sqlx::query(&format!(
                 "INSERT INTO workflows (kind, scope, idempotency_key, request_hash, input, status) \
@@ -518,13 +520,15 @@ impl Store for PgStore {
             if took.is_none() {
                 tx.rollback().await?;
                 let r = sqlx::query(&format!(
-                    "SELECT {WF_COLS} FROM workflows WHERE id = (SELECT workflow_id FROM idempotency_keys WHERE scope = $1 AND idempotency_key = $2)"
+                    "SELECT request_hash, {WF_COLS} FROM workflows WHERE id = (SELECT workflow_id FROM idempotency_keys WHERE scope = $1 AND idempotency_key = $2)"
                 ))
                 .bind(&new.scope)
                 .bind(&new.idempotency_key)
                 .fetch_one(&self.pool)
                 .await?;
-                return Ok(Submitted::Existing(row_to_workflow(&r)?));
+                // The winner may have submitted another request under the key: refused as if
+                // it had committed first.
+                return existing(&new, &r);
             }
             sqlx::query(
                 "INSERT INTO journal (workflow_id, step_index, step_name, event, detail, fencing_token, node) VALUES ($1, 0, 'received', 'received', NULL, 0, 'api')",
@@ -634,7 +638,8 @@ impl Store for PgStore {
     async fn release(&self, fence: &Fence) -> Result<()> {
         self.bounded(async {
             sqlx::query(
-                "UPDATE workflows SET lease_owner = NULL, lease_expires_at = NULL WHERE id = $1 AND fencing_token = $2",
+                "UPDATE workflows SET lease_owner = NULL, lease_expires_at = NULL, fencing_token = fencing_token + 1 \
+                 WHERE id = $1 AND fencing_token = $2",
             )
             .bind(fence.workflow_id)
             .bind(fence.token)
@@ -711,7 +716,8 @@ impl Store for PgStore {
             check_fence(&mut tx, fence).await?;
             let updated = sqlx::query(
                 "UPDATE workflows SET attempts = attempts + 1, error = $2, next_attempt_at = now() + $3 * interval '1 millisecond', \
-                 lease_owner = NULL, lease_expires_at = NULL, updated_at = now() WHERE id = $1 AND current_step = $4",
+                 lease_owner = NULL, lease_expires_at = NULL, fencing_token = fencing_token + 1, updated_at = now() \
+                 WHERE id = $1 AND current_step = $4",
             )
             .bind(fence.workflow_id)
             .bind(error)
@@ -747,7 +753,8 @@ impl Store for PgStore {
             }
             let status = if dead_letter { "dead_letter" } else { "failed" };
             sqlx::query(
-                "UPDATE workflows SET status = $2, error = $3, attempts = attempts + 1, lease_owner = NULL, lease_expires_at = NULL, updated_at = now() WHERE id = $1",
+                "UPDATE workflows SET status = $2, error = $3, attempts = attempts + 1, lease_owner = NULL, lease_expires_at = NULL, \
+                 fencing_token = fencing_token + 1, updated_at = now() WHERE id = $1",
             )
             .bind(fence.workflow_id)
             .bind(status)
@@ -816,11 +823,12 @@ impl Store for PgStore {
                 let outcome = format!("rejected: workflow is {}", status.as_deref().unwrap_or("unknown"));
                 insert_audit(&mut tx, actor, "requeue", &args, reason, &outcome).await?;
                 tx.commit().await?;
-                return Err(EngineError::Invalid(format!("workflow {id} is not in the dead-letter queue")).into());
+                return Err(requeue_refused(id, status.is_some()).into());
             }
             let r = sqlx::query(&format!(
                 "UPDATE workflows SET status = 'pending', attempts = 0, error = NULL, next_attempt_at = now(), \
-                 lease_owner = NULL, lease_expires_at = NULL, updated_at = now() WHERE id = $1 RETURNING {WF_COLS}"
+                 lease_owner = NULL, lease_expires_at = NULL, fencing_token = fencing_token + 1, updated_at = now() \
+                 WHERE id = $1 RETURNING {WF_COLS}"
             ))
             .bind(id)
             .fetch_one(&mut *tx)

@@ -14,7 +14,8 @@
 //! * **Atomic**: every statement's checks run before anything is touched, so an `Err` leaves
 //!   the data ([`DbModel::tables`] and [`DbModel::sequences`]) unchanged — with one exception
 //!   that pg.rs itself makes: `requeue` of a workflow that is not dead-lettered **commits** its
-//!   "rejected" audit row and then returns `Err(Invalid)`. (The inspection counter
+//!   "rejected" audit row and then returns `Err(Invalid)` (`Err(NotFound)` for
+//!   an unknown workflow). (The inspection counter
 //!   [`DbModel::fenced_writes`] also counts rejected fenced writes.)
 //!
 //!   *Sequences*: PostgreSQL does not roll a `bigserial` back with an aborted transaction, so a
@@ -32,7 +33,7 @@
 //!   Replication rule: ship exactly the requests for which [`DbModel::committed`] is true (every
 //!   successful write, plus the refused `requeue`), in order, with their `now_ms`; replaying them
 //!   gives each replica the primary's data ([`DbModel::same_data`]), and each replayed request
-//!   returns what it returned on the primary (`Ok`, or that `requeue`'s `Err(Invalid)`).
+//!   returns what it returned on the primary (`Ok`, or that `requeue`'s refusal).
 //! * **Serial**: the model executes one transaction at a time, so `FOR UPDATE` waits and
 //!   `SKIP LOCKED` skips never happen, and the concurrent-insert branch of `submit` (a live key
 //!   inserted by a concurrent transaction) is unreachable.
@@ -72,9 +73,9 @@
 use alloy_primitives::{Address, Bytes, B256, U256, U512};
 use dalp_engine::error::EngineError;
 use dalp_engine::store::{
-    foreign_tx, workflow_ended, AuditEntry, Broadcast, Claim, DeadLetter, Fees, FeesView, Fence,
-    IndexerCheckpoint, JournalEntry, NewWorkflow, NonceView, Orphan, Stats, Submitted, TokenEvent,
-    TxIntent, TxRecord, TxState, WorkflowId, WorkflowRecord, WorkflowStatus,
+    foreign_tx, requeue_refused, workflow_ended, AuditEntry, Broadcast, Claim, DeadLetter, Fees,
+    FeesView, Fence, IndexerCheckpoint, JournalEntry, NewWorkflow, NonceView, Orphan, Stats,
+    Submitted, TokenEvent, TxIntent, TxRecord, TxState, WorkflowId, WorkflowRecord, WorkflowStatus,
 };
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
@@ -755,6 +756,11 @@ fn int_out_of_range() -> EngineError {
     db_err("22003", "integer out of range")
 }
 
+/// `fencing_token + 1`: every end of a lease bumps the token (22003 past `i64::MAX`).
+fn next_token(token: i64) -> Result<i64> {
+    token.checked_add(1).ok_or_else(bigint_out_of_range)
+}
+
 fn bigint_out_of_range() -> EngineError {
     db_err("22003", "bigint out of range")
 }
@@ -822,13 +828,16 @@ impl DbModel {
 
     /// Whether applying `req` with this `result` committed something a replica must apply too:
     /// every successful write (an empty claim changes nothing, so it is left out), and the
-    /// `requeue` refusal, whose audit row commits although the call returns `Err(Invalid)`.
+    /// `requeue` refusal, whose audit row commits although the call returns `Err(Invalid)` or
+    /// `Err(NotFound)`.
     /// Every other `Err` changed no data.
     pub fn committed(req: &DbRequest, result: &Result<DbReply>) -> bool {
         match result {
             Ok(DbReply::Claims(c)) => !c.is_empty(),
             Ok(_) => req.is_write(),
-            Err(EngineError::Invalid(_)) => matches!(req, DbRequest::Requeue { .. }),
+            Err(EngineError::Invalid(_) | EngineError::NotFound(_)) => {
+                matches!(req, DbRequest::Requeue { .. })
+            }
             Err(_) => false,
         }
     }
@@ -1022,7 +1031,7 @@ impl DbModel {
                 skip_locked,
             } => self.claim(node, *lease_ms, *limit, skip_locked, now),
             DbRequest::RenewLease { fence, lease_ms } => self.renew_lease(fence, *lease_ms, now),
-            DbRequest::Release { fence } => Ok(self.release(fence)),
+            DbRequest::Release { fence } => self.release(fence),
             DbRequest::CompleteStep {
                 fence,
                 step,
@@ -1379,10 +1388,7 @@ impl DbModel {
                     .get(&k.workflow_id)
                     .expect("foreign key idempotency_keys.workflow_id");
                 if w.request_hash != new.request_hash {
-                    return Err(EngineError::Invalid(format!(
-                        "idempotency key {:?} was already used for a different request",
-                        new.idempotency_key
-                    )));
+                    return Err(EngineError::key_reused(&new.idempotency_key));
                 }
                 return Ok(DbReply::Submitted(Submitted::Existing(w.record())));
             }
@@ -1559,10 +1565,9 @@ impl DbModel {
             text(reason)?;
             // Committed before the error is returned, as pg.rs does.
             self.insert_audit(actor, "requeue", args, reason, &outcome, now);
-            return Err(EngineError::Invalid(format!(
-                "workflow {id} is not in the dead-letter queue"
-            )));
+            return Err(requeue_refused(id, status.is_some()));
         }
+        let token = next_token(self.tables.workflows[&id].fencing_token)?;
         let detail = json!({ "reason": reason });
         jsonb(&detail)?;
         let node = format!("operator:{actor}");
@@ -1575,6 +1580,7 @@ impl DbModel {
         w.next_attempt_at_ms = now;
         w.lease_owner = None;
         w.lease_expires_at_ms = None;
+        w.fencing_token = token;
         w.updated_at_ms = now;
         let rec = w.record();
         self.tables.dead_letters.remove(&id);
@@ -1731,17 +1737,18 @@ impl DbModel {
         Ok(DbReply::Unit)
     }
 
-    /// Drops the lease under the current token; a stale fence matches no row and is only
-    /// counted, never an error (as in pg.rs).
-    fn release(&mut self, fence: &Fence) -> DbReply {
+    /// Drops the lease under the current token and bumps it (the holder can write no more); a
+    /// stale fence matches no row and is only counted, never an error (as in pg.rs).
+    fn release(&mut self, fence: &Fence) -> Result<DbReply> {
         match self.tables.workflows.get_mut(&fence.workflow_id) {
             Some(w) if w.fencing_token == fence.token => {
+                w.fencing_token = next_token(w.fencing_token)?;
                 w.lease_owner = None;
                 w.lease_expires_at_ms = None;
             }
             _ => self.stale_releases += 1,
         }
-        DbReply::Unit
+        Ok(DbReply::Unit)
     }
 
     /// Spends an attempt and defers the workflow, only if `step` is still its current step.
@@ -1758,15 +1765,17 @@ impl DbModel {
         jsonb(error)?;
         let bump = current == step;
         let w = &self.tables.workflows[&fence.workflow_id];
-        let attempts = if bump {
-            w.attempts.checked_add(1).ok_or_else(int_out_of_range)?
+        let (attempts, token) = if bump {
+            let attempts = w.attempts.checked_add(1).ok_or_else(int_out_of_range)?;
+            (attempts, next_token(w.fencing_token)?)
         } else {
-            w.attempts
+            (w.attempts, w.fencing_token)
         };
         if bump {
             text(name)?;
             let w = self.wf_mut(fence.workflow_id);
             w.attempts = attempts;
+            w.fencing_token = token;
             w.error = Some(error.clone());
             w.next_attempt_at_ms = plus(now, delay_ms);
             w.lease_owner = None;
@@ -1799,6 +1808,7 @@ impl DbModel {
             .attempts
             .checked_add(1)
             .ok_or_else(int_out_of_range)?;
+        let token = next_token(self.tables.workflows[&fence.workflow_id].fencing_token)?;
         let (status, event) = if dead_letter {
             (WorkflowStatus::DeadLetter, "dead_letter")
         } else {
@@ -1818,6 +1828,7 @@ impl DbModel {
         w.status = status;
         w.error = Some(error.clone());
         w.attempts = attempts;
+        w.fencing_token = token;
         w.lease_owner = None;
         w.lease_expires_at_ms = None;
         w.updated_at_ms = now;

@@ -268,7 +268,8 @@ fn claim_takes_runnable_work_in_order_and_bumps_the_token() {
     assert!(db.claim("n2", 10).is_empty());
     db.now = 13;
     let f1b = db.claim1("n2");
-    assert_eq!((f1b.workflow_id, f1b.token), (1, 2));
+    // Claimed (1), retried (2), claimed again (3).
+    assert_eq!((f1b.workflow_id, f1b.token), (1, 3));
     // Limit 0 takes nothing; a limit above i64::MAX is a negative LIMIT.
     assert!(db.claim("n3", 0).is_empty());
     let r = db.ap(DbRequest::Claim {
@@ -365,8 +366,78 @@ fn release_gives_the_lease_up_and_ignores_stale_fences() {
     let w = &db.m.tables.workflows[&1];
     assert_eq!((w.lease_owner.clone(), w.lease_expires_at_ms), (None, None));
     assert_eq!(w.status, WorkflowStatus::Running);
-    // Claimable again at once, with a new token.
-    assert_eq!(db.claim1("n2").token, 2);
+    // Released (token 2), claimable again at once, with a new token.
+    assert_eq!(db.claim1("n2").token, 3);
+}
+
+/// A holder whose lease ended by `release`, `schedule_retry` or `fail`, or whose workflow an
+/// operator requeued, can write nothing afterwards with its old fence.
+#[test]
+fn every_end_of_a_lease_fences_its_holder_out() {
+    let mut db = Db::default();
+    let err = json!({"reason_code": "reverted", "message": "no"});
+    let notify = |f: &Fence| DbRequest::Notify {
+        fence: f.clone(),
+        kind: "k".into(),
+        payload: json!(1),
+    };
+    let fenced = |db: &mut Db, f: &Fence, after: &str| {
+        let current = db.m.tables.workflows[&f.workflow_id].fencing_token;
+        assert_eq!(
+            db.ap(notify(f)).err(),
+            Some(EngineError::Fenced {
+                workflow_id: f.workflow_id,
+                ours: f.token,
+                current
+            }),
+            "a write with the fence held before {after}"
+        );
+    };
+    db.submit("a");
+    let f = db.claim1("n1");
+    db.ok(DbRequest::Release { fence: f.clone() });
+    fenced(&mut db, &f, "release");
+    let f = db.claim1("n1");
+    db.ok(DbRequest::ScheduleRetry {
+        fence: f.clone(),
+        step: 0,
+        name: "s0".into(),
+        error: err.clone(),
+        delay_ms: 0,
+    });
+    fenced(&mut db, &f, "schedule_retry");
+    let f = db.claim1("n1");
+    db.ok(DbRequest::Fail {
+        fence: f.clone(),
+        step: 0,
+        name: "s0".into(),
+        error: err.clone(),
+        dead_letter: true,
+    });
+    fenced(&mut db, &f, "fail");
+    // Whoever held the token current before the requeue is fenced out after it.
+    let before = Fence {
+        token: db.m.tables.workflows[&1].fencing_token,
+        ..f.clone()
+    };
+    db.ok(DbRequest::Requeue {
+        id: 1,
+        actor: "ops".into(),
+        reason: "r".into(),
+    });
+    fenced(&mut db, &before, "requeue");
+    // Claim 1, release 2, claim 3, retry 4, claim 5, fail 6, requeue 7; the next claim is 8.
+    let f = db.claim1("n2");
+    assert_eq!(f.token, 8);
+    // A retry of another step than the current one ends nothing: the holder keeps writing.
+    db.ok(DbRequest::ScheduleRetry {
+        fence: f.clone(),
+        step: 5,
+        name: "s5".into(),
+        error: err,
+        delay_ms: 0,
+    });
+    db.ok(notify(&f));
 }
 
 /// A workflow at step 1 with a live transaction, whose old holder (token 1) was superseded.
@@ -558,7 +629,8 @@ fn schedule_retry_delays_the_next_claim() {
     assert!(db.claim("n2", 5).is_empty());
     db.now = 1_010;
     let f2 = db.claim1("n2");
-    assert_eq!(f2.token, 2);
+    // Claimed (1), retried (2), claimed again (3).
+    assert_eq!(f2.token, 3);
     // A retry for another step than the current one changes no row and journals nothing.
     let before = db.m.tables.workflows.clone();
     db.ok(DbRequest::ScheduleRetry {
@@ -640,7 +712,8 @@ fn dead_letter_requeue_and_audit() {
             w.error,
             w.fencing_token
         ),
-        (WorkflowStatus::Pending, 1, 0, None, 1)
+        // Claimed (1), failed (2), requeued (3): each end of a lease bumps the token.
+        (WorkflowStatus::Pending, 1, 0, None, 3)
     );
     assert!(db.m.tables.dead_letters.is_empty());
     let j = db.m.journal_rows(1).last().unwrap().clone();
@@ -652,7 +725,7 @@ fn dead_letter_requeue_and_audit() {
             j.fencing_token,
             j.step_index
         ),
-        ("requeued", "requeue", "operator:alice", 1, 1)
+        ("requeued", "requeue", "operator:alice", 3, 1)
     );
     assert_eq!(j.detail, Some(json!({"reason": "fixed"})));
     // A second requeue is refused, and the refusal is audited (committed despite the error).
@@ -665,12 +738,24 @@ fn dead_letter_requeue_and_audit() {
         r.unwrap_err(),
         EngineError::Invalid("workflow 1 is not in the dead-letter queue".into())
     );
+    // An unknown workflow is NotFound (HTTP 404), audited the same way.
     let r = db.ap(DbRequest::Requeue {
         id: 42,
         actor: "bob".into(),
         reason: "typo".into(),
     });
-    assert!(matches!(r, Err(EngineError::Invalid(_))));
+    assert_eq!(
+        r.unwrap_err(),
+        EngineError::NotFound("workflow 42 does not exist".into())
+    );
+    assert!(DbModel::committed(
+        &DbRequest::Requeue {
+            id: 42,
+            actor: "bob".into(),
+            reason: "typo".into(),
+        },
+        &Err(EngineError::NotFound(String::new()))
+    ));
     let DbReply::AuditLog(log) = db.ok(DbRequest::AuditLog { limit: 10 }) else {
         panic!()
     };
@@ -2094,7 +2179,10 @@ mod props {
             // Atomicity: an error leaves the data as it was, except requeue's audited refusal.
             if let Err(e) = &r {
                 match (&req, e) {
-                    (DbRequest::Requeue { .. }, EngineError::Invalid(_)) => {
+                    (
+                        DbRequest::Requeue { .. },
+                        EngineError::Invalid(_) | EngineError::NotFound(_),
+                    ) => {
                         let mut t = m.tables.clone();
                         let last = *t.audit_log.keys().last().expect("audited");
                         prop_assert!(t.audit_log[&last].outcome.starts_with("rejected: "));
