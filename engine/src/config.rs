@@ -2,6 +2,7 @@
 //!
 //! Secrets (signer keys, API tokens) are wrapped so that `Debug` never prints them.
 
+pub use crate::chain::endpoint::RpcEndpoint;
 use crate::error::{EngineError, Result};
 use crate::signer::SignerKey;
 use serde::Deserialize;
@@ -45,7 +46,8 @@ pub struct Config {
     pub node_id: String,
     pub database_url: Secret,
     pub chain_id: u64,
-    pub rpc_endpoints: Vec<String>,
+    /// URLs, or `{ name, url }` tables: only the name is ever shown (see `chain::endpoint`).
+    pub rpc_endpoints: Vec<RpcEndpoint>,
     #[serde(default = "default_listen")]
     pub listen: String,
     pub api_token: Secret,
@@ -147,6 +149,8 @@ pub struct TimeoutConfig {
     pub rpc_method_ms: BTreeMap<String, u64>,
     /// Bound on one step execution.
     pub step_ms: u64,
+    /// How long start-up retries an unreachable database before giving up.
+    pub db_startup_ms: u64,
 }
 
 impl Default for TimeoutConfig {
@@ -159,6 +163,7 @@ impl Default for TimeoutConfig {
                 ("eth_getLogs".to_string(), 5_000),
             ]),
             step_ms: 120_000,
+            db_startup_ms: 60_000,
         }
     }
 }
@@ -182,6 +187,42 @@ impl Default for IndexerConfig {
     }
 }
 
+/// A TOML error without the offending line's text (it may hold a secret): where, and why.
+fn toml_error(origin: &str, text: &str, e: &toml::de::Error) -> EngineError {
+    let why = redact_strings(e.message().trim());
+    match e.span() {
+        Some(span) if !text.is_empty() => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            EngineError::Invalid(format!("{origin}: line {line}, column {column}: {why}"))
+        }
+        _ => EngineError::Invalid(format!("{origin}: {why}")),
+    }
+}
+
+/// serde's messages quote a bad string value (`invalid type: string "…"`): keep the kind only.
+fn redact_strings(msg: &str) -> String {
+    let mut out = String::new();
+    let mut rest = msg;
+    while let Some(i) = rest.find("string \"") {
+        out.push_str(&rest[..i + "string".len()]);
+        let tail = &rest[i + "string \"".len()..];
+        let mut escaped = false;
+        let end = tail
+            .char_indices()
+            .find(|&(_, ch)| {
+                let close = ch == '"' && !escaped;
+                escaped = ch == '\\' && !escaped;
+                close
+            })
+            .map_or(tail.len(), |(j, _)| j + 1);
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
 fn default_listen() -> String {
     "127.0.0.1:8080".into()
 }
@@ -189,8 +230,7 @@ fn default_listen() -> String {
 impl Config {
     /// Parse a TOML document; `origin` names it in errors.
     pub fn from_toml(text: &str, origin: &str) -> Result<Config> {
-        let cfg: Config =
-            toml::from_str(text).map_err(|e| EngineError::Invalid(format!("{origin}: {e}")))?;
+        let cfg: Config = toml::from_str(text).map_err(|e| toml_error(origin, text, &e))?;
         cfg.validate(origin)?;
         Ok(cfg)
     }
@@ -203,7 +243,7 @@ impl Config {
                     EngineError::Invalid(format!("{}: cannot read: {e}", p.display()))
                 })?;
                 let doc: toml::Table = toml::from_str(&text)
-                    .map_err(|e| EngineError::Invalid(format!("{}: {e}", p.display())))?;
+                    .map_err(|e| toml_error(&p.display().to_string(), &text, &e))?;
                 (doc, p.display().to_string())
             }
             None => (toml::Table::new(), "environment".to_string()),
@@ -245,7 +285,7 @@ impl Config {
         }
         let cfg: Config = toml::Value::Table(doc)
             .try_into()
-            .map_err(|e: toml::de::Error| EngineError::Invalid(format!("{origin}: {e}")))?;
+            .map_err(|e: toml::de::Error| toml_error(&origin, "", &e))?;
         cfg.validate(&origin)?;
         Ok(cfg)
     }
@@ -262,6 +302,23 @@ impl Config {
         if self.rpc_endpoints.is_empty() {
             return bad("rpc_endpoints", "at least one endpoint is required");
         }
+        for (i, e) in self.rpc_endpoints.iter().enumerate() {
+            if let Some(why) = e.problem() {
+                return bad(&format!("rpc_endpoints[{i}]"), &why);
+            }
+            if let Some(j) = self.rpc_endpoints[..i]
+                .iter()
+                .position(|o| o.name() == e.name())
+            {
+                return bad(
+                    &format!("rpc_endpoints[{i}]"),
+                    &format!(
+                        "same name {:?} as rpc_endpoints[{j}]; give each a name: {{ name = \"…\", url = \"…\" }}",
+                        e.name()
+                    ),
+                );
+            }
+        }
         if self.api_token.expose().len() < 8 || self.operator_token.expose().len() < 8 {
             return bad(
                 "api_token/operator_token",
@@ -277,8 +334,11 @@ impl Config {
                 "a default signer key is required (or DALP_SIGNER_KEY)",
             );
         }
-        if self.worker.concurrency == 0 || self.worker.max_attempts == 0 {
-            return bad("worker", "concurrency and max_attempts must be positive");
+        if let Some((field, value, lo, hi)) = self.out_of_range() {
+            return bad(
+                &field,
+                &format!("{value} is outside the accepted range {lo} to {hi}"),
+            );
         }
         if !(0.0..1.0).contains(&self.worker.jitter) {
             return bad("worker.jitter", "must be in [0, 1)");
@@ -296,6 +356,57 @@ impl Config {
             );
         }
         Ok(())
+    }
+
+    /// The first bounded field outside its range: `(field, value, min, max)`. A zero interval
+    /// would make a loop spin (poll, probe, receipt poll) or a bound expire at once.
+    fn out_of_range(&self) -> Option<(String, u64, u64, u64)> {
+        const MIN: u64 = 60_000;
+        const HOUR: u64 = 60 * MIN;
+        const DAY: u64 = 24 * HOUR;
+        let (w, c, t, x) = (&self.worker, &self.chain, &self.timeouts, &self.indexer);
+        let mut checks: Vec<(String, u64, u64, u64)> = [
+            ("worker.concurrency", w.concurrency as u64, 1, 4096),
+            ("worker.max_attempts", u64::from(w.max_attempts), 1, 1000),
+            ("worker.lease_ms", w.lease_ms, 1_000, HOUR),
+            ("worker.poll_ms", w.poll_ms, 10, MIN),
+            ("worker.backoff_base_ms", w.backoff_base_ms, 1, HOUR),
+            (
+                "worker.backoff_max_ms",
+                w.backoff_max_ms,
+                w.backoff_base_ms.max(1),
+                DAY,
+            ),
+            ("worker.stalled_after_ms", w.stalled_after_ms, 1_000, DAY),
+            ("chain.receipt_poll_ms", c.receipt_poll_ms, 10, MIN),
+            ("chain.confirm_timeout_ms", c.confirm_timeout_ms, 1_000, DAY),
+            ("chain.stuck_after_ms", c.stuck_after_ms, 1_000, DAY),
+            ("chain.health_probe_ms", c.health_probe_ms, 10, 10 * MIN),
+            (
+                "chain.endpoint_cooldown_ms",
+                c.endpoint_cooldown_ms,
+                0,
+                HOUR,
+            ),
+            ("timeouts.db_ms", t.db_ms, 10, 10 * MIN),
+            ("timeouts.rpc_ms", t.rpc_ms, 10, 10 * MIN),
+            ("timeouts.step_ms", t.step_ms, 1_000, DAY),
+            ("timeouts.db_startup_ms", t.db_startup_ms, 0, HOUR),
+            ("indexer.poll_ms", x.poll_ms, 10, MIN),
+            ("indexer.batch", x.batch, 1, 10_000),
+        ]
+        .into_iter()
+        .map(|(f, v, lo, hi)| (f.to_string(), v, lo, hi))
+        .collect();
+        for (method, ms) in &t.rpc_method_ms {
+            checks.push((
+                format!("timeouts.rpc_method_ms.{method}"),
+                *ms,
+                10,
+                10 * MIN,
+            ));
+        }
+        checks.into_iter().find(|c| !(c.2..=c.3).contains(&c.1))
     }
 
     pub fn lease(&self) -> Duration {
@@ -330,7 +441,8 @@ mod tests {
     #[test]
     fn loads_from_env_and_never_prints_secrets() {
         let cfg = Config::load(None, &env()).unwrap();
-        assert_eq!(cfg.rpc_endpoints, vec!["http://a", "http://b"]);
+        let names: Vec<&str> = cfg.rpc_endpoints.iter().map(|e| e.name()).collect();
+        assert_eq!(names, vec!["http://a:80", "http://b:80"]);
         let printed = format!("{cfg:?}");
         assert!(!printed.contains(&KEY[2..]), "key leaked: {printed}");
         assert!(!printed.contains("api-token-123"));
@@ -354,6 +466,121 @@ mod tests {
         let cfg = Config::load(Some(&path), &env).unwrap();
         assert_eq!(cfg.rpc_endpoints.len(), 2);
         assert_eq!(cfg.timeouts.rpc_method_ms["eth_sendRawTransaction"], 5000);
+    }
+
+    /// A valid TOML document with `extra` appended (a table header or top-level lines).
+    fn doc(top: &str, extra: &str) -> String {
+        format!(
+            "node_id = 'n'\ndatabase_url = 'postgres://u:pw@h/db'\nchain_id = 1\n{top}\n\
+             api_token = 'api-token-123'\noperator_token = 'op-token-456'\n\
+             [signers]\ndefault = '{KEY}'\n{extra}\n"
+        )
+    }
+    const ONE_EP: &str = "rpc_endpoints = ['http://a']";
+
+    #[test]
+    fn zero_intervals_are_rejected_naming_the_field_and_range() {
+        Config::from_toml(&doc(ONE_EP, ""), "t").unwrap();
+        for (table, field) in [
+            ("worker", "poll_ms"),
+            ("worker", "lease_ms"),
+            ("worker", "backoff_base_ms"),
+            ("chain", "health_probe_ms"),
+            ("chain", "receipt_poll_ms"),
+            ("chain", "confirm_timeout_ms"),
+            ("timeouts", "db_ms"),
+            ("timeouts", "rpc_ms"),
+            ("timeouts", "step_ms"),
+            ("indexer", "poll_ms"),
+            ("indexer", "batch"),
+        ] {
+            let text = doc(ONE_EP, &format!("[{table}]\n{field} = 0"));
+            let msg = Config::from_toml(&text, "t").unwrap_err().to_string();
+            assert!(
+                msg.contains(&format!("`{table}.{field}`"))
+                    && msg.contains("0 is outside the accepted range"),
+                "{table}.{field}: {msg}"
+            );
+        }
+        let text = doc(ONE_EP, "[timeouts.rpc_method_ms]\neth_call = 0");
+        let msg = Config::from_toml(&text, "t").unwrap_err().to_string();
+        assert!(msg.contains("timeouts.rpc_method_ms.eth_call"), "{msg}");
+        let text = doc(
+            ONE_EP,
+            "[worker]\nbackoff_base_ms = 500\nbackoff_max_ms = 100",
+        );
+        let msg = Config::from_toml(&text, "t").unwrap_err().to_string();
+        assert!(msg.contains("range 500 to"), "{msg}");
+    }
+
+    #[test]
+    fn malformed_endpoints_are_rejected_naming_the_index() {
+        for (eps, want) in [
+            (
+                "['http://a', 'localhost:8545']",
+                "rpc_endpoints[1]`: url: not a URL",
+            ),
+            (
+                "['ws://a']",
+                "rpc_endpoints[0]`: url: the engine speaks JSON-RPC over HTTP",
+            ),
+            ("['http://:8545']", "host is missing"),
+            (
+                "['https://h/v3/k1', 'https://h/v3/k2']",
+                "rpc_endpoints[1]`: same name",
+            ),
+            (
+                "[{ name = 'x y', url = 'http://a' }]",
+                "rpc_endpoints[0]`: name:",
+            ),
+        ] {
+            let text = doc(&format!("rpc_endpoints = {eps}"), "");
+            let msg = Config::from_toml(&text, "t").unwrap_err().to_string();
+            assert!(msg.contains(want), "{eps}: {msg}");
+            assert!(!msg.contains("k1") && !msg.contains("k2"), "{msg}");
+        }
+        let text = doc(
+            "rpc_endpoints = ['https://h/v3/k1', { name = 'h2', url = 'https://h/v3/k2' }]",
+            "",
+        );
+        let cfg = Config::from_toml(&text, "t").unwrap();
+        assert_eq!(cfg.rpc_endpoints[1].name(), "h2");
+        assert!(!format!("{cfg:?}").contains("k1"));
+    }
+
+    #[test]
+    fn toml_errors_say_where_and_why_without_the_line() {
+        let text = doc(ONE_EP, "").replace(
+            "database_url = 'postgres://u:pw@h/db'",
+            "database_url = 'postgres://u:hunter2@h/db",
+        );
+        let msg = Config::from_toml(&text, "engine.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("engine.toml: line 2, column"), "{msg}");
+        assert!(!msg.contains("hunter2"), "{msg}");
+        // A string where a number belongs: serde quotes the value.
+        let text = doc(ONE_EP, "[worker]\npoll_ms = 'hunter2'");
+        let msg = Config::from_toml(&text, "engine.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("line 10, column 11: invalid type: string, expected u64"),
+            "{msg}"
+        );
+        assert!(!msg.contains("hunter2"), "{msg}");
+        // The same through `load` (file, then environment on top).
+        let dir = std::env::temp_dir().join(format!("dalp-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("bad.toml");
+        std::fs::write(&path, "node_id = 'n'\napi_token = \"hunter2\n").unwrap();
+        let msg = Config::load(Some(&path), &env()).unwrap_err().to_string();
+        assert!(msg.contains("line 2, column"), "{msg}");
+        assert!(!msg.contains("hunter2"), "{msg}");
+        let mut bad_env = env();
+        bad_env.insert("DALP_SIGNER_KEY".into(), "0xnot-hunter2".into());
+        let msg = Config::load(None, &bad_env).unwrap_err().to_string();
+        assert!(!msg.contains("hunter2"), "{msg}");
     }
 
     #[test]

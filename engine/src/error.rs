@@ -235,6 +235,28 @@ fn node_behind(message: &str) -> bool {
         || m.contains("state is not available")
 }
 
+/// A node's refusal of the signed transaction itself, which no retry of the same bytes can
+/// change. Anvil answers every invalid transaction with -32003 ("transaction rejected"), geth
+/// with -32000, and the tx manager passes a send's rejection on with code 0: the message
+/// decides. The -32003 answers that can change (insufficient funds, nonce, fee below the base
+/// fee, underpriced, already known, pool full) are not here.
+fn rejected_for_good(lower: &str) -> bool {
+    [
+        "max initcode size exceeded",
+        "transaction type not supported",
+        "tx type not supported",
+        "invalid chain id",
+        "incompatible eip-155",
+        "max priority fee per gas higher than max fee per gas",
+        "sender not an eoa",
+        "oversized data",
+        "nonce has max value",
+        "gas uint64 overflow",
+    ]
+    .iter()
+    .any(|p| lower.contains(p))
+}
+
 fn classify_sqlstate(code: &str) -> ErrorClass {
     use ErrorClass::*;
     match code {
@@ -258,7 +280,7 @@ fn classify_sqlstate(code: &str) -> ErrorClass {
 fn classify_rpc(code: i64, message: &str) -> ErrorClass {
     use ErrorClass::*;
     let m = message.to_ascii_lowercase();
-    if code == 3 || m.contains("revert") {
+    if code == 3 || m.contains("revert") || rejected_for_good(&m) {
         return Permanent;
     }
     // -32005 limit exceeded / 429-like, -32000 header not found / node behind, -32603 internal,
@@ -363,6 +385,39 @@ mod tests {
             ),
             EngineError::SignerFunds { .. }
         ));
+    }
+
+    #[test]
+    fn permanent_node_rejections_are_not_retried() {
+        // Anvil's -32003, geth's -32000, and code 0 as the tx manager passes a send's rejection on.
+        for code in [-32003, -32000, 0] {
+            for m in [
+                "max initcode size exceeded",
+                "transaction type not supported",
+                "invalid chain id for signer",
+                "Incompatible EIP-155 transaction, signed for another chain",
+                "max priority fee per gas higher than max fee per gas",
+            ] {
+                let e = EngineError::from_rpc(code, m.into(), None);
+                assert!(!e.is_transient(), "{code} {m}");
+                assert!(!e.node_unavailable(), "{code} {m}");
+            }
+        }
+        // -32003 answers that may change: funds topped up, nonce, fees, pool.
+        for m in [
+            "Insufficient funds for gas * price + value",
+            "nonce too low",
+            "nonce too high",
+            "max fee per gas less than block base fee",
+            "replacement transaction underpriced",
+            "transaction already imported",
+            "txpool is full",
+        ] {
+            assert!(
+                EngineError::from_rpc(-32003, m.into(), None).is_transient(),
+                "{m}"
+            );
+        }
     }
 
     #[test]

@@ -23,7 +23,7 @@ mod real {
     use dalp_engine::chain::http::HttpTransport;
     use dalp_engine::clock::SystemClock;
     use dalp_engine::config::Config;
-    use dalp_engine::store::pg::PgStore;
+    use dalp_engine::store::startup::connect_with_retry;
     use dalp_engine::Engine;
     use std::collections::BTreeMap;
     use std::path::PathBuf;
@@ -58,15 +58,24 @@ mod real {
             .filter(|(k, _)| k.starts_with("DALP_"))
             .collect();
         let config = Config::load(config_path.as_deref(), &env).map_err(|e| e.to_string())?;
-        let store = PgStore::connect(config.database_url.expose(), 16, config.db_timeout())
+        // Bound before anything else: a taken port exits here, before any work is claimed.
+        let listen = config.listen.clone();
+        let listener = tokio::net::TcpListener::bind(&listen)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| format!("listen on {listen}: {e}"))?;
+        let store = connect_with_retry(
+            config.database_url.expose(),
+            16,
+            config.db_timeout(),
+            Duration::from_millis(config.timeouts.db_startup_ms),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
         let transport = Arc::new(HttpTransport::new(Duration::from_millis(
             config.timeouts.rpc_ms,
         )));
         // Jitter only needs to differ between processes; it is not a secret.
         let seed = std::process::id() as u64 ^ (SystemClockSeed::nanos() << 16);
-        let listen = config.listen.clone();
         let engine = Engine::new(
             config,
             Arc::new(store),
@@ -76,9 +85,6 @@ mod real {
         );
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let tasks = engine.start(stop_rx.clone());
-        let listener = tokio::net::TcpListener::bind(&listen)
-            .await
-            .map_err(|e| format!("listen on {listen}: {e}"))?;
         tracing::info!(node = %engine.config.node_id, %listen, "dalp-engine started");
         let mut stop_http = stop_rx.clone();
         let server = axum::serve(listener, dalp_engine::api::router(engine.clone()))

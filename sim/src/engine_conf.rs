@@ -110,7 +110,8 @@ mod tests {
         assert!(!text.contains("[worker]"), "no knobs, no table:\n{text}");
         let c = Config::from_toml(&text, "test").unwrap();
         assert_eq!(c.node_id, "engine-2");
-        assert_eq!(c.rpc_endpoints, eps);
+        let urls: Vec<&str> = c.rpc_endpoints.iter().map(|e| e.url()).collect();
+        assert_eq!(urls, eps);
         assert_eq!(c.listen, "127.0.0.1:8080");
         assert_eq!((c.chain.confirmations, c.chain.finality_depth), (2, 3));
     }

@@ -97,6 +97,9 @@ pub struct EngineSpec {
     pub node_id: String,
     pub database_url: String,
     pub rpc_endpoints: Vec<String>,
+    /// The `rpc_endpoints` value as raw TOML (named `{ name, url }` tables); replaces the list
+    /// above when set.
+    pub rpc_endpoints_toml: Option<String>,
     pub lease_ms: u64,
     pub max_attempts: u32,
     pub indexer: bool,
@@ -108,6 +111,7 @@ impl EngineSpec {
             node_id: node_id.into(),
             database_url: database_url.into(),
             rpc_endpoints: vec![rpc.into()],
+            rpc_endpoints_toml: None,
             lease_ms: 4_000,
             max_attempts: 8,
             indexer: true,
@@ -124,7 +128,7 @@ impl EngineSpec {
             r#"node_id = "{node}"
 database_url = "{db}"
 chain_id = 31337
-rpc_endpoints = [{eps}]
+rpc_endpoints = {eps}
 listen = "{listen}"
 api_token = "{API_TOKEN}"
 operator_token = "{OPERATOR_TOKEN}"
@@ -153,7 +157,10 @@ poll_ms = 300
 "#,
             node = self.node_id,
             db = self.database_url,
-            eps = endpoints.join(", "),
+            eps = self
+                .rpc_endpoints_toml
+                .clone()
+                .unwrap_or_else(|| format!("[{}]", endpoints.join(", "))),
             lease = self.lease_ms,
             attempts = self.max_attempts,
             indexer = self.indexer,

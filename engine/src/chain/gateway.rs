@@ -4,6 +4,7 @@
 //! Only the [`Transport`] differs between flavours: HTTP in production, the simulated network in
 //! the simulation. Request encoding, error parsing and failover run the same code in both.
 
+use super::endpoint::RpcEndpoint;
 use super::types::*;
 use crate::config::{ChainConfig, TimeoutConfig};
 use crate::error::{EngineError, Result};
@@ -28,7 +29,8 @@ pub enum TransportError {
 
 #[async_trait::async_trait]
 pub trait Transport: Send + Sync + 'static {
-    /// POST one JSON-RPC body to `endpoint`, returning the response body.
+    /// POST one JSON-RPC body to `endpoint` (the URL, secrets included), returning the
+    /// response body. Errors must not echo the URL; the gateway scrubs them as well.
     async fn post(
         &self,
         endpoint: &str,
@@ -45,14 +47,22 @@ struct Health {
 }
 
 struct Endpoint {
-    url: String,
+    ep: RpcEndpoint,
     health: Mutex<Health>,
+}
+
+impl Endpoint {
+    /// The name: what logs, metrics, `/health` and errors show.
+    fn name(&self) -> &str {
+        self.ep.name()
+    }
 }
 
 /// A snapshot of one endpoint's health, for `/health` and tests.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct EndpointHealth {
-    pub url: String,
+    /// The endpoint's name, never its URL (which may hold a provider key).
+    pub endpoint: String,
     pub healthy: bool,
     pub consecutive_failures: u32,
     pub latency_ms: u64,
@@ -75,18 +85,21 @@ pub struct Gateway {
 
 impl Gateway {
     pub fn new(
-        urls: &[String],
+        endpoints: &[RpcEndpoint],
         transport: Arc<dyn Transport>,
         timeouts: TimeoutConfig,
         chain: &ChainConfig,
         metrics: Arc<Metrics>,
     ) -> Self {
-        assert!(!urls.is_empty(), "a gateway needs at least one endpoint");
+        assert!(
+            !endpoints.is_empty(),
+            "a gateway needs at least one endpoint"
+        );
         Gateway {
-            endpoints: urls
+            endpoints: endpoints
                 .iter()
-                .map(|u| Endpoint {
-                    url: u.clone(),
+                .map(|e| Endpoint {
+                    ep: e.clone(),
                     health: Mutex::new(Health::default()),
                 })
                 .collect(),
@@ -145,7 +158,7 @@ impl Gateway {
         drop(h);
         self.metrics.set(
             "dalp_rpc_endpoint_healthy",
-            &[("endpoint", &self.endpoints[i].url)],
+            &[("endpoint", self.endpoints[i].name())],
             1,
         );
     }
@@ -157,7 +170,7 @@ impl Gateway {
         drop(h);
         self.metrics.set(
             "dalp_rpc_endpoint_healthy",
-            &[("endpoint", &self.endpoints[i].url)],
+            &[("endpoint", self.endpoints[i].name())],
             0,
         );
     }
@@ -183,7 +196,7 @@ impl Gateway {
                 crate::probe!("rpc.failover");
                 self.metrics.inc(
                     "dalp_rpc_failovers_total",
-                    &[("from", &self.endpoints[order[n - 1]].url)],
+                    &[("from", self.endpoints[order[n - 1]].name())],
                 );
             }
             match self.call_one(i, method, params.clone()).await {
@@ -260,13 +273,13 @@ impl Gateway {
             json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}).to_string();
         let bound = self.timeout_for(method);
         let started = Instant::now();
-        let outcome = tokio::time::timeout(bound, self.transport.post(&ep.url, body)).await;
+        let outcome = tokio::time::timeout(bound, self.transport.post(ep.ep.url(), body)).await;
         let text = match outcome {
             Err(_) => {
                 self.mark_failed(i);
                 self.metrics.inc(
                     "dalp_rpc_requests_total",
-                    &[("endpoint", &ep.url), ("outcome", "timeout")],
+                    &[("endpoint", ep.name()), ("outcome", "timeout")],
                 );
                 return Err(EngineError::RpcTimeout {
                     method: method.to_string(),
@@ -277,9 +290,11 @@ impl Gateway {
                 self.mark_failed(i);
                 self.metrics.inc(
                     "dalp_rpc_requests_total",
-                    &[("endpoint", &ep.url), ("outcome", "transport_error")],
+                    &[("endpoint", ep.name()), ("outcome", "transport_error")],
                 );
-                return Err(EngineError::RpcUnavailable(format!("{}: {e}", ep.url)));
+                return Err(EngineError::RpcUnavailable(
+                    ep.ep.scrub(&format!("{}: {e}", ep.name())),
+                ));
             }
             Ok(Ok(text)) => text,
         };
@@ -289,17 +304,16 @@ impl Gateway {
                 self.mark_failed(i);
                 return Err(EngineError::RpcUnavailable(format!(
                     "{}: malformed JSON-RPC response",
-                    ep.url
+                    ep.name()
                 )));
             }
         };
         if let Some(err) = resp.get("error") {
             let code = err.get("code").and_then(Value::as_i64).unwrap_or(0);
-            let message = err
-                .get("message")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_string();
+            // A provider's answer may quote the key it was given.
+            let message = ep
+                .ep
+                .scrub(err.get("message").and_then(Value::as_str).unwrap_or(""));
             let e = EngineError::from_rpc(code, message, err.get("data"));
             if fails_over(&e) {
                 self.mark_failed(i);
@@ -308,14 +322,14 @@ impl Gateway {
             }
             self.metrics.inc(
                 "dalp_rpc_requests_total",
-                &[("endpoint", &ep.url), ("outcome", "rpc_error")],
+                &[("endpoint", ep.name()), ("outcome", "rpc_error")],
             );
             return Err(e);
         }
         self.mark_ok(i, started.elapsed());
         self.metrics.inc(
             "dalp_rpc_requests_total",
-            &[("endpoint", &ep.url), ("outcome", "ok")],
+            &[("endpoint", ep.name()), ("outcome", "ok")],
         );
         let result = resp.get("result").cloned().unwrap_or(Value::Null);
         if method == "eth_blockNumber" {
@@ -352,7 +366,7 @@ impl Gateway {
         for (e, head) in self.endpoints.iter().zip(heads) {
             self.metrics.set(
                 "dalp_rpc_endpoint_lag_blocks",
-                &[("endpoint", &e.url)],
+                &[("endpoint", e.name())],
                 best.saturating_sub(head) as i64,
             );
         }
@@ -371,7 +385,7 @@ impl Gateway {
             .map(|e| {
                 let h = e.health.lock().expect("health").clone();
                 EndpointHealth {
-                    url: e.url.clone(),
+                    endpoint: e.name().to_string(),
                     healthy: h.cooling_until.is_none_or(|t| t <= now)
                         && best.saturating_sub(h.head) <= self.max_lag,
                     consecutive_failures: h.consecutive_failures,
@@ -585,7 +599,7 @@ mod tests {
     async fn a_sole_endpoint_that_fell_behind_is_not_believed_when_it_knows_nothing() {
         let head = Arc::new(AtomicU64::new(100));
         let g = Gateway::new(
-            &["http://rpc-0".to_string()],
+            &[RpcEndpoint::from_url("http://rpc-0")],
             Arc::new(Node(head.clone())),
             TimeoutConfig::default(),
             &ChainConfig::default(),
@@ -616,7 +630,7 @@ mod tests {
     async fn a_call_answered_by_a_node_that_fell_behind_since_the_probe_is_not_believed() {
         let head = Arc::new(AtomicU64::new(100));
         let g = Gateway::new(
-            &["http://rpc-0".to_string()],
+            &[RpcEndpoint::from_url("http://rpc-0")],
             Arc::new(Node(head.clone())),
             TimeoutConfig::default(),
             &ChainConfig::default(),

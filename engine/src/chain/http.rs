@@ -30,9 +30,9 @@ impl Transport for HttpTransport {
             .await
             .map_err(|e| {
                 if e.is_connect() {
-                    TransportError::Unreachable(e.to_string())
+                    TransportError::Unreachable(describe(e))
                 } else {
-                    TransportError::Io(e.to_string())
+                    TransportError::Io(describe(e))
                 }
             })?;
         let status = resp.status();
@@ -41,6 +41,19 @@ impl Transport for HttpTransport {
         }
         resp.text()
             .await
-            .map_err(|e| TransportError::Io(e.to_string()))
+            .map_err(|e| TransportError::Io(describe(e)))
     }
+}
+
+/// A reqwest error with its causes, without the URL it embeds (a provider key may be in it).
+fn describe(e: reqwest::Error) -> String {
+    let e = e.without_url();
+    let mut out = e.to_string();
+    let mut cause = std::error::Error::source(&e);
+    while let Some(c) = cause {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cause = c.source();
+    }
+    out
 }

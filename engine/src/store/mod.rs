@@ -15,6 +15,8 @@ use std::time::Duration;
 
 #[cfg(not(madsim))]
 pub mod pg;
+#[cfg(not(madsim))]
+pub mod startup;
 
 pub type WorkflowId = i64;
 
