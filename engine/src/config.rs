@@ -332,6 +332,9 @@ impl TokenHash {
         use sha2::Digest;
         TokenHash(sha2::Sha256::digest(token.as_bytes()).into())
     }
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
     /// Constant time: every byte is compared whatever the first difference.
     pub fn matches(&self, other: &TokenHash) -> bool {
         self.0
@@ -532,6 +535,9 @@ mod tests {
         let cfg = Config::load(Some(&path), &env).unwrap();
         assert_eq!(cfg.rpc_endpoints.len(), 2);
         assert_eq!(cfg.timeouts.rpc_method_ms["eth_sendRawTransaction"], 5000);
+        // The documented hash is the documented token's.
+        assert_eq!(cfg.operator_for("change-me-alice"), Some("alice"));
+        assert_eq!(cfg.http.max_body_bytes, 65536);
     }
 
     fn with(extra: &str) -> Result<Config> {
