@@ -51,7 +51,14 @@ pub struct Config {
     #[serde(default = "default_listen")]
     pub listen: String,
     pub api_token: Secret,
+    /// Shared operator token, kept for existing deployments: it is the credential named
+    /// `operator`. Prefer named `[[operators]]`, whose names are the audited actors.
+    #[serde(default)]
     pub operator_token: Secret,
+    #[serde(default)]
+    pub operators: Vec<OperatorCredential>,
+    #[serde(default)]
+    pub http: HttpConfig,
     /// Named signer keys; workflows use `default` unless their input names another.
     #[serde(default)]
     pub signers: BTreeMap<String, SignerKey>,
@@ -319,15 +326,10 @@ impl Config {
                 );
             }
         }
-        if self.api_token.expose().len() < 8 || self.operator_token.expose().len() < 8 {
-            return bad(
-                "api_token/operator_token",
-                "tokens must be at least 8 characters",
-            );
+        if self.api_token.expose().len() < 8 {
+            return bad("api_token", "tokens must be at least 8 characters");
         }
-        if self.api_token == self.operator_token {
-            return bad("operator_token", "must differ from api_token");
-        }
+        self.validate_http(origin)?;
         if !self.signers.contains_key("default") {
             return bad(
                 "signers.default",
@@ -417,6 +419,185 @@ impl Config {
     }
 }
 
+// ---- HTTP API: operator credentials and server limits ----
+
+/// The name every audited action of the shared `operator_token` is recorded under.
+pub const SHARED_OPERATOR: &str = "operator";
+/// Longest operator name (it is the audit log's actor).
+pub const MAX_OPERATOR_NAME: usize = 64;
+
+/// A named operator: the token itself is never stored, only its SHA-256.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OperatorCredential {
+    pub name: String,
+    pub token_sha256: TokenHash,
+}
+
+/// SHA-256 of a bearer token, written as 64 hex digits (`printf %s TOKEN | sha256sum`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct TokenHash([u8; 32]);
+
+impl TokenHash {
+    pub fn of(token: &str) -> TokenHash {
+        use sha2::Digest;
+        TokenHash(sha2::Sha256::digest(token.as_bytes()).into())
+    }
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+    /// Constant time: every byte is compared whatever the first difference.
+    pub fn matches(&self, other: &TokenHash) -> bool {
+        self.0
+            .iter()
+            .zip(other.0)
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+    }
+}
+
+impl fmt::Debug for TokenHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("TokenHash(<redacted>)")
+    }
+}
+
+impl<'de> Deserialize<'de> for TokenHash {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let bytes = alloy_primitives::hex::decode(&s)
+            .ok()
+            .and_then(|b| <[u8; 32]>::try_from(b).ok())
+            .ok_or_else(|| {
+                serde::de::Error::custom(
+                    "token_sha256: expected the token's SHA-256 as 64 hex digits",
+                )
+            })?;
+        Ok(TokenHash(bytes))
+    }
+}
+
+/// Bounds of the HTTP server (`api/serve.rs`): a client cannot hold a connection or a worker
+/// by sending slowly, idling, or opening many connections.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// A request's head must arrive within this after the connection starts waiting for it.
+    pub header_read_timeout_ms: u64,
+    /// Bound on handling one request (answered 503 past it).
+    pub request_timeout_ms: u64,
+    /// A connection with no bytes read or written for this long is closed.
+    pub idle_timeout_ms: u64,
+    /// Connections served at once; further ones wait in the listen backlog.
+    pub max_connections: usize,
+    /// Largest request body accepted (413 above).
+    pub max_body_bytes: usize,
+    /// `/health` checks the database at most this often; callers in between get the cached result.
+    pub health_cache_ms: u64,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            header_read_timeout_ms: 5_000,
+            request_timeout_ms: 30_000,
+            idle_timeout_ms: 60_000,
+            max_connections: 512,
+            max_body_bytes: 64 * 1024,
+            health_cache_ms: 1_000,
+        }
+    }
+}
+
+impl Config {
+    /// The operator a bearer token belongs to (`None`: not an operator token).
+    pub fn operator_for(&self, token: &str) -> Option<&str> {
+        let hash = TokenHash::of(token);
+        let mut found = None;
+        // No early exit: the time taken does not say which credential (if any) matched.
+        for op in &self.operators {
+            if op.token_sha256.matches(&hash) && found.is_none() {
+                found = Some(op.name.as_str());
+            }
+        }
+        if self.operator_token.matches(token) && found.is_none() {
+            found = Some(SHARED_OPERATOR);
+        }
+        found
+    }
+
+    fn validate_http(&self, origin: &str) -> Result<()> {
+        let bad = |field: &str, why: &str| {
+            Err(EngineError::Invalid(format!(
+                "{origin}: field `{field}`: {why}"
+            )))
+        };
+        let shared = !self.operator_token.expose().is_empty();
+        if !shared && self.operators.is_empty() {
+            return bad(
+                "operators",
+                "at least one operator credential is required ([[operators]] or operator_token)",
+            );
+        }
+        if shared && self.operator_token.expose().len() < 8 {
+            return bad("operator_token", "tokens must be at least 8 characters");
+        }
+        if shared && self.api_token == self.operator_token {
+            return bad("operator_token", "must differ from api_token");
+        }
+        let api_hash = TokenHash::of(self.api_token.expose());
+        let mut names = std::collections::BTreeSet::new();
+        for (i, op) in self.operators.iter().enumerate() {
+            let field = format!("operators[{i}].name");
+            let n = &op.name;
+            if n.is_empty() || n.len() > MAX_OPERATOR_NAME {
+                return bad(&field, "must be 1 to 64 characters");
+            }
+            if !n
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-@".contains(&b))
+            {
+                return bad(&field, "only letters, digits and . _ - @ are allowed");
+            }
+            if (shared && n == SHARED_OPERATOR) || !names.insert(n.as_str()) {
+                return bad(
+                    &field,
+                    "names must be unique (`operator` is the shared operator_token's)",
+                );
+            }
+            if op.token_sha256.matches(&api_hash) {
+                return bad(
+                    &format!("operators[{i}].token_sha256"),
+                    "is the api_token's hash: operator tokens must differ from api_token",
+                );
+            }
+        }
+        let h = &self.http;
+        for (field, v) in [
+            ("http.header_read_timeout_ms", h.header_read_timeout_ms),
+            ("http.request_timeout_ms", h.request_timeout_ms),
+            ("http.idle_timeout_ms", h.idle_timeout_ms),
+        ] {
+            if !(100..=3_600_000).contains(&v) {
+                return bad(field, "must be between 100 ms and 1 hour");
+            }
+        }
+        if h.health_cache_ms > 60_000 {
+            return bad(
+                "http.health_cache_ms",
+                "must be at most 60000 (a stale health answer hides an outage)",
+            );
+        }
+        if !(1..=65_536).contains(&h.max_connections) {
+            return bad("http.max_connections", "must be between 1 and 65536");
+        }
+        if !(1024..=16 * 1024 * 1024).contains(&h.max_body_bytes) {
+            return bad("http.max_body_bytes", "must be between 1 KiB and 16 MiB");
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -466,6 +647,96 @@ mod tests {
         let cfg = Config::load(Some(&path), &env).unwrap();
         assert_eq!(cfg.rpc_endpoints.len(), 2);
         assert_eq!(cfg.timeouts.rpc_method_ms["eth_sendRawTransaction"], 5000);
+        // The documented hash is the documented token's.
+        assert_eq!(cfg.operator_for("change-me-alice"), Some("alice"));
+        assert_eq!(cfg.http.max_body_bytes, 65536);
+    }
+
+    fn with(extra: &str) -> Result<Config> {
+        let base = format!(
+            "node_id = 'n'\ndatabase_url = 'postgres://x'\nchain_id = 1\nrpc_endpoints = ['http://a']\n\
+             api_token = 'api-token-123'\nsigners.default = '{KEY}'\n{extra}"
+        );
+        Config::from_toml(&base, "t.toml")
+    }
+
+    fn op(name: &str, token: &str) -> String {
+        let hex = alloy_primitives::hex::encode(TokenHash::of(token).0);
+        format!("[[operators]]\nname = '{name}'\ntoken_sha256 = '{hex}'\n")
+    }
+
+    #[test]
+    fn named_operators_are_found_by_their_token_hash() {
+        let cfg = with(&format!(
+            "{}{}",
+            op("alice", "alice-secret-1"),
+            op("bob", "bob-secret-22")
+        ))
+        .unwrap();
+        assert_eq!(cfg.operator_for("alice-secret-1"), Some("alice"));
+        assert_eq!(cfg.operator_for("bob-secret-22"), Some("bob"));
+        assert_eq!(cfg.operator_for("api-token-123"), None);
+        assert_eq!(cfg.operator_for(""), None);
+        assert!(!format!("{cfg:?}").contains(&alloy_primitives::hex::encode(
+            TokenHash::of("alice-secret-1").0
+        )));
+        // The shared token keeps working, as the credential named `operator`.
+        let cfg = with("operator_token = 'op-token-456'\n").unwrap();
+        assert_eq!(cfg.operator_for("op-token-456"), Some(SHARED_OPERATOR));
+    }
+
+    #[test]
+    fn bad_operator_credentials_are_refused_naming_the_field() {
+        let msg = |extra: &str| with(extra).unwrap_err().to_string();
+        assert!(msg("").contains("`operators`"));
+        let m = msg(&op("alice", "a-secret-1")
+            .replace(&"0".repeat(0), "")
+            .replacen("token_sha256 = '", "token_sha256 = 'zz", 1));
+        assert!(
+            m.contains("token_sha256") && m.contains("64 hex digits"),
+            "{m}"
+        );
+        let m = msg(&format!(
+            "{}{}",
+            op("alice", "a-secret-1"),
+            op("alice", "a-secret-2")
+        ));
+        assert!(
+            m.contains("operators[1].name") && m.contains("unique"),
+            "{m}"
+        );
+        let m = msg(&op("al ice", "a-secret-1"));
+        assert!(m.contains("operators[0].name"), "{m}");
+        let m = msg(&op("alice", "api-token-123"));
+        assert!(
+            m.contains("operators[0].token_sha256") && m.contains("api_token"),
+            "{m}"
+        );
+        let m = msg(&format!(
+            "operator_token = 'op-token-456'\n{}",
+            op("operator", "a-secret-1")
+        ));
+        assert!(m.contains("operators[0].name"), "{m}");
+    }
+
+    #[test]
+    fn http_limits_are_validated() {
+        let ok = "operator_token = 'op-token-456'\n";
+        let cfg = with(ok).unwrap();
+        assert_eq!(cfg.http.max_connections, 512);
+        for (field, value) in [
+            ("header_read_timeout_ms", "0"),
+            ("request_timeout_ms", "99"),
+            ("idle_timeout_ms", "3600001"),
+            ("max_connections", "0"),
+            ("max_body_bytes", "10"),
+            ("health_cache_ms", "60001"),
+        ] {
+            let m = with(&format!("{ok}[http]\n{field} = {value}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(m.contains(&format!("http.{field}")), "{field}: {m}");
+        }
     }
 
     /// A valid TOML document with `extra` appended (a table header or top-level lines).

@@ -45,9 +45,49 @@ pub fn parse_amount(s: &str) -> Option<U256> {
     }
 }
 
+/// Strict form of [`parse_amount`] for requests: plain decimal digits, or `0x` and hex digits,
+/// nothing else (no sign, spaces, `_` separators or empty digits), at most 2^256 - 1. The error
+/// says why. Stored inputs keep being read with the lenient `parse_amount`.
+pub fn check_amount(s: &str) -> std::result::Result<U256, String> {
+    let (digits, radix) = match s.strip_prefix("0x") {
+        Some(hex) => (hex, 16),
+        None => (s, 10),
+    };
+    if digits.is_empty() {
+        return Err("no digits".into());
+    }
+    if digits.len() > 80 {
+        return Err("more than 80 digits".into());
+    }
+    if !digits.chars().all(|c| c.is_digit(radix)) {
+        let what = if radix == 16 {
+            "hex digits after 0x"
+        } else {
+            "decimal digits (or 0x and hex digits)"
+        };
+        return Err(format!("only {what} are allowed"));
+    }
+    U256::from_str_radix(digits, radix as u64).map_err(|_| "larger than 2^256 - 1".into())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn request_amounts_are_digits_only() {
+        assert_eq!(check_amount("1000"), Ok(U256::from(1000)));
+        assert_eq!(check_amount("0x10"), Ok(U256::from(16)));
+        assert_eq!(check_amount("0"), Ok(U256::ZERO));
+        for bad in [
+            "1_000", " 5 ", "5 ", "", "0x", "-1", "+1", "1e3", "0x_1", "1.5", "0X10",
+        ] {
+            assert!(check_amount(bad).is_err(), "{bad:?} was accepted");
+        }
+        assert!(check_amount(&"9".repeat(78)).unwrap_err().contains("2^256"));
+        // The lenient reader (stored inputs) accepted some of them: why the strict form exists.
+        assert!(parse_amount(" 5 ").is_some());
+    }
 
     #[test]
     fn deploy_code_carries_constructor_args() {

@@ -103,6 +103,11 @@ impl Engine {
                 "Idempotency-Key must be 1 to 200 characters".into(),
             ));
         }
+        if !idempotency_key.bytes().all(|b| (0x20..=0x7e).contains(&b)) {
+            return Err(EngineError::Invalid(
+                "Idempotency-Key: only visible ASCII characters (0x20 to 0x7E) are allowed".into(),
+            ));
+        }
         let signer_name = workflow::validate(kind, &input)?;
         let signer = self.config.signers.get(&signer_name).ok_or_else(|| {
             EngineError::Invalid(format!("no signer named {signer_name:?} is configured"))

@@ -86,12 +86,11 @@ mod real {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let tasks = engine.start(stop_rx.clone());
         tracing::info!(node = %engine.config.node_id, %listen, "dalp-engine started");
-        let mut stop_http = stop_rx.clone();
-        let server = axum::serve(listener, dalp_engine::api::router(engine.clone()))
-            .with_graceful_shutdown(async move {
-                let _ = stop_http.wait_for(|s| *s).await;
-            });
-        let server = tokio::spawn(async move { server.await });
+        let server = tokio::spawn(dalp_engine::api::serve(
+            listener,
+            engine.clone(),
+            stop_rx.clone(),
+        ));
         let mut background = tokio::task::JoinSet::new();
         for t in tasks {
             background.spawn(t);

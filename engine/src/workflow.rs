@@ -5,7 +5,7 @@
 //! re-run after a crash between its side effect and its journal write: transaction steps resume
 //! their recorded transaction, off-chain effects are keyed by (workflow, kind).
 
-use crate::contracts::{asset_token_deploy_code, parse_amount, AssetToken};
+use crate::contracts::{asset_token_deploy_code, check_amount, parse_amount, AssetToken};
 use crate::error::{EngineError, Result};
 use crate::signer::SignerKey;
 use crate::store::{Fence, TxIntent, WorkflowRecord};
@@ -89,15 +89,53 @@ pub struct RegisterIdentityInput {
     pub signer: Option<String>,
 }
 
-/// Check a request before it is accepted; returns the signer name it uses.
+/// Longest token name accepted (the contract stores it; a block explorer shows it).
+pub const MAX_NAME: usize = 64;
+/// Longest symbol (the usual ERC-20 convention).
+pub const MAX_SYMBOL: usize = 11;
+/// Longest signer name.
+pub const MAX_SIGNER: usize = 64;
+
+/// Check a request before it is accepted; returns the signer name it uses. Errors name the
+/// field and say why, and everything PostgreSQL would refuse (a NUL in a string or key) is
+/// refused here, before the database.
 pub fn validate(kind: &str, input: &Value) -> Result<String> {
+    let fail = |field: &str, why: String| {
+        EngineError::Invalid(format!("{kind} input: field `{field}`: {why}"))
+    };
+    if !KINDS.contains(&kind) {
+        return Err(EngineError::Invalid(format!(
+            "unknown workflow kind {kind:?}; known: {}",
+            KINDS.join(", ")
+        )));
+    }
+    let Some(fields) = input.as_object() else {
+        return Err(EngineError::Invalid(format!(
+            "{kind} input: must be a JSON object"
+        )));
+    };
+    no_nul(input, "input").map_err(|(field, why)| fail(&field, why))?;
+    let addresses: &[&str] = match kind {
+        ISSUANCE => &["investor"],
+        TRANSFER | MINT => &["token", "to"],
+        _ => &["token", "account"],
+    };
+    for field in addresses {
+        if let Some(Value::String(s)) = fields.get(*field) {
+            check_address(s).map_err(|why| fail(field, why))?;
+        }
+    }
+    if let Some(Value::String(s)) = fields.get("signer") {
+        if s.is_empty() || s.chars().count() > MAX_SIGNER {
+            return Err(fail(
+                "signer",
+                format!("must be 1 to {MAX_SIGNER} characters"),
+            ));
+        }
+    }
     let invalid = |e: serde_json::Error| EngineError::Invalid(format!("{kind} input: {e}"));
     let amount = |field: &str, s: &str| {
-        parse_amount(s).ok_or_else(|| {
-            EngineError::Invalid(format!(
-                "{kind} input: field `{field}`: not an amount: {s:?}"
-            ))
-        })
+        check_amount(s).map_err(|why| fail(field, format!("not an amount ({why}): {s:?}")))
     };
     let signer = match kind {
         ISSUANCE => {
@@ -106,15 +144,19 @@ pub fn validate(kind: &str, input: &Value) -> Result<String> {
             if let Some(m) = &i.max_balance {
                 amount("max_balance", m)?;
             }
-            if i.name.trim().is_empty() || i.symbol.trim().is_empty() || i.symbol.len() > 11 {
-                return Err(EngineError::Invalid(format!(
-                    "{kind} input: field `symbol`/`name`: empty, or symbol longer than 11"
-                )));
+            for (field, v, max) in [
+                ("name", &i.name, MAX_NAME),
+                ("symbol", &i.symbol, MAX_SYMBOL),
+            ] {
+                if v.trim().is_empty() {
+                    return Err(fail(field, "must not be empty".into()));
+                }
+                if v.chars().count() > max {
+                    return Err(fail(field, format!("longer than {max} characters")));
+                }
             }
             if i.decimals > 18 {
-                return Err(EngineError::Invalid(format!(
-                    "{kind} input: field `decimals`: at most 18"
-                )));
+                return Err(fail("decimals", "at most 18".into()));
             }
             i.signer
         }
@@ -122,25 +164,56 @@ pub fn validate(kind: &str, input: &Value) -> Result<String> {
             let i: TokenAmountInput = serde_json::from_value(input.clone()).map_err(invalid)?;
             let a = amount("amount", &i.amount)?;
             if a.is_zero() {
-                return Err(EngineError::Invalid(format!(
-                    "{kind} input: field `amount`: must be positive"
-                )));
+                return Err(fail("amount", "must be positive".into()));
             }
             i.signer
         }
-        REGISTER_IDENTITY => {
+        _ => {
             serde_json::from_value::<RegisterIdentityInput>(input.clone())
                 .map_err(invalid)?
                 .signer
         }
-        other => {
-            return Err(EngineError::Invalid(format!(
-                "unknown workflow kind {other:?}; known: {}",
-                KINDS.join(", ")
-            )))
-        }
     };
     Ok(signer.unwrap_or_else(|| "default".into()))
+}
+
+/// The first string or key under `v` holding a NUL (PostgreSQL refuses it in `text` and
+/// `jsonb`): its path and the reason.
+fn no_nul(v: &Value, path: &str) -> std::result::Result<(), (String, String)> {
+    let why = || "contains a NUL character".to_string();
+    match v {
+        Value::String(s) if s.contains('\0') => Err((path.to_string(), why())),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .try_for_each(|(i, x)| no_nul(x, &format!("{path}[{i}]"))),
+        Value::Object(m) => m.iter().try_for_each(|(k, x)| {
+            if k.contains('\0') {
+                return Err((format!("{path} key {k:?}"), why()));
+            }
+            no_nul(x, &format!("{path}.{k}"))
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// An address as a request must write it: `0x` and 40 hex digits; mixed case must be a valid
+/// EIP-55 checksum (a typo in a checksummed address is caught), while all-lowercase (and
+/// all-uppercase) digits carry no checksum and are accepted, as EIP-55 specifies.
+pub fn check_address(s: &str) -> std::result::Result<Address, String> {
+    let Some(hex) = s.strip_prefix("0x") else {
+        return Err(format!("an address starts with 0x: {s:?}"));
+    };
+    if hex.len() != 40 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(format!("an address is 0x and 40 hex digits: {s:?}"));
+    }
+    let mixed =
+        hex.bytes().any(|b| b.is_ascii_lowercase()) && hex.bytes().any(|b| b.is_ascii_uppercase());
+    if mixed {
+        return Address::parse_checksummed(s, None)
+            .map_err(|_| format!("wrong EIP-55 checksum (mixed case that is not the checksum; write it in lowercase to skip the check): {s:?}"));
+    }
+    s.parse().map_err(|_| format!("not an address: {s:?}"))
 }
 
 /// Everything a step needs; borrowed from the engine for one step execution.
@@ -492,6 +565,88 @@ pub fn result(kind: &str, state: &Value) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn err(kind: &str, input: Value) -> String {
+        validate(kind, &input).unwrap_err().to_string()
+    }
+
+    const LOWER: &str = "0x70997970c51812dc3a010c7d01b50e0d17dc79c8";
+    const CHECKSUMMED: &str = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8";
+
+    #[test]
+    fn addresses_need_0x_and_a_valid_checksum_when_mixed_case() {
+        let mint = |to: &str| json!({"token": LOWER, "to": to, "amount": "5"});
+        assert!(validate(MINT, &mint(LOWER)).is_ok());
+        assert!(validate(MINT, &mint(CHECKSUMMED)).is_ok());
+        assert!(validate(MINT, &mint(&LOWER.to_uppercase().replace("0X", "0x"))).is_ok());
+        let typo = CHECKSUMMED.replace("C51812", "c51812");
+        let e = err(MINT, mint(&typo));
+        assert!(e.contains("`to`") && e.contains("EIP-55"), "{e}");
+        let e = err(MINT, mint(&LOWER[2..]));
+        assert!(e.contains("`to`") && e.contains("starts with 0x"), "{e}");
+        let e = err(
+            ISSUANCE,
+            json!({"name": "A", "symbol": "A", "initial_supply": "1", "investor": "0x12"}),
+        );
+        assert!(
+            e.contains("`investor`") && e.contains("40 hex digits"),
+            "{e}"
+        );
+        let e = err(REGISTER_IDENTITY, json!({"token": LOWER, "account": &typo}));
+        assert!(e.contains("`account`"), "{e}");
+    }
+
+    #[test]
+    fn amounts_with_separators_spaces_or_no_digits_are_refused() {
+        for bad in ["1_000", " 5 ", "", "0x"] {
+            let e = err(
+                TRANSFER,
+                json!({"token": LOWER, "to": LOWER, "amount": bad}),
+            );
+            assert!(
+                e.contains("`amount`") && e.contains("not an amount ("),
+                "{bad:?}: {e}"
+            );
+        }
+        let issuance = |supply: &str| json!({"name": "A", "symbol": "A", "initial_supply": supply, "investor": LOWER});
+        assert!(err(ISSUANCE, issuance(" 1")).contains("`initial_supply`"));
+        assert!(validate(ISSUANCE, &issuance("1000")).is_ok());
+    }
+
+    #[test]
+    fn nul_characters_are_refused_naming_the_field_or_key() {
+        let e = err(
+            ISSUANCE,
+            json!({"name": "A\u{0}B", "symbol": "A", "initial_supply": "1", "investor": LOWER}),
+        );
+        assert!(e.contains("`input.name`") && e.contains("NUL"), "{e}");
+        let e = err(
+            MINT,
+            json!({"token": LOWER, "to": LOWER, "amount": "1", "x\u{0}": 1}),
+        );
+        assert!(e.contains("key \"x\\0\"") && e.contains("NUL"), "{e}");
+    }
+
+    #[test]
+    fn text_fields_have_length_limits() {
+        let issuance = |name: &str, symbol: &str| json!({"name": name, "symbol": symbol, "initial_supply": "1", "investor": LOWER});
+        assert!(validate(ISSUANCE, &issuance(&"n".repeat(MAX_NAME), "SYM")).is_ok());
+        let e = err(ISSUANCE, issuance(&"n".repeat(MAX_NAME + 1), "SYM"));
+        assert!(e.contains("`name`") && e.contains("longer than 64"), "{e}");
+        let e = err(ISSUANCE, issuance("N", &"S".repeat(MAX_SYMBOL + 1)));
+        assert!(
+            e.contains("`symbol`") && e.contains("longer than 11"),
+            "{e}"
+        );
+        let e = err(ISSUANCE, issuance(" ", "S"));
+        assert!(e.contains("`name`") && e.contains("empty"), "{e}");
+        let e = err(
+            MINT,
+            json!({"token": LOWER, "to": LOWER, "amount": "1", "signer": "s".repeat(MAX_SIGNER + 1)}),
+        );
+        assert!(e.contains("`signer`"), "{e}");
+        assert!(err(MINT, json!([1])).contains("JSON object"));
+    }
 
     #[test]
     fn every_kind_has_steps_and_validation_names_fields() {

@@ -25,6 +25,8 @@ pub const INVESTOR_ADDR: &str = "0x70997970c51812dc3a010c7d01b50e0d17dc79c8";
 pub const OTHER_ADDR: &str = "0x3c44cdddb6a900fa2b585dd299e03d12fa4293bc";
 pub const API_TOKEN: &str = "test-api-token-1";
 pub const OPERATOR_TOKEN: &str = "test-operator-token-1";
+/// The named operator `alice`'s token (the engines' config holds only its SHA-256).
+pub const ALICE_TOKEN: &str = "test-alice-token-1";
 
 /// A PostgreSQL server for one test or tool: the real backend's local primary (fsync on), with
 /// a larger buffer pool for the benchmark.
@@ -118,7 +120,8 @@ impl EngineSpec {
         }
     }
 
-    fn toml(&self, listen: &str) -> String {
+    /// The engine's configuration file, listening on `listen`.
+    pub fn toml(&self, listen: &str) -> String {
         let endpoints: Vec<String> = self
             .rpc_endpoints
             .iter()
@@ -132,6 +135,10 @@ rpc_endpoints = {eps}
 listen = "{listen}"
 api_token = "{API_TOKEN}"
 operator_token = "{OPERATOR_TOKEN}"
+
+[[operators]]
+name = "alice"
+token_sha256 = "{alice}"
 
 [signers]
 default = "{SIGNER_KEY}"
@@ -164,6 +171,9 @@ poll_ms = 300
             lease = self.lease_ms,
             attempts = self.max_attempts,
             indexer = self.indexer,
+            alice = alloy_primitives::hex::encode(
+                dalp_engine::config::TokenHash::of(ALICE_TOKEN).as_bytes()
+            ),
         )
     }
 }

@@ -496,4 +496,9 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<(Address, U256)>>;
 
     async fn stats(&self, stalled_after: Duration) -> Result<Stats>;
+    /// A constant-cost round trip (readiness): unlike `stats`, it reads no table that grows.
+    /// The default is one single-row lookup; `PgStore` sends `SELECT 1`.
+    async fn ping(&self) -> Result<()> {
+        self.indexer_checkpoint(0).await.map(|_| ())
+    }
 }

@@ -1445,6 +1445,14 @@ impl Store for PgStore {
         .await
     }
 
+    async fn ping(&self) -> Result<()> {
+        self.bounded(async {
+            sqlx::query("SELECT 1").execute(&self.pool).await?;
+            Ok(())
+        })
+        .await
+    }
+
     async fn stats(&self, stalled_after: Duration) -> Result<Stats> {
         self.bounded(async {
             let r = sqlx::query(
