@@ -209,7 +209,10 @@ mod tests {
             !out.contains("args.lsn"),
             "equal fields are not listed: {out}"
         );
-        assert!(out.contains("A a.jsonl has 3 events, B b.jsonl has 4"), "{out}");
+        assert!(
+            out.contains("A a.jsonl has 3 events, B b.jsonl has 4"),
+            "{out}"
+        );
     }
 
     #[test]
