@@ -170,6 +170,17 @@ fn trace_of(stdout: &str) -> Vec<Value> {
         .collect()
 }
 
+/// The events of the Chrome timeline repro names.
+fn chrome_of(stdout: &str) -> Vec<Value> {
+    let path = stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("trace: "))
+        .find(|p| p.ends_with(".chrome.json"))
+        .expect("repro names its Chrome timeline");
+    let c: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    c["traceEvents"].as_array().unwrap().clone()
+}
+
 #[test]
 fn kill_partition_and_failover_show_in_the_trace_and_repro_prints_the_hash() {
     let out = tempdir("faults");
@@ -189,15 +200,7 @@ fn kill_partition_and_failover_show_in_the_trace_and_repro_prints_the_hash() {
             .any(|e| e["cat"] == "engine" && e["node"] == "engine-0" && e["args"]["start"] == 2),
         "engine-0 was killed twice and must have started three times"
     );
-    let chrome = stdout
-        .lines()
-        .filter_map(|l| l.strip_prefix("trace: "))
-        .find(|p| p.ends_with(".chrome.json"))
-        .unwrap();
-    let c: Value = serde_json::from_str(&std::fs::read_to_string(chrome).unwrap()).unwrap();
-    assert!(c["traceEvents"]
-        .as_array()
-        .unwrap()
+    assert!(chrome_of(&stdout)
         .iter()
         .any(|e| e["ph"] == "X" && e["name"] == "engine_crash"));
     // The same seed again: the same hash.
@@ -233,6 +236,61 @@ fn kill_partition_and_failover_show_in_the_trace_and_repro_prints_the_hash() {
             && e["t_ms"].as_u64().unwrap() > 18_000),
         "the promoted replica takes writes after the failover"
     );
+    std::fs::remove_dir_all(out).unwrap();
+}
+
+fn hash_of(stdout: &str) -> String {
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("trace-hash: "))
+        .expect("trace-hash line")
+        .to_string()
+}
+
+#[test]
+fn engine_logs_go_into_the_trace_when_asked_and_leave_it_alone_when_off() {
+    let out = tempdir("logs");
+    let (ok, stdout) = repro("engine-crash", 1, &out, &["--log", "debug"]);
+    assert!(ok, "{stdout}");
+    let logged = hash_of(&stdout);
+    let t = trace_of(&stdout);
+    let logs: Vec<&Value> = t.iter().filter(|e| e["cat"] == "log").collect();
+    assert!(
+        logs.iter().any(|e| e["node"] == "engine-0"
+            && e["name"] == "info"
+            && e["args"]["message"] == "step completed"
+            && e["args"]["workflow_id"].is_u64()
+            && e["args"]["step"].is_string()
+            && e["args"]["attempt"].is_u64()
+            && e["t_ms"].as_u64().unwrap() > 0),
+        "a completed step is logged on its engine's track with the step's fields"
+    );
+    assert!(logs.iter().all(
+        |e| e["node"].as_str().is_some_and(|n| n.starts_with("engine-"))
+            && e["args"]["target"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("dalp_engine"))
+    ));
+    assert!(chrome_of(&stdout)
+        .iter()
+        .any(|e| e["cat"] == "log" && e["ph"] == "i" && e["args"]["message"] == "step completed"));
+    // Deterministic with logs: the same seed again, the same hash.
+    let (_, again) = repro("engine-crash", 1, &out, &["--log", "debug"]);
+    assert_eq!(hash_of(&again), logged);
+    // Off: no log events, and the run's hash (a suite run logs nothing unless asked), which is
+    // the logged trace without its log events: logging does not change the run.
+    let (_, off) = repro("engine-crash", 1, &out, &["--log", "off"]);
+    let off_hash = hash_of(&off);
+    assert_ne!(off_hash, logged);
+    let quiet = trace_of(&off);
+    assert!(quiet.iter().all(|e| e["cat"] != "log"));
+    let without_logs: Vec<&Value> = t.iter().filter(|e| e["cat"] != "log").collect();
+    assert_eq!(without_logs, quiet.iter().collect::<Vec<_>>());
+    let run_out = out.join("run");
+    let out_s = run_out.to_str().unwrap().to_string();
+    let o = dalp_sim(&["run", "engine-crash", "--seeds", "1..2", "--out", &out_s]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(results(&run_out)[0]["trace_hash"], off_hash.as_str());
     std::fs::remove_dir_all(out).unwrap();
 }
 

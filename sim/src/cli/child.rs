@@ -2,7 +2,7 @@
 //! process, write the result JSON, and the trace when asked or on failure.
 
 use super::backend::{Backend, Provider};
-use super::options::SeedArgs;
+use super::options::{LogLevel, SeedArgs};
 use crate::outcome::{FinishedRun, RunResult};
 use crate::scenario::{Fault, Scenario};
 use crate::trace::{write_atomic, Trace};
@@ -32,11 +32,13 @@ pub(super) struct ChildArgs {
         action = clap::ArgAction::Set
     )]
     pub(super) always_trace: bool,
+    /// The engines' logs at this level and above go into the trace (simulation only)
+    #[arg(long, value_enum, value_name = "LEVEL", default_value_t = LogLevel::Off)]
+    pub(super) log: LogLevel,
 }
 
 /// Always `Ok(true)` once the result is written: the parent reads the verdict from it.
 pub(super) fn child(a: &ChildArgs) -> Result<bool, String> {
-    engine_logs_to_stderr();
     let (scenario, swarm) = Scenario::load(&a.file)
         .map_err(|e| e.to_string())?
         .for_seed(a.run.seed);
@@ -47,7 +49,14 @@ pub(super) fn child(a: &ChildArgs) -> Result<bool, String> {
     };
     let started = Instant::now();
     let (result, trace) = match a.run.backend.backend()? {
-        Backend::Sim => run_child(scenario, a.run.seed, schedule)?,
+        Backend::Sim => run_child(scenario, a.run.seed, schedule, a.log.level())?,
+        Backend::Real(_) if a.log != LogLevel::Off => {
+            return Err(
+                "--log: the engines' logs go into the trace only in the simulation \
+                        (--backend sim); the real backend keeps each engine's log file"
+                    .into(),
+            )
+        }
         Backend::Real(p) => run_child_real(scenario, a.run.seed, schedule, p)?,
     };
     let mut run = FinishedRun::new(RunResult { swarm, ..result });
@@ -92,23 +101,6 @@ fn read_schedule(path: &Path) -> Result<Vec<Fault>, String> {
         .map_err(|e| format!("{}: not a fault schedule: {e}", path.display()))
 }
 
-/// `DALP_SIM_LOG=<level>` (error, warn, info, debug, trace): the engines' logs of this run go to
-/// the child's stderr (run `dalp-sim child` directly to see them; a parent keeps a child's stderr
-/// only for a crash), each line with the simulated time. Off otherwise.
-fn engine_logs_to_stderr() {
-    let Ok(level) = std::env::var("DALP_SIM_LOG") else {
-        return;
-    };
-    let level = level
-        .parse::<tracing::Level>()
-        .unwrap_or(tracing::Level::DEBUG);
-    let _ = tracing_subscriber::fmt()
-        .with_max_level(level)
-        .with_ansi(false)
-        .with_writer(std::io::stderr)
-        .try_init();
-}
-
 /// This process's peak resident set size (Linux `VmHWM`).
 fn peak_rss_kib() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -116,21 +108,32 @@ fn peak_rss_kib() -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// `logs`: `--log`'s level. `DALP_SIM_LOG=<level>` (error … trace) still prints the engines' logs
+/// to the child's stderr, each line with the simulated time (run `dalp-sim child` directly to see
+/// them; a parent keeps a child's stderr only for a crash); both are installed by
+/// `world::logs::install`.
 #[cfg(madsim)]
 fn run_child(
     scenario: Scenario,
     seed: u64,
     schedule: Vec<Fault>,
+    logs: Option<tracing::Level>,
 ) -> Result<(RunResult, Trace), String> {
     Ok(crate::world::run::run_seed(
         std::sync::Arc::new(scenario),
         seed,
         schedule,
+        logs,
     ))
 }
 
 #[cfg(not(madsim))]
-fn run_child(_: Scenario, _: u64, _: Vec<Fault>) -> Result<(RunResult, Trace), String> {
+fn run_child(
+    _: Scenario,
+    _: u64,
+    _: Vec<Fault>,
+    _: Option<tracing::Level>,
+) -> Result<(RunResult, Trace), String> {
     Err(super::backend::NO_SIMULATION.into())
 }
 

@@ -237,5 +237,27 @@ mod tests {
         };
         assert!(!a.always_trace && !a.run.baseline);
         assert_eq!(a.run.backend.backend().unwrap(), backend::Backend::Sim);
+        assert_eq!(a.log, options::LogLevel::Off);
+    }
+
+    /// `repro` logs at info unless told, `run` not at all; what a parent passes, its child reads.
+    #[test]
+    fn log_levels_default_per_command_and_reach_the_child() {
+        let Command::Repro(r) = parse(&["repro", "x", "--seed", "1"]).unwrap().command else {
+            panic!("repro")
+        };
+        assert_eq!(r.log, options::LogLevel::Info);
+        assert!(options::LogLevel::Off.child_args().is_empty());
+        let mut args = vec!["child", "x.toml", "--seed", "1", "--result", "r"];
+        let extra = options::LogLevel::Debug.child_args();
+        args.extend(extra.iter().map(String::as_str));
+        let Command::Child(a) = parse(&args).unwrap().command else {
+            panic!("child")
+        };
+        assert_eq!(a.log.level(), Some(tracing::Level::DEBUG));
+        let err = parse(&["run", "ci", "--log", "loud"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--log") && err.contains("loud"), "{err}");
     }
 }

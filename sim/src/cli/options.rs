@@ -22,6 +22,39 @@ pub(super) struct SeedArgs {
     pub(super) backend: BackendArgs,
 }
 
+/// `--log LEVEL`: the engines' logs recorded in the trace (simulation only), at this level and
+/// above; `off` records none and leaves the trace and its hash as without the flag.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(super) enum LogLevel {
+    Off,
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl LogLevel {
+    pub(super) fn level(self) -> Option<tracing::Level> {
+        match self {
+            LogLevel::Off => None,
+            LogLevel::Error => Some(tracing::Level::ERROR),
+            LogLevel::Warn => Some(tracing::Level::WARN),
+            LogLevel::Info => Some(tracing::Level::INFO),
+            LogLevel::Debug => Some(tracing::Level::DEBUG),
+            LogLevel::Trace => Some(tracing::Level::TRACE),
+        }
+    }
+
+    /// What a parent adds to its children's arguments (nothing when off, as before the flag).
+    pub(super) fn child_args(self) -> Vec<String> {
+        match self.level() {
+            None => Vec::new(),
+            Some(l) => vec!["--log".into(), l.as_str().to_ascii_lowercase()],
+        }
+    }
+}
+
 /// `--seeds N` (seeds 1 to N) or `--seeds A..B` (A inclusive, B exclusive).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) struct Seeds(pub(super) Vec<u64>);

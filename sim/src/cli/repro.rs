@@ -5,7 +5,7 @@ use super::backend::{prepare, Backend};
 use super::baseline::{judged, needs_baseline};
 use super::jobs::{run_jobs, Job};
 use super::minimize::minimize;
-use super::options::SeedArgs;
+use super::options::{LogLevel, SeedArgs};
 use super::resolve::one_scenario;
 use crate::outcome::FinishedRun;
 use crate::scenario::Scenario;
@@ -27,6 +27,9 @@ pub(super) struct ReproArgs {
     /// smallest schedule found
     #[arg(long)]
     pub(super) minimize: bool,
+    /// The engines' logs at this level and above go into the trace (simulation only)
+    #[arg(long, value_enum, value_name = "LEVEL", default_value_t = LogLevel::Info)]
+    pub(super) log: LogLevel,
 }
 
 /// The command that replays one seed, as printed for a failure.
@@ -42,6 +45,9 @@ pub(super) fn repro(dir: &Path, a: &ReproArgs) -> Result<bool, String> {
     backend.supported()?;
     let mut extra = vec!["--always-trace".to_string(), "true".to_string()];
     extra.extend(backend.child_args());
+    if backend == Backend::Sim {
+        extra.extend(a.log.child_args());
+    }
     prepare(&backend)?;
     if let Some(s) = &a.run.schedule {
         extra.push("--schedule".into());

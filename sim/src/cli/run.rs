@@ -4,7 +4,7 @@
 use super::backend::{prepare, Backend, BackendArgs};
 use super::baseline::{needs_baseline, with_baseline};
 use super::jobs::{run_jobs_ticking, Job};
-use super::options::{default_jobs, parse_seeds, parse_shard, Seeds, Shard};
+use super::options::{default_jobs, parse_seeds, parse_shard, LogLevel, Seeds, Shard};
 use super::progress::Progress;
 use super::repro::repro_command;
 use super::resolve::resolve;
@@ -46,6 +46,10 @@ pub(super) struct RunArgs {
     /// finish): for a yes/no answer, such as whether a planted bug is caught
     #[arg(long)]
     fail_fast: bool,
+    /// The engines' logs at this level and above go into each run's trace (simulation only; it
+    /// changes the trace hashes)
+    #[arg(long, value_enum, value_name = "LEVEL", default_value_t = LogLevel::Off)]
+    log: LogLevel,
     #[command(flatten)]
     backend: BackendArgs,
 }
@@ -80,11 +84,15 @@ pub(super) fn run(dir: &Path, a: &RunArgs) -> Result<bool, String> {
     let mut tally = Tally::new(&scenarios, backend, total);
     prepare(&backend)?;
     let failed = std::cell::Cell::new(false);
+    let mut extra = backend.child_args();
+    if backend == Backend::Sim {
+        extra.extend(a.log.child_args());
+    }
     let not_started = run_jobs_ticking(
         jobs,
         parallel,
         &a.out,
-        &backend.child_args(),
+        &extra,
         |job, r, took| {
             tally.finished(job, r, took, &mut progress.borrow_mut());
             failed.set(!tally.failures.is_empty());

@@ -9,6 +9,7 @@ pub mod chain_node;
 pub mod db_node;
 pub mod engine_node;
 pub mod faults;
+pub mod logs;
 pub mod net;
 pub mod run;
 pub mod scrape;

@@ -36,9 +36,15 @@ use std::time::Duration;
 
 pub use crate::outcome::RunResult;
 
-/// Run `scenario` with `seed` and the concrete `schedule` in a fresh madsim runtime.
+/// Run `scenario` with `seed` and the concrete `schedule` in a fresh madsim runtime; with
+/// `logs`, the engines' events at that level or above go into the trace (`super::logs`).
 /// Call once per process (madsim keeps statics across runtimes).
-pub fn run_seed(scenario: Arc<Scenario>, seed: u64, schedule: Vec<Fault>) -> (RunResult, Trace) {
+pub fn run_seed(
+    scenario: Arc<Scenario>,
+    seed: u64,
+    schedule: Vec<Fault>,
+    logs: Option<tracing::Level>,
+) -> (RunResult, Trace) {
     let mut cfg = madsim::Config::default();
     let [lo, hi] = scenario.topology.net_latency_ms;
     cfg.net.send_latency = Duration::from_millis(lo)..Duration::from_millis(hi.max(lo) + 1);
@@ -52,6 +58,7 @@ pub fn run_seed(scenario: Arc<Scenario>, seed: u64, schedule: Vec<Fault>) -> (Ru
         .name(format!("sim-seed-{seed}"))
         .stack_size(256 << 20)
         .spawn(move || {
+            let _logs = super::logs::install(&t, logs);
             let rt = Runtime::with_seed_and_config(seed, cfg);
             rt.block_on(async move {
                 let world = SimWorld::build(scenario.clone(), seed, t.clone());
