@@ -7,37 +7,11 @@
 
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-/// `DALP_SIM_BIN` (what `cargo xtask test` passes), else the sim-dev build in target/sim, built
-/// here when missing (the test never skips).
-fn sim_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("DALP_SIM_BIN") {
-        return PathBuf::from(p);
-    }
-    let status = Command::new(env!("CARGO"))
-        .args(["build", "-q", "-p", "dalp-sim", "--bin", "dalp-sim"])
-        .args(["--profile", "sim-dev", "--target-dir"])
-        .arg(root().join("target/sim"))
-        .env("RUSTFLAGS", "--cfg madsim")
-        .current_dir(root())
-        .status()
-        .expect("run cargo to build the simulation flavour");
-    assert!(
-        status.success(),
-        "building dalp-sim with --cfg madsim failed"
-    );
-    root().join("target/sim/sim-dev/dalp-sim")
-}
+mod common;
+use common::{root, sim_bin};
 
 /// A small valid scenario touching every section the mutations aim at.
 const BASE: &str = r#"name = "hostile-file"
@@ -228,7 +202,7 @@ fn any_scenario_file_ends_within_a_bound_with_exit_0_1_or_2_and_never_a_panic() 
             let out = dir.join("out");
             let _ = std::fs::remove_dir_all(&out);
             let started = Instant::now();
-            let mut child = Command::new(&bin)
+            let mut child = Command::new(bin)
                 .args(["run"])
                 .arg(&file)
                 .args(["--seeds", &format!("{seed}..{}", seed + 1), "--out"])

@@ -7,45 +7,9 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::OnceLock;
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-fn sim_bin() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        if let Some(p) = std::env::var_os("DALP_SIM_BIN") {
-            return PathBuf::from(p);
-        }
-        let status = Command::new(env!("CARGO"))
-            .args([
-                "build",
-                "-q",
-                "-p",
-                "dalp-sim",
-                "--bin",
-                "dalp-sim",
-                "--profile",
-                "sim-dev",
-                "--target-dir",
-            ])
-            .arg(root().join("target/sim"))
-            .env("RUSTFLAGS", "--cfg madsim")
-            .current_dir(root())
-            .status()
-            .expect("run cargo to build the simulation flavour");
-        assert!(
-            status.success(),
-            "building dalp-sim with --cfg madsim failed"
-        );
-        root().join("target/sim/sim-dev/dalp-sim")
-    })
-}
+mod common;
+use common::{root, sim_bin};
 
 fn dalp_sim(args: &[&str]) -> Output {
     Command::new(sim_bin())

@@ -595,9 +595,9 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_sole_endpoint_that_fell_behind_is_not_believed_when_it_knows_nothing() {
-        let head = Arc::new(AtomicU64::new(100));
+    /// A gateway over one [`Node`] at head `head`, and the handle that moves that head.
+    fn sole_endpoint_at(head: u64) -> (Gateway, Arc<AtomicU64>) {
+        let head = Arc::new(AtomicU64::new(head));
         let g = Gateway::new(
             &[RpcEndpoint::from_url("http://rpc-0")],
             Arc::new(Node(head.clone())),
@@ -605,6 +605,12 @@ mod tests {
             &ChainConfig::default(),
             Arc::new(Metrics::default()),
         );
+        (g, head)
+    }
+
+    #[tokio::test]
+    async fn a_sole_endpoint_that_fell_behind_is_not_believed_when_it_knows_nothing() {
+        let (g, head) = sole_endpoint_at(100);
         g.probe().await;
         assert_eq!(
             g.receipt(B256::ZERO).await.unwrap(),
@@ -628,14 +634,7 @@ mod tests {
     /// empty `eth_call` answer (no code "yet") dead-lettered a valid transfer.
     #[tokio::test]
     async fn a_call_answered_by_a_node_that_fell_behind_since_the_probe_is_not_believed() {
-        let head = Arc::new(AtomicU64::new(100));
-        let g = Gateway::new(
-            &[RpcEndpoint::from_url("http://rpc-0")],
-            Arc::new(Node(head.clone())),
-            TimeoutConfig::default(),
-            &ChainConfig::default(),
-            Arc::new(Metrics::default()),
-        );
+        let (g, head) = sole_endpoint_at(100);
         g.probe().await;
         assert_eq!(
             g.eth_call(Address::ZERO, Address::ZERO, &Bytes::new())
