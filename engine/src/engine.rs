@@ -33,6 +33,9 @@ pub struct Engine {
     pub txm: TxManager,
     pub clock: Arc<dyn Clock>,
     jitter: Jitter,
+    /// Each claim's random identity (`Fence::lease_id`); a stream of its own, so that the retry
+    /// jitter's sequence does not depend on how often the node claimed.
+    lease_ids: Jitter,
     policy: RetryPolicy,
 }
 
@@ -87,6 +90,7 @@ impl Engine {
             txm,
             clock,
             jitter: Jitter::new(seed),
+            lease_ids: Jitter::new(seed ^ 0x6C65_6173_655F_6964),
             policy,
         })
     }
@@ -268,7 +272,12 @@ impl Engine {
             if free > 0 {
                 match self
                     .store
-                    .claim(&self.config.node_id, self.config.lease(), free)
+                    .claim(
+                        &self.config.node_id,
+                        self.config.lease(),
+                        free,
+                        self.lease_ids.next_u64() as i64,
+                    )
                     .await
                 {
                     Ok(claims) => {

@@ -27,7 +27,7 @@ pub enum EngineError {
     #[error("database call timed out after {0} ms")]
     DbTimeout(u64),
     /// Our lease was superseded: another holder has the workflow now. Never retried by this holder.
-    #[error("fenced: workflow {workflow_id} is held with fencing token {current}, ours is {ours}")]
+    #[error("fenced: workflow {workflow_id} is held by another lease (fencing token {current}, ours {ours})")]
     Fenced {
         workflow_id: i64,
         ours: i64,
@@ -270,6 +270,11 @@ fn classify_sqlstate(code: &str) -> ErrorClass {
         "25006" => Transient,
         // lock not available
         "55P03" => Transient,
+        // foreign key violation: every parent row the engine names is one it wrote and was told
+        // was committed, so the database lost an acknowledged commit (a failover to a replica
+        // without it); the step resumes from what the database holds (lost transactions are
+        // adopted as orphans, txmgr/orphans.rs), it is not a fault of the request.
+        "23503" => Transient,
         c if c.starts_with("08") => Transient, // connection exception
         c if c.starts_with("53") => Transient, // insufficient resources
         "" => Transient,                       // no SQLSTATE: an I/O-level failure

@@ -151,6 +151,7 @@ pub const PROBES: &[Probe] = &[
     ),
     p("orphan.found"),
     p("orphan.adopted"),
+    p("tx.lost_version_adopted"),
     p("orphan.missing"),
     // The gateway.
     must(

@@ -725,6 +725,20 @@ impl TxManager {
             *nonce_gone_seen += 1;
             if *nonce_gone_seen >= 2 {
                 *nonce_gone_seen = 0;
+                if let Some(signed) = self.lost_version(key, rec).await? {
+                    // A version of this very transaction whose record the database lost (a
+                    // failover kept the row but not the version): keep it and confirm it; a
+                    // new nonce would send the effect a second time.
+                    crate::probe!("tx.lost_version_adopted");
+                    tracing::warn!(
+                        tx_id = rec.id,
+                        nonce = rec.nonce,
+                        hash = %signed.hash,
+                        "our nonce was used by a version of this transaction the database lost: recorded it instead of resynchronising"
+                    );
+                    *rec = self.store.record_signed(fence, rec.id, &signed).await?;
+                    return Ok(None);
+                }
                 crate::probe!("tx.nonce_gone_resync");
                 *rec = self.resync(fence, rec).await?;
             }

@@ -199,7 +199,7 @@ async fn dead_letter(engine: &Arc<Engine>) -> i64 {
         .unwrap();
     let claim = engine
         .store
-        .claim("n", Duration::from_secs(10), 1)
+        .claim("n", Duration::from_secs(10), 1, 1)
         .await
         .unwrap();
     let fence = &claim[0].fence;

@@ -74,6 +74,8 @@ const CHAIN: u64 = 1;
 const TIMEOUT: Duration = Duration::from_secs(20);
 /// Ids no case reaches (a case has at most 30 operations).
 const MISSING_ID: i64 = 1_000;
+/// The lease id every claim of these tests presents (the engine draws one at random per claim).
+const LEASE_ID: i64 = 7;
 
 // ---------------------------------------------------------------------------------------------
 // The real database: one server per test, a migrated template, a fresh database per case
@@ -540,11 +542,13 @@ impl Pair {
                 workflow_id: 1,
                 token: 0,
                 node: "n0".into(),
+                lease_id: LEASE_ID,
             },
             FenceRef::Forged { wf, token, node } => Fence {
                 workflow_id: 1 + i64::from(wf),
                 token,
                 node: NODES[usize::from(node)].into(),
+                lease_id: LEASE_ID,
             },
         }
     }
@@ -592,6 +596,7 @@ impl Pair {
                 node: NODES[usize::from(node)].into(),
                 lease_ms: if long_lease { HOUR_MS } else { 0 },
                 limit,
+                lease_id: LEASE_ID,
                 skip_locked: Vec::new(),
             },
             Op::Renew { fence, long_lease } => DbRequest::RenewLease {
@@ -1414,6 +1419,7 @@ fn lease_expiry_and_renewal_in_real_time() {
             node: node.into(),
             lease_ms: LEASE,
             limit: 1,
+            lease_id: LEASE_ID,
             skip_locked: Vec::new(),
         };
         let sleep = |p: &mut Pair, ms: u64| {
@@ -1493,7 +1499,10 @@ fn concurrent_claims_never_share_a_workflow() {
         while owner.len() < N && rounds < 50 {
             rounds += 1;
             let lease = Duration::from_secs(3600);
-            let (ca, cb) = tokio::join!(a.claim("a", lease, 5), b.claim("b", lease, 5));
+            let (ca, cb) = tokio::join!(
+                a.claim("a", lease, 5, LEASE_ID),
+                b.claim("b", lease, 5, LEASE_ID)
+            );
             for (node, claims) in [("a", ca.unwrap()), ("b", cb.unwrap())] {
                 for c in claims {
                     assert_eq!(c.fence.token, 1, "claimed twice: {:?}", c.workflow);
@@ -1519,6 +1528,7 @@ fn concurrent_claims_never_share_a_workflow() {
             workflow_id: id,
             token,
             node,
+            lease_id: LEASE_ID,
         };
         let (r1, r2) = tokio::join!(
             a.complete_step(&fence, 0, "s0", json!(1), None),
@@ -1544,6 +1554,7 @@ fn concurrent_claims_never_share_a_workflow() {
                 workflow_id: *i,
                 token: *t,
                 node: n.clone(),
+                lease_id: LEASE_ID,
             })
             .collect();
         let mut nonces = Vec::new();
@@ -1567,6 +1578,7 @@ fn concurrent_claims_never_share_a_workflow() {
                 workflow_id: *i,
                 token: *t,
                 node: n.clone(),
+                lease_id: LEASE_ID,
             })
             .unwrap();
         let (x, y) = tokio::join!(
@@ -1716,6 +1728,7 @@ fn owner_fence(owner: &BTreeMap<i64, (String, i64)>, n: usize) -> Fence {
         workflow_id: *id,
         token: *token,
         node: node.clone(),
+        lease_id: LEASE_ID,
     }
 }
 
@@ -1998,7 +2011,7 @@ fn contract_no_write_revives_a_dead_lettered_workflow() {
             .await
             .unwrap();
         let c = s
-            .claim("n0", Duration::from_secs(3600), 1)
+            .claim("n0", Duration::from_secs(3600), 1, LEASE_ID)
             .await
             .unwrap()
             .remove(0);
@@ -2017,7 +2030,7 @@ fn contract_no_write_revives_a_dead_lettered_workflow() {
             .await
             .unwrap();
         let c = s
-            .claim("n0", Duration::from_secs(3600), 1)
+            .claim("n0", Duration::from_secs(3600), 1, LEASE_ID)
             .await
             .unwrap()
             .remove(0);
@@ -2047,7 +2060,10 @@ fn contract_a_fence_does_not_cover_another_workflows_transaction() {
                 .await
                 .unwrap();
         }
-        let claims = s.claim("n0", Duration::from_secs(3600), 2).await.unwrap();
+        let claims = s
+            .claim("n0", Duration::from_secs(3600), 2, LEASE_ID)
+            .await
+            .unwrap();
         let (f1, f2) = (&claims[0].fence, &claims[1].fence);
         let tx = s.create_tx(f2, 0, &intent(0), FEES, 0).await.unwrap();
         let r = s.record_signed(f1, tx.id, &broadcast(1, 0)).await;
@@ -2072,7 +2088,7 @@ fn contract_retry_of_another_step_journals_nothing() {
             .await
             .unwrap();
         let c = s
-            .claim("n0", Duration::from_secs(3600), 1)
+            .claim("n0", Duration::from_secs(3600), 1, LEASE_ID)
             .await
             .unwrap()
             .remove(0);
@@ -2172,15 +2188,30 @@ fn contract_every_end_of_a_lease_fences_its_holder_out() {
                 "a write with the fence held before {what} answered {r:?}"
             )
         };
-        let f = s.claim("n0", hour, 1).await.unwrap().remove(0).fence;
+        let f = s
+            .claim("n0", hour, 1, LEASE_ID)
+            .await
+            .unwrap()
+            .remove(0)
+            .fence;
         s.release(&f).await.unwrap();
         stale("release", s.notify(&f, "k", &json!(1)).await);
-        let f = s.claim("n0", hour, 1).await.unwrap().remove(0).fence;
+        let f = s
+            .claim("n0", hour, 1, LEASE_ID)
+            .await
+            .unwrap()
+            .remove(0)
+            .fence;
         s.schedule_retry(&f, 0, "s0", &err, Duration::ZERO)
             .await
             .unwrap();
         stale("schedule_retry", s.notify(&f, "k", &json!(1)).await);
-        let f = s.claim("n0", hour, 1).await.unwrap().remove(0).fence;
+        let f = s
+            .claim("n0", hour, 1, LEASE_ID)
+            .await
+            .unwrap()
+            .remove(0)
+            .fence;
         s.fail(&f, 0, "s0", &err, true).await.unwrap();
         stale("fail", s.notify(&f, "k", &json!(1)).await);
         let held = s
@@ -2192,6 +2223,48 @@ fn contract_every_end_of_a_lease_fences_its_holder_out() {
         s.requeue(f.workflow_id, "ops", "fixed").await.unwrap();
         let before = Fence { token: held, ..f };
         stale("requeue", s.notify(&before, "k", &json!(1)).await);
+    });
+}
+
+/// After a failover that lost commits, a workflow id and fencing token can be handed out again:
+/// a fence with the current token but another claim's lease id must write nothing.
+#[test]
+fn contract_a_fence_of_another_claim_with_the_same_token_is_refused() {
+    runtime().block_on(async {
+        let server = Server::start().await;
+        let (s, _) = server.fresh(1).await;
+        let hour = Duration::from_secs(3600);
+        s.submit(new_workflow(0, 0, false), hour).await.unwrap();
+        let f = s
+            .claim("n0", hour, 1, LEASE_ID)
+            .await
+            .unwrap()
+            .remove(0)
+            .fence;
+        let lost = Fence {
+            lease_id: LEASE_ID + 1,
+            ..f.clone()
+        };
+        let fenced = |what: &str, r: dalp_engine::error::Result<()>| {
+            assert!(
+                matches!(r, Err(EngineError::Fenced { .. })),
+                "{what} under another claim's lease id answered {r:?}"
+            )
+        };
+        fenced(
+            "complete_step",
+            s.complete_step(&lost, 0, "s0", json!(1), None).await,
+        );
+        fenced("renew_lease", s.renew_lease(&lost, hour).await);
+        fenced("notify", s.notify(&lost, "k", &json!(1)).await.map(|_| ()));
+        s.release(&lost).await.unwrap();
+        let w = s.workflow(f.workflow_id).await.unwrap().unwrap();
+        assert_eq!(
+            (w.current_step, w.fencing_token, w.lease_owner.as_deref()),
+            (0, f.token, Some("n0")),
+            "nothing changed under the other lease id"
+        );
+        s.complete_step(&f, 0, "s0", json!(1), None).await.unwrap();
     });
 }
 

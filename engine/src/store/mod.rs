@@ -112,11 +112,24 @@ pub enum Submitted {
 }
 
 /// Proof of holding a workflow's lease: every fenced write presents it.
+///
+/// The token alone is not enough: a failover to a replica that lacks the last commits rolls
+/// fencing tokens and sequences back, so a lost claim's `(workflow_id, token)` can be handed out
+/// again, to another workflow (a reused id) or another holder. `lease_id`, drawn at random by the
+/// claimer, tells the two claims apart: a write holds only if token *and* lease id match.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Fence {
     pub workflow_id: WorkflowId,
     pub token: i64,
     pub node: String,
+    pub lease_id: i64,
+}
+
+impl Fence {
+    /// Whether this fence is the lease a workflow row records.
+    pub fn holds(&self, token: i64, lease_id: i64) -> bool {
+        self.token == token && self.lease_id == lease_id
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -344,8 +357,15 @@ pub trait Store: Send + Sync + 'static {
     async fn journal(&self, id: WorkflowId) -> Result<Vec<JournalEntry>>;
 
     /// Take up to `limit` runnable workflows whose lease is free or expired (by the database's
-    /// clock), bumping each one's fencing token.
-    async fn claim(&self, node: &str, lease: Duration, limit: usize) -> Result<Vec<Claim>>;
+    /// clock), bumping each one's fencing token and recording `lease_id` (the claimer's random
+    /// identity for this claim, see [`Fence`]).
+    async fn claim(
+        &self,
+        node: &str,
+        lease: Duration,
+        limit: usize,
+        lease_id: i64,
+    ) -> Result<Vec<Claim>>;
     async fn renew_lease(&self, fence: &Fence, lease: Duration) -> Result<()>;
     /// Give the lease up, bumping the fencing token, without changing anything else.
     async fn release(&self, fence: &Fence) -> Result<()>;

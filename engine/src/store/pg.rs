@@ -306,13 +306,13 @@ async fn check_fence_status(
     fence: &Fence,
 ) -> std::result::Result<(i32, WorkflowStatus), DbFail> {
     let row = sqlx::query(
-        "SELECT fencing_token, current_step, status FROM workflows WHERE id = $1 FOR UPDATE",
+        "SELECT fencing_token, current_step, status, lease_id FROM workflows WHERE id = $1 FOR UPDATE",
     )
     .bind(fence.workflow_id)
     .fetch_optional(&mut **tx)
     .await?;
-    let (current, step, status): (i64, i32, String) = match row {
-        Some(r) => (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?),
+    let (current, step, status, lease_id): (i64, i32, String, i64) = match row {
+        Some(r) => (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?),
         None => {
             return Err(EngineError::Internal(format!(
                 "workflow {} does not exist",
@@ -321,7 +321,7 @@ async fn check_fence_status(
             .into())
         }
     };
-    if current != fence.token {
+    if !fence.holds(current, lease_id) {
         return Err(EngineError::Fenced {
             workflow_id: fence.workflow_id,
             ours: fence.token,
@@ -578,11 +578,17 @@ impl Store for PgStore {
         .await
     }
 
-    async fn claim(&self, node: &str, lease: Duration, limit: usize) -> Result<Vec<Claim>> {
+    async fn claim(
+        &self,
+        node: &str,
+        lease: Duration,
+        limit: usize,
+        lease_id: i64,
+    ) -> Result<Vec<Claim>> {
         self.bounded(async {
             let rows = sqlx::query(&format!(
                 "UPDATE workflows SET lease_owner = $1, lease_expires_at = now() + $2 * interval '1 millisecond', \
-                 fencing_token = fencing_token + 1, status = 'running', updated_at = now() \
+                 fencing_token = fencing_token + 1, lease_id = $4, status = 'running', updated_at = now() \
                  WHERE id IN (SELECT id FROM workflows WHERE status IN ('pending', 'running') AND next_attempt_at <= now() \
                    AND (lease_expires_at IS NULL OR lease_expires_at < now()) ORDER BY next_attempt_at, id LIMIT $3 FOR UPDATE SKIP LOCKED) \
                  RETURNING {WF_COLS}"
@@ -590,13 +596,14 @@ impl Store for PgStore {
             .bind(node)
             .bind(lease.as_millis() as i64)
             .bind(limit as i64)
+            .bind(lease_id)
             .fetch_all(&self.pool)
             .await?;
             let mut claims: Vec<Claim> = rows
                 .iter()
                 .map(|r| {
                     let wf = row_to_workflow(r)?;
-                    let fence = Fence { workflow_id: wf.id, token: wf.fencing_token, node: node.to_string() };
+                    let fence = Fence { workflow_id: wf.id, token: wf.fencing_token, node: node.to_string(), lease_id };
                     Ok::<_, DbFail>(Claim { workflow: wf, fence })
                 })
                 .collect::<std::result::Result<_, _>>()?;
@@ -610,11 +617,12 @@ impl Store for PgStore {
         self.bounded(async {
             let r = sqlx::query(
                 "UPDATE workflows SET lease_expires_at = now() + $3 * interval '1 millisecond' \
-                 WHERE id = $1 AND fencing_token = $2 RETURNING id",
+                 WHERE id = $1 AND fencing_token = $2 AND lease_id = $4 RETURNING id",
             )
             .bind(fence.workflow_id)
             .bind(fence.token)
             .bind(lease.as_millis() as i64)
+            .bind(fence.lease_id)
             .fetch_optional(&self.pool)
             .await?;
             if r.is_none() {
@@ -639,10 +647,11 @@ impl Store for PgStore {
         self.bounded(async {
             sqlx::query(
                 "UPDATE workflows SET lease_owner = NULL, lease_expires_at = NULL, fencing_token = fencing_token + 1 \
-                 WHERE id = $1 AND fencing_token = $2",
+                 WHERE id = $1 AND fencing_token = $2 AND lease_id = $3",
             )
             .bind(fence.workflow_id)
             .bind(fence.token)
+            .bind(fence.lease_id)
             .execute(&self.pool)
             .await?;
             Ok(())
@@ -835,7 +844,7 @@ impl Store for PgStore {
             .await?;
             let wf = row_to_workflow(&r)?;
             sqlx::query("DELETE FROM dead_letters WHERE workflow_id = $1").bind(id).execute(&mut *tx).await?;
-            let fence = Fence { workflow_id: id, token: wf.fencing_token, node: format!("operator:{actor}") };
+            let fence = Fence { workflow_id: id, token: wf.fencing_token, node: format!("operator:{actor}"), lease_id: 0 };
             journal_append(&mut tx, &fence, wf.current_step, "requeue", "requeued", Some(&serde_json::json!({ "reason": reason })))
                 .await?;
             insert_audit(&mut tx, actor, "requeue", &args, reason, "ok").await?;

@@ -82,6 +82,42 @@ impl TxManager {
         Ok(Some(rec))
     }
 
+    /// The mined transaction at `rec`'s nonce, if it is a version of `rec` itself (signed by
+    /// `key`, carrying `rec`'s step tag) that no record holds: the database lost it (a failover
+    /// kept the row but not the version). Looked for in the last [`ORPHAN_SCAN_BLOCKS`] blocks.
+    pub(super) async fn lost_version(
+        &self,
+        key: &SignerKey,
+        rec: &TxRecord,
+    ) -> Result<Option<Broadcast>> {
+        if rec.input.len() < 32 {
+            return Ok(None);
+        }
+        let tag = B256::from_slice(&rec.input[rec.input.len() - 32..]);
+        let signer = key.address();
+        let head = self.gateway.block_number().await?;
+        for number in (head.saturating_sub(ORPHAN_SCAN_BLOCKS)..=head).rev() {
+            let Some((_, txs)) = self.gateway.block_transactions(number).await? else {
+                continue;
+            };
+            let mut older = false;
+            for t in txs.iter().filter(|t| t.from == signer) {
+                if t.nonce == rec.nonce {
+                    return Ok(recreate(key, t)
+                        .filter(|o| {
+                            o.tag == tag && !rec.broadcasts.iter().any(|b| b.hash == o.signed.hash)
+                        })
+                        .map(|o| o.signed));
+                }
+                older |= t.nonce < rec.nonce;
+            }
+            if older {
+                break;
+            }
+        }
+        Ok(None)
+    }
+
     /// Nonces in `[counter, pending)` (at most [`ORPHAN_SCAN_NONCES`]) that no record or filler
     /// holds are looked up in the last [`ORPHAN_SCAN_BLOCKS`] blocks; those that are ours are
     /// stored as orphans and returned.

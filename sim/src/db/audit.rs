@@ -190,6 +190,7 @@ mod tests {
             node: "n".into(),
             lease_ms: HOUR,
             limit: 1,
+            lease_id: 7,
             skip_locked: Vec::new(),
         };
         m.apply(&claim, 2_000).expect("claim");
@@ -199,6 +200,7 @@ mod tests {
             workflow_id: 1,
             token: m.tables.workflows[&1].fencing_token,
             node: "n".into(),
+            lease_id: 7,
         };
         (m, w, fence)
     }

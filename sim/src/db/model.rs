@@ -105,6 +105,8 @@ pub enum DbRequest {
         node: String,
         lease_ms: u64,
         limit: usize,
+        /// The claimer's random identity for this claim (`Fence::lease_id`).
+        lease_id: i64,
         /// Rows another session holds locked, which `FOR UPDATE SKIP LOCKED` passes over. The
         /// server executing the claim fills it in before applying and logging, so replicas
         /// replay the outcome the primary chose; clients send it empty.
@@ -424,6 +426,8 @@ pub struct WorkflowRow {
     pub lease_owner: Option<String>,
     pub lease_expires_at_ms: Option<u64>,
     pub fencing_token: i64,
+    /// The current claim's `lease_id` (0 before the first claim, as the column's default).
+    pub lease_id: i64,
     pub created_at_ms: u64,
     pub updated_at_ms: u64,
 }
@@ -1028,8 +1032,9 @@ impl DbModel {
                 node,
                 lease_ms,
                 limit,
+                lease_id,
                 skip_locked,
-            } => self.claim(node, *lease_ms, *limit, skip_locked, now),
+            } => self.claim(node, *lease_ms, *limit, *lease_id, skip_locked, now),
             DbRequest::RenewLease { fence, lease_ms } => self.renew_lease(fence, *lease_ms, now),
             DbRequest::Release { fence } => self.release(fence),
             DbRequest::CompleteStep {
@@ -1159,7 +1164,7 @@ impl DbModel {
                 fence.workflow_id
             )));
         };
-        if w.fencing_token != fence.token {
+        if !fence.holds(w.fencing_token, w.lease_id) {
             return Err(EngineError::Fenced {
                 workflow_id: fence.workflow_id,
                 ours: fence.token,
@@ -1415,6 +1420,7 @@ impl DbModel {
             lease_owner: None,
             lease_expires_at_ms: None,
             fencing_token: 0,
+            lease_id: 0,
             created_at_ms: now,
             updated_at_ms: now,
         };
@@ -1432,6 +1438,7 @@ impl DbModel {
             workflow_id: id,
             token: 0,
             node: "api".into(),
+            lease_id: 0,
         };
         self.journal_append(&api, 0, "received", "received", None, now);
         Ok(DbReply::Submitted(Submitted::Created(rec)))
@@ -1442,6 +1449,7 @@ impl DbModel {
         node: &str,
         lease_ms: u64,
         limit: usize,
+        lease_id: i64,
         skip_locked: &[WorkflowId],
         now: u64,
     ) -> Result<DbReply> {
@@ -1474,6 +1482,7 @@ impl DbModel {
             w.lease_owner = Some(node.to_string());
             w.lease_expires_at_ms = Some(plus(now, lease_ms));
             w.fencing_token += 1;
+            w.lease_id = lease_id;
             w.status = WorkflowStatus::Running;
             w.updated_at_ms = now;
             let workflow = w.record();
@@ -1482,6 +1491,7 @@ impl DbModel {
                     workflow_id: id,
                     token: workflow.fencing_token,
                     node: node.to_string(),
+                    lease_id,
                 },
                 workflow,
             });
@@ -1588,6 +1598,7 @@ impl DbModel {
             workflow_id: id,
             token: rec.fencing_token,
             node,
+            lease_id: 0,
         };
         self.journal_append(
             &fence,
@@ -1726,7 +1737,7 @@ impl DbModel {
         let Some(w) = self.tables.workflows.get_mut(&fence.workflow_id) else {
             return Err(row_not_found());
         };
-        if w.fencing_token != fence.token {
+        if !fence.holds(w.fencing_token, w.lease_id) {
             return Err(EngineError::Fenced {
                 workflow_id: fence.workflow_id,
                 ours: fence.token,
@@ -1741,7 +1752,7 @@ impl DbModel {
     /// stale fence matches no row and is only counted, never an error (as in pg.rs).
     fn release(&mut self, fence: &Fence) -> Result<DbReply> {
         match self.tables.workflows.get_mut(&fence.workflow_id) {
-            Some(w) if w.fencing_token == fence.token => {
+            Some(w) if fence.holds(w.fencing_token, w.lease_id) => {
                 w.fencing_token = next_token(w.fencing_token)?;
                 w.lease_owner = None;
                 w.lease_expires_at_ms = None;

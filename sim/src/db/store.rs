@@ -63,11 +63,18 @@ impl<C: DbCall> Store for StoreOver<C> {
         expect!(self, "journal", DbRequest::Journal { id }, DbReply::Journal(j) => j)
     }
 
-    async fn claim(&self, node: &str, lease: Duration, limit: usize) -> Result<Vec<Claim>> {
+    async fn claim(
+        &self,
+        node: &str,
+        lease: Duration,
+        limit: usize,
+        lease_id: i64,
+    ) -> Result<Vec<Claim>> {
         let req = DbRequest::Claim {
             node: node.to_string(),
             lease_ms: ms(lease),
             limit,
+            lease_id,
             skip_locked: Vec::new(),
         };
         expect!(self, "claim", req, DbReply::Claims(c) => c)
@@ -428,12 +435,13 @@ pub async fn call_store<S: Store + ?Sized>(store: &S, req: DbRequest) -> Result<
             node,
             lease_ms,
             limit,
+            lease_id,
             skip_locked,
         } => {
             // Locks of other sessions exist only in the simulated server; a replayed client
             // request never carries them.
             assert!(skip_locked.is_empty(), "a replayed claim names locked rows");
-            DbReply::Claims(store.claim(&node, ms(lease_ms), limit).await?)
+            DbReply::Claims(store.claim(&node, ms(lease_ms), limit, lease_id).await?)
         }
         DbRequest::RenewLease { fence, lease_ms } => {
             store.renew_lease(&fence, ms(lease_ms)).await?;

@@ -84,6 +84,7 @@ impl Db {
             node: node.into(),
             lease_ms: LEASE,
             limit,
+            lease_id: 7,
             skip_locked: Vec::new(),
         }) {
             DbReply::Claims(c) => c,
@@ -276,6 +277,7 @@ fn claim_takes_runnable_work_in_order_and_bumps_the_token() {
         node: "n".into(),
         lease_ms: 1,
         limit: usize::MAX,
+        lease_id: 7,
         skip_locked: Vec::new(),
     });
     assert!(matches!(r, Err(EngineError::Db { ref sqlstate, .. }) if sqlstate == "2201W"));
@@ -329,6 +331,7 @@ fn lease_expiry_is_by_the_database_clock_and_strict() {
         workflow_id: 99,
         token: 0,
         node: "n".into(),
+        lease_id: 0,
     };
     assert_eq!(
         db.ap(DbRequest::Notify {
@@ -347,6 +350,42 @@ fn lease_expiry_is_by_the_database_clock_and_strict() {
         .unwrap_err(),
         row_not_found()
     );
+}
+
+/// After a failover that lost commits, a workflow id and fencing token can be handed out again
+/// (the id sequence and the token rolled back): only the lease id tells the lost claim's holder,
+/// still running, from the new one.
+#[test]
+fn a_fence_with_the_current_token_but_another_lease_id_is_refused() {
+    let mut db = Db::default();
+    db.submit("a");
+    let f = db.claim1("n1");
+    let lost = Fence {
+        lease_id: f.lease_id + 1,
+        ..f.clone()
+    };
+    let complete = |fence: &Fence| DbRequest::CompleteStep {
+        fence: fence.clone(),
+        step: 0,
+        name: "check".into(),
+        output: json!({}),
+        result: None,
+    };
+    let before = db.m.tables.clone();
+    assert!(is_fenced(&db.ap(complete(&lost)), f.token, f.token));
+    assert!(is_fenced(
+        &db.ap(DbRequest::RenewLease {
+            fence: lost.clone(),
+            lease_ms: LEASE,
+        }),
+        f.token,
+        f.token
+    ));
+    db.ok(DbRequest::Release { fence: lost });
+    assert_eq!(db.m.tables, before, "nothing written under the other lease");
+    assert_eq!(db.m.stale_releases, 1);
+    db.ok(complete(&f));
+    assert_eq!(db.m.tables.workflows[&1].current_step, 1);
 }
 
 #[test]
@@ -1531,7 +1570,7 @@ async fn store_over_local_db_runs_a_workflow() {
         panic!()
     };
     let claims = store
-        .claim("n1", Duration::from_millis(LEASE), 10)
+        .claim("n1", Duration::from_millis(LEASE), 10, 7)
         .await
         .unwrap();
     assert_eq!(claims.len(), 1);
@@ -1595,7 +1634,7 @@ async fn a_reply_of_the_wrong_shape_is_internal_naming_the_method() {
         matches!(&e, EngineError::Internal(m) if m.contains("workflow") && m.contains("Unit")),
         "{e:?}"
     );
-    let e = store.claim("n", Duration::ZERO, 1).await.unwrap_err();
+    let e = store.claim("n", Duration::ZERO, 1, 7).await.unwrap_err();
     assert!(
         matches!(&e, EngineError::Internal(m) if m.contains("claim")),
         "{e:?}"
@@ -1606,6 +1645,7 @@ async fn a_reply_of_the_wrong_shape_is_internal_naming_the_method() {
             workflow_id: 1,
             token: 0,
             node: "n".into(),
+            lease_id: 0,
         })
         .await
         .unwrap();
@@ -1619,6 +1659,7 @@ fn committed_says_what_to_replicate() {
         node: "n".into(),
         lease_ms: LEASE,
         limit: 1,
+        lease_id: 7,
         skip_locked: Vec::new(),
     };
     let r = db.ap(claim.clone());
@@ -1656,6 +1697,7 @@ fn request_names_and_write_classification() {
         workflow_id: 1,
         token: 1,
         node: "n".into(),
+        lease_id: 0,
     };
     assert!(DbRequest::Release { fence: f.clone() }.is_write());
     assert!(DbRequest::Requeue {
@@ -1876,11 +1918,16 @@ mod props {
     const TERMINAL: [TxState; 3] = [TxState::Failed, TxState::DeadLetter, TxState::Cancelled];
 
     fn fence(m: &DbModel, wf: i64, stale: bool) -> Fence {
-        let token = m.tables.workflows.get(&wf).map_or(0, |w| w.fencing_token);
+        let (token, lease_id) = m
+            .tables
+            .workflows
+            .get(&wf)
+            .map_or((0, 0), |w| (w.fencing_token, w.lease_id));
         Fence {
             workflow_id: wf,
             token: if stale { token - 1 } else { token },
             node: "n".into(),
+            lease_id,
         }
     }
 
@@ -1996,6 +2043,13 @@ mod props {
                 node: format!("n{node}"),
                 lease_ms: LEASE,
                 limit,
+                // A claim's identity differs from every other claim's, as the engine draws it.
+                lease_id: 1_000
+                    + m.tables
+                        .workflows
+                        .values()
+                        .map(|w| w.fencing_token)
+                        .sum::<i64>(),
                 skip_locked: Vec::new(),
             },
             Op::Renew { wf, stale } => DbRequest::RenewLease {
@@ -2357,6 +2411,7 @@ fn a_claim_skips_rows_another_session_holds_and_replays_the_same_choice() {
         node: "n".into(),
         lease_ms: LEASE,
         limit: 2,
+        lease_id: 7,
         skip_locked: vec![1],
     };
     let replica_before = db.m.clone();

@@ -55,9 +55,13 @@ async fn run() -> Result<()> {
         let (store, transitions) = (store.clone(), transitions.clone());
         tasks.push(tokio::spawn(async move {
             let node = format!("bench-{w}");
+            let mut claimed = 0i64;
             while Instant::now() < deadline {
+                // Distinct per worker and claim, as the engine's random ids are.
+                claimed += 1;
+                let lease_id = (w as i64) << 40 | claimed;
                 let claims = store
-                    .claim(&node, Duration::from_secs(30), 1)
+                    .claim(&node, Duration::from_secs(30), 1, lease_id)
                     .await
                     .expect("claim");
                 for c in claims {
