@@ -354,14 +354,19 @@ impl Handle {
 
     /// The container's output so far (stdout and stderr), last lines.
     async fn logs(&self) -> String {
+        let text = self.all_logs().await;
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    /// The container's whole output so far (stdout, then stderr).
+    async fn all_logs(&self) -> String {
         let Ok(c) = self.container() else {
             return String::new();
         };
         let mut all = c.stdout_to_vec().await.unwrap_or_default();
         all.extend(c.stderr_to_vec().await.unwrap_or_default());
-        let text = String::from_utf8_lossy(&all).to_string();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
+        String::from_utf8_lossy(&all).to_string()
     }
 }
 
@@ -514,6 +519,10 @@ impl PgServer for DockerPg {
             move || async move { !handle.running().await.unwrap_or(true) },
         )
         .await
+    }
+
+    async fn server_log(&self) -> String {
+        self.handle.all_logs().await
     }
 
     async fn start(&mut self) -> Result<()> {

@@ -171,6 +171,31 @@ pub fn log_excerpt(text: &str, n: usize) -> Vec<String> {
         .collect()
 }
 
+/// The last `n` lines of a PostgreSQL server log that say something went wrong or changed role:
+/// warnings and errors (a cancelled wait for a synchronous standby is a WARNING), and the
+/// server's own lifecycle lines (promotion, recovery, shutdown).
+pub fn pg_log_excerpt(text: &str, n: usize) -> Vec<String> {
+    const NOTABLE: [&str; 9] = [
+        "WARNING:",
+        "ERROR:",
+        "FATAL:",
+        "PANIC:",
+        "promot",
+        "recovery",
+        "shut",
+        "timeline",
+        "synchronous",
+    ];
+    let notable: Vec<&str> = text
+        .lines()
+        .filter(|l| NOTABLE.iter().any(|k| l.contains(k)))
+        .collect();
+    notable[notable.len().saturating_sub(n)..]
+        .iter()
+        .map(|l| l.to_string())
+        .collect()
+}
+
 fn strip_ansi(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut chars = text.chars();
@@ -336,6 +361,21 @@ pub type Engines = Arc<Mutex<Vec<EngineProcess>>>;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_postgres_log_excerpt_keeps_warnings_errors_and_role_changes() {
+        let log = "2026-12-02 07:07:20.1 UTC [41] LOG:  checkpoint starting: time\n\
+                   2026-12-02 07:07:20.5 UTC [77] WARNING:  canceling wait for synchronous replication due to user request\n\
+                   2026-12-02 07:07:20.6 UTC [12] LOG:  received promote request\n\
+                   2026-12-02 07:07:20.7 UTC [12] LOG:  selected new timeline ID: 2\n\
+                   2026-12-02 07:07:21.0 UTC [80] ERROR:  cannot execute INSERT in a read-only transaction\n\
+                   2026-12-02 07:07:22.0 UTC [81] LOG:  connection received: host=127.0.0.1\n";
+        let all = pg_log_excerpt(log, 10);
+        assert_eq!(all.len(), 4, "{all:?}");
+        assert!(all[0].contains("canceling wait for synchronous replication"));
+        assert!(all[3].contains("read-only transaction"));
+        assert_eq!(pg_log_excerpt(log, 1), vec![all[3].clone()]);
+    }
 
     #[test]
     fn a_log_excerpt_keeps_the_last_warnings_without_colour() {

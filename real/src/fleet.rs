@@ -54,6 +54,9 @@ pub struct Fleet {
     /// Where rejoining servers come from (a fresh replica of the current primary).
     pub provider: Box<dyn Provider>,
     pub rejoins: Mutex<u32>,
+    /// The logs of servers a rejoin replaced (name, log), kept for a failed run's evidence: the
+    /// demoted primary's log is where a lost commit would show.
+    pub retired_db_logs: Mutex<Vec<(String, String)>>,
     /// Former primaries that crashed in a failover, waiting to rejoin.
     pub failed_over: Mutex<Vec<usize>>,
     pub sync_replication: bool,
@@ -290,6 +293,11 @@ impl Fleet {
         if j == p {
             return Ok(json!({"rejoined": null, "why": "it is the primary"}));
         }
+        let log = dbs[j].server_log().await;
+        self.retired_db_logs
+            .lock()
+            .expect("retired logs")
+            .push((format!("db-{j} {}", dbs[j].name()), log));
         dbs[j].kill().await?;
         let n = {
             let mut r = self.rejoins.lock().expect("rejoins");

@@ -33,6 +33,8 @@ pub trait PgServer: Send + Sync {
     /// Start it again on its data directory (crash recovery from its WAL).
     async fn start(&mut self) -> Result<()>;
     fn name(&self) -> &str;
+    /// The server's own log so far (empty when it cannot be read): evidence for a failed run.
+    async fn server_log(&self) -> String;
 }
 
 /// An Anvil node of the run.
@@ -466,6 +468,9 @@ impl PgServer for LocalPg {
     }
     fn name(&self) -> &str {
         &self.name
+    }
+    async fn server_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("postgres.log")).unwrap_or_default()
     }
 }
 

@@ -196,6 +196,7 @@ impl RealWorld {
             primary: Mutex::new(0),
             provider,
             rejoins: Mutex::new(0),
+            retired_db_logs: Mutex::new(Vec::new()),
             failed_over: Mutex::default(),
             sync_replication: sync,
             block_s,
@@ -322,6 +323,27 @@ impl Backend for RealWorld {
         }
         engines.iter_mut().for_each(|e| e.kill9());
         drop(engines);
+        if !passed {
+            // The database servers' own account (switchovers, cancelled waits, crashes): the
+            // current ones and those a rejoin replaced.
+            let mut logs: Vec<(String, String)> = Vec::new();
+            for (j, db) in self.fleet.dbs.lock().await.iter().enumerate() {
+                logs.push((format!("db-{j} {}", db.name()), db.server_log().await));
+            }
+            logs.extend(
+                self.fleet
+                    .retired_db_logs
+                    .lock()
+                    .expect("retired logs")
+                    .drain(..),
+            );
+            for (name, text) in logs {
+                engine_logs.insert(
+                    format!("postgres {name}"),
+                    super::engines::pg_log_excerpt(&text, 25),
+                );
+            }
+        }
         for l in &self.fleet.links {
             l.db.shutdown().await;
             l.api.shutdown().await;
