@@ -172,8 +172,10 @@ impl TxManager {
         self.drive(fence, rec, key, self.chain.confirmations).await
     }
 
-    /// Wait until the transaction of step `tx_step` is `finality_depth` deep on the canonical
-    /// chain, re-including it (same bytes, same nonce) if a reorg dropped it.
+    /// Wait until the transaction of step `tx_step` is final on the canonical chain (its block at
+    /// or below `head - finality_depth`, the chain's `finalized` tag: a reorg of `finality_depth`
+    /// blocks can replace any block above it), re-including it (same bytes, same nonce) if a reorg
+    /// dropped it. `drive` counts depth inclusively (1 = included), hence `finality_depth + 1`.
     pub async fn await_finality(
         &self,
         fence: &Fence,
@@ -187,7 +189,8 @@ impl TxManager {
             .ok_or_else(|| {
                 EngineError::Internal(format!("no transaction recorded for step {tx_step}"))
             })?;
-        self.drive(fence, rec, key, self.chain.finality_depth).await
+        self.drive(fence, rec, key, self.chain.finality_depth + 1)
+            .await
     }
 
     /// A step re-run after its transaction was abandoned (dead-letter, then requeue) first checks

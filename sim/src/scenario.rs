@@ -605,8 +605,9 @@ impl std::str::FromStr for FaultKind {
 
 impl FaultKind {
     /// Whether a `[random]` table may draw it: the kinds that need no scenario-specific setup
-    /// (a failover target, standby engines, a dead-letter queue to requeue, a funded signer to
-    /// drain and refill) and whose random parameters are meaningful.
+    /// (standby engines in another region, a dead-letter queue to requeue, a funded signer to
+    /// drain and refill) and whose random parameters are meaningful. A drawn failover or
+    /// switchover without a replica to promote is a crash and restart of the primary.
     pub fn drawable(self) -> bool {
         match self {
             FaultKind::EngineCrash
@@ -626,12 +627,12 @@ impl FaultKind {
             | FaultKind::Reorg
             | FaultKind::MempoolDrop
             | FaultKind::GasSpike
-            | FaultKind::ExternalNonce => true,
-            FaultKind::DbFailover
-            | FaultKind::SignerDrain
-            | FaultKind::DbSwitchover
-            | FaultKind::RegionFailover
-            | FaultKind::OperatorRequeue => false,
+            | FaultKind::ExternalNonce
+            | FaultKind::DbFailover
+            | FaultKind::DbSwitchover => true,
+            FaultKind::SignerDrain | FaultKind::RegionFailover | FaultKind::OperatorRequeue => {
+                false
+            }
         }
     }
 
@@ -1509,11 +1510,14 @@ impl Scenario {
                 base_fee_gwei: rng.range(20, 500),
             },
             FaultKind::ExternalNonce => Fault::ExternalNonce { at_s },
-            FaultKind::DbFailover
-            | FaultKind::SignerDrain
-            | FaultKind::DbSwitchover
-            | FaultKind::RegionFailover
-            | FaultKind::OperatorRequeue => {
+            // The primary rejoins as a replica after the fault's duration.
+            FaultKind::DbFailover => Fault::DbFailover {
+                at_s,
+                promote_after_s: round_ms(0.2 + rng.unit() * 4.8),
+                rejoin_after_s: for_s,
+            },
+            FaultKind::DbSwitchover => Fault::DbSwitchover { at_s },
+            FaultKind::SignerDrain | FaultKind::RegionFailover | FaultKind::OperatorRequeue => {
                 unreachable!("{kind} is not drawable (validated when the scenario was loaded)")
             }
         }

@@ -22,7 +22,9 @@ use std::collections::BTreeMap;
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Swarm {
-    /// Fault kinds a seed may turn on (default: every kind a `[random]` table may draw).
+    /// Fault kinds a seed may turn on (default: every kind a `[random]` table may draw, except
+    /// the database failovers, which the first swarm did not draw: adding kinds would redraw
+    /// every seed, pinned regressions included; `swarm-failover.toml` names them).
     #[serde(default = "all_drawable")]
     pub kinds: Vec<String>,
     /// Each kind is on for a seed with this probability (at least one always is).
@@ -63,6 +65,7 @@ pub struct Swarm {
 fn all_drawable() -> Vec<String> {
     FaultKind::drawable_kinds()
         .into_iter()
+        .filter(|k| !matches!(k, FaultKind::DbFailover | FaultKind::DbSwitchover))
         .map(|k| k.as_str().to_string())
         .collect()
 }
@@ -416,10 +419,12 @@ liveness_bound_s = 100
             engines.insert(s.topology.engines);
             assert!(d.line.contains("faults:"));
         }
-        // Over many seeds every kind and every engine count comes up.
+        // Over many seeds every default kind (all drawable ones but the failovers) and every
+        // engine count comes up.
+        assert_eq!(kinds.len(), super::all_drawable().len());
         assert_eq!(
-            kinds.len(),
-            crate::scenario::FaultKind::drawable_kinds().len()
+            super::all_drawable().len(),
+            crate::scenario::FaultKind::drawable_kinds().len() - 2
         );
         assert_eq!(engines.len(), 5);
         assert_ne!(base.for_seed(1).0, base.for_seed(2).0);
@@ -438,7 +443,7 @@ liveness_bound_s = 100
         for (extra, field) in [
             ("engines = [3, 1]", "swarm.engines"),
             ("engines = [0, 3]", "swarm.engines"),
-            ("kinds = [\"db_failover\"]", "swarm.kinds[0]"),
+            ("kinds = [\"operator_requeue\"]", "swarm.kinds[0]"),
             ("kinds = []", "swarm.kinds"),
             ("enable_probability = 1.5", "swarm.enable_probability"),
             ("rate_per_min = [0, 1]", "swarm.rate_per_min"),

@@ -1,6 +1,8 @@
 //! `finality`: a step completed on a transaction rests on a block that was canonical and deep
-//! enough when the completion was persisted: `confirmations` blocks for a transaction step,
-//! `finality_depth` for a step awaiting finality. Judged from the chain's own history of mined
+//! enough when the completion was persisted: `confirmations` blocks for a transaction step
+//! (counted inclusively, 1 = included), and for a step awaiting finality a block the chain calls
+//! finalized (at or below `head - finality_depth`: a reorg of `finality_depth` blocks, which the
+//! catalog treats as within the finality promise, replaces every block above it). Judged from the chain's own history of mined
 //! blocks (every block it ever produced, orphaned ones included, with the simulated time it was
 //! mined), never from the engine's records of what it saw.
 
@@ -55,7 +57,7 @@ pub fn finality(ev: &Evidence) -> Verdict {
     let (mut judged, mut skipped) = (0, 0);
     for c in &ev.step_completions {
         let required = if c.step == "await_confirmation" {
-            ev.finality_depth
+            ev.finality_depth + 1
         } else if dalp_engine::workflow::is_tx_step(&c.kind, &c.step) {
             ev.confirmations
         } else {
@@ -173,8 +175,9 @@ mod tests {
         let mut ev = base();
         ev.block_history = Some(history());
         ev.confirmations = 2;
-        ev.finality_depth = 3;
-        // Block 2 at 3.5 s: head 3, two deep. Then finality at 4.2 s: head 4, three deep.
+        ev.finality_depth = 2;
+        // Block 2 at 3.5 s: head 3, two deep. Then finality at 4.2 s: head 4, block 2 at
+        // head - finality_depth, the chain's finalized block.
         ev.step_completions = vec![
             done("mint", 3_500, 2, h(2)),
             done("await_confirmation", 4_200, 2, h(2)),
@@ -189,9 +192,14 @@ mod tests {
             v.violations[0].contains("1 blocks deep (block 3, head 3); it needs 2"),
             "{v:?}"
         );
-        // Finality needs 3: two deep is not enough.
+        // Finality one block early (head 3: block 2 is two deep, but a reorg of finality_depth
+        // blocks can still replace it).
         ev.step_completions = vec![done("await_confirmation", 3_500, 2, h(2))];
-        assert!(!finality(&ev).held);
+        let v = finality(&ev);
+        assert!(
+            v.violations[0].contains("2 blocks deep (block 2, head 3); it needs 3"),
+            "{v:?}"
+        );
         // Completed at 12 s on block 4 of the orphaned branch: not canonical then.
         ev.step_completions = vec![done("mint", 12_000, 4, h(4))];
         let v = finality(&ev);
