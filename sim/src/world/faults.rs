@@ -279,6 +279,19 @@ async fn apply(fleet: &Fleet, n: u64, fault: &Fault, heal_ms: u64) -> FaultOutco
             }
             let promote_at = t_ms() + (promote_after_s * 1000.0) as u64;
             sleep_until_ms(promote_at.min(heal_ms)).await;
+            let why = if !fleet.down.lock().expect("down").contains(&old_name) {
+                Some(format!("{old_name} was back before the promotion"))
+            } else if fleet.db.primary() != old {
+                Some(format!("db-{} took over meanwhile", fleet.db.primary()))
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                // Another fault changed the roles meanwhile (a rejoin, a switchover): promoting
+                // now would make a second primary. A failover manager fences or stands down;
+                // this one stands down.
+                return FaultOutcome::Applied(json!({"promoted": null, "why": why}));
+            }
             match fleet.fail_over(old) {
                 // Nothing to promote: the old primary comes back at heal.
                 None => json!({"promoted": null}),
@@ -517,6 +530,15 @@ async fn heal(fleet: &Fleet, n: u64, fault: &Fault) -> Value {
 /// re-point `db.service`. Nothing is lost; writes in between get 25006.
 async fn switchover(fleet: &Fleet, heal_ms: u64) -> FaultOutcome {
     let old = fleet.db.primary();
+    if fleet
+        .down
+        .lock()
+        .expect("down")
+        .contains(&format!("db-{old}"))
+    {
+        // A planned switchover needs a running primary; a failover of the crashed one is due.
+        return FaultOutcome::Skipped("the primary is down".into());
+    }
     fleet.db.disks[old].lock().expect("disk").role = super::db_node::Role::Replica;
     // Read-only now, so its log is final; it keeps shipping that log until a replica takes over.
     *fleet.db.draining.lock().expect("draining") = Some(old);
