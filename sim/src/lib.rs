@@ -21,6 +21,7 @@ pub mod plan;
 pub mod report;
 pub mod rng;
 pub mod scenario;
+pub mod shrink;
 pub mod swarm;
 pub mod timing;
 pub mod trace;

@@ -103,6 +103,10 @@ pub struct Scenario {
     /// (`crate::swarm`); `for_seed` gives the concrete scenario of a seed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub swarm: Option<crate::swarm::Swarm>,
+    /// The one seed this scenario runs (a shrunk failure kept under `regressions/`: its other
+    /// seeds are not the failure); `run` ignores suite seeds and `--seeds` for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
 }
 
 /// `[engine]`: the engine settings a scenario may change; both backends write them into the
@@ -917,6 +921,22 @@ impl Scenario {
                 (s, Some(d))
             }
         }
+    }
+
+    /// The standalone scenario of one run: `seed`'s concrete scenario with `schedule` as its
+    /// explicit `[[faults]]` and no random draw, so it replays that run by itself (the seed
+    /// still draws the workload, the fault points and the runtime's choices).
+    pub fn standalone(&self, seed: u64, schedule: Vec<Fault>) -> Scenario {
+        let (mut s, _) = self.for_seed(seed);
+        s.swarm = None;
+        s.random = None;
+        s.faults = schedule;
+        s
+    }
+
+    /// The scenario as TOML that [`Scenario::parse`] reads back to the same value.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("a scenario is representable in TOML")
     }
 
     /// Attempts of a step before a failure that is not an outage is dead-lettered.

@@ -347,25 +347,69 @@ at_s = 3
 for_s = 5
 "#;
 
+/// `--minimize` writes a standalone scenario that parses, validates, pins the seed, keeps the
+/// fault that matters, and fails again on the same invariant when replayed by itself;
+/// `--save-regression` keeps the same file under the scenarios' `regressions/`.
 #[test]
-fn minimize_shrinks_a_failing_schedule_to_the_fault_that_matters() {
+fn minimize_writes_a_standalone_scenario_that_reproduces_the_violation() {
     let dir = tempdir("min");
-    let text = FAILS_DURABILITY;
     let file = dir.join("min.toml");
-    std::fs::write(&file, text).unwrap();
-    let (ok, stdout) = repro(file.to_str().unwrap(), 1, &dir, &["--minimize"]);
+    std::fs::write(&file, FAILS_DURABILITY).unwrap();
+    let scen = dir.join("scenarios");
+    std::fs::create_dir_all(&scen).unwrap();
+    let (ok, stdout) = repro(
+        file.to_str().unwrap(),
+        1,
+        &dir,
+        &[
+            "--minimize",
+            "--max-trials",
+            "40",
+            "--save-regression",
+            "min-crash",
+            "--scenarios",
+            scen.to_str().unwrap(),
+        ],
+    );
     assert!(!ok, "the fixture must fail:\n{stdout}");
     assert!(stdout.contains("VIOLATED durability"), "{stdout}");
+    assert!(stdout.contains("shrunk in "), "{stdout}");
+    let written = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("wrote "))
+        .and_then(|l| l.strip_suffix(" (reproduces: violated durability)"))
+        .unwrap_or_else(|| panic!("names the file and the violation:\n{stdout}"));
+    let s = dalp_sim::scenario::Scenario::load(Path::new(written)).expect("parses and validates");
+    assert_eq!(s.seed, Some(1));
+    assert!(s.random.is_none());
+    // The liveness bound of 0.5 s is the fixture's real defect: with a shorter fault phase the
+    // last operation cannot finish in it, crash or not, so the shrinker may drop every fault.
+    let kinds: Vec<&str> = s.faults.iter().map(|f| f.kind().as_str()).collect();
+    assert!(kinds.is_empty() || kinds == ["engine_crash"], "{stdout}");
     assert!(
-        stdout.contains("minimized schedule (1 faults):"),
+        s.workload.operations < 4 && s.durations.fault_phase_s < 40.0,
         "{stdout}"
     );
-    assert!(stdout.contains("\"kind\":\"engine_crash\""), "{stdout}");
+    assert_eq!(
+        s.durations.liveness_bound_s, 0.5,
+        "never shortened nor lengthened"
+    );
+    let kept = scen.join("regressions/min-crash.toml");
+    assert_eq!(
+        std::fs::read_to_string(&kept).unwrap(),
+        std::fs::read_to_string(written).unwrap()
+    );
     let cmd = stdout
         .lines()
         .find_map(|l| l.strip_prefix("reproduce: "))
         .expect("prints the command");
-    assert!(cmd.contains("--schedule"), "{cmd}");
+    assert!(
+        cmd.ends_with(&format!("{} --seed 1", kept.display())),
+        "{cmd}"
+    );
+    // Replayed by itself, without --minimize: the same invariant fails.
+    let (ok, again) = repro(kept.to_str().unwrap(), 1, &dir.join("again"), &[]);
+    assert!(!ok && again.contains("VIOLATED durability"), "{again}");
     std::fs::remove_dir_all(dir).unwrap();
 }
 

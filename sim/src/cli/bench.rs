@@ -114,7 +114,7 @@ fn suite(
     let jobs: Vec<Job> = files
         .iter()
         .flat_map(|f| {
-            super::resolve::seeds_of(&suite_seeds, f, None)
+            super::resolve::seeds_of(&suite_seeds, f, None, super::resolve::pinned_seed(f))
                 .into_iter()
                 .map(move |s| Job::new(f.clone(), s))
         })

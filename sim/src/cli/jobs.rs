@@ -212,16 +212,6 @@ fn read_result(out: &Path, status: ExitStatus) -> Result<FinishedRun, String> {
     })
 }
 
-/// Run one job alone and return its result; `out_dir/.runs` is removed after it.
-pub(super) fn run_one(job: &Job, out_dir: &Path, extra: &[String]) -> Result<FinishedRun, String> {
-    let mut got = None;
-    run_jobs(vec![job.clone()], 1, out_dir, extra, |_, r, _| {
-        got = Some(r)
-    })?;
-    let _ = std::fs::remove_dir_all(out_dir.join(".runs"));
-    got.expect("one job ran")
-}
-
 /// The panic of a crashed child: "panicked at <place>: <message>" from its stderr.
 fn panic_message(stderr: &str) -> Option<String> {
     let mut lines = stderr.lines();

@@ -43,7 +43,10 @@ fn list_suites(dir: &Path) -> bool {
             Ok((files, seeds)) => {
                 let runs: u64 = files
                     .iter()
-                    .map(|f| super::resolve::seeds_of(&seeds, f, None).len() as u64)
+                    .map(|f| {
+                        let pinned = super::resolve::pinned_seed(f);
+                        super::resolve::seeds_of(&seeds, f, None, pinned).len() as u64
+                    })
                     .sum();
                 println!(
                     "  {name:<30} {} scenarios, {runs} runs ({} seeds each{})",

@@ -160,6 +160,42 @@ mod tests {
     }
 
     #[test]
+    fn the_shrinkers_flags_need_minimize_and_a_bounded_trial_count() {
+        let repro = |extra: &str| {
+            let mut args = vec!["repro", "s", "--seed", "4", "--minimize"];
+            args.extend(extra.split_whitespace());
+            match parse(&args).unwrap().command {
+                Command::Repro(a) => (a.max_trials, a.save_regression),
+                _ => panic!("repro"),
+            }
+        };
+        assert_eq!(repro(""), (200, None));
+        let flags = "--max-trials 50 --save-regression r1";
+        assert_eq!(repro(flags), (50, Some("r1".to_string())));
+        for args in [
+            &["repro", "s", "--seed", "4", "--save-regression", "r1"][..],
+            &["repro", "s", "--seed", "4", "--max-trials", "9"],
+            &[
+                "repro",
+                "s",
+                "--seed",
+                "4",
+                "--minimize",
+                "--max-trials",
+                "0",
+            ],
+        ] {
+            let e = parse(args).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{args:?}: {e}");
+            let e = e.to_string();
+            assert!(
+                e.contains("--minimize") || e.contains("--max-trials"),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
     fn positionals_and_flags_interleave_and_scenarios_is_global() {
         let cli = parse(&["run", "a", "--seeds", "1..3", "b", "--scenarios", "x"]).unwrap();
         assert_eq!(cli.scenarios, Some(PathBuf::from("x")));

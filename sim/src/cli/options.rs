@@ -12,7 +12,8 @@ pub(super) struct SeedArgs {
     /// The seed to run
     #[arg(long, value_name = "S")]
     pub(super) seed: u64,
-    /// This fault schedule (JSON, as --minimize writes it) instead of the seed's
+    /// This fault schedule (JSON: a list of faults, as results.json's `schedule`) instead of the
+    /// seed's
     #[arg(long, value_name = "FILE")]
     pub(super) schedule: Option<PathBuf>,
     /// The seed without faults (the reference of the isolation invariant)

@@ -4,7 +4,7 @@
 use super::backend::{prepare, Backend};
 use super::baseline::{judged, needs_baseline};
 use super::jobs::{run_jobs, Job};
-use super::minimize::minimize;
+use super::minimize::{minimize, Options};
 use super::options::{LogLevel, SeedArgs};
 use super::resolve::one_scenario;
 use crate::outcome::FinishedRun;
@@ -20,13 +20,22 @@ pub(super) struct ReproArgs {
     pub(super) scenario: String,
     #[command(flatten)]
     pub(super) run: SeedArgs,
-    /// Where the traces (and --minimize's schedules) are written
+    /// Where the traces (and --minimize's scenario) are written
     #[arg(long, value_name = "DIR", default_value = "reports/repro")]
     out: PathBuf,
-    /// When the run fails: remove faults one at a time while it still fails, and print the
-    /// smallest schedule found
+    /// When the run fails: shrink it (delta debugging over the faults, then smaller parameters)
+    /// while it still violates one of the same invariants, and write the result as a standalone
+    /// scenario TOML under DIR/minimize
     #[arg(long)]
     pub(super) minimize: bool,
+    /// --minimize runs at most this many trial runs
+    #[arg(long, value_name = "N", default_value_t = 200, requires = "minimize",
+          value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub(super) max_trials: u64,
+    /// --minimize also saves the result as <scenarios>/regressions/NAME.toml, which the `ci`
+    /// suite replays with its pinned seed (it must pass once the bug is fixed)
+    #[arg(long, value_name = "NAME", requires = "minimize")]
+    pub(super) save_regression: Option<String>,
     /// The engines' logs at this level and above go into the trace (simulation only)
     #[arg(long, value_enum, value_name = "LEVEL", default_value_t = LogLevel::Info)]
     pub(super) log: LogLevel,
@@ -43,6 +52,13 @@ pub(super) fn repro(dir: &Path, a: &ReproArgs) -> Result<bool, String> {
     let scenario = Scenario::load(&file).map_err(|e| e.to_string())?;
     let backend = a.run.backend.backend()?;
     backend.supported()?;
+    if let Some(pinned) = scenario.seed.filter(|p| *p != a.run.seed) {
+        eprintln!(
+            "note: {} pins seed {pinned}; running seed {} as asked",
+            file.display(),
+            a.run.seed
+        );
+    }
     let mut extra = vec!["--always-trace".to_string(), "true".to_string()];
     extra.extend(backend.child_args());
     if backend == Backend::Sim {
@@ -74,7 +90,16 @@ pub(super) fn repro(dir: &Path, a: &ReproArgs) -> Result<bool, String> {
     let passed = v.result.passed;
     print_outcome(&v);
     if !passed && a.minimize {
-        minimize(&job, &scenario, &a.out, &v, base.as_ref())?;
+        let o = Options {
+            max_trials: a.max_trials as usize,
+            save_regression: a.save_regression.as_deref(),
+            scenarios_dir: dir,
+            child_args: backend.child_args(),
+            baselines: backend == Backend::Sim,
+        };
+        minimize(&job, &scenario, &a.out, &v, &o)?;
+    } else if a.minimize {
+        eprintln!("minimize: the run passed; nothing to shrink");
     }
     Ok(passed)
 }

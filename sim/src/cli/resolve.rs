@@ -43,9 +43,18 @@ impl SuiteSeeds {
     }
 }
 
-/// The seeds `f` runs: `given` (from `--seeds`) or the suite's own, scaled by its factor (the
-/// list continues past its last seed); seed 1 for a scenario named alone.
-pub fn seeds_of(suite: &Option<SuiteSeeds>, f: &Path, given: Option<&[u64]>) -> Vec<u64> {
+/// The seeds `f` runs: its `pinned` seed (a regression's, whatever else is asked), else `given`
+/// (from `--seeds`) or the suite's own, scaled by its factor (the list continues past its last
+/// seed); seed 1 for a scenario named alone.
+pub fn seeds_of(
+    suite: &Option<SuiteSeeds>,
+    f: &Path,
+    given: Option<&[u64]>,
+    pinned: Option<u64>,
+) -> Vec<u64> {
+    if let Some(p) = pinned {
+        return vec![p];
+    }
     let factor = suite.as_ref().map_or(1, |s| s.factor(f)) as usize;
     let mut v: Vec<u64> = match given {
         Some(g) => g.to_vec(),
@@ -58,6 +67,11 @@ pub fn seeds_of(suite: &Option<SuiteSeeds>, f: &Path, given: Option<&[u64]>) -> 
         next += 1;
     }
     v
+}
+
+/// The seed `f` pins (`seed = N`), if it loads and pins one.
+pub fn pinned_seed(f: &Path) -> Option<u64> {
+    crate::scenario::Scenario::load(f).ok().and_then(|s| s.seed)
 }
 
 /// Whether `name` is a suite that declares `must_probes`.
@@ -102,8 +116,13 @@ fn suite_files(dir: &Path, suite: &Path) -> Result<(Vec<PathBuf>, Option<SuiteSe
         toml::from_str(&text).map_err(|e| format!("{}: {}", suite.display(), e.message()))?;
     let mut files = Vec::new();
     for (i, n) in s.scenarios.iter().enumerate() {
-        if n == "*" {
-            files.extend(scenario_files(dir).map_err(|e| format!("{}: {e}", dir.display()))?);
+        if let Some(sub) = n.strip_suffix('*') {
+            // `*`: every scenario of the directory; `regressions/*`: of that subdirectory
+            // (absent: none).
+            let d = dir.join(sub.trim_end_matches('/'));
+            if sub.is_empty() || d.is_dir() {
+                files.extend(scenario_files(&d).map_err(|e| format!("{}: {e}", d.display()))?);
+            }
             continue;
         }
         let f = dir.join(format!("{n}.toml"));
@@ -165,13 +184,46 @@ mod tests {
         });
         let swarm = Path::new("scenarios/swarm.toml");
         let other = Path::new("scenarios/reorg.toml");
-        assert_eq!(seeds_of(&suite, other, None), vec![1, 2]);
-        assert_eq!(seeds_of(&suite, swarm, None), vec![1, 2, 3, 4, 5, 6]);
+        assert_eq!(seeds_of(&suite, other, None, None), vec![1, 2]);
+        assert_eq!(seeds_of(&suite, swarm, None, None), vec![1, 2, 3, 4, 5, 6]);
         assert_eq!(
-            seeds_of(&suite, swarm, Some(&[10, 11])),
+            seeds_of(&suite, swarm, Some(&[10, 11]), None),
             vec![10, 11, 12, 13, 14, 15]
         );
-        assert_eq!(seeds_of(&None, swarm, None), vec![1]);
-        assert_eq!(seeds_of(&None, swarm, Some(&[7])), vec![7]);
+        assert_eq!(seeds_of(&None, swarm, None, None), vec![1]);
+        assert_eq!(seeds_of(&None, swarm, Some(&[7]), None), vec![7]);
+    }
+
+    /// A regression runs its own seed only: its others are not the failure it keeps.
+    #[test]
+    fn a_pinned_seed_wins_over_the_suites_and_the_flags() {
+        let suite = Some(SuiteSeeds {
+            seeds: 2,
+            seed_factor: BTreeMap::new(),
+        });
+        let f = Path::new("scenarios/regressions/r.toml");
+        assert_eq!(seeds_of(&suite, f, None, Some(9)), vec![9]);
+        assert_eq!(seeds_of(&suite, f, Some(&[1, 2, 3]), Some(9)), vec![9]);
+    }
+
+    #[test]
+    fn a_suite_entry_ending_in_a_star_lists_that_directory() {
+        let dir = std::env::temp_dir().join(format!("dalp-suite-star-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("suites")).unwrap();
+        std::fs::create_dir_all(dir.join("regressions")).unwrap();
+        std::fs::write(dir.join("a.toml"), "").unwrap();
+        std::fs::write(dir.join("regressions/r.toml"), "").unwrap();
+        let suite = dir.join("suites/s.toml");
+        std::fs::write(
+            &suite,
+            "description = \"d\"\nscenarios = [\"*\", \"regressions/*\", \"none/*\"]\nseeds = 1\n",
+        )
+        .unwrap();
+        let (files, _) = suite_files(&dir, &suite).unwrap();
+        assert_eq!(
+            files,
+            vec![dir.join("a.toml"), dir.join("regressions/r.toml")]
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -159,9 +159,13 @@ fn plan(dir: &Path, a: &RunArgs, backend: Backend) -> Result<(Vec<Job>, Scenario
     for name in &a.targets {
         let (files, suite_seeds) = resolve(dir, name)?;
         for f in files {
-            let seeds =
-                super::resolve::seeds_of(&suite_seeds, &f, a.seeds.as_ref().map(|s| &s.0[..]));
             let scenario = Scenario::load(&f).map_err(|e| e.to_string())?;
+            let seeds = super::resolve::seeds_of(
+                &suite_seeds,
+                &f,
+                a.seeds.as_ref().map(|s| &s.0[..]),
+                scenario.seed,
+            );
             scenarios.covers.insert(f.clone(), scenario.covers.clone());
             if needs_baseline(&scenario) && backend == Backend::Sim {
                 scenarios.isolated.insert(f.clone(), scenario);
