@@ -8,6 +8,10 @@
 //! give byte-identical reports.
 
 use crate::outcome::{Outcome, RunRecord};
+use crate::provenance;
+
+mod audit;
+mod svg;
 use crate::scenario::CATALOG;
 use crate::verdict::Verdict;
 use serde::de::{Error as _, SeqAccess, Visitor};
@@ -70,6 +74,32 @@ pub struct Provenance {
     /// `dalp-sim report` only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duplicates_dropped: Option<usize>,
+    /// The tree and build that ran (`provenance::Build`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build: Option<provenance::Build>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub machine: Option<provenance::Machine>,
+    /// Wall-clock start and end of the run (UTC, RFC 3339); merged: the earliest and latest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended: Option<String>,
+    /// The suites, scenarios or files `run` was given, and its `--seeds` (absent: the suites').
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub targets: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seeds: Option<String>,
+    /// `sim` or `real`, and the requested provider (each result names the one used).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
+    /// Every scenario file run, with its SHA-256 and its recovery and data-loss targets.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scenario_files: Vec<provenance::ScenarioFile>,
+    /// Checker sensitivity: the latest recorded planted-bug results.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub planted: Option<provenance::Planted>,
 }
 
 /// `results`, each element's error naming its index.
@@ -161,9 +191,11 @@ pub fn merge(docs: Vec<(String, ResultsDoc)>) -> ResultsDoc {
     let mut duplicates = 0usize;
     let mut wall_s = 0.0;
     let mut names = Vec::new();
+    let mut prov = Provenance::default();
     for (name, doc) in docs {
         names.push(name);
         wall_s += doc.summary.provenance.wall_s.unwrap_or(0.0);
+        prov.absorb(doc.summary.provenance.clone());
         for r in doc.results {
             match seen.entry(r.key()) {
                 std::collections::btree_map::Entry::Occupied(_) => duplicates += 1,
@@ -180,8 +212,38 @@ pub fn merge(docs: Vec<(String, ResultsDoc)>) -> ResultsDoc {
             shard: None,
             merged_from: Some(names),
             duplicates_dropped: Some(duplicates),
+            ..prov
         },
     )
+}
+
+impl Provenance {
+    /// Fold another input's provenance into a merge's: the first build, machine, seeds and
+    /// backend; the earliest start and latest end; every target and scenario file once (the
+    /// first input's entry for a path wins); the most recent planted-bug results.
+    fn absorb(&mut self, o: Provenance) {
+        self.build = self.build.take().or(o.build);
+        self.machine = self.machine.take().or(o.machine);
+        self.seeds = self.seeds.take().or(o.seeds);
+        self.backend = self.backend.take().or(o.backend);
+        self.provider = self.provider.take().or(o.provider);
+        self.started = [self.started.take(), o.started].into_iter().flatten().min();
+        self.ended = [self.ended.take(), o.ended].into_iter().flatten().max();
+        for t in o.targets {
+            if !self.targets.contains(&t) {
+                self.targets.push(t);
+            }
+        }
+        for f in o.scenario_files {
+            if !self.scenario_files.iter().any(|g| g.path == f.path) {
+                self.scenario_files.push(f);
+            }
+        }
+        self.planted = match (self.planted.take(), o.planted) {
+            (Some(a), Some(b)) if b.date > a.date => Some(b),
+            (a, b) => a.or(b),
+        };
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -411,6 +473,8 @@ enum Block {
     Table(Vec<String>, Vec<Vec<Vec<Inline>>>),
     List(Vec<Vec<Inline>>),
     Pre(String),
+    /// A picture (caption, SVG text): inline in the HTML, named in the Markdown.
+    Svg(String, String),
 }
 
 use Inline::{Code, Strong, Text};
@@ -631,6 +695,9 @@ fn blocks(doc: &ResultsDoc) -> Vec<Block> {
          by a database failover.",
     ));
     b.push(Block::Para(provenance));
+    audit::provenance(doc, &mut b);
+    audit::promises(doc, &ids, &by_id, &by_scenario, &mut b);
+    audit::sensitivity(doc, &mut b);
 
     b.push(Block::Heading(2, "Catalog coverage".into()));
     let overview: Vec<Vec<Vec<Inline>>> = ids
@@ -732,6 +799,7 @@ fn blocks(doc: &ResultsDoc) -> Vec<Block> {
             "None: every invariant held in every run.",
         )]));
     }
+    audit::timelines(doc, &mut b);
     for r in failing {
         b.push(Block::Heading(
             3,
@@ -794,6 +862,7 @@ fn blocks(doc: &ResultsDoc) -> Vec<Block> {
         b.push(Block::Table(ROW_HEAD.map(String::from).to_vec(), reference));
     }
     coverage_blocks(doc, &mut b);
+    audit::scenario_files(doc, &mut b);
     b
 }
 
@@ -879,6 +948,18 @@ fn coverage_blocks(doc: &ResultsDoc, b: &mut Vec<Block>) {
         .map(String::from)
         .to_vec(),
         rows,
+    ));
+    let mut ids: Vec<String> = CATALOG.iter().map(|s| s.to_string()).collect();
+    for p in &m.probes {
+        for id in p.by_id.keys() {
+            if !ids.contains(id) {
+                ids.push(id.clone());
+            }
+        }
+    }
+    b.push(Block::Svg(
+        "engine probe coverage matrix".into(),
+        svg::coverage(&m, &ids),
     ));
 }
 
@@ -1024,6 +1105,9 @@ pub fn markdown(doc: &ResultsDoc) -> String {
                     .collect();
                 let _ = writeln!(o, "{fence}text\n{s}\n{fence}\n");
             }
+            Block::Svg(caption, _) => {
+                let _ = writeln!(o, "*Picture in report.html: {}.*\n", md_escape(&caption));
+            }
         }
     }
     o.truncate(o.trim_end().len());
@@ -1062,7 +1146,8 @@ fn html_inline(parts: &[Inline]) -> String {
 const CSS: &str = "body{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:72em;padding:0 1em;color:#1b1b1b}\
 table{border-collapse:collapse;margin:.5em 0 1.5em}th,td{border:1px solid #ccc;padding:.25em .6em;text-align:left;vertical-align:top}\
 th{background:#f3f3f3}code,pre{font-family:ui-monospace,monospace;font-size:.92em}pre{background:#f6f6f6;padding:.6em;overflow:auto}\
-strong{color:#a00}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}";
+strong{color:#a00}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}\
+figure{margin:.5em 0 1.5em;overflow-x:auto}figcaption{color:#555;font-size:.9em}svg{max-width:none}";
 
 /// `report.html`: the content of [`markdown`] as one standalone page (inline CSS, no external
 /// assets, everything escaped).
@@ -1103,6 +1188,13 @@ pub fn html(doc: &ResultsDoc) -> String {
             }
             Block::Pre(s) => {
                 let _ = writeln!(o, "<pre>{}</pre>", html_escape(s.trim_end()));
+            }
+            Block::Svg(caption, svg) => {
+                let _ = writeln!(
+                    o,
+                    "<figure>{svg}<figcaption>{}</figcaption></figure>",
+                    html_escape(&caption)
+                );
             }
         }
     }
