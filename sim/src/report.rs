@@ -1446,6 +1446,154 @@ mod tests {
             .contains("- reproduce: `cargo xtask sim repro scenarios/engine-crash.toml --seed 3`"));
     }
 
+    fn scenario_file(name: &str, covers: &[&str], expect: &str) -> provenance::ScenarioFile {
+        let e: crate::scenario::Expect = toml::from_str(expect).unwrap();
+        provenance::ScenarioFile {
+            path: format!("scenarios/{name}.toml"),
+            sha256: "ab".repeat(32),
+            name: name.into(),
+            covers: strings(covers),
+            targets: crate::promise::Targets::of(&e),
+        }
+    }
+
+    /// The promises table: per id the strictest target of its scenarios against the worst run;
+    /// no recorded targets mean the cloud-native RTO/RPO.
+    #[test]
+    fn promises_are_judged_against_the_scenarios_targets() {
+        let mut lossy = run("db-failover-async", 1, &["FM-DB-FAILOVER"], Some(500));
+        if let RunOutput::Finished(f) = &mut lossy.output {
+            f.result.data_loss = serde_json::from_value(json!([
+                {"replication": "async", "window_ms": 90_000, "lost_commits": 2, "lost_acknowledged": 2}
+            ]))
+            .unwrap();
+        }
+        lossy.derive();
+        let doc = document(
+            vec![
+                run("engine-crash", 1, &["FM-ENGINE-CRASH"], Some(4000)),
+                run("engine-crash-all", 1, &["FM-ENGINE-CRASH"], Some(1000)),
+                run("clock-skew", 1, &["FM-CLOCK-SKEW"], Some(2000)),
+                lossy,
+            ],
+            Provenance {
+                scenario_files: vec![
+                    scenario_file("engine-crash", &["FM-ENGINE-CRASH"], "max_recovery_s = 3"),
+                    scenario_file("engine-crash-all", &["FM-ENGINE-CRASH"], ""),
+                ],
+                ..Provenance::default()
+            },
+        );
+        let md = markdown(&doc);
+        let promises = md
+            .split("## Promises against measurements\n")
+            .nth(1)
+            .unwrap()
+            .split("\n## ")
+            .next()
+            .unwrap();
+        let row = |id: &str, what: &str| {
+            promises
+                .lines()
+                .find(|l| l.starts_with(&format!("| `{id}` | {what}")))
+                .unwrap_or_else(|| panic!("{id} {what}: {promises}"))
+                .to_string()
+        };
+        let r = row("FM-ENGINE-CRASH", "recovery time");
+        assert!(
+            r.contains("≤ 3 s") && r.contains("max 4.00 s") && r.ends_with("**FAIL** |"),
+            "{r}"
+        );
+        let r = row("FM-CLOCK-SKEW", "recovery time");
+        assert!(r.contains("≤ 900 s") && r.ends_with("| pass |"), "{r}");
+        let r = row("FM-DB-FAILOVER", "data-loss window");
+        assert!(
+            r.contains("≤ 60 s") && r.contains("max 90.00 s") && r.ends_with("**FAIL** |"),
+            "{r}"
+        );
+        let r = row("FM-ENGINE-CRASH", "resumes from the last checkpoint");
+        assert!(
+            r.contains("2 of 2 runs held") && r.ends_with("| pass |"),
+            "{r}"
+        );
+        assert!(
+            !promises.contains("FM-REORG"),
+            "uncovered ids promise nothing here"
+        );
+        let html = html(&doc);
+        assert!(html.contains("<figure><svg ") && html.contains("data-loss windows"));
+        assert!(md.contains("No planted-bug results were recorded"), "{md}");
+    }
+
+    #[test]
+    fn sensitivity_names_each_planted_bug_its_checkers_and_the_commit() {
+        let planted = provenance::Planted {
+            source: "reports/planted/latest.json".into(),
+            date: "2026-12-02T09:00:00Z".into(),
+            commit: "c0ffee".into(),
+            dirty: Some(false),
+            bugs: vec![
+                provenance::PlantedBug {
+                    name: "lease-taken-over-without-fencing".into(),
+                    caught: true,
+                    scenario: Some("partition-lease-holder".into()),
+                    seed: Some(1),
+                    invariants: strings(&["fencing", "exactly_once"]),
+                },
+                provenance::PlantedBug {
+                    name: "quiet-one".into(),
+                    caught: false,
+                    ..Default::default()
+                },
+            ],
+        };
+        let doc = document(
+            vec![run("engine-crash", 1, &["FM-ENGINE-CRASH"], Some(4000))],
+            Provenance {
+                planted: Some(planted.clone()),
+                ..Provenance::default()
+            },
+        );
+        let md = markdown(&doc);
+        assert!(md.contains("**1 of 2 planted bugs caught**"), "{md}");
+        assert!(
+            md.contains("`c0ffee`") && md.contains("an earlier commit than this run"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| `lease-taken-over-without-fencing` | yes | partition-lease-holder seed 1 | fencing, exactly\\_once |"),
+            "{md}"
+        );
+        assert!(md.contains("| `quiet-one` | **NO** |"), "{md}");
+        // A merge keeps the newest planted results and the earliest start.
+        let older = provenance::Planted {
+            date: "2026-01-01T00:00:00Z".into(),
+            ..planted.clone()
+        };
+        let a = document(
+            Vec::new(),
+            Provenance {
+                planted: Some(older),
+                started: Some("2026-12-02T10:00:00Z".into()),
+                ..Provenance::default()
+            },
+        );
+        let b = document(
+            Vec::new(),
+            Provenance {
+                planted: Some(planted.clone()),
+                started: Some("2026-12-02T09:00:00Z".into()),
+                ..Provenance::default()
+            },
+        );
+        let m = merge(vec![("a".into(), a), ("b".into(), b)]);
+        assert_eq!(m.summary.provenance.planted, Some(planted));
+        assert_eq!(
+            m.summary.provenance.started.as_deref(),
+            Some("2026-12-02T09:00:00Z")
+        );
+    }
+
     #[test]
     fn the_catalog_table_computes_min_median_max_and_lists_uncovered_ids() {
         let doc = document(

@@ -189,13 +189,6 @@ fn planted_and_head(names: &[&str]) -> (Result<(), String>, Result<PathBuf, Stri
         .filter(|o| o.failure.is_none())
         .map(|o| o.name.clone())
         .collect();
-    // Every bug was tried: record the results for the audit report (checker sensitivity).
-    if caught.is_ok() && names.is_empty() {
-        match record_planted(&outcomes) {
-            Ok(p) => eprintln!("xtask: planted-bug results recorded in {}", p.display()),
-            Err(e) => eprintln!("xtask: planted-bug results not recorded: {e}"),
-        }
-    }
     // Put HEAD's build back, whatever happened above.
     let head = forget_workspace_crates().and_then(|()| restore_head(&bins));
     let head = head.and_then(|head| {
@@ -212,6 +205,14 @@ fn planted_and_head(names: &[&str]) -> (Result<(), String>, Result<PathBuf, Stri
         }
         Ok(head)
     });
+    // Every bug was tried: record the results for the audit report (checker sensitivity);
+    // after HEAD's binary is back, so that the new file does not make a clean tree look dirty.
+    if caught.is_ok() && names.is_empty() {
+        match record_planted(&outcomes) {
+            Ok(p) => eprintln!("xtask: planted-bug results recorded in {}", p.display()),
+            Err(e) => eprintln!("xtask: planted-bug results not recorded: {e}"),
+        }
+    }
     let verdict = caught.and_then(|()| {
         if missed.is_empty() {
             eprintln!(
