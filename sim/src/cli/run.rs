@@ -71,6 +71,8 @@ pub(super) fn run(dir: &Path, a: &RunArgs) -> Result<bool, String> {
     .max(1);
     let key = crate::bundle::key(a.signing_key.as_deref())?;
     let started_utc = crate::provenance::now_utc();
+    // Before anything is written: the run's own output must not make the tree look dirty.
+    let build = crate::provenance::build(dir);
     let (jobs, scenarios) = plan(dir, a, backend)?;
     std::fs::create_dir_all(&a.out).map_err(|e| format!("{}: {e}", a.out.display()))?;
     // The out dir becomes this run's bundle: no trace or signature of an earlier run stays.
@@ -119,7 +121,7 @@ pub(super) fn run(dir: &Path, a: &RunArgs) -> Result<bool, String> {
     }
     let provenance = Provenance {
         shard: a.shard.map(|s| s.to_string()),
-        build: Some(crate::provenance::build(dir)),
+        build: Some(build),
         machine: Some(crate::provenance::machine()),
         started: Some(started_utc),
         targets: a.targets.clone(),
