@@ -1524,6 +1524,17 @@ mod tests {
         let html = html(&doc);
         assert!(html.contains("<figure><svg ") && html.contains("data-loss windows"));
         assert!(md.contains("No planted-bug results were recorded"), "{md}");
+        // Without a recorded backend, the runs' own names it (results from before provenance).
+        let mut real = run("engine-crash", 1, &["FM-ENGINE-CRASH"], Some(1));
+        if let RunOutput::Finished(f) = &mut real.output {
+            f.result.backend = Some("real".into());
+            f.result.provider = Some("docker".into());
+        }
+        let md = markdown(&document(vec![real], Provenance::default()));
+        assert!(
+            md.contains("| backend / provider | real / docker |"),
+            "{md}"
+        );
     }
 
     #[test]

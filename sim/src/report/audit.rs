@@ -87,17 +87,21 @@ pub(super) fn provenance(doc: &ResultsDoc, b: &mut Vec<Block>) {
             "each suite's own (see the tables)".into()
         }))],
     );
-    let providers: std::collections::BTreeSet<String> = doc
-        .results
-        .iter()
-        .filter_map(|r| r.output.finished())
+    let finished = || doc.results.iter().filter_map(|r| r.output.finished());
+    let providers: std::collections::BTreeSet<String> = finished()
         .filter_map(|f| f.result.provider.clone())
         .collect();
+    // Results from before the provenance was recorded still name their backend per run.
+    let backend = p.backend.clone().unwrap_or_else(|| {
+        finished()
+            .find_map(|f| f.result.backend.clone())
+            .unwrap_or_else(|| "sim".into())
+    });
     row(
         "backend / provider",
         vec![t(format!(
             "{} / {}",
-            p.backend.as_deref().unwrap_or("sim"),
+            backend,
             if providers.is_empty() {
                 p.provider.clone().unwrap_or_else(|| "-".into())
             } else {
@@ -129,10 +133,14 @@ pub(super) fn provenance(doc: &ResultsDoc, b: &mut Vec<Block>) {
     );
     row(
         "scenario files",
-        vec![t(format!(
-            "{} (with their SHA-256 and targets at the end of this report)",
-            p.scenario_files.len()
-        ))],
+        vec![t(if p.scenario_files.is_empty() {
+            "not recorded".to_string()
+        } else {
+            format!(
+                "{} (with their SHA-256 and targets at the end of this report)",
+                p.scenario_files.len()
+            )
+        })],
     );
     b.push(Block::Table(
         vec!["what".into(), "value".into()],
