@@ -6,6 +6,7 @@
 //! The pure parts (models, scenario parsing, plan, checkers, CLI) compile in both flavours so they
 //! are unit-tested with plain `cargo test`; the simulated world (`world`) is `cfg(madsim)`.
 
+pub mod bundle;
 pub mod chain;
 pub mod check;
 pub mod cli;
@@ -18,6 +19,8 @@ pub mod history;
 pub mod isolation;
 pub mod outcome;
 pub mod plan;
+pub mod promise;
+pub mod provenance;
 pub mod report;
 pub mod rng;
 pub mod scenario;

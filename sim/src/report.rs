@@ -8,6 +8,10 @@
 //! give byte-identical reports.
 
 use crate::outcome::{Outcome, RunRecord};
+use crate::provenance;
+
+mod audit;
+mod svg;
 use crate::scenario::CATALOG;
 use crate::verdict::Verdict;
 use serde::de::{Error as _, SeqAccess, Visitor};
@@ -70,6 +74,32 @@ pub struct Provenance {
     /// `dalp-sim report` only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duplicates_dropped: Option<usize>,
+    /// The tree and build that ran (`provenance::Build`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build: Option<provenance::Build>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub machine: Option<provenance::Machine>,
+    /// Wall-clock start and end of the run (UTC, RFC 3339); merged: the earliest and latest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended: Option<String>,
+    /// The suites, scenarios or files `run` was given, and its `--seeds` (absent: the suites').
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub targets: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seeds: Option<String>,
+    /// `sim` or `real`, and the requested provider (each result names the one used).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
+    /// Every scenario file run, with its SHA-256 and its recovery and data-loss targets.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scenario_files: Vec<provenance::ScenarioFile>,
+    /// Checker sensitivity: the latest recorded planted-bug results.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub planted: Option<provenance::Planted>,
 }
 
 /// `results`, each element's error naming its index.
@@ -161,9 +191,11 @@ pub fn merge(docs: Vec<(String, ResultsDoc)>) -> ResultsDoc {
     let mut duplicates = 0usize;
     let mut wall_s = 0.0;
     let mut names = Vec::new();
+    let mut prov = Provenance::default();
     for (name, doc) in docs {
         names.push(name);
         wall_s += doc.summary.provenance.wall_s.unwrap_or(0.0);
+        prov.absorb(doc.summary.provenance.clone());
         for r in doc.results {
             match seen.entry(r.key()) {
                 std::collections::btree_map::Entry::Occupied(_) => duplicates += 1,
@@ -180,8 +212,38 @@ pub fn merge(docs: Vec<(String, ResultsDoc)>) -> ResultsDoc {
             shard: None,
             merged_from: Some(names),
             duplicates_dropped: Some(duplicates),
+            ..prov
         },
     )
+}
+
+impl Provenance {
+    /// Fold another input's provenance into a merge's: the first build, machine, seeds and
+    /// backend; the earliest start and latest end; every target and scenario file once (the
+    /// first input's entry for a path wins); the most recent planted-bug results.
+    fn absorb(&mut self, o: Provenance) {
+        self.build = self.build.take().or(o.build);
+        self.machine = self.machine.take().or(o.machine);
+        self.seeds = self.seeds.take().or(o.seeds);
+        self.backend = self.backend.take().or(o.backend);
+        self.provider = self.provider.take().or(o.provider);
+        self.started = [self.started.take(), o.started].into_iter().flatten().min();
+        self.ended = [self.ended.take(), o.ended].into_iter().flatten().max();
+        for t in o.targets {
+            if !self.targets.contains(&t) {
+                self.targets.push(t);
+            }
+        }
+        for f in o.scenario_files {
+            if !self.scenario_files.iter().any(|g| g.path == f.path) {
+                self.scenario_files.push(f);
+            }
+        }
+        self.planted = match (self.planted.take(), o.planted) {
+            (Some(a), Some(b)) if b.date > a.date => Some(b),
+            (a, b) => a.or(b),
+        };
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -411,6 +473,8 @@ enum Block {
     Table(Vec<String>, Vec<Vec<Vec<Inline>>>),
     List(Vec<Vec<Inline>>),
     Pre(String),
+    /// A picture (caption, SVG text): inline in the HTML, named in the Markdown.
+    Svg(String, String),
 }
 
 use Inline::{Code, Strong, Text};
@@ -631,6 +695,9 @@ fn blocks(doc: &ResultsDoc) -> Vec<Block> {
          by a database failover.",
     ));
     b.push(Block::Para(provenance));
+    audit::provenance(doc, &mut b);
+    audit::promises(doc, &ids, &by_id, &by_scenario, &mut b);
+    audit::sensitivity(doc, &mut b);
 
     b.push(Block::Heading(2, "Catalog coverage".into()));
     let overview: Vec<Vec<Vec<Inline>>> = ids
@@ -732,6 +799,7 @@ fn blocks(doc: &ResultsDoc) -> Vec<Block> {
             "None: every invariant held in every run.",
         )]));
     }
+    audit::timelines(doc, &mut b);
     for r in failing {
         b.push(Block::Heading(
             3,
@@ -794,6 +862,7 @@ fn blocks(doc: &ResultsDoc) -> Vec<Block> {
         b.push(Block::Table(ROW_HEAD.map(String::from).to_vec(), reference));
     }
     coverage_blocks(doc, &mut b);
+    audit::scenario_files(doc, &mut b);
     b
 }
 
@@ -879,6 +948,18 @@ fn coverage_blocks(doc: &ResultsDoc, b: &mut Vec<Block>) {
         .map(String::from)
         .to_vec(),
         rows,
+    ));
+    let mut ids: Vec<String> = CATALOG.iter().map(|s| s.to_string()).collect();
+    for p in &m.probes {
+        for id in p.by_id.keys() {
+            if !ids.contains(id) {
+                ids.push(id.clone());
+            }
+        }
+    }
+    b.push(Block::Svg(
+        "engine probe coverage matrix".into(),
+        svg::coverage(&m, &ids),
     ));
 }
 
@@ -1024,6 +1105,9 @@ pub fn markdown(doc: &ResultsDoc) -> String {
                     .collect();
                 let _ = writeln!(o, "{fence}text\n{s}\n{fence}\n");
             }
+            Block::Svg(caption, _) => {
+                let _ = writeln!(o, "*Picture in report.html: {}.*\n", md_escape(&caption));
+            }
         }
     }
     o.truncate(o.trim_end().len());
@@ -1062,7 +1146,8 @@ fn html_inline(parts: &[Inline]) -> String {
 const CSS: &str = "body{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:72em;padding:0 1em;color:#1b1b1b}\
 table{border-collapse:collapse;margin:.5em 0 1.5em}th,td{border:1px solid #ccc;padding:.25em .6em;text-align:left;vertical-align:top}\
 th{background:#f3f3f3}code,pre{font-family:ui-monospace,monospace;font-size:.92em}pre{background:#f6f6f6;padding:.6em;overflow:auto}\
-strong{color:#a00}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}";
+strong{color:#a00}td:first-child code{white-space:nowrap}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}\
+figure{margin:.5em 0 1.5em;overflow-x:auto}figcaption{color:#555;font-size:.9em}svg{max-width:none}";
 
 /// `report.html`: the content of [`markdown`] as one standalone page (inline CSS, no external
 /// assets, everything escaped).
@@ -1103,6 +1188,13 @@ pub fn html(doc: &ResultsDoc) -> String {
             }
             Block::Pre(s) => {
                 let _ = writeln!(o, "<pre>{}</pre>", html_escape(s.trim_end()));
+            }
+            Block::Svg(caption, svg) => {
+                let _ = writeln!(
+                    o,
+                    "<figure>{svg}<figcaption>{}</figcaption></figure>",
+                    html_escape(&caption)
+                );
             }
         }
     }
@@ -1352,6 +1444,166 @@ mod tests {
         );
         assert!(md
             .contains("- reproduce: `cargo xtask sim repro scenarios/engine-crash.toml --seed 3`"));
+    }
+
+    fn scenario_file(name: &str, covers: &[&str], expect: &str) -> provenance::ScenarioFile {
+        let e: crate::scenario::Expect = toml::from_str(expect).unwrap();
+        provenance::ScenarioFile {
+            path: format!("scenarios/{name}.toml"),
+            sha256: "ab".repeat(32),
+            name: name.into(),
+            covers: strings(covers),
+            targets: crate::promise::Targets::of(&e),
+        }
+    }
+
+    /// The promises table: per id the strictest target of its scenarios against the worst run;
+    /// no recorded targets mean the cloud-native RTO/RPO.
+    #[test]
+    fn promises_are_judged_against_the_scenarios_targets() {
+        let mut lossy = run("db-failover-async", 1, &["FM-DB-FAILOVER"], Some(500));
+        if let RunOutput::Finished(f) = &mut lossy.output {
+            f.result.data_loss = serde_json::from_value(json!([
+                {"replication": "async", "window_ms": 90_000, "lost_commits": 2, "lost_acknowledged": 2}
+            ]))
+            .unwrap();
+        }
+        lossy.derive();
+        let doc = document(
+            vec![
+                run("engine-crash", 1, &["FM-ENGINE-CRASH"], Some(4000)),
+                run("engine-crash-all", 1, &["FM-ENGINE-CRASH"], Some(1000)),
+                run("clock-skew", 1, &["FM-CLOCK-SKEW"], Some(2000)),
+                lossy,
+            ],
+            Provenance {
+                scenario_files: vec![
+                    scenario_file("engine-crash", &["FM-ENGINE-CRASH"], "max_recovery_s = 3"),
+                    scenario_file("engine-crash-all", &["FM-ENGINE-CRASH"], ""),
+                ],
+                ..Provenance::default()
+            },
+        );
+        let md = markdown(&doc);
+        let promises = md
+            .split("## Promises against measurements\n")
+            .nth(1)
+            .unwrap()
+            .split("\n## ")
+            .next()
+            .unwrap();
+        let row = |id: &str| {
+            promises
+                .lines()
+                .find(|l| l.starts_with(&format!("| `{id}` |")))
+                .unwrap_or_else(|| panic!("{id}: {promises}"))
+                .to_string()
+        };
+        let r = row("FM-ENGINE-CRASH");
+        assert!(
+            r.contains("| 2 of 2 runs: pass | ≤ 3 s; max 4.00 s: **FAIL** |")
+                && r.ends_with("| **FAIL** |"),
+            "{r}"
+        );
+        let r = row("FM-CLOCK-SKEW");
+        assert!(
+            r.contains("| ≤ 900 s; max 2.00 s: pass | ≤ 60 s; max 0.00 s")
+                && r.ends_with("| pass |"),
+            "{r}"
+        );
+        let r = row("FM-DB-FAILOVER");
+        assert!(
+            r.contains("| ≤ 60 s; max 90.00 s, 2 commit(s) lost (2 acknowledged): **FAIL** |")
+                && r.ends_with("| **FAIL** |"),
+            "{r}"
+        );
+        assert!(
+            !promises.contains("FM-REORG"),
+            "uncovered ids promise nothing here"
+        );
+        let html = html(&doc);
+        assert!(html.contains("<figure><svg ") && html.contains("data-loss windows"));
+        assert!(md.contains("No planted-bug results were recorded"), "{md}");
+        // Without a recorded backend, the runs' own names it (results from before provenance).
+        let mut real = run("engine-crash", 1, &["FM-ENGINE-CRASH"], Some(1));
+        if let RunOutput::Finished(f) = &mut real.output {
+            f.result.backend = Some("real".into());
+            f.result.provider = Some("docker".into());
+        }
+        let md = markdown(&document(vec![real], Provenance::default()));
+        assert!(
+            md.contains("| backend / provider | real / docker |"),
+            "{md}"
+        );
+    }
+
+    #[test]
+    fn sensitivity_names_each_planted_bug_its_checkers_and_the_commit() {
+        let planted = provenance::Planted {
+            source: "reports/planted/latest.json".into(),
+            date: "2026-12-02T09:00:00Z".into(),
+            commit: "c0ffee".into(),
+            dirty: Some(false),
+            bugs: vec![
+                provenance::PlantedBug {
+                    name: "lease-taken-over-without-fencing".into(),
+                    caught: true,
+                    scenario: Some("partition-lease-holder".into()),
+                    seed: Some(1),
+                    invariants: strings(&["fencing", "exactly_once"]),
+                },
+                provenance::PlantedBug {
+                    name: "quiet-one".into(),
+                    caught: false,
+                    ..Default::default()
+                },
+            ],
+        };
+        let doc = document(
+            vec![run("engine-crash", 1, &["FM-ENGINE-CRASH"], Some(4000))],
+            Provenance {
+                planted: Some(planted.clone()),
+                ..Provenance::default()
+            },
+        );
+        let md = markdown(&doc);
+        assert!(md.contains("**1 of 2 planted bugs caught**"), "{md}");
+        assert!(
+            md.contains("`c0ffee`") && md.contains("an earlier commit than this run"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| `lease-taken-over-without-fencing` | yes | partition-lease-holder seed 1 | fencing, exactly\\_once |"),
+            "{md}"
+        );
+        assert!(md.contains("| `quiet-one` | **NO** |"), "{md}");
+        // A merge keeps the newest planted results and the earliest start.
+        let older = provenance::Planted {
+            date: "2026-01-01T00:00:00Z".into(),
+            ..planted.clone()
+        };
+        let a = document(
+            Vec::new(),
+            Provenance {
+                planted: Some(older),
+                started: Some("2026-12-02T10:00:00Z".into()),
+                ..Provenance::default()
+            },
+        );
+        let b = document(
+            Vec::new(),
+            Provenance {
+                planted: Some(planted.clone()),
+                started: Some("2026-12-02T09:00:00Z".into()),
+                ..Provenance::default()
+            },
+        );
+        let m = merge(vec![("a".into(), a), ("b".into(), b)]);
+        assert_eq!(m.summary.provenance.planted, Some(planted));
+        assert_eq!(
+            m.summary.provenance.started.as_deref(),
+            Some("2026-12-02T09:00:00Z")
+        );
     }
 
     #[test]

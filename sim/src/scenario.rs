@@ -180,6 +180,16 @@ pub struct Expect {
     /// are all transient promise 0: "transient failures retry, permanent ones land in the DLQ".
     #[serde(default)]
     pub max_dead_letters: Option<u64>,
+    /// The deployment pattern whose RTO/RPO (DESIGN.md §4) are the targets not given below
+    /// (default cloud-native). Read by the audit report, never by the checkers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployment: Option<crate::promise::Deployment>,
+    /// Recovery-time target in seconds (the report's promise; default: the deployment's RTO).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_recovery_s: Option<f64>,
+    /// Data-loss window target in seconds (default: the deployment's RPO).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_data_loss_s: Option<f64>,
 }
 
 fn default_invariants() -> Vec<String> {
@@ -1026,6 +1036,14 @@ impl Scenario {
                 ));
             }
         }
+        for (field, v) in [
+            ("expect.max_recovery_s", self.expect.max_recovery_s),
+            ("expect.max_data_loss_s", self.expect.max_data_loss_s),
+        ] {
+            if let Some(v) = v {
+                crate::promise::check_target(v).map_err(|why| err(field, why))?;
+            }
+        }
         if let Some(fp) = &self.fault_points {
             let floor_ok = fp.enable_probability > 0.0
                 || (fp.enable_probability == 0.0 && !fp.always.is_empty());
@@ -1795,6 +1813,28 @@ restart_after_s = 3
         let e = bad(&text);
         assert_eq!(e.field, "faults[1].kind");
         assert!(e.reason.contains("db_replicas"), "{e}");
+    }
+
+    #[test]
+    fn recovery_and_data_loss_targets_are_checked_and_named() {
+        let with = |extra: &str| format!("{MINIMAL}[expect]\n{extra}\n");
+        let e = bad(&with("max_recovery_s = 0"));
+        assert_eq!(e.field, "expect.max_recovery_s");
+        assert!(e.reason.contains("(0, 86400]"), "{e}");
+        let e = bad(&with("max_data_loss_s = 1e9"));
+        assert_eq!(e.field, "expect.max_data_loss_s");
+        let e = bad(&with("deployment = \"hot-cold\""));
+        assert!(e.reason.contains("hot-cold"), "{e}");
+        let s = Scenario::parse(
+            &with("deployment = \"hot-warm\"\nmax_recovery_s = 30"),
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(s.expect.max_recovery_s, Some(30.0));
+        assert_eq!(
+            s.expect.deployment,
+            Some(crate::promise::Deployment::HotWarm)
+        );
     }
 
     #[test]

@@ -5,26 +5,11 @@
 
 use serde_json::Value;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::Command;
 
 mod common;
-use common::{root, sim_bin};
-
-fn dalp_sim(args: &[&str]) -> Output {
-    Command::new(sim_bin())
-        .args(args)
-        .current_dir(root())
-        .output()
-        .expect("run dalp-sim")
-}
-
-fn tempdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("dalp-sim-test-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
+use common::{dalp_sim, root, sim_bin, tempdir};
 
 fn results(dir: &Path) -> Vec<Value> {
     let text = std::fs::read_to_string(dir.join("results.json")).expect("results.json written");

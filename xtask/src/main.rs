@@ -22,7 +22,8 @@ commands:
   docker         start a Docker daemon if none runs (installing docker.io when missing) and
                  build the images; says whether Docker can be used
   sample         the sample workload on real PostgreSQL + Anvil through two engine processes
-  setup          install what the tests need (PostgreSQL, Node.js/npm, the pinned Anvil and solc)
+  setup          install what the tests need (PostgreSQL, Node.js/npm, the pinned Anvil and solc,
+                 Debian's chromium for the report's browser test)
   build-sim [bench] build dalp-sim (and the engine) under --cfg madsim into target/sim
                  (profile sim-dev, or sim-bench: what `nightly` and .ci/nightly-shard use)
   nightly [SEEDS] the nightly suite (every scenario, seeds 1..=200 unless SEEDS, e.g. 1..51) in
@@ -36,7 +37,9 @@ commands:
   bench engine   journaled step transitions/s through the real store vs pgbench -N -c 8
   bench sim      simulated s per wall s and peak memory per seed (steady-state), suite seeds/min
   planted [NAME…] apply each planted bug (fixtures/planted-bugs/*.patch) to a copy of HEAD, build
-                 the simulation and run the `ci` suite: every planted bug must be caught
+                 the simulation and run the `ci` suite: every planted bug must be caught; with no
+                 NAME, records the results in reports/planted/latest.json (the audit report's
+                 checker sensitivity)
   contracts      rebuild the fixture contract with the pinned solc
   images         build the Docker images of `--provider docker` offline from this machine's
                  PostgreSQL and Anvil (dalp/postgres:15-local, dalp/anvil:local; names from
@@ -178,9 +181,14 @@ fn planted_and_head(names: &[&str]) -> (Result<(), String>, Result<PathBuf, Stri
     let work = root.join("target/planted/src");
     // A committed-tree build left by an earlier call must never stand in for this HEAD's.
     let _ = std::fs::remove_file(bins.join(COMMITTED));
-    let mut missed = Vec::new();
-    let caught =
-        forget_workspace_crates().and_then(|()| planted_each(&patches, &work, &bins, &mut missed));
+    let mut outcomes = Vec::new();
+    let caught = forget_workspace_crates()
+        .and_then(|()| planted_each(&patches, &work, &bins, &mut outcomes));
+    let missed: Vec<String> = outcomes
+        .iter()
+        .filter(|o| o.failure.is_none())
+        .map(|o| o.name.clone())
+        .collect();
     // Put HEAD's build back, whatever happened above.
     let head = forget_workspace_crates().and_then(|()| restore_head(&bins));
     let head = head.and_then(|head| {
@@ -197,6 +205,14 @@ fn planted_and_head(names: &[&str]) -> (Result<(), String>, Result<PathBuf, Stri
         }
         Ok(head)
     });
+    // Every bug was tried: record the results for the audit report (checker sensitivity);
+    // after HEAD's binary is back, so that the new file does not make a clean tree look dirty.
+    if caught.is_ok() && names.is_empty() {
+        match record_planted(&outcomes) {
+            Ok(p) => eprintln!("xtask: planted-bug results recorded in {}", p.display()),
+            Err(e) => eprintln!("xtask: planted-bug results not recorded: {e}"),
+        }
+    }
     let verdict = caught.and_then(|()| {
         if missed.is_empty() {
             eprintln!(
@@ -293,14 +309,123 @@ fn forget_workspace_crates() -> Result<(), String> {
     )
 }
 
+/// One planted bug's outcome: `failure` is what `dalp-sim run` said of its first failed run
+/// (`None`: not caught).
+struct PlantedOutcome {
+    name: String,
+    failure: Option<String>,
+}
+
+/// Where the planted-bug results are recorded (read by `dalp-sim`'s audit report).
+const PLANTED_RESULTS: &str = "reports/planted/latest.json";
+
+/// Write [`PLANTED_RESULTS`]: when, at which commit, and per bug whether it was caught and by
+/// which run and invariants.
+fn record_planted(outcomes: &[PlantedOutcome]) -> Result<PathBuf, String> {
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .current_dir(root())
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let date = Command::new("date")
+        .args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])
+        .output()
+        .map_err(|e| format!("date: {e}"))?;
+    let date = String::from_utf8_lossy(&date.stdout).trim().to_string();
+    let commit = git(&["rev-parse", "HEAD"]).unwrap_or_else(|| "unknown".into());
+    let dirty = match git(&["status", "--porcelain", "--untracked-files=normal"]) {
+        Some(s) => (!s.is_empty()).to_string(),
+        None => "null".into(),
+    };
+    let bugs: Vec<String> = outcomes
+        .iter()
+        .map(|o| {
+            let (scenario, seed, invariants) =
+                o.failure.as_deref().map(failure_fields).unwrap_or_default();
+            let mut fields = vec![
+                format!("\"name\": {}", json_str(&o.name)),
+                format!("\"caught\": {}", o.failure.is_some()),
+            ];
+            if let Some(s) = scenario {
+                fields.push(format!("\"scenario\": {}", json_str(&s)));
+            }
+            if let Some(n) = seed {
+                fields.push(format!("\"seed\": {n}"));
+            }
+            fields.push(format!(
+                "\"invariants\": [{}]",
+                invariants
+                    .iter()
+                    .map(|i| json_str(i))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+            format!("    {{{}}}", fields.join(", "))
+        })
+        .collect();
+    let text = format!(
+        "{{\n  \"date\": {},\n  \"commit\": {},\n  \"dirty\": {dirty},\n  \"bugs\": [\n{}\n  ]\n}}\n",
+        json_str(&date),
+        json_str(&commit),
+        bugs.join(",\n")
+    );
+    let path = root().join(PLANTED_RESULTS);
+    std::fs::create_dir_all(path.parent().expect("a parent"))
+        .and_then(|()| std::fs::write(&path, text))
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(path)
+}
+
+/// A JSON string literal.
+fn json_str(s: &str) -> String {
+    let mut o = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => o.push_str("\\\""),
+            '\\' => o.push_str("\\\\"),
+            c if (c as u32) < 0x20 => o.push_str(&format!("\\u{:04x}", c as u32)),
+            c => o.push(c),
+        }
+    }
+    o.push('"');
+    o
+}
+
+/// (scenario, seed, invariants) of a `dalp-sim run` failure line: `NAME seed N: a, b failed`
+/// or `NAME seed N: the run crashed: …` (invariants `crashed`).
+fn failure_fields(line: &str) -> (Option<String>, Option<u64>, Vec<String>) {
+    let first = line.lines().next().unwrap_or("");
+    let Some((head, rest)) = first.split_once(": ") else {
+        return (None, None, Vec::new());
+    };
+    let (scenario, seed) = match head.rsplit_once(" seed ") {
+        Some((s, n)) => (Some(s.to_string()), n.trim().parse().ok()),
+        None => (None, None),
+    };
+    let invariants = if rest.starts_with("the run crashed") {
+        vec!["crashed".to_string()]
+    } else {
+        rest.trim_end_matches(" failed")
+            .split(", ")
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect()
+    };
+    (scenario, seed, invariants)
+}
+
 /// Apply each patch to one copy of HEAD, build it, take it out again, and run the `ci` suite on
-/// the build until its first failure; the names of the bugs it did not catch go to `missed`.
+/// the build until its first failure; each bug's outcome goes to `outcomes`.
 /// One copy for all: only the patched files change between builds, so they are incremental.
 fn planted_each(
     patches: &[PathBuf],
     work: &Path,
     bins: &Path,
-    missed: &mut Vec<String>,
+    outcomes: &mut Vec<PlantedOutcome>,
 ) -> Result<(), String> {
     let root = root();
     let _ = std::fs::remove_dir_all(work);
@@ -343,17 +468,26 @@ fn planted_each(
         .map_err(|e| format!("dalp-sim: {e}"))?;
         let run_s = started.elapsed().as_secs() - build_s;
         match status.code() {
-            Some(1) => eprintln!(
-                "xtask: `{name}` caught: {} (results in {}; built in {build_s} s, ran {run_s} s)",
-                first_failure(&log),
-                out.display()
-            ),
+            Some(1) => {
+                let failure = first_failure(&log);
+                eprintln!(
+                    "xtask: `{name}` caught: {failure} (results in {}; built in {build_s} s, ran {run_s} s)",
+                    out.display()
+                );
+                outcomes.push(PlantedOutcome {
+                    name,
+                    failure: Some(failure),
+                });
+            }
             other => {
                 eprintln!(
                     "xtask: `{name}` NOT caught (dalp-sim exited {other:?}; see {})",
                     log.display()
                 );
-                missed.push(name);
+                outcomes.push(PlantedOutcome {
+                    name,
+                    failure: None,
+                });
             }
         }
     }
@@ -1039,6 +1173,10 @@ fn setup() -> Result<(), String> {
     if !have("npm") || !have("node") {
         apt_install(&["nodejs", "npm"])?;
     }
+    // The audit report's browser test renders report.html headless (sim/tests/bundle.rs).
+    if !have("chromium") {
+        apt_install(&["chromium"])?;
+    }
     let fixtures = root().join("fixtures");
     let anvil = std::fs::read_to_string(fixtures.join("ANVIL_PATH.txt"))
         .map_err(|e| format!("fixtures/ANVIL_PATH.txt: {e}"))?;
@@ -1049,4 +1187,33 @@ fn setup() -> Result<(), String> {
             .current_dir(&fixtures))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failure_lines_give_scenario_seed_and_invariants() {
+        assert_eq!(
+            failure_fields(
+                "db-failover-sync seed 2: exactly_once, durability failed\n    reproduce: x"
+            ),
+            (
+                Some("db-failover-sync".into()),
+                Some(2),
+                vec!["exactly_once".into(), "durability".into()]
+            )
+        );
+        let (s, n, i) = failure_fields("swarm seed 7: the run crashed: boom");
+        assert_eq!(
+            (s.as_deref(), n, i),
+            (Some("swarm"), Some(7), vec!["crashed".into()])
+        );
+        assert_eq!(
+            failure_fields("a failed run (see x.log)").2,
+            Vec::<String>::new()
+        );
+        assert_eq!(json_str("a\"b\\c\n"), "\"a\\\"b\\\\c\\u000a\"");
+    }
 }

@@ -110,6 +110,22 @@ impl Backend {
         }
     }
 
+    /// `sim` or `real`, as the results' provenance says it.
+    pub(super) fn name(&self) -> &'static str {
+        match self {
+            Backend::Sim => "sim",
+            Backend::Real(_) => "real",
+        }
+    }
+
+    /// The provider asked for (real services only).
+    pub(super) fn provider(&self) -> Option<Provider> {
+        match self {
+            Backend::Sim => None,
+            Backend::Real(p) => Some(*p),
+        }
+    }
+
     /// Arguments the children get.
     pub(super) fn child_args(&self) -> Vec<String> {
         match self {

@@ -1,4 +1,4 @@
-//! The `dalp-sim` command line: `list`, `run`, `repro`, `report`, `bench`, `diff`, and the internal
+//! The `dalp-sim` command line: `list`, `run`, `repro`, `report`, `bench`, `diff`, `verify`, and the internal
 //! `child` that runs one seed. The parent never runs a simulation itself: every seed runs in its
 //! own child process (madsim keeps statics across runs in one process), several at a time.
 //!
@@ -21,6 +21,7 @@ mod report_cmd;
 mod repro;
 mod resolve;
 mod run;
+mod verify;
 
 pub use backend::{plug_real, Provider, RealBackend};
 pub use repro::repro_command;
@@ -57,6 +58,7 @@ enum Command {
     Report(report_cmd::ReportArgs),
     Bench(bench::BenchArgs),
     Diff(diff::DiffArgs),
+    Verify(verify::VerifyArgs),
     /// Run one seed in this process and write its result (the parent starts one per seed)
     #[command(hide = true)]
     Child(child::ChildArgs),
@@ -78,9 +80,10 @@ pub fn main(args: Vec<String>) -> ExitCode {
         Command::List => list::list(&dir),
         Command::Run(a) => run::run(&dir, a),
         Command::Repro(a) => repro::repro(&dir, a),
-        Command::Report(a) => report_cmd::report_cmd(a),
+        Command::Report(a) => report_cmd::report_cmd(&dir, a),
         Command::Bench(a) => bench::bench(&dir, a),
         Command::Diff(a) => diff::diff(a),
+        Command::Verify(a) => verify::verify(a),
         Command::Child(a) => child::child(a),
     };
     match out {

@@ -50,6 +50,10 @@ pub(super) struct RunArgs {
     /// changes the trace hashes)
     #[arg(long, value_enum, value_name = "LEVEL", default_value_t = LogLevel::Off)]
     log: LogLevel,
+    /// Sign the bundle's manifest with this ed25519 key (32 bytes, hex or raw) [default:
+    /// $DALP_SIM_SIGNING_KEY_FILE, else unsigned]
+    #[arg(long, value_name = "FILE")]
+    signing_key: Option<PathBuf>,
     #[command(flatten)]
     backend: BackendArgs,
 }
@@ -65,8 +69,15 @@ pub(super) fn run(dir: &Path, a: &RunArgs) -> Result<bool, String> {
         None => default_jobs(),
     }
     .max(1);
+    let key = crate::bundle::key(a.signing_key.as_deref())?;
+    let started_utc = crate::provenance::now_utc();
+    // Before anything is written: the run's own output must not make the tree look dirty.
+    let build = crate::provenance::build(dir);
     let (jobs, scenarios) = plan(dir, a, backend)?;
     std::fs::create_dir_all(&a.out).map_err(|e| format!("{}: {e}", a.out.display()))?;
+    // The out dir becomes this run's bundle: no trace or signature of an earlier run stays.
+    let _ = std::fs::remove_dir_all(a.out.join("traces"));
+    let _ = std::fs::remove_file(a.out.join(crate::bundle::manifest::SIGNATURE));
     let total = jobs.len();
     let jobs = scenarios.with_baselines(jobs);
     let jobs_baselines = jobs.len() - total;
@@ -108,7 +119,20 @@ pub(super) fn run(dir: &Path, a: &RunArgs) -> Result<bool, String> {
             total + jobs_baselines
         );
     }
-    let (passed, doc) = tally.write(&a.out, a.shard, started)?;
+    let provenance = Provenance {
+        shard: a.shard.map(|s| s.to_string()),
+        build: Some(build),
+        machine: Some(crate::provenance::machine()),
+        started: Some(started_utc),
+        targets: a.targets.clone(),
+        seeds: a.seeds.as_ref().map(|s| seed_list(&s.0)),
+        backend: Some(backend.name().into()),
+        provider: backend.provider().map(|p| p.name().into()),
+        scenario_files: scenarios.files.clone(),
+        planted: crate::provenance::Planted::load(&crate::provenance::planted_path(dir))?,
+        ..Provenance::default()
+    };
+    let (passed, doc) = tally.write(&a.out, provenance, started, key.as_ref())?;
     // A suite that declares `must_probes` promises that its runs reach every `must` probe; a
     // run cut short (a failure with --fail-fast, a shard, other seeds) cannot say.
     let must = a
@@ -140,10 +164,26 @@ pub(super) fn run(dir: &Path, a: &RunArgs) -> Result<bool, String> {
     Ok(passed)
 }
 
+/// `--seeds` as the provenance says it: `A..B` when contiguous, else the list.
+fn seed_list(seeds: &[u64]) -> String {
+    match (seeds.first(), seeds.last()) {
+        (Some(a), Some(b)) if seeds.windows(2).all(|w| w[1] == w[0] + 1) => {
+            format!("{a}..{}", b + 1)
+        }
+        _ => seeds
+            .iter()
+            .map(u64::to_string)
+            .collect::<Vec<_>>()
+            .join(","),
+    }
+}
+
 /// What the planned runs need to know of their scenario files.
 struct Scenarios {
     /// The catalog ids each scenario file covers, for the results and the report.
     covers: BTreeMap<PathBuf, Vec<String>>,
+    /// Each file once, in the order planned, with its hash and targets (the provenance).
+    files: Vec<crate::provenance::ScenarioFile>,
     /// Scenarios whose runs are compared with a fault-free baseline (isolation).
     isolated: BTreeMap<PathBuf, Scenario>,
 }
@@ -154,6 +194,7 @@ fn plan(dir: &Path, a: &RunArgs, backend: Backend) -> Result<(Vec<Job>, Scenario
     let mut jobs = Vec::new();
     let mut scenarios = Scenarios {
         covers: BTreeMap::new(),
+        files: Vec::new(),
         isolated: BTreeMap::new(),
     };
     for name in &a.targets {
@@ -166,7 +207,15 @@ fn plan(dir: &Path, a: &RunArgs, backend: Backend) -> Result<(Vec<Job>, Scenario
                 a.seeds.as_ref().map(|s| &s.0[..]),
                 scenario.seed,
             );
-            scenarios.covers.insert(f.clone(), scenario.covers.clone());
+            if scenarios
+                .covers
+                .insert(f.clone(), scenario.covers.clone())
+                .is_none()
+            {
+                scenarios
+                    .files
+                    .push(crate::provenance::ScenarioFile::of(&f, &scenario));
+            }
             if needs_baseline(&scenario) && backend == Backend::Sim {
                 scenarios.isolated.insert(f.clone(), scenario);
             }
@@ -294,22 +343,24 @@ impl<'a> Tally<'a> {
         self.results.push(record);
     }
 
-    /// Write results.json and the reports to `out_dir`; whether every run passed, and the
-    /// document written.
+    /// Write results.json and the reports to `out_dir` and seal it as a bundle (manifest,
+    /// signed with `key` when given); whether every run passed, and the document written.
     fn write(
         self,
         out_dir: &Path,
-        shard: Option<Shard>,
+        provenance: Provenance,
         started: Instant,
+        key: Option<&ed25519_dalek::SigningKey>,
     ) -> Result<(bool, report::ResultsDoc), String> {
         let provenance = Provenance {
             wall_s: Some(started.elapsed().as_secs_f64()),
-            shard: shard.map(|s| s.to_string()),
-            ..Provenance::default()
+            ended: Some(crate::provenance::now_utc()),
+            ..provenance
         };
         let doc = report::document(self.results, provenance);
-        let written = report::write_outputs(out_dir, &doc)?;
+        let mut written = report::write_outputs(out_dir, &doc)?;
         let _ = std::fs::remove_dir_all(out_dir.join(".runs"));
+        written.push(crate::bundle::seal(out_dir, &doc, key)?);
         eprintln!(
             "dalp-sim: {}/{} runs passed in {:.1}s; wrote {}",
             doc.summary.passed,

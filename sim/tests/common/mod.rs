@@ -2,7 +2,7 @@
 //! binary built with `--cfg madsim`.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Output};
 use std::sync::OnceLock;
 
 pub fn root() -> PathBuf {
@@ -34,4 +34,23 @@ pub fn sim_bin() -> &'static Path {
         );
         root().join("target/sim/sim-dev/dalp-sim")
     })
+}
+
+/// `dalp-sim ARGS` in the repository root, its output collected.
+#[allow(dead_code)] // not every test file runs commands
+pub fn dalp_sim(args: &[&str]) -> Output {
+    Command::new(sim_bin())
+        .args(args)
+        .current_dir(root())
+        .output()
+        .expect("run dalp-sim")
+}
+
+/// A fresh scratch directory for `name`, per test process.
+#[allow(dead_code)]
+pub fn tempdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("dalp-sim-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
 }
