@@ -438,7 +438,21 @@ impl Engine {
             self.on_store_error(&e, name);
             return;
         }
-        let mut err = json!({"reason_code": e.reason_code(), "class": e.class(), "message": e.to_string(), "step": name, "attempt": attempt});
+        // A node error every endpoint answered (rate limited, an internal error, a node behind
+        // the chain), or a database that cannot serve writes now, is the service failing, not
+        // an answer to the request: waited out like an outage.
+        let outage = matches!(
+            e,
+            EngineError::RpcUnavailable(_)
+                | EngineError::RpcTimeout { .. }
+                | EngineError::NonceReconciling(_)
+                | EngineError::ComplianceUnsettled { .. }
+        ) || e.node_unavailable()
+            || e.db_outage();
+        // The budget counts failures that were not outages: `attempts` counts every retry
+        // (it sets the backoff), so an outage's retries must not be charged to a later error.
+        let spent = spent_before(wf.error.as_ref(), name, attempt) + u32::from(!outage);
+        let mut err = json!({"reason_code": e.reason_code(), "class": e.class(), "message": e.to_string(), "step": name, "attempt": attempt, "spent": spent});
         if let EngineError::ComplianceUnsettled {
             rejected_at_block: Some(b),
             ..
@@ -452,21 +466,11 @@ impl Engine {
         // waits for the chain durably (FM-RPC-ALL-DOWN) instead of spending its retry budget
         // and landing in the dead-letter queue. Backoff stays capped, alerts show the outage.
         // Waiting for unaccounted nonces to be mined is the same kind of wait.
-        let outage = matches!(
-            e,
-            EngineError::RpcUnavailable(_)
-                | EngineError::RpcTimeout { .. }
-                | EngineError::NonceReconciling(_)
-                | EngineError::ComplianceUnsettled { .. }
-        );
         // The decision is made, not yet written: a crash here must leave the step to be
         // claimed again from its checkpoint, never half-decided.
         crate::fault_point!("fp.retry.before_write");
-        // A node error every endpoint answered (rate limited, an internal error, a node behind
-        // the chain) is the chain's service failing, not an answer to the request: waited out.
-        let outage = outage || e.node_unavailable();
         let written = if e.class() == ErrorClass::Transient
-            && (outage || self.policy.allows_another(attempt as u32))
+            && (outage || self.policy.allows_another(spent))
         {
             let delay = self.policy.delay(attempt as u32, self.jitter.unit());
             if outage {
@@ -558,5 +562,41 @@ fn error_probe_name(e: &EngineError) -> &'static str {
         EngineError::NonceReconciling(_) => "error.nonce_reconciling",
         EngineError::NoContractCode(_) => "error.no_contract_code",
         EngineError::Internal(_) => "error.internal",
+    }
+}
+
+/// Attempts at step `step` that failed for something other than an outage, before this one
+/// (`attempt`): what the workflow's last recorded error says, when it is this step's previous
+/// attempt; an error recorded before `spent` existed is taken as all spent.
+fn spent_before(last: Option<&serde_json::Value>, step: &str, attempt: i32) -> u32 {
+    let previous = (attempt - 1).max(0) as u32;
+    match last {
+        Some(e) if e.get("step").and_then(|s| s.as_str()) == Some(step) => e
+            .get("spent")
+            .and_then(|s| s.as_u64())
+            .map_or(previous, |s| (s as u32).min(previous)),
+        _ => previous,
+    }
+}
+
+#[cfg(test)]
+mod spent_tests {
+    use super::spent_before;
+    use serde_json::json;
+
+    #[test]
+    fn outage_retries_are_not_charged_to_a_later_error() {
+        // Seven retries of this step, two of them spent (the rest were outages).
+        let last = json!({"step": "mint", "attempt": 7, "spent": 2});
+        assert_eq!(spent_before(Some(&last), "mint", 8), 2);
+        // Recorded before `spent` existed: every earlier attempt counts.
+        let legacy = json!({"step": "mint", "attempt": 7});
+        assert_eq!(spent_before(Some(&legacy), "mint", 8), 7);
+        // Another step's error, or none (a fresh step, a requeue): as many as the attempts say.
+        assert_eq!(spent_before(Some(&last), "notify", 1), 0);
+        assert_eq!(spent_before(None, "mint", 3), 2);
+        // Never more than the attempts made.
+        let odd = json!({"step": "mint", "spent": 40});
+        assert_eq!(spent_before(Some(&odd), "mint", 3), 2);
     }
 }

@@ -125,6 +125,22 @@ impl EngineError {
     /// node": geth and Erigon while syncing or lagging, and providers' load balancers in front
     /// of such nodes). The gateway tries the next endpoint; when every endpoint answers so, the
     /// step waits as for an outage, spending no attempts.
+    /// The database cannot serve writes now (a read-only node after a switchover, a shutdown,
+    /// a cancelled statement, a lost connection, exhausted resources): an outage to wait out,
+    /// like an RPC outage, never a reason to spend the retry budget (DESIGN.md §3).
+    pub fn db_outage(&self) -> bool {
+        match self {
+            EngineError::Db { sqlstate, .. } => {
+                matches!(
+                    sqlstate.as_str(),
+                    "" | "25006" | "57P01" | "57P02" | "57P03" | "57014"
+                ) || sqlstate.starts_with("08")
+                    || sqlstate.starts_with("53")
+            }
+            _ => false,
+        }
+    }
+
     pub fn node_unavailable(&self) -> bool {
         match self {
             EngineError::Rpc {
@@ -330,6 +346,22 @@ impl fmt::Display for ErrorClass {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn database_outages_are_told_from_errors_that_spend_attempts() {
+        let db = |code: &str| EngineError::Db {
+            sqlstate: code.into(),
+            message: "m".into(),
+        };
+        for code in ["25006", "57P01", "57014", "08006", "53300", ""] {
+            assert!(db(code).db_outage(), "{code}");
+        }
+        for code in ["40001", "23503", "23505", "22003"] {
+            assert!(!db(code).db_outage(), "{code}");
+        }
+        assert!(!EngineError::DbTimeout(5).db_outage());
+    }
+
     use super::*;
 
     #[test]
