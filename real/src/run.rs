@@ -259,6 +259,11 @@ impl Backend for RealWorld {
         self.fleet.clone()
     }
 
+    /// The rest of a quiet fault phase would be idle wall time (a third of a typical run).
+    fn heals_when_quiet(&self) -> bool {
+        true
+    }
+
     async fn finalized(&self) -> DriverResult<u64> {
         let head = self.fleet.rpc.head().await?;
         Ok(head.saturating_sub(self.scenario.topology.finality_depth))

@@ -89,6 +89,13 @@ pub trait Backend {
     /// What the schedule's faults are applied to (created now: in the simulation, the hosts the
     /// fault injector and the operator run on).
     fn fault_target(&mut self) -> Arc<dyn FaultTarget>;
+    /// Whether the fault phase may end before `fault_phase_s` once it is quiet: every fault has
+    /// run its course and every operation is settled. A backend that waits on real time says
+    /// yes (the rest of the phase would be idle wall time); the simulation keeps the scenario's
+    /// heal instant, so its schedule and every trace hash stay as they are.
+    fn heals_when_quiet(&self) -> bool {
+        false
+    }
     /// The finalized height the indexer must reach before the evidence is read.
     async fn finalized(&self) -> Result<u64>;
     async fn indexed_height(&self) -> u64;
@@ -124,8 +131,9 @@ pub async fn drive<B: Backend>(
     schedule: Vec<Fault>,
     trace: &Trace,
 ) -> Result<RunResult> {
-    let heal_ms = (s.durations.fault_phase_s * 1000.0).round() as u64;
-    let deadline_ms = heal_ms + (s.durations.liveness_bound_s * 1000.0).round() as u64;
+    let planned_heal_ms = (s.durations.fault_phase_s * 1000.0).round() as u64;
+    let liveness_ms = (s.durations.liveness_bound_s * 1000.0).round() as u64;
+    let deadline_ms = planned_heal_ms + liveness_ms;
     let mut start = json!({"scenario": s.name, "seed": seed, "faults": schedule.len()});
     if let (Some(m), Value::Object(extra)) = (start.as_object_mut(), b.start_detail()) {
         m.extend(extra);
@@ -152,10 +160,20 @@ pub async fn drive<B: Backend>(
     b.start_workload(&workload).await;
     let history = &workload.history;
 
-    // Faults until the heal instant.
+    // Faults until the heal instant (earlier once quiet, where the backend allows).
     let target = b.fault_target();
-    let not_applicable = run_schedule(target, &schedule, heal_ms, trace).await;
-    trace.record(b.t_ms(), "sim", "phase", "healed", Value::Null);
+    let quiet = b
+        .heals_when_quiet()
+        .then_some(|| settled(history, planned.len()));
+    let (not_applicable, heal_ms) =
+        run_schedule(target, &schedule, planned_heal_ms, quiet, trace).await;
+    let healed = match heal_ms < planned_heal_ms {
+        true => json!({"quiet_before_ms": planned_heal_ms}),
+        false => Value::Null,
+    };
+    trace.record(b.t_ms(), "sim", "phase", "healed", healed);
+    // The liveness bound counts from the heal, as the scenario states it.
+    let deadline_ms = heal_ms + liveness_ms;
 
     let coarse_recovery = liveness(&b, history, planned.len(), heal_ms, deadline_ms, trace).await;
     settle_indexer(&b).await?;
@@ -244,13 +262,7 @@ async fn liveness<B: Backend>(
     deadline_ms: u64,
     trace: &Trace,
 ) -> Option<u64> {
-    // An op whose submissions all went unanswered so far is still in play (its client keeps
-    // retrying).
-    let settled = || {
-        let sums = summarize(&history.ops());
-        sums.len() == planned && sums.values().all(|o| o.observed.is_some() || o.refused)
-    };
-    while !settled() && b.t_ms() < deadline_ms {
+    while !settled(history, planned) && b.t_ms() < deadline_ms {
         tokio::time::sleep(POLL).await;
     }
     let sums = summarize(&history.ops());
@@ -273,6 +285,13 @@ async fn liveness<B: Backend>(
         json!({"recovery_ms": recovery}),
     );
     recovery
+}
+
+/// Whether every planned operation was refused or seen finished. An op whose submissions all went
+/// unanswered so far is still in play (its client keeps retrying).
+fn settled(history: &History, planned: usize) -> bool {
+    let sums = summarize(&history.ops());
+    sums.len() == planned && sums.values().all(|o| o.observed.is_some() || o.refused)
 }
 
 /// Let the indexer reach the finalized height (bounded by `SETTLE_MS`). The target is read
@@ -333,15 +352,21 @@ async fn judge<B: Backend>(
 /// Apply every fault at its time and heal it at its end (or the heal instant), each in a task
 /// of its own; returns once every fault has healed, with the faults this backend could not
 /// apply.
+/// Run `schedule` until `heal_ms`; with `quiet`, until the first poll after every fault task has
+/// ended (each healed its own fault: none lasts until the heal) at which `quiet()` holds, if that
+/// comes first. What was not applicable, and the heal instant.
 async fn run_schedule(
     target: Arc<dyn FaultTarget>,
     schedule: &[Fault],
     heal_ms: u64,
+    quiet: Option<impl Fn() -> bool>,
     trace: &Trace,
-) -> Vec<NotApplicable> {
+) -> (Vec<NotApplicable>, u64) {
     // One injector task spawning one task per fault (the shape the simulation's task schedule,
     // and so every trace hash, was recorded with).
     let (t, schedule, trace) = (target.clone(), schedule.to_vec(), trace.clone());
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let faults_done = done.clone();
     let injector = tokio::spawn(async move {
         let mut tasks = Vec::new();
         for (n, fault) in schedule.into_iter().enumerate() {
@@ -356,10 +381,26 @@ async fn run_schedule(
                 not_applicable.push(na);
             }
         }
+        faults_done.store(true, std::sync::atomic::Ordering::SeqCst);
         not_applicable
     });
-    sleep_until_ms(&*target, heal_ms).await;
-    injector.await.unwrap_or_default()
+    let healed = match quiet {
+        None => {
+            sleep_until_ms(&*target, heal_ms).await;
+            heal_ms
+        }
+        Some(quiet) => loop {
+            let now = target.t_ms();
+            if now >= heal_ms {
+                break heal_ms;
+            }
+            if done.load(std::sync::atomic::Ordering::SeqCst) && quiet() {
+                break now;
+            }
+            tokio::time::sleep(POLL.min(Duration::from_millis(heal_ms - now))).await;
+        },
+    };
+    (injector.await.unwrap_or_default(), healed)
 }
 
 /// Sleep until `t` ms on `clock`'s run clock (no-op when already past).
@@ -477,5 +518,61 @@ mod tests {
             FaultOutcome::Applied(json!({"signal": "SIGKILL"})).detail(),
             json!({"signal": "SIGKILL"})
         );
+    }
+
+    /// In simulated time: the phase lasts a minute.
+    #[cfg(madsim)]
+    mod quiet_heal {
+        use super::*;
+
+        /// A target whose clock is tokio's: applies and heals everything.
+        struct Clock(tokio::time::Instant);
+
+        #[async_trait]
+        impl FaultTarget for Clock {
+            fn t_ms(&self) -> u64 {
+                self.0.elapsed().as_millis() as u64
+            }
+            async fn apply(&self, _: u64, _: &Fault, _: u64) -> FaultOutcome {
+                FaultOutcome::Applied(Value::Null)
+            }
+            async fn heal(&self, _: u64, _: &Fault) -> Value {
+                Value::Null
+            }
+        }
+
+        fn crash(restart_after_s: Option<f64>) -> Fault {
+            Fault::EngineCrash {
+                node: "engine-0".into(),
+                at_s: 1.0,
+                restart_after_s,
+            }
+        }
+
+        /// The heal instant of `schedule` run to 60 s, with `quiet` (when given) always true.
+        async fn healed_at(schedule: &[Fault], quiet: bool) -> u64 {
+            let target = Arc::new(Clock(tokio::time::Instant::now()));
+            let quiet = quiet.then_some(|| true);
+            run_schedule(target, schedule, 60_000, quiet, &Trace::new())
+                .await
+                .1
+        }
+
+        /// A quiet phase heals early only where allowed and only after every fault has run its
+        /// course: a fault that lasts until the heal instant keeps the phase open to its end.
+        #[madsim::test]
+        async fn a_quiet_fault_phase_heals_early_only_after_every_fault_ended() {
+            let ends_at_3s = [crash(Some(2.0))];
+            assert_eq!(healed_at(&ends_at_3s, false).await, 60_000);
+            let early = healed_at(&ends_at_3s, true).await;
+            assert!(
+                (3_000..3_000 + POLL.as_millis() as u64 + 10).contains(&early),
+                "{early}"
+            );
+            assert_eq!(
+                healed_at(&[crash(Some(2.0)), crash(None)], true).await,
+                60_000
+            );
+        }
     }
 }

@@ -8,6 +8,8 @@
 //! fault phase `[0, fault_phase_s)` (workload submitted, faults injected), the heal instant
 //! `fault_phase_s` (every fault still active is lifted, every stopped node restarted), and the
 //! liveness phase (at most `liveness_bound_s`) in which every accepted request must finish.
+//! On the real backend the heal comes earlier once the fault phase is quiet (every fault has run
+//! its course and every operation is settled): the rest would be idle wall time.
 
 use crate::rng::SimRng;
 use serde::{Deserialize, Serialize};

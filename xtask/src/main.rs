@@ -767,11 +767,17 @@ fn test() -> Result<(), String> {
     t.time("build: engine", || {
         cargo(&["build", "-p", "dalp-engine", "--bin", "dalp-engine"], &[])
     })?;
-    let real_suite = t.time("build: tests", test_binaries)?;
+    // The real suite is the longest path (its runs wait on real time): it starts as soon as its
+    // own binary is built, and every other test binary builds beside it.
+    let real_suite = t.time("build: the real suite", || {
+        test_binaries(cargo_cmd(), &["--test", "real_backend"])?
+            .ok_or_else(|| "cargo built no real_backend test binary (real/tests)".to_string())
+    })?;
     let log = root().join("target/real-suite.log");
     let started = std::time::Instant::now();
     let mut real = Command::new(&real_suite);
-    real.current_dir(root().join("real"));
+    real.current_dir(root().join("real"))
+        .env("DALP_ENGINE_BIN", root().join("target/debug/dalp-engine"));
     if docker {
         real.env("DALP_DOCKER_TESTS", "1");
     }
@@ -784,6 +790,11 @@ fn test() -> Result<(), String> {
     );
     let mut failures = Vec::new();
     let mut counts = Counts::default();
+    if let Err(e) = t.time("build: tests (beside the real suite)", || {
+        test_binaries(niced(cargo_program()), &[])
+    }) {
+        failures.push(e);
+    }
     // The harness's own mutation test: every planted bug must be caught by the `ci` suite. It
     // builds the simulation: HEAD's committed tree in a copy, each bug incrementally from it, then
     // HEAD's own (that same build when the working tree is clean), sharing target/sim.
@@ -895,16 +906,19 @@ fn other_tests(
 /// other tests: `cargo test` holds the build directory's lock while tests run.
 const REAL_SUITE_TEST: &str = "the_real_suite_passes_on_real_services_and_leaves_nothing_behind";
 
-/// Build every test binary of the workspace; the path of the real suite's.
-fn test_binaries() -> Result<PathBuf, String> {
+/// Build the workspace's test binaries (those `select` names, e.g. `--test NAME`; all when
+/// empty) with `cargo`, with the features of a whole-workspace build so that the later builds
+/// reuse every artifact; the path of the real suite's, when built.
+fn test_binaries(mut cargo: Command, select: &[&str]) -> Result<Option<PathBuf>, String> {
     use std::io::{BufRead, BufReader};
-    let mut child = cargo_cmd()
+    let mut child = cargo
         .args([
             "test",
             "--workspace",
             "--no-run",
             "--message-format=json-render-diagnostics",
         ])
+        .args(select)
         .current_dir(root())
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -924,7 +938,7 @@ fn test_binaries() -> Result<PathBuf, String> {
     if !status.success() {
         return Err(format!("building the tests failed ({status})"));
     }
-    found.ok_or_else(|| "cargo built no real_backend test binary (real/tests)".to_string())
+    Ok(found)
 }
 
 /// `cmd` started with its stdout and stderr going to `log`.
