@@ -152,6 +152,7 @@ pub const PROBES: &[Probe] = &[
     p("orphan.found"),
     p("orphan.adopted"),
     p("tx.lost_version_adopted"),
+    p("tx.lost_version_at_another_nonce"),
     p("orphan.missing"),
     // The gateway.
     must(

@@ -730,12 +730,17 @@ impl TxManager {
                 *nonce_gone_seen = 0;
                 if let Some(signed) = self.lost_version(key, rec).await? {
                     // A version of this very transaction whose record the database lost (a
-                    // failover kept the row but not the version): keep it and confirm it; a
-                    // new nonce would send the effect a second time.
+                    // failover kept the row but not the version, or not the nonce it was moved
+                    // to): keep it, at its nonce, and confirm it; a new nonce would send the
+                    // effect a second time.
                     crate::probe!("tx.lost_version_adopted");
+                    if signed.nonce != rec.nonce {
+                        crate::probe!("tx.lost_version_at_another_nonce");
+                    }
                     tracing::warn!(
                         tx_id = rec.id,
                         nonce = rec.nonce,
+                        version_nonce = signed.nonce,
                         hash = %signed.hash,
                         "our nonce was used by a version of this transaction the database lost: recorded it instead of resynchronising"
                     );

@@ -62,6 +62,8 @@ pub struct Evidence {
     /// When every fault was lifted, and the liveness bound after it (simulated ms).
     pub heal_ms: u64,
     pub liveness_deadline_ms: u64,
+    /// When the liveness phase ended (at the deadline, or once everything was seen finished).
+    pub liveness_ended_ms: u64,
     pub workflows: Vec<WorkflowView>,
     pub journals: BTreeMap<i64, Vec<JournalEntry>>,
     pub txs: Vec<TxRecord>,
@@ -193,6 +195,11 @@ fn s(ms: u64) -> String {
 
 const TERMINAL: &[&str] = &["completed", "failed", "dead_letter", "cancelled"];
 
+/// Whether a workflow `status` is final.
+pub fn is_terminal(status: &str) -> bool {
+    TERMINAL.contains(&status)
+}
+
 /// Run the named checkers.
 pub fn check(names: &[String], ev: &Evidence) -> Vec<Verdict> {
     names
@@ -293,9 +300,20 @@ pub fn durability(ev: &Evidence) -> Verdict {
                     sum.kind, sum.key, s(at), w.key
                 )),
                 Some(w) if !TERMINAL.contains(&w.status.as_str()) => v.push(format!(
-                    "op {op} ({} key {}) accepted at {} as workflow {id} is still `{}` at step {} after the liveness bound ({} after healing at {})",
+                    "op {op} ({} key {}) accepted at {} as workflow {id} is still `{}` at step {} {}",
                     sum.kind, sum.key, s(at), w.status, w.current_step,
-                    s(ev.liveness_deadline_ms.saturating_sub(ev.heal_ms)), s(ev.heal_ms)
+                    match ev.liveness_ended_ms < ev.liveness_deadline_ms {
+                        // The backend could not see it unfinished (it cannot read the database
+                        // mid-run), so the phase ended when the clients were settled.
+                        true => format!(
+                            "when the liveness phase ended at {}, before its bound ({} after healing at {}): the clients had seen it finish",
+                            s(ev.liveness_ended_ms), s(ev.liveness_deadline_ms.saturating_sub(ev.heal_ms)), s(ev.heal_ms)
+                        ),
+                        false => format!(
+                            "after the liveness bound ({} after healing at {})",
+                            s(ev.liveness_deadline_ms.saturating_sub(ev.heal_ms)), s(ev.heal_ms)
+                        ),
+                    }
                 )),
                 Some(_) => {}
             }
@@ -946,6 +964,7 @@ pub(crate) mod tests {
             investor: INVESTOR,
             heal_ms: 10_000,
             liveness_deadline_ms: 70_000,
+            liveness_ended_ms: 70_000,
             ..Default::default()
         }
     }
@@ -976,6 +995,21 @@ pub(crate) mod tests {
                 .iter()
                 .any(|m| m.contains("op 1") && m.contains("disappeared")),
             "{v:?}"
+        );
+        assert!(
+            v.violations
+                .iter()
+                .any(|m| m.contains("op 0") && m.contains("after the liveness bound (60.000 s")),
+            "{v:?}"
+        );
+        // A phase that ended before its bound (the clients had seen it finish, and the backend
+        // cannot read the database mid-run) is not called a bound exceeded.
+        ev.liveness_ended_ms = 12_000;
+        let early = durability(&ev);
+        assert!(
+            early.violations.iter().any(|m| m.contains("op 0")
+                && m.contains("when the liveness phase ended at 12.000 s, before its bound")),
+            "{early:?}"
         );
         // Terminal and observed in time: holds.
         ev.workflows = vec![

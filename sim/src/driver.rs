@@ -96,6 +96,13 @@ pub trait Backend {
     fn heals_when_quiet(&self) -> bool {
         false
     }
+    /// How many of the workflows `ids` the database holds as not finished (not terminal, or
+    /// missing), read without disturbing the run; `None` when the backend cannot tell. A commit
+    /// the client saw can be lost by an asynchronous failover, and the workflow then runs again:
+    /// the liveness phase waits for it as well.
+    async fn unfinished(&self, _ids: &std::collections::BTreeSet<i64>) -> Option<usize> {
+        None
+    }
     /// The finalized height the indexer must reach before the evidence is read.
     async fn finalized(&self) -> Result<u64>;
     async fn indexed_height(&self) -> u64;
@@ -176,6 +183,7 @@ pub async fn drive<B: Backend>(
     let deadline_ms = heal_ms + liveness_ms;
 
     let coarse_recovery = liveness(&b, history, planned.len(), heal_ms, deadline_ms, trace).await;
+    let liveness_ended_ms = b.t_ms();
     settle_indexer(&b).await?;
 
     // Evidence, then the checks.
@@ -183,6 +191,7 @@ pub async fn drive<B: Backend>(
         ops: history.ops(),
         heal_ms,
         liveness_deadline_ms: deadline_ms,
+        liveness_ended_ms,
         tokens: workload.tokens.lock().expect("tokens").clone(),
         investor: INVESTOR,
         max_dead_letters: s.expect.max_dead_letters,
@@ -252,8 +261,9 @@ pub async fn drive<B: Backend>(
     })
 }
 
-/// Wait until every planned operation was refused or seen finished, or the liveness bound. The
-/// heal-to-last-finish time when every accepted operation finished.
+/// Wait until every planned operation was refused or seen finished and the database holds every
+/// workflow the clients were given as finished, or the liveness bound. The heal-to-last-finish
+/// time when every accepted operation finished.
 async fn liveness<B: Backend>(
     b: &B,
     history: &History,
@@ -262,7 +272,15 @@ async fn liveness<B: Backend>(
     deadline_ms: u64,
     trace: &Trace,
 ) -> Option<u64> {
-    while !settled(history, planned) && b.t_ms() < deadline_ms {
+    while b.t_ms() < deadline_ms {
+        if settled(history, planned) {
+            // Asked only once the clients are settled, so a run with nothing lost polls exactly
+            // as it did before this check existed.
+            let ids = accepted_ids(history);
+            if b.unfinished(&ids).await.is_none_or(|n| n == 0) {
+                break;
+            }
+        }
         tokio::time::sleep(POLL).await;
     }
     let sums = summarize(&history.ops());
@@ -292,6 +310,17 @@ async fn liveness<B: Backend>(
 fn settled(history: &History, planned: usize) -> bool {
     let sums = summarize(&history.ops());
     sums.len() == planned && sums.values().all(|o| o.observed.is_some() || o.refused)
+}
+
+/// The workflows the clients were given for accepted requests and did not find gone: those the
+/// durability checker judges.
+fn accepted_ids(history: &History) -> std::collections::BTreeSet<i64> {
+    summarize(&history.ops())
+        .values()
+        .filter(|o| o.accepted_at.is_some())
+        .flat_map(|o| o.workflow_ids.iter().filter(|id| !o.lost_ids.contains(id)))
+        .copied()
+        .collect()
 }
 
 /// Let the indexer reach the finalized height (bounded by `SETTLE_MS`). The target is read

@@ -411,6 +411,32 @@ async fn insert_broadcast(
     Ok(())
 }
 
+/// A signed version found on chain (`signed`) now belongs to transaction `tx_id`: its orphan row,
+/// if any, is marked adopted, and the signer's counter is raised past its nonce.
+async fn take_found_version(
+    tx: &mut Tx<'_>,
+    tx_id: i64,
+    signer: &str,
+    chain_id: i64,
+    signed: &Broadcast,
+) -> std::result::Result<(), DbFail> {
+    sqlx::query("UPDATE orphan_txs SET adopted_by = $2 WHERE tx_hash = $1")
+        .bind(hex_b256(&signed.hash))
+        .bind(tx_id)
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query(
+        "INSERT INTO nonces (signer, chain_id, next_nonce) VALUES ($1, $2, $3) \
+         ON CONFLICT (signer, chain_id) DO UPDATE SET next_nonce = GREATEST(nonces.next_nonce, EXCLUDED.next_nonce), updated_at = now()",
+    )
+    .bind(signer)
+    .bind(chain_id)
+    .bind(signed.nonce as i64 + 1)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
 /// Take the lowest released nonce at or above `chain_nonce`, else the counter's next one.
 async fn allocate_nonce(
     tx: &mut Tx<'_>,
@@ -995,16 +1021,26 @@ impl Store for PgStore {
             check_fence(&mut tx, fence).await?;
             check_tx_owner(&mut tx, fence, tx_id).await?;
             insert_broadcast(&mut tx, tx_id, signed).await?;
-            sqlx::query(
-                "UPDATE transactions SET raw = $2, tx_hash = $3, max_fee = $4, priority_fee = $5, state = 'BROADCASTING', updated_at = now() WHERE id = $1",
+            // One statement: the old nonce (the CTE reads the row before the update) decides
+            // whether the record moved.
+            let r = sqlx::query(
+                "WITH old AS (SELECT nonce FROM transactions WHERE id = $1) \
+                 UPDATE transactions t SET nonce = $6, raw = $2, tx_hash = $3, max_fee = $4, priority_fee = $5, state = 'BROADCASTING', updated_at = now() \
+                 FROM old WHERE t.id = $1 RETURNING old.nonce, t.signer, t.chain_id",
             )
             .bind(tx_id)
             .bind(signed.raw.to_vec())
             .bind(hex_b256(&signed.hash))
             .bind(signed.max_fee_per_gas.to_string())
             .bind(signed.max_priority_fee_per_gas.to_string())
-            .execute(&mut *tx)
+            .bind(signed.nonce as i64)
+            .fetch_one(&mut *tx)
             .await?;
+            let (old_nonce, signer, chain_id): (i64, String, i64) =
+                (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?);
+            if old_nonce != signed.nonce as i64 {
+                take_found_version(&mut tx, tx_id, &signer, chain_id, signed).await?;
+            }
             tx_event(&mut tx, tx_id, TxState::Broadcasting, Some(&hex_b256(&signed.hash))).await?;
             let rec = load_tx(&mut tx, tx_id).await?;
             tx.commit().await?;
@@ -1264,20 +1300,7 @@ impl Store for PgStore {
             .await?
             .try_get(0)?;
             insert_broadcast(&mut tx, id, signed).await?;
-            sqlx::query("UPDATE orphan_txs SET adopted_by = $2 WHERE tx_hash = $1")
-                .bind(hex_b256(&signed.hash))
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query(
-                "INSERT INTO nonces (signer, chain_id, next_nonce) VALUES ($1, $2, $3) \
-                 ON CONFLICT (signer, chain_id) DO UPDATE SET next_nonce = GREATEST(nonces.next_nonce, EXCLUDED.next_nonce), updated_at = now()",
-            )
-            .bind(&signer)
-            .bind(intent.chain_id as i64)
-            .bind(signed.nonce as i64 + 1)
-            .execute(&mut *tx)
-            .await?;
+            take_found_version(&mut tx, id, &signer, intent.chain_id as i64, signed).await?;
             tx_event(
                 &mut tx,
                 id,

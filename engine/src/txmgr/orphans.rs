@@ -82,9 +82,10 @@ impl TxManager {
         Ok(Some(rec))
     }
 
-    /// The mined transaction at `rec`'s nonce, if it is a version of `rec` itself (signed by
-    /// `key`, carrying `rec`'s step tag) that no record holds: the database lost it (a failover
-    /// kept the row but not the version). Looked for in the last [`ORPHAN_SCAN_BLOCKS`] blocks.
+    /// A mined version of `rec` itself (signed by `key`, carrying `rec`'s step tag) that no record
+    /// holds, at `rec`'s nonce or above: the database lost it (a failover kept the row but not
+    /// the version — or not the nonce reassignment before it, so the version sits at a nonce the
+    /// record no longer names). Looked for in the last [`ORPHAN_SCAN_BLOCKS`] blocks.
     pub(super) async fn lost_version(
         &self,
         key: &SignerKey,
@@ -102,14 +103,19 @@ impl TxManager {
             };
             let mut older = false;
             for t in txs.iter().filter(|t| t.from == signer) {
-                if t.nonce == rec.nonce {
-                    return Ok(recreate(key, t)
-                        .filter(|o| {
-                            o.tag == tag && !rec.broadcasts.iter().any(|b| b.hash == o.signed.hash)
-                        })
-                        .map(|o| o.signed));
+                // The tag is compared before the (costly) signature that proves the tx ours.
+                let tagged = t.input.len() >= 32 && t.input[t.input.len() - 32..] == tag[..];
+                if t.nonce >= rec.nonce && tagged {
+                    let ours = recreate(key, t).filter(|o| {
+                        o.tag == tag && !rec.broadcasts.iter().any(|b| b.hash == o.signed.hash)
+                    });
+                    if let Some(o) = ours {
+                        return Ok(Some(o.signed));
+                    }
                 }
-                older |= t.nonce < rec.nonce;
+                // Blocks are read newest first: once one holds our nonce (or an older one), every
+                // higher nonce was in the blocks already read.
+                older |= t.nonce <= rec.nonce;
             }
             if older {
                 break;

@@ -1892,12 +1892,30 @@ impl DbModel {
         self.check_live_unique(tx, TxState::Broadcasting)?;
         self.insert_broadcast(tx_id, signed, now);
         let tx = self.tx_mut(tx_id);
+        let (old_nonce, signer, chain_id) = (tx.nonce, tx.signer, tx.chain_id);
+        tx.nonce = signed.nonce as i64;
         tx.raw = Some(signed.raw.clone());
         tx.hash = Some(signed.hash);
         tx.max_fee = signed.max_fee_per_gas;
         tx.priority_fee = signed.max_priority_fee_per_gas;
         tx.state = TxState::Broadcasting;
         tx.updated_at_ms = now;
+        if old_nonce != signed.nonce as i64 {
+            // The record moved to its lost version's nonce (see `Store::record_signed`).
+            if let Some(o) = self.tables.orphan_txs.get_mut(&signed.hash) {
+                o.adopted_by = Some(tx_id);
+            }
+            let row = self
+                .tables
+                .nonces
+                .entry((signer, chain_id))
+                .or_insert(NonceRow {
+                    next_nonce: signed.nonce as i64 + 1,
+                    updated_at_ms: now,
+                });
+            row.next_nonce = row.next_nonce.max(signed.nonce as i64 + 1);
+            row.updated_at_ms = now;
+        }
         Ok(self.tx_changed(
             tx_id,
             TxState::Broadcasting,

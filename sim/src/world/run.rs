@@ -409,6 +409,17 @@ impl Backend for SimWorld {
         Ok(())
     }
 
+    /// Read from the primary's model directly: no message, no await, nothing the run sees.
+    async fn unfinished(&self, ids: &std::collections::BTreeSet<i64>) -> Option<usize> {
+        let views = workflow_views(&self.db.primary_model());
+        let finished: std::collections::BTreeSet<i64> = views
+            .iter()
+            .filter(|w| crate::check::is_terminal(&w.status))
+            .map(|w| w.id)
+            .collect();
+        Some(ids.iter().filter(|id| !finished.contains(id)).count())
+    }
+
     fn can_judge(&self, _invariant: &str) -> bool {
         true
     }
