@@ -157,6 +157,32 @@ pub async fn chain(
 }
 
 /// The database side, from the current primary.
+/// How many of the workflows `ids` the database at `url` does not hold finished (terminal, by the
+/// checkers' reading); `None` when it cannot be read within a few seconds (a fault may still be
+/// settling: the liveness phase then goes by the clients alone).
+pub async fn unfinished(url: &str, ids: &std::collections::BTreeSet<i64>) -> Option<usize> {
+    use sqlx::Connection;
+    let ids: Vec<i64> = ids.iter().copied().collect();
+    let read = async {
+        let mut conn = sqlx::PgConnection::connect(url).await?;
+        let rows = sqlx::query("SELECT id, status FROM workflows WHERE id = ANY($1)")
+            .bind(&ids)
+            .fetch_all(&mut conn)
+            .await?;
+        let _ = conn.close().await;
+        let mut finished = 0;
+        for r in rows {
+            let status: String = r.try_get(1)?;
+            finished += usize::from(dalp_sim::check::is_terminal(&status));
+        }
+        Ok::<_, sqlx::Error>(ids.len() - finished)
+    };
+    tokio::time::timeout(Duration::from_secs(5), read)
+        .await
+        .ok()?
+        .ok()
+}
+
 pub async fn database(url: &str, ev: &mut Evidence) -> Result<()> {
     let store = PgStore::open(url, 4, Duration::from_secs(10))
         .map_err(|e| format!("evidence: connect to the primary: {e}"))?;

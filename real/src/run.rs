@@ -281,6 +281,10 @@ impl Backend for RealWorld {
         Ok(())
     }
 
+    async fn unfinished(&self, ids: &std::collections::BTreeSet<i64>) -> Option<usize> {
+        evidence::unfinished(&self.primary_url().await, ids).await
+    }
+
     /// No metrics scraper (`visibility`) and no fault-free baseline run (`isolation`) here.
     fn can_judge(&self, invariant: &str) -> bool {
         !matches!(invariant, "visibility" | "isolation")
