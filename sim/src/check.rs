@@ -7,6 +7,7 @@
 
 use crate::history::{summarize, Op};
 use crate::outcome::DataLoss;
+use crate::scenario::FaultKind;
 use alloy_primitives::{Address, B256, U256};
 use dalp_engine::store::{JournalEntry, TxRecord, TxState};
 use serde::Serialize;
@@ -277,9 +278,20 @@ pub fn durability(ev: &Evidence) -> Verdict {
     // `data_loss`); a client that finds its workflow gone submits it again with the same key.
     // (The real backend measures the WAL bytes the promoted replica lacked, not commits.)
     let async_loss = ev.data_loss.iter().any(DataLoss::lost_acknowledged_async);
+    // The last moment a database failover was under way: a workflow its client saw finish before
+    // then may be among the commits an asynchronous failover lost (within its RPO). The client,
+    // done with it, never looks again, so it cannot report it gone.
+    let last_failover_end = ev
+        .fault_windows
+        .iter()
+        .filter(|w| matches!(w.kind, FaultKind::DbFailover | FaultKind::RegionFailover))
+        .map(|w| w.end_ms)
+        .max();
     for (op, sum) in summarize(&ev.ops) {
         let Some(at) = sum.accepted_at else { continue };
         accepted += 1;
+        let finished_then_lost = async_loss
+            && matches!((&sum.observed, last_failover_end), (Some((t, _, _)), Some(end)) if *t <= end);
         for id in &sum.workflow_ids {
             if sum.lost_ids.contains(id) {
                 if !async_loss {
@@ -288,6 +300,10 @@ pub fn durability(ev: &Evidence) -> Verdict {
                         sum.kind, sum.key, s(at)
                     ));
                 }
+                continue;
+            }
+            let gone = by_id.get(id).is_none_or(|w| w.key != sum.key);
+            if gone && finished_then_lost {
                 continue;
             }
             match by_id.get(id) {
@@ -1164,6 +1180,35 @@ pub(crate) mod tests {
         ev.ops.remove(1);
         let v = durability(&ev);
         assert!(v.violations[0].contains("now holds for key other"), "{v:?}");
+        // Unless the client had seen it finish before an asynchronous failover that lost
+        // acknowledged commits ended: it was lost with them (RPO), and no client looks again.
+        let failover = |end_ms| crate::timing::FaultWindow {
+            fault: 0,
+            kind: FaultKind::DbFailover,
+            target: "-".into(),
+            start_ms: 1_000,
+            end_ms,
+        };
+        let observed = op(
+            1900,
+            0,
+            "mint",
+            "k0",
+            OpType::Observe,
+            Some(3),
+            Some("completed"),
+        );
+        ev.ops.insert(1, observed);
+        ev.ops.retain(|o| o.workflow_id != Some(9));
+        ev.fault_windows = vec![failover(2_500)];
+        assert!(durability(&ev).held, "{:?}", durability(&ev));
+        // Seen finished only after the failover: its loss is not explained by it.
+        ev.fault_windows = vec![failover(1_500)];
+        assert!(!durability(&ev).held);
+        // Nor without a loss of acknowledged commits.
+        ev.fault_windows = vec![failover(2_500)];
+        ev.data_loss = vec![loss("async", 0, &[])];
+        assert!(!durability(&ev).held);
     }
 
     #[test]
