@@ -269,7 +269,9 @@ pub fn determinism(scenario: &str, seed: u64, runs: &[(String, String)]) -> Verd
 }
 
 /// 1. Every accepted request reaches a terminal state within the liveness bound after healing,
-///    and no acknowledged request disappears.
+///    and no acknowledged request disappears — except by an asynchronous failover that lost
+///    acknowledged commits (its RPO): a workflow the client then found gone and submitted again,
+///    or one the client had seen finish before the failover ended (it never looks again).
 pub fn durability(ev: &Evidence) -> Verdict {
     let by_id: BTreeMap<i64, &WorkflowView> = ev.workflows.iter().map(|w| (w.id, w)).collect();
     let mut v = Vec::new();
