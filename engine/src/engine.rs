@@ -561,6 +561,7 @@ fn error_probe_name(e: &EngineError) -> &'static str {
         EngineError::ConfirmationTimeout { .. } => "error.confirmation_timeout",
         EngineError::NonceReconciling(_) => "error.nonce_reconciling",
         EngineError::NoContractCode(_) => "error.no_contract_code",
+        EngineError::RecordLost(_) => "error.record_lost",
         EngineError::Internal(_) => "error.internal",
     }
 }

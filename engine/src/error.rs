@@ -80,6 +80,12 @@ pub enum EngineError {
     /// and dead-lettered only when that runs out; the answer is never read as a result.
     #[error("no contract code: {0}")]
     NoContractCode(String),
+    /// A record the engine wrote and was told was committed is gone or now names another
+    /// workflow: the database lost acknowledged commits (a failover to a replica without them)
+    /// and handed the id out again. Not a fault of the request: the step resumes from what the
+    /// database holds (a lost transaction is adopted as an orphan, txmgr/orphans.rs).
+    #[error("record lost: {0}")]
+    RecordLost(String),
     /// Anything else that is a bug or misconfiguration rather than weather.
     #[error("internal error: {0}")]
     Internal(String),
@@ -111,6 +117,7 @@ impl EngineError {
             EngineError::NonceReconciling(_) => Transient,
             EngineError::ComplianceUnsettled { .. } => Transient,
             EngineError::NoContractCode(_) => Transient,
+            EngineError::RecordLost(_) => Transient,
             EngineError::Internal(_) => Permanent,
         }
     }
@@ -191,6 +198,7 @@ impl EngineError {
             EngineError::NonceReconciling(_) => "nonce_reconciling",
             EngineError::ComplianceUnsettled { .. } => "compliance_unsettled",
             EngineError::NoContractCode(_) => "no_contract_code",
+            EngineError::RecordLost(_) => "record_lost",
             EngineError::Internal(_) => "internal",
         }
     }

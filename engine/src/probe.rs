@@ -94,6 +94,7 @@ pub const PROBES: &[Probe] = &[
     p("error.confirmation_timeout"),
     p("error.nonce_reconciling"),
     p("error.no_contract_code"),
+    p("error.record_lost"),
     p("error.internal"),
     p("error.fenced"),
     p("claim.failed"),

@@ -339,11 +339,13 @@ pub fn requeue_refused(id: WorkflowId, exists: bool) -> crate::error::EngineErro
 }
 
 /// The refusal of a transaction write presented under another workflow's fence: a fence proves
-/// the lease of its own workflow only.
+/// the lease of its own workflow only. The step got that transaction id from the database, so
+/// another owner means the database lost the commit that created it and reused the id
+/// (`RecordLost`, transient: the step re-reads its state).
 pub fn foreign_tx(owner: WorkflowId, fence: &Fence) -> crate::error::EngineError {
     // (No transaction id in the text: PostgreSQL burns ids on failed inserts, the model does not,
     // so the same transaction may have different ids on the two; workflow ids agree.)
-    crate::error::EngineError::Internal(format!(
+    crate::error::EngineError::RecordLost(format!(
         "the transaction belongs to workflow {owner}, not to workflow {} whose fence was presented",
         fence.workflow_id
     ))

@@ -63,7 +63,9 @@ fn classify(reason_code: &str, message: &str) -> Option<Cause> {
             Some(-32000 | -32005 | -32603 | 429) => Cause::Outage,
             _ => Cause::Transient,
         },
-        "signer_funds" | "no_contract_code" | "confirmation_timeout" => Cause::Transient,
+        "signer_funds" | "no_contract_code" | "confirmation_timeout" | "record_lost" => {
+            Cause::Transient
+        }
         "reverted" | "invalid_input" | "internal" | "compliance_rejected" => Cause::Permanent,
         _ => return None,
     })
