@@ -157,9 +157,10 @@ pub async fn chain(
 }
 
 /// The database side, from the current primary.
-/// How many of the workflows `ids` the database at `url` does not hold finished (terminal, by the
-/// checkers' reading); `None` when it cannot be read within a few seconds (a fault may still be
-/// settling: the liveness phase then goes by the clients alone).
+/// How many of the workflows `ids` the database at `url` holds and has not finished (terminal, by
+/// the checkers' reading; one that is gone is not counted); `None` when it cannot be read within
+/// a few seconds (a fault may still be settling: the liveness phase then goes by the clients
+/// alone).
 pub async fn unfinished(url: &str, ids: &std::collections::BTreeSet<i64>) -> Option<usize> {
     use sqlx::Connection;
     let ids: Vec<i64> = ids.iter().copied().collect();
@@ -170,12 +171,12 @@ pub async fn unfinished(url: &str, ids: &std::collections::BTreeSet<i64>) -> Opt
             .fetch_all(&mut conn)
             .await?;
         let _ = conn.close().await;
-        let mut finished = 0;
+        let mut unfinished = 0;
         for r in rows {
             let status: String = r.try_get(1)?;
-            finished += usize::from(dalp_sim::check::is_terminal(&status));
+            unfinished += usize::from(!dalp_sim::check::is_terminal(&status));
         }
-        Ok::<_, sqlx::Error>(ids.len() - finished)
+        Ok::<_, sqlx::Error>(unfinished)
     };
     tokio::time::timeout(Duration::from_secs(5), read)
         .await

@@ -96,10 +96,11 @@ pub trait Backend {
     fn heals_when_quiet(&self) -> bool {
         false
     }
-    /// How many of the workflows `ids` the database holds as not finished (not terminal, or
-    /// missing), read without disturbing the run; `None` when the backend cannot tell. A commit
-    /// the client saw can be lost by an asynchronous failover, and the workflow then runs again:
-    /// the liveness phase waits for it as well.
+    /// How many of the workflows `ids` the database holds and has not finished, read without
+    /// disturbing the run; `None` when the backend cannot tell. A commit the client saw can be
+    /// lost by an asynchronous failover, and the workflow then runs again: the liveness phase
+    /// waits for it as well. (One that is gone is not waited for: nothing brings it back, and
+    /// durability judges it.)
     async fn unfinished(&self, _ids: &std::collections::BTreeSet<i64>) -> Option<usize> {
         None
     }
@@ -379,11 +380,9 @@ async fn judge<B: Backend>(
 }
 
 /// Apply every fault at its time and heal it at its end (or the heal instant), each in a task
-/// of its own; returns once every fault has healed, with the faults this backend could not
-/// apply.
-/// Run `schedule` until `heal_ms`; with `quiet`, until the first poll after every fault task has
-/// ended (each healed its own fault: none lasts until the heal) at which `quiet()` holds, if that
-/// comes first. What was not applicable, and the heal instant.
+/// of its own, until `heal_ms`; with `quiet`, until the first poll after every fault task has
+/// ended (none lasts until the heal) at which `quiet()` holds, if that comes first. Returns
+/// once every fault has healed: the faults this backend could not apply, and the heal instant.
 async fn run_schedule(
     target: Arc<dyn FaultTarget>,
     schedule: &[Fault],

@@ -412,12 +412,12 @@ impl Backend for SimWorld {
     /// Read from the primary's model directly: no message, no await, nothing the run sees.
     async fn unfinished(&self, ids: &std::collections::BTreeSet<i64>) -> Option<usize> {
         let views = workflow_views(&self.db.primary_model());
-        let finished: std::collections::BTreeSet<i64> = views
-            .iter()
-            .filter(|w| crate::check::is_terminal(&w.status))
-            .map(|w| w.id)
-            .collect();
-        Some(ids.iter().filter(|id| !finished.contains(id)).count())
+        Some(
+            views
+                .iter()
+                .filter(|w| ids.contains(&w.id) && !crate::check::is_terminal(&w.status))
+                .count(),
+        )
     }
 
     fn can_judge(&self, _invariant: &str) -> bool {
