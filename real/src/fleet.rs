@@ -201,6 +201,21 @@ impl Fleet {
     async fn fail_over(&self, kill_old: bool, promote_after_ms: u64) -> Result<Value> {
         let mut dbs = self.dbs.lock().await;
         let old = *self.primary.lock().expect("primary");
+        // No acknowledgement may leave the old primary after its WAL position is read, or a
+        // commit acknowledged in between is lost without being measured: the engines' links go
+        // silent first (a crash cuts them anyway) and get their modes back once it is dead.
+        let modes: Vec<TcpMode> = match kill_old {
+            true => self
+                .links
+                .iter()
+                .map(|l| {
+                    let m = l.db.mode();
+                    l.db.set_mode(TcpMode::Blackhole);
+                    m
+                })
+                .collect(),
+            false => Vec::new(),
+        };
         // Where each server's WAL stands just before the crash: what the replica lacks is lost.
         let before = self
             .sql(dbs[old].as_ref(), &["SELECT pg_current_wal_lsn()::text"])
@@ -208,7 +223,13 @@ impl Fleet {
             .ok()
             .and_then(|v| v.first().cloned());
         if kill_old {
-            dbs[old].kill().await?;
+            let killed = dbs[old].kill().await;
+            for (l, m) in self.links.iter().zip(modes) {
+                // Its connections lead to the dead server, some with a reply cut short.
+                l.db.reset_connections();
+                l.db.set_mode(m);
+            }
+            killed?;
         }
         let crashed_at = self.t_ms();
         drop(dbs);
