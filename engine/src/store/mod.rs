@@ -433,10 +433,10 @@ pub trait Store: Send + Sync + 'static {
         fees: Fees,
         chain_nonce: u64,
     ) -> Result<TxRecord>;
-    /// Store a signed version before it is broadcast; `raw`/`hash` become the current ones.
-    /// Store a signed version and make it the current one. A version at another nonce than the
-    /// record's (a lost version found on chain) moves the record to that nonce: an orphan row of
-    /// that hash is marked adopted by it, and the signer's counter is raised past the nonce.
+    /// Store a signed version before it is broadcast; `raw`/`hash` become the current ones. A
+    /// version at another nonce than the record's (a lost version found on chain) moves the
+    /// record to that nonce: an orphan row of that hash is marked adopted by it, and the
+    /// signer's counter is raised past the nonce.
     async fn record_signed(
         &self,
         fence: &Fence,
