@@ -341,7 +341,7 @@ impl Engine {
                     signers: &self.config.signers,
                 };
                 let bound = Duration::from_millis(self.config.timeouts.step_ms);
-                match tokio::time::timeout(bound, workflow::execute(&ctx, &workflow.kind, name))
+                match crate::deadline::timeout(bound, workflow::execute(&ctx, &workflow.kind, name))
                     .await
                 {
                     Ok(r) => r,

@@ -9,6 +9,7 @@ pub mod chain;
 pub mod clock;
 pub mod config;
 pub mod contracts;
+pub mod deadline;
 pub mod engine;
 pub mod error;
 pub mod indexer;

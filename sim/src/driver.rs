@@ -11,7 +11,7 @@
 
 use crate::check::{check, recovery_ms, Evidence};
 use crate::client::TokenBook;
-use crate::history::{summarize, History};
+use crate::history::History;
 use crate::outcome::{NotApplicable, RunResult};
 use crate::plan::{plan, PlannedOp, INVESTOR};
 use crate::scenario::{Fault, FaultKind, Scenario};
@@ -284,7 +284,7 @@ async fn liveness<B: Backend>(
         }
         tokio::time::sleep(POLL).await;
     }
-    let sums = summarize(&history.ops());
+    let sums = history.summary();
     let all_done = sums
         .values()
         .filter(|o| o.accepted_at.is_some())
@@ -309,14 +309,15 @@ async fn liveness<B: Backend>(
 /// Whether every planned operation was refused or seen finished. An op whose submissions all went
 /// unanswered so far is still in play (its client keeps retrying).
 fn settled(history: &History, planned: usize) -> bool {
-    let sums = summarize(&history.ops());
+    let sums = history.summary();
     sums.len() == planned && sums.values().all(|o| o.observed.is_some() || o.refused)
 }
 
 /// The workflows the clients were given for accepted requests and did not find gone: those the
 /// durability checker judges.
 fn accepted_ids(history: &History) -> std::collections::BTreeSet<i64> {
-    summarize(&history.ops())
+    history
+        .summary()
         .values()
         .filter(|o| o.accepted_at.is_some())
         .flat_map(|o| o.workflow_ids.iter().filter(|id| !o.lost_ids.contains(id)))

@@ -51,6 +51,10 @@ impl History {
     pub fn ops(&self) -> Vec<Op> {
         self.ops.lock().expect("history lock").clone()
     }
+    /// [`summarize`] of the history so far, without copying it (the driver asks on every poll).
+    pub fn summary(&self) -> std::collections::BTreeMap<u64, OpSummary> {
+        summarize(&self.ops.lock().expect("history lock"))
+    }
 }
 
 /// What the history says about one planned operation.

@@ -273,7 +273,7 @@ impl Gateway {
             json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}).to_string();
         let bound = self.timeout_for(method);
         let started = Instant::now();
-        let outcome = tokio::time::timeout(bound, self.transport.post(ep.ep.url(), body)).await;
+        let outcome = crate::deadline::timeout(bound, self.transport.post(ep.ep.url(), body)).await;
         let text = match outcome {
             Err(_) => {
                 self.mark_failed(i);

@@ -9,6 +9,7 @@
 //! tested in both flavours; the madsim node that serves it on the simulated network lives
 //! elsewhere and only calls [`ChainModel`]'s methods.
 
+mod ecrecover;
 pub(crate) mod evm;
 pub mod model;
 pub mod rpc;

@@ -11,7 +11,6 @@
 use super::model::{
     revert_message, Block, ChainModel, Included, LogRec, NodeTx, TxReject, DEFAULT_PRIORITY_FEE,
 };
-use alloy_consensus::transaction::SignerRecoverable;
 use alloy_consensus::{Transaction as _, TxEnvelope};
 use alloy_eips::eip2718::Decodable2718;
 use alloy_primitives::{Address, Bloom, Bytes, B256, U256};
@@ -499,7 +498,8 @@ impl ChainModel {
         let from = match self.senders.get(&hash) {
             Some(from) => *from,
             None => {
-                let from = env.recover_signer().map_err(|_| failed())?;
+                let from = super::ecrecover::recover_sender(&sig, &env.signature_hash())
+                    .ok_or_else(failed)?;
                 self.senders.insert(hash, from);
                 from
             }

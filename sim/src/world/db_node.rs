@@ -176,13 +176,9 @@ impl DbCluster {
         *self.primary.lock().expect("primary lock")
     }
 
-    /// The primary's model as it stands (for the checkers, after the run).
-    pub fn primary_model(&self) -> DbModel {
-        self.disks[self.primary()]
-            .lock()
-            .expect("disk")
-            .model
-            .clone()
+    /// `f` of the primary's model as it stands (for the checkers; read in place, not copied).
+    pub fn with_primary_model<T>(&self, f: impl FnOnce(&DbModel) -> T) -> T {
+        f(&self.disks[self.primary()].lock().expect("disk").model)
     }
 
     /// Promote `to` (pg_promote) and rebuild every other host except `down` from it

@@ -59,7 +59,7 @@ impl Client {
             .send_to_raw(dst, TAG_REQUEST, Box::new((tag, req)))
             .await
             .map_err(|e| CallError::Io(e.to_string()))?;
-        match tokio::time::timeout(timeout, self.ep.recv_from_raw(tag)).await {
+        match dalp_engine::deadline::timeout(timeout, self.ep.recv_from_raw(tag)).await {
             Err(_) => Err(CallError::Timeout),
             Ok(Err(e)) => Err(CallError::Io(e.to_string())),
             Ok(Ok((payload, _))) => Ok(*payload
@@ -92,5 +92,55 @@ where
                 let _ = ep.send_to_raw(from, tag, Box::new(resp)).await;
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use dalp_engine::deadline::timeout;
+    use std::future::Future;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::task::{Context, Wake, Waker};
+    use std::time::Duration;
+
+    /// Counts wakes.
+    struct Count(AtomicUsize);
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Polls `call` by hand with a counting waker, waking it every 10 ms until it is done, then
+    /// sleeps past its bound: the wakes its bound's timers delivered after it ended.
+    async fn wakes_after_the_end<F: Future>(call: F) -> usize {
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = Waker::from(count.clone());
+        let mut call = Box::pin(call);
+        while call
+            .as_mut()
+            .poll(&mut Context::from_waker(&waker))
+            .is_pending()
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        drop(call);
+        let before = count.0.load(Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        count.0.load(Ordering::SeqCst) - before
+    }
+
+    /// madsim's timers cannot be cancelled and its `timeout` arms one per poll: a call polled
+    /// ten times leaves ten timers that wake the task after it ended. `deadline::timeout` arms
+    /// one and silences it.
+    #[madsim::test]
+    async fn a_finished_call_s_bound_wakes_nobody() {
+        let work = || tokio::time::sleep(Duration::from_millis(95));
+        let madsim_s =
+            wakes_after_the_end(tokio::time::timeout(Duration::from_secs(1), work())).await;
+        assert!(madsim_s >= 9, "{madsim_s}");
+        let ours = wakes_after_the_end(timeout(Duration::from_secs(1), work())).await;
+        assert_eq!(ours, 0);
     }
 }

@@ -411,13 +411,12 @@ impl Backend for SimWorld {
 
     /// Read from the primary's model directly: no message, no await, nothing the run sees.
     async fn unfinished(&self, ids: &std::collections::BTreeSet<i64>) -> Option<usize> {
-        let views = workflow_views(&self.db.primary_model());
-        Some(
-            views
-                .iter()
-                .filter(|w| ids.contains(&w.id) && !crate::check::is_terminal(&w.status))
-                .count(),
-        )
+        Some(self.db.with_primary_model(|m| {
+            ids.iter()
+                .filter_map(|id| m.tables.workflows.get(id))
+                .filter(|w| !crate::check::is_terminal(w.status.as_str()))
+                .count()
+        }))
     }
 
     fn can_judge(&self, _invariant: &str) -> bool {
@@ -551,9 +550,12 @@ fn indexed_balances_at(model: &DbModel, height: u64) -> BTreeMap<(Address, Addre
 
 /// The database's and the chain's state at the end of the run.
 fn collect(db: &DbCluster, chain: &ChainWorld, ev: &mut Evidence) {
-    let model = db.primary_model();
+    db.with_primary_model(|model| collect_from(model, chain, ev));
+}
+
+fn collect_from(model: &DbModel, chain: &ChainWorld, ev: &mut Evidence) {
     ev.signer = chain.signer;
-    ev.workflows = workflow_views(&model);
+    ev.workflows = workflow_views(model);
     for row in model.tables.journal.values() {
         ev.journals
             .entry(row.workflow_id)
@@ -574,7 +576,7 @@ fn collect(db: &DbCluster, chain: &ChainWorld, ev: &mut Evidence) {
             })
             .collect(),
     );
-    ev.indexed_height = checkpoint(&model);
+    ev.indexed_height = checkpoint(model);
 
     ev.step_completions = model
         .tables
@@ -595,7 +597,7 @@ fn collect(db: &DbCluster, chain: &ChainWorld, ev: &mut Evidence) {
     let mut m = chain.model.lock().expect("chain");
     ev.block_history = Some(m.history.clone());
     ev.finalized = m.finalized();
-    ev.indexed_balances = indexed_balances_at(&model, ev.finalized);
+    ev.indexed_balances = indexed_balances_at(model, ev.finalized);
     for t in m.canonical_txs() {
         ev.chain_txs.push(ChainTx {
             hash: t.hash,

@@ -1,0 +1,112 @@
+//! The sender of a signed transaction, as a node recovers it.
+//!
+//! `alloy`'s `recover_signer` (through `ecdsa`'s `recover_from_prehash`) recovers the key and then
+//! verifies the signature against it, which doubles the cost of what was, on `steady-state`, the
+//! simulation's single most expensive call (issue 13). The verification cannot fail for a key
+//! recovered from that same signature, so the simulated node recovers only. Same rules as a node:
+//! `r` and `s` in range and non-zero, `s` in the lower half (EIP-2), `v` the parity of `R`'s y.
+//! The tests check it against alloy's recovery.
+
+use alloy_primitives::{Address, Signature, B256};
+use k256::elliptic_curve::ops::{LinearCombination, Reduce};
+use k256::elliptic_curve::point::DecompressPoint;
+use k256::elliptic_curve::scalar::IsHigh;
+use k256::elliptic_curve::sec1::ToEncodedPoint;
+use k256::elliptic_curve::PrimeField;
+use k256::{AffinePoint, ProjectivePoint, Scalar};
+
+/// The address whose key made `sig` over `prehash`; `None` where a node rejects the signature.
+pub(crate) fn recover_sender(sig: &Signature, prehash: &B256) -> Option<Address> {
+    let scalar = |v: alloy_primitives::U256| -> Option<Scalar> {
+        Option::from(Scalar::from_repr(v.to_be_bytes::<32>().into()))
+    };
+    let (r, s) = (scalar(sig.r())?, scalar(sig.s())?);
+    if bool::from(r.is_zero()) || bool::from(s.is_zero()) || bool::from(s.is_high()) {
+        return None;
+    }
+    let big_r: AffinePoint = Option::from(AffinePoint::decompress(
+        &r.to_repr(),
+        u8::from(sig.v()).into(),
+    ))?;
+    let z = <Scalar as Reduce<k256::U256>>::reduce_bytes(&prehash.0.into());
+    let r_inv: Scalar = Option::from(r.invert())?;
+    let key = ProjectivePoint::lincomb(
+        &ProjectivePoint::GENERATOR,
+        &-(r_inv * z),
+        &ProjectivePoint::from(big_r),
+        &(r_inv * s),
+    );
+    if key == ProjectivePoint::IDENTITY {
+        return None;
+    }
+    let point = key.to_affine().to_encoded_point(false);
+    Some(Address::from_raw_public_key(&point.as_bytes()[1..]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloy_primitives::{keccak256, U256};
+    use alloy_signer::SignerSync;
+    use alloy_signer_local::PrivateKeySigner;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// The same sender as alloy's recovery for any key and message, and a tampered signature
+        /// gives another sender or none, never the signer.
+        #[test]
+        fn recovers_what_alloy_recovers(key in 1u64..u64::MAX, msg in any::<[u8; 32]>(), bit in 0usize..256) {
+            let mut secret = [0u8; 32];
+            secret[24..].copy_from_slice(&key.to_be_bytes());
+            secret[0] = 0x42;
+            let signer = PrivateKeySigner::from_bytes(&secret.into()).expect("a valid key");
+            let hash = keccak256(msg);
+            let sig = signer.sign_hash_sync(&hash).expect("signs");
+            prop_assert_eq!(recover_sender(&sig, &hash), Some(signer.address()));
+            prop_assert_eq!(sig.recover_address_from_prehash(&hash).ok(), Some(signer.address()));
+            let flipped = sig.s() ^ (U256::from(1) << bit);
+            let tampered = Signature::new(sig.r(), flipped, sig.v());
+            let ours = recover_sender(&tampered, &hash);
+            prop_assert_ne!(ours, Some(signer.address()));
+            if let Ok(theirs) = tampered.recover_address_from_prehash(&hash) {
+                // alloy does not apply EIP-2 here; where it recovers at all, ours agrees or
+                // refuses a high `s`.
+                prop_assert!(ours.is_none_or(|a| a == theirs));
+            }
+        }
+    }
+
+    /// A node's refusals: high `s` (EIP-2), zero `r` or `s`, an `r` that is no curve point's x.
+    #[test]
+    fn refuses_what_a_node_refuses() {
+        let signer = PrivateKeySigner::from_bytes(&[7u8; 32].into()).expect("a valid key");
+        let hash = keccak256(b"x");
+        let sig = signer.sign_hash_sync(&hash).expect("signs");
+        let n = U256::from_be_bytes(hex_literal(
+            "fffffffffffffffffffffffffffffffebaaedce6af48a03bbfd25e8cd0364141",
+        ));
+        let high = Signature::new(sig.r(), n - sig.s(), !sig.v());
+        assert_eq!(recover_sender(&high, &hash), None);
+        assert_eq!(
+            recover_sender(&Signature::new(U256::ZERO, sig.s(), sig.v()), &hash),
+            None
+        );
+        assert_eq!(
+            recover_sender(&Signature::new(sig.r(), U256::ZERO, sig.v()), &hash),
+            None
+        );
+        // x = 5 is not on secp256k1 (5^3 + 7 = 132 is not a square mod p).
+        assert_eq!(
+            recover_sender(&Signature::new(U256::from(5), sig.s(), sig.v()), &hash),
+            None
+        );
+    }
+
+    fn hex_literal(s: &str) -> [u8; 32] {
+        let v: Vec<u8> = (0..32)
+            .map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).expect("hex"))
+            .collect();
+        v.try_into().expect("32 bytes")
+    }
+}
