@@ -156,7 +156,6 @@ pub async fn chain(
     Ok(())
 }
 
-/// The database side, from the current primary.
 /// How many of the workflows `ids` the database at `url` holds and has not finished (terminal, by
 /// the checkers' reading; one that is gone is not counted); `None` when it cannot be read within
 /// a few seconds (a fault may still be settling: the liveness phase then goes by the clients
@@ -166,14 +165,14 @@ pub async fn unfinished(url: &str, ids: &std::collections::BTreeSet<i64>) -> Opt
     let ids: Vec<i64> = ids.iter().copied().collect();
     let read = async {
         let mut conn = sqlx::PgConnection::connect(url).await?;
-        let rows = sqlx::query("SELECT id, status FROM workflows WHERE id = ANY($1)")
+        let rows = sqlx::query("SELECT status FROM workflows WHERE id = ANY($1)")
             .bind(&ids)
             .fetch_all(&mut conn)
             .await?;
         let _ = conn.close().await;
         let mut unfinished = 0;
         for r in rows {
-            let status: String = r.try_get(1)?;
+            let status: String = r.try_get(0)?;
             unfinished += usize::from(!dalp_sim::check::is_terminal(&status));
         }
         Ok::<_, sqlx::Error>(unfinished)
@@ -184,6 +183,7 @@ pub async fn unfinished(url: &str, ids: &std::collections::BTreeSet<i64>) -> Opt
         .ok()
 }
 
+/// The database side, from the current primary.
 pub async fn database(url: &str, ev: &mut Evidence) -> Result<()> {
     let store = PgStore::open(url, 4, Duration::from_secs(10))
         .map_err(|e| format!("evidence: connect to the primary: {e}"))?;

@@ -83,8 +83,8 @@ mod tests {
         let signer = PrivateKeySigner::from_bytes(&[7u8; 32].into()).expect("a valid key");
         let hash = keccak256(b"x");
         let sig = signer.sign_hash_sync(&hash).expect("signs");
-        let n = U256::from_be_bytes(hex_literal(
-            "fffffffffffffffffffffffffffffffebaaedce6af48a03bbfd25e8cd0364141",
+        let n = U256::from_be_bytes(alloy_primitives::hex!(
+            "fffffffffffffffffffffffffffffffebaaedce6af48a03bbfd25e8cd0364141"
         ));
         let high = Signature::new(sig.r(), n - sig.s(), !sig.v());
         assert_eq!(recover_sender(&high, &hash), None);
@@ -101,12 +101,5 @@ mod tests {
             recover_sender(&Signature::new(U256::from(5), sig.s(), sig.v()), &hash),
             None
         );
-    }
-
-    fn hex_literal(s: &str) -> [u8; 32] {
-        let v: Vec<u8> = (0..32)
-            .map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).expect("hex"))
-            .collect();
-        v.try_into().expect("32 bytes")
     }
 }

@@ -405,7 +405,8 @@ impl Backend for SimWorld {
     }
 
     async fn collect(&self, ev: &mut Evidence) -> Result<()> {
-        collect(&self.db, &self.chain, ev);
+        self.db
+            .with_primary_model(|model| collect(model, &self.chain, ev));
         Ok(())
     }
 
@@ -548,12 +549,8 @@ fn indexed_balances_at(model: &DbModel, height: u64) -> BTreeMap<(Address, Addre
     out
 }
 
-/// The database's and the chain's state at the end of the run.
-fn collect(db: &DbCluster, chain: &ChainWorld, ev: &mut Evidence) {
-    db.with_primary_model(|model| collect_from(model, chain, ev));
-}
-
-fn collect_from(model: &DbModel, chain: &ChainWorld, ev: &mut Evidence) {
+/// The database's (`model`: the primary's) and the chain's state at the end of the run.
+fn collect(model: &DbModel, chain: &ChainWorld, ev: &mut Evidence) {
     ev.signer = chain.signer;
     ev.workflows = workflow_views(model);
     for row in model.tables.journal.values() {
