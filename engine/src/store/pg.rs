@@ -123,7 +123,8 @@ type Tx<'a> = Transaction<'a, Postgres>;
 /// their row locks indefinitely (transact-rs/sqlx#4393). Here a claim held that way made `SKIP
 /// LOCKED` skip one workflow for good after a latency spike. A `TxConn` whose `BEGIN` did not
 /// complete is closed instead of returned: the server ends the session and its transaction.
-/// Once `BEGIN` has completed, sqlx's own guard queues the rollback of a dropped transaction.
+/// Once `BEGIN` has completed, sqlx's own guard queues the rollback of a dropped transaction, and
+/// [`TxConn::settle`] sends it before a failure is reported.
 struct TxConn {
     conn: sqlx::pool::PoolConnection<Postgres>,
     beginning: bool,
@@ -144,6 +145,33 @@ impl TxConn {
         *beginning = false;
         Ok(tx)
     }
+
+    /// Ends the work `r` did on this connection (see [`transaction_body`]).
+    ///
+    /// A transaction dropped on an error path (a fenced write, a failed statement) only queues its
+    /// `ROLLBACK`; sqlx sends it from a task it spawns once the connection is back in the pool. Until
+    /// then the session keeps its row locks, so the caller's next call, on another connection, could
+    /// find its own workflow locked: a claim right after a fenced notify skipped it (`SKIP LOCKED`)
+    /// and returned nothing. Here the rollback goes out, and is answered, before the error returns.
+    async fn settle<T>(
+        mut self,
+        r: std::result::Result<T, DbFail>,
+    ) -> std::result::Result<T, DbFail> {
+        if r.is_err() && sqlx::Connection::ping(&mut *self.conn).await.is_err() {
+            // The session is broken: the server ends its transaction when the socket closes.
+            self.conn.close_on_drop();
+        }
+        r
+    }
+}
+
+/// The body of a transaction on a [`TxConn`], run before [`TxConn::settle`]: it begins, and
+/// commits (or returns an error); this only fixes its error type for `?`.
+fn transaction_body<T, F>(body: F) -> F
+where
+    F: std::future::Future<Output = std::result::Result<T, DbFail>>,
+{
+    body
 }
 
 impl Drop for TxConn {
@@ -504,66 +532,70 @@ impl Store for PgStore {
     async fn submit(&self, new: NewWorkflow, window: Duration) -> Result<Submitted> {
         self.bounded(async {
             let mut conn = TxConn::acquire(&self.pool).await?;
-            let mut tx = conn.begin().await?;
-            let live = sqlx::query(&format!(
-                "SELECT w.request_hash, {cols} FROM idempotency_keys k JOIN workflows w ON w.id = k.workflow_id \
-                 WHERE k.scope = $1 AND k.idempotency_key = $2 AND k.expires_at > now() FOR UPDATE OF k",
-                cols = WF_COLS.split(", ").map(|c| format!("w.{c}")).collect::<Vec<_>>().join(", ")
-            ))
-            .bind(&new.scope)
-            .bind(&new.idempotency_key)
-            .fetch_optional(&mut *tx)
-            .await?;
-            if let Some(r) = live {
-                tx.commit().await?;
-                return existing(&new, &r);
-            }
-            let r = sqlx::query(&format!(
-                "INSERT INTO workflows (kind, scope, idempotency_key, request_hash, input, status) \
-                 VALUES ($1, $2, $3, $4, $5, 'pending') RETURNING {WF_COLS}"
-            ))
-            .bind(&new.kind)
-            .bind(&new.scope)
-            .bind(&new.idempotency_key)
-            .bind(&new.request_hash)
-            .bind(&new.input)
-            .fetch_one(&mut *tx)
-            .await?;
-            let wf = row_to_workflow(&r)?;
-            // Takes an expired key over; a live key inserted concurrently wins instead.
-            let took = sqlx::query(
-                "INSERT INTO idempotency_keys (scope, idempotency_key, workflow_id, expires_at) \
-                 VALUES ($1, $2, $3, now() + $4 * interval '1 millisecond') \
-                 ON CONFLICT (scope, idempotency_key) DO UPDATE SET workflow_id = EXCLUDED.workflow_id, expires_at = EXCLUDED.expires_at \
-                 WHERE idempotency_keys.expires_at <= now() RETURNING workflow_id",
-            )
-            .bind(&new.scope)
-            .bind(&new.idempotency_key)
-            .bind(wf.id)
-            .bind(window.as_millis() as i64)
-            .fetch_optional(&mut *tx)
-            .await?;
-            if took.is_none() {
-                tx.rollback().await?;
-                let r = sqlx::query(&format!(
-                    "SELECT request_hash, {WF_COLS} FROM workflows WHERE id = (SELECT workflow_id FROM idempotency_keys WHERE scope = $1 AND idempotency_key = $2)"
+            let r = transaction_body(async {
+                let mut tx = conn.begin().await?;
+                let live = sqlx::query(&format!(
+                    "SELECT w.request_hash, {cols} FROM idempotency_keys k JOIN workflows w ON w.id = k.workflow_id \
+                     WHERE k.scope = $1 AND k.idempotency_key = $2 AND k.expires_at > now() FOR UPDATE OF k",
+                    cols = WF_COLS.split(", ").map(|c| format!("w.{c}")).collect::<Vec<_>>().join(", ")
                 ))
                 .bind(&new.scope)
                 .bind(&new.idempotency_key)
-                .fetch_one(&self.pool)
+                .fetch_optional(&mut *tx)
                 .await?;
-                // The winner may have submitted another request under the key: refused as if
-                // it had committed first.
-                return existing(&new, &r);
-            }
-            sqlx::query(
-                "INSERT INTO journal (workflow_id, step_index, step_name, event, detail, fencing_token, node) VALUES ($1, 0, 'received', 'received', NULL, 0, 'api')",
-            )
-            .bind(wf.id)
-            .execute(&mut *tx)
-            .await?;
-            tx.commit().await?;
-            Ok(Submitted::Created(wf))
+                if let Some(r) = live {
+                    tx.commit().await?;
+                    return existing(&new, &r);
+                }
+                let r = sqlx::query(&format!(
+                    "INSERT INTO workflows (kind, scope, idempotency_key, request_hash, input, status) \
+                     VALUES ($1, $2, $3, $4, $5, 'pending') RETURNING {WF_COLS}"
+                ))
+                .bind(&new.kind)
+                .bind(&new.scope)
+                .bind(&new.idempotency_key)
+                .bind(&new.request_hash)
+                .bind(&new.input)
+                .fetch_one(&mut *tx)
+                .await?;
+                let wf = row_to_workflow(&r)?;
+                // Takes an expired key over; a live key inserted concurrently wins instead.
+                let took = sqlx::query(
+                    "INSERT INTO idempotency_keys (scope, idempotency_key, workflow_id, expires_at) \
+                     VALUES ($1, $2, $3, now() + $4 * interval '1 millisecond') \
+                     ON CONFLICT (scope, idempotency_key) DO UPDATE SET workflow_id = EXCLUDED.workflow_id, expires_at = EXCLUDED.expires_at \
+                     WHERE idempotency_keys.expires_at <= now() RETURNING workflow_id",
+                )
+                .bind(&new.scope)
+                .bind(&new.idempotency_key)
+                .bind(wf.id)
+                .bind(window.as_millis() as i64)
+                .fetch_optional(&mut *tx)
+                .await?;
+                if took.is_none() {
+                    tx.rollback().await?;
+                    let r = sqlx::query(&format!(
+                        "SELECT request_hash, {WF_COLS} FROM workflows WHERE id = (SELECT workflow_id FROM idempotency_keys WHERE scope = $1 AND idempotency_key = $2)"
+                    ))
+                    .bind(&new.scope)
+                    .bind(&new.idempotency_key)
+                    .fetch_one(&self.pool)
+                    .await?;
+                    // The winner may have submitted another request under the key: refused as if
+                    // it had committed first.
+                    return existing(&new, &r);
+                }
+                sqlx::query(
+                    "INSERT INTO journal (workflow_id, step_index, step_name, event, detail, fencing_token, node) VALUES ($1, 0, 'received', 'received', NULL, 0, 'api')",
+                )
+                .bind(wf.id)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(Submitted::Created(wf))
+            })
+            .await;
+            conn.settle(r).await
         })
         .await
     }
@@ -695,44 +727,48 @@ impl Store for PgStore {
     ) -> Result<()> {
         self.bounded(async {
             let mut conn = TxConn::acquire(&self.pool).await?;
-            let mut tx = conn.begin().await?;
-            let (current, status) = check_fence_status(&mut tx, fence).await?;
-            if current > step {
-                // Our earlier commit went through although we did not see it: nothing to do.
+            let r = transaction_body(async {
+                let mut tx = conn.begin().await?;
+                let (current, status) = check_fence_status(&mut tx, fence).await?;
+                if current > step {
+                    // Our earlier commit went through although we did not see it: nothing to do.
+                    tx.commit().await?;
+                    return Ok(());
+                }
+                if status.is_terminal() {
+                    return Err(workflow_ended(fence.workflow_id, status, "complete_step").into());
+                }
+                if current != step {
+                    return Err(EngineError::Internal(format!(
+                        "workflow {} is at step {current}, cannot complete step {step}",
+                        fence.workflow_id
+                    ))
+                    .into());
+                }
+                let done = result.is_some();
+                sqlx::query(
+                    "UPDATE workflows SET current_step = $2 + 1, state = state || jsonb_build_object($3::text, $4::jsonb), \
+                     attempts = 0, error = NULL, result = $5, status = CASE WHEN $6 THEN 'completed' ELSE 'running' END, \
+                     lease_owner = CASE WHEN $6 THEN NULL ELSE lease_owner END, \
+                     lease_expires_at = CASE WHEN $6 THEN NULL ELSE lease_expires_at END, updated_at = now() WHERE id = $1",
+                )
+                .bind(fence.workflow_id)
+                .bind(step)
+                .bind(name)
+                .bind(&output)
+                .bind(&result)
+                .bind(done)
+                .execute(&mut *tx)
+                .await?;
+                journal_append(&mut tx, fence, step, name, "completed", Some(&output)).await?;
+                if let Some(result) = &result {
+                    journal_append(&mut tx, fence, step, name, "workflow_completed", Some(result)).await?;
+                }
                 tx.commit().await?;
-                return Ok(());
-            }
-            if status.is_terminal() {
-                return Err(workflow_ended(fence.workflow_id, status, "complete_step").into());
-            }
-            if current != step {
-                return Err(EngineError::Internal(format!(
-                    "workflow {} is at step {current}, cannot complete step {step}",
-                    fence.workflow_id
-                ))
-                .into());
-            }
-            let done = result.is_some();
-            sqlx::query(
-                "UPDATE workflows SET current_step = $2 + 1, state = state || jsonb_build_object($3::text, $4::jsonb), \
-                 attempts = 0, error = NULL, result = $5, status = CASE WHEN $6 THEN 'completed' ELSE 'running' END, \
-                 lease_owner = CASE WHEN $6 THEN NULL ELSE lease_owner END, \
-                 lease_expires_at = CASE WHEN $6 THEN NULL ELSE lease_expires_at END, updated_at = now() WHERE id = $1",
-            )
-            .bind(fence.workflow_id)
-            .bind(step)
-            .bind(name)
-            .bind(&output)
-            .bind(&result)
-            .bind(done)
-            .execute(&mut *tx)
-            .await?;
-            journal_append(&mut tx, fence, step, name, "completed", Some(&output)).await?;
-            if let Some(result) = &result {
-                journal_append(&mut tx, fence, step, name, "workflow_completed", Some(result)).await?;
-            }
-            tx.commit().await?;
-            Ok(())
+                Ok(())
+            })
+            .await;
+            conn.settle(r).await
         })
         .await
     }
@@ -747,26 +783,30 @@ impl Store for PgStore {
     ) -> Result<()> {
         self.bounded(async {
             let mut conn = TxConn::acquire(&self.pool).await?;
-            let mut tx = conn.begin().await?;
-            check_fence(&mut tx, fence).await?;
-            let updated = sqlx::query(
-                "UPDATE workflows SET attempts = attempts + 1, error = $2, next_attempt_at = now() + $3 * interval '1 millisecond', \
-                 lease_owner = NULL, lease_expires_at = NULL, fencing_token = fencing_token + 1, updated_at = now() \
-                 WHERE id = $1 AND current_step = $4",
-            )
-            .bind(fence.workflow_id)
-            .bind(error)
-            .bind(delay.as_millis() as i64)
-            .bind(step)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            // A retry of another step than the current one did not happen: no entry.
-            if updated == 1 {
-                journal_append(&mut tx, fence, step, name, "retry", Some(error)).await?;
-            }
-            tx.commit().await?;
-            Ok(())
+            let r = transaction_body(async {
+                let mut tx = conn.begin().await?;
+                check_fence(&mut tx, fence).await?;
+                let updated = sqlx::query(
+                    "UPDATE workflows SET attempts = attempts + 1, error = $2, next_attempt_at = now() + $3 * interval '1 millisecond', \
+                     lease_owner = NULL, lease_expires_at = NULL, fencing_token = fencing_token + 1, updated_at = now() \
+                     WHERE id = $1 AND current_step = $4",
+                )
+                .bind(fence.workflow_id)
+                .bind(error)
+                .bind(delay.as_millis() as i64)
+                .bind(step)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                // A retry of another step than the current one did not happen: no entry.
+                if updated == 1 {
+                    journal_append(&mut tx, fence, step, name, "retry", Some(error)).await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            })
+            .await;
+            conn.settle(r).await
         })
         .await
     }
@@ -781,39 +821,43 @@ impl Store for PgStore {
     ) -> Result<()> {
         self.bounded(async {
             let mut conn = TxConn::acquire(&self.pool).await?;
-            let mut tx = conn.begin().await?;
-            let (_, now) = check_fence_status(&mut tx, fence).await?;
-            if now.is_terminal() {
-                return Err(workflow_ended(fence.workflow_id, now, "fail").into());
-            }
-            let status = if dead_letter { "dead_letter" } else { "failed" };
-            sqlx::query(
-                "UPDATE workflows SET status = $2, error = $3, attempts = attempts + 1, lease_owner = NULL, lease_expires_at = NULL, \
-                 fencing_token = fencing_token + 1, updated_at = now() WHERE id = $1",
-            )
-            .bind(fence.workflow_id)
-            .bind(status)
-            .bind(error)
-            .execute(&mut *tx)
-            .await?;
-            if dead_letter {
-                let code = error.get("reason_code").and_then(Value::as_str).unwrap_or("unknown");
-                let reason = error.get("message").and_then(Value::as_str).unwrap_or("");
+            let r = transaction_body(async {
+                let mut tx = conn.begin().await?;
+                let (_, now) = check_fence_status(&mut tx, fence).await?;
+                if now.is_terminal() {
+                    return Err(workflow_ended(fence.workflow_id, now, "fail").into());
+                }
+                let status = if dead_letter { "dead_letter" } else { "failed" };
                 sqlx::query(
-                    "INSERT INTO dead_letters (workflow_id, step_index, step_name, reason_code, reason) VALUES ($1,$2,$3,$4,$5) \
-                     ON CONFLICT (workflow_id) DO UPDATE SET step_index = $2, step_name = $3, reason_code = $4, reason = $5, failed_at = now()",
+                    "UPDATE workflows SET status = $2, error = $3, attempts = attempts + 1, lease_owner = NULL, lease_expires_at = NULL, \
+                     fencing_token = fencing_token + 1, updated_at = now() WHERE id = $1",
                 )
                 .bind(fence.workflow_id)
-                .bind(step)
-                .bind(name)
-                .bind(code)
-                .bind(reason)
+                .bind(status)
+                .bind(error)
                 .execute(&mut *tx)
                 .await?;
-            }
-            journal_append(&mut tx, fence, step, name, status, Some(error)).await?;
-            tx.commit().await?;
-            Ok(())
+                if dead_letter {
+                    let code = error.get("reason_code").and_then(Value::as_str).unwrap_or("unknown");
+                    let reason = error.get("message").and_then(Value::as_str).unwrap_or("");
+                    sqlx::query(
+                        "INSERT INTO dead_letters (workflow_id, step_index, step_name, reason_code, reason) VALUES ($1,$2,$3,$4,$5) \
+                         ON CONFLICT (workflow_id) DO UPDATE SET step_index = $2, step_name = $3, reason_code = $4, reason = $5, failed_at = now()",
+                    )
+                    .bind(fence.workflow_id)
+                    .bind(step)
+                    .bind(name)
+                    .bind(code)
+                    .bind(reason)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                journal_append(&mut tx, fence, step, name, status, Some(error)).await?;
+                tx.commit().await?;
+                Ok(())
+            })
+            .await;
+            conn.settle(r).await
         })
         .await
     }
@@ -846,36 +890,40 @@ impl Store for PgStore {
     async fn requeue(&self, id: WorkflowId, actor: &str, reason: &str) -> Result<WorkflowRecord> {
         self.bounded(async {
             let mut conn = TxConn::acquire(&self.pool).await?;
-            let mut tx = conn.begin().await?;
-            let status: Option<String> = sqlx::query("SELECT status FROM workflows WHERE id = $1 FOR UPDATE")
+            let r = transaction_body(async {
+                let mut tx = conn.begin().await?;
+                let status: Option<String> = sqlx::query("SELECT status FROM workflows WHERE id = $1 FOR UPDATE")
+                    .bind(id)
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .map(|r| r.try_get(0))
+                    .transpose()?;
+                let args = serde_json::json!({ "workflow_id": id });
+                if status.as_deref() != Some("dead_letter") {
+                    let outcome = format!("rejected: workflow is {}", status.as_deref().unwrap_or("unknown"));
+                    insert_audit(&mut tx, actor, "requeue", &args, reason, &outcome).await?;
+                    tx.commit().await?;
+                    return Err(requeue_refused(id, status.is_some()).into());
+                }
+                let r = sqlx::query(&format!(
+                    "UPDATE workflows SET status = 'pending', attempts = 0, error = NULL, next_attempt_at = now(), \
+                     lease_owner = NULL, lease_expires_at = NULL, fencing_token = fencing_token + 1, updated_at = now() \
+                     WHERE id = $1 RETURNING {WF_COLS}"
+                ))
                 .bind(id)
-                .fetch_optional(&mut *tx)
-                .await?
-                .map(|r| r.try_get(0))
-                .transpose()?;
-            let args = serde_json::json!({ "workflow_id": id });
-            if status.as_deref() != Some("dead_letter") {
-                let outcome = format!("rejected: workflow is {}", status.as_deref().unwrap_or("unknown"));
-                insert_audit(&mut tx, actor, "requeue", &args, reason, &outcome).await?;
-                tx.commit().await?;
-                return Err(requeue_refused(id, status.is_some()).into());
-            }
-            let r = sqlx::query(&format!(
-                "UPDATE workflows SET status = 'pending', attempts = 0, error = NULL, next_attempt_at = now(), \
-                 lease_owner = NULL, lease_expires_at = NULL, fencing_token = fencing_token + 1, updated_at = now() \
-                 WHERE id = $1 RETURNING {WF_COLS}"
-            ))
-            .bind(id)
-            .fetch_one(&mut *tx)
-            .await?;
-            let wf = row_to_workflow(&r)?;
-            sqlx::query("DELETE FROM dead_letters WHERE workflow_id = $1").bind(id).execute(&mut *tx).await?;
-            let fence = Fence { workflow_id: id, token: wf.fencing_token, node: format!("operator:{actor}"), lease_id: 0 };
-            journal_append(&mut tx, &fence, wf.current_step, "requeue", "requeued", Some(&serde_json::json!({ "reason": reason })))
+                .fetch_one(&mut *tx)
                 .await?;
-            insert_audit(&mut tx, actor, "requeue", &args, reason, "ok").await?;
-            tx.commit().await?;
-            Ok(wf)
+                let wf = row_to_workflow(&r)?;
+                sqlx::query("DELETE FROM dead_letters WHERE workflow_id = $1").bind(id).execute(&mut *tx).await?;
+                let fence = Fence { workflow_id: id, token: wf.fencing_token, node: format!("operator:{actor}"), lease_id: 0 };
+                journal_append(&mut tx, &fence, wf.current_step, "requeue", "requeued", Some(&serde_json::json!({ "reason": reason })))
+                    .await?;
+                insert_audit(&mut tx, actor, "requeue", &args, reason, "ok").await?;
+                tx.commit().await?;
+                Ok(wf)
+            })
+            .await;
+            conn.settle(r).await
         })
         .await
     }
@@ -883,10 +931,14 @@ impl Store for PgStore {
     async fn audit(&self, e: &AuditEntry) -> Result<()> {
         self.bounded(async {
             let mut conn = TxConn::acquire(&self.pool).await?;
-            let mut tx = conn.begin().await?;
-            insert_audit(&mut tx, &e.actor, &e.action, &e.args, &e.reason, &e.outcome).await?;
-            tx.commit().await?;
-            Ok(())
+            let r = transaction_body(async {
+                let mut tx = conn.begin().await?;
+                insert_audit(&mut tx, &e.actor, &e.action, &e.args, &e.reason, &e.outcome).await?;
+                tx.commit().await?;
+                Ok(())
+            })
+            .await;
+            conn.settle(r).await
         })
         .await
     }
@@ -979,32 +1031,36 @@ impl Store for PgStore {
     ) -> Result<TxRecord> {
         self.bounded(async {
             let mut conn = TxConn::acquire(&self.pool).await?;
-            let mut tx = conn.begin().await?;
-            check_fence(&mut tx, fence).await?;
-            let signer = hex_addr(&intent.signer);
-            let nonce = allocate_nonce(&mut tx, &signer, intent.chain_id as i64, chain_nonce as i64).await?;
-            let id: i64 = sqlx::query(
-                "INSERT INTO transactions (workflow_id, step_index, signer, chain_id, nonce, state, to_address, input, value, gas_limit, max_fee, priority_fee) \
-                 VALUES ($1,$2,$3,$4,$5,'PREPARING',$6,$7,$8,$9,$10,$11) RETURNING id",
-            )
-            .bind(fence.workflow_id)
-            .bind(step)
-            .bind(&signer)
-            .bind(intent.chain_id as i64)
-            .bind(nonce)
-            .bind(intent.to.as_ref().map(hex_addr))
-            .bind(intent.input.to_vec())
-            .bind(intent.value.to_string())
-            .bind(intent.gas_limit as i64)
-            .bind(fees.max_fee_per_gas.to_string())
-            .bind(fees.max_priority_fee_per_gas.to_string())
-            .fetch_one(&mut *tx)
-            .await?
-            .try_get(0)?;
-            tx_event(&mut tx, id, TxState::Preparing, Some(&format!("nonce {nonce}"))).await?;
-            let rec = load_tx(&mut tx, id).await?;
-            tx.commit().await?;
-            Ok(rec)
+            let r = transaction_body(async {
+                let mut tx = conn.begin().await?;
+                check_fence(&mut tx, fence).await?;
+                let signer = hex_addr(&intent.signer);
+                let nonce = allocate_nonce(&mut tx, &signer, intent.chain_id as i64, chain_nonce as i64).await?;
+                let id: i64 = sqlx::query(
+                    "INSERT INTO transactions (workflow_id, step_index, signer, chain_id, nonce, state, to_address, input, value, gas_limit, max_fee, priority_fee) \
+                     VALUES ($1,$2,$3,$4,$5,'PREPARING',$6,$7,$8,$9,$10,$11) RETURNING id",
+                )
+                .bind(fence.workflow_id)
+                .bind(step)
+                .bind(&signer)
+                .bind(intent.chain_id as i64)
+                .bind(nonce)
+                .bind(intent.to.as_ref().map(hex_addr))
+                .bind(intent.input.to_vec())
+                .bind(intent.value.to_string())
+                .bind(intent.gas_limit as i64)
+                .bind(fees.max_fee_per_gas.to_string())
+                .bind(fees.max_priority_fee_per_gas.to_string())
+                .fetch_one(&mut *tx)
+                .await?
+                .try_get(0)?;
+                tx_event(&mut tx, id, TxState::Preparing, Some(&format!("nonce {nonce}"))).await?;
+                let rec = load_tx(&mut tx, id).await?;
+                tx.commit().await?;
+                Ok(rec)
+            })
+            .await;
+            conn.settle(r).await
         })
         .await
     }
@@ -1017,34 +1073,38 @@ impl Store for PgStore {
     ) -> Result<TxRecord> {
         self.bounded(async {
             let mut conn = TxConn::acquire(&self.pool).await?;
-            let mut tx = conn.begin().await?;
-            check_fence(&mut tx, fence).await?;
-            check_tx_owner(&mut tx, fence, tx_id).await?;
-            insert_broadcast(&mut tx, tx_id, signed).await?;
-            // One statement: the old nonce (the CTE reads the row before the update) decides
-            // whether the record moved.
-            let r = sqlx::query(
-                "WITH old AS (SELECT nonce FROM transactions WHERE id = $1) \
-                 UPDATE transactions t SET nonce = $6, raw = $2, tx_hash = $3, max_fee = $4, priority_fee = $5, state = 'BROADCASTING', updated_at = now() \
-                 FROM old WHERE t.id = $1 RETURNING old.nonce, t.signer, t.chain_id",
-            )
-            .bind(tx_id)
-            .bind(signed.raw.to_vec())
-            .bind(hex_b256(&signed.hash))
-            .bind(signed.max_fee_per_gas.to_string())
-            .bind(signed.max_priority_fee_per_gas.to_string())
-            .bind(signed.nonce as i64)
-            .fetch_one(&mut *tx)
-            .await?;
-            let (old_nonce, signer, chain_id): (i64, String, i64) =
-                (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?);
-            if old_nonce != signed.nonce as i64 {
-                take_found_version(&mut tx, tx_id, &signer, chain_id, signed).await?;
-            }
-            tx_event(&mut tx, tx_id, TxState::Broadcasting, Some(&hex_b256(&signed.hash))).await?;
-            let rec = load_tx(&mut tx, tx_id).await?;
-            tx.commit().await?;
-            Ok(rec)
+            let r = transaction_body(async {
+                let mut tx = conn.begin().await?;
+                check_fence(&mut tx, fence).await?;
+                check_tx_owner(&mut tx, fence, tx_id).await?;
+                insert_broadcast(&mut tx, tx_id, signed).await?;
+                // One statement: the old nonce (the CTE reads the row before the update) decides
+                // whether the record moved.
+                let r = sqlx::query(
+                    "WITH old AS (SELECT nonce FROM transactions WHERE id = $1) \
+                     UPDATE transactions t SET nonce = $6, raw = $2, tx_hash = $3, max_fee = $4, priority_fee = $5, state = 'BROADCASTING', updated_at = now() \
+                     FROM old WHERE t.id = $1 RETURNING old.nonce, t.signer, t.chain_id",
+                )
+                .bind(tx_id)
+                .bind(signed.raw.to_vec())
+                .bind(hex_b256(&signed.hash))
+                .bind(signed.max_fee_per_gas.to_string())
+                .bind(signed.max_priority_fee_per_gas.to_string())
+                .bind(signed.nonce as i64)
+                .fetch_one(&mut *tx)
+                .await?;
+                let (old_nonce, signer, chain_id): (i64, String, i64) =
+                    (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?);
+                if old_nonce != signed.nonce as i64 {
+                    take_found_version(&mut tx, tx_id, &signer, chain_id, signed).await?;
+                }
+                tx_event(&mut tx, tx_id, TxState::Broadcasting, Some(&hex_b256(&signed.hash))).await?;
+                let rec = load_tx(&mut tx, tx_id).await?;
+                tx.commit().await?;
+                Ok(rec)
+            })
+            .await;
+            conn.settle(r).await
         })
         .await
     }
@@ -1059,21 +1119,25 @@ impl Store for PgStore {
     ) -> Result<()> {
         self.bounded(async {
             let mut conn = TxConn::acquire(&self.pool).await?;
-            let mut tx = conn.begin().await?;
-            check_fence(&mut tx, fence).await?;
-            check_tx_owner(&mut tx, fence, tx_id).await?;
-            sqlx::query(
-                "UPDATE transactions SET state = $2, failure = COALESCE($3, failure), receipt = COALESCE($4, receipt), updated_at = now() WHERE id = $1",
-            )
-            .bind(tx_id)
-            .bind(state.as_str())
-            .bind(if matches!(state, TxState::Failed | TxState::DeadLetter | TxState::Cancelled) { detail } else { None })
-            .bind(receipt)
-            .execute(&mut *tx)
-            .await?;
-            tx_event(&mut tx, tx_id, state, detail).await?;
-            tx.commit().await?;
-            Ok(())
+            let r = transaction_body(async {
+                let mut tx = conn.begin().await?;
+                check_fence(&mut tx, fence).await?;
+                check_tx_owner(&mut tx, fence, tx_id).await?;
+                sqlx::query(
+                    "UPDATE transactions SET state = $2, failure = COALESCE($3, failure), receipt = COALESCE($4, receipt), updated_at = now() WHERE id = $1",
+                )
+                .bind(tx_id)
+                .bind(state.as_str())
+                .bind(if matches!(state, TxState::Failed | TxState::DeadLetter | TxState::Cancelled) { detail } else { None })
+                .bind(receipt)
+                .execute(&mut *tx)
+                .await?;
+                tx_event(&mut tx, tx_id, state, detail).await?;
+                tx.commit().await?;
+                Ok(())
+            })
+            .await;
+            conn.settle(r).await
         })
         .await
     }
@@ -1086,26 +1150,30 @@ impl Store for PgStore {
     ) -> Result<TxRecord> {
         self.bounded(async {
             let mut conn = TxConn::acquire(&self.pool).await?;
-            let mut tx = conn.begin().await?;
-            check_fence(&mut tx, fence).await?;
-            check_tx_owner(&mut tx, fence, tx_id).await?;
-            let r = sqlx::query("SELECT signer, chain_id FROM transactions WHERE id = $1")
+            let r = transaction_body(async {
+                let mut tx = conn.begin().await?;
+                check_fence(&mut tx, fence).await?;
+                check_tx_owner(&mut tx, fence, tx_id).await?;
+                let r = sqlx::query("SELECT signer, chain_id FROM transactions WHERE id = $1")
+                    .bind(tx_id)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                let (signer, chain_id): (String, i64) = (r.try_get(0)?, r.try_get(1)?);
+                let nonce = allocate_nonce(&mut tx, &signer, chain_id, chain_nonce as i64).await?;
+                sqlx::query(
+                    "UPDATE transactions SET nonce = $2, raw = NULL, tx_hash = NULL, state = 'PREPARING', updated_at = now() WHERE id = $1",
+                )
                 .bind(tx_id)
-                .fetch_one(&mut *tx)
+                .bind(nonce)
+                .execute(&mut *tx)
                 .await?;
-            let (signer, chain_id): (String, i64) = (r.try_get(0)?, r.try_get(1)?);
-            let nonce = allocate_nonce(&mut tx, &signer, chain_id, chain_nonce as i64).await?;
-            sqlx::query(
-                "UPDATE transactions SET nonce = $2, raw = NULL, tx_hash = NULL, state = 'PREPARING', updated_at = now() WHERE id = $1",
-            )
-            .bind(tx_id)
-            .bind(nonce)
-            .execute(&mut *tx)
-            .await?;
-            tx_event(&mut tx, tx_id, TxState::Preparing, Some(&format!("nonce reassigned to {nonce} (chain at {chain_nonce})"))).await?;
-            let rec = load_tx(&mut tx, tx_id).await?;
-            tx.commit().await?;
-            Ok(rec)
+                tx_event(&mut tx, tx_id, TxState::Preparing, Some(&format!("nonce reassigned to {nonce} (chain at {chain_nonce})"))).await?;
+                let rec = load_tx(&mut tx, tx_id).await?;
+                tx.commit().await?;
+                Ok(rec)
+            })
+            .await;
+            conn.settle(r).await
         })
         .await
     }
@@ -1119,25 +1187,29 @@ impl Store for PgStore {
     ) -> Result<()> {
         self.bounded(async {
             let mut conn = TxConn::acquire(&self.pool).await?;
-            let mut tx = conn.begin().await?;
-            check_fence(&mut tx, fence).await?;
-            check_tx_owner(&mut tx, fence, tx_id).await?;
-            let r = sqlx::query("UPDATE transactions SET state = $2, updated_at = now() WHERE id = $1 RETURNING signer, chain_id, nonce")
-                .bind(tx_id)
-                .bind(state.as_str())
-                .fetch_one(&mut *tx)
-                .await?;
-            if release {
-                sqlx::query("INSERT INTO nonce_holes (signer, chain_id, nonce) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
-                    .bind(r.try_get::<String, _>(0)?)
-                    .bind(r.try_get::<i64, _>(1)?)
-                    .bind(r.try_get::<i64, _>(2)?)
-                    .execute(&mut *tx)
+            let r = transaction_body(async {
+                let mut tx = conn.begin().await?;
+                check_fence(&mut tx, fence).await?;
+                check_tx_owner(&mut tx, fence, tx_id).await?;
+                let r = sqlx::query("UPDATE transactions SET state = $2, updated_at = now() WHERE id = $1 RETURNING signer, chain_id, nonce")
+                    .bind(tx_id)
+                    .bind(state.as_str())
+                    .fetch_one(&mut *tx)
                     .await?;
-            }
-            tx_event(&mut tx, tx_id, state, Some(if release { "abandoned; nonce released" } else { "abandoned" })).await?;
-            tx.commit().await?;
-            Ok(())
+                if release {
+                    sqlx::query("INSERT INTO nonce_holes (signer, chain_id, nonce) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
+                        .bind(r.try_get::<String, _>(0)?)
+                        .bind(r.try_get::<i64, _>(1)?)
+                        .bind(r.try_get::<i64, _>(2)?)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                tx_event(&mut tx, tx_id, state, Some(if release { "abandoned; nonce released" } else { "abandoned" })).await?;
+                tx.commit().await?;
+                Ok(())
+            })
+            .await;
+            conn.settle(r).await
         })
         .await
     }
@@ -1244,25 +1316,29 @@ impl Store for PgStore {
     ) -> Result<()> {
         self.bounded(async {
             let mut conn = TxConn::acquire(&self.pool).await?;
-            let mut tx = conn.begin().await?;
-            for o in orphans {
-                sqlx::query(
-                    "INSERT INTO orphan_txs (tx_hash, signer, chain_id, nonce, tag, raw, max_fee, priority_fee) \
-                     VALUES ($1,$2,$3,$4,$5,$6,$7,$8) ON CONFLICT DO NOTHING",
-                )
-                .bind(hex_b256(&o.signed.hash))
-                .bind(hex_addr(&signer))
-                .bind(chain_id as i64)
-                .bind(o.signed.nonce as i64)
-                .bind(hex_b256(&o.tag))
-                .bind(o.signed.raw.to_vec())
-                .bind(o.signed.max_fee_per_gas.to_string())
-                .bind(o.signed.max_priority_fee_per_gas.to_string())
-                .execute(&mut *tx)
-                .await?;
-            }
-            tx.commit().await?;
-            Ok(())
+            let r = transaction_body(async {
+                let mut tx = conn.begin().await?;
+                for o in orphans {
+                    sqlx::query(
+                        "INSERT INTO orphan_txs (tx_hash, signer, chain_id, nonce, tag, raw, max_fee, priority_fee) \
+                         VALUES ($1,$2,$3,$4,$5,$6,$7,$8) ON CONFLICT DO NOTHING",
+                    )
+                    .bind(hex_b256(&o.signed.hash))
+                    .bind(hex_addr(&signer))
+                    .bind(chain_id as i64)
+                    .bind(o.signed.nonce as i64)
+                    .bind(hex_b256(&o.tag))
+                    .bind(o.signed.raw.to_vec())
+                    .bind(o.signed.max_fee_per_gas.to_string())
+                    .bind(o.signed.max_priority_fee_per_gas.to_string())
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            })
+            .await;
+            conn.settle(r).await
         })
         .await
     }
@@ -1276,41 +1352,45 @@ impl Store for PgStore {
     ) -> Result<TxRecord> {
         self.bounded(async {
             let mut conn = TxConn::acquire(&self.pool).await?;
-            let mut tx = conn.begin().await?;
-            check_fence(&mut tx, fence).await?;
-            let signer = hex_addr(&intent.signer);
-            let id: i64 = sqlx::query(
-                "INSERT INTO transactions (workflow_id, step_index, signer, chain_id, nonce, state, to_address, input, value, gas_limit, max_fee, priority_fee, raw, tx_hash) \
-                 VALUES ($1,$2,$3,$4,$5,'CONFIRMING',$6,$7,$8,$9,$10,$11,$12,$13) RETURNING id",
-            )
-            .bind(fence.workflow_id)
-            .bind(step)
-            .bind(&signer)
-            .bind(intent.chain_id as i64)
-            .bind(signed.nonce as i64)
-            .bind(intent.to.as_ref().map(hex_addr))
-            .bind(intent.input.to_vec())
-            .bind(intent.value.to_string())
-            .bind(intent.gas_limit as i64)
-            .bind(signed.max_fee_per_gas.to_string())
-            .bind(signed.max_priority_fee_per_gas.to_string())
-            .bind(signed.raw.to_vec())
-            .bind(hex_b256(&signed.hash))
-            .fetch_one(&mut *tx)
-            .await?
-            .try_get(0)?;
-            insert_broadcast(&mut tx, id, signed).await?;
-            take_found_version(&mut tx, id, &signer, intent.chain_id as i64, signed).await?;
-            tx_event(
-                &mut tx,
-                id,
-                TxState::Confirming,
-                Some(&format!("adopted orphan {}", hex_b256(&signed.hash))),
-            )
-            .await?;
-            let rec = load_tx(&mut tx, id).await?;
-            tx.commit().await?;
-            Ok(rec)
+            let r = transaction_body(async {
+                let mut tx = conn.begin().await?;
+                check_fence(&mut tx, fence).await?;
+                let signer = hex_addr(&intent.signer);
+                let id: i64 = sqlx::query(
+                    "INSERT INTO transactions (workflow_id, step_index, signer, chain_id, nonce, state, to_address, input, value, gas_limit, max_fee, priority_fee, raw, tx_hash) \
+                     VALUES ($1,$2,$3,$4,$5,'CONFIRMING',$6,$7,$8,$9,$10,$11,$12,$13) RETURNING id",
+                )
+                .bind(fence.workflow_id)
+                .bind(step)
+                .bind(&signer)
+                .bind(intent.chain_id as i64)
+                .bind(signed.nonce as i64)
+                .bind(intent.to.as_ref().map(hex_addr))
+                .bind(intent.input.to_vec())
+                .bind(intent.value.to_string())
+                .bind(intent.gas_limit as i64)
+                .bind(signed.max_fee_per_gas.to_string())
+                .bind(signed.max_priority_fee_per_gas.to_string())
+                .bind(signed.raw.to_vec())
+                .bind(hex_b256(&signed.hash))
+                .fetch_one(&mut *tx)
+                .await?
+                .try_get(0)?;
+                insert_broadcast(&mut tx, id, signed).await?;
+                take_found_version(&mut tx, id, &signer, intent.chain_id as i64, signed).await?;
+                tx_event(
+                    &mut tx,
+                    id,
+                    TxState::Confirming,
+                    Some(&format!("adopted orphan {}", hex_b256(&signed.hash))),
+                )
+                .await?;
+                let rec = load_tx(&mut tx, id).await?;
+                tx.commit().await?;
+                Ok(rec)
+            })
+            .await;
+            conn.settle(r).await
         })
         .await
     }
@@ -1318,17 +1398,21 @@ impl Store for PgStore {
     async fn notify(&self, fence: &Fence, kind: &str, payload: &Value) -> Result<bool> {
         self.bounded(async {
             let mut conn = TxConn::acquire(&self.pool).await?;
-            let mut tx = conn.begin().await?;
-            check_fence(&mut tx, fence).await?;
-            let n = sqlx::query("INSERT INTO notifications (workflow_id, kind, payload) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
-                .bind(fence.workflow_id)
-                .bind(kind)
-                .bind(payload)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-            tx.commit().await?;
-            Ok(n == 1)
+            let r = transaction_body(async {
+                let mut tx = conn.begin().await?;
+                check_fence(&mut tx, fence).await?;
+                let n = sqlx::query("INSERT INTO notifications (workflow_id, kind, payload) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
+                    .bind(fence.workflow_id)
+                    .bind(kind)
+                    .bind(payload)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                tx.commit().await?;
+                Ok(n == 1)
+            })
+            .await;
+            conn.settle(r).await
         })
         .await
     }
@@ -1375,43 +1459,47 @@ impl Store for PgStore {
     ) -> Result<()> {
         self.bounded(async {
             let mut conn = TxConn::acquire(&self.pool).await?;
-            let mut tx = conn.begin().await?;
-            sqlx::query("INSERT INTO indexed_blocks (chain_id, number, hash) VALUES ($1, $2, $3) ON CONFLICT (chain_id, number) DO UPDATE SET hash = EXCLUDED.hash")
+            let r = transaction_body(async {
+                let mut tx = conn.begin().await?;
+                sqlx::query("INSERT INTO indexed_blocks (chain_id, number, hash) VALUES ($1, $2, $3) ON CONFLICT (chain_id, number) DO UPDATE SET hash = EXCLUDED.hash")
+                    .bind(chain_id as i64)
+                    .bind(number as i64)
+                    .bind(hex_b256(&hash))
+                    .execute(&mut *tx)
+                    .await?;
+                for e in events {
+                    assert_eq!(e.block_hash, hash, "events must belong to the block being indexed");
+                    sqlx::query(
+                        "INSERT INTO token_events (chain_id, block_number, block_hash, tx_hash, log_index, contract, from_address, to_address, value) \
+                         VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9::numeric) ON CONFLICT DO NOTHING",
+                    )
+                    .bind(chain_id as i64)
+                    .bind(e.block_number as i64)
+                    .bind(hex_b256(&e.block_hash))
+                    .bind(hex_b256(&e.tx_hash))
+                    .bind(e.log_index as i64)
+                    .bind(hex_addr(&e.contract))
+                    .bind(hex_addr(&e.from))
+                    .bind(hex_addr(&e.to))
+                    .bind(e.value.to_string())
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                sqlx::query(
+                    "INSERT INTO indexer_checkpoint (chain_id, last_block, last_hash, finalized_block) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (chain_id) DO UPDATE SET last_block = $2, last_hash = $3, finalized_block = $4, updated_at = now()",
+                )
                 .bind(chain_id as i64)
                 .bind(number as i64)
                 .bind(hex_b256(&hash))
+                .bind(finalized as i64)
                 .execute(&mut *tx)
                 .await?;
-            for e in events {
-                assert_eq!(e.block_hash, hash, "events must belong to the block being indexed");
-                sqlx::query(
-                    "INSERT INTO token_events (chain_id, block_number, block_hash, tx_hash, log_index, contract, from_address, to_address, value) \
-                     VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9::numeric) ON CONFLICT DO NOTHING",
-                )
-                .bind(chain_id as i64)
-                .bind(e.block_number as i64)
-                .bind(hex_b256(&e.block_hash))
-                .bind(hex_b256(&e.tx_hash))
-                .bind(e.log_index as i64)
-                .bind(hex_addr(&e.contract))
-                .bind(hex_addr(&e.from))
-                .bind(hex_addr(&e.to))
-                .bind(e.value.to_string())
-                .execute(&mut *tx)
-                .await?;
-            }
-            sqlx::query(
-                "INSERT INTO indexer_checkpoint (chain_id, last_block, last_hash, finalized_block) VALUES ($1, $2, $3, $4) \
-                 ON CONFLICT (chain_id) DO UPDATE SET last_block = $2, last_hash = $3, finalized_block = $4, updated_at = now()",
-            )
-            .bind(chain_id as i64)
-            .bind(number as i64)
-            .bind(hex_b256(&hash))
-            .bind(finalized as i64)
-            .execute(&mut *tx)
-            .await?;
-            tx.commit().await?;
-            Ok(())
+                tx.commit().await?;
+                Ok(())
+            })
+            .await;
+            conn.settle(r).await
         })
         .await
     }
@@ -1419,40 +1507,44 @@ impl Store for PgStore {
     async fn rollback_index(&self, chain_id: u64, keep: u64) -> Result<u64> {
         self.bounded(async {
             let mut conn = TxConn::acquire(&self.pool).await?;
-            let mut tx = conn.begin().await?;
-            sqlx::query("DELETE FROM token_events WHERE chain_id = $1 AND block_number > $2")
-                .bind(chain_id as i64)
-                .bind(keep as i64)
-                .execute(&mut *tx)
-                .await?;
-            let removed = sqlx::query("DELETE FROM indexed_blocks WHERE chain_id = $1 AND number > $2")
-                .bind(chain_id as i64)
-                .bind(keep as i64)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-            let kept: Option<String> = sqlx::query("SELECT hash FROM indexed_blocks WHERE chain_id = $1 AND number = $2")
-                .bind(chain_id as i64)
-                .bind(keep as i64)
-                .fetch_optional(&mut *tx)
-                .await?
-                .map(|r| r.try_get(0))
-                .transpose()?;
-            match kept {
-                Some(hash) => {
-                    sqlx::query("UPDATE indexer_checkpoint SET last_block = $2, last_hash = $3, finalized_block = LEAST(finalized_block, $2), updated_at = now() WHERE chain_id = $1")
-                        .bind(chain_id as i64)
-                        .bind(keep as i64)
-                        .bind(hash)
-                        .execute(&mut *tx)
-                        .await?;
+            let r = transaction_body(async {
+                let mut tx = conn.begin().await?;
+                sqlx::query("DELETE FROM token_events WHERE chain_id = $1 AND block_number > $2")
+                    .bind(chain_id as i64)
+                    .bind(keep as i64)
+                    .execute(&mut *tx)
+                    .await?;
+                let removed = sqlx::query("DELETE FROM indexed_blocks WHERE chain_id = $1 AND number > $2")
+                    .bind(chain_id as i64)
+                    .bind(keep as i64)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                let kept: Option<String> = sqlx::query("SELECT hash FROM indexed_blocks WHERE chain_id = $1 AND number = $2")
+                    .bind(chain_id as i64)
+                    .bind(keep as i64)
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .map(|r| r.try_get(0))
+                    .transpose()?;
+                match kept {
+                    Some(hash) => {
+                        sqlx::query("UPDATE indexer_checkpoint SET last_block = $2, last_hash = $3, finalized_block = LEAST(finalized_block, $2), updated_at = now() WHERE chain_id = $1")
+                            .bind(chain_id as i64)
+                            .bind(keep as i64)
+                            .bind(hash)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                    None => {
+                        sqlx::query("DELETE FROM indexer_checkpoint WHERE chain_id = $1").bind(chain_id as i64).execute(&mut *tx).await?;
+                    }
                 }
-                None => {
-                    sqlx::query("DELETE FROM indexer_checkpoint WHERE chain_id = $1").bind(chain_id as i64).execute(&mut *tx).await?;
-                }
-            }
-            tx.commit().await?;
-            Ok(removed)
+                tx.commit().await?;
+                Ok(removed)
+            })
+            .await;
+            conn.settle(r).await
         })
         .await
     }
