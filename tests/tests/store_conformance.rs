@@ -16,9 +16,10 @@
 //! sequences like PostgreSQL's), or the same [`EngineError`] (variant and every field: SQLSTATE
 //! and message, fencing tokens, messages of `Internal`/`Invalid`). At the end of a case the whole
 //! state is compared through `Store` reads (every workflow, journal, transaction with its signed
-//! versions, dead letters, audit log, stats, nonce fillers, `tx_by_nonce`, the indexer) and, for
-//! what no `Store` read exposes, through SQL against the model's tables (idempotency keys, nonce
-//! counters and holes, notifications, `tx_events`, `transactions.failure`).
+//! versions, dead letters, audit log, stats, nonce fillers, `tx_by_nonce`, `live_txs_by_nonce`,
+//! the indexer) and, for what no `Store` read exposes, through SQL against the model's tables
+//! (idempotency keys, nonce counters and holes, notifications, `tx_events`,
+//! `transactions.failure`).
 //!
 //! # Time
 //!
@@ -367,6 +368,8 @@ enum Op {
     TxByNonce(u8, u64),
     /// `tx_by_nonce` at the signer and nonce of a known transaction.
     TxByNonceOf(TxRef),
+    /// `live_txs_by_nonce` of a signer over `[from, from + len)`.
+    LiveTxs(u8, u64, u64),
     Fillers(u8, u64),
     Checkpoint,
     BlockHash(u64),
@@ -451,6 +454,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0u8..4, step_ref()).prop_map(|(w, s)| Op::TxForStep(w, s)),
         1 => (0u8..2, 0u64..5).prop_map(|(s, n)| Op::TxByNonce(s, n)),
         2 => tx_ref().prop_map(Op::TxByNonceOf),
+        1 => (0u8..2, 0u64..4, 0u64..5).prop_map(|(s, from, len)| Op::LiveTxs(s, from, len)),
         1 => (0u8..2, 0u64..4).prop_map(|(s, n)| Op::Fillers(s, n)),
         1 => Just(Op::Checkpoint),
         1 => (0u64..5).prop_map(Op::BlockHash),
@@ -873,6 +877,12 @@ impl Pair {
                     nonce: 0,
                 },
             },
+            Op::LiveTxs(s, from, len) => DbRequest::LiveTxsByNonce {
+                signer: signer(s),
+                chain_id: CHAIN,
+                from,
+                to: from + len,
+            },
             Op::Fillers(s, nonce) => DbRequest::NonceFillers {
                 signer: signer(s),
                 chain_id: CHAIN,
@@ -995,6 +1005,12 @@ impl Pair {
             stalled_after_ms: HOUR_MS,
         });
         for s in 0..2 {
+            reads.push(DbRequest::LiveTxsByNonce {
+                signer: signer(s),
+                chain_id: CHAIN,
+                from: 0,
+                to: 7,
+            });
             for nonce in 0..7 {
                 reads.push(DbRequest::TxByNonce {
                     signer: signer(s),

@@ -422,6 +422,17 @@ pub trait Store: Send + Sync + 'static {
         chain_id: u64,
         nonce: u64,
     ) -> Result<Option<TxRecord>>;
+    /// Every live record of (signer, chain) — state PREPARING, BROADCASTING, CONFIRMING or
+    /// COMPLETED — at a nonce in `[from, to)`, with its signed versions, by nonce then id. One
+    /// read for the orphan search, which checks that the chain's transaction at each such nonce
+    /// is one of the record's own (a failover can hand a lost transaction's nonce to another).
+    async fn live_txs_by_nonce(
+        &self,
+        signer: Address,
+        chain_id: u64,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<TxRecord>>;
     /// Allocate a nonce for (signer, chain) — a released hole first, else the next one, seeding
     /// the counter from `chain_nonce` on first use — and create the step's transaction row, in
     /// one database transaction.

@@ -284,6 +284,17 @@ where
     rows.iter().map(row_to_broadcast).collect()
 }
 
+/// The records of `rows`, each with its signed versions.
+async fn load_txs(pool: &PgPool, rows: &[PgRow]) -> std::result::Result<Vec<TxRecord>, DbFail> {
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        let mut rec = row_to_tx(r)?;
+        rec.broadcasts = load_broadcasts(pool, rec.id).await?;
+        out.push(rec);
+    }
+    Ok(out)
+}
+
 fn row_to_broadcast(r: &PgRow) -> std::result::Result<Broadcast, DbFail> {
     Ok(Broadcast {
         hash: parse_b256(&r.try_get::<String, _>("tx_hash")?)?,
@@ -987,13 +998,7 @@ impl Store for PgStore {
             .bind(workflow)
             .fetch_all(&self.pool)
             .await?;
-            let mut out = Vec::with_capacity(rows.len());
-            for r in &rows {
-                let mut rec = row_to_tx(r)?;
-                rec.broadcasts = load_broadcasts(&self.pool, rec.id).await?;
-                out.push(rec);
-            }
-            Ok(out)
+            load_txs(&self.pool, &rows).await
         })
         .await
     }
@@ -1017,6 +1022,32 @@ impl Store for PgStore {
             .fetch_optional(&self.pool)
             .await?;
             self.with_broadcasts(r).await
+        })
+        .await
+    }
+
+    async fn live_txs_by_nonce(
+        &self,
+        signer: Address,
+        chain_id: u64,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<TxRecord>> {
+        self.bounded(async {
+            // Served by the index `transactions_nonce` (signer, chain_id, nonce).
+            let rows = sqlx::query(&format!(
+                "SELECT {TX_COLS} FROM transactions WHERE signer = $1 AND chain_id = $2 \
+                 AND nonce >= $3 AND nonce < $4 \
+                 AND state IN ('PREPARING', 'BROADCASTING', 'CONFIRMING', 'COMPLETED') \
+                 ORDER BY nonce, id"
+            ))
+            .bind(hex_addr(&signer))
+            .bind(chain_id as i64)
+            .bind(from.min(i64::MAX as u64) as i64)
+            .bind(to.min(i64::MAX as u64) as i64)
+            .fetch_all(&self.pool)
+            .await?;
+            load_txs(&self.pool, &rows).await
         })
         .await
     }

@@ -21,9 +21,9 @@ use super::TxManager;
 use crate::chain::ChainTx;
 use crate::error::{EngineError, Result};
 use crate::signer::{SignerKey, UnsignedTx};
-use crate::store::{Broadcast, Fence, Orphan, TxIntent, TxRecord};
+use crate::store::{Broadcast, Fence, Orphan, TxIntent, TxRecord, TxState};
 use alloy_primitives::B256;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// How many nonces below the chain's pending count one reconciliation looks at.
 pub const ORPHAN_SCAN_NONCES: u64 = 64;
@@ -49,9 +49,6 @@ impl TxManager {
             Some(o) => Some(o),
             None => {
                 let counter = view.next_nonce.unwrap_or(0);
-                if pending <= counter {
-                    return Ok(None);
-                }
                 self.find_orphans(key, counter, pending)
                     .await?
                     .into_iter()
@@ -124,9 +121,17 @@ impl TxManager {
         Ok(None)
     }
 
-    /// Nonces in `[counter, pending)` (at most [`ORPHAN_SCAN_NONCES`]) that no record or filler
-    /// holds are looked up in the last [`ORPHAN_SCAN_BLOCKS`] blocks; those that are ours are
-    /// stored as orphans and returned.
+    /// The nonces the chain has used (below `pending`, the last [`ORPHAN_SCAN_NONCES`] of them)
+    /// that no record of ours accounts for are looked up in the last [`ORPHAN_SCAN_BLOCKS`]
+    /// blocks; those that are ours are stored as orphans and returned. Unaccounted are:
+    /// - a nonce at or above the counter that no record or filler holds (the allocation was lost);
+    /// - a nonce below it whose live records are unsettled (not COMPLETED) and none of whose
+    ///   versions is the chain's transaction there: a failover lost a transaction's record and
+    ///   its allocation, and the nonce went to another step's record, whose own version the node
+    ///   then refused (DESIGN.md FM-DB-FAILOVER; `fixtures/evidence/sim-orphan-nonce-reassigned`).
+    ///
+    /// A nonce below the counter with no live record (abandoned, or its record moved) is left
+    /// alone. Any unaccounted nonce still pending makes the step wait.
     async fn find_orphans(
         &self,
         key: &SignerKey,
@@ -134,35 +139,60 @@ impl TxManager {
         pending: u64,
     ) -> Result<Vec<Orphan>> {
         let signer = key.address();
-        let from = counter.max(pending.saturating_sub(ORPHAN_SCAN_NONCES));
-        let mut unaccounted = BTreeSet::new();
-        for n in from..pending {
-            if self
+        let from = pending.saturating_sub(ORPHAN_SCAN_NONCES);
+        let mut live: BTreeMap<u64, Vec<TxRecord>> = BTreeMap::new();
+        if from < pending {
+            for rec in self
                 .store
-                .tx_by_nonce(signer, self.chain_id, n)
+                .live_txs_by_nonce(signer, self.chain_id, from, pending)
                 .await?
-                .is_some()
-                || !self
-                    .store
-                    .nonce_fillers(signer, self.chain_id, n)
-                    .await?
-                    .is_empty()
             {
-                continue;
+                assert!(
+                    (from..pending).contains(&rec.nonce),
+                    "a record outside the nonces asked for"
+                );
+                live.entry(rec.nonce).or_default().push(rec);
             }
-            unaccounted.insert(n);
+        }
+        let mut unaccounted = BTreeSet::new();
+        // Nonces below the counter whose records have not seen a version of theirs mined yet.
+        let mut unsettled: BTreeMap<u64, Vec<TxRecord>> = BTreeMap::new();
+        for n in from..pending {
+            let recs = live.remove(&n).unwrap_or_default();
+            if recs.is_empty() {
+                // Below the counter with no live record (abandoned, or moved): left alone.
+                if n >= counter
+                    && self
+                        .store
+                        .nonce_fillers(signer, self.chain_id, n)
+                        .await?
+                        .is_empty()
+                {
+                    unaccounted.insert(n);
+                }
+            } else if !recs.iter().any(|r| r.state == TxState::Completed) {
+                unsettled.insert(n, recs);
+            }
+        }
+        if unaccounted.is_empty() && unsettled.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mined = self.gateway.transaction_count(signer, "latest").await?;
+        for (n, recs) in unsettled {
+            if !self.accounts_for(&recs, n, n >= mined).await? {
+                unaccounted.insert(n);
+            }
         }
         let Some(&lowest) = unaccounted.first() else {
             return Ok(Vec::new());
         };
-        let mined = self.gateway.transaction_count(signer, "latest").await?;
         if let Some(&n) = unaccounted.iter().find(|&&n| n >= mined) {
             self.metrics.inc(
                 "dalp_nonce_reconcile_waits_total",
                 &[("signer", &format!("{signer:#x}"))],
             );
             return Err(EngineError::NonceReconciling(format!(
-                "nonce {n} of {signer:#x} is pending on chain and no record holds it; the step waits until it is mined to know whether it is its own"
+                "nonce {n} of {signer:#x} is pending on chain and no record accounts for it; the step waits until it is mined to know whether it is its own"
             )));
         }
         let head = self.gateway.block_number().await?;
@@ -217,6 +247,28 @@ impl TxManager {
             );
         }
         Ok(found)
+    }
+}
+
+impl TxManager {
+    /// Whether one of `recs`' versions at nonce `n` is the chain's transaction there: known to
+    /// the node while `n` is still `pending` (a pool holds one transaction per nonce), else mined.
+    async fn accounts_for(&self, recs: &[TxRecord], n: u64, pending: bool) -> Result<bool> {
+        for b in recs
+            .iter()
+            .flat_map(|r| r.broadcasts.iter().rev())
+            .filter(|b| b.nonce == n)
+        {
+            let there = if pending {
+                self.gateway.transaction_known(b.hash).await?
+            } else {
+                self.gateway.receipt(b.hash).await?.is_some()
+            };
+            if there {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 }
 

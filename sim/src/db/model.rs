@@ -166,6 +166,12 @@ pub enum DbRequest {
         chain_id: u64,
         nonce: u64,
     },
+    LiveTxsByNonce {
+        signer: Address,
+        chain_id: u64,
+        from: u64,
+        to: u64,
+    },
     NonceFillers {
         signer: Address,
         chain_id: u64,
@@ -272,6 +278,7 @@ impl DbRequest {
                 | DbRequest::TxForStep { .. }
                 | DbRequest::TxsForWorkflow { .. }
                 | DbRequest::TxByNonce { .. }
+                | DbRequest::LiveTxsByNonce { .. }
                 | DbRequest::NonceFillers { .. }
                 | DbRequest::NonceView { .. }
                 | DbRequest::IndexerCheckpoint { .. }
@@ -300,6 +307,7 @@ impl DbRequest {
             DbRequest::TxForStep { .. } => "tx_for_step",
             DbRequest::TxsForWorkflow { .. } => "txs_for_workflow",
             DbRequest::TxByNonce { .. } => "tx_by_nonce",
+            DbRequest::LiveTxsByNonce { .. } => "live_txs_by_nonce",
             DbRequest::NonceFillers { .. } => "nonce_fillers",
             DbRequest::RecordFiller { .. } => "record_filler",
             DbRequest::NonceView { .. } => "nonce_view",
@@ -940,6 +948,33 @@ impl DbModel {
                     })
                     .map(|x| self.load_tx(x)),
             ),
+            DbRequest::LiveTxsByNonce {
+                signer,
+                chain_id,
+                from,
+                to,
+            } => {
+                // `ORDER BY nonce, id` over the live states; bounds clamped as PgStore binds them.
+                let range = (*from).min(i64::MAX as u64) as i64..(*to).min(i64::MAX as u64) as i64;
+                let mut live: Vec<&TxRow> = t
+                    .transactions
+                    .values()
+                    .filter(|x| {
+                        x.signer == *signer
+                            && x.chain_id == *chain_id as i64
+                            && range.contains(&x.nonce)
+                            && matches!(
+                                x.state,
+                                TxState::Preparing
+                                    | TxState::Broadcasting
+                                    | TxState::Confirming
+                                    | TxState::Completed
+                            )
+                    })
+                    .collect();
+                live.sort_by_key(|x| (x.nonce, x.id));
+                DbReply::Txs(live.into_iter().map(|x| self.load_tx(x)).collect())
+            }
             DbRequest::NonceView {
                 signer,
                 chain_id,

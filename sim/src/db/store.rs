@@ -266,6 +266,22 @@ impl<C: DbCall> Store for StoreOver<C> {
         expect!(self, "tx_by_nonce", req, DbReply::OptTx(t) => t)
     }
 
+    async fn live_txs_by_nonce(
+        &self,
+        signer: Address,
+        chain_id: u64,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<TxRecord>> {
+        let req = DbRequest::LiveTxsByNonce {
+            signer,
+            chain_id,
+            from,
+            to,
+        };
+        expect!(self, "live_txs_by_nonce", req, DbReply::Txs(t) => t)
+    }
+
     async fn create_tx(
         &self,
         fence: &Fence,
@@ -537,6 +553,12 @@ pub async fn call_store<S: Store + ?Sized>(store: &S, req: DbRequest) -> Result<
             chain_id,
             nonce,
         } => DbReply::OptTx(store.tx_by_nonce(signer, chain_id, nonce).await?),
+        DbRequest::LiveTxsByNonce {
+            signer,
+            chain_id,
+            from,
+            to,
+        } => DbReply::Txs(store.live_txs_by_nonce(signer, chain_id, from, to).await?),
         DbRequest::CreateTx {
             fence,
             step,

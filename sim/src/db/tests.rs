@@ -1162,6 +1162,101 @@ fn tx_by_nonce_finds_the_signed_live_record_holding_the_nonce() {
 }
 
 #[test]
+fn live_txs_by_nonce_lists_every_live_record_in_the_range_by_nonce_then_id() {
+    let (mut db, f) = claimed(4);
+    let live = |db: &mut Db, s: u8, chain_id: u64, from: u64, to: u64| match db.ok(
+        DbRequest::LiveTxsByNonce {
+            signer: signer(s),
+            chain_id,
+            from,
+            to,
+        },
+    ) {
+        DbReply::Txs(t) => t
+            .iter()
+            .map(|t| (t.nonce, t.id, t.state))
+            .collect::<Vec<_>>(),
+        other => panic!("{other:?}"),
+    };
+    // PREPARING counts (unlike tx_by_nonce): a record that holds the nonce before it signed.
+    let t0 = db.create_tx(&f[0], 0, 1, 0);
+    let t1 = db.create_tx(&f[1], 0, 1, 0);
+    assert_eq!((t0.nonce, t1.nonce), (0, 1));
+    assert_eq!(
+        live(&mut db, 1, 1, 0, 2),
+        vec![
+            (0, t0.id, TxState::Preparing),
+            (1, t1.id, TxState::Preparing)
+        ]
+    );
+    db.ok(DbRequest::RecordSigned {
+        fence: f[1].clone(),
+        tx_id: t1.id,
+        signed: broadcast(0xb1, 1, 10),
+    });
+    db.ok(DbRequest::SetTxState {
+        fence: f[0].clone(),
+        tx_id: t0.id,
+        state: TxState::Completed,
+        detail: None,
+        receipt: None,
+    });
+    // The range is half-open; other signers and chains are not listed; versions come along.
+    let got = match db.ok(DbRequest::LiveTxsByNonce {
+        signer: signer(1),
+        chain_id: 1,
+        from: 1,
+        to: 2,
+    }) {
+        DbReply::Txs(t) => t,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(got.len(), 1);
+    assert_eq!(
+        got[0].broadcasts.iter().map(|b| b.hash).collect::<Vec<_>>(),
+        vec![B256::repeat_byte(0xb1)]
+    );
+    assert_eq!(
+        live(&mut db, 1, 1, 0, 1),
+        vec![(0, t0.id, TxState::Completed)]
+    );
+    assert!(live(&mut db, 1, 1, 2, 9).is_empty());
+    assert!(live(&mut db, 2, 1, 0, 9).is_empty());
+    assert!(live(&mut db, 1, 2, 0, 9).is_empty());
+    assert!(live(&mut db, 1, 1, 5, 0).is_empty());
+    // Abandoned records are not live; the record reusing the released hole is, after the
+    // abandoned one's id would have sorted first.
+    db.ok(DbRequest::AbandonTx {
+        fence: f[1].clone(),
+        tx_id: t1.id,
+        state: TxState::DeadLetter,
+        release: true,
+    });
+    assert_eq!(live(&mut db, 1, 1, 1, 2), vec![]);
+    let t2 = db.create_tx(&f[2], 0, 1, 0);
+    assert_eq!(t2.nonce, 1);
+    assert_eq!(
+        live(&mut db, 1, 1, 0, u64::MAX),
+        vec![
+            (0, t0.id, TxState::Completed),
+            (1, t2.id, TxState::Preparing)
+        ]
+    );
+    // A read: nothing changed, and it is not replicated.
+    let before = db.m.clone();
+    live(&mut db, 1, 1, 0, 9);
+    assert_eq!(db.m, before);
+    let req = DbRequest::LiveTxsByNonce {
+        signer: signer(1),
+        chain_id: 1,
+        from: 0,
+        to: 1,
+    };
+    assert!(!req.is_write());
+    assert_eq!(req.name(), "live_txs_by_nonce");
+}
+
+#[test]
 fn released_holes_are_reused_first_and_stale_holes_dropped() {
     let (mut db, f) = claimed(5);
     let t: Vec<TxRecord> = (0..3).map(|i| db.create_tx(&f[i], 0, 1, 0)).collect();
