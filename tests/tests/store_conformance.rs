@@ -16,7 +16,7 @@
 //! sequences like PostgreSQL's), or the same [`EngineError`] (variant and every field: SQLSTATE
 //! and message, fencing tokens, messages of `Internal`/`Invalid`). At the end of a case the whole
 //! state is compared through `Store` reads (every workflow, journal, transaction with its signed
-//! versions, dead letters, audit log, stats, nonce fillers, `tx_by_nonce`, `live_txs_by_nonce`,
+//! versions, dead letters, audit log, stats, nonce fillers, `tx_by_nonce`, `nonce_holds`,
 //! the indexer) and, for what no `Store` read exposes, through SQL against the model's tables
 //! (idempotency keys, nonce counters and holes, notifications, `tx_events`,
 //! `transactions.failure`).
@@ -368,8 +368,8 @@ enum Op {
     TxByNonce(u8, u64),
     /// `tx_by_nonce` at the signer and nonce of a known transaction.
     TxByNonceOf(TxRef),
-    /// `live_txs_by_nonce` of a signer over `[from, from + len)`.
-    LiveTxs(u8, u64, u64),
+    /// `nonce_holds` of a signer over `[from, from + len)`.
+    Holds(u8, u64, u64),
     Fillers(u8, u64),
     Checkpoint,
     BlockHash(u64),
@@ -454,7 +454,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0u8..4, step_ref()).prop_map(|(w, s)| Op::TxForStep(w, s)),
         1 => (0u8..2, 0u64..5).prop_map(|(s, n)| Op::TxByNonce(s, n)),
         2 => tx_ref().prop_map(Op::TxByNonceOf),
-        1 => (0u8..2, 0u64..4, 0u64..5).prop_map(|(s, from, len)| Op::LiveTxs(s, from, len)),
+        1 => (0u8..2, 0u64..4, 0u64..5).prop_map(|(s, from, len)| Op::Holds(s, from, len)),
         1 => (0u8..2, 0u64..4).prop_map(|(s, n)| Op::Fillers(s, n)),
         1 => Just(Op::Checkpoint),
         1 => (0u64..5).prop_map(Op::BlockHash),
@@ -877,7 +877,7 @@ impl Pair {
                     nonce: 0,
                 },
             },
-            Op::LiveTxs(s, from, len) => DbRequest::LiveTxsByNonce {
+            Op::Holds(s, from, len) => DbRequest::NonceHolds {
                 signer: signer(s),
                 chain_id: CHAIN,
                 from,
@@ -1005,7 +1005,7 @@ impl Pair {
             stalled_after_ms: HOUR_MS,
         });
         for s in 0..2 {
-            reads.push(DbRequest::LiveTxsByNonce {
+            reads.push(DbRequest::NonceHolds {
                 signer: signer(s),
                 chain_id: CHAIN,
                 from: 0,
@@ -1250,6 +1250,11 @@ fn norm(r: &dalp_engine::error::Result<DbReply>, tx: &dyn Fn(i64) -> i64) -> Val
         DbReply::Tx(t) => json!({ "tx": txv(t) }),
         DbReply::OptTx(t) => json!({ "opt_tx": t.as_ref().map(txv) }),
         DbReply::Txs(ts) => json!({ "txs": ts.iter().map(txv).collect::<Vec<_>>() }),
+        DbReply::Holds(hs) => json!({ "holds": hs.iter().map(|h| {
+            let mut v = j(h);
+            v["tx_id"] = json!(tx(h.tx_id));
+            v
+        }).collect::<Vec<_>>() }),
         DbReply::Bool(b) => json!({ "bool": b }),
         DbReply::U64(n) => json!({ "u64": n }),
         DbReply::Checkpoint(c) => json!({ "checkpoint": format!("{c:?}") }),

@@ -274,6 +274,17 @@ pub struct TxRecord {
     pub receipt: Option<Value>,
 }
 
+/// A live record's hold on its nonce, as the orphan search reads it (`Store::nonce_holds`).
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct NonceHold {
+    pub nonce: u64,
+    pub tx_id: i64,
+    pub state: TxState,
+    /// The hashes of the record's versions signed at `nonce`, oldest first (a record moved to a
+    /// new nonce keeps its older versions at the old one; they are not listed).
+    pub versions: Vec<B256>,
+}
+
 #[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
 pub struct FeesView {
     pub max_fee_per_gas: u128,
@@ -423,16 +434,18 @@ pub trait Store: Send + Sync + 'static {
         nonce: u64,
     ) -> Result<Option<TxRecord>>;
     /// Every live record of (signer, chain) — state PREPARING, BROADCASTING, CONFIRMING or
-    /// COMPLETED — at a nonce in `[from, to)`, with its signed versions, by nonce then id. One
-    /// read for the orphan search, which checks that the chain's transaction at each such nonce
-    /// is one of the record's own (a failover can hand a lost transaction's nonce to another).
-    async fn live_txs_by_nonce(
+    /// COMPLETED — at a nonce in `[from, to)`, by nonce then id, each with the hashes of its
+    /// versions signed at that nonce. One read for the orphan search, which checks that the
+    /// chain's transaction at each such nonce is one of the record's own (a failover can hand a
+    /// lost transaction's nonce to another); it carries no signed bytes or receipts, since the
+    /// search runs before every transaction a step creates.
+    async fn nonce_holds(
         &self,
         signer: Address,
         chain_id: u64,
         from: u64,
         to: u64,
-    ) -> Result<Vec<TxRecord>>;
+    ) -> Result<Vec<NonceHold>>;
     /// Allocate a nonce for (signer, chain) — a released hole first, else the next one, seeding
     /// the counter from `chain_nonce` on first use — and create the step's transaction row, in
     /// one database transaction.

@@ -305,8 +305,13 @@ fn row_to_broadcast(r: &PgRow) -> std::result::Result<Broadcast, DbFail> {
     })
 }
 
-fn row_to_tx(r: &PgRow) -> std::result::Result<TxRecord, DbFail> {
+fn tx_state(r: &PgRow) -> std::result::Result<TxState, DbFail> {
     let state: String = r.try_get("state")?;
+    TxState::parse(&state)
+        .ok_or_else(|| DbFail::Engine(EngineError::Internal(format!("bad tx state {state}"))))
+}
+
+fn row_to_tx(r: &PgRow) -> std::result::Result<TxRecord, DbFail> {
     let to: Option<String> = r.try_get("to_address")?;
     let hash: Option<String> = r.try_get("tx_hash")?;
     Ok(TxRecord {
@@ -316,9 +321,7 @@ fn row_to_tx(r: &PgRow) -> std::result::Result<TxRecord, DbFail> {
         intent_signer: parse_addr(&r.try_get::<String, _>("signer")?)?,
         chain_id: r.try_get::<i64, _>("chain_id")? as u64,
         nonce: r.try_get::<i64, _>("nonce")? as u64,
-        state: TxState::parse(&state).ok_or_else(|| {
-            DbFail::Engine(EngineError::Internal(format!("bad tx state {state}")))
-        })?,
+        state: tx_state(r)?,
         to: to.as_deref().map(parse_addr).transpose()?,
         input: Bytes::from(r.try_get::<Vec<u8>, _>("input")?),
         value: parse_u256(&r.try_get::<String, _>("value")?)?,
@@ -1026,28 +1029,47 @@ impl Store for PgStore {
         .await
     }
 
-    async fn live_txs_by_nonce(
+    async fn nonce_holds(
         &self,
         signer: Address,
         chain_id: u64,
         from: u64,
         to: u64,
-    ) -> Result<Vec<TxRecord>> {
+    ) -> Result<Vec<NonceHold>> {
         self.bounded(async {
-            // Served by the index `transactions_nonce` (signer, chain_id, nonce).
-            let rows = sqlx::query(&format!(
-                "SELECT {TX_COLS} FROM transactions WHERE signer = $1 AND chain_id = $2 \
-                 AND nonce >= $3 AND nonce < $4 \
-                 AND state IN ('PREPARING', 'BROADCASTING', 'CONFIRMING', 'COMPLETED') \
-                 ORDER BY nonce, id"
-            ))
+            // One statement: the records by the index `transactions_nonce` (signer, chain_id,
+            // nonce), their versions at that nonce by the broadcasts' primary key.
+            let rows = sqlx::query(
+                "SELECT t.id, t.nonce, t.state, \
+                 COALESCE(array_agg(b.tx_hash ORDER BY b.created_at, b.tx_hash) \
+                          FILTER (WHERE b.tx_hash IS NOT NULL), '{}') AS versions \
+                 FROM transactions t \
+                 LEFT JOIN tx_broadcasts b ON b.tx_id = t.id AND b.nonce = t.nonce \
+                 WHERE t.signer = $1 AND t.chain_id = $2 AND t.nonce >= $3 AND t.nonce < $4 \
+                 AND t.state IN ('PREPARING', 'BROADCASTING', 'CONFIRMING', 'COMPLETED') \
+                 GROUP BY t.id, t.nonce, t.state \
+                 ORDER BY t.nonce, t.id",
+            )
             .bind(hex_addr(&signer))
             .bind(chain_id as i64)
             .bind(from.min(i64::MAX as u64) as i64)
             .bind(to.min(i64::MAX as u64) as i64)
             .fetch_all(&self.pool)
             .await?;
-            load_txs(&self.pool, &rows).await
+            rows.iter()
+                .map(|r| {
+                    Ok(NonceHold {
+                        nonce: r.try_get::<i64, _>("nonce")? as u64,
+                        tx_id: r.try_get("id")?,
+                        state: tx_state(r)?,
+                        versions: r
+                            .try_get::<Vec<String>, _>("versions")?
+                            .iter()
+                            .map(|h| parse_b256(h))
+                            .collect::<std::result::Result<_, _>>()?,
+                    })
+                })
+                .collect()
         })
         .await
     }

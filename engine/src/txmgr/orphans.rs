@@ -21,7 +21,7 @@ use super::TxManager;
 use crate::chain::ChainTx;
 use crate::error::{EngineError, Result};
 use crate::signer::{SignerKey, UnsignedTx};
-use crate::store::{Broadcast, Fence, Orphan, TxIntent, TxRecord, TxState};
+use crate::store::{Broadcast, Fence, NonceHold, Orphan, TxIntent, TxRecord, TxState};
 use alloy_primitives::B256;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -140,26 +140,26 @@ impl TxManager {
     ) -> Result<Vec<Orphan>> {
         let signer = key.address();
         let from = pending.saturating_sub(ORPHAN_SCAN_NONCES);
-        let mut live: BTreeMap<u64, Vec<TxRecord>> = BTreeMap::new();
+        let mut live: BTreeMap<u64, Vec<NonceHold>> = BTreeMap::new();
         if from < pending {
-            for rec in self
+            for hold in self
                 .store
-                .live_txs_by_nonce(signer, self.chain_id, from, pending)
+                .nonce_holds(signer, self.chain_id, from, pending)
                 .await?
             {
                 assert!(
-                    (from..pending).contains(&rec.nonce),
+                    (from..pending).contains(&hold.nonce),
                     "a record outside the nonces asked for"
                 );
-                live.entry(rec.nonce).or_default().push(rec);
+                live.entry(hold.nonce).or_default().push(hold);
             }
         }
         let mut unaccounted = BTreeSet::new();
         // Nonces below the counter whose records have not seen a version of theirs mined yet.
-        let mut unsettled: BTreeMap<u64, Vec<TxRecord>> = BTreeMap::new();
+        let mut unsettled: BTreeMap<u64, Vec<NonceHold>> = BTreeMap::new();
         for n in from..pending {
-            let recs = live.remove(&n).unwrap_or_default();
-            if recs.is_empty() {
+            let holds = live.remove(&n).unwrap_or_default();
+            if holds.is_empty() {
                 // Below the counter with no live record (abandoned, or moved): left alone.
                 if n >= counter
                     && self
@@ -170,16 +170,16 @@ impl TxManager {
                 {
                     unaccounted.insert(n);
                 }
-            } else if !recs.iter().any(|r| r.state == TxState::Completed) {
-                unsettled.insert(n, recs);
+            } else if !holds.iter().any(|r| r.state == TxState::Completed) {
+                unsettled.insert(n, holds);
             }
         }
         if unaccounted.is_empty() && unsettled.is_empty() {
             return Ok(Vec::new());
         }
         let mined = self.gateway.transaction_count(signer, "latest").await?;
-        for (n, recs) in unsettled {
-            if !self.accounts_for(&recs, n, n >= mined).await? {
+        for (n, holds) in unsettled {
+            if !self.accounts_for(&holds, n, n >= mined).await? {
                 unaccounted.insert(n);
             }
         }
@@ -251,18 +251,18 @@ impl TxManager {
 }
 
 impl TxManager {
-    /// Whether one of `recs`' versions at nonce `n` is the chain's transaction there: known to
+    /// Whether one of `holds`' versions (at nonce `n`) is the chain's transaction there: known to
     /// the node while `n` is still `pending` (a pool holds one transaction per nonce), else mined.
-    async fn accounts_for(&self, recs: &[TxRecord], n: u64, pending: bool) -> Result<bool> {
-        for b in recs
-            .iter()
-            .flat_map(|r| r.broadcasts.iter().rev())
-            .filter(|b| b.nonce == n)
-        {
+    async fn accounts_for(&self, holds: &[NonceHold], n: u64, pending: bool) -> Result<bool> {
+        assert!(
+            holds.iter().all(|h| h.nonce == n),
+            "a hold at another nonce"
+        );
+        for &hash in holds.iter().flat_map(|h| h.versions.iter().rev()) {
             let there = if pending {
-                self.gateway.transaction_known(b.hash).await?
+                self.gateway.transaction_known(hash).await?
             } else {
-                self.gateway.receipt(b.hash).await?.is_some()
+                self.gateway.receipt(hash).await?.is_some()
             };
             if there {
                 return Ok(true);

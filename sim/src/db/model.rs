@@ -74,8 +74,9 @@ use alloy_primitives::{Address, Bytes, B256, U256, U512};
 use dalp_engine::error::EngineError;
 use dalp_engine::store::{
     foreign_tx, requeue_refused, workflow_ended, AuditEntry, Broadcast, Claim, DeadLetter, Fees,
-    FeesView, Fence, IndexerCheckpoint, JournalEntry, NewWorkflow, NonceView, Orphan, Stats,
-    Submitted, TokenEvent, TxIntent, TxRecord, TxState, WorkflowId, WorkflowRecord, WorkflowStatus,
+    FeesView, Fence, IndexerCheckpoint, JournalEntry, NewWorkflow, NonceHold, NonceView, Orphan,
+    Stats, Submitted, TokenEvent, TxIntent, TxRecord, TxState, WorkflowId, WorkflowRecord,
+    WorkflowStatus,
 };
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
@@ -166,7 +167,7 @@ pub enum DbRequest {
         chain_id: u64,
         nonce: u64,
     },
-    LiveTxsByNonce {
+    NonceHolds {
         signer: Address,
         chain_id: u64,
         from: u64,
@@ -278,7 +279,7 @@ impl DbRequest {
                 | DbRequest::TxForStep { .. }
                 | DbRequest::TxsForWorkflow { .. }
                 | DbRequest::TxByNonce { .. }
-                | DbRequest::LiveTxsByNonce { .. }
+                | DbRequest::NonceHolds { .. }
                 | DbRequest::NonceFillers { .. }
                 | DbRequest::NonceView { .. }
                 | DbRequest::IndexerCheckpoint { .. }
@@ -307,7 +308,7 @@ impl DbRequest {
             DbRequest::TxForStep { .. } => "tx_for_step",
             DbRequest::TxsForWorkflow { .. } => "txs_for_workflow",
             DbRequest::TxByNonce { .. } => "tx_by_nonce",
-            DbRequest::LiveTxsByNonce { .. } => "live_txs_by_nonce",
+            DbRequest::NonceHolds { .. } => "nonce_holds",
             DbRequest::NonceFillers { .. } => "nonce_fillers",
             DbRequest::RecordFiller { .. } => "record_filler",
             DbRequest::NonceView { .. } => "nonce_view",
@@ -370,6 +371,8 @@ pub enum DbReply {
     OptTx(Option<TxRecord>),
     /// txs_for_workflow.
     Txs(Vec<TxRecord>),
+    /// nonce_holds.
+    Holds(Vec<NonceHold>),
     /// notify.
     Bool(bool),
     /// resync_nonce, rollback_index.
@@ -399,6 +402,7 @@ impl DbReply {
             DbReply::Tx(_) => "Tx",
             DbReply::OptTx(_) => "OptTx",
             DbReply::Txs(_) => "Txs",
+            DbReply::Holds(_) => "Holds",
             DbReply::Bool(_) => "Bool",
             DbReply::U64(_) => "U64",
             DbReply::Checkpoint(_) => "Checkpoint",
@@ -948,7 +952,7 @@ impl DbModel {
                     })
                     .map(|x| self.load_tx(x)),
             ),
-            DbRequest::LiveTxsByNonce {
+            DbRequest::NonceHolds {
                 signer,
                 chain_id,
                 from,
@@ -973,7 +977,7 @@ impl DbModel {
                     })
                     .collect();
                 live.sort_by_key(|x| (x.nonce, x.id));
-                DbReply::Txs(live.into_iter().map(|x| self.load_tx(x)).collect())
+                DbReply::Holds(live.into_iter().map(|x| self.nonce_hold(x)).collect())
             }
             DbRequest::NonceView {
                 signer,
@@ -1394,6 +1398,24 @@ impl DbModel {
     }
 
     /// `load_tx` / `load_broadcasts`: broadcasts `ORDER BY created_at, tx_hash`.
+    /// `tx`'s hold on its nonce: its versions at that nonce, in `load_tx`'s order.
+    fn nonce_hold(&self, tx: &TxRow) -> NonceHold {
+        let mut versions: Vec<(u64, B256)> = self
+            .tables
+            .tx_broadcasts
+            .range((tx.id, B256::ZERO)..=(tx.id, B256::repeat_byte(0xff)))
+            .filter(|(_, b)| b.nonce == tx.nonce)
+            .map(|((_, hash), b)| (b.created_at_ms, *hash))
+            .collect();
+        versions.sort();
+        NonceHold {
+            nonce: tx.nonce as u64,
+            tx_id: tx.id,
+            state: tx.state,
+            versions: versions.into_iter().map(|(_, h)| h).collect(),
+        }
+    }
+
     fn load_tx(&self, tx: &TxRow) -> TxRecord {
         let mut bs: Vec<(&(i64, B256), &BroadcastRow)> = self
             .tables

@@ -7,8 +7,8 @@ use alloy_primitives::{Address, B256, U256};
 use dalp_engine::error::{EngineError, Result};
 use dalp_engine::store::{
     AuditEntry, Broadcast, Claim, DeadLetter, Fees, Fence, IndexerCheckpoint, JournalEntry,
-    NewWorkflow, NonceView, Orphan, Stats, Store, Submitted, TokenEvent, TxIntent, TxRecord,
-    TxState, WorkflowId, WorkflowRecord,
+    NewWorkflow, NonceHold, NonceView, Orphan, Stats, Store, Submitted, TokenEvent, TxIntent,
+    TxRecord, TxState, WorkflowId, WorkflowRecord,
 };
 use serde_json::Value;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -266,20 +266,20 @@ impl<C: DbCall> Store for StoreOver<C> {
         expect!(self, "tx_by_nonce", req, DbReply::OptTx(t) => t)
     }
 
-    async fn live_txs_by_nonce(
+    async fn nonce_holds(
         &self,
         signer: Address,
         chain_id: u64,
         from: u64,
         to: u64,
-    ) -> Result<Vec<TxRecord>> {
-        let req = DbRequest::LiveTxsByNonce {
+    ) -> Result<Vec<NonceHold>> {
+        let req = DbRequest::NonceHolds {
             signer,
             chain_id,
             from,
             to,
         };
-        expect!(self, "live_txs_by_nonce", req, DbReply::Txs(t) => t)
+        expect!(self, "nonce_holds", req, DbReply::Holds(h) => h)
     }
 
     async fn create_tx(
@@ -553,12 +553,12 @@ pub async fn call_store<S: Store + ?Sized>(store: &S, req: DbRequest) -> Result<
             chain_id,
             nonce,
         } => DbReply::OptTx(store.tx_by_nonce(signer, chain_id, nonce).await?),
-        DbRequest::LiveTxsByNonce {
+        DbRequest::NonceHolds {
             signer,
             chain_id,
             from,
             to,
-        } => DbReply::Txs(store.live_txs_by_nonce(signer, chain_id, from, to).await?),
+        } => DbReply::Holds(store.nonce_holds(signer, chain_id, from, to).await?),
         DbRequest::CreateTx {
             fence,
             step,

@@ -5,8 +5,8 @@ use super::*;
 use alloy_primitives::{Address, Bytes, B256, U256};
 use dalp_engine::error::EngineError;
 use dalp_engine::store::{
-    AuditEntry, Broadcast, Claim, Fees, Fence, NewWorkflow, Stats, Store, Submitted, TokenEvent,
-    TxIntent, TxRecord, TxState, WorkflowRecord, WorkflowStatus,
+    AuditEntry, Broadcast, Claim, Fees, Fence, NewWorkflow, NonceHold, Stats, Store, Submitted,
+    TokenEvent, TxIntent, TxRecord, TxState, WorkflowRecord, WorkflowStatus,
 };
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -1162,21 +1162,23 @@ fn tx_by_nonce_finds_the_signed_live_record_holding_the_nonce() {
 }
 
 #[test]
-fn live_txs_by_nonce_lists_every_live_record_in_the_range_by_nonce_then_id() {
+fn nonce_holds_list_every_live_record_in_the_range_by_nonce_then_id() {
     let (mut db, f) = claimed(4);
-    let live = |db: &mut Db, s: u8, chain_id: u64, from: u64, to: u64| match db.ok(
-        DbRequest::LiveTxsByNonce {
+    let holds =
+        |db: &mut Db, s: u8, chain_id: u64, from: u64, to: u64| match db.ok(DbRequest::NonceHolds {
             signer: signer(s),
             chain_id,
             from,
             to,
-        },
-    ) {
-        DbReply::Txs(t) => t
+        }) {
+            DbReply::Holds(h) => h,
+            other => panic!("{other:?}"),
+        };
+    let live = |db: &mut Db, s: u8, chain_id: u64, from: u64, to: u64| {
+        holds(db, s, chain_id, from, to)
             .iter()
-            .map(|t| (t.nonce, t.id, t.state))
-            .collect::<Vec<_>>(),
-        other => panic!("{other:?}"),
+            .map(|h| (h.nonce, h.tx_id, h.state))
+            .collect::<Vec<_>>()
     };
     // PREPARING counts (unlike tx_by_nonce): a record that holds the nonce before it signed.
     let t0 = db.create_tx(&f[0], 0, 1, 0);
@@ -1189,10 +1191,18 @@ fn live_txs_by_nonce_lists_every_live_record_in_the_range_by_nonce_then_id() {
             (1, t1.id, TxState::Preparing)
         ]
     );
+    // Versions come along, oldest first, those signed at the record's nonce only.
     db.ok(DbRequest::RecordSigned {
         fence: f[1].clone(),
         tx_id: t1.id,
         signed: broadcast(0xb1, 1, 10),
+    });
+    // Later, so the order is by time and not by hash.
+    db.now += 1;
+    db.ok(DbRequest::RecordSigned {
+        fence: f[1].clone(),
+        tx_id: t1.id,
+        signed: broadcast(0x01, 1, 12),
     });
     db.ok(DbRequest::SetTxState {
         fence: f[0].clone(),
@@ -1201,20 +1211,15 @@ fn live_txs_by_nonce_lists_every_live_record_in_the_range_by_nonce_then_id() {
         detail: None,
         receipt: None,
     });
-    // The range is half-open; other signers and chains are not listed; versions come along.
-    let got = match db.ok(DbRequest::LiveTxsByNonce {
-        signer: signer(1),
-        chain_id: 1,
-        from: 1,
-        to: 2,
-    }) {
-        DbReply::Txs(t) => t,
-        other => panic!("{other:?}"),
-    };
-    assert_eq!(got.len(), 1);
+    // The range is half-open; other signers and chains are not listed.
     assert_eq!(
-        got[0].broadcasts.iter().map(|b| b.hash).collect::<Vec<_>>(),
-        vec![B256::repeat_byte(0xb1)]
+        holds(&mut db, 1, 1, 1, 2),
+        vec![NonceHold {
+            nonce: 1,
+            tx_id: t1.id,
+            state: TxState::Broadcasting,
+            versions: vec![B256::repeat_byte(0xb1), B256::repeat_byte(0x01)],
+        }]
     );
     assert_eq!(
         live(&mut db, 1, 1, 0, 1),
@@ -1242,18 +1247,35 @@ fn live_txs_by_nonce_lists_every_live_record_in_the_range_by_nonce_then_id() {
             (1, t2.id, TxState::Preparing)
         ]
     );
+    // A record moved to another nonce does not list the versions it signed at the old one.
+    db.ok(DbRequest::RecordSigned {
+        fence: f[2].clone(),
+        tx_id: t2.id,
+        signed: broadcast(0xc1, 1, 10),
+    });
+    let moved = match db.ok(DbRequest::ReassignNonce {
+        fence: f[2].clone(),
+        tx_id: t2.id,
+        chain_nonce: 5,
+    }) {
+        DbReply::Tx(t) => t,
+        other => panic!("{other:?}"),
+    };
+    let at = holds(&mut db, 1, 1, moved.nonce, moved.nonce + 1);
+    assert_eq!(at.len(), 1);
+    assert_eq!((at[0].tx_id, at[0].versions.clone()), (t2.id, vec![]));
     // A read: nothing changed, and it is not replicated.
     let before = db.m.clone();
     live(&mut db, 1, 1, 0, 9);
     assert_eq!(db.m, before);
-    let req = DbRequest::LiveTxsByNonce {
+    let req = DbRequest::NonceHolds {
         signer: signer(1),
         chain_id: 1,
         from: 0,
         to: 1,
     };
     assert!(!req.is_write());
-    assert_eq!(req.name(), "live_txs_by_nonce");
+    assert_eq!(req.name(), "nonce_holds");
 }
 
 #[test]
