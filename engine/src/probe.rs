@@ -151,6 +151,7 @@ pub const PROBES: &[Probe] = &[
         "a gap left by an external nonce user is filled",
     ),
     p("orphan.found"),
+    p("orphan.queued_found"),
     p("orphan.adopted"),
     p("tx.lost_version_adopted"),
     p("tx.lost_version_at_another_nonce"),

@@ -516,11 +516,22 @@ impl TxManager {
         self.sign_and_store(fence, rec, key, fees).await
     }
 
-    async fn resync(&self, fence: &Fence, rec: &TxRecord) -> Result<TxRecord> {
+    /// Move `rec` to a fresh nonce at or above the chain's pending count. The counter jumps
+    /// over every nonce between it and that count: those the chain used with no record (lost
+    /// in a failover) are searched first and stored as orphans, or their steps, run again below
+    /// a counter that has passed them, would never find them and send their effects twice.
+    async fn resync(&self, fence: &Fence, rec: &TxRecord, key: &SignerKey) -> Result<TxRecord> {
         let chain_nonce = self
             .gateway
             .transaction_count(rec.intent_signer, "pending")
             .await?;
+        let counter = self
+            .store
+            .nonce_view(rec.intent_signer, self.chain_id, B256::ZERO)
+            .await?
+            .next_nonce
+            .unwrap_or(0);
+        self.find_orphans(key, counter, chain_nonce).await?;
         self.metrics.inc(
             "dalp_nonce_resyncs_total",
             &[("signer", &format!("{:#x}", rec.intent_signer))],
@@ -748,7 +759,7 @@ impl TxManager {
                     return Ok(None);
                 }
                 crate::probe!("tx.nonce_gone_resync");
-                *rec = self.resync(fence, rec).await?;
+                *rec = self.resync(fence, rec, key).await?;
             }
             return Ok(None);
         }

@@ -442,6 +442,47 @@ impl Gateway {
             .is_null())
     }
 
+    /// `from`'s transactions that the node holds *queued*: in its pool but not executable, at
+    /// nonces above a gap, so not counted by `eth_getTransactionCount(.., "pending")`. Read with
+    /// `txpool_status` and, only when something is queued, `txpool_content` (geth's and Anvil's
+    /// `txpool` namespace). `None` where the node does not offer it (`-32601`): most hosted
+    /// providers do not.
+    pub async fn queued_txs(&self, from: Address) -> Result<Option<Vec<ChainTx>>> {
+        let unsupported = |e: &EngineError| matches!(e, EngineError::Rpc { code: -32601, .. });
+        let status = match self.call("txpool_status", json!([])).await {
+            Err(e) if unsupported(&e) => return Ok(None),
+            other => other?,
+        };
+        let queued = status.get("queued").map(quantity).transpose()?;
+        if queued == Some(0) {
+            return Ok(Some(Vec::new()));
+        }
+        let content = match self.call("txpool_content", json!([])).await {
+            Err(e) if unsupported(&e) => return Ok(None),
+            other => other?,
+        };
+        // Keyed by the sender's address in lower case (geth, Anvil), then by nonce.
+        let Some(by_nonce) = content
+            .get("queued")
+            .and_then(|q| q.get(format!("{from:#x}")))
+            .and_then(Value::as_object)
+        else {
+            return Ok(Some(Vec::new()));
+        };
+        let mut txs = by_nonce
+            .values()
+            .map(ChainTx::from_json)
+            .collect::<Result<Vec<_>>>()?;
+        if let Some(t) = txs.iter().find(|t| t.from != from) {
+            return Err(EngineError::Rpc {
+                code: -32603,
+                message: format!("txpool_content lists {:#x} under sender {from:#x}", t.hash),
+            });
+        }
+        txs.sort_by_key(|t| t.nonce);
+        Ok(Some(txs))
+    }
+
     pub async fn block(&self, number: u64) -> Result<Option<BlockHeader>> {
         let v = self
             .call(

@@ -49,8 +49,11 @@ impl TxManager {
             Some(o) => Some(o),
             None => {
                 let counter = view.next_nonce.unwrap_or(0);
-                self.find_orphans(key, counter, pending)
-                    .await?
+                let mut found = self.find_orphans(key, counter, pending).await?;
+                if !found.iter().any(|o| o.tag == tag) {
+                    found = self.queued_orphans(key).await?;
+                }
+                found
                     .into_iter()
                     .filter(|o| o.tag == tag)
                     .map(|o| o.signed)
@@ -132,7 +135,7 @@ impl TxManager {
     ///
     /// A nonce below the counter with no live record (abandoned, or its record moved) is left
     /// alone. Any unaccounted nonce still pending makes the step wait.
-    async fn find_orphans(
+    pub(super) async fn find_orphans(
         &self,
         key: &SignerKey,
         counter: u64,
@@ -244,6 +247,54 @@ impl TxManager {
                 "dalp_orphans_found_total",
                 &[("signer", &format!("{signer:#x}"))],
                 found.len() as u64,
+            );
+        }
+        Ok(found)
+    }
+}
+
+impl TxManager {
+    /// Our transactions the node holds queued behind a nonce gap that no live record holds,
+    /// stored as orphans and returned. The chain's pending count stops at the gap, so
+    /// [`TxManager::find_orphans`] cannot see them: a transaction signed but never sent left the
+    /// gap, those after it were sent and queued, and a failover lost all their records. Were the
+    /// steps run again at fresh nonces, the first would fill the gap and the queued originals
+    /// would be mined too (`fixtures/evidence/sim-orphan-nonce-reassigned`). Adopted, they wait
+    /// for the gap: a step at the lowest free nonce, or the nonce-gap healer, fills it.
+    /// Nothing where the node does not show its pool.
+    async fn queued_orphans(&self, key: &SignerKey) -> Result<Vec<Orphan>> {
+        let signer = key.address();
+        let Some(queued) = self.gateway.queued_txs(signer).await? else {
+            return Ok(Vec::new());
+        };
+        let (Some(lo), Some(hi)) = (queued.first(), queued.last()) else {
+            return Ok(Vec::new());
+        };
+        let held: BTreeSet<B256> = self
+            .store
+            .nonce_holds(signer, self.chain_id, lo.nonce, hi.nonce.saturating_add(1))
+            .await?
+            .into_iter()
+            .flat_map(|h| h.versions)
+            .collect();
+        let found: Vec<Orphan> = queued
+            .iter()
+            .filter(|t| !held.contains(&t.hash))
+            .filter_map(|t| recreate(key, t))
+            .collect();
+        if !found.is_empty() {
+            crate::probe!("orphan.queued_found");
+            self.store
+                .record_orphans(signer, self.chain_id, &found)
+                .await?;
+            self.metrics.add(
+                "dalp_orphans_found_total",
+                &[("signer", &format!("{signer:#x}"))],
+                found.len() as u64,
+            );
+            tracing::warn!(
+                nonces = ?found.iter().map(|o| o.signed.nonce).collect::<Vec<_>>(),
+                "transactions of ours with no record wait in the node's pool behind a nonce gap: stored as orphans"
             );
         }
         Ok(found)

@@ -284,7 +284,7 @@ pub struct ChainModel {
     /// Every pool transaction (ready and queued) by hash.
     pub(crate) pool: BTreeMap<B256, NodeTx>,
     /// Pool transactions per sender and nonce: at most one per (sender, nonce).
-    by_sender: BTreeMap<Address, BTreeMap<u64, B256>>,
+    pub(crate) by_sender: BTreeMap<Address, BTreeMap<u64, B256>>,
     /// Canonical transactions: hash → (block number, index in block).
     pub(crate) tx_index: BTreeMap<B256, (u64, usize)>,
     next_seq: u64,

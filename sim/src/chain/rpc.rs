@@ -398,6 +398,30 @@ impl ChainModel {
                     json!({"pending": q(ready as u64), "queued": q((self.pool.len() - ready) as u64)}),
                 )
             }
+            "txpool_content" => {
+                // Anvil's shape: {pending, queued} → sender (lower-case hex) → nonce (decimal) →
+                // the transaction as `eth_getTransactionByHash` shows a pending one, except that
+                // its gas price is the fee cap (found by `chain_conformance`).
+                let (mut pending, mut queued) = (Map::new(), Map::new());
+                for (who, by_nonce) in &self.by_sender {
+                    let ready = self.pending_nonce_of(*who);
+                    let (mut p, mut q) = (Map::new(), Map::new());
+                    for (n, h) in by_nonce {
+                        let tx = self.pool.get(h).expect("by_sender lists pool transactions");
+                        let side = if *n < ready { &mut p } else { &mut q };
+                        let mut j = tx_json(tx, None, 0);
+                        j["gasPrice"] = q128(tx.max_fee);
+                        side.insert(n.to_string(), j);
+                    }
+                    if !p.is_empty() {
+                        pending.insert(format!("{who:#x}"), Value::Object(p));
+                    }
+                    if !q.is_empty() {
+                        queued.insert(format!("{who:#x}"), Value::Object(q));
+                    }
+                }
+                Ok(json!({"pending": pending, "queued": queued}))
+            }
             // Anvil's test methods (the simulation drives its faults through the model's methods;
             // these answer like Anvil so the conformance tests can drive both the same way).
             "evm_mine" => {

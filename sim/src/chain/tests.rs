@@ -770,6 +770,40 @@ fn anvil_pool_details() {
     );
 }
 
+/// `txpool_content`: the pool by readiness, sender and nonce (checked against Anvil by
+/// `chain_conformance`); a queued transaction becomes pending when the gap below it is filled.
+#[test]
+fn txpool_content_splits_the_pool_into_pending_and_queued() {
+    let mut h = H::new();
+    let empty = h.ok("txpool_content", json!([]));
+    assert_eq!(empty, json!({"pending": {}, "queued": {}}));
+    let (r0, h0) = h.transfer_eth(0, 0, FEES);
+    let (r2, h2) = h.transfer_eth(0, 2, FEES);
+    h.send_ok(&r0);
+    h.send_ok(&r2);
+    let who = format!("{A0:#x}");
+    let c = h.ok("txpool_content", json!([]));
+    assert_eq!(c["pending"][&who]["0"]["hash"], json!(h0));
+    assert_eq!(c["queued"][&who]["2"]["hash"], json!(h2));
+    assert_eq!(c["queued"][&who]["2"]["blockHash"], Value::Null);
+    assert_eq!(c["pending"][&who].as_object().unwrap().len(), 1);
+    assert_eq!(c["queued"][&who].as_object().unwrap().len(), 1);
+    assert_eq!(
+        h.ok("txpool_status", json!([])),
+        json!({"pending": "0x1", "queued": "0x1"})
+    );
+    let (r1, _) = h.transfer_eth(0, 1, FEES);
+    h.send_ok(&r1);
+    let c = h.ok("txpool_content", json!([]));
+    assert_eq!(c["pending"][&who].as_object().unwrap().len(), 3);
+    assert_eq!(c["queued"], json!({}));
+    h.mine();
+    assert_eq!(
+        h.ok("txpool_content", json!([])),
+        json!({"pending": {}, "queued": {}})
+    );
+}
+
 #[test]
 fn anvil_fee_suggestion_and_pending_state() {
     let mut h = H::new();
