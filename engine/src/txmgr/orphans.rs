@@ -22,7 +22,7 @@ use crate::chain::ChainTx;
 use crate::error::{EngineError, Result};
 use crate::signer::{SignerKey, UnsignedTx};
 use crate::store::{Broadcast, Fence, NonceHold, Orphan, TxIntent, TxRecord, TxState};
-use alloy_primitives::B256;
+use alloy_primitives::{Address, B256};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// How many nonces below the chain's pending count one reconciliation looks at.
@@ -240,14 +240,7 @@ impl TxManager {
         }
         if !found.is_empty() {
             crate::probe!("orphan.found");
-            self.store
-                .record_orphans(signer, self.chain_id, &found)
-                .await?;
-            self.metrics.add(
-                "dalp_orphans_found_total",
-                &[("signer", &format!("{signer:#x}"))],
-                found.len() as u64,
-            );
+            self.keep_orphans(signer, &found).await?;
         }
         Ok(found)
     }
@@ -284,14 +277,7 @@ impl TxManager {
             .collect();
         if !found.is_empty() {
             crate::probe!("orphan.queued_found");
-            self.store
-                .record_orphans(signer, self.chain_id, &found)
-                .await?;
-            self.metrics.add(
-                "dalp_orphans_found_total",
-                &[("signer", &format!("{signer:#x}"))],
-                found.len() as u64,
-            );
+            self.keep_orphans(signer, &found).await?;
             tracing::warn!(
                 nonces = ?found.iter().map(|o| o.signed.nonce).collect::<Vec<_>>(),
                 "transactions of ours with no record wait in the node's pool behind a nonce gap: stored as orphans"
@@ -302,6 +288,19 @@ impl TxManager {
 }
 
 impl TxManager {
+    /// Store orphans found (idempotent by hash) and count them.
+    async fn keep_orphans(&self, signer: Address, found: &[Orphan]) -> Result<()> {
+        self.store
+            .record_orphans(signer, self.chain_id, found)
+            .await?;
+        self.metrics.add(
+            "dalp_orphans_found_total",
+            &[("signer", &format!("{signer:#x}"))],
+            found.len() as u64,
+        );
+        Ok(())
+    }
+
     /// Whether one of `holds`' versions (at nonce `n`) is the chain's transaction there: known to
     /// the node while `n` is still `pending` (a pool holds one transaction per nonce), else mined.
     async fn accounts_for(&self, holds: &[NonceHold], n: u64, pending: bool) -> Result<bool> {
