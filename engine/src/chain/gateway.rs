@@ -11,7 +11,7 @@ use crate::error::{EngineError, Result};
 use crate::metrics::Metrics;
 use alloy_primitives::{Address, Bytes, B256, U256};
 use serde_json::{json, Value};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -81,6 +81,9 @@ pub struct Gateway {
     /// of them behind) there is no fresher endpoint to compare with; this remembers where the
     /// chain was, so a node that fell behind is still known to be behind.
     highest_seen: AtomicU64,
+    /// An endpoint answered that it has no `txpool` namespace (`-32601`): hosted providers do
+    /// not offer it, and asking again on every transaction would cost a call each time.
+    pool_unreadable: AtomicBool,
 }
 
 impl Gateway {
@@ -110,6 +113,7 @@ impl Gateway {
             metrics,
             next_id: AtomicU64::new(1),
             highest_seen: AtomicU64::new(0),
+            pool_unreadable: AtomicBool::new(false),
         }
     }
 
@@ -445,10 +449,20 @@ impl Gateway {
     /// `from`'s transactions that the node holds *queued*: in its pool but not executable, at
     /// nonces above a gap, so not counted by `eth_getTransactionCount(.., "pending")`. Read with
     /// `txpool_status` and, only when something is queued, `txpool_content` (geth's and Anvil's
-    /// `txpool` namespace). `None` where the node does not offer it (`-32601`): most hosted
-    /// providers do not.
+    /// `txpool` namespace). `None` where the node does not offer it (`-32601`, remembered for
+    /// the life of the process): most hosted providers do not. Any other error is returned: a
+    /// node that could not answer now says nothing about what is queued.
     pub async fn queued_txs(&self, from: Address) -> Result<Option<Vec<ChainTx>>> {
-        let unsupported = |e: &EngineError| matches!(e, EngineError::Rpc { code: -32601, .. });
+        if self.pool_unreadable.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
+        let unsupported = |e: &EngineError| {
+            let no = matches!(e, EngineError::Rpc { code: -32601, .. });
+            if no {
+                self.pool_unreadable.store(true, Ordering::Relaxed);
+            }
+            no
+        };
         let status = match self.call("txpool_status", json!([])).await {
             Err(e) if unsupported(&e) => return Ok(None),
             other => other?,
@@ -698,5 +712,94 @@ mod tests {
             .eth_call(Address::ZERO, Address::ZERO, &Bytes::new())
             .await
             .is_ok());
+    }
+    /// A node with a `txpool` namespace (`Some` content) or without one; counts the calls.
+    struct Pool {
+        content: Option<Value>,
+        calls: AtomicU64,
+    }
+
+    #[async_trait::async_trait]
+    impl Transport for Pool {
+        async fn post(&self, _: &str, body: String) -> std::result::Result<String, TransportError> {
+            self.calls.fetch_add(1, Ordering::Relaxed);
+            let req: Value = serde_json::from_str(&body).expect("json");
+            let answer = match (&self.content, req["method"].as_str()) {
+                (None, _) => json!({"error": {"code": -32601, "message": "Method not found"}}),
+                (Some(c), Some("txpool_status")) => json!({"result": {
+                    "pending": "0x0",
+                    "queued": format!("{:#x}", c["queued"].as_object().map_or(0, |q| q.values().map(|n| n.as_object().map_or(0, |n| n.len())).sum::<usize>())),
+                }}),
+                (Some(c), Some("txpool_content")) => json!({ "result": c }),
+                _ => json!({ "result": null }),
+            };
+            let mut answer = answer;
+            answer["jsonrpc"] = json!("2.0");
+            answer["id"] = req["id"].clone();
+            Ok(answer.to_string())
+        }
+    }
+
+    fn over(pool: Arc<Pool>) -> Gateway {
+        Gateway::new(
+            &[RpcEndpoint::from_url("http://rpc-0")],
+            pool,
+            TimeoutConfig::default(),
+            &ChainConfig::default(),
+            Arc::new(Metrics::default()),
+        )
+    }
+
+    fn pool_tx(from: Address, nonce: u64) -> Value {
+        json!({
+            "hash": B256::repeat_byte(nonce as u8), "from": from, "nonce": format!("{nonce:#x}"),
+            "type": "0x2", "chainId": "0x7a69", "to": Address::repeat_byte(9), "value": "0x0",
+            "input": "0x", "gas": "0x5208", "maxFeePerGas": "0x1", "maxPriorityFeePerGas": "0x1",
+            "blockHash": null, "blockNumber": null, "transactionIndex": null,
+        })
+    }
+
+    #[tokio::test]
+    async fn queued_transactions_are_the_senders_queued_part_of_the_pool() {
+        let me = Address::repeat_byte(1);
+        let other = Address::repeat_byte(2);
+        let content = json!({
+            "pending": { format!("{me:#x}"): { "3": pool_tx(me, 3) } },
+            "queued": {
+                format!("{me:#x}"): { "7": pool_tx(me, 7), "5": pool_tx(me, 5) },
+                format!("{other:#x}"): { "9": pool_tx(other, 9) },
+            },
+        });
+        let g = over(Arc::new(Pool {
+            content: Some(content),
+            calls: AtomicU64::new(0),
+        }));
+        let q = g.queued_txs(me).await.unwrap().expect("a pool");
+        assert_eq!(q.iter().map(|t| t.nonce).collect::<Vec<_>>(), vec![5, 7]);
+        assert_eq!(
+            g.queued_txs(Address::repeat_byte(3)).await.unwrap(),
+            Some(vec![])
+        );
+        // Nothing queued anywhere: one call, not two.
+        let pool = Arc::new(Pool {
+            content: Some(json!({"pending": {}, "queued": {}})),
+            calls: AtomicU64::new(0),
+        });
+        let g = over(pool.clone());
+        assert_eq!(g.queued_txs(me).await.unwrap(), Some(vec![]));
+        assert_eq!(pool.calls.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn a_node_without_a_txpool_namespace_is_asked_once() {
+        let pool = Arc::new(Pool {
+            content: None,
+            calls: AtomicU64::new(0),
+        });
+        let g = over(pool.clone());
+        for _ in 0..3 {
+            assert_eq!(g.queued_txs(Address::repeat_byte(1)).await.unwrap(), None);
+        }
+        assert_eq!(pool.calls.load(Ordering::Relaxed), 1);
     }
 }
