@@ -17,6 +17,8 @@ use alloy_primitives::{Address, Bloom, Bytes, B256, U256};
 use revm::context_interface::transaction::{AccessList, AccessListItem};
 use serde_json::{json, Map, Value};
 
+const INVALID_REQUEST: &str =
+    r#"{"jsonrpc":"2.0","id":null,"error":{"code":-32600,"message":"Invalid request"}}"#;
 const EMPTY_OMMERS: &str = "0x1dcc4de8dec75d7aab85b567b6ccd41ad312451b948a7413f0a142fd40d49347";
 const EMPTY_ROOT: &str = "0x56e81f171bcc55a6ff8345e692c0f86e5b48e01b996cadc001622fb5e363b421";
 const EMPTY_REQUESTS: &str = "0xe3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
@@ -223,11 +225,15 @@ impl ChainModel {
     /// `latest` state, blocks, receipts and logs are as of `head - lag_blocks`. `now_ms` is the
     /// time a block mined by `evm_mine` / `anvil_mine` gets.
     pub fn handle_rpc(&mut self, body: &str, now_ms: u64, lag_blocks: u64) -> String {
-        let invalid =
-            r#"{"jsonrpc":"2.0","id":null,"error":{"code":-32600,"message":"Invalid request"}}"#;
-        let Ok(req) = serde_json::from_str::<Value>(body) else {
-            return invalid.to_string();
-        };
+        match serde_json::from_str::<Value>(body) {
+            Ok(req) => self.handle_request(&req, now_ms, lag_blocks),
+            Err(_) => INVALID_REQUEST.to_string(),
+        }
+    }
+
+    /// [`Self::handle_rpc`] of a body already parsed (the node's process parses it once, for
+    /// its request log as well).
+    pub fn handle_request(&mut self, req: &Value, now_ms: u64, lag_blocks: u64) -> String {
         match req {
             Value::Array(items) => {
                 let parts: Vec<String> = items
@@ -236,31 +242,41 @@ impl ChainModel {
                     .collect();
                 format!("[{}]", parts.join(","))
             }
-            Value::Object(_) => self.handle_one(&req, now_ms, lag_blocks),
-            _ => invalid.to_string(),
+            Value::Object(_) => self.handle_one(req, now_ms, lag_blocks),
+            _ => INVALID_REQUEST.to_string(),
         }
     }
 
+    /// One answer, written straight into its buffer: formatting a `Value` through `Display`
+    /// goes through `core::fmt` token by token, and answers (receipts, blocks) are large.
     fn handle_one(&mut self, req: &Value, now_ms: u64, lag: u64) -> String {
-        let id = req.get("id").cloned().unwrap_or(Value::Null);
-        let id_text = id.to_string();
-        let Some(method) = req.get("method").and_then(Value::as_str) else {
-            return format!(
-                r#"{{"jsonrpc":"2.0","id":{id_text},"error":{{"code":-32600,"message":"Invalid request"}}}}"#
-            );
+        let id = req.get("id").unwrap_or(&Value::Null);
+        let mut out = Vec::with_capacity(256);
+        out.extend_from_slice(br#"{"jsonrpc":"2.0","id":"#);
+        serde_json::to_writer(&mut out, id).expect("a JSON value serializes");
+        let answer = match req.get("method").and_then(Value::as_str) {
+            None => Err(RpcError::new(-32600, "Invalid request")),
+            Some(method) => {
+                let params: &[Value] = match req.get("params") {
+                    None | Some(Value::Null) => &[],
+                    Some(Value::Array(a)) => a,
+                    Some(other) => std::slice::from_ref(other),
+                };
+                self.dispatch(method, params, now_ms, lag)
+            }
         };
-        let params: Vec<Value> = match req.get("params") {
-            None | Some(Value::Null) => Vec::new(),
-            Some(Value::Array(a)) => a.clone(),
-            Some(other) => vec![other.clone()],
-        };
-        match self.dispatch(method, &params, now_ms, lag) {
-            Ok(v) => format!(r#"{{"jsonrpc":"2.0","id":{id_text},"result":{v}}}"#),
-            Err(e) => format!(
-                r#"{{"jsonrpc":"2.0","id":{id_text},"error":{}}}"#,
-                e.to_json()
-            ),
+        match answer {
+            Ok(v) => {
+                out.extend_from_slice(br#","result":"#);
+                serde_json::to_writer(&mut out, &v).expect("a JSON value serializes");
+            }
+            Err(e) => {
+                out.extend_from_slice(br#","error":"#);
+                serde_json::to_writer(&mut out, &e.to_json()).expect("a JSON value serializes");
+            }
         }
+        out.push(b'}');
+        String::from_utf8(out).expect("serde_json writes UTF-8")
     }
 
     fn dispatch(&mut self, method: &str, p: &[Value], now_ms: u64, lag: u64) -> RpcResult {

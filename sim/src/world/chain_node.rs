@@ -96,16 +96,18 @@ pub struct RpcResponse(pub Result<String, TransportError>);
 
 /// A request's method, and a hash of its method and parameters (not its id): the same call
 /// sent to another endpoint hashes the same (FNV-1a; deterministic).
-fn call_of(body: &str) -> (String, u64) {
-    let v = serde_json::from_str::<Value>(body).unwrap_or_default();
+fn call_of(v: &Value) -> (String, u64) {
     let method = v
         .get("method")
         .and_then(Value::as_str)
         .unwrap_or_default()
         .to_string();
-    let params = v.get("params").map(Value::to_string).unwrap_or_default();
+    let params = v
+        .get("params")
+        .map(|p| serde_json::to_vec(p).expect("a JSON value serializes"))
+        .unwrap_or_default();
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in method.bytes().chain([0]).chain(params.bytes()) {
+    for b in method.bytes().chain([0]).chain(params) {
         h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
     }
     (method, h)
@@ -151,7 +153,9 @@ pub async fn rpc_process(chain: Arc<ChainWorld>, k: usize) {
         let name = name.clone();
         async move {
             let body = req.0;
-            let (method, call) = call_of(&body);
+            // Parsed once: for the request log here and for the model's answer below.
+            let parsed = serde_json::from_str::<Value>(&body).ok();
+            let (method, call) = call_of(parsed.as_ref().unwrap_or(&Value::Null));
             *chain
                 .calls
                 .lock()
@@ -218,11 +222,13 @@ pub async fn rpc_process(chain: Arc<ChainWorld>, k: usize) {
                 })
                 .max()
                 .unwrap_or(0);
-            let answer = chain
-                .model
-                .lock()
-                .expect("chain")
-                .handle_rpc(&body, epoch_ms(), lag);
+            let answer = {
+                let mut model = chain.model.lock().expect("chain");
+                match &parsed {
+                    Some(req) => model.handle_request(req, epoch_ms(), lag),
+                    None => model.handle_rpc(&body, epoch_ms(), lag),
+                }
+            };
             if method == "eth_sendRawTransaction" {
                 chain.trace.record(
                     t_ms(),
