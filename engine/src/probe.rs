@@ -155,6 +155,7 @@ pub const PROBES: &[Probe] = &[
     p("orphan.adopted"),
     p("tx.lost_version_adopted"),
     p("tx.lost_version_at_another_nonce"),
+    p("tx.lost_version_stored_orphan"),
     p("orphan.missing"),
     // The gateway.
     must(

@@ -82,10 +82,12 @@ impl TxManager {
         Ok(Some(rec))
     }
 
-    /// A mined version of `rec` itself (signed by `key`, carrying `rec`'s step tag) that no record
+    /// A version of `rec` itself (signed by `key`, carrying `rec`'s step tag) that no record
     /// holds, at `rec`'s nonce or above: the database lost it (a failover kept the row but not
     /// the version — or not the nonce reassignment before it, so the version sits at a nonce the
-    /// record no longer names). Looked for in the last [`ORPHAN_SCAN_BLOCKS`] blocks.
+    /// record no longer names). First among the orphans stored with the step's tag (another
+    /// step's search may have found it in the node's pool, not mined yet), then in
+    /// the last [`ORPHAN_SCAN_BLOCKS`] blocks.
     pub(super) async fn lost_version(
         &self,
         key: &SignerKey,
@@ -96,6 +98,21 @@ impl TxManager {
         }
         let tag = B256::from_slice(&rec.input[rec.input.len() - 32..]);
         let signer = key.address();
+        // Found by another step's search (evidence schedule seed 478: a failover lost two
+        // records' moves to nonces 39 and 40, another step's pool read stored both versions as
+        // orphans, and the records, back at their old nonces, resynchronised and sent their
+        // effects again).
+        let stored = self
+            .store
+            .nonce_view(signer, self.chain_id, tag)
+            .await?
+            .orphan;
+        if let Some(o) = stored
+            .filter(|o| o.nonce >= rec.nonce && !rec.broadcasts.iter().any(|b| b.hash == o.hash))
+        {
+            crate::probe!("tx.lost_version_stored_orphan");
+            return Ok(Some(o));
+        }
         let head = self.gateway.block_number().await?;
         for number in (head.saturating_sub(ORPHAN_SCAN_BLOCKS)..=head).rev() {
             let Some((_, txs)) = self.gateway.block_transactions(number).await? else {
