@@ -19,6 +19,11 @@ use serde_json::{json, Map, Value};
 
 const INVALID_REQUEST: &str =
     r#"{"jsonrpc":"2.0","id":null,"error":{"code":-32600,"message":"Invalid request"}}"#;
+/// Appends `v`'s JSON text to `out` (a `Value` always serializes).
+fn write_json(out: &mut Vec<u8>, v: &Value) {
+    serde_json::to_writer(out, v).expect("a JSON value serializes");
+}
+
 const EMPTY_OMMERS: &str = "0x1dcc4de8dec75d7aab85b567b6ccd41ad312451b948a7413f0a142fd40d49347";
 const EMPTY_ROOT: &str = "0x56e81f171bcc55a6ff8345e692c0f86e5b48e01b996cadc001622fb5e363b421";
 const EMPTY_REQUESTS: &str = "0xe3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
@@ -253,7 +258,7 @@ impl ChainModel {
         let id = req.get("id").unwrap_or(&Value::Null);
         let mut out = Vec::with_capacity(256);
         out.extend_from_slice(br#"{"jsonrpc":"2.0","id":"#);
-        serde_json::to_writer(&mut out, id).expect("a JSON value serializes");
+        write_json(&mut out, id);
         let answer = match req.get("method").and_then(Value::as_str) {
             None => Err(RpcError::new(-32600, "Invalid request")),
             Some(method) => {
@@ -268,11 +273,11 @@ impl ChainModel {
         match answer {
             Ok(v) => {
                 out.extend_from_slice(br#","result":"#);
-                serde_json::to_writer(&mut out, &v).expect("a JSON value serializes");
+                write_json(&mut out, &v);
             }
             Err(e) => {
                 out.extend_from_slice(br#","error":"#);
-                serde_json::to_writer(&mut out, &e.to_json()).expect("a JSON value serializes");
+                write_json(&mut out, &e.to_json());
             }
         }
         out.push(b'}');
