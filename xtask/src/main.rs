@@ -441,13 +441,16 @@ fn planted_each(
     eprintln!("xtask: building HEAD's committed tree, the base of the planted copies");
     let b = build_sim_by(niced(cargo_program()), Profile::Dev, work)?;
     std::fs::copy(&b, &committed).map_err(|e| format!("{}: {e}", committed.display()))?;
+    let catching = catching_runs();
     for patch in patches {
         let name = patch.file_stem().unwrap().to_string_lossy().to_string();
         eprintln!("xtask: planted bug `{name}`");
         let started = std::time::Instant::now();
         git_apply(work, patch, false).map_err(|e| format!("planted bug {name}: {e}"))?;
         // The uplifted binary is overwritten by the next build: keep a copy.
-        let built = build_sim_by(niced(cargo_program()), Profile::Dev, work).and_then(|b| {
+        let mut cargo = niced(cargo_program());
+        cargo.args(PLANTED_CRATES_UNOPTIMIZED);
+        let built = build_sim_by(cargo, Profile::Dev, work).and_then(|b| {
             let bin = bins.join(&name);
             std::fs::copy(&b, &bin).map_err(|e| format!("{}: {e}", bin.display()))?;
             Ok(bin)
@@ -461,7 +464,14 @@ fn planted_each(
             niced(&bin)
                 .current_dir(work)
                 .args(["run", "ci", "--fail-fast", "--out"])
-                .arg(&out),
+                .arg(&out)
+                .args(
+                    catching
+                        .get(&name)
+                        .map(|r| ["--first", r.as_str()])
+                        .into_iter()
+                        .flatten(),
+                ),
             &log,
         )?
         .wait()
@@ -492,6 +502,49 @@ fn planted_each(
         }
     }
     Ok(())
+}
+
+/// How a planted bug's copy builds: our two crates unoptimized, every dependency as the profile
+/// says (so their artifacts are shared with HEAD's build). Optimizing those crates is most of an
+/// incremental build (a patch of an inlined engine function re-optimizes much of dalp-sim: up
+/// to ~90 s at opt-level 3 against ~8 s at 0, on 2 cores); the runs are ~3x slower, but a
+/// planted bug's run is short (--fail-fast, its catching run first), and the same code gives the
+/// same trace whatever the opt-level (the `ci` suite's 99 trace hashes are identical).
+const PLANTED_CRATES_UNOPTIMIZED: [&str; 4] = [
+    "--config",
+    "profile.sim-dev.package.dalp-engine.opt-level=0",
+    "--config",
+    "profile.sim-dev.package.dalp-sim.opt-level=0",
+];
+
+/// Each caught planted bug's catching run as [`PLANTED_RESULTS`] recorded it (name →
+/// `STEM:SEED`), for `run ci --first`: the same runs, that one started first, so --fail-fast
+/// answers as soon as it fails again. Only the order depends on this file: a stale or missing
+/// entry costs time, never the verdict.
+fn catching_runs() -> std::collections::BTreeMap<String, String> {
+    catching_runs_in(&std::fs::read_to_string(root().join(PLANTED_RESULTS)).unwrap_or_default())
+}
+
+fn catching_runs_in(text: &str) -> std::collections::BTreeMap<String, String> {
+    // One bug per line, as `record_planted` writes them.
+    let field = |line: &str, key: &str| -> Option<String> {
+        let rest = line.split(&format!("\"{key}\": ")).nth(1)?;
+        let value = match rest.strip_prefix('"') {
+            Some(quoted) => quoted.split('"').next()?,
+            None => rest.split([',', '}']).next()?.trim(),
+        };
+        Some(value.to_string())
+    };
+    text.lines()
+        .filter(|l| l.contains("\"caught\": true"))
+        .filter_map(|l| {
+            let seed: u64 = field(l, "seed")?.parse().ok()?;
+            Some((
+                field(l, "name")?,
+                format!("{}:{seed}", field(l, "scenario")?),
+            ))
+        })
+        .collect()
 }
 
 /// `git apply` (or its reverse) of `patch` in the copy `work`, insisting that every file applied.
@@ -1206,6 +1259,22 @@ fn setup() -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn catching_runs_are_read_from_the_recorded_results() {
+        let text = r#"{
+  "date": "2026-12-03T07:57:46Z",
+  "bugs": [
+    {"name": "a-bug", "caught": true, "scenario": "db-failover-sync", "seed": 2, "invariants": ["durability"]},
+    {"name": "missed", "caught": false, "invariants": []},
+    {"name": "last", "caught": true, "scenario": "x-y-18", "seed": 478}
+  ]
+}"#;
+        let runs = catching_runs_in(text);
+        assert_eq!(runs.len(), 2, "{runs:?}");
+        assert_eq!(runs["a-bug"], "db-failover-sync:2");
+        assert_eq!(runs["last"], "x-y-18:478");
+    }
 
     #[test]
     fn failure_lines_give_scenario_seed_and_invariants() {

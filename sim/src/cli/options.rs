@@ -77,6 +77,34 @@ pub(super) fn parse_seeds(spec: &str) -> Result<Seeds, String> {
     }
 }
 
+/// `--first STEM:SEED`: one run to start before the others (the set of runs is unchanged).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct FirstRun {
+    /// The scenario file's stem, as the results name it.
+    pub(super) scenario: String,
+    pub(super) seed: u64,
+}
+
+pub(super) fn parse_first(spec: &str) -> Result<FirstRun, String> {
+    let (scenario, seed) = spec
+        .rsplit_once(':')
+        .ok_or("expected SCENARIO:SEED (the scenario file's stem, as the results name it)")?;
+    if scenario.is_empty() {
+        return Err("empty scenario name".into());
+    }
+    let seed = seed.parse().map_err(|_| "bad seed")?;
+    Ok(FirstRun {
+        scenario: scenario.into(),
+        seed,
+    })
+}
+
+impl fmt::Display for FirstRun {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.scenario, self.seed)
+    }
+}
+
 /// `--shard I/N`: the runs whose index is I modulo N.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct Shard {
@@ -116,6 +144,18 @@ pub(super) fn default_jobs() -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn first_run_parses_as_stem_and_seed() {
+        let f = parse_first("db-failover-sync:7").unwrap();
+        assert_eq!((f.scenario.as_str(), f.seed), ("db-failover-sync", 7));
+        assert_eq!(f.to_string(), "db-failover-sync:7");
+        assert!(parse_first("db-failover-sync")
+            .unwrap_err()
+            .contains("SCENARIO:SEED"));
+        assert!(parse_first(":7").unwrap_err().contains("empty"));
+        assert!(parse_first("x:seven").unwrap_err().contains("bad seed"));
+    }
 
     #[test]
     fn seeds_parse_as_count_or_range() {

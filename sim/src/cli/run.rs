@@ -4,7 +4,9 @@
 use super::backend::{prepare, Backend, BackendArgs};
 use super::baseline::{needs_baseline, with_baseline};
 use super::jobs::{run_jobs_ticking, Job};
-use super::options::{default_jobs, parse_seeds, parse_shard, LogLevel, Seeds, Shard};
+use super::options::{
+    default_jobs, parse_first, parse_seeds, parse_shard, FirstRun, LogLevel, Seeds, Shard,
+};
 use super::progress::Progress;
 use super::repro::repro_command;
 use super::resolve::resolve;
@@ -46,6 +48,12 @@ pub(super) struct RunArgs {
     /// finish): for a yes/no answer, such as whether a planted bug is caught
     #[arg(long)]
     fail_fast: bool,
+    /// Start this run (the scenario file's stem and a seed) before the others; repeatable. The
+    /// runs are the same, only their order changes: with --fail-fast, a run known to fail (a
+    /// planted bug's catching run) ends the answer at once. One not among the runs is said and
+    /// ignored
+    #[arg(long, value_name = "SCENARIO:SEED", value_parser = parse_first)]
+    first: Vec<FirstRun>,
     /// The engines' logs at this level and above go into each run's trace (simulation only; it
     /// changes the trace hashes)
     #[arg(long, value_enum, value_name = "LEVEL", default_value_t = LogLevel::Off)]
@@ -230,7 +238,30 @@ fn plan(dir: &Path, a: &RunArgs, backend: Backend) -> Result<(Vec<Job>, Scenario
             .map(|(_, j)| j)
             .collect();
     }
+    let (jobs, absent) = first_runs_first(jobs, &a.first);
+    for f in absent {
+        eprintln!("dalp-sim: --first {f}: not among this run's runs; ignored");
+    }
     Ok((jobs, scenarios))
+}
+
+/// `jobs` with those `first` names moved to the front, in `first`'s order (every other run
+/// keeps its place); and the `first` entries that name no run.
+fn first_runs_first(mut jobs: Vec<Job>, first: &[FirstRun]) -> (Vec<Job>, Vec<FirstRun>) {
+    let total = jobs.len();
+    let mut front = Vec::new();
+    let mut absent = Vec::new();
+    for f in first {
+        let stem = |j: &Job| j.scenario.file_stem().is_some_and(|s| *s == *f.scenario);
+        match jobs.iter().position(|j| j.seed == f.seed && stem(j)) {
+            Some(k) => front.push(jobs.remove(k)),
+            None if front.iter().any(|j| j.seed == f.seed && stem(j)) => {}
+            None => absent.push(f.clone()),
+        }
+    }
+    front.append(&mut jobs);
+    assert_eq!(front.len(), total, "reordering keeps every run");
+    (front, absent)
 }
 
 impl Scenarios {
@@ -450,5 +481,44 @@ impl Done {
             }
         );
         (line, failure)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn runs(v: &[(&str, u64)]) -> Vec<Job> {
+        v.iter()
+            .map(|(s, n)| Job::new(PathBuf::from(format!("scenarios/{s}.toml")), *n))
+            .collect()
+    }
+
+    fn names(jobs: &[Job]) -> Vec<String> {
+        jobs.iter()
+            .map(|j| {
+                format!(
+                    "{}:{}",
+                    j.scenario.file_stem().unwrap().to_string_lossy(),
+                    j.seed
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn first_runs_move_to_the_front_and_nothing_else_moves() {
+        let jobs = runs(&[("a", 1), ("a", 2), ("b", 1), ("b", 2), ("c", 1)]);
+        let first = [
+            parse_first("b:2").unwrap(),
+            parse_first("a:1").unwrap(),
+            parse_first("b:2").unwrap(),
+            parse_first("z:1").unwrap(),
+            parse_first("c:9").unwrap(),
+        ];
+        let (jobs, absent) = first_runs_first(jobs, &first);
+        assert_eq!(names(&jobs), ["b:2", "a:1", "a:2", "b:1", "c:1"]);
+        let absent: Vec<String> = absent.iter().map(ToString::to_string).collect();
+        assert_eq!(absent, ["z:1", "c:9"]);
     }
 }
