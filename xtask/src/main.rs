@@ -162,13 +162,18 @@ enum Profile {
 /// Mutation testing of the harness: a suite that passes on a broken engine is worthless. Each
 /// patch plants one classic durable-execution bug into a copy of HEAD; the `ci` suite must fail.
 fn planted(names: &[&str]) -> Result<(), String> {
-    let (caught, head) = planted_and_head(names);
+    let (caught, head) = planted_and_head(names, |_| {});
     head?;
     caught
 }
 
 /// The planted bugs' verdict, and HEAD's simulation binary in target/sim (restored after them).
-fn planted_and_head(names: &[&str]) -> (Result<(), String>, Result<PathBuf, String>) {
+/// `committed` is called with the unpatched copy's binary (HEAD's committed tree) as soon as it
+/// is built, before the first bug: it stays in place until the next call.
+fn planted_and_head(
+    names: &[&str],
+    committed: impl FnOnce(&Path),
+) -> (Result<(), String>, Result<PathBuf, String>) {
     let root = root();
     let bins = root.join("target/planted/bin");
     let patches = match select_patches(names).and_then(|p| {
@@ -183,7 +188,7 @@ fn planted_and_head(names: &[&str]) -> (Result<(), String>, Result<PathBuf, Stri
     let _ = std::fs::remove_file(bins.join(COMMITTED));
     let mut outcomes = Vec::new();
     let caught = forget_workspace_crates()
-        .and_then(|()| planted_each(&patches, &work, &bins, &mut outcomes));
+        .and_then(|()| planted_each(&patches, &work, &bins, committed, &mut outcomes));
     let missed: Vec<String> = outcomes
         .iter()
         .filter(|o| o.failure.is_none())
@@ -261,14 +266,8 @@ fn select_patches(names: &[&str]) -> Result<Vec<PathBuf>, String> {
 /// (CI's clean clone), the copy's unpatched build is HEAD's build and is put there (one workspace
 /// build fewer); otherwise HEAD's tree is built.
 fn restore_head(bins: &Path) -> Result<PathBuf, String> {
-    let status = Command::new("git")
-        .current_dir(root())
-        .args(["status", "--porcelain", "--untracked-files=normal"])
-        .output()
-        .map_err(|e| format!("git status: {e}"))?;
-    let clean = status.status.success() && status.stdout.is_empty();
     let committed = bins.join(COMMITTED);
-    if !(clean && committed.is_file()) {
+    if !(tree_is_clean()? && committed.is_file()) {
         return build_sim_by(niced(cargo_program()), Profile::Dev, &root());
     }
     let head = sim_bin(Profile::Dev);
@@ -279,6 +278,17 @@ fn restore_head(bins: &Path) -> Result<PathBuf, String> {
         "xtask: the working tree is clean: HEAD's simulation binary is the copy's unpatched build"
     );
     Ok(head)
+}
+
+/// Whether the working tree has no change (untracked files count, ignored ones do not): then
+/// HEAD's committed tree is what would be built.
+fn tree_is_clean() -> Result<bool, String> {
+    let status = Command::new("git")
+        .current_dir(root())
+        .args(["status", "--porcelain", "--untracked-files=normal"])
+        .output()
+        .map_err(|e| format!("git status: {e}"))?;
+    Ok(status.status.success() && status.stdout.is_empty())
 }
 
 /// The copy's build before any patch (HEAD's committed tree), in target/planted/bin.
@@ -374,8 +384,12 @@ fn record_planted(outcomes: &[PlantedOutcome]) -> Result<PathBuf, String> {
         bugs.join(",\n")
     );
     let path = root().join(PLANTED_RESULTS);
+    // Written aside, then renamed: a reader (the audit report of a test running beside) sees the
+    // old file or the new one, never half of one.
+    let part = path.with_extension("json.part");
     std::fs::create_dir_all(path.parent().expect("a parent"))
-        .and_then(|()| std::fs::write(&path, text))
+        .and_then(|()| std::fs::write(&part, text))
+        .and_then(|()| std::fs::rename(&part, &path))
         .map_err(|e| format!("{}: {e}", path.display()))?;
     Ok(path)
 }
@@ -425,6 +439,7 @@ fn planted_each(
     patches: &[PathBuf],
     work: &Path,
     bins: &Path,
+    on_committed: impl FnOnce(&Path),
     outcomes: &mut Vec<PlantedOutcome>,
 ) -> Result<(), String> {
     let root = root();
@@ -441,6 +456,7 @@ fn planted_each(
     eprintln!("xtask: building HEAD's committed tree, the base of the planted copies");
     let b = build_sim_by(niced(cargo_program()), Profile::Dev, work)?;
     std::fs::copy(&b, &committed).map_err(|e| format!("{}: {e}", committed.display()))?;
+    on_committed(&committed);
     let catching = catching_runs();
     for patch in patches {
         let name = patch.file_stem().unwrap().to_string_lossy().to_string();
@@ -850,17 +866,64 @@ fn test() -> Result<(), String> {
     }
     // The harness's own mutation test: every planted bug must be caught by the `ci` suite. It
     // builds the simulation: HEAD's committed tree in a copy, each bug incrementally from it, then
-    // HEAD's own (that same build when the working tree is clean), sharing target/sim.
+    // HEAD's own (that same build when the working tree is clean), sharing target/sim. When the
+    // tree is clean, the other tests start on that first build and run beside the bugs' builds:
+    // they wait on PostgreSQL, Anvil and child processes much of their time.
+    let clean = tree_is_clean().unwrap_or(false);
     let started = std::time::Instant::now();
-    let (caught, head) = planted_and_head(&[]);
-    t.record("planted bugs, simulation build", started.elapsed());
+    let (caught, head, planted_took, beside) = std::thread::scope(|s| {
+        let mut beside = None;
+        let (caught, head) = planted_and_head(&[], |committed| {
+            if clean {
+                eprintln!(
+                    "xtask: the other tests run beside the planted bugs, on HEAD's simulation \
+                     binary {} (log: {}; shown when they end)",
+                    committed.display(),
+                    root().join(OTHER_TESTS_LOG).display()
+                );
+                let sim = committed.to_path_buf();
+                beside = Some(s.spawn(move || {
+                    let started = std::time::Instant::now();
+                    (other_tests(&sim, docker), started.elapsed())
+                }));
+            }
+        });
+        let planted_took = started.elapsed();
+        let beside = beside.map(|h| h.join().expect("the thread running the other tests"));
+        (caught, head, planted_took, beside)
+    });
+    t.record("planted bugs, simulation build", planted_took);
     if let Err(e) = caught {
         failures.push(e);
     }
-    match head {
-        Ok(sim) => other_tests(&mut t, &sim, docker, &mut counts, &mut failures),
+    let other = match (beside, head) {
+        (Some((r, took)), _) => {
+            t.record("tests (beside the planted bugs)", took);
+            Some(r)
+        }
+        (None, Ok(sim)) => Some(t.time("tests (all but the real suite)", || {
+            Ok(other_tests(&sim, docker))
+        })?),
         // No other test runs without it; the real suite is still waited for.
-        Err(e) => failures.push(e),
+        (None, Err(e)) => {
+            failures.push(e);
+            None
+        }
+    };
+    if let Some(r) = other {
+        println!(
+            "{}",
+            std::fs::read_to_string(root().join(OTHER_TESTS_LOG)).unwrap_or_default()
+        );
+        match r {
+            Ok(c) => {
+                if !c.ok() {
+                    failures.push(format!("{} tests failed", c.failed));
+                }
+                counts.add(c);
+            }
+            Err(e) => failures.push(e),
+        }
     }
     let (status, took) = real.join().expect("the thread waiting for the real suite");
     let status = status.map_err(|e| format!("the real suite: {e}"))?;
@@ -918,40 +981,33 @@ fn disk_space_note() {
     }
 }
 
-/// Every test but the real suite, niced.
-fn other_tests(
-    t: &mut Phases,
-    sim: &Path,
-    docker: bool,
-    counts: &mut Counts,
-    failures: &mut Vec<String>,
-) {
+/// Where [`other_tests`] writes what cargo and the tests say (shown when they end).
+const OTHER_TESTS_LOG: &str = "target/other-tests.log";
+
+/// Every test but the real suite, niced, with `sim` as the simulation binary; what they said goes
+/// to [`OTHER_TESTS_LOG`]; their counts.
+fn other_tests(sim: &Path, docker: bool) -> Result<Counts, String> {
     // The simulation's own tests run the madsim build of dalp-sim (one process per seed).
     let mut cmd = niced(cargo_program());
-    cmd.env("DALP_SIM_BIN", sim);
+    cmd.env("DALP_SIM_BIN", sim)
+        .args(["test", "--workspace", "--no-fail-fast", "--", "--skip"])
+        .arg(REAL_SUITE_TEST)
+        .current_dir(root());
     if docker {
         cmd.env("DALP_DOCKER_TESTS", "1");
     }
-    match t.time("tests (all but the real suite)", || {
-        cargo_test_counted(
-            cmd,
-            &[
-                "test",
-                "--workspace",
-                "--no-fail-fast",
-                "--",
-                "--skip",
-                REAL_SUITE_TEST,
-            ],
-        )
-    }) {
-        Ok(c) => {
-            if !c.ok() {
-                failures.push(format!("{} tests failed", c.failed));
-            }
-            counts.add(c);
-        }
-        Err(e) => failures.push(e),
+    let log = root().join(OTHER_TESTS_LOG);
+    let status = spawn_logged(&mut cmd, &log)?
+        .wait()
+        .map_err(|e| format!("cargo test: {e}"))?;
+    let counts = Counts::of(&std::fs::read_to_string(&log).unwrap_or_default());
+    if status.success() || counts.failed > 0 {
+        Ok(counts)
+    } else {
+        Err(format!(
+            "cargo test failed ({status}); see {}",
+            log.display()
+        ))
     }
 }
 
