@@ -859,21 +859,31 @@ fn test() -> Result<(), String> {
     );
     let mut failures = Vec::new();
     let mut counts = Counts::default();
-    if let Err(e) = t.time("build: tests (beside the real suite)", || {
-        test_binaries(niced(cargo_program()), &[])
-    }) {
-        failures.push(e);
-    }
     // The harness's own mutation test: every planted bug must be caught by the `ci` suite. It
     // builds the simulation: HEAD's committed tree in a copy, each bug incrementally from it, then
-    // HEAD's own (that same build when the working tree is clean), sharing target/sim. When the
-    // tree is clean, the other tests start on that first build and run beside the bugs' builds:
-    // they wait on PostgreSQL, Anvil and child processes much of their time.
+    // HEAD's own (that same build when the working tree is clean), sharing target/sim. The other
+    // test binaries build beside that first build (two cargo builds at once keep both cores busy
+    // through each one's serial stretches); when the tree is clean, the other tests start as soon
+    // as both are done and run beside the bugs' builds: they wait on PostgreSQL, Anvil and child
+    // processes much of their time.
     let clean = tree_is_clean().unwrap_or(false);
     let started = std::time::Instant::now();
-    let (caught, head, planted_took, beside) = std::thread::scope(|s| {
+    let (caught, head, planted_took, built, beside) = std::thread::scope(|s| {
+        let timed = |f: &dyn Fn() -> Result<Option<PathBuf>, String>| {
+            let started = std::time::Instant::now();
+            (f(), started.elapsed())
+        };
+        let mut builds =
+            Some(s.spawn(move || timed(&|| test_binaries(niced(cargo_program()), &[]))));
+        let mut join_builds = || {
+            builds
+                .take()
+                .map(|h| h.join().expect("the thread building the test binaries"))
+        };
+        let mut built = None;
         let mut beside = None;
         let (caught, head) = planted_and_head(&[], |committed| {
+            built = join_builds();
             if clean {
                 eprintln!(
                     "xtask: the other tests run beside the planted bugs, on HEAD's simulation \
@@ -889,9 +899,16 @@ fn test() -> Result<(), String> {
             }
         });
         let planted_took = started.elapsed();
+        let built = built.or_else(join_builds);
         let beside = beside.map(|h| h.join().expect("the thread running the other tests"));
-        (caught, head, planted_took, beside)
+        (caught, head, planted_took, built, beside)
     });
+    if let Some((r, took)) = built {
+        t.record("build: tests (beside the simulation)", took);
+        if let Err(e) = r {
+            failures.push(e);
+        }
+    }
     t.record("planted bugs, simulation build", planted_took);
     if let Err(e) = caught {
         failures.push(e);
