@@ -458,25 +458,34 @@ fn planted_each(
     std::fs::copy(&b, &committed).map_err(|e| format!("{}: {e}", committed.display()))?;
     on_committed(&committed);
     let catching = catching_runs();
+    // Each bug's `ci` run goes on while the next bug builds (the copy's sources change under it,
+    // but the run reads only the scenarios, which no patch touches); it is waited for before the
+    // next run starts, so at most one run and one build share the cores.
+    let mut running: Option<PlantedRun> = None;
     for patch in patches {
         let name = patch.file_stem().unwrap().to_string_lossy().to_string();
         eprintln!("xtask: planted bug `{name}`");
         let started = std::time::Instant::now();
-        git_apply(work, patch, false).map_err(|e| format!("planted bug {name}: {e}"))?;
-        // The uplifted binary is overwritten by the next build: keep a copy.
-        let mut cargo = niced(cargo_program());
-        cargo.args(PLANTED_CRATES_UNOPTIMIZED);
-        let built = build_sim_by(cargo, Profile::Dev, work).and_then(|b| {
-            let bin = bins.join(&name);
-            std::fs::copy(&b, &bin).map_err(|e| format!("{}: {e}", bin.display()))?;
-            Ok(bin)
+        let built = git_apply(work, patch, false).and_then(|()| {
+            // The uplifted binary is overwritten by the next build: keep a copy.
+            let mut cargo = niced(cargo_program());
+            cargo.args(PLANTED_CRATES_UNOPTIMIZED);
+            let built = build_sim_by(cargo, Profile::Dev, work).and_then(|b| {
+                let bin = bins.join(&name);
+                std::fs::copy(&b, &bin).map_err(|e| format!("{}: {e}", bin.display()))?;
+                Ok(bin)
+            });
+            git_apply(work, patch, true)?;
+            built
         });
-        git_apply(work, patch, true).map_err(|e| format!("planted bug {name}: {e}"))?;
-        let bin = built?;
         let build_s = started.elapsed().as_secs();
+        if let Some(r) = running.take() {
+            outcomes.push(r.finish()?);
+        }
+        let bin = built.map_err(|e| format!("planted bug {name}: {e}"))?;
         let out = root.join("target/planted").join(&name);
         let log = root.join("target/planted").join(format!("{name}.log"));
-        let status = spawn_logged(
+        let child = spawn_logged(
             niced(&bin)
                 .current_dir(work)
                 .args(["run", "ci", "--fail-fast", "--out"])
@@ -489,35 +498,61 @@ fn planted_each(
                         .flatten(),
                 ),
             &log,
-        )?
-        .wait()
-        .map_err(|e| format!("dalp-sim: {e}"))?;
-        let run_s = started.elapsed().as_secs() - build_s;
-        match status.code() {
+        )?;
+        running = Some(PlantedRun {
+            name,
+            child,
+            out,
+            log,
+            build_s,
+            started: std::time::Instant::now(),
+        });
+    }
+    if let Some(r) = running.take() {
+        outcomes.push(r.finish()?);
+    }
+    Ok(())
+}
+
+/// A planted bug's `ci` run, started.
+struct PlantedRun {
+    name: String,
+    child: std::process::Child,
+    out: PathBuf,
+    log: PathBuf,
+    build_s: u64,
+    started: std::time::Instant,
+}
+
+impl PlantedRun {
+    /// Wait for the run; the bug's outcome (caught when `dalp-sim run` said an invariant failed).
+    fn finish(mut self) -> Result<PlantedOutcome, String> {
+        let status = self.child.wait().map_err(|e| format!("dalp-sim: {e}"))?;
+        let (name, build_s, run_s) = (self.name, self.build_s, self.started.elapsed().as_secs());
+        Ok(match status.code() {
             Some(1) => {
-                let failure = first_failure(&log);
+                let failure = first_failure(&self.log);
                 eprintln!(
-                    "xtask: `{name}` caught: {failure} (results in {}; built in {build_s} s, ran {run_s} s)",
-                    out.display()
+                    "xtask: `{name}` caught: {failure} (results in {}; built in {build_s} s; its run, beside the next build, finished within {run_s} s)",
+                    self.out.display()
                 );
-                outcomes.push(PlantedOutcome {
+                PlantedOutcome {
                     name,
                     failure: Some(failure),
-                });
+                }
             }
             other => {
                 eprintln!(
                     "xtask: `{name}` NOT caught (dalp-sim exited {other:?}; see {})",
-                    log.display()
+                    self.log.display()
                 );
-                outcomes.push(PlantedOutcome {
+                PlantedOutcome {
                     name,
                     failure: None,
-                });
+                }
             }
-        }
+        })
     }
-    Ok(())
 }
 
 /// How a planted bug's copy builds: our two crates unoptimized, every dependency as the profile
