@@ -949,8 +949,12 @@ fn test() -> Result<(), String> {
         failures.push(e);
     }
     let other = match (beside, head) {
-        (Some((r, took)), _) => {
+        (Some((r, took)), head) => {
             t.record("tests (beside the planted bugs)", took);
+            // HEAD's binary must still have been put back in target/sim.
+            if let Err(e) = head {
+                failures.push(e);
+            }
             Some(r)
         }
         (None, Ok(sim)) => Some(t.time("tests (all but the real suite)", || {
