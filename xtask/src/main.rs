@@ -904,12 +904,13 @@ fn test() -> Result<(), String> {
     let clean = tree_is_clean().unwrap_or(false);
     let started = std::time::Instant::now();
     let (caught, head, planted_took, built, beside) = std::thread::scope(|s| {
-        let timed = |f: &dyn Fn() -> Result<Option<PathBuf>, String>| {
+        let mut builds = Some(s.spawn(|| {
             let started = std::time::Instant::now();
-            (f(), started.elapsed())
-        };
-        let mut builds =
-            Some(s.spawn(move || timed(&|| test_binaries(niced(cargo_program()), &[]))));
+            (
+                test_binaries(niced(cargo_program()), &[]),
+                started.elapsed(),
+            )
+        }));
         let mut join_builds = || {
             builds
                 .take()

@@ -252,10 +252,11 @@ fn first_runs_first(mut jobs: Vec<Job>, first: &[FirstRun]) -> (Vec<Job>, Vec<Fi
     let mut front = Vec::new();
     let mut absent = Vec::new();
     for f in first {
-        let stem = |j: &Job| j.scenario.file_stem().is_some_and(|s| *s == *f.scenario);
-        match jobs.iter().position(|j| j.seed == f.seed && stem(j)) {
+        let named =
+            |j: &Job| j.seed == f.seed && j.scenario.file_stem().is_some_and(|s| *s == *f.scenario);
+        match jobs.iter().position(named) {
             Some(k) => front.push(jobs.remove(k)),
-            None if front.iter().any(|j| j.seed == f.seed && stem(j)) => {}
+            None if front.iter().any(named) => {}
             None => absent.push(f.clone()),
         }
     }
