@@ -34,6 +34,9 @@ commands:
                  per request type, block production, the simulated node's RPC path, signing,
                  trace hashing, scenario parsing) and the simulation end to end (bench sim)
   bench micro [FILTER] the criterion micro-benchmarks only (FILTER: a criterion name filter)
+  bench count [SCENARIO SEED] the instructions one seed executes in the everyday build
+                 (valgrind's callgrind; steady-state seed 2 unless given), in all and by function:
+                 a cost that does not move with the machine's load, to compare two commits by
   bench engine   journaled step transitions/s through the real store vs pgbench -N -c 8
   bench sim      simulated s per wall s and peak memory per seed (steady-state), suite seeds/min
   planted [NAME…] apply each planted bug (fixtures/planted-bugs/*.patch) to a copy of HEAD, build
@@ -104,6 +107,8 @@ fn main() -> ExitCode {
         ["build-sim", "bench"] => build_sim(Profile::Bench).map(|_| ()),
         ["bench"] => bench_all(),
         ["bench", "micro", filter @ ..] => bench_micro(filter, None),
+        ["bench", "count"] => bench_count("scenarios/steady-state.toml", "2"),
+        ["bench", "count", scenario, seed] => bench_count(scenario, seed),
         ["bench", "sim"] => sim(
             Profile::Bench,
             &["bench", "steady-state", "--seeds", "5", "--suite", "ci"],
@@ -763,6 +768,84 @@ fn bench_micro(filter: &[&str], e2e: Option<&Path>) -> Result<(), String> {
         cmd.env("DALP_BENCH_E2E", e2e);
     }
     run(&mut cmd)
+}
+
+/// `cargo xtask bench count`: wall time on a shared 2-core machine moves by a third from one run
+/// to the next, so a change of a few percent in the simulation's cost cannot be seen in it; the
+/// instructions a seed executes can (the same seed runs the same code: a deterministic count).
+/// Runs the seed under callgrind (about 50 times slower than natively) and prints the total and
+/// the functions that execute the most instructions themselves.
+fn bench_count(scenario: &str, seed: &str) -> Result<(), String> {
+    if !have("valgrind") || !have("callgrind_annotate") {
+        apt_install(&["valgrind"])?;
+    }
+    let bin = build_sim(Profile::Dev)?;
+    let out = root().join("target/bench-count");
+    std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+    let profile = out.join("callgrind.out");
+    let result = out.join("result.json");
+    run(Command::new("valgrind")
+        .arg("--tool=callgrind")
+        .arg("--quiet")
+        .arg(format!("--callgrind-out-file={}", profile.display()))
+        .arg(&bin)
+        .args(["child", scenario, "--seed", seed, "--result"])
+        .arg(&result)
+        .current_dir(root()))?;
+    let annotated = Command::new("callgrind_annotate")
+        .arg(&profile)
+        .output()
+        .map_err(|e| format!("callgrind_annotate: {e}"))?;
+    if !annotated.status.success() {
+        return Err(format!(
+            "callgrind_annotate failed: {}",
+            String::from_utf8_lossy(&annotated.stderr)
+        ));
+    }
+    let text = String::from_utf8_lossy(&annotated.stdout);
+    let rows: Vec<&str> = text
+        .lines()
+        .filter(|l| l.trim_start().starts_with(|c: char| c.is_ascii_digit()))
+        .collect();
+    let total = rows
+        .iter()
+        .find(|l| l.contains("PROGRAM TOTALS"))
+        .ok_or_else(|| {
+            format!(
+                "no total in callgrind_annotate's output of {}",
+                profile.display()
+            )
+        })?;
+    println!(
+        "{scenario} seed {seed}, {} build:",
+        profile_dir(Profile::Dev)
+    );
+    println!(
+        "  instructions: {}",
+        total.split_whitespace().next().unwrap_or("?")
+    );
+    println!("  by function (own instructions):");
+    for row in rows
+        .iter()
+        .filter(|l| !l.contains("PROGRAM TOTALS"))
+        .take(25)
+    {
+        println!("    {}", short_symbol(row));
+    }
+    println!(
+        "  (profile: {}; open it with callgrind_annotate --inclusive=yes)",
+        profile.display()
+    );
+    Ok(())
+}
+
+/// A callgrind_annotate row without the source path and binary: count, share and function.
+fn short_symbol(row: &str) -> String {
+    let (counts, rest) = row.split_at(row.find(')').map_or(0, |i| i + 1));
+    let rest = rest.trim();
+    let function = rest.split_once(':').map_or(rest, |(_, f)| f);
+    let function = function.split(" [").next().unwrap_or(function);
+    format!("{} {function}", counts.trim())
 }
 
 fn root() -> PathBuf {

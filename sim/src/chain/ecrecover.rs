@@ -1,46 +1,43 @@
 //! The sender of a signed transaction, as a node recovers it.
 //!
-//! `alloy`'s `recover_signer` (through `ecdsa`'s `recover_from_prehash`) recovers the key and then
-//! verifies the signature against it, which doubles the cost of what was, on `steady-state`, the
-//! simulation's single most expensive call (issue 13). The verification cannot fail for a key
-//! recovered from that same signature, so the simulated node recovers only. Same rules as a node:
-//! `r` and `s` in range and non-zero, `s` in the lower half (EIP-2), `v` the parity of `R`'s y.
-//! The tests check it against alloy's recovery.
+//! With libsecp256k1 (the `secp256k1` crate), as geth and reth recover senders: on
+//! `steady-state` the RustCrypto recovery (k256's `lincomb`, ~1.2 M instructions per sender)
+//! was a tenth of the simulation's instructions, libsecp256k1's a small fraction of that
+//! (issue 13's note). Only the key is recovered: `alloy`'s `recover_signer` also verifies the
+//! signature against it, which cannot fail for a key recovered from that same signature. Same
+//! rules as a node: `r` and `s` in range and non-zero, `s` in the lower half (EIP-2), `v` the
+//! parity of `R`'s y. The tests check it against alloy's recovery.
 
-use alloy_primitives::{Address, Signature, B256};
-use k256::elliptic_curve::ops::{LinearCombination, Reduce};
-use k256::elliptic_curve::point::DecompressPoint;
-use k256::elliptic_curve::scalar::IsHigh;
-use k256::elliptic_curve::sec1::ToEncodedPoint;
-use k256::elliptic_curve::PrimeField;
-use k256::{AffinePoint, ProjectivePoint, Scalar};
+use alloy_primitives::{Address, Signature, B256, U256};
+use secp256k1::ecdsa::{RecoverableSignature, RecoveryId};
+use secp256k1::{Message, Secp256k1, VerifyOnly};
+use std::sync::LazyLock;
+
+/// The order of secp256k1's group.
+const N: U256 = U256::from_be_bytes(alloy_primitives::hex!(
+    "fffffffffffffffffffffffffffffffebaaedce6af48a03bbfd25e8cd0364141"
+));
+
+/// A verification context: built once (it holds no secret and no randomness).
+static CONTEXT: LazyLock<Secp256k1<VerifyOnly>> = LazyLock::new(Secp256k1::verification_only);
 
 /// The address whose key made `sig` over `prehash`; `None` where a node rejects the signature.
 pub(crate) fn recover_sender(sig: &Signature, prehash: &B256) -> Option<Address> {
-    let scalar = |v: alloy_primitives::U256| -> Option<Scalar> {
-        Option::from(Scalar::from_repr(v.to_be_bytes::<32>().into()))
-    };
-    let (r, s) = (scalar(sig.r())?, scalar(sig.s())?);
-    if bool::from(r.is_zero()) || bool::from(s.is_zero()) || bool::from(s.is_high()) {
+    let (r, s) = (sig.r(), sig.s());
+    if r.is_zero() || r >= N || s.is_zero() || s > N >> 1 {
         return None;
     }
-    let big_r: AffinePoint = Option::from(AffinePoint::decompress(
-        &r.to_repr(),
-        u8::from(sig.v()).into(),
-    ))?;
-    let z = <Scalar as Reduce<k256::U256>>::reduce_bytes(&prehash.0.into());
-    let r_inv: Scalar = Option::from(r.invert())?;
-    let key = ProjectivePoint::lincomb(
-        &ProjectivePoint::GENERATOR,
-        &-(r_inv * z),
-        &ProjectivePoint::from(big_r),
-        &(r_inv * s),
-    );
-    if key == ProjectivePoint::IDENTITY {
-        return None;
-    }
-    let point = key.to_affine().to_encoded_point(false);
-    Some(Address::from_raw_public_key(&point.as_bytes()[1..]))
+    let mut compact = [0u8; 64];
+    compact[..32].copy_from_slice(&r.to_be_bytes::<32>());
+    compact[32..].copy_from_slice(&s.to_be_bytes::<32>());
+    let id = RecoveryId::from_u8_masked(u8::from(sig.v()));
+    let sig = RecoverableSignature::from_compact(&compact, id).ok()?;
+    let key = CONTEXT
+        .recover_ecdsa(Message::from_digest(prehash.0), &sig)
+        .ok()?;
+    Some(Address::from_raw_public_key(
+        &key.serialize_uncompressed()[1..],
+    ))
 }
 
 #[cfg(test)]
