@@ -951,84 +951,67 @@ fn test() -> Result<(), String> {
         "xtask: real-backend provider for this run: {}",
         if docker { "docker" } else { "local processes" }
     );
-    t.time("build: engine", || {
-        cargo(&["build", "-p", "dalp-engine", "--bin", "dalp-engine"], &[])
-    })?;
-    // The real suite is the longest path (its runs wait on real time): it starts as soon as its
-    // own binary is built, and every other test binary builds beside it.
-    let real_suite = t.time("build: the real suite", || {
-        test_binaries(cargo_cmd(), &["--test", "real_backend"])?
-            .ok_or_else(|| "cargo built no real_backend test binary (real/tests)".to_string())
-    })?;
-    let log = root().join("target/real-suite.log");
-    let started = std::time::Instant::now();
-    let mut real = Command::new(&real_suite);
-    real.current_dir(root().join("real"))
-        .env("DALP_ENGINE_BIN", root().join("target/debug/dalp-engine"));
-    if docker {
-        real.env("DALP_DOCKER_TESTS", "1");
-    }
-    let mut real = spawn_logged(&mut real, &log)?;
-    // Its own wall time, not the foreground's: a thread waits for it.
-    let real = std::thread::spawn(move || (real.wait(), started.elapsed()));
-    eprintln!(
-        "xtask: the real suite runs in the background (log: {}; shown when it ends)",
-        log.display()
-    );
     let mut failures = Vec::new();
     let mut counts = Counts::default();
     // The harness's own mutation test: every planted bug must be caught by the `ci` suite. It
     // builds the simulation: HEAD's committed tree in a copy, each bug incrementally from it, then
-    // HEAD's own (that same build when the working tree is clean), sharing target/sim. The other
-    // test binaries build beside that first build (two cargo builds at once keep both cores busy
-    // through each one's serial stretches); when the tree is clean, the other tests start as soon
-    // as both are done and run beside the bugs' builds: they wait on PostgreSQL, Anvil and child
-    // processes much of their time.
+    // HEAD's own (that same build when the working tree is clean), sharing target/sim. That first
+    // build, from scratch, is the longest path of the whole test: it starts at once, niced, so
+    // the engine's and the real suite's builds (at normal priority: the real suite's own run is
+    // the next longest path) lose nothing to it while it takes every cycle they leave. The other
+    // test binaries build after the real suite's, beside it too. When the tree is clean, the
+    // other tests start as soon as both are done and run beside the bugs' builds: they wait on
+    // PostgreSQL, Anvil and child processes much of their time.
     let clean = tree_is_clean().unwrap_or(false);
-    let started = std::time::Instant::now();
-    let (caught, head, planted_took, built, beside) = std::thread::scope(|s| {
-        let mut builds = Some(s.spawn(|| {
+    type Built = (Result<Option<PathBuf>, String>, std::time::Duration);
+    let (built_tx, built_rx) = std::sync::mpsc::channel::<Built>();
+    let (real, built, caught, head, planted_took, beside) = std::thread::scope(|s| {
+        let planted = s.spawn(move || {
             let started = std::time::Instant::now();
-            (
-                test_binaries(niced(cargo_program()), &[]),
-                started.elapsed(),
-            )
-        }));
-        let mut join_builds = || {
-            builds
-                .take()
-                .map(|h| h.join().expect("the thread building the test binaries"))
-        };
-        let mut built = None;
-        let mut beside = None;
-        let (caught, head) = planted_and_head(&[], |committed| {
-            built = join_builds();
-            if clean {
-                eprintln!(
-                    "xtask: the other tests run beside the planted bugs, on HEAD's simulation \
-                     binary {} (log: {}; shown when they end)",
-                    committed.display(),
-                    root().join(OTHER_TESTS_LOG).display()
-                );
-                let sim = committed.to_path_buf();
-                beside = Some(s.spawn(move || {
-                    let started = std::time::Instant::now();
-                    (other_tests(&sim, docker), started.elapsed())
-                }));
-            }
+            let mut beside = None;
+            let (caught, head) = planted_and_head(&[], |committed| {
+                // The test binaries first (a build that failed is reported by its own thread,
+                // and again by the tests' cargo).
+                let _ = built_rx.recv();
+                if clean {
+                    eprintln!(
+                        "xtask: the other tests run beside the planted bugs, on HEAD's simulation \
+                         binary {} (log: {}; shown when they end)",
+                        committed.display(),
+                        root().join(OTHER_TESTS_LOG).display()
+                    );
+                    let sim = committed.to_path_buf();
+                    beside = Some(s.spawn(move || {
+                        let started = std::time::Instant::now();
+                        (other_tests(&sim, docker), started.elapsed())
+                    }));
+                }
+            });
+            let took = started.elapsed();
+            let beside = beside.map(|h| h.join().expect("the thread running the other tests"));
+            (caught, head, took, beside)
         });
-        let planted_took = started.elapsed();
-        let built = built.or_else(join_builds);
-        let beside = beside.map(|h| h.join().expect("the thread running the other tests"));
-        (caught, head, planted_took, built, beside)
+        let real = start_real_suite(&mut t, docker);
+        // Built even when the real suite could not start: the other tests need them.
+        let started = std::time::Instant::now();
+        let built = (
+            test_binaries(niced(cargo_program()), &[]),
+            started.elapsed(),
+        );
+        let _ = built_tx.send(built.clone());
+        let (caught, head, planted_took, beside) = planted
+            .join()
+            .expect("the thread building the planted bugs");
+        (real, Some(built), caught, head, planted_took, beside)
     });
+    let real = real.map_err(|e| failures.push(e)).ok();
     if let Some((r, took)) = built {
-        t.record("build: tests (beside the simulation)", took);
+        t.record("build: tests (beside)", took);
         if let Err(e) = r {
             failures.push(e);
         }
     }
-    t.record("planted bugs, simulation build", planted_took);
+    t.record("planted bugs (from the start)", planted_took);
     if let Err(e) = caught {
         failures.push(e);
     }
@@ -1065,16 +1048,21 @@ fn test() -> Result<(), String> {
             Err(e) => failures.push(e),
         }
     }
-    let (status, took) = real.join().expect("the thread waiting for the real suite");
-    let status = status.map_err(|e| format!("the real suite: {e}"))?;
-    t.record("real suite (in the background)", took);
-    let said = std::fs::read_to_string(&log).unwrap_or_default();
-    println!("---- the real suite ({}) ----\n{said}", log.display());
-    let c = Counts::of(&said);
-    if !status.success() || !c.ok() || c.passed == 0 {
-        failures.push(format!("the real suite failed ({status}); see above"));
+    if let Some((real, log)) = real {
+        let (status, took) = real.join().expect("the thread waiting for the real suite");
+        t.record("real suite (in the background)", took);
+        let said = std::fs::read_to_string(&log).unwrap_or_default();
+        println!("---- the real suite ({}) ----\n{said}", log.display());
+        let c = Counts::of(&said);
+        match status {
+            Err(e) => failures.push(format!("the real suite: {e}")),
+            Ok(status) if !status.success() || !c.ok() || c.passed == 0 => {
+                failures.push(format!("the real suite failed ({status}); see above"))
+            }
+            Ok(_) => {}
+        }
+        counts.add(c);
     }
-    counts.add(c);
     println!("tests: {} passed, {} failed", counts.passed, counts.failed);
     t.print();
     if failures.is_empty() {
@@ -1082,6 +1070,40 @@ fn test() -> Result<(), String> {
     } else {
         Err(failures.join("; "))
     }
+}
+
+/// The real suite waited on by its own thread.
+type RealSuite = std::thread::JoinHandle<(
+    std::io::Result<std::process::ExitStatus>,
+    std::time::Duration,
+)>;
+
+/// Build the engine and the real suite, and start the suite in the background (it is the
+/// longest path after the simulation's first build: its runs wait on real time); its log's path.
+fn start_real_suite(t: &mut Phases, docker: bool) -> Result<(RealSuite, PathBuf), String> {
+    t.time("build: engine", || {
+        cargo(&["build", "-p", "dalp-engine", "--bin", "dalp-engine"], &[])
+    })?;
+    let real_suite = t.time("build: the real suite", || {
+        test_binaries(cargo_cmd(), &["--test", "real_backend"])?
+            .ok_or_else(|| "cargo built no real_backend test binary (real/tests)".to_string())
+    })?;
+    let log = root().join("target/real-suite.log");
+    let started = std::time::Instant::now();
+    let mut real = Command::new(&real_suite);
+    real.current_dir(root().join("real"))
+        .env("DALP_ENGINE_BIN", root().join("target/debug/dalp-engine"));
+    if docker {
+        real.env("DALP_DOCKER_TESTS", "1");
+    }
+    let mut real = spawn_logged(&mut real, &log)?;
+    // Its own wall time, not the foreground's: a thread waits for it.
+    let real = std::thread::spawn(move || (real.wait(), started.elapsed()));
+    eprintln!(
+        "xtask: the real suite runs in the background (log: {}; shown when it ends)",
+        log.display()
+    );
+    Ok((real, log))
 }
 
 /// The test needs several GB of disk (builds, container images, PostgreSQL data); a full disk
