@@ -970,10 +970,10 @@ fn test() -> Result<(), String> {
             let started = std::time::Instant::now();
             let mut beside = None;
             let (caught, head) = planted_and_head(&[], |committed| {
-                // The test binaries first (a build that failed is reported by its own thread,
-                // and again by the tests' cargo).
-                let _ = built_rx.recv();
                 if clean {
+                    // The test binaries first (a build that failed is reported by its own
+                    // thread, and again by the tests' cargo).
+                    let _ = built_rx.recv();
                     eprintln!(
                         "xtask: the other tests run beside the planted bugs, on HEAD's simulation \
                          binary {} (log: {}; shown when they end)",
