@@ -963,16 +963,16 @@ fn test() -> Result<(), String> {
     // other tests start as soon as both are done and run beside the bugs' builds: they wait on
     // PostgreSQL, Anvil and child processes much of their time.
     let clean = tree_is_clean().unwrap_or(false);
-    type Built = (Result<Option<PathBuf>, String>, std::time::Duration);
-    let (built_tx, built_rx) = std::sync::mpsc::channel::<Built>();
+    // Says that the test binaries' build ended (whatever its outcome).
+    let (built_tx, built_rx) = std::sync::mpsc::channel::<()>();
     let (real, built, caught, head, planted_took, beside) = std::thread::scope(|s| {
         let planted = s.spawn(move || {
             let started = std::time::Instant::now();
             let mut beside = None;
             let (caught, head) = planted_and_head(&[], |committed| {
                 if clean {
-                    // The test binaries first (a build that failed is reported by its own
-                    // thread, and again by the tests' cargo).
+                    // The test binaries first (a build that failed is reported below, and
+                    // again by the tests' cargo).
                     let _ = built_rx.recv();
                     eprintln!(
                         "xtask: the other tests run beside the planted bugs, on HEAD's simulation \
@@ -998,18 +998,17 @@ fn test() -> Result<(), String> {
             test_binaries(niced(cargo_program()), &[]),
             started.elapsed(),
         );
-        let _ = built_tx.send(built.clone());
+        let _ = built_tx.send(());
         let (caught, head, planted_took, beside) = planted
             .join()
             .expect("the thread building the planted bugs");
-        (real, Some(built), caught, head, planted_took, beside)
+        (real, built, caught, head, planted_took, beside)
     });
     let real = real.map_err(|e| failures.push(e)).ok();
-    if let Some((r, took)) = built {
-        t.record("build: tests (beside)", took);
-        if let Err(e) = r {
-            failures.push(e);
-        }
+    let (r, took) = built;
+    t.record("build: tests (beside)", took);
+    if let Err(e) = r {
+        failures.push(e);
     }
     t.record("planted bugs (from the start)", planted_took);
     if let Err(e) = caught {
