@@ -152,6 +152,8 @@ pub const PROBES: &[Probe] = &[
     ),
     p("orphan.found"),
     p("orphan.queued_found"),
+    p("orphan.count_moved_during_search"),
+    p("orphan.filler_recorded_again"),
     p("orphan.adopted"),
     p("tx.lost_version_adopted"),
     p("tx.lost_version_at_another_nonce"),

@@ -137,12 +137,12 @@ impl TxManager {
                 if let Some(done) = self.adopt_abandoned(fence.workflow_id, step).await? {
                     return Ok(done);
                 }
-                let chain_nonce = self
+                let mut chain_nonce = self
                     .gateway
                     .transaction_count(intent.signer, "pending")
                     .await?;
                 match self
-                    .adopt_orphan(fence, step, key, &intent, tag, chain_nonce)
+                    .adopt_orphan(fence, step, key, &intent, tag, &mut chain_nonce)
                     .await?
                 {
                     Some(adopted) => adopted,
@@ -525,13 +525,7 @@ impl TxManager {
             .gateway
             .transaction_count(rec.intent_signer, "pending")
             .await?;
-        let counter = self
-            .store
-            .nonce_view(rec.intent_signer, self.chain_id, B256::ZERO)
-            .await?
-            .next_nonce
-            .unwrap_or(0);
-        self.find_orphans(key, counter, chain_nonce).await?;
+        self.find_orphans(key, chain_nonce).await?;
         self.metrics.inc(
             "dalp_nonce_resyncs_total",
             &[("signer", &format!("{:#x}", rec.intent_signer))],

@@ -331,6 +331,11 @@ enum Op {
         hash: u8,
         nonce: u64,
     },
+    RecordForeign {
+        signer: u8,
+        hash: u8,
+        nonce: u64,
+    },
     Notify {
         fence: FenceRef,
         kind: u8,
@@ -371,6 +376,8 @@ enum Op {
     /// `nonce_holds` of a signer over `[from, from + len)`.
     Holds(u8, u64, u64),
     Fillers(u8, u64),
+    /// `named_nonces` of a signer over `[from, from + len)`.
+    Named(u8, u64, u64),
     Checkpoint,
     BlockHash(u64),
     Balances,
@@ -438,6 +445,7 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(fence, tx, state, release)| Op::Abandon { fence, tx, state, release }),
         1 => (0u8..2, chain_nonce(6)).prop_map(|(signer, chain_nonce)| Op::Resync { signer, chain_nonce }),
         2 => (0u8..2, 0u8..4, 0u64..4).prop_map(|(signer, hash, nonce)| Op::RecordFiller { signer, hash, nonce }),
+        1 => (0u8..2, 0u8..4, 0u64..6).prop_map(|(signer, hash, nonce)| Op::RecordForeign { signer, hash, nonce }),
         2 => (fence_ref(), 0u8..2, nul()).prop_map(|(fence, kind, nul)| Op::Notify { fence, kind, nul }),
         2 => (0u8..2, prop::collection::vec((0u8..4, 0u64..4, 0u8..2), 0..3))
             .prop_map(|(signer, orphans)| Op::RecordOrphans { signer, orphans }),
@@ -456,6 +464,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => tx_ref().prop_map(Op::TxByNonceOf),
         1 => (0u8..2, 0u64..4, 0u64..5).prop_map(|(s, from, len)| Op::Holds(s, from, len)),
         1 => (0u8..2, 0u64..4).prop_map(|(s, n)| Op::Fillers(s, n)),
+        1 => (0u8..2, 0u64..4, 0u64..6).prop_map(|(s, from, len)| Op::Named(s, from, len)),
         1 => Just(Op::Checkpoint),
         1 => (0u64..5).prop_map(Op::BlockHash),
         2 => Just(Op::Balances),
@@ -762,6 +771,16 @@ impl Pair {
                 chain_id: CHAIN,
                 signed: broadcast(hash, nonce),
             },
+            Op::RecordForeign {
+                signer: s,
+                hash,
+                nonce,
+            } => DbRequest::RecordForeign {
+                signer: signer(s),
+                chain_id: CHAIN,
+                nonce,
+                hash: B256::repeat_byte(0x80 + hash),
+            },
             Op::Notify { fence, kind, nul } => DbRequest::Notify {
                 fence: self.fence(fence),
                 kind: if nul {
@@ -888,6 +907,12 @@ impl Pair {
                 chain_id: CHAIN,
                 nonce,
             },
+            Op::Named(s, from, len) => DbRequest::NamedNonces {
+                signer: signer(s),
+                chain_id: CHAIN,
+                from,
+                to: from + len,
+            },
             Op::Checkpoint => DbRequest::IndexerCheckpoint { chain_id: CHAIN },
             Op::BlockHash(number) => DbRequest::IndexedBlockHash {
                 chain_id: CHAIN,
@@ -1010,6 +1035,12 @@ impl Pair {
                 chain_id: CHAIN,
                 from: 0,
                 to: 7,
+            });
+            reads.push(DbRequest::NamedNonces {
+                signer: signer(s),
+                chain_id: CHAIN,
+                from: 0,
+                to: 8,
             });
             for nonce in 0..7 {
                 reads.push(DbRequest::TxByNonce {
@@ -1174,6 +1205,27 @@ impl Pair {
             ]));
         }
 
+        for r in
+            q("SELECT tx_hash, signer, chain_id, nonce FROM foreign_nonce_txs ORDER BY 1").await?
+        {
+            pg_rows.push(json!([
+                "foreign",
+                r.get::<String, _>(0),
+                r.get::<String, _>(1),
+                r.get::<i64, _>(2),
+                r.get::<i64, _>(3)
+            ]));
+        }
+        for (h, f) in &t.foreign_nonce_txs {
+            model_rows.push(json!([
+                "foreign",
+                format!("{h:#x}"),
+                format!("{:#x}", f.signer),
+                f.chain_id,
+                f.nonce
+            ]));
+        }
+
         for r in q("SELECT chain_id, block_hash, log_index, block_number, tx_hash, from_address, to_address, value::text FROM token_events ORDER BY 1, 2, 3").await? {
             pg_rows.push(json!(["token_event", r.get::<i64, _>(0), r.get::<String, _>(1), r.get::<i64, _>(2), r.get::<i64, _>(3), r.get::<String, _>(4), r.get::<String, _>(5), r.get::<String, _>(6), r.get::<String, _>(7)]));
         }
@@ -1262,6 +1314,7 @@ fn norm(r: &dalp_engine::error::Result<DbReply>, tx: &dyn Fn(i64) -> i64) -> Val
         DbReply::Balances(b) => json!({ "balances": format!("{b:?}") }),
         DbReply::Stats(s) => json!({ "stats": j(s) }),
         DbReply::Broadcasts(b) => json!({ "broadcasts": j(b) }),
+        DbReply::Nonces(n) => json!({ "nonces": n }),
         DbReply::NonceView(v) => json!({ "nonce_view": {
             "next_nonce": v.next_nonce,
             "orphan": v.orphan.as_ref().map(|b| j(b)),

@@ -502,6 +502,27 @@ pub trait Store: Send + Sync + 'static {
     async fn record_filler(&self, signer: Address, chain_id: u64, signed: &Broadcast)
         -> Result<()>;
 
+    /// The nonces in `[from, to)` that something on record names for (signer, chain): a
+    /// transaction row (any state) or a signed version at that nonce, a gap filler, an orphan
+    /// (adopted or not) or a foreign transaction. Ascending, distinct. The orphan search looks up
+    /// on chain only the nonces nothing names: a failover lost everything about them.
+    async fn named_nonces(
+        &self,
+        signer: Address,
+        chain_id: u64,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<u64>>;
+    /// Store a transaction signed with the signer's key that the engine did not send, found on
+    /// chain at `nonce`. Idempotent by hash.
+    async fn record_foreign(
+        &self,
+        signer: Address,
+        chain_id: u64,
+        nonce: u64,
+        hash: B256,
+    ) -> Result<()>;
+
     /// The signer's nonce counter and an unadopted orphan tagged `tag`, in one read.
     async fn nonce_view(&self, signer: Address, chain_id: u64, tag: B256) -> Result<NonceView>;
     /// Store orphans found on chain. Idempotent by hash.

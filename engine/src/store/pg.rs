@@ -1361,6 +1361,63 @@ impl Store for PgStore {
         .await
     }
 
+    async fn named_nonces(
+        &self,
+        signer: Address,
+        chain_id: u64,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<u64>> {
+        self.bounded(async {
+            let rows = sqlx::query(
+                "SELECT nonce FROM transactions \
+                 WHERE signer = $1 AND chain_id = $2 AND nonce >= $3 AND nonce < $4 \
+                 UNION SELECT b.nonce FROM tx_broadcasts b JOIN transactions t ON t.id = b.tx_id \
+                 WHERE t.signer = $1 AND t.chain_id = $2 AND b.nonce >= $3 AND b.nonce < $4 \
+                 UNION SELECT nonce FROM nonce_fillers \
+                 WHERE signer = $1 AND chain_id = $2 AND nonce >= $3 AND nonce < $4 \
+                 UNION SELECT nonce FROM orphan_txs \
+                 WHERE signer = $1 AND chain_id = $2 AND nonce >= $3 AND nonce < $4 \
+                 UNION SELECT nonce FROM foreign_nonce_txs \
+                 WHERE signer = $1 AND chain_id = $2 AND nonce >= $3 AND nonce < $4 \
+                 ORDER BY 1",
+            )
+            .bind(hex_addr(&signer))
+            .bind(chain_id as i64)
+            .bind(from.min(i64::MAX as u64) as i64)
+            .bind(to.min(i64::MAX as u64) as i64)
+            .fetch_all(&self.pool)
+            .await?;
+            rows.iter()
+                .map(|r| Ok(r.try_get::<i64, _>(0)? as u64))
+                .collect()
+        })
+        .await
+    }
+
+    async fn record_foreign(
+        &self,
+        signer: Address,
+        chain_id: u64,
+        nonce: u64,
+        hash: B256,
+    ) -> Result<()> {
+        self.bounded(async {
+            sqlx::query(
+                "INSERT INTO foreign_nonce_txs (tx_hash, signer, chain_id, nonce) \
+                 VALUES ($1,$2,$3,$4) ON CONFLICT DO NOTHING",
+            )
+            .bind(hex_b256(&hash))
+            .bind(hex_addr(&signer))
+            .bind(chain_id as i64)
+            .bind(nonce as i64)
+            .execute(&self.pool)
+            .await?;
+            Ok(())
+        })
+        .await
+    }
+
     async fn record_orphans(
         &self,
         signer: Address,

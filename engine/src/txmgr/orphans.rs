@@ -9,13 +9,16 @@
 //!
 //! How they are found: every transaction step appends a tag, a function of its idempotency key
 //! and step index (`workflow::step_tag`), to its calldata. Before a step creates its transaction
-//! it compares the signer's nonce counter with the chain's pending count; nonces used on chain
-//! above the counter that no record or filler holds are looked up in recent blocks, re-created by
-//! signing the same fields again (RFC 6979 signatures are deterministic, so the hash matches
-//! exactly when the transaction is ours), and stored in `orphan_txs` with their tags. A step whose
-//! tag is among them adopts the orphan (`Store::adopt_orphan`) and confirms it instead of sending.
-//! While such a nonce is still pending, the step waits ([`EngineError::NonceReconciling`]): its
-//! own lost transaction may be the one pending.
+//! it looks at the nonces the chain has used (below its pending count) that nothing on record
+//! names, or whose records' versions are not the chain's transaction there; those are looked up
+//! in recent blocks, re-created by signing the same fields again (RFC 6979 signatures are
+//! deterministic, so the hash matches exactly when the transaction is ours), and stored in
+//! `orphan_txs` with their tags (a lost gap filler is recorded again, anything else as a foreign
+//! transaction, so each is looked up once). It also reads the node's pool for transactions of
+//! ours queued behind a gap. A step whose tag is among the orphans adopts its orphan
+//! (`Store::adopt_orphan`) and confirms it instead of sending. While such a nonce is still
+//! pending, the step waits ([`EngineError::NonceReconciling`]): its own lost transaction may be
+//! the one pending.
 
 use super::TxManager;
 use crate::chain::ChainTx;
@@ -32,8 +35,10 @@ pub const ORPHAN_SCAN_BLOCKS: u64 = 256;
 
 impl TxManager {
     /// Before step `step` creates its transaction: adopt the step's orphan if there is one
-    /// (returns its new record), after reconciling any nonces the chain has used above the
-    /// signer's counter. `pending` is the chain's pending transaction count of the signer.
+    /// (returns its new record), after reconciling the nonces the chain has used that nothing on
+    /// record accounts for. `pending` is the chain's pending transaction count of the signer,
+    /// read before the call; it is raised when the search reads a higher one, and the
+    /// transaction, when there is no orphan, is created at or above it.
     pub(super) async fn adopt_orphan(
         &self,
         fence: &Fence,
@@ -41,25 +46,44 @@ impl TxManager {
         key: &SignerKey,
         intent: &TxIntent,
         tag: B256,
-        pending: u64,
+        pending: &mut u64,
     ) -> Result<Option<TxRecord>> {
         let signer = key.address();
-        let view = self.store.nonce_view(signer, self.chain_id, tag).await?;
-        let orphan = match view.orphan {
-            Some(o) => Some(o),
-            None => {
-                let counter = view.next_nonce.unwrap_or(0);
-                let mut found = self.find_orphans(key, counter, pending).await?;
-                if !found.iter().any(|o| o.tag == tag) {
-                    found = self.queued_orphans(key).await?;
-                }
-                found
-                    .into_iter()
-                    .filter(|o| o.tag == tag)
-                    .map(|o| o.signed)
-                    .min_by_key(|b| b.nonce)
-            }
+        let ours = |found: Vec<Orphan>| {
+            found
+                .into_iter()
+                .filter(|o| o.tag == tag)
+                .map(|o| o.signed)
+                .min_by_key(|b| b.nonce)
         };
+        let mut orphan = ours(self.find_orphans(key, *pending).await?);
+        if orphan.is_none() {
+            orphan = ours(self.queued_orphans(key).await?);
+        }
+        if orphan.is_none() {
+            // The count was read before the pool: a transaction of ours queued then may have
+            // left the queue before the pool was read (the gap below it filled), and neither
+            // read saw it (evidence schedule seed 118: the step sent its effect again). Once out
+            // of the queue it is below the count, so a count that moved is searched again; one
+            // that did not move leaves nothing unseen.
+            let again = self.gateway.transaction_count(signer, "pending").await?;
+            if again > *pending {
+                crate::probe!("orphan.count_moved_during_search");
+                *pending = again;
+                orphan = ours(self.find_orphans(key, again).await?);
+            }
+        }
+        if orphan.is_none() {
+            // Read after the search, not before: another step's search may have stored this
+            // step's orphan meanwhile, and to this step's search it is then accounted for
+            // (evidence schedule seed 70: the orphan stored 8 ms after this read, when it came
+            // first, and the step sent its effect again).
+            orphan = self
+                .store
+                .nonce_view(signer, self.chain_id, tag)
+                .await?
+                .orphan;
+        }
         let Some(signed) = orphan else {
             return Ok(None);
         };
@@ -144,20 +168,21 @@ impl TxManager {
     /// The nonces the chain has used (below `pending`, the last [`ORPHAN_SCAN_NONCES`] of them)
     /// that no record of ours accounts for are looked up in the last [`ORPHAN_SCAN_BLOCKS`]
     /// blocks; those that are ours are stored as orphans and returned. Unaccounted are:
-    /// - a nonce at or above the counter that no record or filler holds (the allocation was lost);
-    /// - a nonce below it whose live records are unsettled (not COMPLETED) and none of whose
-    ///   versions is the chain's transaction there: a failover lost a transaction's record and
-    ///   its allocation, and the nonce went to another step's record, whose own version the node
+    /// - a nonce that nothing on record names (`Store::named_nonces`: no transaction row or
+    ///   version, filler, orphan or foreign transaction there): a failover lost its record and
+    ///   its allocation. Wherever the counter is: an adoption or a resync raises the counter past
+    ///   nonces whose records were lost (evidence schedule seed 121: a queued orphan adopted at
+    ///   43 took the counter from 37 to 44 while the lost transactions at 37-41 were pending, and
+    ///   their steps, run again, sent their effects at 44 and above);
+    /// - a nonce whose live records are unsettled (not COMPLETED) and none of whose versions is
+    ///   the chain's transaction there: a failover lost a transaction's record and its
+    ///   allocation, and the nonce went to another step's record, whose own version the node
     ///   then refused (DESIGN.md FM-DB-FAILOVER; `fixtures/evidence/sim-orphan-nonce-reassigned`).
     ///
-    /// A nonce below the counter with no live record (abandoned, or its record moved) is left
-    /// alone. Any unaccounted nonce still pending makes the step wait.
-    pub(super) async fn find_orphans(
-        &self,
-        key: &SignerKey,
-        counter: u64,
-        pending: u64,
-    ) -> Result<Vec<Orphan>> {
+    /// Any unaccounted nonce still pending makes the step wait. A mined one that is not an
+    /// orphan is recorded, so it is looked up once: a gap filler of ours whose record was lost
+    /// is recorded again, anything else as a foreign transaction.
+    pub(super) async fn find_orphans(&self, key: &SignerKey, pending: u64) -> Result<Vec<Orphan>> {
         let signer = key.address();
         let from = pending.saturating_sub(ORPHAN_SCAN_NONCES);
         let mut live: BTreeMap<u64, Vec<NonceHold>> = BTreeMap::new();
@@ -175,24 +200,26 @@ impl TxManager {
             }
         }
         let mut unaccounted = BTreeSet::new();
-        // Nonces below the counter whose records have not seen a version of theirs mined yet.
+        let mut unheld = Vec::new();
+        // Nonces whose records have not seen a version of theirs mined yet.
         let mut unsettled: BTreeMap<u64, Vec<NonceHold>> = BTreeMap::new();
         for n in from..pending {
             let holds = live.remove(&n).unwrap_or_default();
             if holds.is_empty() {
-                // Below the counter with no live record (abandoned, or moved): left alone.
-                if n >= counter
-                    && self
-                        .store
-                        .nonce_fillers(signer, self.chain_id, n)
-                        .await?
-                        .is_empty()
-                {
-                    unaccounted.insert(n);
-                }
+                unheld.push(n);
             } else if !holds.iter().any(|r| r.state == TxState::Completed) {
                 unsettled.insert(n, holds);
             }
+        }
+        if !unheld.is_empty() {
+            // One read, and only when some nonce has no live record: normally each has one.
+            let named: BTreeSet<u64> = self
+                .store
+                .named_nonces(signer, self.chain_id, from, pending)
+                .await?
+                .into_iter()
+                .collect();
+            unaccounted.extend(unheld.iter().copied().filter(|n| !named.contains(n)));
         }
         if unaccounted.is_empty() && unsettled.is_empty() {
             return Ok(Vec::new());
@@ -224,21 +251,29 @@ impl TxManager {
             let mut older = false;
             for t in txs.iter().filter(|t| t.from == signer) {
                 if unaccounted.remove(&t.nonce) {
-                    match recreate(key, t) {
-                        Some(o) => found.push(o),
-                        None => {
-                            // Signed with our key but not by us: someone else holds the key.
-                            self.metrics.inc(
-                                "dalp_nonce_external_use_total",
-                                &[("signer", &format!("{signer:#x}"))],
-                            );
-                            tracing::warn!(
-                                nonce = t.nonce,
-                                hash = %t.hash,
-                                block = number,
-                                "a transaction signed with the engine's key that the engine did not send used a nonce; the counter skips it"
-                            );
-                        }
+                    if let Some(o) = recreate(key, t) {
+                        found.push(o);
+                    } else if let Some(filler) = recreate_filler(key, t) {
+                        // Ours: a gap filler whose record a failover lost.
+                        crate::probe!("orphan.filler_recorded_again");
+                        self.store
+                            .record_filler(signer, self.chain_id, &filler)
+                            .await?;
+                    } else {
+                        // Signed with our key but not by us: someone else holds the key.
+                        self.store
+                            .record_foreign(signer, self.chain_id, t.nonce, t.hash)
+                            .await?;
+                        self.metrics.inc(
+                            "dalp_nonce_external_use_total",
+                            &[("signer", &format!("{signer:#x}"))],
+                        );
+                        tracing::warn!(
+                            nonce = t.nonce,
+                            hash = %t.hash,
+                            block = number,
+                            "a transaction signed with the engine's key that the engine did not send used a nonce; recorded, and the counter skips it"
+                        );
                     }
                 }
                 older |= t.nonce < lowest;
@@ -342,7 +377,29 @@ impl TxManager {
 /// The orphan a chain transaction is, if `key` signed exactly these fields (a tagged EIP-1559
 /// transaction of ours): signing them again gives the same bytes and hash.
 fn recreate(key: &SignerKey, t: &ChainTx) -> Option<Orphan> {
-    if t.tx_type != 2 || t.input.len() < 32 {
+    if t.input.len() < 32 {
+        return None;
+    }
+    let signed = resign(key, t)?;
+    Some(Orphan {
+        tag: B256::from_slice(&t.input[t.input.len() - 32..]),
+        signed,
+    })
+}
+
+/// The gap filler a chain transaction is, if `key` signed exactly these fields: a zero-value
+/// self-transfer with no calldata, as `TxManager::fill_foreign_gap` signs them.
+fn recreate_filler(key: &SignerKey, t: &ChainTx) -> Option<Broadcast> {
+    if t.to != Some(key.address()) || !t.value.is_zero() || !t.input.is_empty() {
+        return None;
+    }
+    resign(key, t)
+}
+
+/// `t`'s signed bytes, if `key` signed exactly these fields as an EIP-1559 transaction (RFC 6979
+/// signatures are deterministic: signing them again gives the same bytes and hash).
+fn resign(key: &SignerKey, t: &ChainTx) -> Option<Broadcast> {
+    if t.tx_type != 2 {
         return None;
     }
     let unsigned = UnsignedTx {
@@ -359,15 +416,12 @@ fn recreate(key: &SignerKey, t: &ChainTx) -> Option<Orphan> {
     if hash != t.hash {
         return None;
     }
-    Some(Orphan {
-        tag: B256::from_slice(&t.input[t.input.len() - 32..]),
-        signed: Broadcast {
-            hash,
-            nonce: t.nonce,
-            raw,
-            max_fee_per_gas: unsigned.max_fee_per_gas,
-            max_priority_fee_per_gas: unsigned.max_priority_fee_per_gas,
-        },
+    Some(Broadcast {
+        hash,
+        nonce: t.nonce,
+        raw,
+        max_fee_per_gas: unsigned.max_fee_per_gas,
+        max_priority_fee_per_gas: unsigned.max_priority_fee_per_gas,
     })
 }
 
@@ -435,6 +489,39 @@ mod tests {
         let mut t = mined(&key, vec![0; 40]);
         t.tx_type = 0;
         assert!(recreate(&key, &t).is_none());
+    }
+
+    #[test]
+    fn a_gap_filler_of_ours_is_recognised_and_nothing_else_is() {
+        let key = SignerKey::from_hex(KEY).unwrap();
+        let other = SignerKey::from_hex(OTHER).unwrap();
+        let filler = |key: &SignerKey, to: Address, value: U256| {
+            let mut t = mined(key, Vec::new());
+            let unsigned = UnsignedTx {
+                chain_id: 31337,
+                nonce: 9,
+                gas_limit: 21_000,
+                max_fee_per_gas: 3_000_000_000,
+                max_priority_fee_per_gas: 1_000_000_000,
+                to: Some(to),
+                value,
+                input: Bytes::new(),
+            };
+            t.hash = key.sign(&unsigned).unwrap().1;
+            (t.to, t.value, t.gas_limit) = (Some(to), value, 21_000);
+            t
+        };
+        let me = key.address();
+        let t = filler(&key, me, U256::ZERO);
+        let b = recreate_filler(&key, &t).expect("our filler");
+        assert_eq!((b.hash, b.nonce), (t.hash, 9));
+        assert_eq!(alloy_primitives::keccak256(&b.raw), t.hash);
+        assert!(recreate(&key, &t).is_none(), "no tag: not an orphan");
+        // Someone else's self-transfer, a transfer to another address, or one with value.
+        assert!(recreate_filler(&key, &filler(&other, me, U256::ZERO)).is_none());
+        let elsewhere = filler(&key, Address::repeat_byte(9), U256::ZERO);
+        assert!(recreate_filler(&key, &elsewhere).is_none());
+        assert!(recreate_filler(&key, &filler(&key, me, U256::from(1))).is_none());
     }
 
     #[test]

@@ -183,6 +183,18 @@ pub enum DbRequest {
         chain_id: u64,
         signed: Broadcast,
     },
+    NamedNonces {
+        signer: Address,
+        chain_id: u64,
+        from: u64,
+        to: u64,
+    },
+    RecordForeign {
+        signer: Address,
+        chain_id: u64,
+        nonce: u64,
+        hash: B256,
+    },
     NonceView {
         signer: Address,
         chain_id: u64,
@@ -281,6 +293,7 @@ impl DbRequest {
                 | DbRequest::TxByNonce { .. }
                 | DbRequest::NonceHolds { .. }
                 | DbRequest::NonceFillers { .. }
+                | DbRequest::NamedNonces { .. }
                 | DbRequest::NonceView { .. }
                 | DbRequest::IndexerCheckpoint { .. }
                 | DbRequest::IndexedBlockHash { .. }
@@ -311,6 +324,8 @@ impl DbRequest {
             DbRequest::NonceHolds { .. } => "nonce_holds",
             DbRequest::NonceFillers { .. } => "nonce_fillers",
             DbRequest::RecordFiller { .. } => "record_filler",
+            DbRequest::NamedNonces { .. } => "named_nonces",
+            DbRequest::RecordForeign { .. } => "record_foreign",
             DbRequest::NonceView { .. } => "nonce_view",
             DbRequest::RecordOrphans { .. } => "record_orphans",
             DbRequest::AdoptOrphan { .. } => "adopt_orphan",
@@ -383,6 +398,8 @@ pub enum DbReply {
     Stats(Stats),
     /// nonce_fillers.
     Broadcasts(Vec<Broadcast>),
+    /// named_nonces.
+    Nonces(Vec<u64>),
     /// nonce_view.
     NonceView(NonceView),
 }
@@ -410,6 +427,7 @@ impl DbReply {
             DbReply::Balances(_) => "Balances",
             DbReply::Stats(_) => "Stats",
             DbReply::Broadcasts(_) => "Broadcasts",
+            DbReply::Nonces(_) => "Nonces",
             DbReply::NonceView(_) => "NonceView",
         }
     }
@@ -641,6 +659,16 @@ pub struct FillerRow {
     pub created_at_ms: u64,
 }
 
+/// A row of `foreign_nonce_txs` (a transaction signed with the engine's key that it did not
+/// send), keyed by hash.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ForeignRow {
+    pub signer: Address,
+    pub chain_id: i64,
+    pub nonce: i64,
+    pub created_at_ms: u64,
+}
+
 /// A row of `orphan_txs` (a signed transaction of ours found on chain with no record), keyed by
 /// hash.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -705,6 +733,8 @@ pub struct Tables {
     pub nonce_fillers: BTreeMap<B256, FillerRow>,
     /// tx_hash → orphan (`orphan_txs`).
     pub orphan_txs: BTreeMap<B256, OrphanRow>,
+    /// tx_hash → foreign transaction (`foreign_nonce_txs`).
+    pub foreign_nonce_txs: BTreeMap<B256, ForeignRow>,
     pub indexer_checkpoint: BTreeMap<i64, CheckpointRow>,
     /// (chain_id, number) → hash.
     pub indexed_blocks: BTreeMap<(i64, i64), B256>,
@@ -1020,6 +1050,51 @@ impl DbModel {
                 rows.sort_by_key(|f| (f.created_at_ms, f.signed.hash));
                 DbReply::Broadcasts(rows.into_iter().map(|f| f.signed.clone()).collect())
             }
+            DbRequest::NamedNonces {
+                signer,
+                chain_id,
+                from,
+                to,
+            } => {
+                // The UNION of five tables' nonces in the range, ORDER BY 1 (distinct).
+                let range = (*from).min(i64::MAX as u64) as i64..(*to).min(i64::MAX as u64) as i64;
+                let c = *chain_id as i64;
+                let mut named = BTreeSet::new();
+                for x in t.transactions.values() {
+                    if x.signer == *signer && x.chain_id == c && range.contains(&x.nonce) {
+                        named.insert(x.nonce as u64);
+                    }
+                }
+                for ((id, _), b) in &t.tx_broadcasts {
+                    let theirs = t
+                        .transactions
+                        .get(id)
+                        .is_some_and(|x| x.signer == *signer && x.chain_id == c);
+                    if theirs && range.contains(&b.nonce) {
+                        named.insert(b.nonce as u64);
+                    }
+                }
+                let rows = t
+                    .nonce_fillers
+                    .values()
+                    .map(|f| (f.signer, f.chain_id, f.signed.nonce as i64))
+                    .chain(
+                        t.orphan_txs
+                            .values()
+                            .map(|o| (o.signer, o.chain_id, o.signed.nonce as i64)),
+                    )
+                    .chain(
+                        t.foreign_nonce_txs
+                            .values()
+                            .map(|f| (f.signer, f.chain_id, f.nonce)),
+                    );
+                for (s, ch, n) in rows {
+                    if s == *signer && ch == c && range.contains(&n) {
+                        named.insert(n as u64);
+                    }
+                }
+                DbReply::Nonces(named.into_iter().collect())
+            }
             DbRequest::IndexerCheckpoint { chain_id } => {
                 DbReply::Checkpoint(t.indexer_checkpoint.get(&(*chain_id as i64)).map(|c| {
                     IndexerCheckpoint {
@@ -1152,6 +1227,24 @@ impl DbModel {
                 chain_id,
                 signed,
             } => Ok(self.record_filler(*signer, *chain_id, signed, now)),
+            DbRequest::RecordForeign {
+                signer,
+                chain_id,
+                nonce,
+                hash,
+            } => {
+                // INSERT … ON CONFLICT DO NOTHING (keyed by hash).
+                self.tables
+                    .foreign_nonce_txs
+                    .entry(*hash)
+                    .or_insert_with(|| ForeignRow {
+                        signer: *signer,
+                        chain_id: *chain_id as i64,
+                        nonce: (*nonce).min(i64::MAX as u64) as i64,
+                        created_at_ms: now,
+                    });
+                Ok(DbReply::Unit)
+            }
             DbRequest::ResyncNonce {
                 signer,
                 chain_id,

@@ -213,6 +213,38 @@ impl<C: DbCall> Store for StoreOver<C> {
         expect!(self, "record_filler", req, DbReply::Unit => ())
     }
 
+    async fn named_nonces(
+        &self,
+        signer: Address,
+        chain_id: u64,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<u64>> {
+        let req = DbRequest::NamedNonces {
+            signer,
+            chain_id,
+            from,
+            to,
+        };
+        expect!(self, "named_nonces", req, DbReply::Nonces(n) => n)
+    }
+
+    async fn record_foreign(
+        &self,
+        signer: Address,
+        chain_id: u64,
+        nonce: u64,
+        hash: B256,
+    ) -> Result<()> {
+        let req = DbRequest::RecordForeign {
+            signer,
+            chain_id,
+            nonce,
+            hash,
+        };
+        expect!(self, "record_foreign", req, DbReply::Unit => ())
+    }
+
     async fn nonce_view(&self, signer: Address, chain_id: u64, tag: B256) -> Result<NonceView> {
         let req = DbRequest::NonceView {
             signer,
@@ -559,6 +591,21 @@ pub async fn call_store<S: Store + ?Sized>(store: &S, req: DbRequest) -> Result<
             from,
             to,
         } => DbReply::Holds(store.nonce_holds(signer, chain_id, from, to).await?),
+        DbRequest::NamedNonces {
+            signer,
+            chain_id,
+            from,
+            to,
+        } => DbReply::Nonces(store.named_nonces(signer, chain_id, from, to).await?),
+        DbRequest::RecordForeign {
+            signer,
+            chain_id,
+            nonce,
+            hash,
+        } => {
+            store.record_foreign(signer, chain_id, nonce, hash).await?;
+            DbReply::Unit
+        }
         DbRequest::CreateTx {
             fence,
             step,

@@ -1070,6 +1070,77 @@ fn gap_fillers_are_recorded_once_by_hash_and_read_back_oldest_first() {
 }
 
 #[test]
+fn named_nonces_are_those_any_row_names_and_foreign_ones_are_kept_once() {
+    let (mut db, f) = claimed(1);
+    let named = |db: &mut Db, from: u64, to: u64| match db.ok(DbRequest::NamedNonces {
+        signer: signer(1),
+        chain_id: 1,
+        from,
+        to,
+    }) {
+        DbReply::Nonces(n) => n,
+        other => panic!("{other:?}"),
+    };
+    assert!(named(&mut db, 0, 100).is_empty());
+    // A record at 5 signed there, then moved to 9 by a version at 9: both nonces are named.
+    let tx = db.create_tx(&f[0], 0, 1, 5);
+    assert_eq!(tx.nonce, 5);
+    for (b, nonce) in [(1, 5), (2, 9)] {
+        db.ok(DbRequest::RecordSigned {
+            fence: f[0].clone(),
+            tx_id: tx.id,
+            signed: broadcast(b, nonce, 10),
+        });
+    }
+    db.ok(DbRequest::RecordFiller {
+        signer: signer(1),
+        chain_id: 1,
+        signed: broadcast(3, 2, 10),
+    });
+    db.ok(DbRequest::RecordOrphans {
+        signer: signer(1),
+        chain_id: 1,
+        orphans: vec![dalp_engine::store::Orphan {
+            tag: B256::repeat_byte(7),
+            signed: broadcast(4, 12, 10),
+        }],
+    });
+    let foreign = |db: &mut Db, s: u8, nonce: u64| {
+        db.ok(DbRequest::RecordForeign {
+            signer: signer(s),
+            chain_id: 1,
+            nonce,
+            hash: B256::repeat_byte(0x40 + nonce as u8),
+        })
+    };
+    foreign(&mut db, 1, 3);
+    // Idempotent by hash.
+    let before = db.m.clone();
+    foreign(&mut db, 1, 3);
+    assert!(db.m.same_data(&before));
+    // Another signer's rows name nothing of this one's.
+    foreign(&mut db, 2, 4);
+    assert_eq!(named(&mut db, 0, 100), vec![2, 3, 5, 9, 12]);
+    // `[from, to)`, ascending and distinct.
+    assert_eq!(named(&mut db, 3, 12), vec![3, 5, 9]);
+    assert!(named(&mut db, 13, 20).is_empty());
+    assert!(!DbRequest::NamedNonces {
+        signer: signer(1),
+        chain_id: 1,
+        from: 0,
+        to: 1
+    }
+    .is_write());
+    assert!(DbRequest::RecordForeign {
+        signer: signer(1),
+        chain_id: 1,
+        nonce: 0,
+        hash: B256::ZERO
+    }
+    .is_write());
+}
+
+#[test]
 fn tx_by_nonce_finds_the_signed_live_record_holding_the_nonce() {
     let (mut db, f) = claimed(4);
     let by_nonce =
