@@ -32,9 +32,12 @@ use crate::config::ChainConfig;
 use crate::error::{node_rejection, EngineError, NodeRejection, Result};
 use crate::metrics::Metrics;
 use crate::signer::{SignerKey, UnsignedTx};
-use crate::store::{Broadcast, Fees, Fence, Store, TxIntent, TxRecord, TxState, WorkflowId};
+use crate::store::{
+    Broadcast, Fees, Fence, NonceHold, Store, TxIntent, TxRecord, TxState, WorkflowId,
+};
 use alloy_primitives::{Address, B256};
 use serde::Serialize;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -80,7 +83,10 @@ impl TxManager {
     /// is in the canonical chain, `None` when one is missing: a completed record sits at or above
     /// the mined nonce (a reorg removed it and it waits to be re-included or re-broadcast, maybe
     /// behind in-flight ones). A decision read from chain state (a compliance "no") is not final
-    /// while that is so. Looks at the records from the mined nonce up, as the gap healer does.
+    /// while that is so. Looks at the records from the mined nonce up, as the gap healer does,
+    /// in one read: at each nonce the record [`Store::tx_by_nonce`] would give (the highest id of
+    /// those whose bytes may be on chain), which a read per nonce took up to [`HEAL_SCAN`] round
+    /// trips to find, twice per compliance check (issue 13: the database's most frequent request).
     pub async fn own_history_canonical(&self, signer: Address) -> Result<Option<u64>> {
         let mined = self.gateway.transaction_count(signer, "latest").await?;
         // Up to the counter, past nonces no record holds: a nonce used outside the engine (or
@@ -93,15 +99,40 @@ impl TxManager {
             .await?
             .next_nonce
             .unwrap_or(mined);
-        for nonce in mined..allocated.min(mined.saturating_add(HEAL_SCAN)) {
-            if let Some(rec) = self.store.tx_by_nonce(signer, self.chain_id, nonce).await? {
-                if rec.state == TxState::Completed {
-                    return Ok(None);
-                }
+        let end = allocated.min(mined.saturating_add(HEAL_SCAN));
+        if end <= mined {
+            return Ok(Some(mined));
+        }
+        let holds = self
+            .store
+            .nonce_holds(signer, self.chain_id, mined, end)
+            .await?;
+        let mut at_nonce: BTreeMap<u64, &NonceHold> = BTreeMap::new();
+        for h in holds.iter().filter(|h| signed_state(h.state)) {
+            debug_assert!(
+                (mined..end).contains(&h.nonce),
+                "a hold outside the range read"
+            );
+            let e = at_nonce.entry(h.nonce).or_insert(h);
+            if h.tx_id > e.tx_id {
+                *e = h;
             }
+        }
+        if at_nonce.values().any(|h| h.state == TxState::Completed) {
+            return Ok(None);
         }
         Ok(Some(mined))
     }
+}
+
+/// `Store::tx_by_nonce`'s states: a record whose signed bytes may be, or may have been, on
+/// chain. The range reads (`Store::nonce_holds`) that replace per-nonce `tx_by_nonce` reads
+/// filter on it.
+fn signed_state(state: TxState) -> bool {
+    matches!(
+        state,
+        TxState::Broadcasting | TxState::Confirming | TxState::Completed
+    )
 }
 
 /// How many nonces above the chain's mined one [`TxManager::heal_nonce_gaps`] looks at per call.
@@ -334,23 +365,21 @@ impl TxManager {
         let forget = || {
             self.gap_seen.lock().expect("gap lock").remove(&signer);
         };
-        if self.gateway.transaction_count(signer, "pending").await? > nonce {
-            forget();
-            return Ok(0);
-        }
-        let mut ours_waiting = false;
-        for n in nonce + 1..nonce.saturating_add(HEAL_SCAN) {
-            if self
-                .store
-                .tx_by_nonce(signer, self.chain_id, n)
-                .await?
-                .is_some()
-            {
-                ours_waiting = true;
-                break;
-            }
-        }
-        if !ours_waiting {
+        // One read for the nonces above the gap, not one per nonce, and before the node is
+        // asked: a healing pass comes here for every signer whenever everything of ours is
+        // mined, and then nothing of ours waits (a database read instead of a provider call).
+        let ours_waiting = self
+            .store
+            .nonce_holds(
+                signer,
+                self.chain_id,
+                nonce + 1,
+                nonce.saturating_add(HEAL_SCAN),
+            )
+            .await?
+            .iter()
+            .any(|h| signed_state(h.state));
+        if !ours_waiting || self.gateway.transaction_count(signer, "pending").await? > nonce {
             forget();
             return Ok(0);
         }
