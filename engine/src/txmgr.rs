@@ -762,6 +762,17 @@ impl TxManager {
             *nonce_gone_seen += 1;
             if *nonce_gone_seen >= 2 {
                 *nonce_gone_seen = 0;
+                // The orphan search first: a version of this record that the database lost may
+                // still be in the pool, not in a block yet, and a block scan alone then misses it
+                // (evidence schedule seed 397: mined 90 ms after the scan, and the record
+                // resynchronised and sent its effect again). Pending, it makes the record wait;
+                // mined or queued, it is stored as an orphan, where `lost_version` looks first.
+                let pending = self
+                    .gateway
+                    .transaction_count(rec.intent_signer, "pending")
+                    .await?;
+                self.find_orphans(key, pending).await?;
+                self.queued_orphans(key).await?;
                 if let Some(signed) = self.lost_version(key, rec).await? {
                     // A version of this very transaction whose record the database lost (a
                     // failover kept the row but not the version, or not the nonce it was moved

@@ -307,7 +307,7 @@ impl TxManager {
     /// would be mined too (`fixtures/evidence/sim-orphan-nonce-reassigned`). Adopted, they wait
     /// for the gap: a step at the lowest free nonce, or the nonce-gap healer, fills it.
     /// Nothing where the node does not show its pool.
-    async fn queued_orphans(&self, key: &SignerKey) -> Result<Vec<Orphan>> {
+    pub(super) async fn queued_orphans(&self, key: &SignerKey) -> Result<Vec<Orphan>> {
         let signer = key.address();
         let Some(queued) = self.gateway.queued_txs(signer).await? else {
             return Ok(Vec::new());
