@@ -134,6 +134,7 @@ pub const PROBES: &[Probe] = &[
         "tx.nonce_gone_resync",
         "a nonce used outside the engine is resynchronised",
     ),
+    p("tx.resync_count_moved"),
     must(
         "tx.replaced_by_fee",
         "a stuck or underpriced transaction is replaced with the same nonce",

@@ -547,14 +547,24 @@ impl TxManager {
 
     /// Move `rec` to a fresh nonce at or above the chain's pending count. The counter jumps
     /// over every nonce between it and that count: those the chain used with no record (lost
-    /// in a failover) are searched first and stored as orphans, or their steps, run again below
-    /// a counter that has passed them, would never find them and send their effects twice.
-    async fn resync(&self, fence: &Fence, rec: &TxRecord, key: &SignerKey) -> Result<TxRecord> {
+    /// in a failover) must already be stored as orphans, or their steps, run again below a
+    /// counter that has passed them, would never find them and send their effects twice. The
+    /// caller searched below `searched_to`; only nonces the chain used since are searched here.
+    async fn resync(
+        &self,
+        fence: &Fence,
+        rec: &TxRecord,
+        key: &SignerKey,
+        searched_to: u64,
+    ) -> Result<TxRecord> {
         let chain_nonce = self
             .gateway
             .transaction_count(rec.intent_signer, "pending")
             .await?;
-        self.find_orphans(key, chain_nonce).await?;
+        if chain_nonce > searched_to {
+            crate::probe!("tx.resync_count_moved");
+            self.find_orphans(key, chain_nonce).await?;
+        }
         self.metrics.inc(
             "dalp_nonce_resyncs_total",
             &[("signer", &format!("{:#x}", rec.intent_signer))],
@@ -793,7 +803,7 @@ impl TxManager {
                     return Ok(None);
                 }
                 crate::probe!("tx.nonce_gone_resync");
-                *rec = self.resync(fence, rec, key).await?;
+                *rec = self.resync(fence, rec, key, pending).await?;
             }
             return Ok(None);
         }
