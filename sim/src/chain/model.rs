@@ -291,6 +291,8 @@ pub struct ChainModel {
     /// The recovered sender of every signed transaction decoded so far, by hash (a cache: see
     /// `decode_raw`).
     pub(crate) senders: BTreeMap<B256, Address>,
+    /// Receipts and blocks as JSON text, by block hash: a cache (see `kept_text`).
+    pub(crate) kept: BTreeMap<(B256, crate::chain::rpc::Kept), Box<str>>,
     /// Bumped by every reorg so re-mined heights get new hashes.
     salt: u64,
     /// Every block mined, in order, orphaned ones included (the `finality` checker's evidence).
@@ -336,6 +338,7 @@ impl ChainModel {
             tx_index: BTreeMap::new(),
             next_seq: 0,
             senders: BTreeMap::new(),
+            kept: BTreeMap::new(),
             salt: 0,
             next_base_fee_override: None,
             history,
@@ -949,6 +952,7 @@ impl ChainModel {
             tx_index: self.tx_index.clone(),
             next_seq: self.next_seq,
             senders: BTreeMap::new(),
+            kept: BTreeMap::new(),
             salt: self.salt,
             next_base_fee_override: self.next_base_fee_override,
             // A throwaway view: its history is not the chain's.

@@ -69,6 +69,20 @@ impl From<TxReject> for RpcError {
 
 type RpcResult = Result<Value, RpcError>;
 
+/// The methods whose answers depend only on a block, and are kept as text (see `kept_text`).
+const KEPT_AS_TEXT: [&str; 3] = [
+    "eth_getTransactionReceipt",
+    "eth_getBlockByNumber",
+    "eth_getBlockByHash",
+];
+
+/// What is kept of a block: one transaction's receipt (by index), or the block itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Kept {
+    Receipt(usize),
+    Block { full: bool },
+}
+
 // ---- encoding -------------------------------------------------------------------------------
 
 fn q(v: u64) -> Value {
@@ -267,7 +281,20 @@ impl ChainModel {
                     Some(Value::Array(a)) => a,
                     Some(other) => std::slice::from_ref(other),
                 };
-                self.dispatch(method, params, now_ms, lag)
+                if KEPT_AS_TEXT.contains(&method) {
+                    let view = self.head().saturating_sub(lag);
+                    match self.kept_text(method, params, view) {
+                        Ok(text) => {
+                            out.extend_from_slice(br#","result":"#);
+                            out.extend_from_slice(text.as_bytes());
+                            out.push(b'}');
+                            return String::from_utf8(out).expect("serde_json writes UTF-8");
+                        }
+                        Err(e) => Err(e),
+                    }
+                } else {
+                    self.dispatch(method, params, now_ms, lag)
+                }
             }
         };
         match answer {
@@ -355,31 +382,11 @@ impl ChainModel {
                 }
                 Ok(Value::Null)
             }
-            "eth_getTransactionReceipt" => {
-                need(p, 1, "EthGetTransactionReceipt")?;
-                let h = p_b256(&p[0])?;
-                Ok(self
-                    .mined(h, view)
-                    .map_or(Value::Null, |(b, inc)| receipt_json(b, inc)))
-            }
-            "eth_getBlockByNumber" => {
-                need(p, 2, "EthGetBlockByNumber")?;
-                let n = self.resolve(self.p_tag(param(p, 0))?, view);
-                let full = param(p, 1).and_then(Value::as_bool).unwrap_or(false);
-                Ok(if n > view {
-                    Value::Null
-                } else {
-                    block_json(&self.blocks[n as usize], full)
-                })
-            }
-            "eth_getBlockByHash" => {
-                need(p, 2, "EthGetBlockByHash")?;
-                let h = p_b256(&p[0])?;
-                let full = param(p, 1).and_then(Value::as_bool).unwrap_or(false);
-                Ok(self.blocks[..=view as usize]
-                    .iter()
-                    .find(|b| b.hash == h)
-                    .map_or(Value::Null, |b| block_json(b, full)))
+            // `handle_one` writes these answers from `kept_text` directly; these arms are the
+            // same answers for any other caller.
+            "eth_getTransactionReceipt" | "eth_getBlockByNumber" | "eth_getBlockByHash" => {
+                Ok(serde_json::from_str(self.kept_text(method, p, view)?)
+                    .expect("a kept answer is JSON"))
             }
             "eth_getLogs" => {
                 need(p, 1, "EthGetLogs")?;
@@ -507,6 +514,56 @@ impl ChainModel {
             })
             .min()
             .map_or(DEFAULT_PRIORITY_FEE, |t| t.max(DEFAULT_PRIORITY_FEE))
+    }
+
+    /// The answer to one of [`KEPT_AS_TEXT`] as JSON text (`null`: not at or below `view`).
+    ///
+    /// The engine polls a receipt until it is deep enough, and reads the blocks around it, so
+    /// the same receipts and blocks are asked for many times (~12 times each receipt on
+    /// `steady-state`). Each is written once, per block hash, and kept. A block never changes
+    /// once its hash is set (a reorg mines new blocks, with new hashes: see `salt`), so a kept
+    /// text never goes stale.
+    fn kept_text(&mut self, method: &str, p: &[Value], view: u64) -> Result<&str, RpcError> {
+        let (n, kept) = match method {
+            "eth_getTransactionReceipt" => {
+                need(p, 1, "EthGetTransactionReceipt")?;
+                let h = p_b256(&p[0])?;
+                match self.tx_index.get(&h) {
+                    Some(&(n, i)) if n <= view => (n, Kept::Receipt(i)),
+                    _ => return Ok("null"),
+                }
+            }
+            "eth_getBlockByNumber" => {
+                need(p, 2, "EthGetBlockByNumber")?;
+                let n = self.resolve(self.p_tag(param(p, 0))?, view);
+                let full = param(p, 1).and_then(Value::as_bool).unwrap_or(false);
+                if n > view {
+                    return Ok("null");
+                }
+                (n, Kept::Block { full })
+            }
+            "eth_getBlockByHash" => {
+                need(p, 2, "EthGetBlockByHash")?;
+                let h = p_b256(&p[0])?;
+                let full = param(p, 1).and_then(Value::as_bool).unwrap_or(false);
+                match self.blocks[..=view as usize].iter().find(|b| b.hash == h) {
+                    Some(b) => (b.number, Kept::Block { full }),
+                    None => return Ok("null"),
+                }
+            }
+            _ => unreachable!("{method} is not kept as text"),
+        };
+        let b = &self.blocks[n as usize];
+        let text = self.kept.entry((b.hash, kept)).or_insert_with(|| {
+            let v = match kept {
+                Kept::Receipt(i) => receipt_json(b, &b.txs[i]),
+                Kept::Block { full } => block_json(b, full),
+            };
+            serde_json::to_string(&v)
+                .expect("an answer serializes")
+                .into_boxed_str()
+        });
+        Ok(text)
     }
 
     fn mined(&self, h: B256, view: u64) -> Option<(&Block, &Included)> {

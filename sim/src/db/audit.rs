@@ -7,11 +7,19 @@
 //! a workflow's fencing token never goes back, the journal only grows, at most one live
 //! transaction per (workflow, step) (the partial unique index `transactions_live_step`), and
 //! every released nonce (hole) lies below its signer's counter. A disk replaced wholesale (a
-//! rebuild from the new primary) starts new watermarks.
+//! rebuild from the new primary) takes that primary's watermarks with its model.
+//!
+//! The rows that can break the first three are read only where a write touched them: the
+//! workflows, nonce counters and transactions tables are [`Tracked`](super::tracked::Tracked),
+//! which note every key written, and the checker takes those notes. Its index of live
+//! transactions is kept from the same notes (a property test checks it against a full scan).
 
 use super::model::{DbModel, DbRequest, Sequences};
 use alloy_primitives::Address;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// A (workflow, step) slot of the unique index.
+type Slot = (i64, i32);
 
 /// What a host's model has shown so far.
 #[derive(Clone, Debug, Default)]
@@ -20,37 +28,35 @@ pub struct Watermarks {
     tokens: BTreeMap<i64, i64>,
     nonce_counters: BTreeMap<(Address, i64), i64>,
     journal_rows: usize,
+    /// The live transactions of each slot, as the model last showed them.
+    live: BTreeMap<Slot, BTreeSet<i64>>,
+    /// The slot each live transaction is counted in.
+    live_at: BTreeMap<i64, Slot>,
 }
 
 impl Watermarks {
-    /// The watermarks of a model as it stands (a new disk, or one just rebuilt).
-    pub fn of(m: &DbModel) -> Self {
+    /// The watermarks of a model as it stands (a new disk, or one just rebuilt): every row is
+    /// read, and the model's notes of written rows are taken.
+    pub fn of(m: &mut DbModel) -> Self {
         let mut w = Watermarks::default();
-        w.absorb(m);
+        m.tables.workflows.take_written();
+        m.tables.nonces.take_written();
+        m.tables.transactions.take_written();
+        w.sequences = m.sequences.clone();
+        w.tokens = (m.tables.workflows.iter())
+            .map(|(id, r)| (*id, r.fencing_token))
+            .collect();
+        w.nonce_counters = (m.tables.nonces.iter())
+            .map(|(k, r)| (*k, r.next_nonce))
+            .collect();
+        w.journal_rows = m.tables.journal.len();
+        let ids: Vec<i64> = m.tables.transactions.keys().copied().collect();
+        w.relocate(m, &ids);
         w
     }
 
-    /// Take `m`'s values as the new watermarks. Ids are never removed (a row that vanished keeps
-    /// its last watermark). One ordered pass per map, updating in place: this runs after every
-    /// request, so it must not rebuild maps that grow with the run.
-    fn absorb(&mut self, m: &DbModel) {
-        self.sequences = m.sequences.clone();
-        merge_into(
-            &mut self.tokens,
-            m.tables
-                .workflows
-                .iter()
-                .map(|(id, w)| (*id, w.fencing_token)),
-        );
-        merge_into(
-            &mut self.nonce_counters,
-            m.tables.nonces.iter().map(|(k, r)| (*k, r.next_nonce)),
-        );
-        self.journal_rows = m.tables.journal.len();
-    }
-
     /// Check `m` after it applied `req`, then advance to it. `Err` names the broken invariant.
-    pub fn advance(&mut self, m: &DbModel, req: &DbRequest) -> Result<(), String> {
+    pub fn advance(&mut self, m: &mut DbModel, req: &DbRequest) -> Result<(), String> {
         let op = req.name();
         let (a, b) = (&self.sequences, &m.sequences);
         for (name, before, after) in [
@@ -66,16 +72,18 @@ impl Watermarks {
                 ));
             }
         }
-        if let Some((id, before, after)) = first_decrease(
-            &self.tokens,
-            m.tables
-                .workflows
-                .iter()
-                .map(|(id, w)| (*id, w.fencing_token)),
-        ) {
-            return Err(format!(
-                "{op}: workflow {id}'s fencing token went back from {before} to {after}"
-            ));
+        self.sequences = m.sequences.clone();
+        for id in m.tables.workflows.take_written() {
+            // Ids are never removed from the watermarks: a row that vanished keeps its mark.
+            let Some(row) = m.tables.workflows.get(&id) else {
+                continue;
+            };
+            let after = row.fencing_token;
+            if let Some(before) = self.tokens.insert(id, after).filter(|b| after < *b) {
+                return Err(format!(
+                    "{op}: workflow {id}'s fencing token went back from {before} to {after}"
+                ));
+            }
         }
         if m.tables.journal.len() < self.journal_rows {
             return Err(format!(
@@ -84,14 +92,22 @@ impl Watermarks {
                 m.tables.journal.len()
             ));
         }
-        if let Some((key, before, after)) = first_decrease(
-            &self.nonce_counters,
-            m.tables.nonces.iter().map(|(k, r)| (*k, r.next_nonce)),
-        ) {
-            return Err(format!(
-                "{op}: the nonce counter of {:#x} on chain {} went back from {before} to {after}",
-                key.0, key.1
-            ));
+        self.journal_rows = m.tables.journal.len();
+        for key in m.tables.nonces.take_written() {
+            let Some(row) = m.tables.nonces.get(&key) else {
+                continue;
+            };
+            let after = row.next_nonce;
+            if let Some(before) = self
+                .nonce_counters
+                .insert(key, after)
+                .filter(|b| after < *b)
+            {
+                return Err(format!(
+                    "{op}: the nonce counter of {:#x} on chain {} went back from {before} to {after}",
+                    key.0, key.1
+                ));
+            }
         }
         for (signer, chain, nonce) in &m.tables.nonce_holes {
             let counter = m
@@ -105,58 +121,39 @@ impl Watermarks {
                 ));
             }
         }
-        if let Some(f) = req.fence() {
-            let mut live_steps: Vec<i32> = m
-                .tables
-                .transactions
-                .values()
-                .filter(|t| t.workflow_id == f.workflow_id && t.is_live())
-                .map(|t| t.step_index)
-                .collect();
-            live_steps.sort_unstable();
-            if let Some(w) = live_steps.windows(2).find(|w| w[0] == w[1]) {
+        let written: Vec<i64> = m.tables.transactions.take_written().into_iter().collect();
+        for slot in self.relocate(m, &written) {
+            if self.live[&slot].len() > 1 {
                 return Err(format!(
                     "{op}: workflow {} has two live transactions for step {}",
-                    f.workflow_id, w[0]
+                    slot.0, slot.1
                 ));
             }
         }
-        self.absorb(m);
         Ok(())
     }
-}
 
-/// The first key (in order) whose value in `now` is below its watermark in `marks`. `now` must
-/// be in ascending key order (a `BTreeMap`'s iteration): one merged pass, no lookups.
-fn first_decrease<K: Ord + Copy>(
-    marks: &BTreeMap<K, i64>,
-    now: impl Iterator<Item = (K, i64)>,
-) -> Option<(K, i64, i64)> {
-    let mut marks = marks.iter().peekable();
-    for (key, value) in now {
-        while marks.next_if(|(k, _)| **k < key).is_some() {}
-        if let Some((_, before)) = marks.next_if(|(k, _)| **k == key) {
-            if value < *before {
-                return Some((key, *before, value));
+    /// Re-read transactions `ids` into the index of live ones; returns the slots they are live
+    /// in now.
+    fn relocate(&mut self, m: &DbModel, ids: &[i64]) -> BTreeSet<Slot> {
+        let mut now_live = BTreeSet::new();
+        for id in ids {
+            if let Some(slot) = self.live_at.remove(id) {
+                let set = self.live.get_mut(&slot).expect("indexed both ways");
+                set.remove(id);
+                if set.is_empty() {
+                    self.live.remove(&slot);
+                }
+            }
+            if let Some(t) = m.tables.transactions.get(id).filter(|t| t.is_live()) {
+                let slot = (t.workflow_id, t.step_index);
+                self.live.entry(slot).or_default().insert(*id);
+                self.live_at.insert(*id, slot);
+                now_live.insert(slot);
             }
         }
+        now_live
     }
-    None
-}
-
-/// Set every (key, value) of `now` (ascending key order) in `marks`, in one merged pass; keys
-/// absent from `now` keep their value.
-fn merge_into<K: Ord + Copy>(marks: &mut BTreeMap<K, i64>, now: impl Iterator<Item = (K, i64)>) {
-    let mut new = Vec::new();
-    let mut cursor = marks.iter_mut().peekable();
-    for (key, value) in now {
-        while cursor.next_if(|(k, _)| **k < key).is_some() {}
-        match cursor.next_if(|(k, _)| **k == key) {
-            Some((_, mark)) => *mark = value,
-            None => new.push((key, value)),
-        }
-    }
-    marks.extend(new);
 }
 
 #[cfg(test)]
@@ -172,7 +169,7 @@ mod tests {
     /// A model with one workflow claimed by `n` (token 1), and its watermarks.
     fn claimed() -> (DbModel, Watermarks, Fence) {
         let mut m = DbModel::new();
-        let mut w = Watermarks::of(&m);
+        let mut w = Watermarks::of(&mut m);
         let submit = DbRequest::Submit {
             new: NewWorkflow {
                 kind: "mint".into(),
@@ -184,7 +181,7 @@ mod tests {
             window_ms: HOUR,
         };
         m.apply(&submit, 1_000).expect("submit");
-        w.advance(&m, &submit)
+        w.advance(&mut m, &submit)
             .expect("a submit keeps every invariant");
         let claim = DbRequest::Claim {
             node: "n".into(),
@@ -194,7 +191,7 @@ mod tests {
             skip_locked: Vec::new(),
         };
         m.apply(&claim, 2_000).expect("claim");
-        w.advance(&m, &claim)
+        w.advance(&mut m, &claim)
             .expect("a claim keeps every invariant");
         let fence = Fence {
             workflow_id: 1,
@@ -240,7 +237,7 @@ mod tests {
     fn a_fencing_token_that_goes_back_is_named() {
         let (mut m, mut w, fence) = claimed();
         m.tables.workflows.get_mut(&1).unwrap().fencing_token -= 1;
-        let e = w.advance(&m, &renew(&fence)).unwrap_err();
+        let e = w.advance(&mut m, &renew(&fence)).unwrap_err();
         assert!(
             e.contains("workflow 1's fencing token went back from 1 to 0"),
             "{e}"
@@ -251,7 +248,7 @@ mod tests {
     fn a_sequence_or_a_nonce_counter_that_goes_back_is_named() {
         let (mut m, mut w, fence) = claimed();
         m.sequences.workflows = 0;
-        let e = w.advance(&m, &renew(&fence)).unwrap_err();
+        let e = w.advance(&mut m, &renew(&fence)).unwrap_err();
         assert!(
             e.contains("sequence workflows went back from 1 to 0"),
             "{e}"
@@ -264,9 +261,9 @@ mod tests {
             updated_at_ms: 0,
         };
         m.tables.nonces.insert(key, row(5));
-        w.advance(&m, &renew(&fence)).expect("a new counter");
+        w.advance(&mut m, &renew(&fence)).expect("a new counter");
         m.tables.nonces.insert(key, row(4));
-        let e = w.advance(&m, &renew(&fence)).unwrap_err();
+        let e = w.advance(&mut m, &renew(&fence)).unwrap_err();
         assert!(e.contains("went back from 5 to 4"), "{e}");
     }
 
@@ -280,7 +277,7 @@ mod tests {
             .next()
             .expect("the submit journalled");
         m.tables.journal.remove(&first);
-        let e = w.advance(&m, &renew(&fence)).unwrap_err();
+        let e = w.advance(&mut m, &renew(&fence)).unwrap_err();
         assert!(e.contains("the journal shrank"), "{e}");
 
         let (mut m, mut w, fence) = claimed();
@@ -293,7 +290,7 @@ mod tests {
             },
         );
         m.tables.nonce_holes.insert((signer, 1, 3));
-        let e = w.advance(&m, &renew(&fence)).unwrap_err();
+        let e = w.advance(&mut m, &renew(&fence)).unwrap_err();
         assert!(
             e.contains("released nonce 3") && e.contains("Some(3)"),
             "{e}"
@@ -307,36 +304,80 @@ mod tests {
         m.tables
             .transactions
             .insert(2, tx_row(2, TxState::Confirming));
-        w.advance(&m, &renew(&fence))
+        w.advance(&mut m, &renew(&fence))
             .expect("one live row for step 0");
         m.tables
             .transactions
             .insert(3, tx_row(3, TxState::Broadcasting));
-        let e = w.advance(&m, &renew(&fence)).unwrap_err();
+        let e = w.advance(&mut m, &renew(&fence)).unwrap_err();
         assert!(
             e.contains("workflow 1 has two live transactions for step 0"),
             "{e}"
         );
     }
 
+    #[test]
+    fn a_row_changed_to_live_is_named_and_one_no_longer_live_frees_its_step() {
+        let (mut m, mut w, fence) = claimed();
+        m.tables
+            .transactions
+            .insert(1, tx_row(1, TxState::Confirming));
+        m.tables.transactions.insert(2, tx_row(2, TxState::Failed));
+        w.advance(&mut m, &renew(&fence)).expect("one live row");
+        // A write that changes a row in place, not an insert.
+        m.tables.transactions.get_mut(&2).unwrap().state = TxState::Preparing;
+        let e = w.advance(&mut m, &renew(&fence)).unwrap_err();
+        assert!(e.contains("two live transactions for step 0"), "{e}");
+
+        let (mut m, mut w, fence) = claimed();
+        m.tables
+            .transactions
+            .insert(1, tx_row(1, TxState::Confirming));
+        w.advance(&mut m, &renew(&fence)).expect("one live row");
+        m.tables.transactions.get_mut(&1).unwrap().state = TxState::Failed;
+        m.tables
+            .transactions
+            .insert(2, tx_row(2, TxState::Confirming));
+        w.advance(&mut m, &renew(&fence))
+            .expect("the failed row no longer holds step 0");
+    }
+
     proptest::proptest! {
-        /// The merged passes agree with the obvious lookups on any two maps.
+        /// The index kept from the tables' notes is the one a full scan builds, after any
+        /// history of inserts, in-place changes and removals.
         #[test]
-        fn merged_passes_agree_with_lookups(
-            marks in proptest::collection::btree_map(0i64..40, -5i64..5, 0..20),
-            now in proptest::collection::btree_map(0i64..40, -5i64..5, 0..20),
+        fn the_live_index_agrees_with_a_full_scan(
+            ops in proptest::collection::vec((0u8..3, 1i64..12, 0i32..3, 0u8..4), 1..60),
         ) {
-            let naive = now
-                .iter()
-                .find_map(|(k, v)| marks.get(k).filter(|b| v < *b).map(|b| (*k, *b, *v)));
-            proptest::prop_assert_eq!(first_decrease(&marks, now.iter().map(|(k, v)| (*k, *v))), naive);
-            let mut expected = marks.clone();
-            for (k, v) in &now {
-                expected.insert(*k, *v);
+            let (mut m, mut w, _) = claimed();
+            let states = [TxState::Preparing, TxState::Confirming, TxState::Failed, TxState::Completed];
+            for (op, id, step, state) in ops {
+                let t = &mut m.tables.transactions;
+                match op {
+                    0 => {
+                        let mut row = tx_row(id, states[state as usize]);
+                        row.step_index = step;
+                        t.insert(id, row);
+                    }
+                    1 => {
+                        if let Some(row) = t.get_mut(&id) {
+                            row.state = states[state as usize];
+                        }
+                    }
+                    _ => {
+                        t.remove(&id);
+                    }
+                }
+                let written: Vec<i64> = m.tables.transactions.take_written().into_iter().collect();
+                w.relocate(&m, &written);
+                let mut full: BTreeMap<Slot, BTreeSet<i64>> = BTreeMap::new();
+                for (id, t) in m.tables.transactions.iter().filter(|(_, t)| t.is_live()) {
+                    full.entry((t.workflow_id, t.step_index)).or_default().insert(*id);
+                }
+                proptest::prop_assert_eq!(&w.live, &full);
+                let fresh = Watermarks::of(&mut m);
+                proptest::prop_assert_eq!(&fresh.live, &full);
             }
-            let mut merged = marks.clone();
-            merge_into(&mut merged, now.iter().map(|(k, v)| (*k, *v)));
-            proptest::prop_assert_eq!(merged, expected);
         }
     }
 }

@@ -26,6 +26,7 @@
 pub mod audit;
 pub mod model;
 pub mod store;
+pub mod tracked;
 
 #[cfg(test)]
 mod tests;

@@ -70,6 +70,7 @@
 //! * JSONB normalisation (key order, number formatting) is not modelled: values are kept as
 //!   `serde_json::Value` (whose maps are sorted), which compares equal to what sqlx decodes.
 
+use super::tracked::Tracked;
 use alloy_primitives::{Address, Bytes, B256, U256, U512};
 use dalp_engine::error::EngineError;
 use dalp_engine::store::{
@@ -711,16 +712,16 @@ pub struct TokenEventRow {
 /// Every table of the schema, keyed by its primary key.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Tables {
-    pub workflows: BTreeMap<i64, WorkflowRow>,
+    pub workflows: Tracked<i64, WorkflowRow>,
     /// (scope, idempotency_key) → row.
     pub idempotency_keys: BTreeMap<(String, String), IdempotencyKeyRow>,
     /// (workflow_id, seq) → row.
     pub journal: BTreeMap<(i64, i64), JournalRow>,
     /// (signer, chain_id) → row.
-    pub nonces: BTreeMap<(Address, i64), NonceRow>,
+    pub nonces: Tracked<(Address, i64), NonceRow>,
     /// (signer, chain_id, nonce).
     pub nonce_holes: BTreeSet<(Address, i64, i64)>,
-    pub transactions: BTreeMap<i64, TxRow>,
+    pub transactions: Tracked<i64, TxRow>,
     /// (tx_id, tx_hash) → row.
     pub tx_broadcasts: BTreeMap<(i64, B256), BroadcastRow>,
     /// (tx_id, seq) → row.
