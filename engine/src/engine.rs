@@ -291,8 +291,11 @@ impl Engine {
                                 .await
                                 .expect("semaphore never closed");
                             let engine = self.clone();
+                            // Boxed: a claim's future holds every step's state machine (tens
+                            // of KiB), and an unboxed one is copied whole by each layer of the
+                            // spawn (1.5% of a simulated seed's instructions).
                             tokio::spawn(async move {
-                                engine.run_claim(claim).await;
+                                Box::pin(engine.run_claim(claim)).await;
                                 drop(permit);
                             });
                         }
