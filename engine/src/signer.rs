@@ -72,6 +72,14 @@ impl SignerKey {
     }
 }
 
+/// The second copy of the secret (libsecp256k1's) is overwritten when the key is dropped, as
+/// k256's own copy is (a best effort: the compiler may have copied it elsewhere).
+impl Drop for SignerKey {
+    fn drop(&mut self) {
+        self.secret.non_secure_erase();
+    }
+}
+
 impl SignerKey {
     /// RFC 6979 over `hash`, `s` in the lower half (EIP-2), `v` the parity of `R`'s y: what
     /// alloy's signer returns for the same key and hash.
