@@ -471,11 +471,12 @@ fn planted_each(
         let name = patch.file_stem().unwrap().to_string_lossy().to_string();
         eprintln!("xtask: planted bug `{name}`");
         let started = std::time::Instant::now();
+        let build_log = root
+            .join("target/planted")
+            .join(format!("{name}.build.log"));
         let built = git_apply(work, patch, false).and_then(|()| {
             // The uplifted binary is overwritten by the next build: keep a copy.
-            let mut cargo = niced(cargo_program());
-            cargo.args(PLANTED_CRATES_UNOPTIMIZED);
-            let built = build_sim_by(cargo, Profile::Dev, work).and_then(|b| {
+            let built = build_planted(work, &build_log).and_then(|b| {
                 let bin = bins.join(&name);
                 std::fs::copy(&b, &bin).map_err(|e| format!("{}: {e}", bin.display()))?;
                 Ok(bin)
@@ -515,6 +516,62 @@ fn planted_each(
     }
     if let Some(r) = running.take() {
         outcomes.push(r.finish()?);
+    }
+    Ok(())
+}
+
+/// One planted copy's build, the compiler's output in `log`. A failed build says what the
+/// compiler said (its tail) and is tried once more with the workspace crates' incremental state
+/// removed: the same sources, so the verdict is the bug's, not that of a broken incremental cache
+/// (a CI run once ended in a planted build's exit 101 that a fresh clone of the same commit
+/// never showed, and its message was lost above the test output). A patch that does not compile
+/// fails both times, with the compiler's words in the error.
+fn build_planted(work: &Path, log: &Path) -> Result<PathBuf, String> {
+    let attempt = || -> Result<PathBuf, String> {
+        let f = std::fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
+        let g = f
+            .try_clone()
+            .map_err(|e| format!("{}: {e}", log.display()))?;
+        let mut cargo = niced(cargo_program());
+        cargo.args(PLANTED_CRATES_UNOPTIMIZED).stdout(f).stderr(g);
+        build_sim_by(cargo, Profile::Dev, work)
+    };
+    let first = match attempt() {
+        Ok(bin) => return Ok(bin),
+        Err(e) => format!("{e}\n{}", log_tail(log, 40)),
+    };
+    eprintln!(
+        "xtask: {first}\nxtask: building it once more without the workspace crates' \
+         incremental state"
+    );
+    forget_incremental_state()?;
+    attempt().map_err(|e| format!("{e}\n{}\n(first attempt: {first})", log_tail(log, 60)))
+}
+
+/// The last `lines` lines of `log` (what a failed command said last).
+fn log_tail(log: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    let from = all.len().saturating_sub(lines);
+    format!(
+        "---- {} (last {lines} lines) ----\n{}",
+        log.display(),
+        all[from..].join("\n")
+    )
+}
+
+/// Remove the incremental compilation state of the workspace crates' simulation builds.
+fn forget_incremental_state() -> Result<(), String> {
+    let dir = root().join("target/sim/sim-dev/incremental");
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Ok(());
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        if name.starts_with("dalp_engine-") || name.starts_with("dalp_sim-") {
+            std::fs::remove_dir_all(entry.path())
+                .map_err(|e| format!("{}: {e}", entry.path().display()))?;
+        }
     }
     Ok(())
 }
