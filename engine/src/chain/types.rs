@@ -2,6 +2,7 @@
 
 use crate::error::{EngineError, Result};
 use alloy_primitives::{Address, Bytes, B256, U256};
+use serde::Deserialize;
 use serde_json::Value;
 
 fn bad(what: &str) -> EngineError {
@@ -28,8 +29,10 @@ fn field<'a>(v: &'a Value, name: &str) -> Result<&'a Value> {
     v.get(name).ok_or_else(|| bad(name))
 }
 
+/// Field `name` deserialized in place: `&Value` is itself a deserializer, so this is
+/// `from_value` (the same visitor, the same verdict) without cloning the field first.
 fn parse<T: serde::de::DeserializeOwned>(v: &Value, name: &str) -> Result<T> {
-    serde_json::from_value(field(v, name)?.clone()).map_err(|_| bad(name))
+    T::deserialize(field(v, name)?).map_err(|_| bad(name))
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -74,7 +77,7 @@ impl Receipt {
     pub fn from_json(v: &Value) -> Result<Self> {
         let contract_address = match v.get("contractAddress") {
             None | Some(Value::Null) => None,
-            Some(a) => Some(serde_json::from_value(a.clone()).map_err(|_| bad("contractAddress"))?),
+            Some(a) => Some(Address::deserialize(a).map_err(|_| bad("contractAddress"))?),
         };
         Ok(Receipt {
             tx_hash: parse(v, "transactionHash")?,
