@@ -545,7 +545,12 @@ fn build_planted(work: &Path, log: &Path) -> Result<PathBuf, String> {
          incremental state"
     );
     forget_incremental_state()?;
-    attempt().map_err(|e| format!("{e}\n{}\n(first attempt: {first})", log_tail(log, 60)))
+    attempt().map_err(|e| {
+        format!(
+            "{e}\n{}\n(the incremental build before it failed too: above)",
+            log_tail(log, 60)
+        )
+    })
 }
 
 /// The last `lines` lines of `log` (what a failed command said last).
