@@ -135,6 +135,12 @@ fn signed_state(state: TxState) -> bool {
     )
 }
 
+/// Whether a receipt in block `block` is `depth` blocks deep when the head is `head`: its own
+/// block counts as one (depth 1 is "mined").
+fn deep_enough(head: u64, block: u64, depth: u64) -> bool {
+    head + 1 >= block + depth
+}
+
 /// How many nonces above the chain's mined one [`TxManager::heal_nonce_gaps`] looks at per call.
 pub const HEAL_SCAN: u64 = 16;
 
@@ -242,7 +248,7 @@ impl TxManager {
                     let head = self.gateway.block_number().await?;
                     let canonical = self.gateway.block(r.block_number).await?.map(|b| b.hash)
                         == Some(r.block_hash);
-                    if !canonical || head + 1 < r.block_number + self.chain.confirmations {
+                    if !canonical || !deep_enough(head, r.block_number, self.chain.confirmations) {
                         crate::probe!("requeue.abandoned_pending");
                         return Err(EngineError::NonceReconciling(format!(
                             "transaction {:#x} (nonce {}) that this step abandoned when it was dead-lettered was mined at block {} and is not settled yet ({} confirmations, canonical: {canonical})",
@@ -593,6 +599,7 @@ impl TxManager {
         let mut last_sent = Instant::now();
         let mut nonce_gone_seen = 0u32;
         let mut misses = 0u32;
+        let mut shallow = None;
         // The lease is renewed when a third of it has passed, not on every poll: a renewal is a
         // database write, and the fencing check on every other write already catches a lost lease.
         let renew_every = self.lease / 3;
@@ -673,6 +680,7 @@ impl TxManager {
                             stuck_after,
                             &mut nonce_gone_seen,
                             &mut misses,
+                            &mut shallow,
                         )
                         .await?
                     {
@@ -707,14 +715,28 @@ impl TxManager {
         stuck_after: Duration,
         nonce_gone_seen: &mut u32,
         misses: &mut u32,
+        shallow: &mut Option<u64>,
     ) -> Result<Option<TxOutcome>> {
+        if let Some(block) = *shallow {
+            // A successful receipt was seen in `block`, not deep enough. Until the head reaches
+            // its depth, asking for it again could only delay: a receipt still there is not deep
+            // enough either, and one reorganised away or into another block is seen when it is
+            // asked for at that depth (the decision is always made on a receipt read then, and
+            // its block's canonical hash). One head read per poll instead of the receipt's.
+            let head = self.gateway.block_number().await?;
+            if !deep_enough(head, block, depth) {
+                return Ok(None);
+            }
+            *shallow = None;
+        }
         if let Some(receipt) = self.find_receipt(rec).await? {
             *nonce_gone_seen = 0;
             *misses = 0;
             // A successful receipt that is not deep enough yet needs no canonical check now: the
             // check that matters is the one made when it is (a reorg before that changes nothing).
             let head = self.gateway.block_number().await?;
-            if receipt.success && head + 1 < receipt.block_number + depth {
+            if receipt.success && !deep_enough(head, receipt.block_number, depth) {
+                *shallow = Some(receipt.block_number);
                 return Ok(None);
             }
             let canonical = self
@@ -743,7 +765,7 @@ impl TxManager {
                     .await?;
                 return Err(EngineError::Reverted(detail));
             }
-            if head + 1 >= receipt.block_number + depth {
+            if deep_enough(head, receipt.block_number, depth) {
                 if rec.state != TxState::Completed {
                     let json = serde_json::to_value(&receipt).expect("receipt json");
                     self.store
