@@ -858,3 +858,19 @@ impl TxManager {
         Ok(None)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::deep_enough;
+
+    #[test]
+    fn a_receipt_is_deep_enough_once_its_block_and_depth_minus_one_more_are_on_chain() {
+        // Depth 1: mined is enough.
+        assert!(deep_enough(10, 10, 1));
+        assert!(!deep_enough(9, 10, 1));
+        // Depth 3: its block and two more.
+        assert!(!deep_enough(11, 10, 3));
+        assert!(deep_enough(12, 10, 3));
+        assert!(deep_enough(40, 10, 3));
+    }
+}
