@@ -528,12 +528,9 @@ fn planted_each(
 /// fails both times, with the compiler's words in the error.
 fn build_planted(work: &Path, log: &Path) -> Result<PathBuf, String> {
     let attempt = || -> Result<PathBuf, String> {
-        let f = std::fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
-        let g = f
-            .try_clone()
-            .map_err(|e| format!("{}: {e}", log.display()))?;
         let mut cargo = niced(cargo_program());
-        cargo.args(PLANTED_CRATES_UNOPTIMIZED).stdout(f).stderr(g);
+        cargo.args(PLANTED_CRATES_UNOPTIMIZED);
+        log_to(&mut cargo, log)?;
         build_sim_by(cargo, Profile::Dev, work)
     };
     let first = match attempt() {
@@ -567,7 +564,10 @@ fn log_tail(log: &Path, lines: usize) -> String {
 
 /// Remove the incremental compilation state of the workspace crates' simulation builds.
 fn forget_incremental_state() -> Result<(), String> {
-    let dir = root().join("target/sim/sim-dev/incremental");
+    let dir = root()
+        .join("target/sim")
+        .join(profile_dir(Profile::Dev))
+        .join("incremental");
     let Ok(entries) = std::fs::read_dir(&dir) else {
         return Ok(());
     };
@@ -1275,14 +1275,18 @@ fn test_binaries(mut cargo: Command, select: &[&str]) -> Result<Option<PathBuf>,
 
 /// `cmd` started with its stdout and stderr going to `log`.
 fn spawn_logged(cmd: &mut Command, log: &Path) -> Result<std::process::Child, String> {
+    log_to(cmd, log)?;
+    cmd.spawn().map_err(|e| format!("{cmd:?}: {e}"))
+}
+
+/// `cmd`'s stdout and stderr both go to `log` (created afresh).
+fn log_to(cmd: &mut Command, log: &Path) -> Result<(), String> {
     let f = std::fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
     let g = f
         .try_clone()
         .map_err(|e| format!("{}: {e}", log.display()))?;
-    cmd.stdout(f)
-        .stderr(g)
-        .spawn()
-        .map_err(|e| format!("{cmd:?}: {e}"))
+    cmd.stdout(f).stderr(g);
+    Ok(())
 }
 
 /// `program` under `nice -n 10`: CPU-bound foreground work yields to the real suite's services,
