@@ -415,6 +415,9 @@ impl Fleet {
             Fault::RpcLag { .. } => {
                 na("a lagging endpoint needs a second node following the chain late")
             }
+            Fault::RpcStaleFork { .. } => na(
+                "a load balancer with a backend left on an old fork needs a second node that stops following the chain",
+            ),
             Fault::Reorg {
                 depth, drop_txs, ..
             } => self.reorg(*depth, *drop_txs).await.map(FaultOutcome::Applied),
@@ -684,6 +687,7 @@ impl Fleet {
             Fault::ClockSkew { .. }
             | Fault::DbLostAck { .. }
             | Fault::RpcLag { .. }
+            | Fault::RpcStaleFork { .. }
             | Fault::DbStaleSession { .. }
             | Fault::Reorg { .. }
             | Fault::MempoolDrop { .. }

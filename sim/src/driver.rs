@@ -522,6 +522,7 @@ pub fn fault_track(f: &Fault) -> String {
         | FaultKind::RpcError
         | FaultKind::RpcTimeout
         | FaultKind::RpcAmbiguousSend
+        | FaultKind::RpcStaleFork
         | FaultKind::RpcLag => unreachable!("{} names its node", f.kind()),
     }
 }

@@ -163,6 +163,7 @@ pub fn dependence(s: &Scenario, schedule: &[Fault], i: usize) -> Dependence {
         | FaultKind::RpcError
         | FaultKind::RpcTimeout
         | FaultKind::RpcAmbiguousSend
+        | FaultKind::RpcStaleFork
         | FaultKind::RpcLag => rpc(node),
         FaultKind::DbFailover
         | FaultKind::DbSwitchover

@@ -356,6 +356,22 @@ pub struct Durations {
     pub visibility_bound_s: Option<f64>,
 }
 
+/// The JSON-RPC reads the engine makes that a backend left on an old fork answers from its own
+/// chain (`rpc_stale_fork`'s `methods`); sends always reach the live chain.
+pub const STALE_READS: [&str; 11] = [
+    "eth_blockNumber",
+    "eth_getBalance",
+    "eth_getTransactionCount",
+    "eth_getCode",
+    "eth_getTransactionByHash",
+    "eth_getTransactionReceipt",
+    "eth_getBlockByNumber",
+    "eth_getBlockByHash",
+    "eth_getLogs",
+    "eth_call",
+    "eth_estimateGas",
+];
+
 /// What an `rpc_error` fault may answer, modelled on what providers and nodes answer when they
 /// cannot serve a request now: HTTP statuses from a provider's proxy or load balancer (503
 /// overloaded or down, 502 bad gateway, 429 rate limited) and JSON-RPC error codes (geth's and
@@ -469,6 +485,24 @@ pub enum Fault {
         endpoint: NodeName,
         at_s: f64,
         for_s: Option<f64>,
+    },
+    /// An RPC endpoint is a load balancer over two backends, one of which stopped following the
+    /// chain when the fault began, and stays on the old fork when a reorg happens during the
+    /// fault (it stops just before it): one read in two (seeded) is answered by that backend,
+    /// the others by the live chain; sends reach the live chain. Receipts, blocks and heads from
+    /// one endpoint then disagree with each other, as behind real providers' load balancers.
+    /// `methods` limits the stale backend to those reads; with `cache`, a `null` it answers (a
+    /// transaction or block it does not know) is answered by the live chain instead. Both
+    /// together model a provider's receipt cache that missed a reorg: `methods =
+    /// ["eth_getTransactionReceipt"]`, `cache = true`.
+    RpcStaleFork {
+        endpoint: NodeName,
+        at_s: f64,
+        for_s: Option<f64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        methods: Option<Vec<String>>,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        cache: bool,
     },
     /// An RPC endpoint serves a head `blocks` behind.
     RpcLag {
@@ -599,7 +633,8 @@ fault_kinds! {
     SignerDrain => "signer_drain",
     DbSwitchover => "db_switchover",
     RegionFailover => "region_failover",
-    OperatorRequeue => "operator_requeue"
+    OperatorRequeue => "operator_requeue",
+    RpcStaleFork => "rpc_stale_fork"
 }
 
 impl std::fmt::Display for FaultKind {
@@ -640,6 +675,7 @@ impl FaultKind {
             | FaultKind::RpcTimeout
             | FaultKind::RpcAmbiguousSend
             | FaultKind::RpcLag
+            | FaultKind::RpcStaleFork
             | FaultKind::Reorg
             | FaultKind::MempoolDrop
             | FaultKind::GasSpike
@@ -777,6 +813,7 @@ impl Fault {
             Fault::RpcTimeout { .. } => FaultKind::RpcTimeout,
             Fault::RpcAmbiguousSend { .. } => FaultKind::RpcAmbiguousSend,
             Fault::RpcLag { .. } => FaultKind::RpcLag,
+            Fault::RpcStaleFork { .. } => FaultKind::RpcStaleFork,
             Fault::Reorg { .. } => FaultKind::Reorg,
             Fault::MempoolDrop { .. } => FaultKind::MempoolDrop,
             Fault::GasSpike { .. } => FaultKind::GasSpike,
@@ -805,6 +842,7 @@ impl Fault {
             | Fault::RpcTimeout { at_s, .. }
             | Fault::RpcAmbiguousSend { at_s, .. }
             | Fault::RpcLag { at_s, .. }
+            | Fault::RpcStaleFork { at_s, .. }
             | Fault::Reorg { at_s, .. }
             | Fault::MempoolDrop { at_s }
             | Fault::GasSpike { at_s, .. }
@@ -829,7 +867,8 @@ impl Fault {
             | Fault::RpcError { endpoint, .. }
             | Fault::RpcTimeout { endpoint, .. }
             | Fault::RpcAmbiguousSend { endpoint, .. }
-            | Fault::RpcLag { endpoint, .. } => Some(endpoint),
+            | Fault::RpcLag { endpoint, .. }
+            | Fault::RpcStaleFork { endpoint, .. } => Some(endpoint),
             Fault::DbFailover { .. }
             | Fault::DbConnReset { .. }
             | Fault::DbLostAck { .. }
@@ -867,6 +906,7 @@ impl Fault {
             | Fault::RpcTimeout { for_s, .. }
             | Fault::RpcAmbiguousSend { for_s, .. }
             | Fault::RpcLag { for_s, .. }
+            | Fault::RpcStaleFork { for_s, .. }
             | Fault::SignerDrain { for_s, .. } => *for_s,
             Fault::Reorg { .. }
             | Fault::MempoolDrop { .. }
@@ -1413,11 +1453,33 @@ impl Scenario {
                         .join(", ")
                 ),
             ),
+            Fault::RpcStaleFork {
+                methods: Some(m), ..
+            } if m.is_empty() => e(
+                "methods",
+                "at least one method, or leave it out for every read".into(),
+            ),
+            Fault::RpcStaleFork {
+                methods: Some(m), ..
+            } if m.iter().any(|x| !STALE_READS.contains(&x.as_str())) => {
+                let x = m
+                    .iter()
+                    .find(|x| !STALE_READS.contains(&x.as_str()))
+                    .expect("one is not known");
+                e(
+                    "methods",
+                    format!(
+                        "{x:?} is not a read a backend can answer from an old fork; known: {}",
+                        STALE_READS.join(", ")
+                    ),
+                )
+            }
             Fault::RpcDown { endpoint: n, .. }
             | Fault::RpcError { endpoint: n, .. }
             | Fault::RpcTimeout { endpoint: n, .. }
             | Fault::RpcAmbiguousSend { endpoint: n, .. }
-            | Fault::RpcLag { endpoint: n, .. } => endpoint(n),
+            | Fault::RpcLag { endpoint: n, .. }
+            | Fault::RpcStaleFork { endpoint: n, .. } => endpoint(n),
             Fault::Reorg { depth, .. } if *depth == 0 || *depth > 32 => {
                 e("depth", "must be 1 to 32".into())
             }
@@ -1538,6 +1600,13 @@ impl Scenario {
                 at_s,
                 for_s,
                 blocks: rng.range(2, 20),
+            },
+            FaultKind::RpcStaleFork => Fault::RpcStaleFork {
+                endpoint,
+                at_s,
+                for_s,
+                methods: None,
+                cache: false,
             },
             FaultKind::Reorg => Fault::Reorg {
                 at_s,
@@ -1905,6 +1974,43 @@ restart_after_s = 3
             RPC_ERROR_CODES.iter().copied().collect(),
             "every code is drawn"
         );
+    }
+
+    #[test]
+    fn a_stale_fork_names_reads_only() {
+        let fault = |extra: &str| {
+            format!(
+                "{MINIMAL}\n[[faults]]\nkind = \"rpc_stale_fork\"\nendpoint = \"rpc-0\"\nat_s = 1\nfor_s = 2\n{extra}"
+            )
+        };
+        let s = Scenario::parse(
+            &fault("methods = [\"eth_getTransactionReceipt\"]\ncache = true\n"),
+            "s.toml",
+        )
+        .unwrap();
+        assert!(matches!(
+            &s.faults[1],
+            Fault::RpcStaleFork { methods: Some(m), cache: true, .. } if m == &["eth_getTransactionReceipt"]
+        ));
+        // Every read by default, no cache: the fields are left out when written back.
+        let s = Scenario::parse(&fault(""), "s.toml").unwrap();
+        let text = toml::to_string(&s.faults[1]).unwrap();
+        assert!(
+            !text.contains("methods") && !text.contains("cache"),
+            "{text}"
+        );
+        // A send is not a read a stale backend answers; an empty list says nothing.
+        let e = bad(&fault("methods = [\"eth_sendRawTransaction\"]\n"));
+        assert_eq!(e.field, "faults[1].methods");
+        assert!(
+            e.reason.contains("eth_sendRawTransaction") && e.reason.contains("eth_call"),
+            "{e}"
+        );
+        let e = bad(&fault("methods = []\n"));
+        assert_eq!(e.field, "faults[1].methods");
+        // A valid list still needs an endpoint that exists.
+        let e = bad(&fault("methods = [\"eth_call\"]\n").replace("rpc-0", "rpc-9"));
+        assert_eq!(e.field, "faults[1].endpoint");
     }
 
     #[test]

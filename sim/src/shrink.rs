@@ -396,6 +396,7 @@ fn span_mut(f: &mut Fault) -> Option<&mut Option<f64>> {
         | Fault::RpcError { for_s: d, .. }
         | Fault::RpcTimeout { for_s: d, .. }
         | Fault::RpcAmbiguousSend { for_s: d, .. }
+        | Fault::RpcStaleFork { for_s: d, .. }
         | Fault::RpcLag { for_s: d, .. }
         | Fault::SignerDrain { for_s: d, .. } => Some(d),
         Fault::DbStaleSession { .. }
@@ -429,6 +430,7 @@ fn magnitude_mut(f: &mut Fault) -> Option<(&'static str, &mut u64, u64)> {
         | Fault::RpcError { .. }
         | Fault::RpcTimeout { .. }
         | Fault::RpcAmbiguousSend { .. }
+        | Fault::RpcStaleFork { .. }
         | Fault::MempoolDrop { .. }
         | Fault::ExternalNonce { .. }
         | Fault::SignerDrain { .. }

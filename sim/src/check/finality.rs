@@ -55,6 +55,8 @@ pub fn finality(ev: &Evidence) -> Verdict {
         .collect();
     let mut v = Vec::new();
     let (mut judged, mut skipped) = (0, 0);
+    // Steps that declared their transaction final: (completion, block number, block hash).
+    let mut declared_final = Vec::new();
     for c in &ev.step_completions {
         let required = if c.step == "await_confirmation" {
             ev.finality_depth + 1
@@ -75,6 +77,9 @@ pub fn finality(ev: &Evidence) -> Verdict {
             ));
             continue;
         };
+        if c.step == "await_confirmation" {
+            declared_final.push((c, number, hash));
+        }
         if reorgs
             .iter()
             .any(|&r| r <= c.t_ms && r + REORG_GRACE_MS > c.t_ms)
@@ -117,14 +122,69 @@ pub fn finality(ev: &Evidence) -> Verdict {
             ));
         }
     }
+    let finals = final_chain_holds(ev, history, &by_hash, &declared_final, &mut v);
     Verdict::new(
         "finality",
         format!(
-            "{judged} transaction step completions against {} mined blocks ({skipped} within {} s of a reorg not judged)",
+            "{judged} transaction step completions against {} mined blocks ({skipped} within {} s of a reorg not judged); {finals}",
             history.len(),
             REORG_GRACE_MS / 1000
         ),
         v,
+    )
+}
+
+/// What was declared final stays final: a step that awaited finality rests on a block of the
+/// chain's last canonical branch, whenever it completed (within a reorg's grace too, where the
+/// check above does not judge it). A reorg of at most `finality_depth` blocks cannot replace a
+/// block `finality_depth + 1` deep; one deeper than that breaks the promise itself, and the
+/// check is then not made. What the `checked` text says about it.
+fn final_chain_holds(
+    ev: &Evidence,
+    history: &[MinedBlock],
+    by_hash: &BTreeMap<B256, &MinedBlock>,
+    declared_final: &[(&StepCompletion, u64, B256)],
+    v: &mut Vec<String>,
+) -> String {
+    let deepest = history
+        .windows(2)
+        .filter(|w| w[1].number <= w[0].number)
+        .map(|w| w[0].number + 1 - w[1].number)
+        .max()
+        .unwrap_or(0);
+    if deepest > ev.finality_depth {
+        return format!(
+            "final steps not judged against the last chain: a reorg replaced {deepest} blocks, more than the finality depth {}",
+            ev.finality_depth
+        );
+    }
+    // The last block mined is the tip of the last canonical branch.
+    let Some(tip) = history.last() else {
+        return "no block mined".into();
+    };
+    let mut canonical = BTreeMap::new();
+    let mut at = Some(tip);
+    while let Some(b) = at {
+        canonical.insert(b.number, b.hash);
+        at = by_hash.get(&b.parent).copied();
+    }
+    for (c, number, hash) in declared_final {
+        if canonical.get(number) != Some(hash) {
+            v.push(format!(
+                "workflow {} step {} completed at {:.3} s on block {number} {hash:#x}, which the last canonical chain does not hold (its block {number} is {}): a transaction declared final was replaced",
+                c.workflow_id,
+                c.step,
+                c.t_ms as f64 / 1000.0,
+                canonical
+                    .get(number)
+                    .map_or("missing".to_string(), |h| format!("{h:#x}"))
+            ));
+        }
+    }
+    format!(
+        "{} final steps against the last canonical chain (tip {})",
+        declared_final.len(),
+        tip.number
     )
 }
 
@@ -216,5 +276,48 @@ mod tests {
         );
         ev.block_history = None;
         assert!(finality(&ev).checked.starts_with("not judged"));
+    }
+
+    #[test]
+    fn a_final_step_on_a_replaced_block_is_a_violation_whenever_it_completed() {
+        let mut ev = base();
+        ev.block_history = Some(history());
+        ev.confirmations = 1;
+        ev.finality_depth = 2;
+        // Block 4 of the orphaned branch, declared final right after the reorg (inside the
+        // grace the timing check leaves unjudged): the last chain's block 4 is another one.
+        ev.step_completions = vec![done("await_confirmation", 6_000, 4, h(4))];
+        let v = finality(&ev);
+        assert!(!v.held, "{v:?}");
+        assert!(
+            v.violations[0]
+                .contains("which the last canonical chain does not hold (its block 4 is 0x0e0e"),
+            "{v:?}"
+        );
+        // Its replacement, or a block below the reorg, is held.
+        ev.step_completions = vec![
+            done("await_confirmation", 6_000, 4, h(14)),
+            done("await_confirmation", 4_000, 2, h(2)),
+        ];
+        let v = finality(&ev);
+        assert!(
+            v.held
+                && v.checked
+                    .contains("2 final steps against the last canonical chain (tip 6)"),
+            "{v:?}"
+        );
+        // A mint on the orphaned block inside the grace: not a final step, not judged here.
+        ev.step_completions = vec![done("mint", 6_000, 4, h(4))];
+        assert!(finality(&ev).held);
+        // A reorg deeper than the finality depth (2 blocks replaced, finality 1): not judged.
+        ev.finality_depth = 1;
+        ev.step_completions = vec![done("await_confirmation", 6_000, 4, h(4))];
+        let v = finality(&ev);
+        assert!(
+            v.held
+                && v.checked
+                    .contains("a reorg replaced 2 blocks, more than the finality depth 1"),
+            "{v:?}"
+        );
     }
 }

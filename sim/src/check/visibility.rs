@@ -344,6 +344,7 @@ fn judged_window(
 }
 
 /// Why a clock skew is never judged.
+const STALE_FORK_UNSEEN: &str = "a backend left on an old fork answers like a node behind the chain, or like the chain before a reorg; the engine is not required to tell its answers from the chain's own motion";
 const CLOCK_SKEW_UNSEEN: &str = "by design: leases use the database's clock, so a skewed wall clock changes nothing the engine measures";
 
 /// Judges one fault: the window it is judged on, then the evidence its kind must leave there.
@@ -378,6 +379,9 @@ fn judge(
         | FaultKind::RpcTimeout
         | FaultKind::RpcAmbiguousSend => judge_rpc_endpoint(f, &cx, bound),
         FaultKind::RpcLag => judge_rpc_lag(f, &cx),
+        // Its answers are those of a node behind, or on another fork, mixed with the live chain's:
+        // the engine may rightly never tell them apart from the chain's own motion.
+        FaultKind::RpcStaleFork => Judgement::NotObservable(STALE_FORK_UNSEEN.into()),
         FaultKind::Reorg => judge_reorg(f, &cx),
         FaultKind::MempoolDrop => judge_mempool_drop(f, &cx),
         FaultKind::GasSpike => cx.engine_wide(

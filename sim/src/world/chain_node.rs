@@ -1,11 +1,13 @@
 //! The simulated chain host (one chain, mining a block every `block_time_ms`) and the RPC
 //! endpoint hosts in front of it, which the fault injector can take down, make erroring, slow,
-//! lagging, or make accept a transaction and then never answer (the ambiguous send).
+//! lagging, or make accept a transaction and then never answer (the ambiguous send), or put
+//! behind a load balancer with a backend left on an old fork (the stale fork).
 
 use super::net::{serve, CallError, Client};
 use super::{epoch_ms, rpc_addr, t_ms};
 use crate::chain::ChainModel;
 use crate::check::failover::{RpcFailure, RpcRequest as LoggedRequest};
+use crate::rng::SimRng;
 use crate::trace::Trace;
 use alloy_primitives::Address;
 use dalp_engine::chain::{Transport, TransportError};
@@ -31,6 +33,24 @@ pub enum RpcMode {
     Lag(u64),
 }
 
+/// A load balancer's backend that stopped following the chain (`rpc_stale_fork`).
+pub struct StaleBackend {
+    /// The chain as it was when the backend stopped.
+    chain: ChainModel,
+    /// The reads it answers (`None`: every read).
+    methods: Option<Vec<String>>,
+    /// A `null` it answers is answered by the live chain instead (a cache).
+    cache: bool,
+}
+
+impl StaleBackend {
+    fn serves(&self, method: &str) -> bool {
+        self.methods
+            .as_ref()
+            .is_none_or(|m| m.iter().any(|x| x == method))
+    }
+}
+
 pub struct ChainWorld {
     pub model: Mutex<ChainModel>,
     /// Active faults per endpoint index, with an id each so overlapping faults heal separately.
@@ -47,6 +67,12 @@ pub struct ChainWorld {
     /// Every request served, by whom and how it failed (the `failover` checker's evidence; not
     /// traced either).
     pub requests: Mutex<Vec<LoggedRequest>>,
+    /// Per endpoint, the backends that stopped following the chain (one per active stale-fork
+    /// fault, by its id): frozen copies of the chain as it was when they stopped.
+    pub stale: Mutex<BTreeMap<usize, BTreeMap<u64, StaleBackend>>>,
+    /// Which backend a load-balanced read goes to: seeded, drawn only while a stale backend is
+    /// active (so other runs' traces do not depend on it).
+    pub balancer: Mutex<SimRng>,
 }
 
 impl ChainWorld {
@@ -62,6 +88,60 @@ impl ChainWorld {
         if let Some(v) = self.modes.lock().expect("modes").get_mut(&endpoint) {
             v.retain(|(i, _)| *i != id);
         }
+    }
+    /// A backend of `endpoint` stops following the chain now (fault `id`); it answers `methods`
+    /// (`None`: every read), and only what it knows when it is a `cache`.
+    pub fn freeze_backend(
+        &self,
+        endpoint: usize,
+        id: u64,
+        methods: Option<Vec<String>>,
+        cache: bool,
+    ) {
+        let chain = self.model.lock().expect("chain").clone();
+        self.stale
+            .lock()
+            .expect("stale")
+            .entry(endpoint)
+            .or_default()
+            .insert(
+                id,
+                StaleBackend {
+                    chain,
+                    methods,
+                    cache,
+                },
+            );
+    }
+    pub fn thaw_backend(&self, endpoint: usize, id: u64) {
+        if let Some(m) = self.stale.lock().expect("stale").get_mut(&endpoint) {
+            m.remove(&id);
+        }
+    }
+    /// A reorg is about to replace blocks of `chain`: every stale backend missed what happened
+    /// since it stopped and now stops just before the reorg, on the fork the reorg abandons.
+    pub fn strand_backends(&self, chain: &ChainModel) {
+        for backends in self.stale.lock().expect("stale").values_mut() {
+            for b in backends.values_mut() {
+                b.chain = chain.clone();
+            }
+        }
+    }
+    /// The answer of `endpoint`'s stale backend to a read, when the balancer sends it there.
+    fn stale_answer(&self, endpoint: usize, method: &str, req: &Value, lag: u64) -> Option<String> {
+        let mut stale = self.stale.lock().expect("stale");
+        let backend = stale
+            .get_mut(&endpoint)?
+            .values_mut()
+            .find(|b| b.serves(method))?;
+        if self.balancer.lock().expect("balancer").unit() >= 0.5 {
+            return None;
+        }
+        let answer = backend.chain.handle_request(req, epoch_ms(), lag);
+        if backend.cache && answer_is_null(&answer) {
+            return None;
+        }
+        Some(answer)
     }
     fn modes_of(&self, endpoint: usize) -> Vec<RpcMode> {
         self.modes
@@ -111,6 +191,11 @@ fn call_of(v: &Value) -> (String, u64) {
         h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
     }
     (method, h)
+}
+
+/// Whether a JSON-RPC answer's `result` is `null` (a cache miss).
+fn answer_is_null(answer: &str) -> bool {
+    serde_json::from_str::<Value>(answer).is_ok_and(|v| v.get("result").is_some_and(Value::is_null))
 }
 
 /// The engine a request came from, by its address (`ip(1, i)`).
@@ -222,11 +307,21 @@ pub async fn rpc_process(chain: Arc<ChainWorld>, k: usize) {
                 })
                 .max()
                 .unwrap_or(0);
-            let answer = {
-                let mut model = chain.model.lock().expect("chain");
-                match &parsed {
-                    Some(req) => model.handle_request(req, epoch_ms(), lag),
-                    None => model.handle_rpc(&body, epoch_ms(), lag),
+            // Sends reach the live chain whichever backend takes them (nodes gossip them).
+            let stale = match &parsed {
+                Some(req) if method != "eth_sendRawTransaction" => {
+                    chain.stale_answer(k, &method, req, lag)
+                }
+                _ => None,
+            };
+            let answer = match stale {
+                Some(a) => a,
+                None => {
+                    let mut model = chain.model.lock().expect("chain");
+                    match &parsed {
+                        Some(req) => model.handle_request(req, epoch_ms(), lag),
+                        None => model.handle_rpc(&body, epoch_ms(), lag),
+                    }
                 }
             };
             if method == "eth_sendRawTransaction" {

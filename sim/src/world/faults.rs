@@ -345,6 +345,17 @@ async fn apply(fleet: &Fleet, n: u64, fault: &Fault, heal_ms: u64) -> FaultOutco
         Fault::RpcLag {
             endpoint, blocks, ..
         } => rpc_mode(fleet, n, endpoint, RpcMode::Lag(*blocks)),
+        Fault::RpcStaleFork {
+            endpoint,
+            methods,
+            cache,
+            ..
+        } => {
+            for k in fleet.endpoints(endpoint) {
+                fleet.chain.freeze_backend(k, n, methods.clone(), *cache);
+            }
+            json!({"head": fleet.chain.model.lock().expect("chain").head()})
+        }
         Fault::Reorg {
             depth, drop_txs, ..
         } => {
@@ -357,6 +368,7 @@ async fn apply(fleet: &Fleet, n: u64, fault: &Fault, heal_ms: u64) -> FaultOutco
                 .filter(|t| t.from == signer)
                 .map(|t| t.hash)
                 .collect();
+            fleet.chain.strand_backends(&m);
             let r = m.reorg(*depth, *drop_txs, epoch_ms());
             // What the engine could notice (the visibility checker reads these).
             let removed_signer_txs = r
@@ -506,6 +518,12 @@ async fn heal(fleet: &Fleet, n: u64, fault: &Fault) -> Value {
         | Fault::RpcLag { endpoint, .. } => {
             for k in fleet.endpoints(endpoint) {
                 fleet.chain.remove_mode(k, n);
+            }
+            json!({})
+        }
+        Fault::RpcStaleFork { endpoint, .. } => {
+            for k in fleet.endpoints(endpoint) {
+                fleet.chain.thaw_backend(k, n);
             }
             json!({})
         }

@@ -19,6 +19,7 @@ use crate::client::ClientCtx;
 use crate::db::DbModel;
 use crate::driver::{drive, Backend, FaultTarget, Result, Workload};
 use crate::plan::INVESTOR;
+use crate::rng::SimRng;
 use crate::scenario::{Fault, Scenario};
 use crate::trace::Trace;
 use alloy_primitives::{Address, U256};
@@ -96,7 +97,7 @@ impl SimWorld {
     /// this order: node ids, and so the seed's schedule of tasks, depend on it).
     fn build(s: Arc<Scenario>, seed: u64, trace: Trace) -> Self {
         let mut nodes = BTreeMap::new();
-        let chain = chain_hosts(&s, &trace, &mut nodes);
+        let chain = chain_hosts(&s, seed, &trace, &mut nodes);
         let db = db_hosts(&s, seed, &trace, &mut nodes);
         let hosts = engine_hosts(&s, seed, &trace, &mut nodes);
         let fired = Fired::default();
@@ -201,7 +202,7 @@ fn arm_fault_points(
 }
 
 /// The chain (its miner) and one host per RPC endpoint.
-fn chain_hosts(s: &Scenario, trace: &Trace, nodes: &mut Nodes) -> Arc<ChainWorld> {
+fn chain_hosts(s: &Scenario, seed: u64, trace: &Trace, nodes: &mut Nodes) -> Arc<ChainWorld> {
     let handle = Handle::current();
     let topo = &s.topology;
     let signer = SignerKey::from_hex(SIGNER_KEY)
@@ -226,6 +227,8 @@ fn chain_hosts(s: &Scenario, trace: &Trace, nodes: &mut Nodes) -> Arc<ChainWorld
         calls: Mutex::default(),
         faulted: Mutex::default(),
         requests: Mutex::default(),
+        stale: Mutex::default(),
+        balancer: Mutex::new(SimRng::new(seed).fork("rpc-balancer")),
         block_time: Duration::from_millis(topo.block_time_ms),
         signer,
         trace: trace.clone(),
