@@ -383,3 +383,31 @@ impl Transport for SimTransport {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chain::ChainParams;
+
+    #[test]
+    fn a_stale_backend_serves_its_methods_and_a_cache_only_what_it_knows() {
+        let backend = |methods: Option<Vec<String>>| StaleBackend {
+            chain: ChainModel::new(ChainParams::anvil(vec![]), 0),
+            methods,
+            cache: true,
+        };
+        let receipts = backend(Some(vec!["eth_getTransactionReceipt".into()]));
+        assert!(receipts.serves("eth_getTransactionReceipt"));
+        assert!(!receipts.serves("eth_getBlockByNumber"));
+        assert!(backend(None).serves("eth_getBlockByNumber"));
+        // A receipt it never saw is a miss (the live chain answers); an answer, or an error, is not.
+        assert!(answer_is_null(r#"{"jsonrpc":"2.0","id":1,"result":null}"#));
+        assert!(!answer_is_null(
+            r#"{"jsonrpc":"2.0","id":1,"result":"0x1"}"#
+        ));
+        assert!(!answer_is_null(
+            r#"{"jsonrpc":"2.0","id":1,"error":{"code":-32000,"message":"x"}}"#
+        ));
+        assert!(!answer_is_null("not json"));
+    }
+}
