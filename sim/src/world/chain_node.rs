@@ -175,22 +175,79 @@ pub struct RpcRequest(pub String);
 pub struct RpcResponse(pub Result<String, TransportError>);
 
 /// A request's method, and a hash of its method and parameters (not its id): the same call
-/// sent to another endpoint hashes the same (FNV-1a; deterministic).
+/// sent to another endpoint hashes the same (FNV-1a over the parameters' structure, not their
+/// text: serializing them again only to hash them cost more than answering; deterministic).
 fn call_of(v: &Value) -> (String, u64) {
     let method = v
         .get("method")
         .and_then(Value::as_str)
         .unwrap_or_default()
         .to_string();
-    let params = v
-        .get("params")
-        .map(|p| serde_json::to_vec(p).expect("a JSON value serializes"))
-        .unwrap_or_default();
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in method.bytes().chain([0]).chain(params) {
-        h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+    let mut h = Fnv::default();
+    h.bytes(method.as_bytes());
+    h.bytes(&[0]);
+    if let Some(p) = v.get("params") {
+        h.value(p);
     }
-    (method, h)
+    (method, h.0)
+}
+
+/// FNV-1a, fed a JSON value's shape and contents.
+struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Fnv {
+    fn bytes(&mut self, b: &[u8]) {
+        for &x in b {
+            self.0 = (self.0 ^ u64::from(x)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    /// Each kind of value starts with its own tag, and strings and containers say their length,
+    /// so two different values never feed the same bytes.
+    fn value(&mut self, v: &Value) {
+        match v {
+            Value::Null => self.bytes(&[0]),
+            Value::Bool(b) => self.bytes(&[1, u8::from(*b)]),
+            Value::Number(n) => {
+                if let Some(u) = n.as_u64() {
+                    self.bytes(&[2]);
+                    self.bytes(&u.to_le_bytes());
+                } else if let Some(i) = n.as_i64() {
+                    self.bytes(&[3]);
+                    self.bytes(&i.to_le_bytes());
+                } else {
+                    self.bytes(&[4]);
+                    self.bytes(&n.as_f64().unwrap_or(f64::NAN).to_bits().to_le_bytes());
+                }
+            }
+            Value::String(s) => self.string(s),
+            Value::Array(a) => {
+                self.bytes(&[6]);
+                self.bytes(&(a.len() as u64).to_le_bytes());
+                for x in a {
+                    self.value(x);
+                }
+            }
+            Value::Object(m) => {
+                self.bytes(&[7]);
+                self.bytes(&(m.len() as u64).to_le_bytes());
+                for (k, x) in m {
+                    self.string(k);
+                    self.value(x);
+                }
+            }
+        }
+    }
+    fn string(&mut self, s: &str) {
+        self.bytes(&[5]);
+        self.bytes(&(s.len() as u64).to_le_bytes());
+        self.bytes(s.as_bytes());
+    }
 }
 
 /// Whether a JSON-RPC answer's `result` is `null` (a cache miss).
@@ -388,6 +445,30 @@ impl Transport for SimTransport {
 mod tests {
     use super::*;
     use crate::chain::ChainParams;
+
+    #[test]
+    fn a_call_hashes_by_method_and_parameters_not_id() {
+        let call = |text: &str| call_of(&serde_json::from_str(text).unwrap());
+        let a = call(
+            r#"{"id":1,"jsonrpc":"2.0","method":"eth_getBlockByNumber","params":["0x5",false]}"#,
+        );
+        let b = call(
+            r#"{"id":9,"jsonrpc":"2.0","method":"eth_getBlockByNumber","params":["0x5",false]}"#,
+        );
+        assert_eq!(a, b);
+        assert_eq!(a.0, "eth_getBlockByNumber");
+        for other in [
+            r#"{"id":1,"method":"eth_getBlockByNumber","params":["0x5",true]}"#,
+            r#"{"id":1,"method":"eth_getBlockByNumber","params":["0x6",false]}"#,
+            r#"{"id":1,"method":"eth_getBlockByHash","params":["0x5",false]}"#,
+            r#"{"id":1,"method":"eth_getBlockByNumber","params":[["0x5"],false]}"#,
+            r#"{"id":1,"method":"eth_getBlockByNumber","params":["0x5false"]}"#,
+            r#"{"id":1,"method":"eth_getBlockByNumber","params":{"0x5":false}}"#,
+            r#"{"id":1,"method":"eth_getBlockByNumber"}"#,
+        ] {
+            assert_ne!(call(other).1, a.1, "{other}");
+        }
+    }
 
     #[test]
     fn a_stale_backend_serves_its_methods_and_a_cache_only_what_it_knows() {
