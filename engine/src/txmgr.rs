@@ -246,13 +246,17 @@ impl TxManager {
                     // Adopted as the step's outcome only when it is as settled as a step's own
                     // transaction must be: `confirmations` deep on the canonical chain.
                     let head = self.gateway.block_number().await?;
-                    let canonical = self.gateway.block(r.block_number).await?.map(|b| b.hash)
-                        == Some(r.block_hash);
-                    if !canonical || !deep_enough(head, r.block_number, self.chain.confirmations) {
+                    let depth = self.chain.confirmations;
+                    let canonical = deep_enough(head, r.block_number, depth)
+                        && self
+                            .gateway
+                            .settled(r.block_number, r.block_hash, depth)
+                            .await?;
+                    if !canonical {
                         crate::probe!("requeue.abandoned_pending");
                         return Err(EngineError::NonceReconciling(format!(
-                            "transaction {:#x} (nonce {}) that this step abandoned when it was dead-lettered was mined at block {} and is not settled yet ({} confirmations, canonical: {canonical})",
-                            r.tx_hash, old.nonce, r.block_number, self.chain.confirmations
+                            "transaction {:#x} (nonce {}) that this step abandoned when it was dead-lettered was mined at block {} and is not settled yet ({depth} confirmations on the canonical chain)",
+                            r.tx_hash, old.nonce, r.block_number
                         )));
                     }
                     crate::probe!("requeue.abandoned_version");
@@ -718,7 +722,7 @@ impl TxManager {
         shallow: &mut Option<u64>,
     ) -> Result<Option<TxOutcome>> {
         if let Some(block) = *shallow {
-            // A successful receipt was seen in `block`, not deep enough. Until the head reaches
+            // A receipt was seen in `block`, not deep enough. Until the head reaches
             // its depth, asking for it again could only delay: a receipt still there is not deep
             // enough either, and one reorganised away or into another block is seen when it is
             // asked for at that depth (the decision is always made on a receipt read then, and
@@ -732,20 +736,20 @@ impl TxManager {
         if let Some(receipt) = self.find_receipt(rec).await? {
             *nonce_gone_seen = 0;
             *misses = 0;
-            // A successful receipt that is not deep enough yet needs no canonical check now: the
-            // check that matters is the one made when it is (a reorg before that changes nothing).
+            // A receipt that is not deep enough yet needs no canonical check now: the check that
+            // matters is the one made when it is (a reorg before that changes nothing). A revert
+            // waits for depth too: on a fork that a reorg abandons, the transaction may revert
+            // where the live chain's copy of it, re-included in another state, does not.
             let head = self.gateway.block_number().await?;
-            if receipt.success && !deep_enough(head, receipt.block_number, depth) {
+            if !deep_enough(head, receipt.block_number, depth) {
                 *shallow = Some(receipt.block_number);
                 return Ok(None);
             }
-            let canonical = self
+            if !self
                 .gateway
-                .block(receipt.block_number)
+                .settled(receipt.block_number, receipt.block_hash, depth)
                 .await?
-                .map(|b| b.hash)
-                == Some(receipt.block_hash);
-            if !canonical {
+            {
                 // Reorganised away; the node will re-include it or drop it (then we re-broadcast).
                 crate::probe!("tx.reorged");
                 self.metrics.inc("dalp_tx_reorged_total", &[]);
@@ -765,17 +769,14 @@ impl TxManager {
                     .await?;
                 return Err(EngineError::Reverted(detail));
             }
-            if deep_enough(head, receipt.block_number, depth) {
-                if rec.state != TxState::Completed {
-                    let json = serde_json::to_value(&receipt).expect("receipt json");
-                    self.store
-                        .set_tx_state(fence, rec.id, TxState::Completed, None, Some(&json))
-                        .await?;
-                    rec.state = TxState::Completed;
-                }
-                return Ok(Some(TxOutcome::from_receipt(&receipt, rec.nonce)));
+            if rec.state != TxState::Completed {
+                let json = serde_json::to_value(&receipt).expect("receipt json");
+                self.store
+                    .set_tx_state(fence, rec.id, TxState::Completed, None, Some(&json))
+                    .await?;
+                rec.state = TxState::Completed;
             }
-            return Ok(None);
+            return Ok(Some(TxOutcome::from_receipt(&receipt, rec.nonce)));
         }
         // No receipt for any of our signed versions. The deeper checks (nonce, mempool) cost two
         // more calls; a transaction normally waits a block or more, so they run on every fourth

@@ -520,6 +520,56 @@ impl Gateway {
         BlockHeader::from_json(&v).map(Some)
     }
 
+    /// The block named by `hash` (`None` when the node does not know it). A hash names one
+    /// block and its parent, whichever fork the answering node follows: a walk by parent hashes
+    /// cannot be misled by a load balancer whose backends disagree, a read by number can.
+    pub async fn block_by_hash(&self, hash: B256) -> Result<Option<BlockHeader>> {
+        let v = self
+            .call("eth_getBlockByHash", json!([hash, false]))
+            .await?;
+        if v.is_null() {
+            return Ok(None);
+        }
+        let b = BlockHeader::from_json(&v)?;
+        if b.hash != hash {
+            return Err(EngineError::RpcUnavailable(format!(
+                "eth_getBlockByHash {hash:#x} answered block {:#x}",
+                b.hash
+            )));
+        }
+        Ok(Some(b))
+    }
+
+    /// Whether block `hash`, number `number`, is on the chain `depth` blocks deep: an ancestor of
+    /// the block at `number + depth - 1`. That block is read by number, the ones between by hash.
+    /// A node left on a fork that a reorg abandoned (a load balancer's backend that missed it)
+    /// can answer the read by number only when the reorg was deeper than `depth`, and a block
+    /// read by hash is the same whichever node answers. Comparing the block read by number at
+    /// `number` instead let a receipt and a block from such a backend make a step final on a
+    /// block the live chain had replaced (scenario known-failures/rpc-stale-fork). Reads
+    /// `max(1, depth - 1)` blocks.
+    pub async fn settled(&self, number: u64, hash: B256, depth: u64) -> Result<bool> {
+        assert!(depth >= 1, "a depth counts the block itself");
+        let top = number + depth - 1;
+        let Some(mut b) = self.block(top).await? else {
+            return Ok(false);
+        };
+        if b.number != top {
+            return Ok(false);
+        }
+        while b.number > number + 1 {
+            match self.block_by_hash(b.parent_hash).await? {
+                Some(parent) if parent.number + 1 == b.number => b = parent,
+                _ => return Ok(false),
+            }
+        }
+        Ok(if b.number == number {
+            b.hash == hash
+        } else {
+            b.parent_hash == hash
+        })
+    }
+
     /// Block `number` with its transactions (`None` above the head).
     pub async fn block_transactions(
         &self,
@@ -750,6 +800,93 @@ mod tests {
             .await
             .is_ok());
     }
+    /// Two forks behind one load balancer: blocks 0..=12 of the live chain (fork 2), and an
+    /// abandoned fork (fork 1) that shares 0..=8 and has its own 9 and 10. Reads by number
+    /// alternate between the two backends (the abandoned one answers `null` above 10); reads by
+    /// hash find either fork's block.
+    struct TwoForks {
+        reads: AtomicU64,
+    }
+
+    fn fork_hash(fork: u8, n: u64) -> B256 {
+        let fork = if n <= 8 { 0 } else { fork };
+        B256::from(U256::from(n) | (U256::from(fork) << 200))
+    }
+
+    fn fork_block(fork: u8, n: u64) -> Value {
+        json!({"number": format!("{n:#x}"), "hash": fork_hash(fork, n),
+            "parentHash": fork_hash(fork, n.saturating_sub(1)), "timestamp": "0x0",
+            "baseFeePerGas": "0x1"})
+    }
+
+    #[async_trait::async_trait]
+    impl Transport for TwoForks {
+        async fn post(&self, _: &str, body: String) -> std::result::Result<String, TransportError> {
+            let req: Value = serde_json::from_str(&body).expect("json");
+            let p = &req["params"];
+            let result = match req["method"].as_str() {
+                Some("eth_getBlockByNumber") => {
+                    let n = quantity(&p[0]).expect("a block number");
+                    let stale = self.reads.fetch_add(1, Ordering::Relaxed) % 2 == 1;
+                    match (stale, n) {
+                        (true, 0..=10) => fork_block(1, n),
+                        (false, 0..=12) => fork_block(2, n),
+                        _ => Value::Null,
+                    }
+                }
+                Some("eth_getBlockByHash") => (0..=10)
+                    .map(|n| fork_block(1, n))
+                    .chain((0..=12).map(|n| fork_block(2, n)))
+                    .find(|b| b["hash"] == p[0])
+                    .unwrap_or(Value::Null),
+                _ => Value::Null,
+            };
+            Ok(json!({"jsonrpc": "2.0", "id": req["id"], "result": result}).to_string())
+        }
+    }
+
+    #[tokio::test]
+    async fn settled_walks_down_from_the_depth_and_a_backend_left_on_a_fork_cannot_fool_it() {
+        let g = Gateway::new(
+            &[RpcEndpoint::from_url("http://rpc-0")],
+            Arc::new(TwoForks {
+                reads: AtomicU64::new(0),
+            }),
+            TimeoutConfig::default(),
+            &ChainConfig::default(),
+            Arc::new(Metrics::default()),
+        );
+        // The abandoned fork's block 9 (a receipt the stale backend serves): never settled at
+        // depth 3, whichever backend answers (its block 11 by number is the live chain's, or
+        // unknown to the stale backend). Comparing block 9 read by number (what the check did
+        // before) is fooled every other read.
+        for _ in 0..4 {
+            assert!(!g.settled(9, fork_hash(1, 9), 3).await.unwrap());
+        }
+        let fooled = [g.block(9).await.unwrap(), g.block(9).await.unwrap()]
+            .iter()
+            .any(|b| b.as_ref().map(|b| b.hash) == Some(fork_hash(1, 9)));
+        assert!(fooled, "the stale backend answers block 9 by number");
+        // The live chain's block 9 at depth 3: settled when the live backend answers the read
+        // by number; the stale one does not know block 11 (not yet: asked again next poll).
+        let mut verdicts = Vec::new();
+        for _ in 0..4 {
+            verdicts.push(g.settled(9, fork_hash(2, 9), 3).await.unwrap());
+        }
+        assert!(
+            verdicts.contains(&true) && verdicts.contains(&false),
+            "{verdicts:?}"
+        );
+        // A block both forks share: settled at depth 2 and 3, whoever answers.
+        for depth in [2, 3] {
+            for _ in 0..2 {
+                assert!(g.settled(5, fork_hash(0, 5), depth).await.unwrap());
+            }
+        }
+        // Not deep enough on the live chain yet (block 12 at depth 2 needs block 13).
+        assert!(!g.settled(12, fork_hash(2, 12), 2).await.unwrap());
+    }
+
     /// A node with a `txpool` namespace (`Some` content) or without one; counts the calls.
     struct Pool {
         content: Option<Value>,
