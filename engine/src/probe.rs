@@ -144,7 +144,10 @@ pub const PROBES: &[Probe] = &[
         "a dropped transaction is re-sent from its stored bytes",
     ),
     p("tx.reorged"),
-    p("tx.reverted_on_chain"),
+    must(
+        "tx.reverted_on_chain",
+        "a transaction that reverts on chain fails its step, never completes it",
+    ),
     p("tx.rejected_other"),
     p("nonce.gap_rebroadcast"),
     must(

@@ -430,6 +430,13 @@ impl Fleet {
                 applied(json!({}))
             }
             Fault::ExternalNonce { .. } => self.send_external().await.map(FaultOutcome::Applied),
+            Fault::BalanceCap { cap, .. } => {
+                let tokens = self.set_balance_caps(U256::from(*cap)).await?;
+                if tokens.is_empty() {
+                    return Ok(FaultOutcome::Skipped("no token deployed yet".into()));
+                }
+                applied(json!({"cap": cap, "tokens": tokens}))
+            }
             Fault::SignerDrain { balance_gwei, .. } => {
                 let left = u128::from(balance_gwei.unwrap_or(0)) * 1_000_000_000;
                 self.rpc
@@ -576,6 +583,30 @@ impl Fleet {
         Ok(json!({"nonce": nonce, "hash": hash}))
     }
 
+    /// Every token's per-holder balance cap set to `cap` by `anvil_setStorageAt` (what the
+    /// simulation does: a compliance agent's change that takes none of the signer's nonces).
+    /// The tokens are the contracts with code at the signer's CREATE addresses (nonces below its
+    /// mined count). Returns the tokens changed.
+    async fn set_balance_caps(&self, cap: U256) -> Result<Vec<Address>> {
+        let mined = self.rpc.nonce(self.signer, "latest").await?;
+        let mut tokens = Vec::new();
+        for n in 0..mined {
+            let at = self.signer.create(n);
+            let code = self.rpc.call("eth_getCode", json!([at, "latest"])).await?;
+            if code.as_str().is_some_and(|c| c.len() > 2) {
+                tokens.push(at);
+            }
+        }
+        let slot = B256::from(dalp_sim::chain::MAX_BALANCE_SLOT);
+        let value = B256::from(cap);
+        for token in &tokens {
+            self.rpc
+                .call("anvil_setStorageAt", json!([token, slot, value]))
+                .await?;
+        }
+        Ok(tokens)
+    }
+
     /// Lose the active region: kill its engines and the primary, promote after
     /// `promote_after_s` (at the latest by the heal instant), start the standby engines.
     async fn fail_over_region(&self, promote_after_s: f64, heal_ms: u64) -> Result<Value> {
@@ -660,6 +691,10 @@ impl Fleet {
                     p.set_mode(HttpMode::Pass);
                     p.set_scope(None);
                 }
+            }
+            Fault::BalanceCap { .. } => {
+                let lifted = self.set_balance_caps(U256::ZERO).await?;
+                return Ok(json!({ "lifted": lifted }));
             }
             Fault::SignerDrain { .. } => {
                 let eth = U256::from(10u64).pow(U256::from(18u64));

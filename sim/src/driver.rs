@@ -511,7 +511,8 @@ pub fn fault_track(f: &Fault) -> String {
         | FaultKind::MempoolDrop
         | FaultKind::GasSpike
         | FaultKind::ExternalNonce
-        | FaultKind::SignerDrain => "chain".into(),
+        | FaultKind::SignerDrain
+        | FaultKind::BalanceCap => "chain".into(),
         // Aimed at a node: answered by `Fault::node` above.
         FaultKind::EngineCrash
         | FaultKind::EnginePause

@@ -187,6 +187,10 @@ pub fn dependence(s: &Scenario, schedule: &[Fault], i: usize) -> Dependence {
         FaultKind::OperatorRequeue => {
             Dependence::NoFailure("an operator action, not a failure".into())
         }
+        FaultKind::BalanceCap => Dependence::NoFailure(
+            "an issuer's rule change: the work it blocks fails by the rules, not by a failing component"
+                .into(),
+        ),
     }
 }
 

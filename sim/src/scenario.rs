@@ -549,6 +549,22 @@ pub enum Fault {
     },
     /// An operator lists the dead-letter queue and requeues every entry (through the API).
     OperatorRequeue { at_s: f64 },
+    /// A compliance agent (a key of its own, not the engine's) lowers every token's per-holder
+    /// balance cap to `cap`; after `for_s` it lifts the cap again. Mints and transfers that would
+    /// take a holder above it revert: in the pre-flight call, or on chain for those already
+    /// checked and sent (a rule changed between the check and the block). Written to the
+    /// token's storage (`anvil_setStorageAt` on the real backend): it uses no nonce of the
+    /// signer's.
+    BalanceCap {
+        at_s: f64,
+        for_s: Option<f64>,
+        #[serde(default = "default_cap")]
+        cap: u64,
+    },
+}
+
+fn default_cap() -> u64 {
+    1
 }
 
 impl EngineKnobs {
@@ -634,7 +650,8 @@ fault_kinds! {
     DbSwitchover => "db_switchover",
     RegionFailover => "region_failover",
     OperatorRequeue => "operator_requeue",
-    RpcStaleFork => "rpc_stale_fork"
+    RpcStaleFork => "rpc_stale_fork",
+    BalanceCap => "balance_cap"
 }
 
 impl std::fmt::Display for FaultKind {
@@ -682,9 +699,10 @@ impl FaultKind {
             | FaultKind::ExternalNonce
             | FaultKind::DbFailover
             | FaultKind::DbSwitchover => true,
-            FaultKind::SignerDrain | FaultKind::RegionFailover | FaultKind::OperatorRequeue => {
-                false
-            }
+            FaultKind::SignerDrain
+            | FaultKind::RegionFailover
+            | FaultKind::OperatorRequeue
+            | FaultKind::BalanceCap => false,
         }
     }
 
@@ -822,6 +840,7 @@ impl Fault {
             Fault::DbSwitchover { .. } => FaultKind::DbSwitchover,
             Fault::RegionFailover { .. } => FaultKind::RegionFailover,
             Fault::OperatorRequeue { .. } => FaultKind::OperatorRequeue,
+            Fault::BalanceCap { .. } => FaultKind::BalanceCap,
         }
     }
 
@@ -850,7 +869,8 @@ impl Fault {
             | Fault::SignerDrain { at_s, .. }
             | Fault::DbSwitchover { at_s }
             | Fault::RegionFailover { at_s, .. }
-            | Fault::OperatorRequeue { at_s } => *at_s,
+            | Fault::OperatorRequeue { at_s }
+            | Fault::BalanceCap { at_s, .. } => *at_s,
         }
     }
 
@@ -881,7 +901,8 @@ impl Fault {
             | Fault::SignerDrain { .. }
             | Fault::DbSwitchover { .. }
             | Fault::RegionFailover { .. }
-            | Fault::OperatorRequeue { .. } => None,
+            | Fault::OperatorRequeue { .. }
+            | Fault::BalanceCap { .. } => None,
         }
     }
 
@@ -907,7 +928,8 @@ impl Fault {
             | Fault::RpcAmbiguousSend { for_s, .. }
             | Fault::RpcLag { for_s, .. }
             | Fault::RpcStaleFork { for_s, .. }
-            | Fault::SignerDrain { for_s, .. } => *for_s,
+            | Fault::SignerDrain { for_s, .. }
+            | Fault::BalanceCap { for_s, .. } => *for_s,
             Fault::Reorg { .. }
             | Fault::MempoolDrop { .. }
             | Fault::GasSpike { .. }
@@ -1486,6 +1508,10 @@ impl Scenario {
             Fault::GasSpike { base_fee_gwei, .. } if *base_fee_gwei == 0 => {
                 e("base_fee_gwei", "must be positive".into())
             }
+            Fault::BalanceCap { cap: 0, .. } => e(
+                "cap",
+                "must be at least 1 (0 is the contract's \"no cap\": nothing would change)".into(),
+            ),
             _ => Ok(()),
         }
     }
@@ -1626,7 +1652,10 @@ impl Scenario {
                 rejoin_after_s: for_s,
             },
             FaultKind::DbSwitchover => Fault::DbSwitchover { at_s },
-            FaultKind::SignerDrain | FaultKind::RegionFailover | FaultKind::OperatorRequeue => {
+            FaultKind::SignerDrain
+            | FaultKind::RegionFailover
+            | FaultKind::OperatorRequeue
+            | FaultKind::BalanceCap => {
                 unreachable!("{kind} is not drawable (validated when the scenario was loaded)")
             }
         }
@@ -2117,6 +2146,19 @@ restart_after_s = 3
             "rpc_endpoints = 2\nmempool = \"erigon\"",
         ));
         assert!(e.reason.contains("erigon"), "{e}");
+    }
+
+    #[test]
+    fn balance_cap_defaults_to_one_and_refuses_zero() {
+        let text = format!("{MINIMAL}\n[[faults]]\nkind = \"balance_cap\"\nat_s = 1\nfor_s = 2\n");
+        let s = Scenario::parse(&text, "m.toml").unwrap();
+        assert!(matches!(
+            s.faults.last(),
+            Some(Fault::BalanceCap { cap: 1, for_s: Some(d), .. }) if *d == 2.0
+        ));
+        let e = bad(&format!("{text}cap = 0\n"));
+        assert_eq!(e.field, "faults[1].cap", "{e}");
+        assert!(e.reason.contains("at least 1"), "{e}");
     }
 
     #[test]

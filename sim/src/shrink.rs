@@ -398,7 +398,8 @@ fn span_mut(f: &mut Fault) -> Option<&mut Option<f64>> {
         | Fault::RpcAmbiguousSend { for_s: d, .. }
         | Fault::RpcStaleFork { for_s: d, .. }
         | Fault::RpcLag { for_s: d, .. }
-        | Fault::SignerDrain { for_s: d, .. } => Some(d),
+        | Fault::SignerDrain { for_s: d, .. }
+        | Fault::BalanceCap { for_s: d, .. } => Some(d),
         Fault::DbStaleSession { .. }
         | Fault::Reorg { .. }
         | Fault::MempoolDrop { .. }
@@ -434,6 +435,7 @@ fn magnitude_mut(f: &mut Fault) -> Option<(&'static str, &mut u64, u64)> {
         | Fault::MempoolDrop { .. }
         | Fault::ExternalNonce { .. }
         | Fault::SignerDrain { .. }
+        | Fault::BalanceCap { .. }
         | Fault::DbSwitchover { .. }
         | Fault::RegionFailover { .. }
         | Fault::OperatorRequeue { .. } => None,

@@ -56,6 +56,15 @@ impl WorldState {
         self.accounts.entry(who).or_default().balance = amount;
     }
 
+    pub fn set_storage(&mut self, at: Address, slot: U256, value: U256) {
+        let storage = &mut self.accounts.entry(at).or_default().storage;
+        if value.is_zero() {
+            storage.remove(&slot);
+        } else {
+            storage.insert(slot, value);
+        }
+    }
+
     /// Apply the state changes of one execution (revm's journal output).
     pub fn apply(&mut self, changes: EvmState) {
         // `changes` is a hash map, but every account is applied independently into ordered maps,

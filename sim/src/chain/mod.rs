@@ -22,3 +22,10 @@ pub use model::{
     TxReject, DEFAULT_PRIORITY_FEE, GWEI,
 };
 pub use rpc::RpcError;
+
+/// The storage slot of the fixture token's `maxBalance` (solc's layout of
+/// `fixtures/contracts/AssetToken.sol`: owner, name, symbol, decimals, totalSupply, balanceOf,
+/// then maxBalance), for a rule change written straight to storage (`anvil_setStorageAt`).
+/// A test checks it against the contract's own getter.
+pub const MAX_BALANCE_SLOT: alloy_primitives::U256 =
+    alloy_primitives::U256::from_limbs([6, 0, 0, 0]);

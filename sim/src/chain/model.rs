@@ -1009,6 +1009,14 @@ impl ChainModel {
         self.snapshots.insert(head, self.state.clone());
     }
 
+    /// Write one storage slot of `at` at the head, like `anvil_setStorageAt`: the next block and
+    /// every call from now on see it.
+    pub fn set_storage(&mut self, at: Address, slot: U256, value: U256) {
+        self.state.set_storage(at, slot, value);
+        let head = self.head();
+        self.snapshots.insert(head, self.state.clone());
+    }
+
     /// Someone outside the engine uses `from`'s next pending nonce: an impersonated (unsigned)
     /// zero-value self-transfer enters the pool and is mined with the next block. Returns its hash.
     pub fn external_use_nonce(&mut self, from: Address) -> B256 {
@@ -1045,6 +1053,16 @@ impl ChainModel {
             seq,
         });
         hash
+    }
+
+    /// The contracts `deployer` created on the canonical chain, in the order they were mined.
+    pub fn contracts_created_by(&self, deployer: Address) -> Vec<Address> {
+        self.blocks
+            .iter()
+            .flat_map(|b| &b.txs)
+            .filter(|i| i.tx.from == deployer && i.success)
+            .filter_map(|i| i.contract_address)
+            .collect()
     }
 }
 

@@ -981,3 +981,43 @@ fn the_model_stops_on_a_block_whose_sender_nonces_skip() {
     h.m.blocks[n - 1].txs[0].tx.nonce = 1;
     h.m.assert_head_consistent();
 }
+
+#[test]
+fn a_cap_written_to_storage_is_the_tokens_max_balance_and_reverts_a_mint_already_sent() {
+    let mut h = H::new();
+    let token = h.deploy();
+    assert_eq!(
+        h.m.contracts_created_by(A0),
+        vec![token],
+        "the signer's deployments"
+    );
+    let mint = || {
+        AssetToken::mintCall {
+            to: A0,
+            amount: U256::from(100),
+        }
+        .abi_encode()
+    };
+    // Checked (the pre-flight call passes), then sent; the rule changes before its block.
+    assert!(h.call_token(A0, token, mint()).get("result").is_some());
+    let sent = h.token_tx(0, token, mint());
+    h.m.set_storage(token, crate::chain::MAX_BALANCE_SLOT, U256::from(1));
+    let r = h.call_token(A0, token, AssetToken::maxBalanceCall {}.abi_encode());
+    let b: Bytes = serde_json::from_value(r["result"].clone()).unwrap();
+    assert_eq!(
+        U256::abi_decode(&b).unwrap(),
+        U256::from(1),
+        "slot 6 is maxBalance"
+    );
+    h.mine();
+    let rec = dalp_engine::chain::types::Receipt::from_json(&h.receipt(sent)).unwrap();
+    assert!(!rec.success, "the mint reverts on chain: {rec:?}");
+    assert_eq!(h.balance_of_token(token, A0), U256::ZERO);
+    // Lifted (0 = no cap): the same mint goes through.
+    h.m.set_storage(token, crate::chain::MAX_BALANCE_SLOT, U256::ZERO);
+    let again = h.token_tx(0, token, mint());
+    h.mine();
+    let rec = dalp_engine::chain::types::Receipt::from_json(&h.receipt(again)).unwrap();
+    assert!(rec.success);
+    assert_eq!(h.balance_of_token(token, A0), U256::from(100));
+}

@@ -403,6 +403,20 @@ fn judge(
         ),
         FaultKind::RegionFailover => judge_region_failover(&cx),
         FaultKind::OperatorRequeue => judge_operator_requeue(f, &cx),
+        // A rule change, not a failure: it shows only in the work it blocks, if any was tried.
+        FaultKind::BalanceCap => {
+            if cx.increased(None, |s| {
+                metric_name(s) == "dalp_step_outcomes_total"
+                    && label(s, "outcome") == Some("dead_letter")
+            }) {
+                Judgement::Seen
+            } else {
+                Judgement::NotObservable(
+                    "an issuer's rule change blocks only the work tried under it: none was dead-lettered in the window"
+                        .into(),
+                )
+            }
+        }
     }
 }
 

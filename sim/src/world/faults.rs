@@ -416,6 +416,13 @@ async fn apply(fleet: &Fleet, n: u64, fault: &Fault, heal_ms: u64) -> FaultOutco
             fleet.external_txs.lock().expect("ext").push(h);
             json!({"tx": h})
         }
+        Fault::BalanceCap { cap, .. } => {
+            let tokens = set_balance_caps(fleet, U256::from(*cap));
+            if tokens.is_empty() {
+                return FaultOutcome::Skipped("no token deployed yet".into());
+            }
+            json!({"cap": cap, "tokens": tokens})
+        }
         Fault::SignerDrain { balance_gwei, .. } => {
             let mut m = fleet.chain.model.lock().expect("chain");
             let before = m.balance_of(fleet.chain.signer);
@@ -537,11 +544,25 @@ async fn heal(fleet: &Fleet, n: u64, fault: &Fault) -> Value {
                 .set_balance(fleet.chain.signer, topup);
             json!({"topped_up_wei": topup.to_string()})
         }
+        Fault::BalanceCap { .. } => json!({"lifted": set_balance_caps(fleet, U256::ZERO)}),
         Fault::Reorg { .. }
         | Fault::MempoolDrop { .. }
         | Fault::GasSpike { .. }
         | Fault::ExternalNonce { .. } => json!({}),
     }
+}
+
+/// Every token's per-holder balance cap (`maxBalance`) set to `cap` at the head, as a compliance
+/// agent other than the engine's key would (ERC-3643 agents hold their own keys): written to the
+/// token's storage like `anvil_setStorageAt`, so it takes none of the signer's nonces and lands
+/// between the engine's pre-flight calls and its blocks. Returns the tokens changed.
+fn set_balance_caps(fleet: &Fleet, cap: U256) -> Vec<alloy_primitives::Address> {
+    let mut m = fleet.chain.model.lock().expect("chain");
+    let tokens = m.contracts_created_by(fleet.chain.signer);
+    for &token in &tokens {
+        m.set_storage(token, crate::chain::MAX_BALANCE_SLOT, cap);
+    }
+    tokens
 }
 
 /// Demote the primary in place, promote the most advanced replica once it has caught up, and
