@@ -104,11 +104,61 @@ pub fn dead_letters(ev: &Evidence, max_attempts: u32) -> Verdict {
             Some(_) => {}
         }
     }
+    let retried = budget_counted(ev, &mut v);
     Verdict::new(
         "dead_letters",
-        format!("{n} dead letters' causes against the classification table"),
+        format!(
+            "{n} dead letters' causes against the classification table; {retried} steps' retries against the budget"
+        ),
         v,
     )
+}
+
+/// The other side of the budget: a retry whose recorded `spent` (what the engine charged the
+/// budget) falls behind the transient failures (not outages) in a row before it, which lets a
+/// step retry beyond its budget, for ever if nothing counts. Read from each journal's `retry`
+/// entries (their recorded cause, classified as above), counted per step since it was last
+/// claimed fresh (a completed step, a requeue). Causes the table counts as outages are not
+/// counted, so an engine that charges more than the table says is never accused. A retry past
+/// the budget with an honest count cannot be told from the engine's own settle retry (it
+/// schedules one more try, `spent` at the budget, when it cannot settle the step's transaction
+/// before dead-lettering): not judged. Returns how many steps were retried at all.
+fn budget_counted(ev: &Evidence, v: &mut Vec<String>) -> usize {
+    let mut steps = 0;
+    for (wf, journal) in &ev.journals {
+        // (step, transient failures in a row, already reported)
+        let mut run: Option<(i32, u64, bool)> = None;
+        for e in journal {
+            match e.event.as_str() {
+                "retry" => {}
+                "completed" | "requeued" => {
+                    run = None;
+                    continue;
+                }
+                _ => continue,
+            }
+            if run.is_none_or(|(s, ..)| s != e.step_index) {
+                steps += 1;
+                run = Some((e.step_index, 0, false));
+            }
+            let Some(d) = &e.detail else { continue };
+            let code = d["reason_code"].as_str().unwrap_or("");
+            let message = d["message"].as_str().unwrap_or("");
+            if classify(code, message) != Some(Cause::Transient) {
+                continue;
+            }
+            let (_, n, reported) = run.as_mut().expect("set above");
+            *n += 1;
+            if let Some(spent) = d["spent"].as_u64().filter(|s| s < n && !*reported) {
+                *reported = true;
+                v.push(format!(
+                    "workflow {wf}: step {} ({}) records {spent} attempts spent at journal seq {} after {n} transient failures in a row ({code}: {message}): its retry budget count falls behind",
+                    e.step_index, e.step_name, e.seq
+                ));
+            }
+        }
+    }
+    steps
 }
 
 /// The recorded cause of a dead letter, as the engine writes it (for tests).
@@ -121,6 +171,7 @@ pub(super) fn cause(code: &str, message: &str, attempt: u64) -> Value {
 mod tests {
     use super::*;
     use crate::check::tests::{base, mint_input, wf};
+    use dalp_engine::store::JournalEntry;
 
     fn dead(id: i64, error: Value) -> crate::check::WorkflowView {
         let mut w = wf(id, "mint", &format!("k{id}"), "dead_letter", mint_input(1));
@@ -179,6 +230,87 @@ mod tests {
         assert_eq!(ids, ["4", "5", "6", "7", "8", "9"], "{v:?}");
         assert!(v.violations[0].contains("for an outage"), "{v:?}");
         assert!(v.violations[3].contains("after 3 of 8 attempts"), "{v:?}");
+    }
+
+    fn retry(seq: i64, step: i32, code: &str, message: &str, spent: u64) -> JournalEntry {
+        JournalEntry {
+            seq,
+            step_index: step,
+            step_name: "mint".into(),
+            event: "retry".into(),
+            detail: Some(
+                serde_json::json!({"reason_code": code, "message": message, "spent": spent}),
+            ),
+            fencing_token: seq,
+            node: "engine-0".into(),
+        }
+    }
+
+    fn event(seq: i64, step: i32, event: &str) -> JournalEntry {
+        JournalEntry {
+            event: event.into(),
+            detail: None,
+            ..retry(seq, step, "", "", 0)
+        }
+    }
+
+    #[test]
+    fn a_budget_count_behind_the_failures_is_a_violation_outages_and_settle_retries_are_not() {
+        let funds = |seq, spent| retry(seq, 1, "signer_funds", "insufficient funds", spent);
+        let outage = |seq| retry(seq, 1, "rpc_unavailable", "every endpoint failed", 0);
+        let mut ev = base();
+        // Workflow 1: the third transient failure in a row records 2 spent (outages between
+        // them are not counted, by either side).
+        ev.journals.insert(
+            1,
+            vec![
+                funds(1, 1),
+                outage(2),
+                funds(3, 2),
+                outage(4),
+                funds(5, 2),
+                funds(6, 3),
+            ],
+        );
+        // Workflow 2: settle retries past the budget (spent 3 and 4 of 3) count honestly; a
+        // requeue starts the count again.
+        ev.journals.insert(
+            2,
+            vec![
+                funds(1, 1),
+                funds(2, 2),
+                funds(3, 3),
+                funds(4, 4),
+                event(5, 1, "requeued"),
+                funds(6, 1),
+                funds(7, 2),
+            ],
+        );
+        // Workflow 3: a completed step and a new step start the count again.
+        ev.journals.insert(
+            3,
+            vec![
+                funds(1, 1),
+                funds(2, 2),
+                event(3, 1, "completed"),
+                retry(4, 2, "signer_funds", "x", 1),
+                retry(5, 2, "signer_funds", "x", 2),
+            ],
+        );
+        let v = dead_letters(&ev, 3);
+        assert_eq!(v.violations.len(), 1, "{v:?}");
+        assert!(
+            v.violations[0].starts_with(
+                "workflow 1: step 1 (mint) records 2 attempts spent at journal seq 5 after 3"
+            ),
+            "{v:?}"
+        );
+        // An engine that never counts its failures (spent always 1): caught at the second.
+        ev.journals
+            .insert(2, (1..=5).map(|i| funds(i, 1)).collect());
+        let v = dead_letters(&ev, 3);
+        assert_eq!(v.violations.len(), 2, "{v:?}");
+        assert!(v.violations[1].contains("records 1 attempts spent at journal seq 2 after 2"));
     }
 
     #[test]
