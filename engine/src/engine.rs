@@ -505,9 +505,12 @@ impl Engine {
                     crate::probe!("step.abandon_failed");
                     tracing::warn!(error = %abandon, "could not settle the step's transaction before dead-lettering; retrying later");
                     let delay = self.policy.delay(attempt.max(1) as u32, self.jitter.unit());
+                    // Marked: a retry past the budget, which the journal says was to settle.
+                    let mut settling = err;
+                    settling["settling"] = json!(true);
                     let _ = self
                         .store
-                        .schedule_retry(fence, idx, name, &err, delay)
+                        .schedule_retry(fence, idx, name, &settling, delay)
                         .await;
                     return;
                 }

@@ -104,7 +104,7 @@ pub fn dead_letters(ev: &Evidence, max_attempts: u32) -> Verdict {
             Some(_) => {}
         }
     }
-    let retried = budget_counted(ev, &mut v);
+    let retried = budget_counted(ev, max_attempts, &mut v);
     Verdict::new(
         "dead_letters",
         format!(
@@ -114,20 +114,21 @@ pub fn dead_letters(ev: &Evidence, max_attempts: u32) -> Verdict {
     )
 }
 
-/// The other side of the budget: a retry whose recorded `spent` (what the engine charged the
-/// budget) falls behind the transient failures (not outages) in a row before it, which lets a
-/// step retry beyond its budget, for ever if nothing counts. Read from each journal's `retry`
-/// entries (their recorded cause, classified as above), counted per step since it was last
-/// claimed fresh (a completed step, a requeue). Causes the table counts as outages are not
-/// counted, so an engine that charges more than the table says is never accused. A retry past
-/// the budget with an honest count cannot be told from the engine's own settle retry (it
-/// schedules one more try, `spent` at the budget, when it cannot settle the step's transaction
-/// before dead-lettering): not judged. Returns how many steps were retried at all.
-fn budget_counted(ev: &Evidence, v: &mut Vec<String>) -> usize {
+/// The other side of the budget, from each journal's `retry` entries (their recorded cause,
+/// classified as above), counted per step since it was last claimed fresh (a completed step, a
+/// requeue): a retry whose recorded `spent` (what the engine charged the budget) falls behind
+/// the transient failures (not outages) in a row before it, which lets a step retry for ever;
+/// and a retry at the budget's last attempt or later (the budget allows `max_attempts - 1`
+/// retries), unless the engine marked it `settling` (it retries once more when it cannot settle
+/// the step's transaction before dead-lettering). Causes the table counts as outages are not
+/// counted, so an engine that charges more than the table says is never accused. Returns how
+/// many steps were retried at all.
+fn budget_counted(ev: &Evidence, max_attempts: u32, v: &mut Vec<String>) -> usize {
+    let max = u64::from(max_attempts);
     let mut steps = 0;
     for (wf, journal) in &ev.journals {
-        // (step, transient failures in a row, already reported)
-        let mut run: Option<(i32, u64, bool)> = None;
+        // (step, transient failures in a row, of them not settling, already reported)
+        let mut run: Option<(i32, u64, u64, bool)> = None;
         for e in journal {
             match e.event.as_str() {
                 "retry" => {}
@@ -139,7 +140,7 @@ fn budget_counted(ev: &Evidence, v: &mut Vec<String>) -> usize {
             }
             if run.is_none_or(|(s, ..)| s != e.step_index) {
                 steps += 1;
-                run = Some((e.step_index, 0, false));
+                run = Some((e.step_index, 0, 0, false));
             }
             let Some(d) = &e.detail else { continue };
             let code = d["reason_code"].as_str().unwrap_or("");
@@ -147,13 +148,25 @@ fn budget_counted(ev: &Evidence, v: &mut Vec<String>) -> usize {
             if classify(code, message) != Some(Cause::Transient) {
                 continue;
             }
-            let (_, n, reported) = run.as_mut().expect("set above");
+            let (_, n, plain, reported) = run.as_mut().expect("set above");
             *n += 1;
-            if let Some(spent) = d["spent"].as_u64().filter(|s| s < n && !*reported) {
+            if d["settling"] != true {
+                *plain += 1;
+            }
+            if *reported {
+                continue;
+            }
+            if let Some(spent) = d["spent"].as_u64().filter(|s| s < n) {
                 *reported = true;
                 v.push(format!(
                     "workflow {wf}: step {} ({}) records {spent} attempts spent at journal seq {} after {n} transient failures in a row ({code}: {message}): its retry budget count falls behind",
                     e.step_index, e.step_name, e.seq
+                ));
+            } else if *plain >= max {
+                *reported = true;
+                v.push(format!(
+                    "workflow {wf}: step {} ({}) was retried at journal seq {} after {n} transient failures in a row ({code}: {message}), not marked settling: a budget of {max_attempts} attempts allows {} retries",
+                    e.step_index, e.step_name, e.seq, max - 1
                 ));
             }
         }
@@ -255,7 +268,7 @@ mod tests {
     }
 
     #[test]
-    fn a_budget_count_behind_the_failures_is_a_violation_outages_and_settle_retries_are_not() {
+    fn retries_past_or_behind_the_budget_are_violations_outages_and_settle_retries_are_not() {
         let funds = |seq, spent| retry(seq, 1, "signer_funds", "insufficient funds", spent);
         let outage = |seq| retry(seq, 1, "rpc_unavailable", "every endpoint failed", 0);
         let mut ev = base();
@@ -272,15 +285,20 @@ mod tests {
                 funds(6, 3),
             ],
         );
-        // Workflow 2: settle retries past the budget (spent 3 and 4 of 3) count honestly; a
-        // requeue starts the count again.
+        // Workflow 2: settle retries past the budget (spent 3 and 4 of 3, marked) count
+        // honestly; a requeue starts the count again.
+        let settle = |seq, spent| {
+            let mut e = funds(seq, spent);
+            e.detail.as_mut().unwrap()["settling"] = serde_json::json!(true);
+            e
+        };
         ev.journals.insert(
             2,
             vec![
                 funds(1, 1),
                 funds(2, 2),
-                funds(3, 3),
-                funds(4, 4),
+                settle(3, 3),
+                settle(4, 4),
                 event(5, 1, "requeued"),
                 funds(6, 1),
                 funds(7, 2),
@@ -305,6 +323,16 @@ mod tests {
             ),
             "{v:?}"
         );
+        // Honest counts, but a retry at the budget's last attempt not marked settling.
+        ev.journals
+            .insert(4, vec![funds(1, 1), funds(2, 2), funds(3, 3)]);
+        let v = dead_letters(&ev, 3);
+        assert_eq!(v.violations.len(), 2, "{v:?}");
+        assert!(
+            v.violations[1].starts_with("workflow 4: step 1 (mint) was retried at journal seq 3 after 3 transient failures in a row"),
+            "{v:?}"
+        );
+        ev.journals.remove(&4);
         // An engine that never counts its failures (spent always 1): caught at the second.
         ev.journals
             .insert(2, (1..=5).map(|i| funds(i, 1)).collect());
