@@ -446,7 +446,27 @@ pub fn exactly_once(ev: &Evidence) -> Verdict {
             }
         }
     }
+    // Steps the database recorded as completed: a transaction step among them must not rest on
+    // transactions that all reverted (a receipt's status is the effect, not its inclusion).
+    let completed: BTreeSet<(i64, i32)> = ev
+        .journals
+        .iter()
+        .flat_map(|(wf, j)| {
+            j.iter()
+                .filter(|e| e.event == "completed")
+                .map(move |e| (*wf, e.step_index))
+        })
+        .collect();
     for ((wf, step), txs) in &per_step {
+        if completed.contains(&(*wf, *step)) && txs.iter().all(|t| !t.success) {
+            v.push(format!(
+                "workflow {wf} step {step} completed, but every transaction of it that was mined reverted: {}",
+                txs.iter()
+                    .map(|t| format!("{:#x} (nonce {}, block {})", t.hash, t.nonce, t.block))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
         let effective: Vec<_> = txs.iter().filter(|t| t.success).collect();
         if effective.len() > 1 {
             v.push(format!(
@@ -1244,6 +1264,39 @@ pub(crate) mod tests {
         ev.external_txs.clear();
         ev.fillers = vec![H2];
         assert!(exactly_once(&ev).held);
+    }
+
+    #[test]
+    fn exactly_once_fails_when_a_step_completed_on_a_reverted_transaction() {
+        let reverted = |hash, nonce, block| ChainTx {
+            success: false,
+            ..chain_tx(hash, nonce, block)
+        };
+        let mut ev = base();
+        let input = json!({"token": format!("{TOKEN:#x}"), "account": format!("{INVESTOR:#x}"), "country": 250});
+        ev.workflows = vec![wf(1, "register_identity", "k0", "completed", input)];
+        ev.journals
+            .insert(1, vec![je(1, 0, "completed", 1, "engine-0")]);
+        ev.txs = vec![tx(1, 0, 0, TxState::Completed, &[H1])];
+        ev.chain_txs = vec![reverted(H1, 0, 3)];
+        let v = exactly_once(&ev);
+        assert!(!v.held);
+        assert!(
+            v.violations[0].starts_with(
+                "workflow 1 step 0 completed, but every transaction of it that was mined reverted"
+            ),
+            "{v:?}"
+        );
+        // Reverted, then requeued and sent again with effect: completed on the second.
+        ev.txs.push(tx(1, 0, 1, TxState::Completed, &[H2]));
+        ev.chain_txs.push(chain_tx(H2, 1, 5));
+        assert!(exactly_once(&ev).held, "{:?}", exactly_once(&ev));
+        // A reverted transaction of a step that did not complete is no violation.
+        ev.txs.pop();
+        ev.chain_txs.pop();
+        ev.journals.clear();
+        ev.workflows[0].status = "dead_letter".into();
+        assert!(exactly_once(&ev).held, "{:?}", exactly_once(&ev));
     }
 
     #[test]
