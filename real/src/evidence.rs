@@ -9,7 +9,7 @@ use alloy_sol_types::{SolCall, SolEvent};
 use dalp_engine::contracts::AssetToken;
 use dalp_engine::store::pg::PgStore;
 use dalp_engine::store::Store;
-use dalp_sim::check::{ChainTx, Evidence, TransferLog, WorkflowView};
+use dalp_sim::check::{ChainTx, Evidence, IdentityLog, TransferLog, WorkflowView};
 use dalp_sim::engine_conf::CHAIN_ID;
 use serde_json::{json, Value};
 use sqlx::Row;
@@ -107,12 +107,16 @@ pub async fn chain(
             });
             for log in receipt["logs"].as_array().into_iter().flatten() {
                 let topics: Vec<B256> = serde_json::from_value(log["topics"].clone())?;
+                let data: alloy_primitives::Bytes = serde_json::from_value(log["data"].clone())?;
+                let contract = addr(&log["address"]).unwrap_or_default();
+                if let Some(id) = IdentityLog::parse(n, contract, &topics, &data) {
+                    ev.identities.push(id);
+                }
                 if topics.first() != Some(&AssetToken::Transfer::SIGNATURE_HASH)
                     || topics.len() != 3
                 {
                     continue;
                 }
-                let data: alloy_primitives::Bytes = serde_json::from_value(log["data"].clone())?;
                 ev.transfers.push(TransferLog {
                     block: n,
                     contract: addr(&log["address"]).unwrap_or_default(),

@@ -56,6 +56,35 @@ pub struct TransferLog {
     pub value: U256,
 }
 
+/// A token's `IdentityRegistered` event in a canonical block.
+#[derive(Clone, Debug, Serialize)]
+pub struct IdentityLog {
+    pub block: u64,
+    pub contract: Address,
+    pub account: Address,
+    pub country: u16,
+}
+
+impl IdentityLog {
+    /// The event, if `topics`/`data` are one (`account` indexed, `country` in the data).
+    pub fn parse(block: u64, contract: Address, topics: &[B256], data: &[u8]) -> Option<Self> {
+        use alloy_sol_types::SolEvent;
+        if topics.first()
+            != Some(&dalp_engine::contracts::AssetToken::IdentityRegistered::SIGNATURE_HASH)
+            || topics.len() != 2
+            || data.len() != 32
+        {
+            return None;
+        }
+        Some(IdentityLog {
+            block,
+            contract,
+            account: Address::from_word(topics[1]),
+            country: u16::try_from(U256::from_be_slice(data)).ok()?,
+        })
+    }
+}
+
 /// Everything the checkers read.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Evidence {
@@ -71,6 +100,7 @@ pub struct Evidence {
     pub signer: Address,
     pub chain_txs: Vec<ChainTx>,
     pub transfers: Vec<TransferLog>,
+    pub identities: Vec<IdentityLog>,
     /// Transactions sent on purpose from outside the engine (external nonce use).
     pub external_txs: Vec<B256>,
     /// Zero-value gap fillers the engine recorded (no token effect).
@@ -491,6 +521,51 @@ pub fn exactly_once(ev: &Evidence) -> Verdict {
             ));
         }
     }
+    // Registrations as requested: a completed registration (an issuance's investor too) left its
+    // account registered with the requested country on its token; no balance would show it.
+    let registered: BTreeSet<(Address, Address, u16)> = ev
+        .identities
+        .iter()
+        .map(|l| (l.contract, l.account, l.country))
+        .collect();
+    let mut registrations = 0;
+    for w in ev.workflows.iter().filter(|w| w.status == "completed") {
+        let field = |v: Option<&Value>, k: &str| {
+            v.and_then(|v| v.get(k))
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        };
+        let (token, account) = match w.kind.as_str() {
+            "register_identity" => (
+                field(Some(&w.input), "token"),
+                field(Some(&w.input), "account"),
+            ),
+            "issuance" => (
+                field(w.result.as_ref(), "token"),
+                field(Some(&w.input), "investor"),
+            ),
+            _ => continue,
+        };
+        let country = w
+            .input
+            .get("country")
+            .and_then(Value::as_u64)
+            .and_then(|c| u16::try_from(c).ok());
+        let (Some(token), Some(account), Some(country)) = (
+            token.and_then(|t| t.parse::<Address>().ok()),
+            account.and_then(|a| a.parse::<Address>().ok()),
+            country,
+        ) else {
+            continue;
+        };
+        registrations += 1;
+        if !registered.contains(&(token, account, country)) {
+            v.push(format!(
+                "workflow {} ({}, key {}) completed, but no IdentityRegistered({account:#x}, {country}) of token {token:#x} is on chain",
+                w.id, w.kind, w.key
+            ));
+        }
+    }
     // Token state implied by the completed operations.
     let mut expect_supply: BTreeMap<Address, U256> = BTreeMap::new();
     let mut expect_investor: BTreeMap<Address, U256> = BTreeMap::new();
@@ -567,7 +642,7 @@ pub fn exactly_once(ev: &Evidence) -> Verdict {
     Verdict::new(
         "exactly_once",
         format!(
-            "{} keys, {} signer transactions mined, {tokens_checked} tokens' supply and balances",
+            "{} keys, {} signer transactions mined, {tokens_checked} tokens' supply and balances, {registrations} registrations",
             per_key.len(),
             mined.len()
         ),
@@ -1290,6 +1365,12 @@ pub(crate) mod tests {
         // Reverted, then requeued and sent again with effect: completed on the second.
         ev.txs.push(tx(1, 0, 1, TxState::Completed, &[H2]));
         ev.chain_txs.push(chain_tx(H2, 1, 5));
+        ev.identities = vec![IdentityLog {
+            block: 5,
+            contract: TOKEN,
+            account: INVESTOR,
+            country: 250,
+        }];
         assert!(exactly_once(&ev).held, "{:?}", exactly_once(&ev));
         // A reverted transaction of a step that did not complete is no violation.
         ev.txs.pop();
@@ -1297,6 +1378,42 @@ pub(crate) mod tests {
         ev.journals.clear();
         ev.workflows[0].status = "dead_letter".into();
         assert!(exactly_once(&ev).held, "{:?}", exactly_once(&ev));
+    }
+
+    #[test]
+    fn exactly_once_fails_when_a_completed_registration_is_not_on_chain_as_requested() {
+        let mut ev = base();
+        let input = json!({"token": format!("{TOKEN:#x}"), "account": format!("{INVESTOR:#x}"), "country": 250});
+        ev.workflows = vec![wf(1, "register_identity", "k0", "completed", input)];
+        let v = exactly_once(&ev);
+        assert!(!v.held);
+        assert!(
+            v.violations[0]
+                .contains("no IdentityRegistered(0x70997970c51812dc3a010c7d01b50e0d17dc79c8, 250)"),
+            "{v:?}"
+        );
+        // Registered, but with another country than requested.
+        let logged = |country| IdentityLog {
+            block: 3,
+            contract: TOKEN,
+            account: INVESTOR,
+            country,
+        };
+        ev.identities = vec![logged(0)];
+        assert!(!exactly_once(&ev).held);
+        ev.identities.push(logged(250));
+        assert!(exactly_once(&ev).held, "{:?}", exactly_once(&ev));
+        // The event parses from its topics and data as the contract emits it.
+        use alloy_sol_types::SolEvent;
+        let mut data = [0u8; 32];
+        data[31] = 250;
+        let topics = [
+            dalp_engine::contracts::AssetToken::IdentityRegistered::SIGNATURE_HASH,
+            INVESTOR.into_word(),
+        ];
+        let parsed = IdentityLog::parse(3, TOKEN, &topics, &data).unwrap();
+        assert_eq!((parsed.account, parsed.country), (INVESTOR, 250));
+        assert!(IdentityLog::parse(3, TOKEN, &topics[..1], &data).is_none());
     }
 
     #[test]

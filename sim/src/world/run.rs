@@ -14,7 +14,7 @@ use super::workload::{client_process, SimApi};
 use super::{epoch_ms, ip, t_ms, DB_SERVICE};
 use crate::chain::{ChainModel, ChainParams};
 use crate::check::WorkflowView;
-use crate::check::{ChainTx, Evidence, TransferLog};
+use crate::check::{ChainTx, Evidence, IdentityLog, TransferLog};
 use crate::client::ClientCtx;
 use crate::db::DbModel;
 use crate::driver::{drive, Backend, FaultTarget, Result, Workload};
@@ -608,6 +608,11 @@ fn collect(model: &DbModel, chain: &ChainWorld, ev: &mut Evidence) {
             block: t.block_number,
         });
         for log in &t.logs {
+            if let Some(id) =
+                IdentityLog::parse(t.block_number, log.address, &log.topics, &log.data)
+            {
+                ev.identities.push(id);
+            }
             if log.topics.first() == Some(&AssetToken::Transfer::SIGNATURE_HASH)
                 && log.topics.len() == 3
             {
