@@ -107,6 +107,8 @@ pub struct Evidence {
     pub fillers: Vec<B256>,
     /// Writes the database accepted from a superseded lease holder, observed outside the store.
     pub stale_writes_accepted: Vec<Value>,
+    /// Writes the database refused for a stale fence (`None`: not counted by the backend).
+    pub fenced_writes: Option<u64>,
     /// The scenario's promise on dead letters (`[expect] max_dead_letters`).
     pub max_dead_letters: Option<u64>,
     /// What database failovers lost, as measured (`replication`, `lost_acknowledged`, …).
@@ -796,11 +798,25 @@ pub fn fencing(ev: &Evidence) -> Verdict {
             w["current"]
         ));
     }
+    // Nothing stopped any holder: no fault, no fault point fired. A write refused for a stale
+    // fence then means a healthy holder lost its lease (renewed too late, or not at all), and
+    // another node ran its workflow meanwhile: safe only thanks to fencing, never intended.
+    let quiet = ev.fault_windows.is_empty() && ev.fault_point_firings.is_empty();
+    if let Some(n) = ev.fenced_writes.filter(|&n| quiet && n > 0) {
+        v.push(format!(
+            "{n} writes were refused for a stale fence in a run where no fault was injected and no fault point fired: a holder nothing stopped lost its lease"
+        ));
+    }
     Verdict::new(
         "fencing",
         format!(
-            "{} journals, every fenced write at the database",
-            ev.journals.len()
+            "{} journals, every fenced write at the database{}",
+            ev.journals.len(),
+            if quiet && ev.fenced_writes.is_some() {
+                "; no lease lost in a quiet run"
+            } else {
+                ""
+            }
         ),
         v,
     )
@@ -1526,6 +1542,33 @@ pub(crate) mod tests {
             ],
         );
         assert!(journal_monotonicity(&ev).held);
+    }
+
+    #[test]
+    fn fencing_fails_when_a_quiet_run_fenced_a_write() {
+        let mut ev = base();
+        ev.fenced_writes = Some(2);
+        let v = fencing(&ev);
+        assert!(!v.held);
+        assert!(
+            v.violations[0]
+                .starts_with("2 writes were refused for a stale fence in a run where no fault"),
+            "{v:?}"
+        );
+        // Something stopped a holder: a fault point fired (or a fault was injected).
+        ev.fault_point_firings = vec![failover::FaultPointFiring {
+            t_ms: 1_000,
+            node: "engine-0".into(),
+            point: "fp.lease.renew".into(),
+            action: "delay".into(),
+        }];
+        assert!(fencing(&ev).held);
+        // Not counted by the backend: not judged.
+        ev.fault_point_firings.clear();
+        ev.fenced_writes = None;
+        assert!(fencing(&ev).held);
+        ev.fenced_writes = Some(0);
+        assert!(fencing(&ev).held);
     }
 
     #[test]

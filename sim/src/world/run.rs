@@ -457,6 +457,13 @@ impl Backend for SimWorld {
         ev.data_loss = fleet.data_loss.lock().expect("loss").clone();
         ev.rpc_requests = Some(self.chain.requests.lock().expect("requests").clone());
         ev.fault_point_firings = self.fired.lock().expect("fired").clone();
+        ev.fenced_writes = Some(
+            self.db.disks[self.db.primary()]
+                .lock()
+                .expect("disk")
+                .model
+                .fenced_writes,
+        );
     }
 
     async fn final_state(&self) -> Result<(u64, Value)> {
