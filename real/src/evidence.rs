@@ -154,6 +154,12 @@ pub async fn chain(
             .call_u256(token, AssetToken::balanceOfCall(investor).abi_encode())
             .await
             .unwrap_or_default();
+        if let Ok(cap) = rpc
+            .call_u256(token, AssetToken::maxBalanceCall {}.abi_encode())
+            .await
+        {
+            ev.max_balance.insert(token, cap);
+        }
         ev.supply.insert(token, supply);
         ev.investor_balance.insert(token, bal);
     }

@@ -250,6 +250,7 @@ impl Backend for RealWorld {
                 history: w.history.clone(),
                 tokens: w.tokens.clone(),
                 api: self.api.clone(),
+                max_balance: self.scenario.workload.max_balance,
             });
             self.clients.push(tokio::spawn(run_ops(ctx, ops.clone())));
         }

@@ -120,6 +120,8 @@ pub struct Evidence {
     /// `totalSupply()` and `balanceOf(investor)` read from the chain per token.
     pub supply: BTreeMap<Address, U256>,
     pub investor_balance: BTreeMap<Address, U256>,
+    /// `maxBalance()` read from the chain per token (absent: not read).
+    pub max_balance: BTreeMap<Address, U256>,
     pub investor: Address,
     /// The chain's finalized height, and the indexer's checkpoint at the end.
     pub finalized: u64,
@@ -565,6 +567,38 @@ pub fn exactly_once(ev: &Evidence) -> Verdict {
             v.push(format!(
                 "workflow {} ({}, key {}) completed, but no IdentityRegistered({account:#x}, {country}) of token {token:#x} is on chain",
                 w.id, w.kind, w.key
+            ));
+        }
+    }
+    // Issuances as requested: a completed issuance's token has the per-holder cap it asked for
+    // (not judged where a `balance_cap` fault rewrote the caps).
+    let caps_rewritten = ev
+        .fault_windows
+        .iter()
+        .any(|f| f.kind == crate::scenario::FaultKind::BalanceCap);
+    for w in ev
+        .workflows
+        .iter()
+        .filter(|w| w.status == "completed" && w.kind == "issuance" && !caps_rewritten)
+    {
+        let token = w
+            .result
+            .as_ref()
+            .and_then(|r| r.get("token"))
+            .and_then(Value::as_str)
+            .and_then(|t| t.parse::<Address>().ok());
+        let asked = w
+            .input
+            .get("max_balance")
+            .and_then(Value::as_str)
+            .map_or(Some(U256::ZERO), |a| U256::from_str_radix(a, 10).ok());
+        let (Some(token), Some(asked)) = (token, asked) else {
+            continue;
+        };
+        if let Some(cap) = ev.max_balance.get(&token).filter(|&&c| c != asked) {
+            v.push(format!(
+                "workflow {} (issuance, key {}) completed, but token {token:#x} caps holders at {cap}, not the {asked} it asked for",
+                w.id, w.key
             ));
         }
     }
@@ -1430,6 +1464,45 @@ pub(crate) mod tests {
         let parsed = IdentityLog::parse(3, TOKEN, &topics, &data).unwrap();
         assert_eq!((parsed.account, parsed.country), (INVESTOR, 250));
         assert!(IdentityLog::parse(3, TOKEN, &topics[..1], &data).is_none());
+    }
+
+    #[test]
+    fn exactly_once_fails_when_an_issuance_has_another_cap_than_it_asked_for() {
+        let mut ev = base();
+        let mut w = wf(
+            1,
+            "issuance",
+            "k0",
+            "completed",
+            json!({"max_balance": "5000", "investor": format!("{INVESTOR:#x}"), "country": 56}),
+        );
+        w.result = Some(json!({"token": format!("{TOKEN:#x}")}));
+        ev.workflows = vec![w];
+        ev.identities = vec![IdentityLog {
+            block: 2,
+            contract: TOKEN,
+            account: INVESTOR,
+            country: 56,
+        }];
+        ev.max_balance.insert(TOKEN, U256::ZERO);
+        let v = exactly_once(&ev);
+        assert_eq!(v.violations.len(), 1, "{v:?}");
+        assert!(
+            v.violations[0].contains("caps holders at 0, not the 5000 it asked for"),
+            "{v:?}"
+        );
+        ev.max_balance.insert(TOKEN, U256::from(5000));
+        assert!(exactly_once(&ev).held, "{:?}", exactly_once(&ev));
+        // A balance_cap fault rewrote the caps: not judged.
+        ev.max_balance.insert(TOKEN, U256::ZERO);
+        ev.fault_windows = vec![crate::timing::FaultWindow {
+            fault: 0,
+            kind: crate::scenario::FaultKind::BalanceCap,
+            target: "-".into(),
+            start_ms: 1_000,
+            end_ms: 2_000,
+        }];
+        assert!(exactly_once(&ev).held);
     }
 
     #[test]

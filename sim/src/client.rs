@@ -70,6 +70,8 @@ pub struct ClientCtx {
     pub history: History,
     pub tokens: TokenBook,
     pub api: Arc<dyn EngineApi>,
+    /// The cap issuances ask for (`workload.max_balance`).
+    pub max_balance: u64,
 }
 
 impl ClientCtx {
@@ -144,7 +146,7 @@ async fn run_op(ctx: &ClientCtx, op: PlannedOp) {
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     };
-    let input = op.kind.input(token_addr);
+    let input = op.kind.input(token_addr, ctx.max_balance);
     let mut attempt = 0usize;
     // Submit, then follow; a workflow the database lost (an asynchronous failover) is submitted
     // again with the same key, as a careful client does when its id is unknown or names another

@@ -77,13 +77,14 @@ impl OpKind {
             | OpKind::UnverifiedMint { token, .. } => *token,
         }
     }
-    /// The request body, given the token's address once its issuance finished.
-    pub fn input(&self, token_addr: Option<Address>) -> Value {
+    /// The request body, given the token's address once its issuance finished, and the
+    /// per-holder cap issuances ask for (`workload.max_balance`; 0: none).
+    pub fn input(&self, token_addr: Option<Address>, max_balance: u64) -> Value {
         let t = token_addr.map(|a| format!("{a:#x}"));
         match self {
             OpKind::Issuance { token } => json!({
                 "name": format!("Sim Bond {token}"), "symbol": format!("SB{token}"), "decimals": 18,
-                "initial_supply": INITIAL_SUPPLY.to_string(), "max_balance": "0",
+                "initial_supply": INITIAL_SUPPLY.to_string(), "max_balance": max_balance.to_string(),
                 "investor": format!("{INVESTOR:#x}"), "country": 56,
             }),
             OpKind::Mint { amount, .. } | OpKind::Transfer { amount, .. } => {

@@ -304,6 +304,18 @@ pub struct Workload {
     /// retrying with the same idempotency key.
     #[serde(default = "default_client_timeout")]
     pub client_timeout_ms: u64,
+    /// The per-holder balance cap every issuance asks for (0, the default: none). At least
+    /// [`MIN_ISSUANCE_CAP`] when set: the initial supply is minted to the issuer after the cap
+    /// is configured, and the planned mints and transfers must stay valid under it.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub max_balance: u64,
+}
+
+/// The smallest `workload.max_balance` a scenario may ask for: twice the initial supply.
+pub const MIN_ISSUANCE_CAP: u64 = 2 * crate::plan::INITIAL_SUPPLY;
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 fn default_clients() -> u32 {
@@ -1228,6 +1240,15 @@ impl Scenario {
         if !positive(w.submit_window_s) {
             return Err(err("workload.submit_window_s", "must be positive".into()));
         }
+        if w.max_balance != 0 && w.max_balance < MIN_ISSUANCE_CAP {
+            return Err(err(
+                "workload.max_balance",
+                format!(
+                    "must be 0 (no cap) or at least {MIN_ISSUANCE_CAP} (twice the initial supply, which is minted to the issuer under the cap), not {}",
+                    w.max_balance
+                ),
+            ));
+        }
         let m = &w.mix;
         if [
             m.mint,
@@ -2146,6 +2167,33 @@ restart_after_s = 3
             "rpc_endpoints = 2\nmempool = \"erigon\"",
         ));
         assert!(e.reason.contains("erigon"), "{e}");
+    }
+
+    #[test]
+    fn an_issuance_cap_below_twice_the_initial_supply_is_refused() {
+        let with = |cap: u64| {
+            MINIMAL.replace(
+                "[workload]\n",
+                &format!("[workload]\nmax_balance = {cap}\n"),
+            )
+        };
+        assert_eq!(
+            Scenario::parse(&with(MIN_ISSUANCE_CAP), "m.toml")
+                .unwrap()
+                .workload
+                .max_balance,
+            MIN_ISSUANCE_CAP
+        );
+        let e = bad(&with(MIN_ISSUANCE_CAP - 1));
+        assert_eq!(e.field, "workload.max_balance", "{e}");
+        assert!(e.reason.contains("twice the initial supply"), "{e}");
+        assert_eq!(
+            Scenario::parse(MINIMAL, "m.toml")
+                .unwrap()
+                .workload
+                .max_balance,
+            0
+        );
     }
 
     #[test]

@@ -341,6 +341,7 @@ impl Backend for SimWorld {
             );
             let (history, tokens, ops) = (w.history.clone(), w.tokens.clone(), ops.clone());
             let deadline_ms = w.deadline_ms;
+            let max_balance = s.workload.max_balance;
             let n = handle
                 .create_node()
                 .name(format!("client-{c}"))
@@ -356,6 +357,7 @@ impl Backend for SimWorld {
                             history,
                             tokens,
                             api: SimApi::bind(timeout).await,
+                            max_balance,
                         });
                         client_process(ctx, ops).await
                     }
@@ -642,25 +644,18 @@ fn collect(model: &DbModel, chain: &ChainWorld, ev: &mut Evidence) {
         .collect();
     let token_addrs: Vec<Address> = ev.tokens.values().copied().collect();
     for token in token_addrs {
-        let supply = m
-            .call(
-                chain.signer,
-                token,
-                &AssetToken::totalSupplyCall {}.abi_encode(),
-            )
-            .ok()
-            .map(|b| U256::from_be_slice(&b[..32.min(b.len())]))
-            .unwrap_or_default();
-        let bal = m
-            .call(
-                chain.signer,
-                token,
-                &AssetToken::balanceOfCall(INVESTOR).abi_encode(),
-            )
-            .ok()
-            .map(|b| U256::from_be_slice(&b[..32.min(b.len())]))
-            .unwrap_or_default();
+        let mut read = |data: Vec<u8>| {
+            m.call(chain.signer, token, &data)
+                .ok()
+                .map(|b| U256::from_be_slice(&b[..32.min(b.len())]))
+        };
+        let supply = read(AssetToken::totalSupplyCall {}.abi_encode()).unwrap_or_default();
+        let bal = read(AssetToken::balanceOfCall(INVESTOR).abi_encode()).unwrap_or_default();
+        let cap = read(AssetToken::maxBalanceCall {}.abi_encode());
         ev.supply.insert(token, supply);
         ev.investor_balance.insert(token, bal);
+        if let Some(cap) = cap {
+            ev.max_balance.insert(token, cap);
+        }
     }
 }
