@@ -5,6 +5,12 @@
 //! catalog treats as within the finality promise, replaces every block above it). Judged from the chain's own history of mined
 //! blocks (every block it ever produced, orphaned ones included, with the simulated time it was
 //! mined), never from the engine's records of what it saw.
+//!
+//! The same is asked of a workflow as its client sees it, independent of the engine's step
+//! list: a completed mint, transfer or registration reports its transaction final, so when its
+//! last step committed (the commit that made it `completed`), the transaction it mined must
+//! already rest on a final block. A step list that lost its finality wait, or a resume that
+//! skipped it, fails here though every step it ran was judged correct.
 
 use super::{Evidence, Verdict};
 use alloy_primitives::B256;
@@ -56,7 +62,7 @@ pub fn finality(ev: &Evidence) -> Verdict {
     let mut v = Vec::new();
     let (mut judged, mut skipped) = (0, 0);
     // Steps that declared their transaction final: (completion, block number, block hash).
-    let mut declared_final = Vec::new();
+    let mut declared_final: Vec<(&StepCompletion, u64, B256)> = Vec::new();
     for c in &ev.step_completions {
         let required = if c.step == "await_confirmation" {
             ev.finality_depth + 1
@@ -96,13 +102,7 @@ pub fn finality(ev: &Evidence) -> Verdict {
             ));
             continue;
         };
-        // Walk that chain back to the transaction's height.
-        let mut at = Some(head);
-        while let Some(b) = at.filter(|b| b.number > number) {
-            at = by_hash.get(&b.parent).copied();
-        }
-        let canonical = at.is_some_and(|b| b.number == number && b.hash == hash);
-        let depth = (head.number + 1).saturating_sub(number);
+        let (canonical, depth) = standing(head, &by_hash, number, hash);
         if !canonical {
             v.push(format!(
                 "workflow {} step {} completed at {:.3} s on block {number} {hash:#x}, which was not in the canonical chain then (head {} {:#x})",
@@ -122,16 +122,143 @@ pub fn finality(ev: &Evidence) -> Verdict {
             ));
         }
     }
+    let workflows = completed_workflows_final(ev, history, &by_hash, &reorgs, &mut v);
+    for (c, number, hash) in &workflows.declared {
+        if !declared_final
+            .iter()
+            .any(|(d, n, h)| d.workflow_id == c.workflow_id && n == number && h == hash)
+        {
+            declared_final.push((c, *number, *hash));
+        }
+    }
     let finals = final_chain_holds(ev, history, &by_hash, &declared_final, &mut v);
     Verdict::new(
         "finality",
         format!(
-            "{judged} transaction step completions against {} mined blocks ({skipped} within {} s of a reorg not judged); {finals}",
+            "{judged} transaction step completions against {} mined blocks ({skipped} within {} s of a reorg not judged); {} completed {} judged final when they completed ({} within the grace not judged); {finals}",
             history.len(),
-            REORG_GRACE_MS / 1000
+            REORG_GRACE_MS / 1000,
+            workflows.judged,
+            FINAL_WHEN_COMPLETED.join("/"),
+            workflows.skipped,
         ),
         v,
     )
+}
+
+/// Whether block `number` `hash` is on the chain ending at `head` (walked back through its
+/// parents), and how deep it would be there (counted inclusively, 1 = the head).
+fn standing(
+    head: &MinedBlock,
+    by_hash: &BTreeMap<B256, &MinedBlock>,
+    number: u64,
+    hash: B256,
+) -> (bool, u64) {
+    let mut at = Some(head);
+    while let Some(b) = at.filter(|b| b.number > number) {
+        at = by_hash.get(&b.parent).copied();
+    }
+    let canonical = at.is_some_and(|b| b.number == number && b.hash == hash);
+    (canonical, (head.number + 1).saturating_sub(number))
+}
+
+/// The kinds whose completion tells the client the transaction is final (each ends by awaiting
+/// finality; an issuance awaits it for its token's deployment only, mid-way, and is judged by
+/// that step alone).
+const FINAL_WHEN_COMPLETED: &[&str] = &[
+    dalp_engine::workflow::MINT,
+    dalp_engine::workflow::TRANSFER,
+    dalp_engine::workflow::REGISTER_IDENTITY,
+];
+
+/// What [`completed_workflows_final`] judged.
+struct WorkflowsFinal<'a> {
+    judged: usize,
+    skipped: usize,
+    /// (the transaction's step completion, its block number and hash): final from then on.
+    declared: Vec<(&'a StepCompletion, u64, B256)>,
+}
+
+/// Each completed workflow of a [`FINAL_WHEN_COMPLETED`] kind: the block its steps last named
+/// for its transaction (of each step's last completion: an earlier one may be superseded) was,
+/// when its last step committed, canonical and `finality_depth + 1` deep.
+fn completed_workflows_final<'a>(
+    ev: &'a Evidence,
+    history: &[MinedBlock],
+    by_hash: &BTreeMap<B256, &MinedBlock>,
+    reorgs: &[u64],
+    v: &mut Vec<String>,
+) -> WorkflowsFinal<'a> {
+    let mut out = WorkflowsFinal {
+        judged: 0,
+        skipped: 0,
+        declared: Vec::new(),
+    };
+    let required = ev.finality_depth + 1;
+    for w in ev
+        .workflows
+        .iter()
+        .filter(|w| w.status == "completed" && FINAL_WHEN_COMPLETED.contains(&w.kind.as_str()))
+    {
+        // The last completion of each of its steps, in commit order.
+        let mut last: BTreeMap<&str, &StepCompletion> = BTreeMap::new();
+        for c in ev.step_completions.iter().filter(|c| c.workflow_id == w.id) {
+            let e = last.entry(c.step.as_str()).or_insert(c);
+            if c.t_ms >= e.t_ms {
+                *e = c;
+            }
+        }
+        let Some(done_ms) = last.values().map(|c| c.t_ms).max() else {
+            continue; // completed with no completion the database kept: durability's to judge
+        };
+        // The block its transaction was last said to be in (a reorg between the transaction's
+        // step and the finality wait moves it; the wait names where it settled).
+        let named = last
+            .values()
+            .filter_map(|c| {
+                let number = c.output.get("block_number")?.as_u64()?;
+                let hash = c.output.get("block_hash")?.as_str()?.parse::<B256>().ok()?;
+                Some((*c, number, hash))
+            })
+            .max_by_key(|(c, _, _)| c.t_ms);
+        let Some((c, number, hash)) = named else {
+            // A transaction step without its block is a violation of the check above.
+            continue;
+        };
+        out.declared.push((c, number, hash));
+        if reorgs
+            .iter()
+            .any(|&r| r <= done_ms && r + REORG_GRACE_MS > done_ms)
+        {
+            out.skipped += 1;
+            continue;
+        }
+        out.judged += 1;
+        let Some(head) = history.iter().rev().find(|b| b.t_ms <= done_ms) else {
+            v.push(format!(
+                "workflow {} ({}) completed at {} ms, before any block was mined",
+                w.id, w.kind, done_ms
+            ));
+            continue;
+        };
+        let (canonical, depth) = standing(head, by_hash, number, hash);
+        if !canonical || depth < required {
+            v.push(format!(
+                "workflow {} ({}) completed at {:.3} s, telling its client its transaction final, while its block {number} {hash:#x} (named by step {}) was {} (head {}); final needs {required} blocks deep on the canonical chain",
+                w.id,
+                w.kind,
+                done_ms as f64 / 1000.0,
+                c.step,
+                if canonical {
+                    format!("{depth} blocks deep")
+                } else {
+                    "not in the canonical chain".to_string()
+                },
+                head.number
+            ));
+        }
+    }
+    out
 }
 
 /// What was declared final stays final: a step that awaited finality rests on a block of the
@@ -317,6 +444,60 @@ mod tests {
             v.held
                 && v.checked
                     .contains("a reorg replaced 2 blocks, more than the finality depth 1"),
+            "{v:?}"
+        );
+    }
+
+    #[test]
+    fn a_completed_mint_whose_transaction_is_not_final_yet_is_a_violation() {
+        use crate::check::tests::wf;
+        let mut ev = base();
+        ev.block_history = Some(history());
+        ev.confirmations = 1;
+        ev.finality_depth = 2;
+        ev.workflows = vec![wf(1, "mint", "k", "completed", json!({}))];
+        // Its step list lost the finality wait: the mint step's commit completed it, block 2
+        // two deep at 3.5 s (head 3), where final needs three.
+        ev.step_completions = vec![done("mint", 3_500, 2, h(2))];
+        let v = finality(&ev);
+        assert!(!v.held, "{v:?}");
+        assert!(
+            v.violations[0].contains("workflow 1 (mint) completed at 3.500 s, telling its client its transaction final, while its block 2")
+                && v.violations[0].contains("was 2 blocks deep (head 3); final needs 3"),
+            "{v:?}"
+        );
+        // The same step with the wait after it, at head 4: held, judged once.
+        ev.step_completions
+            .push(done("await_confirmation", 4_200, 2, h(2)));
+        let v = finality(&ev);
+        assert!(
+            v.held
+                && v.checked
+                    .contains("1 completed mint/transfer/register_identity judged"),
+            "{v:?}"
+        );
+        // A reorg moved it between the step and the wait: the wait's block is the one judged.
+        ev.step_completions = vec![
+            done("mint", 4_500, 4, h(4)),
+            done("await_confirmation", 12_000, 4, h(14)),
+        ];
+        assert!(finality(&ev).held);
+        // Still running, or an issuance (final for its deployment only): not judged here.
+        ev.step_completions = vec![done("mint", 3_500, 2, h(2))];
+        ev.workflows[0].status = "running".into();
+        assert!(finality(&ev).held);
+        ev.workflows[0].status = "completed".into();
+        ev.workflows[0].kind = "issuance".into();
+        assert!(finality(&ev).held);
+        // Completed on the orphaned branch, late: not canonical when it completed.
+        ev.workflows[0].kind = "mint".into();
+        ev.step_completions = vec![done("mint", 12_000, 4, h(4))];
+        let v = finality(&ev);
+        assert!(
+            v.violations
+                .iter()
+                .any(|m| m.contains("(mint) completed at 12.000 s")
+                    && m.contains("not in the canonical chain")),
             "{v:?}"
         );
     }
