@@ -244,7 +244,12 @@ enum StepRef {
 /// Which transaction: one the model created (by index), or a missing id.
 #[derive(Clone, Copy, Debug)]
 enum TxRef {
+    /// The n-th most recent transaction any `create_tx` returned (often another workflow's).
     Known(usize),
+    /// The n-th most recent transaction of the request's own workflow (the fence's), else as
+    /// `Known`: without it most transaction requests stop at the owner check, and the paths
+    /// behind it (abandon and release, reassign, state changes) are rarely compared.
+    Owned(usize),
     Missing,
 }
 
@@ -404,6 +409,7 @@ fn step_ref() -> impl Strategy<Value = StepRef> {
 fn tx_ref() -> impl Strategy<Value = TxRef> {
     prop_oneof![
         8 => (0usize..4).prop_map(TxRef::Known),
+        6 => (0usize..2).prop_map(TxRef::Owned),
         1 => Just(TxRef::Missing),
     ]
 }
@@ -577,8 +583,34 @@ impl Pair {
 
     fn tx(&self, t: TxRef) -> i64 {
         match t {
-            TxRef::Known(n) if !self.txs.is_empty() => self.txs[n % self.txs.len()],
+            TxRef::Known(n) | TxRef::Owned(n) if !self.txs.is_empty() => {
+                self.txs[n % self.txs.len()]
+            }
             _ => MISSING_ID,
+        }
+    }
+
+    /// [`Pair::tx`] for a request made under `fence`.
+    fn tx_for(&self, fence: &Fence, t: TxRef) -> i64 {
+        let TxRef::Owned(n) = t else {
+            return self.tx(t);
+        };
+        let owned: Vec<i64> = self
+            .txs
+            .iter()
+            .rev()
+            .copied()
+            .filter(|id| {
+                self.model
+                    .tables
+                    .transactions
+                    .get(id)
+                    .is_some_and(|r| r.workflow_id == fence.workflow_id)
+            })
+            .collect();
+        match owned.len() {
+            0 => self.tx(t),
+            len => owned[n % len],
         }
     }
 
@@ -708,52 +740,64 @@ impl Pair {
                 tx,
                 hash,
                 nonce,
-            } => DbRequest::RecordSigned {
-                fence: self.fence(fence),
-                tx_id: self.tx(tx),
-                signed: broadcast(hash, nonce),
-            },
+            } => {
+                let fence = self.fence(fence);
+                DbRequest::RecordSigned {
+                    tx_id: self.tx_for(&fence, tx),
+                    fence,
+                    signed: broadcast(hash, nonce),
+                }
+            }
             Op::SetTxState {
                 fence,
                 tx,
                 state,
                 detail,
                 receipt,
-            } => DbRequest::SetTxState {
-                fence: self.fence(fence),
-                tx_id: self.tx(tx),
-                state: STATES[usize::from(state) % STATES.len()],
-                detail: match detail {
-                    0 => None,
-                    1 => Some("reverted on chain".into()),
-                    _ => Some("mined".into()),
-                },
-                receipt: match receipt {
-                    0 => None,
-                    1 => Some(json!({ "status": "0x1", "blockNumber": "0x2" })),
-                    _ => Some(Value::Null),
-                },
-            },
+            } => {
+                let fence = self.fence(fence);
+                DbRequest::SetTxState {
+                    tx_id: self.tx_for(&fence, tx),
+                    fence,
+                    state: STATES[usize::from(state) % STATES.len()],
+                    detail: match detail {
+                        0 => None,
+                        1 => Some("reverted on chain".into()),
+                        _ => Some("mined".into()),
+                    },
+                    receipt: match receipt {
+                        0 => None,
+                        1 => Some(json!({ "status": "0x1", "blockNumber": "0x2" })),
+                        _ => Some(Value::Null),
+                    },
+                }
+            }
             Op::Reassign {
                 fence,
                 tx,
                 chain_nonce,
-            } => DbRequest::ReassignNonce {
-                fence: self.fence(fence),
-                tx_id: self.tx(tx),
-                chain_nonce,
-            },
+            } => {
+                let fence = self.fence(fence);
+                DbRequest::ReassignNonce {
+                    tx_id: self.tx_for(&fence, tx),
+                    fence,
+                    chain_nonce,
+                }
+            }
             Op::Abandon {
                 fence,
                 tx,
                 state,
                 release,
-            } => DbRequest::AbandonTx {
-                fence: self.fence(fence),
-                tx_id: self.tx(tx),
-                state: STATES[usize::from(state) % STATES.len()],
-                release,
-            },
+            } => {
+                let fence = self.fence(fence);
+                DbRequest::AbandonTx {
+                    tx_id: self.tx_for(&fence, tx),
+                    fence,
+                    state: STATES[usize::from(state) % STATES.len()],
+                    release,
+                }
+            }
             Op::Resync {
                 signer: s,
                 chain_nonce,
@@ -2339,6 +2383,54 @@ fn contract_a_fence_of_another_claim_with_the_same_token_is_refused() {
             "nothing changed under the other lease id"
         );
         s.complete_step(&f, 0, "s0", json!(1), None).await.unwrap();
+    });
+}
+
+/// The nonce manager never hands out a nonce the chain has consumed: a released nonce (a hole) is
+/// reused only at or above the chain's count, a reassignment lands at or above it, and a resync
+/// never moves the counter back. Below the count, the nonce is taken on chain (by a transaction
+/// of ours the database lost, or someone else's): a transaction signed at it can never be mined.
+#[test]
+fn contract_no_nonce_below_the_chains_count_is_handed_out() {
+    runtime().block_on(async {
+        let server = Server::start().await;
+        let (s, _) = server.fresh(1).await;
+        for k in 0..3 {
+            s.submit(new_workflow(k, 0, false), Duration::from_secs(3600))
+                .await
+                .unwrap();
+        }
+        let claims = s
+            .claim("n0", Duration::from_secs(3600), 3, LEASE_ID)
+            .await
+            .unwrap();
+        let f: Vec<&Fence> = claims.iter().map(|c| &c.fence).collect();
+        let t0 = s.create_tx(f[0], 0, &intent(0), FEES, 0).await.unwrap();
+        let t1 = s.create_tx(f[1], 0, &intent(0), FEES, 0).await.unwrap();
+        assert_eq!((t0.nonce, t1.nonce), (0, 1));
+        for (fence, t) in [(f[0], &t0), (f[1], &t1)] {
+            s.abandon_tx(fence, t.id, TxState::Cancelled, true)
+                .await
+                .unwrap();
+        }
+        // Nonces 0 and 1 released; the chain has used 0 since.
+        let t2 = s.create_tx(f[2], 0, &intent(0), FEES, 1).await.unwrap();
+        assert_eq!(
+            t2.nonce, 1,
+            "the chain's count is 1: hole 0 is consumed, hole 1 is the one to reuse"
+        );
+        let again = s.reassign_nonce(f[2], t2.id, 5).await.unwrap();
+        assert!(
+            again.nonce >= 5,
+            "reassigned below the chain's count 5: {}",
+            again.nonce
+        );
+        let counter = s.resync_nonce(signer(0), CHAIN, 3).await.unwrap();
+        assert!(
+            counter > again.nonce,
+            "a resync to 3 moved the counter back to {counter}, at or below nonce {} in use",
+            again.nonce
+        );
     });
 }
 

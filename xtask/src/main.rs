@@ -7,6 +7,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
+mod planted_store;
+
 const USAGE: &str = "usage: cargo xtask <command>
 
 commands:
@@ -40,9 +42,11 @@ commands:
   bench engine   journaled step transitions/s through the real store vs pgbench -N -c 8
   bench sim      simulated s per wall s and peak memory per seed (steady-state), suite seeds/min
   planted [NAME…] apply each planted bug (fixtures/planted-bugs/*.patch) to a copy of HEAD, build
-                 the simulation and run the `ci` suite: every planted bug must be caught; with no
-                 NAME, records the results in reports/planted/latest.json (the audit report's
-                 checker sensitivity)
+                 the simulation and run the `ci` suite: every planted bug must be caught; then
+                 each bug of the PostgreSQL store the simulation does not run
+                 (fixtures/planted-bugs/store/*.patch) must fail the store conformance test on a
+                 real PostgreSQL; with no NAME, records the results in
+                 reports/planted/latest.json (the audit report's checker sensitivity)
   contracts      rebuild the fixture contract with the pinned solc
   images         build the Docker images of `--provider docker` offline from this machine's
                  PostgreSQL and Anvil (dalp/postgres:15-local, dalp/anvil:local; names from
@@ -181,10 +185,18 @@ fn planted_and_head(
 ) -> (Result<(), String>, Result<PathBuf, String>) {
     let root = root();
     let bins = root.join("target/planted/bin");
-    let patches = match select_patches(names).and_then(|p| {
+    let selected = select_patches(names).and_then(|p| {
+        let store = planted_store::select(names)?;
+        if p.is_empty() && store.is_empty() {
+            return Err(format!(
+                "no planted bug matches {names:?} in fixtures/planted-bugs or {}",
+                planted_store::DIR
+            ));
+        }
         std::fs::create_dir_all(&bins).map_err(|e| format!("{}: {e}", bins.display()))?;
-        Ok(p)
-    }) {
+        Ok((p, store))
+    });
+    let (patches, store) = match selected {
         Ok(p) => p,
         Err(e) => return (Err(e.clone()), Err(e)),
     };
@@ -193,7 +205,8 @@ fn planted_and_head(
     let _ = std::fs::remove_file(bins.join(COMMITTED));
     let mut outcomes = Vec::new();
     let caught = forget_workspace_crates()
-        .and_then(|()| planted_each(&patches, &work, &bins, committed, &mut outcomes));
+        .and_then(|()| planted_each(&patches, &work, &bins, committed, &mut outcomes))
+        .and_then(|()| planted_store::each(&store, &mut outcomes));
     let missed: Vec<String> = outcomes
         .iter()
         .filter(|o| o.failure.is_none())
@@ -226,13 +239,15 @@ fn planted_and_head(
     let verdict = caught.and_then(|()| {
         if missed.is_empty() {
             eprintln!(
-                "xtask: all {} planted bugs caught by the ci suite",
-                patches.len()
+                "xtask: all {} planted bugs caught ({} by the ci suite, {} in the PostgreSQL store by its conformance test)",
+                patches.len() + store.len(),
+                patches.len(),
+                store.len()
             );
             Ok(())
         } else {
             Err(format!(
-                "planted bugs the ci suite did not catch: {}",
+                "planted bugs not caught (by the ci suite, or store/ ones by the store conformance test): {}",
                 missed.join(", ")
             ))
         }
@@ -258,11 +273,8 @@ fn select_patches(names: &[&str]) -> Result<Vec<PathBuf>, String> {
         let text = std::fs::read_to_string(p).unwrap_or_default();
         (text.contains("\n+++ b/sim/"), p.clone())
     });
-    if patches.is_empty() {
-        return Err(format!(
-            "no planted bug matches {names:?} in {}",
-            dir.display()
-        ));
+    if patches.is_empty() && names.is_empty() {
+        return Err(format!("no planted bug in {}", dir.display()));
     }
     Ok(patches)
 }
