@@ -311,6 +311,17 @@ async fn bad_input_gets_400_naming_the_field_before_the_database() {
         answer["error"].as_str().unwrap().contains("visible ASCII"),
         "{answer}"
     );
+    // No key at all: refused, naming the header (a retry could not be told from a new request).
+    let h: &[(&str, &[u8])] = &[("authorization", &auth)];
+    let (code, answer) = call(&engine, "POST", "/v1/workflows/mint", h, mint()).await;
+    assert_eq!(code, StatusCode::BAD_REQUEST, "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("Idempotency-Key"),
+        "{answer}"
+    );
     assert_eq!(db.count("submit"), 0, "bad input reached the database");
     let (code, answer) = submit(b"good", serde_json::from_str(&mint()).unwrap()).await;
     assert_eq!(code, StatusCode::ACCEPTED, "{answer}");

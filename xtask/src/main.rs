@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
-mod planted_store;
+mod planted_prod;
 
 const USAGE: &str = "usage: cargo xtask <command>
 
@@ -43,9 +43,10 @@ commands:
   bench sim      simulated s per wall s and peak memory per seed (steady-state), suite seeds/min
   planted [NAME…] apply each planted bug (fixtures/planted-bugs/*.patch) to a copy of HEAD, build
                  the simulation and run the `ci` suite: every planted bug must be caught; then
-                 each bug of the PostgreSQL store the simulation does not run
-                 (fixtures/planted-bugs/store/*.patch) must fail the store conformance test on a
-                 real PostgreSQL; with no NAME, records the results in
+                 each bug of the production code the simulation does not run must fail its
+                 test: the PostgreSQL store's (fixtures/planted-bugs/store/) the store
+                 conformance test, the HTTP API's (…/api/) the API test; with no NAME, records
+                 the results in
                  reports/planted/latest.json (the audit report's checker sensitivity)
   contracts      rebuild the fixture contract with the pinned solc
   images         build the Docker images of `--provider docker` offline from this machine's
@@ -186,17 +187,16 @@ fn planted_and_head(
     let root = root();
     let bins = root.join("target/planted/bin");
     let selected = select_patches(names).and_then(|p| {
-        let store = planted_store::select(names)?;
-        if p.is_empty() && store.is_empty() {
+        let prod = planted_prod::select(names)?;
+        if p.is_empty() && prod.is_empty() {
             return Err(format!(
-                "no planted bug matches {names:?} in fixtures/planted-bugs or {}",
-                planted_store::DIR
+                "no planted bug matches {names:?} in fixtures/planted-bugs or its store/ and api/"
             ));
         }
         std::fs::create_dir_all(&bins).map_err(|e| format!("{}: {e}", bins.display()))?;
-        Ok((p, store))
+        Ok((p, prod))
     });
-    let (patches, store) = match selected {
+    let (patches, prod) = match selected {
         Ok(p) => p,
         Err(e) => return (Err(e.clone()), Err(e)),
     };
@@ -206,7 +206,7 @@ fn planted_and_head(
     let mut outcomes = Vec::new();
     let caught = forget_workspace_crates()
         .and_then(|()| planted_each(&patches, &work, &bins, committed, &mut outcomes))
-        .and_then(|()| planted_store::each(&store, &mut outcomes));
+        .and_then(|()| planted_prod::each(&prod, &mut outcomes));
     let missed: Vec<String> = outcomes
         .iter()
         .filter(|o| o.failure.is_none())
@@ -239,15 +239,15 @@ fn planted_and_head(
     let verdict = caught.and_then(|()| {
         if missed.is_empty() {
             eprintln!(
-                "xtask: all {} planted bugs caught ({} by the ci suite, {} in the PostgreSQL store by its conformance test)",
-                patches.len() + store.len(),
+                "xtask: all {} planted bugs caught ({} by the ci suite, {} in the production-only store and API by their tests)",
+                patches.len() + prod.len(),
                 patches.len(),
-                store.len()
+                prod.len()
             );
             Ok(())
         } else {
             Err(format!(
-                "planted bugs not caught (by the ci suite, or store/ ones by the store conformance test): {}",
+                "planted bugs not caught (by the ci suite; store/ and api/ ones by their tier's test): {}",
                 missed.join(", ")
             ))
         }

@@ -375,7 +375,16 @@ pub(super) fn sensitivity(doc: &ResultsDoc, b: &mut Vec<Block>) {
         .is_some_and(|bd| bd.commit == p.commit);
     b.push(Block::Para(vec![
         Strong(format!("{caught} of {} planted bugs caught", p.bugs.len())),
-        t(format!(" by the ci suite on {} at commit ", p.date)),
+        t(format!(
+            " ({}) on {} at commit ",
+            if p.bugs.iter().any(|x| x.name.contains('/')) {
+                "by the ci suite; the `store/` and `api/` ones, in production code the \
+                 simulation does not run, by the store conformance and API tests"
+            } else {
+                "by the ci suite"
+            },
+            p.date
+        )),
         Code(p.commit.clone()),
         t(format!(
             "{} ({}; from {}).",
