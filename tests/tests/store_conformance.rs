@@ -2166,6 +2166,21 @@ fn contract_no_write_revives_a_dead_lettered_workflow() {
     });
 }
 
+/// `n` workflows submitted (keys 0..n, long windows) and claimed by n0 under long leases.
+async fn submitted_and_claimed(s: &PgStore, n: u8) -> Vec<dalp_engine::store::Claim> {
+    for k in 0..n {
+        s.submit(new_workflow(k, 0, false), Duration::from_secs(3600))
+            .await
+            .unwrap();
+    }
+    let claims = s
+        .claim("n0", Duration::from_secs(3600), usize::from(n), LEASE_ID)
+        .await
+        .unwrap();
+    assert_eq!(claims.len(), usize::from(n), "every workflow claimed");
+    claims
+}
+
 /// A fence proves the lease of *its* workflow only: a transaction of another workflow must not be
 /// written under it.
 #[test]
@@ -2173,15 +2188,7 @@ fn contract_a_fence_does_not_cover_another_workflows_transaction() {
     runtime().block_on(async {
         let server = Server::start().await;
         let (s, _) = server.fresh(1).await;
-        for k in 0..2 {
-            s.submit(new_workflow(k, 0, false), Duration::from_secs(3600))
-                .await
-                .unwrap();
-        }
-        let claims = s
-            .claim("n0", Duration::from_secs(3600), 2, LEASE_ID)
-            .await
-            .unwrap();
+        let claims = submitted_and_claimed(&s, 2).await;
         let (f1, f2) = (&claims[0].fence, &claims[1].fence);
         let tx = s.create_tx(f2, 0, &intent(0), FEES, 0).await.unwrap();
         let r = s.record_signed(f1, tx.id, &broadcast(1, 0)).await;
@@ -2395,15 +2402,7 @@ fn contract_no_nonce_below_the_chains_count_is_handed_out() {
     runtime().block_on(async {
         let server = Server::start().await;
         let (s, _) = server.fresh(1).await;
-        for k in 0..3 {
-            s.submit(new_workflow(k, 0, false), Duration::from_secs(3600))
-                .await
-                .unwrap();
-        }
-        let claims = s
-            .claim("n0", Duration::from_secs(3600), 3, LEASE_ID)
-            .await
-            .unwrap();
+        let claims = submitted_and_claimed(&s, 3).await;
         let f: Vec<&Fence> = claims.iter().map(|c| &c.fence).collect();
         let t0 = s.create_tx(f[0], 0, &intent(0), FEES, 0).await.unwrap();
         let t1 = s.create_tx(f[1], 0, &intent(0), FEES, 0).await.unwrap();
@@ -2430,6 +2429,73 @@ fn contract_no_nonce_below_the_chains_count_is_handed_out() {
             counter > again.nonce,
             "a resync to 3 moved the counter back to {counter}, at or below nonce {} in use",
             again.nonce
+        );
+    });
+}
+
+/// Two allocations for one signer never hand out the same nonce: an allocation waits for a
+/// concurrent one holding the counter (its row lock) and then reads what that one left. Made
+/// deterministic, not left to a race: a session of ours plays the concurrent engine, holds the
+/// counter's lock until the store's allocation is seen waiting on a lock (`pg_locks`), then
+/// takes nonce 1 and commits.
+#[test]
+fn contract_a_nonce_allocation_waits_for_a_concurrent_one() {
+    use sqlx::Connection;
+    runtime().block_on(async {
+        let server = Server::start().await;
+        let (s, name) = server.fresh(2).await;
+        let claims = submitted_and_claimed(&s, 2).await;
+        let first = s
+            .create_tx(&claims[0].fence, 0, &intent(0), FEES, 0)
+            .await
+            .unwrap();
+        assert_eq!(first.nonce, 0);
+        let mut other = sqlx::PgConnection::connect(&db_url(&server.pg, &name))
+            .await
+            .unwrap();
+        let signer0 = format!("{:#x}", signer(0));
+        sqlx::query("BEGIN").execute(&mut other).await.unwrap();
+        let next: i64 = sqlx::query_scalar(
+            "SELECT next_nonce FROM nonces WHERE signer = $1 AND chain_id = $2 FOR UPDATE",
+        )
+        .bind(&signer0)
+        .bind(CHAIN as i64)
+        .fetch_one(&mut other)
+        .await
+        .unwrap();
+        assert_eq!(next, 1, "the counter after nonce 0");
+        let intent0 = intent(0);
+        let ours = s.create_tx(&claims[1].fence, 0, &intent0, FEES, 0);
+        let theirs = async {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let waiting: i64 =
+                    sqlx::query_scalar("SELECT count(*) FROM pg_locks WHERE NOT granted")
+                        .fetch_one(&mut other)
+                        .await
+                        .unwrap();
+                if waiting > 0 {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "the store's allocation never waited on a lock"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            sqlx::query("UPDATE nonces SET next_nonce = 2 WHERE signer = $1 AND chain_id = $2")
+                .bind(&signer0)
+                .bind(CHAIN as i64)
+                .execute(&mut other)
+                .await
+                .unwrap();
+            sqlx::query("COMMIT").execute(&mut other).await.unwrap();
+        };
+        let (ours, ()) = tokio::join!(ours, theirs);
+        let ours = ours.unwrap();
+        assert_eq!(
+            ours.nonce, 2,
+            "nonce 1 was taken by the concurrent allocation; the store handed it out again"
         );
     });
 }

@@ -46,8 +46,8 @@ commands:
                  each bug of the production code the simulation does not run must fail its
                  test: the PostgreSQL store's (fixtures/planted-bugs/store/) the store
                  conformance test, the HTTP API's (…/api/) the API test; with no NAME, records
-                 the results in
-                 reports/planted/latest.json (the audit report's checker sensitivity)
+                 the results in reports/planted/latest.json (the audit report's checker
+                 sensitivity)
   contracts      rebuild the fixture contract with the pinned solc
   images         build the Docker images of `--provider docker` offline from this machine's
                  PostgreSQL and Anvil (dalp/postgres:15-local, dalp/anvil:local; names from
@@ -204,9 +204,24 @@ fn planted_and_head(
     // A committed-tree build left by an earlier call must never stand in for this HEAD's.
     let _ = std::fs::remove_file(bins.join(COMMITTED));
     let mut outcomes = Vec::new();
-    let caught = forget_workspace_crates()
-        .and_then(|()| planted_each(&patches, &work, &bins, committed, &mut outcomes))
-        .and_then(|()| planted_prod::each(&prod, &mut outcomes));
+    // The production tiers (their own copy and target dir) run beside the simulation's bugs:
+    // their builds and tests take the cores the other's runs and waits leave.
+    let (caught, prod_caught, prod_outcomes) = std::thread::scope(|s| {
+        let tiers = s.spawn(|| {
+            let mut o = Vec::new();
+            let r = planted_prod::each(&prod, &mut o);
+            (r, o)
+        });
+        let caught = forget_workspace_crates()
+            .and_then(|()| planted_each(&patches, &work, &bins, committed, &mut outcomes));
+        let (r, o) = tiers.join().expect("the production tiers' thread");
+        (caught, r, o)
+    });
+    outcomes.extend(prod_outcomes);
+    let caught = match (caught, prod_caught) {
+        (Ok(()), r) | (r, Ok(())) => r,
+        (Err(a), Err(b)) => Err(format!("{a}; {b}")),
+    };
     let missed: Vec<String> = outcomes
         .iter()
         .filter(|o| o.failure.is_none())
