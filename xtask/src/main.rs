@@ -205,22 +205,13 @@ fn planted_and_head(
     let _ = std::fs::remove_file(bins.join(COMMITTED));
     let mut outcomes = Vec::new();
     // The production tiers (their own copy and target dir) run beside the simulation's bugs:
-    // their builds and tests take the cores the other's runs and waits leave. They start once
-    // the simulation's committed build is done (or failed): started with it, their first build
-    // only slowed it and the other first builds down (a fresh clone: 707 s for it, 25:24 in all).
-    let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
-    let tier_bugs = &prod;
+    // their builds and tests take the cores the other's runs and waits leave.
     let (caught, prod_caught, prod_outcomes) = std::thread::scope(|s| {
-        let tiers = s.spawn(move || {
-            let _ = started_rx.recv();
+        let tiers = s.spawn(|| {
             let mut o = Vec::new();
-            let r = planted_prod::each(tier_bugs, &mut o);
+            let r = planted_prod::each(&prod, &mut o);
             (r, o)
         });
-        let committed = move |bin: &Path| {
-            committed(bin);
-            let _ = started_tx.send(());
-        };
         let caught = forget_workspace_crates()
             .and_then(|()| planted_each(&patches, &work, &bins, committed, &mut outcomes));
         let (r, o) = tiers.join().expect("the production tiers' thread");

@@ -160,9 +160,6 @@ fn cargo_test(tier: &Tier, work: &Path, target: &Path) -> Command {
     c.current_dir(work)
         .env("CARGO_TARGET_DIR", target)
         .env("CARGO_INCREMENTAL", "1")
-        // No debug info: the copy is built for a verdict, not to be debugged (faster builds
-        // and links of every bug's engine and its dependents).
-        .env("CARGO_PROFILE_DEV_DEBUG", "0")
         .args(["test", "-p", "dalp-integration", "--test", tier.test]);
     c
 }
