@@ -119,7 +119,7 @@ pub async fn chain(
                 }
                 ev.transfers.push(TransferLog {
                     block: n,
-                    contract: addr(&log["address"]).unwrap_or_default(),
+                    contract,
                     from: Address::from_word(topics[1]),
                     to: Address::from_word(topics[2]),
                     value: U256::from_be_slice(&data[..32.min(data.len())]),

@@ -231,6 +231,12 @@ fn s(ms: u64) -> String {
 const TERMINAL: &[&str] = &["completed", "failed", "dead_letter", "cancelled"];
 
 /// Whether a workflow `status` is final.
+/// The address a JSON object holds as a string under `key` (`None`: no object, no such string,
+/// or not an address).
+fn address_at(v: Option<&Value>, key: &str) -> Option<Address> {
+    v?.get(key)?.as_str()?.parse().ok()
+}
+
 pub fn is_terminal(status: &str) -> bool {
     TERMINAL.contains(&status)
 }
@@ -534,19 +540,14 @@ pub fn exactly_once(ev: &Evidence) -> Verdict {
         .collect();
     let mut registrations = 0;
     for w in ev.workflows.iter().filter(|w| w.status == "completed") {
-        let field = |v: Option<&Value>, k: &str| {
-            v.and_then(|v| v.get(k))
-                .and_then(Value::as_str)
-                .map(str::to_owned)
-        };
         let (token, account) = match w.kind.as_str() {
             "register_identity" => (
-                field(Some(&w.input), "token"),
-                field(Some(&w.input), "account"),
+                address_at(Some(&w.input), "token"),
+                address_at(Some(&w.input), "account"),
             ),
             "issuance" => (
-                field(w.result.as_ref(), "token"),
-                field(Some(&w.input), "investor"),
+                address_at(w.result.as_ref(), "token"),
+                address_at(Some(&w.input), "investor"),
             ),
             _ => continue,
         };
@@ -555,11 +556,7 @@ pub fn exactly_once(ev: &Evidence) -> Verdict {
             .get("country")
             .and_then(Value::as_u64)
             .and_then(|c| u16::try_from(c).ok());
-        let (Some(token), Some(account), Some(country)) = (
-            token.and_then(|t| t.parse::<Address>().ok()),
-            account.and_then(|a| a.parse::<Address>().ok()),
-            country,
-        ) else {
+        let (Some(token), Some(account), Some(country)) = (token, account, country) else {
             continue;
         };
         registrations += 1;
@@ -581,12 +578,7 @@ pub fn exactly_once(ev: &Evidence) -> Verdict {
         .iter()
         .filter(|w| w.status == "completed" && w.kind == "issuance" && !caps_rewritten)
     {
-        let token = w
-            .result
-            .as_ref()
-            .and_then(|r| r.get("token"))
-            .and_then(Value::as_str)
-            .and_then(|t| t.parse::<Address>().ok());
+        let token = address_at(w.result.as_ref(), "token");
         let asked = w
             .input
             .get("max_balance")
@@ -607,18 +599,8 @@ pub fn exactly_once(ev: &Evidence) -> Verdict {
     let mut expect_investor: BTreeMap<Address, U256> = BTreeMap::new();
     let mut unsettled: BTreeSet<Address> = BTreeSet::new();
     for w in &ev.workflows {
-        let token = w
-            .input
-            .get("token")
-            .and_then(Value::as_str)
-            .and_then(|t| t.parse::<Address>().ok())
-            .or_else(|| {
-                w.result
-                    .as_ref()
-                    .and_then(|r| r.get("token"))
-                    .and_then(Value::as_str)
-                    .and_then(|t| t.parse().ok())
-            });
+        let token =
+            address_at(Some(&w.input), "token").or_else(|| address_at(w.result.as_ref(), "token"));
         let Some(token) = token else { continue };
         let amount = w
             .input
@@ -630,12 +612,7 @@ pub fn exactly_once(ev: &Evidence) -> Verdict {
             .and_then(Value::as_str)
             .and_then(|a| U256::from_str_radix(a, 10).ok())
             .unwrap_or_default();
-        let to_investor = w
-            .input
-            .get("to")
-            .and_then(Value::as_str)
-            .and_then(|a| a.parse::<Address>().ok())
-            == Some(ev.investor);
+        let to_investor = address_at(Some(&w.input), "to") == Some(ev.investor);
         if !TERMINAL.contains(&w.status.as_str()) {
             unsettled.insert(token);
             continue;
