@@ -172,17 +172,20 @@ enum Profile {
 /// Mutation testing of the harness: a suite that passes on a broken engine is worthless. Each
 /// patch plants one classic durable-execution bug into a copy of HEAD; the `ci` suite must fail.
 fn planted(names: &[&str]) -> Result<(), String> {
-    let (caught, head) = planted_and_head(names, |_| {});
+    // Whatever target/debug holds now seeds the production tiers' build.
+    let (caught, head) = planted_and_head(names, |_| {}, || {});
     head?;
     caught
 }
 
 /// The planted bugs' verdict, and HEAD's simulation binary in target/sim (restored after them).
 /// `committed` is called with the unpatched copy's binary (HEAD's committed tree) as soon as it
-/// is built, before the first bug: it stays in place until the next call.
+/// is built, before the first bug: it stays in place until the next call. The production tiers
+/// start when `dependencies_built` returns (see [`planted_prod::each`]).
 fn planted_and_head(
     names: &[&str],
     committed: impl FnOnce(&Path),
+    dependencies_built: impl FnOnce() + Send,
 ) -> (Result<(), String>, Result<PathBuf, String>) {
     let root = root();
     let bins = root.join("target/planted/bin");
@@ -209,7 +212,7 @@ fn planted_and_head(
     let (caught, prod_caught, prod_outcomes) = std::thread::scope(|s| {
         let tiers = s.spawn(|| {
             let mut o = Vec::new();
-            let r = planted_prod::each(&prod, &mut o);
+            let r = planted_prod::each(&prod, &mut o, dependencies_built);
             (r, o)
         });
         let caught = forget_workspace_crates()
@@ -1054,33 +1057,43 @@ fn test() -> Result<(), String> {
     let clean = tree_is_clean().unwrap_or(false);
     // Says that the test binaries' build ended (whatever its outcome).
     let (built_tx, built_rx) = std::sync::mpsc::channel::<()>();
+    // Says that the engine and the real suite are built: the third-party crates the production
+    // tiers' copy needs are in target/debug then (a dropped sender says it too).
+    let (deps_tx, deps_rx) = std::sync::mpsc::channel::<()>();
     let (real, built, caught, head, planted_took, beside) = std::thread::scope(|s| {
         let planted = s.spawn(move || {
             let started = std::time::Instant::now();
             let mut beside = None;
-            let (caught, head) = planted_and_head(&[], |committed| {
-                if clean {
-                    // The test binaries first (a build that failed is reported below, and
-                    // again by the tests' cargo).
-                    let _ = built_rx.recv();
-                    eprintln!(
+            let (caught, head) = planted_and_head(
+                &[],
+                |committed| {
+                    if clean {
+                        // The test binaries first (a build that failed is reported below, and
+                        // again by the tests' cargo).
+                        let _ = built_rx.recv();
+                        eprintln!(
                         "xtask: the other tests run beside the planted bugs, on HEAD's simulation \
                          binary {} (log: {}; shown when they end)",
                         committed.display(),
                         root().join(OTHER_TESTS_LOG).display()
                     );
-                    let sim = committed.to_path_buf();
-                    beside = Some(s.spawn(move || {
-                        let started = std::time::Instant::now();
-                        (other_tests(&sim, docker), started.elapsed())
-                    }));
-                }
-            });
+                        let sim = committed.to_path_buf();
+                        beside = Some(s.spawn(move || {
+                            let started = std::time::Instant::now();
+                            (other_tests(&sim, docker), started.elapsed())
+                        }));
+                    }
+                },
+                move || {
+                    let _ = deps_rx.recv();
+                },
+            );
             let took = started.elapsed();
             let beside = beside.map(|h| h.join().expect("the thread running the other tests"));
             (caught, head, took, beside)
         });
         let real = start_real_suite(&mut t, docker);
+        let _ = deps_tx.send(());
         // Built even when the real suite could not start: the other tests need them.
         let started = std::time::Instant::now();
         let built = (

@@ -8,8 +8,11 @@
 //!
 //! The copy of HEAD is built in its own target dir: cargo names a workspace crate's artifacts by
 //! its path relative to the workspace root, so a copy sharing the main tree's target dir could
-//! take the other's crates for fresh. Incremental compilation is on there (only the engine and
-//! its dependents change between bugs), whatever the caller set.
+//! take the other's crates for fresh. That dir starts with the main tree's third-party
+//! artifacts ([`seed_dependencies`]: built once, not twice on a 2-core machine), and is built
+//! with the main tree's feature set (`--workspace`), so that they are the copy's too.
+//! Incremental compilation is on there (only the engine and its dependents change between
+//! bugs), whatever the caller set.
 
 use crate::{git_apply, log_to, niced, root, PlantedOutcome};
 use std::path::{Path, PathBuf};
@@ -76,8 +79,13 @@ pub fn select(names: &[&str]) -> Result<Vec<Bug>, String> {
 /// Apply each bug's patch to a copy of HEAD's committed tree, run its tier's test binary, and
 /// take the patch out again; each outcome goes to `outcomes` (named `TIER/NAME`). Each tier's
 /// test must pass on the copy first. A patch that does not apply or does not build is an error,
-/// not a catch.
-pub fn each(bugs: &[Bug], outcomes: &mut Vec<PlantedOutcome>) -> Result<(), String> {
+/// not a catch. `dependencies_built` returns once the main tree's target/debug holds the
+/// third-party crates (or never will): the copy's target dir is seeded from it then.
+pub fn each(
+    bugs: &[Bug],
+    outcomes: &mut Vec<PlantedOutcome>,
+    dependencies_built: impl FnOnce(),
+) -> Result<(), String> {
     if bugs.is_empty() {
         return Ok(());
     }
@@ -85,6 +93,17 @@ pub fn each(bugs: &[Bug], outcomes: &mut Vec<PlantedOutcome>) -> Result<(), Stri
     let work = root.join("target/planted/prod-src");
     let target = root.join("target/planted/prod-target");
     let logs = root.join("target/planted");
+    dependencies_built();
+    let started = std::time::Instant::now();
+    match seed_dependencies(&root.join("target/debug"), &target.join("debug")) {
+        Ok(n) => eprintln!(
+            "xtask: {n} third-party artifacts of target/debug copied to {} in {} s",
+            target.display(),
+            started.elapsed().as_secs()
+        ),
+        // Only slower: the copy builds them itself.
+        Err(e) => eprintln!("xtask: target/debug's artifacts not copied ({e}): built afresh"),
+    }
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work).map_err(|e| format!("{}: {e}", work.display()))?;
     crate::run(
@@ -160,12 +179,129 @@ fn cargo_test(tier: &Tier, work: &Path, target: &Path) -> Command {
     c.current_dir(work)
         .env("CARGO_TARGET_DIR", target)
         .env("CARGO_INCREMENTAL", "1")
-        .args(["test", "-p", "dalp-integration", "--test", tier.test]);
+        // The workspace's features, as the main tree's `cargo test --workspace` resolves them:
+        // another selection could unify other features and change the seeded crates' hashes.
+        .args(["test", "--workspace", "--test", tier.test]);
     c
 }
 
-/// Build the tier's test binary from the copy as it stands.
+/// Copy into `to` (a target profile dir) what `from` holds of crates that are not the
+/// workspace's: their fingerprints, build-script outputs and artifacts, each file only where
+/// `to` lacks it, modification times kept. Cargo takes them as fresh there (a third-party
+/// crate's fingerprint depends on its version, features and flags, not on where it was built;
+/// build-script paths are rebased to the new dir) and compiles only what differs. A crate's
+/// fingerprint is copied before its artifacts: one still being built in `from` has none yet,
+/// and is rebuilt in `to` over whatever part of it was copied. The number of files copied.
+pub fn seed_dependencies(from: &Path, to: &Path) -> Result<usize, String> {
+    let ours = workspace_packages()?;
+    let unit = |name: &str| -> Option<(String, String)> {
+        let (package, hash) = name.rsplit_once('-')?;
+        (hash.len() == 16 && hash.bytes().all(|b| b.is_ascii_hexdigit()))
+            .then(|| (package.to_string(), hash.to_string()))
+    };
+    let names = |dir: &Path| -> Result<Vec<String>, String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .map_err(|e| format!("{}: {e}", dir.display()))?
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .collect();
+        v.sort();
+        Ok(v)
+    };
+    let mut theirs = std::collections::BTreeSet::new();
+    let mut copied = 0;
+    for name in names(&from.join(".fingerprint"))? {
+        let Some((package, hash)) = unit(&name) else {
+            continue;
+        };
+        if !ours.contains(&package) {
+            copied += copy_missing(
+                &from.join(".fingerprint").join(&name),
+                &to.join(".fingerprint").join(&name),
+            )?;
+            theirs.insert(hash);
+        }
+    }
+    for dir in ["build", "deps"] {
+        if !from.join(dir).is_dir() {
+            continue;
+        }
+        for name in names(&from.join(dir))? {
+            // `libfoo-HASH.rlib`, `foo-HASH.d`, a build script's `foo-HASH/`.
+            let stem = name.split('.').next().unwrap_or(&name);
+            if unit(stem).is_some_and(|(_, hash)| theirs.contains(&hash)) {
+                copied += copy_missing(&from.join(dir).join(&name), &to.join(dir).join(&name))?;
+            }
+        }
+    }
+    Ok(copied)
+}
+
+/// Copy `from` (a file, or a directory recursively) to `to` where `to` has no such file, with
+/// its modification time; symbolic links are skipped. The number of files copied.
+fn copy_missing(from: &Path, to: &Path) -> Result<usize, String> {
+    let meta = std::fs::symlink_metadata(from).map_err(|e| format!("{}: {e}", from.display()))?;
+    if meta.is_dir() {
+        std::fs::create_dir_all(to).map_err(|e| format!("{}: {e}", to.display()))?;
+        let mut n = 0;
+        for e in std::fs::read_dir(from).map_err(|e| format!("{}: {e}", from.display()))? {
+            let e = e.map_err(|e| format!("{}: {e}", from.display()))?;
+            n += copy_missing(&e.path(), &to.join(e.file_name()))?;
+        }
+        return Ok(n);
+    }
+    if !meta.is_file() || to.exists() {
+        return Ok(0);
+    }
+    if let Some(parent) = to.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+    }
+    std::fs::copy(from, to).map_err(|e| format!("{} to {}: {e}", from.display(), to.display()))?;
+    let modified = meta
+        .modified()
+        .map_err(|e| format!("{}: {e}", from.display()))?;
+    std::fs::File::options()
+        .write(true)
+        .open(to)
+        .and_then(|f| f.set_modified(modified))
+        .map_err(|e| format!("{}: {e}", to.display()))?;
+    Ok(1)
+}
+
+/// The names of the workspace's packages (`members` of the root manifest, each one's
+/// `[package] name`).
+fn workspace_packages() -> Result<std::collections::BTreeSet<String>, String> {
+    let read = |p: &Path| std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()));
+    let manifest = root().join("Cargo.toml");
+    let text = read(&manifest)?;
+    let members = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("members")?.trim().strip_prefix('='))
+        .ok_or_else(|| format!("{}: no `members = [...]` line", manifest.display()))?;
+    let mut packages = std::collections::BTreeSet::new();
+    for member in members
+        .split(['[', ']', ','])
+        .map(|m| m.trim().trim_matches('"'))
+    {
+        if member.is_empty() {
+            continue;
+        }
+        let path = root().join(member).join("Cargo.toml");
+        let name = read(&path)?
+            .lines()
+            .find_map(|l| {
+                let v = l.trim().strip_prefix("name")?.trim().strip_prefix('=')?;
+                Some(v.trim().trim_matches('"').to_string())
+            })
+            .ok_or_else(|| format!("{}: no package name", path.display()))?;
+        packages.insert(name);
+    }
+    Ok(packages)
+}
+
+/// Build the tier's test binary from the copy as it stands; cargo's output goes beside `log`
+/// (`NAME.build.log`), the test's own to `log`.
 fn build(tier: &Tier, work: &Path, target: &Path, log: &Path) -> Result<(), String> {
+    let log = &log.with_extension("build.log");
     let mut c = cargo_test(tier, work, target);
     c.arg("--no-run");
     log_to(&mut c, log)?;
@@ -223,5 +359,62 @@ mod tests {
         let text = "running 3 tests\ntest a ... ok\ntest b_c ... FAILED\ntest d ... FAILED\n\nfailures:\n    b_c\n";
         assert_eq!(failed_tests(text), vec!["b_c", "d"]);
         assert!(failed_tests("test a ... ok\n").is_empty());
+    }
+
+    #[test]
+    fn the_workspace_packages_are_read_from_the_manifests() {
+        let p = workspace_packages().unwrap();
+        for name in ["dalp-engine", "dalp-sim", "dalp-integration", "xtask"] {
+            assert!(p.contains(name), "{name} missing from {p:?}");
+        }
+        assert!(!p.contains("serde"));
+    }
+
+    #[test]
+    fn seeding_copies_third_party_units_only_and_keeps_what_is_there() {
+        let dir = std::env::temp_dir().join(format!("xtask-seed-{}", std::process::id()));
+        let (from, to) = (dir.join("from"), dir.join("to"));
+        let _ = std::fs::remove_dir_all(&dir);
+        let put = |p: PathBuf, text: &str| {
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, text).unwrap();
+        };
+        let (theirs, ours) = ("0123456789abcdef", "fedcba9876543210");
+        put(
+            from.join(format!(".fingerprint/serde-{theirs}/lib-serde")),
+            "fp",
+        );
+        put(from.join(format!("deps/libserde-{theirs}.rlib")), "rlib");
+        put(from.join(format!("deps/serde-{theirs}.d")), "d");
+        put(from.join(format!("build/serde-{theirs}/out/x")), "out");
+        put(
+            from.join(format!(".fingerprint/dalp-engine-{ours}/lib-dalp_engine")),
+            "fp",
+        );
+        put(
+            from.join(format!("deps/libdalp_engine-{ours}.rlib")),
+            "ours",
+        );
+        // An artifact without a fingerprint (still being built, or left over) is not taken.
+        put(from.join("deps/libtokio-1111111111111111.rlib"), "partial");
+        put(to.join(format!("deps/serde-{theirs}.d")), "kept");
+        assert_eq!(seed_dependencies(&from, &to).unwrap(), 3);
+        let read = |p: &str| std::fs::read_to_string(to.join(p)).ok();
+        assert_eq!(
+            read(&format!("deps/libserde-{theirs}.rlib")).as_deref(),
+            Some("rlib")
+        );
+        assert_eq!(
+            read(&format!("deps/serde-{theirs}.d")).as_deref(),
+            Some("kept")
+        );
+        assert_eq!(
+            read(&format!("build/serde-{theirs}/out/x")).as_deref(),
+            Some("out")
+        );
+        assert_eq!(read(&format!("deps/libdalp_engine-{ours}.rlib")), None);
+        assert_eq!(read("deps/libtokio-1111111111111111.rlib"), None);
+        assert!(!to.join(format!(".fingerprint/dalp-engine-{ours}")).exists());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
