@@ -362,7 +362,7 @@ struct PlantedOutcome {
 }
 
 /// Where the planted-bug results are recorded (read by `dalp-sim`'s audit report).
-const PLANTED_RESULTS: &str = "reports/planted/latest.json";
+pub(crate) const PLANTED_RESULTS: &str = "reports/planted/latest.json";
 
 /// Write [`PLANTED_RESULTS`]: when, at which commit, and per bug whether it was caught and by
 /// which run and invariants.

@@ -93,6 +93,9 @@ pub fn each(
     let work = root.join("target/planted/prod-src");
     let target = root.join("target/planted/prod-target");
     let logs = root.join("target/planted");
+    let caught_by = caught_by_tests_in(
+        &std::fs::read_to_string(root.join(crate::PLANTED_RESULTS)).unwrap_or_default(),
+    );
     dependencies_built();
     let started = std::time::Instant::now();
     match seed_dependencies(&root.join("target/debug"), &target.join("debug")) {
@@ -126,7 +129,7 @@ pub fn each(
         let head_log = logs.join(format!("{}-committed.log", tier.name));
         build(tier, &work, &target, &head_log)?;
         // A test that fails on HEAD itself would make every bug look caught.
-        let failed = test(tier, &work, &target, &head_log)?;
+        let failed = test(tier, &work, &target, &head_log, None)?;
         if !failed.is_empty() {
             return Err(format!(
                 "{} fails on HEAD itself ({}; see {}): no planted bug can be judged by it",
@@ -146,8 +149,17 @@ pub fn each(
             let started = std::time::Instant::now();
             git_apply(&work, &bug.patch, false)?;
             let log = logs.join(format!("{}-{stem}.log", tier.name));
-            let tried =
-                build(tier, &work, &target, &log).and_then(|()| test(tier, &work, &target, &log));
+            // The test that caught it last runs alone first: when it fails again, that is the
+            // verdict without the rest of the binary (most of a run under load); when it
+            // passes, the whole binary decides. Only the time depends on the record.
+            let first = caught_by.get(&name).and_then(|tests| tests.first());
+            let tried = build(tier, &work, &target, &log).and_then(|()| match first {
+                Some(only) => match test(tier, &work, &target, &log, Some(only))? {
+                    failed if failed.is_empty() => test(tier, &work, &target, &log, None),
+                    failed => Ok(failed),
+                },
+                None => test(tier, &work, &target, &log, None),
+            });
             git_apply(&work, &bug.patch, true)?;
             let failed = tried.map_err(|e| format!("planted bug {name}: {e}"))?;
             let took = started.elapsed().as_secs();
@@ -316,14 +328,24 @@ fn build(tier: &Tier, work: &Path, target: &Path, log: &Path) -> Result<(), Stri
     }
 }
 
-/// Run the tests (they start PostgreSQL or the engine themselves); the names of those that
-/// failed, empty when all passed. A run that ends without a test verdict is an error.
-fn test(tier: &Tier, work: &Path, target: &Path, log: &Path) -> Result<Vec<String>, String> {
+/// Run the tests (they start PostgreSQL or the engine themselves), all or `only` the one named;
+/// the names of those that failed, empty when all passed (or none is named `only`). A run that
+/// ends without a test verdict is an error.
+fn test(
+    tier: &Tier,
+    work: &Path,
+    target: &Path,
+    log: &Path,
+    only: Option<&String>,
+) -> Result<Vec<String>, String> {
     let mut c = cargo_test(tier, work, target);
     // The verdict needs a failing case, not the smallest one: no shrinking (each step of the
     // store's is a fresh database).
     c.env("PROPTEST_RNG_SEED", SEED)
         .env("CONFORMANCE_SHRINK_ITERS", "0");
+    if let Some(name) = only {
+        c.args(["--", "--exact", name]);
+    }
     log_to(&mut c, log)?;
     let status = c.status().map_err(|e| format!("cargo: {e}"))?;
     // The tests' servers are gone with them; their scratch directories (a PostgreSQL data
@@ -340,6 +362,32 @@ fn test(tier: &Tier, work: &Path, target: &Path, log: &Path) -> Result<Vec<Strin
             log.display()
         )),
     }
+}
+
+/// Per planted bug of these tiers, the tests that failed with it as [`crate::PLANTED_RESULTS`]
+/// recorded them (its `invariants`: libtest's order, the first to fail first). A stale or
+/// missing entry costs time, never the verdict.
+fn caught_by_tests_in(text: &str) -> std::collections::BTreeMap<String, Vec<String>> {
+    // One bug per line, as `record_planted` writes them; test names need no escaping.
+    text.lines()
+        .filter(|l| l.contains("\"caught\": true"))
+        .filter_map(|l| {
+            let name = l.split("\"name\": \"").nth(1)?.split('"').next()?;
+            if !TIERS
+                .iter()
+                .any(|t| name.starts_with(&format!("{}/", t.name)))
+            {
+                return None;
+            }
+            let list = l.split("\"invariants\": [").nth(1)?.split(']').next()?;
+            let tests = list
+                .split(',')
+                .map(|t| t.trim().trim_matches('"').to_string())
+                .filter(|t| !t.is_empty())
+                .collect();
+            Some((name.to_string(), tests))
+        })
+        .collect()
 }
 
 /// The tests libtest reported failed (`test NAME ... FAILED`), in its order.
@@ -359,6 +407,23 @@ mod tests {
         let text = "running 3 tests\ntest a ... ok\ntest b_c ... FAILED\ntest d ... FAILED\n\nfailures:\n    b_c\n";
         assert_eq!(failed_tests(text), vec!["b_c", "d"]);
         assert!(failed_tests("test a ... ok\n").is_empty());
+    }
+
+    #[test]
+    fn the_tests_that_caught_a_production_bug_are_read_from_the_record() {
+        let text = r#"{
+  "bugs": [
+    {"name": "fence-ignores-lease-id", "caught": true, "scenario": "x", "seed": 18, "invariants": ["exactly_once"]},
+    {"name": "store/pg-a", "caught": true, "scenario": "store_conformance", "seed": 1, "invariants": ["regression_b", "model_c"]},
+    {"name": "store/pg-missed", "caught": false, "invariants": []},
+    {"name": "api/token", "caught": true, "scenario": "api_http", "seed": 1, "invariants": ["health"]}
+  ]
+}"#;
+        let m = caught_by_tests_in(text);
+        assert_eq!(m.len(), 2, "{m:?}");
+        assert_eq!(m["store/pg-a"], vec!["regression_b", "model_c"]);
+        assert_eq!(m["api/token"], vec!["health"]);
+        assert!(caught_by_tests_in("not json").is_empty());
     }
 
     #[test]
