@@ -480,6 +480,12 @@ impl Drop for LocalPg {
             let _ = c.kill();
             let _ = c.wait();
         }
+        // The data directory is ~300 MB: kept for a person to read only when its owner is
+        // dropped by a panic (a failing test); the server's log stays beside it either way.
+        // The rest waits for the sweep of finished runs' scratch directories.
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(self.data());
+        }
     }
 }
 
