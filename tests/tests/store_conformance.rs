@@ -1938,6 +1938,66 @@ fn regression_late_complete_after_fail_same_on_both() {
     });
 }
 
+/// Every list a read returns compared while it holds several entries, in the order each side
+/// gives: an order is only compared when there are two, and the random sequences seldom leave
+/// two dead letters (a dead letter needs a current fence at the current step, and a requeue
+/// removes it). Three workflows claimed at once, all dead-lettered, one requeued (an audited
+/// success) and requeued again (an audited refusal); read in full and cut to one, and again by
+/// the final comparison.
+#[test]
+fn lists_with_several_entries_same_on_both() {
+    runtime().block_on(async {
+        let server = Server::start().await;
+        let p = run_fixed(&server, |s| {
+            for key in 0..3 {
+                s.op(Op::Submit {
+                    key,
+                    hash: 0,
+                    long_window: true,
+                    nul: false,
+                });
+            }
+            s.op(Op::Claim {
+                node: 0,
+                limit: 3,
+                long_lease: true,
+            });
+            for n in 0..3 {
+                s.op(Op::Fail {
+                    fence: seen(n),
+                    step: StepRef::Current,
+                    dead_letter: true,
+                    nul: false,
+                });
+            }
+            s.op(Op::DeadLetters(100)).op(Op::DeadLetters(1));
+            s.op(Op::Requeue {
+                wf: 0,
+                dead: true,
+                nul: false,
+            })
+            .op(Op::Requeue {
+                wf: 0,
+                dead: false,
+                nul: false,
+            })
+            .op(Op::AuditLog(100))
+            .op(Op::AuditLog(1))
+            .op(Op::Journal(0));
+        })
+        .await;
+        // What makes this test worth its run: several entries in each list at the end.
+        let t = &p.model.tables;
+        assert_eq!(
+            t.dead_letters.len(),
+            2,
+            "dead letters: {:?}",
+            t.dead_letters
+        );
+        assert_eq!(t.audit_log.len(), 2, "audit log: {:?}", t.audit_log);
+    });
+}
+
 /// Found 2 (fixed): `record_signed` / `set_tx_state` / `abandon_tx` / `reassign_nonce` checked the
 /// fence of the workflow presented but wrote the transaction by id only. Now a transaction of
 /// another workflow is refused, the same way on both sides.
