@@ -163,10 +163,13 @@ impl DbFixture {
     }
 }
 
+/// Block `number` with `events` transfers, over the checkpoint at block `number - 1` (the
+/// fixture indexes blocks 1 to 5: block 6 is written, not refused).
 fn index_block(number: u64, events: u64) -> DbRequest {
     let hash = B256::from(U256::from(number));
     DbRequest::IndexBlock {
         chain_id: 31337,
+        extends: (number > 1).then(|| (number - 1, B256::from(U256::from(number - 1)))),
         number,
         hash,
         events: (0..events)

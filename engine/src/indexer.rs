@@ -111,9 +111,29 @@ impl Indexer {
                 "fp.indexer.batch",
                 EngineError::DbUnavailable("fault point: indexer batch".into())
             );
-            e.store
-                .index_block(chain_id, block.number, block.hash, &events, finalized)
-                .await?;
+            let extends = cp.as_ref().map(|c| (c.last_block, c.last_hash));
+            if !e
+                .store
+                .index_block(
+                    chain_id,
+                    extends,
+                    block.number,
+                    block.hash,
+                    &events,
+                    finalized,
+                )
+                .await?
+            {
+                // The checkpoint moved since it was read (a failover lost the blocks after it,
+                // a rollback or another indexer moved it): writing would skip the blocks in
+                // between. Read it again.
+                crate::probe!("indexer.checkpoint_moved");
+                tracing::warn!(
+                    block = block.number,
+                    "the indexer checkpoint moved since it was read; reading it again"
+                );
+                continue;
+            }
             e.metrics
                 .set("dalp_indexer_last_block", &[], block.number as i64);
             last = Some(block.number);

@@ -180,6 +180,7 @@ pub const PROBES: &[Probe] = &[
     must("indexer.reorg_detected", "the indexer follows reorgs"),
     p("indexer.rollback"),
     p("indexer.iteration_failed"),
+    p("indexer.checkpoint_moved"),
     // Operator actions and off-chain effects.
     must("requeue.done", "an operator requeue resumes a dead letter"),
     must(

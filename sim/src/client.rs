@@ -1,7 +1,7 @@
 //! Clients of the engine's API, shared by both backends: submit the planned operations, retry an
 //! unanswered submission with the same idempotency key (as a careful client does), follow each
 //! accepted workflow to its terminal state, submit again (same key) a workflow the database lost,
-//! and record everything in the history. Only [`EngineApi`] differs: madsim's network in the
+//! and record everything in the history. Only [`EngineApi`] differs: the simulated network in the
 //! simulation, HTTP against `dalp-engine` processes on the real backend.
 
 use crate::history::{History, Op, OpType};

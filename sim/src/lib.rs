@@ -1,7 +1,7 @@
 //! `dalp-sim`: the deterministic simulation harness for the dalp engine.
 //!
 //! The engine's real code runs on madsim nodes (`--cfg madsim`) against simulated PostgreSQL
-//! (`db`) and chain/RPC nodes (`chain`) on madsim's simulated network; scenarios (`scenario`)
+//! (`db`) and chain/RPC nodes (`chain`) on the simulated network (`world::net`); scenarios (`scenario`)
 //! schedule faults; every run records a trace (`trace`) whose hash is a pure function of the seed.
 //! The pure parts (models, scenario parsing, plan, checkers, CLI) compile in both flavours so they
 //! are unit-tested with plain `cargo test`; the simulated world (`world`) is `cfg(madsim)`.

@@ -113,7 +113,7 @@ fn main() -> ExitCode {
         ["bench"] => bench_all(),
         ["bench", "micro", filter @ ..] => bench_micro(filter, None),
         ["bench", "count"] => bench_count("scenarios/steady-state.toml", "2"),
-        ["bench", "count", scenario, seed] => bench_count(scenario, seed),
+        ["bench", "count", scenario, seed] => bench_count(&scenario_file(scenario), seed),
         ["bench", "sim"] => sim(
             Profile::Bench,
             &["bench", "steady-state", "--seeds", "5", "--suite", "ci"],
@@ -931,6 +931,16 @@ fn bench_count(scenario: &str, seed: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// A scenario's file: `NAME` is `scenarios/NAME.toml` (what `dalp-sim run` takes), a path stays
+/// one (`child`, which `bench count` runs, takes files only).
+fn scenario_file(scenario: &str) -> String {
+    if scenario.ends_with(".toml") || scenario.contains('/') {
+        scenario.to_string()
+    } else {
+        format!("scenarios/{scenario}.toml")
+    }
+}
+
 /// A callgrind_annotate row without the source path and binary: count, share and function.
 fn short_symbol(row: &str) -> String {
     let (counts, rest) = row.split_at(row.find(')').map_or(0, |i| i + 1));
@@ -1582,6 +1592,14 @@ fn setup() -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bench_count_takes_a_scenario_name_or_file() {
+        assert_eq!(scenario_file("steady-state"), "scenarios/steady-state.toml");
+        assert_eq!(scenario_file("scenarios/x.toml"), "scenarios/x.toml");
+        assert_eq!(scenario_file("/tmp/y.toml"), "/tmp/y.toml");
+        assert_eq!(scenario_file("regressions/z"), "regressions/z");
+    }
 
     #[test]
     fn catching_runs_are_read_from_the_recorded_results() {

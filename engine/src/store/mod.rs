@@ -548,15 +548,21 @@ pub trait Store: Send + Sync + 'static {
 
     async fn indexer_checkpoint(&self, chain_id: u64) -> Result<Option<IndexerCheckpoint>>;
     async fn indexed_block_hash(&self, chain_id: u64, number: u64) -> Result<Option<B256>>;
-    /// Store a block's events and advance the checkpoint, atomically and idempotently.
+    /// Store a block's events and advance the checkpoint to it, atomically, **only if the
+    /// checkpoint is still `extends`** (`(number - 1, its hash)` as the indexer read it; `None`:
+    /// no block indexed yet). Otherwise it moved since that read (a failover lost the blocks
+    /// after it, a rollback or another indexer moved it): nothing is written and the answer is
+    /// `false`, as writing would skip the blocks between the two or undo newer ones. A block
+    /// already at the checkpoint answers `true` (a retry whose acknowledgement was lost).
     async fn index_block(
         &self,
         chain_id: u64,
+        extends: Option<(u64, B256)>,
         number: u64,
         hash: B256,
         events: &[TokenEvent],
         finalized: u64,
-    ) -> Result<()>;
+    ) -> Result<bool>;
     /// Forget blocks above `keep` (a reorg) and their events; returns how many blocks went.
     async fn rollback_index(&self, chain_id: u64, keep: u64) -> Result<u64>;
     async fn indexed_balances(

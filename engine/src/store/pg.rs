@@ -1562,15 +1562,53 @@ impl Store for PgStore {
     async fn index_block(
         &self,
         chain_id: u64,
+        extends: Option<(u64, B256)>,
         number: u64,
         hash: B256,
         events: &[TokenEvent],
         finalized: u64,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         self.bounded(async {
             let mut conn = TxConn::acquire(&self.pool).await?;
             let r = transaction_body(async {
                 let mut tx = conn.begin().await?;
+                // The checkpoint moves first, compared in the same statement (an UPDATE on the
+                // row read, or an INSERT of the first one): its row stays locked until the
+                // commit, so no other indexer moves it between this and the writes below.
+                let moved = match extends {
+                    Some((block, parent)) => sqlx::query(
+                        "UPDATE indexer_checkpoint SET last_block = $2, last_hash = $3, finalized_block = $4, updated_at = now() \
+                         WHERE chain_id = $1 AND last_block = $5 AND last_hash = $6",
+                    )
+                    .bind(chain_id as i64)
+                    .bind(number as i64)
+                    .bind(hex_b256(&hash))
+                    .bind(finalized as i64)
+                    .bind(block as i64)
+                    .bind(hex_b256(&parent)),
+                    None => sqlx::query(
+                        "INSERT INTO indexer_checkpoint (chain_id, last_block, last_hash, finalized_block) VALUES ($1, $2, $3, $4) \
+                         ON CONFLICT (chain_id) DO NOTHING",
+                    )
+                    .bind(chain_id as i64)
+                    .bind(number as i64)
+                    .bind(hex_b256(&hash))
+                    .bind(finalized as i64),
+                }
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if moved == 0 {
+                    let current: Option<(i64, String)> = sqlx::query_as(
+                        "SELECT last_block, last_hash FROM indexer_checkpoint WHERE chain_id = $1",
+                    )
+                    .bind(chain_id as i64)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    tx.rollback().await?;
+                    let already = current.is_some_and(|(n, h)| n == number as i64 && h == hex_b256(&hash));
+                    return Ok(already);
+                }
                 sqlx::query("INSERT INTO indexed_blocks (chain_id, number, hash) VALUES ($1, $2, $3) ON CONFLICT (chain_id, number) DO UPDATE SET hash = EXCLUDED.hash")
                     .bind(chain_id as i64)
                     .bind(number as i64)
@@ -1595,18 +1633,8 @@ impl Store for PgStore {
                     .execute(&mut *tx)
                     .await?;
                 }
-                sqlx::query(
-                    "INSERT INTO indexer_checkpoint (chain_id, last_block, last_hash, finalized_block) VALUES ($1, $2, $3, $4) \
-                     ON CONFLICT (chain_id) DO UPDATE SET last_block = $2, last_hash = $3, finalized_block = $4, updated_at = now()",
-                )
-                .bind(chain_id as i64)
-                .bind(number as i64)
-                .bind(hex_b256(&hash))
-                .bind(finalized as i64)
-                .execute(&mut *tx)
-                .await?;
                 tx.commit().await?;
-                Ok(())
+                Ok(true)
             })
             .await;
             conn.settle(r).await

@@ -2,7 +2,7 @@
 //! every statement `PgStore` runs, and the engine's `Store` implemented over it.
 //!
 //! Why it exists: in the simulation the engine's real code reaches its database through the
-//! same `Store` trait as in production, but the database is a simulated node on madsim's network
+//! same `Store` trait as in production, but the database is a simulated node on the simulated network
 //! (primary and replicas, replication, crash, failover, unknown commit outcomes). That node keeps
 //! a [`DbModel`] and executes each [`DbRequest`] with [`DbModel::apply`].
 //!

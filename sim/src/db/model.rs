@@ -261,6 +261,8 @@ pub enum DbRequest {
     },
     IndexBlock {
         chain_id: u64,
+        /// The checkpoint the block extends, as the indexer read it.
+        extends: Option<(u64, B256)>,
         number: u64,
         hash: B256,
         events: Vec<TokenEvent>,
@@ -1258,11 +1260,12 @@ impl DbModel {
             } => self.notify(fence, kind, payload, now),
             DbRequest::IndexBlock {
                 chain_id,
+                extends,
                 number,
                 hash,
                 events,
                 finalized,
-            } => self.index_block(*chain_id, *number, *hash, events, *finalized, now),
+            } => self.index_block(*chain_id, *extends, *number, *hash, events, *finalized, now),
             DbRequest::RollbackIndex { chain_id, keep } => {
                 Ok(self.rollback_index(*chain_id, *keep, now))
             }
@@ -2264,10 +2267,13 @@ impl DbModel {
     }
 
     /// Stores a block's events (idempotent, keyed by block hash and log index) together with
-    /// the checkpoint.
+    /// the checkpoint, if the checkpoint is still `extends` (`true`; also for the block already
+    /// at the checkpoint, writing nothing); else writes nothing (`false`).
+    #[allow(clippy::too_many_arguments)]
     fn index_block(
         &mut self,
         chain_id: u64,
+        extends: Option<(u64, B256)>,
         number: u64,
         hash: B256,
         events: &[TokenEvent],
@@ -2282,6 +2288,13 @@ impl DbModel {
         }
         let chain = chain_id as i64;
         let t = &mut self.tables;
+        let current = t
+            .indexer_checkpoint
+            .get(&chain)
+            .map(|cp| (cp.last_block as u64, cp.last_hash));
+        if current != extends {
+            return Ok(DbReply::Bool(current == Some((number, hash))));
+        }
         t.indexed_blocks.insert((chain, number as i64), hash);
         for e in events {
             t.token_events
@@ -2304,7 +2317,7 @@ impl DbModel {
                 updated_at_ms: now,
             },
         );
-        Ok(DbReply::Unit)
+        Ok(DbReply::Bool(true))
     }
 
     /// Forgets every block above `keep` and its events, and moves the checkpoint back to `keep`

@@ -425,11 +425,12 @@ impl<C: DbCall> Store for StoreOver<C> {
     async fn index_block(
         &self,
         chain_id: u64,
+        extends: Option<(u64, B256)>,
         number: u64,
         hash: B256,
         events: &[TokenEvent],
         finalized: u64,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         // pg.rs asserts this in the engine process, before anything commits.
         for e in events {
             assert_eq!(
@@ -439,12 +440,13 @@ impl<C: DbCall> Store for StoreOver<C> {
         }
         let req = DbRequest::IndexBlock {
             chain_id,
+            extends,
             number,
             hash,
             events: events.to_vec(),
             finalized,
         };
-        expect!(self, "index_block", req, DbReply::Unit => ())
+        expect!(self, "index_block", req, DbReply::Bool(b) => b)
     }
 
     async fn rollback_index(&self, chain_id: u64, keep: u64) -> Result<u64> {
@@ -666,16 +668,16 @@ pub async fn call_store<S: Store + ?Sized>(store: &S, req: DbRequest) -> Result<
         }
         DbRequest::IndexBlock {
             chain_id,
+            extends,
             number,
             hash,
             events,
             finalized,
-        } => {
+        } => DbReply::Bool(
             store
-                .index_block(chain_id, number, hash, &events, finalized)
-                .await?;
-            DbReply::Unit
-        }
+                .index_block(chain_id, extends, number, hash, &events, finalized)
+                .await?,
+        ),
         DbRequest::RollbackIndex { chain_id, keep } => {
             DbReply::U64(store.rollback_index(chain_id, keep).await?)
         }

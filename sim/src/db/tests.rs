@@ -1595,13 +1595,58 @@ fn balances(db: &mut Db) -> Result<Vec<(Address, U256)>, EngineError> {
     }
 }
 
+/// The indexer checkpoint of chain 1 as the indexer reads it.
+fn checkpoint(db: &mut Db) -> Option<(u64, B256)> {
+    match db.ok(DbRequest::IndexerCheckpoint { chain_id: 1 }) {
+        DbReply::Checkpoint(cp) => cp.map(|c| (c.last_block, c.last_hash)),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// A block that extends a checkpoint other than the current one (the indexer read it before a
+/// failover, a rollback or another indexer moved it) writes nothing: it would skip the blocks in
+/// between or undo newer ones. The block already at the checkpoint is a success (a retry).
+#[test]
+fn index_block_writes_only_over_the_checkpoint_it_extends() {
+    let mut db = Db::default();
+    let (z, a) = (Address::ZERO, signer(0xa0));
+    let block = |extends: Option<(u64, B256)>, n: u64, h: u8| DbRequest::IndexBlock {
+        chain_id: 1,
+        extends,
+        number: n,
+        hash: B256::repeat_byte(h),
+        events: vec![ev(n, h, 0, z, a, 10)],
+        finalized: 0,
+    };
+    let one = Some((1, B256::repeat_byte(1)));
+    assert!(matches!(db.ok(block(None, 1, 1)), DbReply::Bool(true)));
+    assert!(matches!(db.ok(block(one, 2, 2)), DbReply::Bool(true)));
+    let before = db.m.clone();
+    // Block 4 over the checkpoint at 3 that this indexer read, which is no longer there (at 2).
+    assert!(matches!(
+        db.ok(block(Some((3, B256::repeat_byte(3))), 4, 4)),
+        DbReply::Bool(false)
+    ));
+    // A first block while one is indexed; block 2 again over 1 with another hash.
+    assert!(matches!(db.ok(block(None, 1, 7)), DbReply::Bool(false)));
+    assert!(matches!(db.ok(block(one, 2, 9)), DbReply::Bool(false)));
+    assert_eq!(db.m.tables, before.tables, "nothing written");
+    // Block 2 again as it is: done already.
+    assert!(matches!(db.ok(block(one, 2, 2)), DbReply::Bool(true)));
+    assert_eq!(db.m.tables, before.tables);
+    assert_eq!(checkpoint(&mut db), Some((2, B256::repeat_byte(2))));
+}
+
 #[test]
 fn index_block_is_idempotent_and_rollback_is_exact() {
     let mut db = Db::default();
     let (z, a, b) = (Address::ZERO, signer(0xa0), signer(0x0b));
+    // Each block extends the checkpoint as it stands.
     let index = |db: &mut Db, n: u64, h: u8, events: Vec<TokenEvent>, fin: u64| {
+        let extends = checkpoint(db);
         db.ok(DbRequest::IndexBlock {
             chain_id: 1,
+            extends,
             number: n,
             hash: B256::repeat_byte(h),
             events,
@@ -1684,6 +1729,7 @@ fn negative_balances_fail_like_pg_parsing_them() {
     let mut db = Db::default();
     db.ok(DbRequest::IndexBlock {
         chain_id: 1,
+        extends: None,
         number: 1,
         hash: B256::repeat_byte(1),
         events: vec![ev(1, 1, 0, signer(1), signer(2), 5)],
@@ -1697,6 +1743,7 @@ fn negative_balances_fail_like_pg_parsing_them() {
     let before = db.m.clone();
     let r = db.ap(DbRequest::IndexBlock {
         chain_id: 1,
+        extends: Some((1, B256::repeat_byte(1))),
         number: 2,
         hash: B256::repeat_byte(2),
         events: vec![ev(2, 3, 0, signer(1), signer(2), 5)],
@@ -2005,6 +2052,8 @@ mod props {
             number: u64,
             hash: u8,
             n_events: u8,
+            /// Extends a checkpoint that is not the current one.
+            stale: bool,
         },
         Rollback {
             keep: u64,
@@ -2083,11 +2132,14 @@ mod props {
                 stale,
                 kind
             }),
-            (0u64..5, 0u8..3, 0u8..3).prop_map(|(number, hash, n_events)| Op::Index {
-                number,
-                hash,
-                n_events
-            }),
+            (0u64..5, 0u8..3, 0u8..3, proptest::bool::weighted(0.2)).prop_map(
+                |(number, hash, n_events, stale)| Op::Index {
+                    number,
+                    hash,
+                    n_events,
+                    stale
+                }
+            ),
             (0u64..5).prop_map(|keep| Op::Rollback { keep }),
             (0u8..8).prop_map(|which| Op::Read { which }),
         ]
@@ -2344,10 +2396,21 @@ mod props {
                 number,
                 hash,
                 n_events,
+                stale,
             } => {
                 let h = 16 * number as u8 + hash;
+                let current = m
+                    .tables
+                    .indexer_checkpoint
+                    .get(&1)
+                    .map(|cp| (cp.last_block as u64, cp.last_hash));
                 DbRequest::IndexBlock {
                     chain_id: 1,
+                    extends: if stale {
+                        Some((number.saturating_sub(1), B256::repeat_byte(0xee)))
+                    } else {
+                        current
+                    },
                     number,
                     hash: B256::repeat_byte(h),
                     events: (0..n_events)

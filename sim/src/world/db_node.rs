@@ -11,7 +11,7 @@
 //! as PostgreSQL does in a read-only transaction.
 
 use super::net::{serve, CallError, Client};
-use super::{db_addr, epoch_ms, t_ms, DB_PORT, DB_SERVICE};
+use super::{db_addr, epoch_ms, ip, t_ms, DB_PORT, DB_SERVICE};
 use crate::db::audit::Watermarks;
 use crate::db::{DbCall, DbModel, DbReply, DbRequest};
 use crate::rng::SimRng;
@@ -20,7 +20,7 @@ use crate::trace::Trace;
 use dalp_engine::error::{EngineError, Result};
 use serde_json::json;
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{watch, Notify};
@@ -494,9 +494,7 @@ async fn ship(
     acked: Arc<Mutex<BTreeMap<usize, u64>>>,
     acked_tx: Arc<watch::Sender<u64>>,
 ) {
-    let Ok(client) = Client::bind().await else {
-        return;
-    };
+    let client = Client::bind(ip(2, me));
     let disk = cluster.disks[me].clone();
     let lag = match cluster.replication {
         Replication::Sync => 0,
@@ -569,12 +567,13 @@ pub struct NetDb {
 }
 
 impl NetDb {
-    pub async fn connect(timeout: Duration) -> std::io::Result<Self> {
-        Ok(NetDb {
-            client: Client::bind().await?,
+    /// A client on the host with address `ip`.
+    pub fn connect(ip: IpAddr, timeout: Duration) -> Self {
+        NetDb {
+            client: Client::bind(ip),
             cached: Mutex::new(None),
             timeout,
-        })
+        }
     }
 
     async fn resolve(&self) -> Result<SocketAddr> {
@@ -618,7 +617,6 @@ impl DbCall for NetDb {
             Ok(DbAnswer::Query(r)) => r,
             Ok(DbAnswer::Ack(_)) => Err(EngineError::Internal("replication ack to a query".into())),
             Err(CallError::Timeout) => Err(EngineError::DbTimeout(self.timeout.as_millis() as u64)),
-            Err(CallError::Io(e)) => Err(EngineError::DbUnavailable(e)),
         };
         if let Err(e) = &out {
             if reconnect_worthy(e) {

@@ -126,23 +126,14 @@ pub async fn engine_process(
         }
         activated.await;
     }
-    // A process starts on a host whose previous process may still hold its sockets: madsim's
-    // `restart` (after a fault point's crash, whose restart timers can overlap a scheduled
-    // crash's) does not release them. A new process starts with none, as after a real exit.
-    if let Some(id) = host.node.get() {
-        madsim::net::NetSim::current().reset_node(*id);
-    }
     let start = host.starts.fetch_add(1, Ordering::Relaxed);
     let name = format!("engine-{i}");
-    let db = NetDb::connect(config.db_timeout())
-        .await
-        .expect("bind db client");
+    let db = NetDb::connect(super::ip(1, i), config.db_timeout());
     let store = Arc::new(StoreOver(db));
-    let transport = Arc::new(
-        SimTransport::new(config.rpc_endpoints.len())
-            .await
-            .expect("bind rpc client"),
-    );
+    let transport = Arc::new(SimTransport::new(
+        super::ip(1, i),
+        config.rpc_endpoints.len(),
+    ));
     let clock = Arc::new(SimClock {
         skew_ms: host.skew_ms.clone(),
     });

@@ -34,7 +34,6 @@ pub struct Fleet {
     /// Hosts currently killed.
     pub down: Mutex<BTreeSet<String>>,
     paused: Mutex<BTreeMap<String, u32>>,
-    clogs: Mutex<BTreeMap<(NodeId, NodeId), u32>>,
     /// Hashes of transactions sent outside the engine (external nonce use).
     pub external_txs: Mutex<Vec<alloy_primitives::B256>>,
     /// Commits lost by failovers.
@@ -61,7 +60,6 @@ impl Fleet {
             operator,
             down: Mutex::default(),
             paused: Mutex::default(),
-            clogs: Mutex::default(),
             external_txs: Mutex::default(),
             data_loss: Mutex::default(),
         })
@@ -93,25 +91,13 @@ impl Fleet {
         }
     }
 
-    fn clog(&self, a: NodeId, b: NodeId, on: bool) {
-        let mut clogs = self.clogs.lock().expect("clogs");
-        let n = clogs.entry((a, b)).or_insert(0);
-        let net = NetSim::current();
-        if on {
-            *n += 1;
-            if *n == 1 {
-                net.clog_link(a, b);
-            }
-        } else {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                net.unclog_link(a, b);
-            }
-        }
+    /// Cut or restore the link from host `a` to host `b` (the network counts overlapping cuts).
+    fn clog(&self, a: &str, b: &str, on: bool) {
+        let ip = |n: &str| super::ip_of(n).unwrap_or_else(|| panic!("host {n} has an address"));
+        super::net::cut(ip(a), ip(b), on);
     }
 
     fn partition(&self, node: &str, from: &[String], direction: Direction, on: bool) {
-        let me = self.id(node);
         let mut peers: BTreeSet<String> = from
             .iter()
             .flat_map(|p| self.scenario.expand(p).unwrap_or_default())
@@ -122,12 +108,11 @@ impl Fleet {
             peers.insert(super::scrape::SCRAPER.to_string());
         }
         for p in peers {
-            let them = self.id(&p);
             if matches!(direction, Direction::Both | Direction::Outbound) {
-                self.clog(me, them, on);
+                self.clog(node, &p, on);
             }
             if matches!(direction, Direction::Both | Direction::Inbound) {
-                self.clog(them, me, on);
+                self.clog(&p, node, on);
             }
         }
     }
@@ -648,9 +633,9 @@ async fn operator_requeue(fleet: &Fleet) -> FaultOutcome {
     use super::engine_node::{ApiRequest, ApiResponse};
     let engines = fleet.scenario.engine_names().len();
     let task = fleet.operator.spawn(async move {
-        let client = super::net::Client::bind()
-            .await
-            .expect("bind operator client");
+        let client = super::net::Client::bind(
+            super::ip_of(crate::driver::OPERATOR).expect("the operator has an address"),
+        );
         let timeout = Duration::from_secs(3);
         for e in 0..engines {
             let addr = super::engine_addr(e);

@@ -1,5 +1,5 @@
 //! One simulated run: build the world for a scenario and a seed (chain, RPC, database and engine
-//! hosts on madsim's network), then let the run driver (`crate::driver`) take it through its
+//! hosts on the simulated network, `super::net`), then let the run driver (`crate::driver`) take it through its
 //! phases; this module says only how the simulation starts clients, applies faults and reads its
 //! evidence.
 
@@ -11,7 +11,7 @@ use super::scrape::{
     evidence as scrape_evidence, scraper_process, ScrapeLog, SCRAPER, SCRAPE_INTERVAL_MS,
 };
 use super::workload::{client_process, SimApi};
-use super::{epoch_ms, ip, t_ms, DB_SERVICE};
+use super::{epoch_ms, ip, ip_of, t_ms, DB_SERVICE};
 use crate::chain::{ChainModel, ChainParams};
 use crate::check::WorkflowView;
 use crate::check::{ChainTx, Evidence, IdentityLog, TransferLog};
@@ -46,9 +46,9 @@ pub fn run_seed(
     schedule: Vec<Fault>,
     logs: Option<tracing::Level>,
 ) -> (RunResult, Trace) {
-    let mut cfg = madsim::Config::default();
+    let cfg = madsim::Config::default();
     let [lo, hi] = scenario.topology.net_latency_ms;
-    cfg.net.send_latency = Duration::from_millis(lo)..Duration::from_millis(hi.max(lo) + 1);
+    let latency = Duration::from_millis(lo)..Duration::from_millis(hi.max(lo) + 1);
     // The runtime gets a thread of its own: madsim seeds std's `HashMap` keys from the seed only
     // on a thread that has not built a `RandomState` yet (argument and TOML parsing already did
     // on this one, from OS entropy), and the engine's deep async stacks want room. This thread
@@ -62,6 +62,7 @@ pub fn run_seed(
             let _logs = super::logs::install(&t, logs);
             let rt = Runtime::with_seed_and_config(seed, cfg);
             rt.block_on(async move {
+                super::net::install(latency);
                 let world = SimWorld::build(scenario.clone(), seed, t.clone());
                 drive(world, &scenario, seed, schedule, &t)
                     .await
@@ -356,7 +357,7 @@ impl Backend for SimWorld {
                             deadline_ms,
                             history,
                             tokens,
-                            api: SimApi::bind(timeout).await,
+                            api: SimApi::bind(ip(5, c), timeout),
                             max_balance,
                         });
                         client_process(ctx, ops).await
@@ -374,7 +375,7 @@ impl Backend for SimWorld {
             let n = handle
                 .create_node()
                 .name(SCRAPER)
-                .ip(ip(7, 0))
+                .ip(ip_of(SCRAPER).expect("the scraper has an address"))
                 .init(move || scraper_process(engines, log.clone(), tr.clone()))
                 .build();
             self.nodes.insert(SCRAPER.to_string(), n.id());
@@ -386,7 +387,7 @@ impl Backend for SimWorld {
         let operator = Handle::current()
             .create_node()
             .name(crate::driver::OPERATOR)
-            .ip(ip(6, 0))
+            .ip(ip_of(crate::driver::OPERATOR).expect("the operator has an address"))
             .build();
         let fleet = Fleet::new(
             self.scenario.clone(),

@@ -37,7 +37,9 @@ pub struct ScrapeLog {
 
 /// The scraper host's process: one polling loop per engine.
 pub async fn scraper_process(engines: usize, log: Arc<Mutex<ScrapeLog>>, trace: Trace) {
-    let client = Arc::new(Client::bind().await.expect("bind scraper client"));
+    let client = Arc::new(Client::bind(
+        super::ip_of(SCRAPER).expect("the scraper has an address"),
+    ));
     let tasks: Vec<_> = (0..engines)
         .map(|i| tokio::spawn(scrape_engine(i, client.clone(), log.clone(), trace.clone())))
         .collect();

@@ -10,16 +10,17 @@ use serde_json::Value;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// [`EngineApi`] over madsim's network.
+/// [`EngineApi`] over the simulated network (`super::net`).
 pub struct SimApi {
     client: Client,
     timeout: Duration,
 }
 
 impl SimApi {
-    pub async fn bind(timeout: Duration) -> Arc<Self> {
+    /// The API client of the host with address `ip`.
+    pub fn bind(ip: std::net::IpAddr, timeout: Duration) -> Arc<Self> {
         Arc::new(SimApi {
-            client: Client::bind().await.expect("bind client"),
+            client: Client::bind(ip),
             timeout,
         })
     }
@@ -52,7 +53,6 @@ impl SimApi {
                 _ => Answer::Other("unexpected answer".into()),
             }),
             Err(CallError::Timeout) => Err(CallFailure::Timeout),
-            Err(CallError::Io(e)) => Err(CallFailure::Io(e)),
         }
     }
 }
