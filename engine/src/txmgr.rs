@@ -721,17 +721,33 @@ impl TxManager {
         misses: &mut u32,
         shallow: &mut Option<u64>,
     ) -> Result<Option<TxOutcome>> {
+        // Depth is judged on the head; a head reported within the poll (the health probe's,
+        // another transaction's) may say "not deep yet" without a call of its own: it is never
+        // below the chain's head of a poll ago, so that answer is at most one poll late. A "deep
+        // enough" is always judged on a head read now.
+        let poll = Duration::from_millis(self.chain.receipt_poll_ms);
+        let not_deep_yet = |block: u64| {
+            self.gateway
+                .recent_head(poll)
+                .is_some_and(|seen| !deep_enough(seen, block, depth))
+        };
+        let mut head_read = None;
         if let Some(block) = *shallow {
             // A receipt was seen in `block`, not deep enough. Until the head reaches
             // its depth, asking for it again could only delay: a receipt still there is not deep
             // enough either, and one reorganised away or into another block is seen when it is
             // asked for at that depth (the decision is always made on a receipt read then, and
-            // its block's canonical hash). One head read per poll instead of the receipt's.
+            // its block's canonical hash). At most one head read per poll instead of the
+            // receipt's.
+            if not_deep_yet(block) {
+                return Ok(None);
+            }
             let head = self.gateway.block_number().await?;
             if !deep_enough(head, block, depth) {
                 return Ok(None);
             }
             *shallow = None;
+            head_read = Some(head);
         }
         if let Some(receipt) = self.find_receipt(rec).await? {
             *nonce_gone_seen = 0;
@@ -739,8 +755,17 @@ impl TxManager {
             // A receipt that is not deep enough yet needs no canonical check now: the check that
             // matters is the one made when it is (a reorg before that changes nothing). A revert
             // waits for depth too: on a fork that a reorg abandons, the transaction may revert
-            // where the live chain's copy of it, re-included in another state, does not.
-            let head = self.gateway.block_number().await?;
+            // where the live chain's copy of it, re-included in another state, does not. A head
+            // read just before the receipt does for the gate: whether the block is still on the
+            // canonical chain is checked below, on its hash, either way.
+            if head_read.is_none() && not_deep_yet(receipt.block_number) {
+                *shallow = Some(receipt.block_number);
+                return Ok(None);
+            }
+            let head = match head_read {
+                Some(head) => head,
+                None => self.gateway.block_number().await?,
+            };
             if !deep_enough(head, receipt.block_number, depth) {
                 *shallow = Some(receipt.block_number);
                 return Ok(None);

@@ -81,6 +81,9 @@ pub struct Gateway {
     /// of them behind) there is no fresher endpoint to compare with; this remembers where the
     /// chain was, so a node that fell behind is still known to be behind.
     highest_seen: AtomicU64,
+    /// When an endpoint last reported a head (any `eth_blockNumber` answer): the age of what
+    /// `highest_seen` tells about the chain now, for `recent_head`.
+    head_seen_at: Mutex<Option<Instant>>,
     /// An endpoint answered that it has no `txpool` namespace (`-32601`): hosted providers do
     /// not offer it, and asking again on every transaction would cost a call each time.
     pool_unreadable: AtomicBool,
@@ -113,6 +116,7 @@ impl Gateway {
             metrics,
             next_id: AtomicU64::new(1),
             highest_seen: AtomicU64::new(0),
+            head_seen_at: Mutex::new(None),
             pool_unreadable: AtomicBool::new(false),
         }
     }
@@ -359,6 +363,18 @@ impl Gateway {
     fn record_head(&self, i: usize, head: u64) {
         self.endpoints[i].health.lock().expect("health").head = head;
         self.highest_seen.fetch_max(head, Ordering::Relaxed);
+        *self.head_seen_at.lock().expect("head time") = Some(Instant::now());
+    }
+
+    /// The highest head any endpoint has reported, if one reported a head within `max_age`.
+    /// Only for deciding that something is *not yet* deep enough: the value is at least what an
+    /// endpoint answered within `max_age` (and may be above the live chain's head: a node on a
+    /// fork), so its "not deep yet" is one a read then would have given, at most `max_age`
+    /// late; a "deep enough" is judged on a head read now. Callers waiting on depth share the
+    /// health probe's and each other's reads instead of making one each per poll.
+    pub fn recent_head(&self, max_age: Duration) -> Option<u64> {
+        let at = (*self.head_seen_at.lock().expect("head time"))?;
+        (at.elapsed() < max_age).then(|| self.highest_seen.load(Ordering::Relaxed))
     }
 
     /// Each endpoint's last reported head, in endpoint order.
