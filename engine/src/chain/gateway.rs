@@ -4,6 +4,7 @@
 //! Only the [`Transport`] differs between flavours: HTTP in production, the simulated network in
 //! the simulation. Request encoding, error parsing and failover run the same code in both.
 
+use super::answer::Answer;
 use super::endpoint::RpcEndpoint;
 use super::types::*;
 use crate::config::{ChainConfig, TimeoutConfig};
@@ -186,11 +187,16 @@ impl Gateway {
     /// One JSON-RPC call with failover. Node answers (JSON-RPC errors) are returned as they are,
     /// except rate limiting and internal errors, which fail over like transport failures.
     pub async fn call(&self, method: &str, params: Value) -> Result<Value> {
+        self.call_raw(method, params).await?.value()
+    }
+
+    /// [`Gateway::call`], the result left as the node wrote it, for a typed reader.
+    async fn call_raw(&self, method: &str, params: Value) -> Result<Answer> {
         self.call_at(method, params).await.0
     }
 
     /// [`Gateway::call`], and which endpoint gave the answer (`None`: none did).
-    async fn call_at(&self, method: &str, params: Value) -> (Result<Value>, Option<usize>) {
+    async fn call_at(&self, method: &str, params: Value) -> (Result<Answer>, Option<usize>) {
         let order = self.order();
         let mut last = EngineError::RpcUnavailable("no endpoint tried".into());
         for (n, i) in order.iter().copied().enumerate() {
@@ -227,8 +233,8 @@ impl Gateway {
         &self,
         method: &str,
         params: Value,
-        doubtful: fn(&Result<Value>) -> bool,
-    ) -> Result<Value> {
+        doubtful: fn(&Result<Answer>) -> bool,
+    ) -> Result<Answer> {
         let (answer, by) = self.call_at(method, params.clone()).await;
         let Some(i) = by.filter(|_| doubtful(&answer)) else {
             return answer;
@@ -274,7 +280,7 @@ impl Gateway {
     }
 
     /// One call to one endpoint, bounded by the method's timeout; updates health.
-    async fn call_one(&self, i: usize, method: &str, params: Value) -> Result<Value> {
+    async fn call_one(&self, i: usize, method: &str, params: Value) -> Result<Answer> {
         let ep = &self.endpoints[i];
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         // `serde_json::to_string`, not `Value`'s `Display`: written without `core::fmt` (a
@@ -313,9 +319,9 @@ impl Gateway {
             }
             Ok(Ok(text)) => text,
         };
-        let mut resp: Value = match serde_json::from_str(&text) {
-            Ok(v) => v,
-            Err(_) => {
+        let (error, result) = match read_envelope(&text) {
+            Some(parts) => parts,
+            None => {
                 self.mark_failed(i);
                 return Err(EngineError::RpcUnavailable(format!(
                     "{}: malformed JSON-RPC response",
@@ -323,7 +329,7 @@ impl Gateway {
                 )));
             }
         };
-        if let Some(err) = resp.get("error") {
+        if let Some(err) = error {
             let code = err.get("code").and_then(Value::as_i64).unwrap_or(0);
             // A provider's answer may quote the key it was given.
             let message = ep
@@ -346,14 +352,10 @@ impl Gateway {
             "dalp_rpc_requests_total",
             &[("endpoint", ep.name()), ("outcome", "ok")],
         );
-        let result = resp
-            .get_mut("result")
-            .map(Value::take)
-            .unwrap_or(Value::Null);
         if method == "eth_blockNumber" {
             // Every head an endpoint reports is an observation, not only the probes': a lag
             // that starts between probes is seen at the next call that asks.
-            if let Ok(head) = quantity(&result) {
+            if let Ok(head) = result.quantity() {
                 self.record_head(i, head);
             }
         }
@@ -429,19 +431,19 @@ impl Gateway {
     // ---- typed methods -------------------------------------------------------------------
 
     pub async fn chain_id(&self) -> Result<u64> {
-        quantity(&self.call("eth_chainId", json!([])).await?)
+        self.call_raw("eth_chainId", json!([])).await?.quantity()
     }
 
     pub async fn block_number(&self) -> Result<u64> {
-        quantity(&self.call("eth_blockNumber", json!([])).await?)
+        self.call_raw("eth_blockNumber", json!([]))
+            .await?
+            .quantity()
     }
 
     pub async fn transaction_count(&self, who: Address, tag: &str) -> Result<u64> {
-        quantity(
-            &self
-                .call("eth_getTransactionCount", json!([who, tag]))
-                .await?,
-        )
+        self.call_raw("eth_getTransactionCount", json!([who, tag]))
+            .await?
+            .quantity()
     }
 
     pub async fn balance(&self, who: Address) -> Result<U256> {
@@ -449,9 +451,9 @@ impl Gateway {
     }
 
     pub async fn send_raw(&self, raw: &Bytes) -> Result<B256> {
-        let v = self.call("eth_sendRawTransaction", json!([raw])).await?;
-        serde_json::from_value(v)
-            .map_err(|e| EngineError::RpcUnavailable(format!("bad tx hash: {e}")))
+        self.call_raw("eth_sendRawTransaction", json!([raw]))
+            .await?
+            .parse("bad tx hash")
     }
 
     pub async fn receipt(&self, hash: B256) -> Result<Option<Receipt>> {
@@ -461,7 +463,7 @@ impl Gateway {
         if v.is_null() {
             return Ok(None);
         }
-        Receipt::from_json(&v).map(Some)
+        v.receipt().map(Some)
     }
 
     /// Whether the node knows the transaction at all (pending or mined).
@@ -525,7 +527,7 @@ impl Gateway {
 
     pub async fn block(&self, number: u64) -> Result<Option<BlockHeader>> {
         let v = self
-            .call(
+            .call_raw(
                 "eth_getBlockByNumber",
                 json!([format!("0x{number:x}"), false]),
             )
@@ -533,7 +535,7 @@ impl Gateway {
         if v.is_null() {
             return Ok(None);
         }
-        BlockHeader::from_json(&v).map(Some)
+        v.block_header().map(Some)
     }
 
     /// The block named by `hash` (`None` when the node does not know it). A hash names one
@@ -541,12 +543,12 @@ impl Gateway {
     /// cannot be misled by a load balancer whose backends disagree, a read by number can.
     pub async fn block_by_hash(&self, hash: B256) -> Result<Option<BlockHeader>> {
         let v = self
-            .call("eth_getBlockByHash", json!([hash, false]))
+            .call_raw("eth_getBlockByHash", json!([hash, false]))
             .await?;
         if v.is_null() {
             return Ok(None);
         }
-        let b = BlockHeader::from_json(&v)?;
+        let b = v.block_header()?;
         if b.hash != hash {
             return Err(EngineError::RpcUnavailable(format!(
                 "eth_getBlockByHash {hash:#x} answered block {:#x}",
@@ -611,10 +613,9 @@ impl Gateway {
     }
 
     pub async fn latest_block(&self) -> Result<BlockHeader> {
-        let v = self
-            .call("eth_getBlockByNumber", json!(["latest", false]))
-            .await?;
-        BlockHeader::from_json(&v)
+        self.call_raw("eth_getBlockByNumber", json!(["latest", false]))
+            .await?
+            .block_header()
     }
 
     /// `eth_call` at the latest block; a revert is [`EngineError::Reverted`]. The engine
@@ -628,8 +629,7 @@ impl Gateway {
                 |_| true,
             )
             .await?;
-        serde_json::from_value(v)
-            .map_err(|e| EngineError::RpcUnavailable(format!("bad call result: {e}")))
+        v.parse("bad call result")
     }
 
     /// Simulate a transaction (deploys included) without sending it.
@@ -652,22 +652,18 @@ impl Gateway {
     }
 
     pub async fn code(&self, at: Address) -> Result<Bytes> {
-        let v = self.call("eth_getCode", json!([at, "latest"])).await?;
-        serde_json::from_value(v).map_err(|e| EngineError::RpcUnavailable(format!("bad code: {e}")))
+        self.call_raw("eth_getCode", json!([at, "latest"]))
+            .await?
+            .parse("bad code")
     }
 
     pub async fn logs_in_block(&self, block_hash: B256, topic0: B256) -> Result<Vec<Log>> {
-        let v = self
-            .call(
-                "eth_getLogs",
-                json!([{"blockHash": block_hash, "topics": [topic0]}]),
-            )
-            .await?;
-        v.as_array()
-            .ok_or_else(|| EngineError::RpcUnavailable("eth_getLogs: not an array".into()))?
-            .iter()
-            .map(Log::from_json)
-            .collect()
+        self.call_raw(
+            "eth_getLogs",
+            json!([{"blockHash": block_hash, "topics": [topic0]}]),
+        )
+        .await?
+        .logs()
     }
 
     /// Fees for a new transaction: twice the next block's base fee plus the priority fee, so a
@@ -693,18 +689,48 @@ struct Request<'a> {
     params: &'a Value,
 }
 
-fn is_null(answer: &Result<Value>) -> bool {
-    matches!(answer, Ok(Value::Null))
+fn is_null(answer: &Result<Answer>) -> bool {
+    matches!(answer, Ok(a) if a.is_null())
 }
 
 /// A revert, or no data (no code at the address): what a node answers for state it has not
 /// reached yet as well as for a call that is wrong.
-fn reverted_or_empty(answer: &Result<Value>) -> bool {
+fn reverted_or_empty(answer: &Result<Answer>) -> bool {
     match answer {
         Err(EngineError::Reverted(_)) => true,
-        Ok(v) => v.as_str() == Some("0x"),
+        Ok(a) => a.value().is_ok_and(|v| v.as_str() == Some("0x")),
         Err(_) => false,
     }
+}
+
+/// A response's `error` (present, even as `null`, counts: as it always has) and `result`, or
+/// `None` for a response that is not JSON. Read into a borrowed envelope that leaves `result`
+/// as text; a response that refuses it (not an object, a duplicate key) is read through a
+/// `Value`, whose rules (the last duplicate wins, a non-object has neither) decide as before.
+fn read_envelope(text: &str) -> Option<(Option<Value>, Answer)> {
+    #[derive(serde::Deserialize)]
+    struct Envelope<'a> {
+        #[serde(default, deserialize_with = "present")]
+        error: Option<Value>,
+        #[serde(borrow, default)]
+        result: Option<&'a serde_json::value::RawValue>,
+    }
+    fn present<'de, D: serde::Deserializer<'de>>(
+        d: D,
+    ) -> std::result::Result<Option<Value>, D::Error> {
+        <Value as serde::Deserialize>::deserialize(d).map(Some)
+    }
+    // A derived struct also reads a sequence (`[error, result]`): only an object is taken here.
+    if text.trim_start().starts_with('{') {
+        if let Ok(env) = serde_json::from_str::<Envelope>(text) {
+            return Some((env.error, Answer::new(env.result.map(|r| r.to_owned()))));
+        }
+    }
+    let resp: Value = serde_json::from_str(text).ok()?;
+    let result = resp
+        .get("result")
+        .map_or(Answer::new(None), Answer::from_value);
+    Some((resp.get("error").cloned(), result))
 }
 
 fn fails_over(e: &EngineError) -> bool {
@@ -719,6 +745,50 @@ fn fails_over(e: &EngineError) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The borrowed envelope reads a response as the `Value` did: an `error` present as `null`
+    /// is an error, a non-object has neither part, the last of duplicate keys wins.
+    #[test]
+    fn envelopes_read_as_a_value_reads_them() {
+        for (text, error, result) in [
+            (
+                r#"{"jsonrpc":"2.0","id":1,"result":"0x10"}"#,
+                None,
+                json!("0x10"),
+            ),
+            (r#"{"id":1,"result":null}"#, None, Value::Null),
+            (r#"{"id":1}"#, None, Value::Null),
+            (
+                r#"{"error":null,"result":"0x1"}"#,
+                Some(Value::Null),
+                json!("0x1"),
+            ),
+            (
+                r#"{"error":{"code":-32000,"message":"m"}}"#,
+                Some(json!({"code":-32000,"message":"m"})),
+                Value::Null,
+            ),
+            (
+                r#"{"result":"0x1","result":{"a":[1,2]}}"#,
+                None,
+                json!({"a":[1,2]}),
+            ),
+            (r#"[1,2]"#, None, Value::Null),
+            (r#"7"#, None, Value::Null),
+        ] {
+            let (e, r) = read_envelope(text).expect(text);
+            assert_eq!(e, error, "{text}");
+            assert_eq!(r.value().unwrap(), result, "{text}");
+        }
+        for text in [
+            "",
+            "{",
+            r#"{"result":"0x1"} x"#,
+            r#"{"result":"0x1","logs":[}"#,
+        ] {
+            assert!(read_envelope(text).is_none(), "{text}");
+        }
+    }
 
     /// One endpoint whose head the test moves; it knows no receipts.
     struct Node(Arc<AtomicU64>);

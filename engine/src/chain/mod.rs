@@ -1,5 +1,6 @@
 //! The chain boundary: JSON-RPC gateway over a pluggable transport, and the wire types.
 
+pub mod answer;
 pub mod endpoint;
 pub mod gateway;
 #[cfg(not(madsim))]

@@ -11,12 +11,19 @@ fn bad(what: &str) -> EngineError {
 
 /// A hex quantity (`"0x1a"`) as u64.
 pub fn quantity(v: &Value) -> Result<u64> {
-    let s = v.as_str().ok_or_else(|| bad("quantity is not a string"))?;
+    quantity_str(v.as_str().ok_or_else(|| bad("quantity is not a string"))?)
+}
+
+/// A hex quantity's text (`0x1a`) as u64.
+pub fn quantity_str(s: &str) -> Result<u64> {
     u64::from_str_radix(s.trim_start_matches("0x"), 16).map_err(|_| bad("quantity is not hex"))
 }
 
 pub fn quantity_u128(v: &Value) -> Result<u128> {
-    let s = v.as_str().ok_or_else(|| bad("quantity is not a string"))?;
+    quantity_u128_str(v.as_str().ok_or_else(|| bad("quantity is not a string"))?)
+}
+
+pub fn quantity_u128_str(s: &str) -> Result<u128> {
     u128::from_str_radix(s.trim_start_matches("0x"), 16).map_err(|_| bad("quantity is not hex"))
 }
 
