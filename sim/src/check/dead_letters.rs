@@ -7,7 +7,10 @@
 //! - A transient cause that is not an outage (a serialization failure, funds, a node with no
 //!   code yet, a confirmation that outlived its bound, an unknown node error) dead-letters only
 //!   once the retry budget is spent.
-//! - A permanent cause (a revert, invalid input, a rejected call) may dead-letter at once.
+//! - A permanent cause (a revert, invalid input, a rejected call) may dead-letter at once, and
+//!   is never retried: a retry in the journal for one is a misclassification as surely as an
+//!   early dead letter for a transient one (the request would wait out a budget of attempts, and
+//!   a later attempt could act on what was refused).
 
 use super::{Evidence, Verdict};
 #[cfg(test)]
@@ -54,6 +57,9 @@ fn classify(reason_code: &str, message: &str) -> Option<Cause> {
             "" | "25006" | "57P01" | "57P02" | "57P03" | "57014" => Cause::Outage,
             s if s.starts_with("08") || s.starts_with("53") => Cause::Outage,
             "40001" | "40P01" | "55P03" => Cause::Transient,
+            // A foreign key the engine wrote the parent of: the database lost an acknowledged
+            // commit (an asynchronous failover), which the step recovers from on a later try.
+            "23503" => Cause::Transient,
             _ => Cause::Permanent,
         },
         "rpc_error" => match rpc_code(message) {
@@ -145,8 +151,16 @@ fn budget_counted(ev: &Evidence, max_attempts: u32, v: &mut Vec<String>) -> usiz
             let Some(d) = &e.detail else { continue };
             let code = d["reason_code"].as_str().unwrap_or("");
             let message = d["message"].as_str().unwrap_or("");
-            if classify(code, message) != Some(Cause::Transient) {
-                continue;
+            match classify(code, message) {
+                Some(Cause::Transient) => {}
+                Some(Cause::Permanent) => {
+                    v.push(format!(
+                        "workflow {wf}: step {} ({}) was retried at journal seq {} for a permanent cause, which dead-letters at once: {code} ({message})",
+                        e.step_index, e.step_name, e.seq
+                    ));
+                    continue;
+                }
+                _ => continue,
             }
             let (_, n, plain, reported) = run.as_mut().expect("set above");
             *n += 1;
@@ -339,6 +353,60 @@ mod tests {
         let v = dead_letters(&ev, 3);
         assert_eq!(v.violations.len(), 2, "{v:?}");
         assert!(v.violations[1].contains("records 1 attempts spent at journal seq 2 after 2"));
+    }
+
+    /// A retry for a cause the table calls permanent is a violation wherever it falls; the
+    /// same step retried for transient causes and outages is not.
+    #[test]
+    fn a_retry_for_a_permanent_cause_is_a_violation() {
+        let mut ev = base();
+        ev.journals.insert(
+            1,
+            vec![
+                retry(1, 1, "rpc_unavailable", "every endpoint failed", 0),
+                retry(2, 1, "signer_funds", "insufficient funds", 1),
+            ],
+        );
+        ev.journals.insert(
+            2,
+            vec![
+                retry(1, 1, "signer_funds", "insufficient funds", 1),
+                retry(2, 1, "compliance_rejected", "canTransfer said no", 1),
+            ],
+        );
+        ev.journals.insert(
+            3,
+            vec![
+                retry(
+                    1,
+                    2,
+                    "db_error",
+                    "database error (SQLSTATE 23503): lost parent",
+                    1,
+                ),
+                retry(
+                    2,
+                    2,
+                    "db_error",
+                    "database error (SQLSTATE 23505): duplicate",
+                    1,
+                ),
+            ],
+        );
+        let v = dead_letters(&ev, 8);
+        assert_eq!(v.violations.len(), 2, "{v:?}");
+        assert!(
+            v.violations[0].starts_with(
+                "workflow 2: step 1 (mint) was retried at journal seq 2 for a permanent cause"
+            ),
+            "{v:?}"
+        );
+        assert!(
+            v.violations[1].starts_with(
+                "workflow 3: step 2 (mint) was retried at journal seq 2 for a permanent cause"
+            ),
+            "{v:?}"
+        );
     }
 
     #[test]
