@@ -684,6 +684,29 @@ pub fn nonce_safety(ev: &Evidence) -> Verdict {
         }
         // Two live records must never hold the same nonce.
     }
+    // A version replacing another at the same nonce must outbid it on both fees by a node's
+    // replacement rule (geth's 10 %, the least `chain.replacement_bump_percent` may be): a
+    // smaller bump is refused, and the transaction stays stuck behind its own original while
+    // the engine signs version after version.
+    for tx in &ev.txs {
+        for w in tx.broadcasts.windows(2) {
+            let (old, new) = (&w[0], &w[1]);
+            if old.nonce != new.nonce || old.hash == new.hash {
+                continue;
+            }
+            let enough = |was: u128, now: u128| now >= was.saturating_mul(110) / 100;
+            if !enough(old.max_fee_per_gas, new.max_fee_per_gas)
+                || !enough(old.max_priority_fee_per_gas, new.max_priority_fee_per_gas)
+            {
+                v.push(format!(
+                    "transaction record {} (workflow {}, step {}) replaced {:#x} at nonce {} by {:#x} with fees (cap {}, tip {}) after (cap {}, tip {}): a replacement must raise both by 10 % or a node refuses it",
+                    tx.id, tx.workflow_id, tx.step_index, old.hash, old.nonce, new.hash,
+                    new.max_fee_per_gas, new.max_priority_fee_per_gas,
+                    old.max_fee_per_gas, old.max_priority_fee_per_gas
+                ));
+            }
+        }
+    }
     let mut live: BTreeMap<u64, Vec<(i64, i32)>> = BTreeMap::new();
     for tx in &ev.txs {
         if matches!(
@@ -1088,6 +1111,8 @@ pub(crate) mod tests {
 
     const H1: B256 = b256!("1111111111111111111111111111111111111111111111111111111111111111");
     const H2: B256 = b256!("2222222222222222222222222222222222222222222222222222222222222222");
+    const H3: B256 = b256!("3333333333333333333333333333333333333333333333333333333333333333");
+    const H4: B256 = b256!("4444444444444444444444444444444444444444444444444444444444444444");
 
     fn loss(replication: &str, acknowledged: u64, ops: &[&str]) -> DataLoss {
         DataLoss {
@@ -1547,6 +1572,38 @@ pub(crate) mod tests {
             v.violations
                 .iter()
                 .any(|m| m.contains("nonce 7") && m.contains("gap")),
+            "{v:?}"
+        );
+    }
+
+    /// A replacement at the same nonce that does not raise both fees by 10 % is a violation;
+    /// one that does, a re-signed identical version, and a version at a new nonce are not.
+    #[test]
+    fn nonce_safety_fails_on_a_replacement_a_node_refuses() {
+        let mut ev = base();
+        ev.workflows = vec![wf(1, "mint", "a", "completed", Value::Null)];
+        let version = |hash, nonce, cap, tip| Broadcast {
+            hash,
+            nonce,
+            raw: Bytes::new(),
+            max_fee_per_gas: cap,
+            max_priority_fee_per_gas: tip,
+        };
+        let mut rec = tx(1, 0, 4, TxState::Completed, &[]);
+        rec.broadcasts = vec![
+            version(H1, 3, 100, 10),
+            version(H2, 4, 100, 10),
+            version(H2, 4, 100, 10),
+            version(H3, 4, 110, 11),
+        ];
+        ev.txs = vec![rec.clone()];
+        assert!(nonce_safety(&ev).held, "{:?}", nonce_safety(&ev));
+        rec.broadcasts.push(version(H4, 4, 200, 11));
+        ev.txs = vec![rec];
+        let v = nonce_safety(&ev);
+        assert_eq!(v.violations.len(), 1, "{v:?}");
+        assert!(
+            v.violations[0].contains("with fees (cap 200, tip 11) after (cap 110, tip 11)"),
             "{v:?}"
         );
     }
