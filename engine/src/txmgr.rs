@@ -722,9 +722,9 @@ impl TxManager {
         shallow: &mut Option<u64>,
     ) -> Result<Option<TxOutcome>> {
         // Depth is judged on the head; a head reported within the poll (the health probe's,
-        // another transaction's) may say "not deep yet" without a call of its own: it is never
-        // below the chain's head of a poll ago, so that answer is at most one poll late. A "deep
-        // enough" is always judged on a head read now.
+        // another transaction's) may say "not deep yet" without a call of its own: it is at least
+        // what an endpoint answered within the poll, so that answer is one a read then gave, at
+        // most one poll late. A "deep enough" is always judged on a head read now.
         let poll = Duration::from_millis(self.chain.receipt_poll_ms);
         let not_deep_yet = |block: u64| {
             self.gateway

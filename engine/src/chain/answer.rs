@@ -54,10 +54,9 @@ impl Answer {
         serde_json::from_str(self.0.as_deref()?.get()).ok()
     }
 
-    /// A wire struct, from an object only: a derived struct also reads a sequence of its
-    /// fields, which the `Value` path refuses.
+    /// A wire struct, from an object only (see [`object`]).
     fn wire_object<'a, W: Deserialize<'a>>(&'a self) -> Option<W> {
-        object(self.0.as_deref()?)
+        object(self.0.as_deref()?.get())
     }
 
     /// A hex quantity, as [`quantity`] reads one.
@@ -105,20 +104,47 @@ impl Answer {
     }
 }
 
-/// `W` from `raw` if it is an object.
-fn object<'a, W: Deserialize<'a>>(raw: &'a RawValue) -> Option<W> {
-    let text = raw.get();
-    if !text.starts_with('{') {
+/// `W` from `text` if it is an object: a derived struct also reads a sequence of its fields,
+/// which the `Value` readers refuse.
+fn object<'a, W: Deserialize<'a>>(text: &'a str) -> Option<W> {
+    if !text.trim_start().starts_with('{') {
         return None;
     }
     serde_json::from_str(text).ok()
+}
+
+/// A response's `error` (present, even as `null`, counts: as it always has) and `result`, or
+/// `None` for a response that is not JSON. Read into a borrowed envelope that leaves `result`
+/// as text; a response that refuses it (not an object, a duplicate key) is read through a
+/// `Value`, whose rules (the last duplicate wins, a non-object has neither) decide as before.
+pub(super) fn read_envelope(text: &str) -> Option<(Option<Value>, Answer)> {
+    #[derive(serde::Deserialize)]
+    struct Envelope<'a> {
+        #[serde(default, deserialize_with = "present")]
+        error: Option<Value>,
+        #[serde(borrow, default)]
+        result: Option<&'a RawValue>,
+    }
+    fn present<'de, D: serde::Deserializer<'de>>(
+        d: D,
+    ) -> std::result::Result<Option<Value>, D::Error> {
+        <Value as serde::Deserialize>::deserialize(d).map(Some)
+    }
+    if let Some(env) = object::<Envelope>(text) {
+        return Some((env.error, Answer::new(env.result.map(|r| r.to_owned()))));
+    }
+    let resp: Value = serde_json::from_str(text).ok()?;
+    let result = resp
+        .get("result")
+        .map_or(Answer::new(None), Answer::from_value);
+    Some((resp.get("error").cloned(), result))
 }
 
 /// Each entry as a log, `None` where one is not an object or does not read as a wire log.
 fn read_logs(entries: &[&RawValue]) -> Option<Result<Vec<Log>>> {
     entries
         .iter()
-        .map(|e| object::<LogWire>(e).map(LogWire::read))
+        .map(|e| object::<LogWire>(e.get()).map(LogWire::read))
         .collect()
 }
 
@@ -232,6 +258,15 @@ mod tests {
         })
     }
 
+    /// `object` with its field `key` removed (`None`) or set to `damage`.
+    fn damage_field(object: &mut Value, key: &str, damage: &Option<Value>) {
+        let fields = object.as_object_mut().expect("an object");
+        match damage {
+            None => fields.remove(key),
+            Some(d) => fields.insert(key.to_string(), d.clone()),
+        };
+    }
+
     /// Each reader's answer, fast path or not, against its `Value` reader's: the same value or
     /// the same error message.
     fn same<T: PartialEq + std::fmt::Debug>(fast: Result<T>, slow: Result<T>) {
@@ -268,12 +303,7 @@ mod tests {
                 Some(json!(true)),
             ] {
                 let mut v = base.clone();
-                match &damage {
-                    None => {
-                        v.as_object_mut().unwrap().remove(&key);
-                    }
-                    Some(d) => v[&key] = d.clone(),
-                }
+                damage_field(&mut v, &key, &damage);
                 same(answer(&v).receipt(), Receipt::from_json(&v));
             }
         }
@@ -292,15 +322,7 @@ mod tests {
                 Some(json!([])),
             ] {
                 let mut v = base.clone();
-                let log = v["logs"][0].as_object_mut().unwrap();
-                match &damage {
-                    None => {
-                        log.remove(&key);
-                    }
-                    Some(d) => {
-                        log.insert(key.clone(), d.clone());
-                    }
-                }
+                damage_field(&mut v["logs"][0], &key, &damage);
                 same(answer(&v).receipt(), Receipt::from_json(&v));
                 same(
                     answer(&v["logs"]).logs(),
@@ -321,12 +343,7 @@ mod tests {
         for key in ["number", "hash", "parentHash", "baseFeePerGas", "timestamp"] {
             for damage in [None, Some(Value::Null), Some(json!(7)), Some(json!("0x"))] {
                 let mut w = v.clone();
-                match &damage {
-                    None => {
-                        w.as_object_mut().unwrap().remove(key);
-                    }
-                    Some(d) => w[key] = d.clone(),
-                }
+                damage_field(&mut w, key, &damage);
                 same(answer(&w).block_header(), BlockHeader::from_json(&w));
             }
         }
@@ -370,6 +387,50 @@ mod tests {
         receipt["logs"] = logs;
         same(answer(&receipt).receipt(), Receipt::from_json(&receipt));
         assert!(Receipt::from_json(&receipt).is_err());
+    }
+
+    /// The borrowed envelope reads a response as the `Value` did: an `error` present as `null`
+    /// is an error, a non-object has neither part, the last of duplicate keys wins.
+    #[test]
+    fn envelopes_read_as_a_value_reads_them() {
+        for (text, error, result) in [
+            (
+                r#"{"jsonrpc":"2.0","id":1,"result":"0x10"}"#,
+                None,
+                json!("0x10"),
+            ),
+            (r#"{"id":1,"result":null}"#, None, Value::Null),
+            (r#"{"id":1}"#, None, Value::Null),
+            (
+                r#"{"error":null,"result":"0x1"}"#,
+                Some(Value::Null),
+                json!("0x1"),
+            ),
+            (
+                r#"{"error":{"code":-32000,"message":"m"}}"#,
+                Some(json!({"code":-32000,"message":"m"})),
+                Value::Null,
+            ),
+            (
+                r#"{"result":"0x1","result":{"a":[1,2]}}"#,
+                None,
+                json!({"a":[1,2]}),
+            ),
+            (r#"[1,2]"#, None, Value::Null),
+            (r#"7"#, None, Value::Null),
+        ] {
+            let (e, r) = read_envelope(text).expect(text);
+            assert_eq!(e, error, "{text}");
+            assert_eq!(r.value().unwrap(), result, "{text}");
+        }
+        for text in [
+            "",
+            "{",
+            r#"{"result":"0x1"} x"#,
+            r#"{"result":"0x1","logs":[}"#,
+        ] {
+            assert!(read_envelope(text).is_none(), "{text}");
+        }
     }
 
     proptest! {

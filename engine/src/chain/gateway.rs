@@ -4,7 +4,7 @@
 //! Only the [`Transport`] differs between flavours: HTTP in production, the simulated network in
 //! the simulation. Request encoding, error parsing and failover run the same code in both.
 
-use super::answer::Answer;
+use super::answer::{read_envelope, Answer};
 use super::endpoint::RpcEndpoint;
 use super::types::*;
 use crate::config::{ChainConfig, TimeoutConfig};
@@ -703,36 +703,6 @@ fn reverted_or_empty(answer: &Result<Answer>) -> bool {
     }
 }
 
-/// A response's `error` (present, even as `null`, counts: as it always has) and `result`, or
-/// `None` for a response that is not JSON. Read into a borrowed envelope that leaves `result`
-/// as text; a response that refuses it (not an object, a duplicate key) is read through a
-/// `Value`, whose rules (the last duplicate wins, a non-object has neither) decide as before.
-fn read_envelope(text: &str) -> Option<(Option<Value>, Answer)> {
-    #[derive(serde::Deserialize)]
-    struct Envelope<'a> {
-        #[serde(default, deserialize_with = "present")]
-        error: Option<Value>,
-        #[serde(borrow, default)]
-        result: Option<&'a serde_json::value::RawValue>,
-    }
-    fn present<'de, D: serde::Deserializer<'de>>(
-        d: D,
-    ) -> std::result::Result<Option<Value>, D::Error> {
-        <Value as serde::Deserialize>::deserialize(d).map(Some)
-    }
-    // A derived struct also reads a sequence (`[error, result]`): only an object is taken here.
-    if text.trim_start().starts_with('{') {
-        if let Ok(env) = serde_json::from_str::<Envelope>(text) {
-            return Some((env.error, Answer::new(env.result.map(|r| r.to_owned()))));
-        }
-    }
-    let resp: Value = serde_json::from_str(text).ok()?;
-    let result = resp
-        .get("result")
-        .map_or(Answer::new(None), Answer::from_value);
-    Some((resp.get("error").cloned(), result))
-}
-
 fn fails_over(e: &EngineError) -> bool {
     match e {
         EngineError::RpcTimeout { .. } | EngineError::RpcUnavailable(_) => true,
@@ -745,50 +715,6 @@ fn fails_over(e: &EngineError) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The borrowed envelope reads a response as the `Value` did: an `error` present as `null`
-    /// is an error, a non-object has neither part, the last of duplicate keys wins.
-    #[test]
-    fn envelopes_read_as_a_value_reads_them() {
-        for (text, error, result) in [
-            (
-                r#"{"jsonrpc":"2.0","id":1,"result":"0x10"}"#,
-                None,
-                json!("0x10"),
-            ),
-            (r#"{"id":1,"result":null}"#, None, Value::Null),
-            (r#"{"id":1}"#, None, Value::Null),
-            (
-                r#"{"error":null,"result":"0x1"}"#,
-                Some(Value::Null),
-                json!("0x1"),
-            ),
-            (
-                r#"{"error":{"code":-32000,"message":"m"}}"#,
-                Some(json!({"code":-32000,"message":"m"})),
-                Value::Null,
-            ),
-            (
-                r#"{"result":"0x1","result":{"a":[1,2]}}"#,
-                None,
-                json!({"a":[1,2]}),
-            ),
-            (r#"[1,2]"#, None, Value::Null),
-            (r#"7"#, None, Value::Null),
-        ] {
-            let (e, r) = read_envelope(text).expect(text);
-            assert_eq!(e, error, "{text}");
-            assert_eq!(r.value().unwrap(), result, "{text}");
-        }
-        for text in [
-            "",
-            "{",
-            r#"{"result":"0x1"} x"#,
-            r#"{"result":"0x1","logs":[}"#,
-        ] {
-            assert!(read_envelope(text).is_none(), "{text}");
-        }
-    }
 
     /// One endpoint whose head the test moves; it knows no receipts.
     struct Node(Arc<AtomicU64>);
